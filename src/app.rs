@@ -1,0 +1,140 @@
+//! Wiring: the shared application state and [`serve`], the whole server in one call.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Config;
+use crate::decision::Engine;
+use crate::grpc;
+use crate::store::{ConnectOptions, Store, StoreError};
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct App {
+    /// The configuration the server started with.
+    pub config: Config,
+    /// Makes verdicts.
+    pub engine: Engine,
+    /// The database.
+    pub store: Store,
+}
+
+impl App {
+    /// Largest encoded request the server accepts: a full Classify call of maximal messages,
+    /// with room for ids and roles. Anything larger is refused before it is decoded.
+    pub fn max_request_bytes(&self) -> usize {
+        let grpc = &self.config.grpc;
+        let per_message = grpc.max_text_bytes as usize + 16 * 1024;
+        (grpc.max_messages_per_call as usize * per_message).max(4 * 1024 * 1024)
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The database could not be reached or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gRPC transport failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Connects to the database named by the configuration and applies migrations.
+pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
+    let store = Store::connect(
+        &config.database_url(),
+        &ConnectOptions {
+            max_connections: config.database.max_connections,
+            connect_timeout: std::time::Duration::from_secs(config.database.connect_timeout_secs),
+        },
+    )
+    .await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Runs modbot's gRPC server on `listener` until `shutdown` completes.
+///
+/// Start-up connects to the database (retrying up to `database.connect_timeout_secs`, then
+/// failing with [`ServeError::Store`]) and applies migrations; health reports `SERVING` only
+/// after that. On shutdown, health turns `NOT_SERVING`, no new connections are accepted, and
+/// in-flight calls get `grpc.shutdown_grace_secs` to finish.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let store = open_store(&config).await?;
+    let grace = config.grpc.shutdown_grace();
+    let app = Arc::new(App {
+        engine: Engine::new(&config.rules),
+        config,
+        store: store.clone(),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("modbot's own descriptor set is valid. This is a bug");
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("modbot's own descriptor set is valid. This is a bug");
+
+    let local_addr = listener.local_addr().ok();
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream {
+            // Verdicts are small and latency-bound: never wait to coalesce them.
+            let _ = stream.set_nodelay(true);
+        }
+        stream
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_routes(grpc::routes(Arc::clone(&app)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tracing::info!(addr = ?local_addr, database = ?store.backend(), "modbot serving");
+
+    let result = tokio::select! {
+        result = &mut server => result,
+        () = shutdown => {
+            tracing::info!(?grace, "shutting down: finishing in-flight calls");
+            set_health(&health, ServingStatus::NotServing).await;
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("shutdown grace period over; dropping the calls still running");
+                    Ok(())
+                }
+            }
+        }
+    };
+    store.close().await;
+    tracing::info!("modbot stopped");
+    Ok(result?)
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in grpc::SERVICE_NAMES {
+        health.set_service_status(*name, status).await;
+    }
+}

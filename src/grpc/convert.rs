@@ -1,0 +1,202 @@
+//! Conversions between generated proto types and domain types, with request validation.
+
+use std::time::SystemTime;
+
+use super::status::FieldError;
+use crate::decision::{self, Decision, Degraded, ReasonSource};
+use crate::proto;
+
+/// Longest id, nick or channel name accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Most roles one message may carry.
+pub const MAX_ROLES: usize = 32;
+/// Longest role name, in bytes.
+pub const MAX_ROLE_BYTES: usize = 64;
+
+/// Limits that depend on configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimits {
+    /// Longest text in bytes.
+    pub max_text_bytes: usize,
+}
+
+/// Validates a proto chat message and converts it. `path` prefixes field names in errors
+/// (`messages[3]`).
+pub fn chat_message(
+    message: proto::ChatMessage,
+    path: &str,
+    limits: MessageLimits,
+) -> Result<decision::ChatMessage, FieldError> {
+    let field = |name: &str| format!("{path}.{name}");
+    let channel = required_id(message.channel, &field("channel"))?;
+    let message_id = required_id(message.message_id, &field("message_id"))?;
+    let user_id = required_id(message.user_id, &field("user_id"))?;
+    let nick = if message.nick.trim().is_empty() {
+        user_id.clone()
+    } else {
+        bounded_id(message.nick, &field("nick"))?
+    };
+    if message.roles.len() > MAX_ROLES {
+        return Err(FieldError::new(
+            field("roles"),
+            format!("{} roles exceed the limit of {MAX_ROLES}", message.roles.len()),
+        ));
+    }
+    let roles = message
+        .roles
+        .into_iter()
+        .enumerate()
+        .map(|(i, role)| {
+            let role = role.trim().to_lowercase();
+            if role.is_empty() || role.len() > MAX_ROLE_BYTES {
+                Err(FieldError::new(
+                    format!("{path}.roles[{i}]"),
+                    format!("must be 1 to {MAX_ROLE_BYTES} bytes"),
+                ))
+            } else {
+                Ok(role)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if message.text.trim().is_empty() {
+        return Err(FieldError::new(field("text"), "must not be empty"));
+    }
+    if message.text.len() > limits.max_text_bytes {
+        return Err(FieldError::new(
+            field("text"),
+            format!(
+                "{} bytes exceed the limit of {} bytes",
+                message.text.len(),
+                limits.max_text_bytes
+            ),
+        ));
+    }
+    let sent_at = match message.sent_at {
+        None => SystemTime::now(),
+        Some(ts) => SystemTime::try_from(ts)
+            .map_err(|e| FieldError::new(field("sent_at"), format!("is not a valid time ({e})")))?,
+    };
+    Ok(decision::ChatMessage {
+        channel,
+        message_id,
+        user_id,
+        nick,
+        roles,
+        text: message.text,
+        sent_at,
+    })
+}
+
+fn required_id(value: String, field: &str) -> Result<String, FieldError> {
+    if value.trim().is_empty() {
+        return Err(FieldError::new(field, "is required"));
+    }
+    bounded_id(value, field)
+}
+
+fn bounded_id(value: String, field: &str) -> Result<String, FieldError> {
+    if value.len() > MAX_ID_BYTES {
+        return Err(FieldError::new(
+            field,
+            format!("{} bytes exceed the limit of {MAX_ID_BYTES} bytes", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "must not contain control characters"));
+    }
+    Ok(value)
+}
+
+impl From<Decision> for proto::Decision {
+    fn from(decision: Decision) -> Self {
+        match decision {
+            Decision::Allow => Self::Allow,
+            Decision::Hold => Self::Hold,
+            Decision::Hide => Self::Hide,
+            Decision::Warn => Self::Warn,
+            Decision::Timeout => Self::Timeout,
+            Decision::Ban => Self::Ban,
+        }
+    }
+}
+
+impl From<ReasonSource> for proto::ReasonSource {
+    fn from(source: ReasonSource) -> Self {
+        match source {
+            ReasonSource::Rule => Self::Rule,
+            ReasonSource::Model => Self::Model,
+            ReasonSource::Escalation => Self::Escalation,
+            ReasonSource::Policy => Self::Policy,
+        }
+    }
+}
+
+impl From<Degraded> for proto::DegradedComponent {
+    fn from(component: Degraded) -> Self {
+        match component {
+            Degraded::Model => Self::Model,
+            Degraded::UserState => Self::UserState,
+            Degraded::Store => Self::Store,
+        }
+    }
+}
+
+fn duration(value: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(value).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
+impl From<decision::Reason> for proto::Reason {
+    fn from(reason: decision::Reason) -> Self {
+        let evidence = reason.evidence;
+        Self {
+            source: proto::ReasonSource::from(reason.source).into(),
+            rule_id: reason.rule_id,
+            label: reason.label,
+            decision: proto::Decision::from(reason.decision).into(),
+            duration: reason.duration.map(duration),
+            score: reason.score,
+            threshold: reason.threshold,
+            shadow: reason.shadow,
+            evidence: Some(proto::Evidence {
+                span: evidence.span.map(|s| proto::Span {
+                    start: s.start,
+                    end: s.end,
+                }),
+                matched_text: evidence.matched_text,
+                pattern: evidence.pattern,
+                similar_message_id: evidence.similar_message_id,
+                similar_text: evidence.similar_text,
+                detail: evidence.detail,
+            }),
+            description: reason.description,
+        }
+    }
+}
+
+impl From<decision::Verdict> for proto::Verdict {
+    fn from(verdict: decision::Verdict) -> Self {
+        Self {
+            message_id: verdict.message_id,
+            channel: verdict.channel,
+            user_id: verdict.user_id,
+            decision: proto::Decision::from(verdict.decision).into(),
+            duration: verdict.duration.map(duration),
+            reasons: verdict.reasons.into_iter().map(Into::into).collect(),
+            enforced: verdict.enforced,
+            shadow_decision: proto::Decision::from(verdict.shadow_decision).into(),
+            model_version: verdict.model_version,
+            elapsed: Some(duration(verdict.elapsed)),
+            degraded: verdict
+                .degraded
+                .into_iter()
+                .map(|d| proto::DegradedComponent::from(d).into())
+                .collect(),
+            scores: verdict.scores.into_iter().collect(),
+            normalized_text: verdict.normalized_text,
+            action_id: verdict.action_id.unwrap_or_default(),
+        }
+    }
+}

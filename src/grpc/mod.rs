@@ -1,0 +1,43 @@
+//! The gRPC edge: tonic services over the domain.
+//!
+//! Handlers are thin: validate and convert the request ([`convert`]), call the domain, convert
+//! the answer, map errors to a [`tonic::Status`] ([`status`]).
+//!
+//! Architecture Invariant: this is the only module (with the future chat bridge) that sees
+//! generated proto types or tonic; the domain modules never import them.
+
+pub mod convert;
+mod moderation;
+mod pending;
+pub mod status;
+
+use std::sync::Arc;
+
+use tonic::service::Routes;
+
+pub use moderation::ModerationService;
+
+use crate::app::App;
+use crate::proto::actions_server::ActionsServer;
+use crate::proto::admin_server::AdminServer;
+use crate::proto::appeals_server::AppealsServer;
+use crate::proto::moderation_server::ModerationServer;
+
+/// Full names of the modbot services, as health and reflection report them.
+pub const SERVICE_NAMES: &[&str] = &[
+    "modbot.v1.Moderation",
+    "modbot.v1.Actions",
+    "modbot.v1.Appeals",
+    "modbot.v1.Admin",
+];
+
+/// The modbot services, ready to be added to a server next to health and reflection.
+pub fn routes(app: Arc<App>) -> Routes {
+    let max_message_bytes = app.max_request_bytes();
+    let moderation = ModerationServer::new(ModerationService::new(app))
+        .max_decoding_message_size(max_message_bytes);
+    Routes::new(moderation)
+        .add_service(ActionsServer::new(pending::Pending))
+        .add_service(AppealsServer::new(pending::Pending))
+        .add_service(AdminServer::new(pending::Pending))
+}

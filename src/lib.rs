@@ -1,0 +1,31 @@
+//! modbot: a moderation decision service for live-stream chat.
+//!
+//! Every chat message gets a decision (allow, hold, hide, warn, time out, ban) with the
+//! reasons behind it. Callers reach it over gRPC (`proto/modbot/v1/`); the binary in
+//! `src/main.rs` is a thin shell over [`cli`].
+//!
+//! # Layout
+//!
+//! - [`config`]: the one nested, validated [`config::Config`] (file, `MODBOT_*` environment, flags).
+//! - [`decision`]: domain types of a decision ([`decision::ChatMessage`], [`decision::Verdict`])
+//!   and the engine that makes one. It knows nothing of gRPC or storage.
+//! - [`store`]: the database (SQLite embedded, PostgreSQL in production) behind sqlx.
+//! - [`grpc`]: the tonic services; the only module that sees generated proto types.
+//! - [`proto`]: the generated code itself.
+//! - [`app`]: wiring: [`app::serve`] runs the whole server on a listener until shutdown.
+//! - [`telemetry`]: logging set-up.
+//! - [`cli`]: the `modbot` command line.
+//!
+//! See `ARCHITECTURE.md` for the invariants that keep these apart.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod grpc;
+pub mod proto;
+pub mod store;
+pub mod telemetry;
+
+pub use app::serve;
+pub use config::Config;
