@@ -73,8 +73,12 @@ pub fn chat_message(
     }
     let sent_at = match message.sent_at {
         None => SystemTime::now(),
-        Some(ts) => SystemTime::try_from(ts)
-            .map_err(|e| FieldError::new(field("sent_at"), format!("is not a valid time ({e})")))?,
+        Some(ts) => timestamp(ts).ok_or_else(|| {
+            FieldError::new(
+                field("sent_at"),
+                "is not a valid time (seconds must be within years 1..=9999, nanos within 0..1e9)",
+            )
+        })?,
     };
     Ok(decision::ChatMessage {
         channel,
@@ -85,6 +89,15 @@ pub fn chat_message(
         text: message.text,
         sent_at,
     })
+}
+
+/// A protobuf timestamp as a time, if it is valid by the well-known type's own rules
+/// (prost would otherwise quietly normalise out-of-range nanos).
+fn timestamp(ts: prost_types::Timestamp) -> Option<SystemTime> {
+    const MIN_SECONDS: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
+    const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let valid = (MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) && (0..1_000_000_000).contains(&ts.nanos);
+    valid.then(|| SystemTime::try_from(ts).ok()).flatten()
 }
 
 fn required_id(value: String, field: &str) -> Result<String, FieldError> {

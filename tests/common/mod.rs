@@ -1,0 +1,196 @@
+//! Test support shared by the integration test binaries: a real server on an ephemeral port,
+//! and throw-away PostgreSQL schemas.
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use modbot::Config;
+use modbot::app::ServeError;
+use modbot::store::{ConnectOptions, Store};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// Set (to anything) by `.ci/run`: a missing PostgreSQL or Redis is then a failure, not a skip.
+pub const REQUIRE_SERVICES_ENV: &str = "MODBOT_TEST_REQUIRE_SERVICES";
+/// The PostgreSQL server the Postgres suites use.
+pub const POSTGRES_URL_ENV: &str = "MODBOT_TEST_POSTGRES_URL";
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn services_required() -> bool {
+    std::env::var_os(REQUIRE_SERVICES_ENV).is_some()
+}
+
+/// A PostgreSQL schema of its own for one test, so tests run in parallel without seeing each
+/// other's rows. Call [`PgSchema::drop`] at the end.
+pub struct PgSchema {
+    /// URL that connects with this schema first on the search path.
+    pub url: String,
+    admin: sqlx::PgPool,
+    name: String,
+}
+
+impl PgSchema {
+    /// A fresh schema, or `None` (after saying the test is skipped) when no server answers and
+    /// the run does not require one.
+    pub async fn create(test: &str) -> Option<Self> {
+        let base = std::env::var(POSTGRES_URL_ENV).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(&base)
+            .await;
+        let admin = match admin {
+            Ok(admin) => admin,
+            Err(error) if !services_required() => {
+                eprintln!("SKIPPED {test}: PostgreSQL is not reachable at {base} ({error})");
+                return None;
+            }
+            Err(error) => panic!("{REQUIRE_SERVICES_ENV} is set but PostgreSQL is not reachable: {error}"),
+        };
+        let name = format!("modbot_test_{}", uuid::Uuid::now_v7().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&admin)
+            .await
+            .expect("create a test schema");
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-c%20search_path%3D{name}");
+        Some(Self { url, admin, name })
+    }
+
+    /// Drops the schema and everything in it.
+    pub async fn drop(self) {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {} CASCADE", self.name)))
+            .execute(&self.admin)
+            .await
+            .expect("drop the test schema");
+        self.admin.close().await;
+    }
+}
+
+/// The configuration tests start from: the defaults with a private data directory, no
+/// metrics listener, and a short shutdown grace.
+pub fn test_config(data_dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.data_dir = data_dir.to_owned();
+    config.metrics.addr = None;
+    config.grpc.shutdown_grace_secs = 2;
+    config.database.connect_timeout_secs = 2;
+    config
+}
+
+/// A real modbot server on 127.0.0.1:0, in this process.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A connected channel for generated clients.
+    pub channel: Channel,
+    /// The configuration it runs with.
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServeError>>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server on the embedded SQLite defaults, after `configure` has adjusted them,
+    /// and returns once health says SERVING.
+    pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = tempfile::tempdir().expect("a temporary directory");
+        let mut config = test_config(data_dir.path());
+        configure(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("bound address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(modbot::serve(config.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect()
+            .await
+            .expect("connect to the test server");
+        let server = Self {
+            addr,
+            channel,
+            config,
+            stop: Some(stop),
+            task,
+            _data_dir: data_dir,
+        };
+        server.wait_until(ServingStatus::Serving).await;
+        server
+    }
+
+    /// Waits (without polling sleeps) until the overall health status is `status`.
+    pub async fn wait_until(&self, status: ServingStatus) {
+        let mut health = HealthClient::new(self.channel.clone());
+        let mut updates = health
+            .watch(HealthCheckRequest { service: String::new() })
+            .await
+            .expect("health watch")
+            .into_inner();
+        while let Some(update) = updates.message().await.expect("health update") {
+            if update.status == status as i32 {
+                return;
+            }
+        }
+        panic!("health stream ended before reaching {status:?}");
+    }
+
+    /// A store connected to the server's own database, to check what it wrote.
+    pub async fn store(&self) -> Store {
+        Store::connect(
+            &self.config.database_url(),
+            &ConnectOptions {
+                max_connections: 1,
+                connect_timeout: Duration::from_secs(2),
+            },
+        )
+        .await
+        .expect("connect to the test server's database")
+    }
+
+    /// A Moderation client.
+    pub fn moderation(&self) -> modbot::proto::moderation_client::ModerationClient<Channel> {
+        modbot::proto::moderation_client::ModerationClient::new(self.channel.clone())
+    }
+
+    /// Sends the shutdown signal without waiting.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts the server down and returns how `serve` ended.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        self.signal_shutdown();
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async { Ok(()) }));
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the server stops within its grace period")
+            .expect("the server task does not panic")
+    }
+}
+
+/// A chat message with the required fields set.
+pub fn chat_message(id: &str, user: &str, text: &str) -> modbot::proto::ChatMessage {
+    modbot::proto::ChatMessage {
+        channel: "destinygg".into(),
+        message_id: id.into(),
+        user_id: user.into(),
+        nick: user.into(),
+        roles: vec!["subscriber".into()],
+        text: text.into(),
+        sent_at: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }),
+    }
+}
+

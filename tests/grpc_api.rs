@@ -1,0 +1,344 @@
+//! The gRPC API end to end: a real server on an ephemeral port, the generated Rust client.
+
+mod common;
+
+use common::{chat_message, PgSchema, TestServer};
+use modbot::proto::{self, ClassifyOptions, ClassifyRequest, Decision};
+use modbot::store::AuditQuery;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn classify(messages: Vec<proto::ChatMessage>) -> ClassifyRequest {
+    ClassifyRequest {
+        messages,
+        options: None,
+    }
+}
+
+async fn audit_count(server: &TestServer) -> usize {
+    let store = server.store().await;
+    let count = store
+        .audit_log(&AuditQuery {
+            limit: 1000,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("read the audit log")
+        .len();
+    store.close().await;
+    count
+}
+
+#[tokio::test]
+async fn health_reports_every_service_serving() {
+    let server = TestServer::start(|_| {}).await;
+    let mut health = HealthClient::new(server.channel.clone());
+    for service in ["", "modbot.v1.Moderation", "modbot.v1.Actions", "modbot.v1.Appeals", "modbot.v1.Admin"] {
+        let status = health
+            .check(HealthCheckRequest { service: service.into() })
+            .await
+            .unwrap_or_else(|e| panic!("health of `{service}`: {e}"))
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service `{service}`");
+    }
+    let unknown = health
+        .check(HealthCheckRequest { service: "nope.Service".into() })
+        .await
+        .expect_err("unknown services are NOT_FOUND");
+    assert_eq!(unknown.code(), Code::NotFound);
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn reflection_lists_the_api() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let server = TestServer::start(|_| {}).await;
+    let mut reflection = ServerReflectionClient::new(server.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.message().await.expect("a response").expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list, got {response:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "modbot.v1.Moderation",
+        "modbot.v1.Actions",
+        "modbot.v1.Appeals",
+        "modbot.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn classify_decides_explains_and_audits() {
+    let server = TestServer::start(|_| {}).await;
+    let mut client = server.moderation();
+    let response = client
+        .classify(ClassifyRequest {
+            messages: vec![
+                chat_message("m1", "alice", "great stream today"),
+                chat_message("m2", "spammer", "get your 🎁 FREE   Nitro at scam dot link"),
+                chat_message("m3", "adbot", "Buy followers, cheap viewers"),
+            ],
+            options: Some(ClassifyOptions {
+                include_normalized_text: true,
+                ..ClassifyOptions::default()
+            }),
+        })
+        .await
+        .expect("classify")
+        .into_inner();
+    let verdicts = response.verdicts;
+    assert_eq!(verdicts.len(), 3, "one verdict per message");
+    let ids: Vec<_> = verdicts.iter().map(|v| v.message_id.as_str()).collect();
+    assert_eq!(ids, ["m1", "m2", "m3"], "in request order");
+
+    let allow = &verdicts[0];
+    assert_eq!(allow.decision, Decision::Allow as i32);
+    assert!(allow.reasons.is_empty() && allow.enforced);
+    assert_eq!(allow.normalized_text, "great stream today");
+
+    let timeout = &verdicts[1];
+    assert_eq!(timeout.decision, Decision::Timeout as i32);
+    assert_eq!(timeout.duration.map(|d| d.seconds), Some(600));
+    assert!(timeout.enforced);
+    assert_eq!(timeout.channel, "destinygg");
+    assert_eq!(timeout.user_id, "spammer");
+    let reason = &timeout.reasons[0];
+    assert_eq!(reason.rule_id, "scam-giveaway");
+    assert_eq!(reason.source, proto::ReasonSource::Rule as i32);
+    let evidence = reason.evidence.as_ref().expect("evidence");
+    assert_eq!(evidence.matched_text, "FREE   Nitro", "evidence shows what the user typed");
+    assert_eq!(evidence.pattern, "free nitro");
+    let span = evidence.span.expect("a span");
+    let typed: String = "get your 🎁 FREE   Nitro at scam dot link"
+        .chars()
+        .skip(span.start as usize)
+        .take((span.end - span.start) as usize)
+        .collect();
+    assert_eq!(typed, "FREE   Nitro", "the span indexes code points of the original");
+    assert!(timeout.elapsed.is_some());
+
+    let hide = &verdicts[2];
+    assert_eq!(hide.decision, Decision::Hide as i32);
+    assert_eq!(hide.reasons[0].rule_id, "view-botting-ads");
+    assert!(hide.duration.is_none());
+
+    // Only the two notable verdicts are in the audit log; the allowed message is not stored.
+    let store = server.store().await;
+    let log = store
+        .audit_log(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let mut logged: Vec<_> = log.iter().map(|r| r.message.message_id.as_str()).collect();
+    logged.sort();
+    assert_eq!(logged, ["m2", "m3"]);
+    let m2 = log.iter().find(|r| r.message.message_id == "m2").unwrap();
+    assert_eq!(m2.message.text, "get your 🎁 FREE   Nitro at scam dot link");
+    assert_eq!(m2.verdict.reasons[0].evidence.matched_text, "FREE   Nitro");
+    store.close().await;
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn dry_run_decides_but_writes_nothing() {
+    let server = TestServer::start(|_| {}).await;
+    let verdicts = server
+        .moderation()
+        .classify(ClassifyRequest {
+            messages: vec![chat_message("m1", "spammer", "free nitro")],
+            options: Some(ClassifyOptions {
+                dry_run: true,
+                ..ClassifyOptions::default()
+            }),
+        })
+        .await
+        .expect("classify")
+        .into_inner()
+        .verdicts;
+    assert_eq!(verdicts[0].decision, Decision::Timeout as i32);
+    assert!(!verdicts[0].enforced, "dry runs are never enforced");
+    assert!(verdicts[0].normalized_text.is_empty(), "not asked for");
+    assert_eq!(audit_count(&server).await, 0);
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
+    let server = TestServer::start(|config| {
+        config.grpc.max_messages_per_call = 3;
+        config.grpc.max_text_bytes = 32;
+    })
+    .await;
+    let mut client = server.moderation();
+    let good = || chat_message("ok", "alice", "free nitro");
+    let with = |edit: fn(&mut proto::ChatMessage)| {
+        let mut message = chat_message("bad", "bob", "free nitro");
+        edit(&mut message);
+        // A good, notable message first: it must not be written either.
+        vec![good(), message]
+    };
+    let cases: Vec<(Vec<proto::ChatMessage>, &str)> = vec![
+        (vec![], "messages: at least one message is required"),
+        (vec![good(), good(), good(), good()], "messages: 4 messages exceed the limit of 3 per call"),
+        (with(|m| m.channel.clear()), "messages[1].channel: is required"),
+        (with(|m| m.message_id = "  ".into()), "messages[1].message_id: is required"),
+        (with(|m| m.user_id.clear()), "messages[1].user_id: is required"),
+        (with(|m| m.text.clear()), "messages[1].text: must not be empty"),
+        (with(|m| m.text = " \n\t ".into()), "messages[1].text: must not be empty"),
+        (with(|m| m.text = "x".repeat(33)), "messages[1].text: 33 bytes exceed the limit of 32 bytes"),
+        (with(|m| m.channel = "c".repeat(257)), "messages[1].channel: 257 bytes exceed the limit of 256 bytes"),
+        (with(|m| m.nick = "a\u{0}b".into()), "messages[1].nick: must not contain control characters"),
+        (with(|m| m.roles = vec!["moderator".into(), String::new()]), "messages[1].roles[1]: must be 1 to 64 bytes"),
+        (
+            with(|m| m.sent_at = Some(prost_types::Timestamp { seconds: 0, nanos: -5 })),
+            "messages[1].sent_at: is not a valid time",
+        ),
+    ];
+    for (messages, expected) in cases {
+        let status = client
+            .classify(classify(messages))
+            .await
+            .expect_err(&format!("should be rejected: {expected}"));
+        assert_eq!(status.code(), Code::InvalidArgument, "{expected}: {status:?}");
+        assert!(status.message().starts_with(expected), "expected `{expected}`, got `{}`", status.message());
+    }
+    assert_eq!(audit_count(&server).await, 0, "nothing of a rejected request is written");
+
+    // The limits are exactly inclusive.
+    let mut at_limit = chat_message("m", "alice", "free nitro");
+    at_limit.text = format!("{:<32}", "free nitro");
+    let verdicts = client
+        .classify(classify(vec![at_limit.clone(), at_limit.clone(), at_limit]))
+        .await
+        .expect("3 messages of 32 bytes are within limits")
+        .into_inner()
+        .verdicts;
+    assert_eq!(verdicts.len(), 3);
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn rpcs_not_built_yet_say_what_is_missing() {
+    let server = TestServer::start(|_| {}).await;
+    let channel = server.channel.clone();
+    let mut actions = proto::actions_client::ActionsClient::new(channel.clone());
+    let mut appeals = proto::appeals_client::AppealsClient::new(channel.clone());
+    let mut admin = proto::admin_client::AdminClient::new(channel.clone());
+    let statuses = [
+        actions.execute_action(proto::ExecuteActionRequest::default()).await.map(drop),
+        actions.list_actions(proto::ListActionsRequest::default()).await.map(drop),
+        appeals.file_appeal(proto::FileAppealRequest::default()).await.map(drop),
+        admin.list_rules(proto::ListRulesRequest::default()).await.map(drop),
+        admin.nuke(proto::NukeRequest::default()).await.map(drop),
+        admin.get_model_info(proto::GetModelInfoRequest::default()).await.map(drop),
+    ];
+    for (status, rpc) in statuses.into_iter().zip(["ExecuteAction", "ListActions", "FileAppeal", "ListRules", "Nuke", "GetModelInfo"]) {
+        let status = status.expect_err(rpc);
+        assert_eq!(status.code(), Code::Unimplemented, "{rpc}");
+        assert!(status.message().starts_with(&format!("{rpc} is not available yet: ")), "{}", status.message());
+    }
+
+    let stream = server
+        .moderation()
+        .stream_moderate(tokio_stream::iter(Vec::<proto::StreamModerateRequest>::new()))
+        .await
+        .expect_err("StreamModerate is not built yet");
+    assert_eq!(stream.code(), Code::Unimplemented);
+    assert!(stream.message().contains("StreamModerate"));
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn shutdown_turns_health_not_serving_and_lets_open_calls_finish() {
+    let mut server = TestServer::start(|config| config.grpc.shutdown_grace_secs = 1).await;
+    let mut health = HealthClient::new(server.channel.clone());
+    // An open streaming call, in flight when the signal comes.
+    let mut updates = health
+        .watch(HealthCheckRequest { service: "modbot.v1.Moderation".into() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = updates.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    server.signal_shutdown();
+    let next = updates.message().await.expect("the in-flight call keeps running").expect("an update");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    let addr = server.addr;
+    server.stop().await.expect("serve returns Ok after a graceful shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "nothing listens after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_database_at_start_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.database.url = "postgres://modbot@127.0.0.1:1/modbot".into();
+    config.database.connect_timeout_secs = 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = modbot::serve(config, listener, std::future::pending())
+        .await
+        .expect_err("no database, no server");
+    assert!(error.to_string().contains("cannot connect to the database"), "{error}");
+}
+
+#[tokio::test]
+async fn classify_audits_to_postgres() {
+    let Some(schema) = PgSchema::create("classify_audits_to_postgres").await else {
+        return;
+    };
+    let url = schema.url.clone();
+    let server = TestServer::start(move |config| config.database.url = url).await;
+    let verdicts = server
+        .moderation()
+        .classify(classify(vec![
+            chat_message("p1", "spammer", "crypto giveaway!!"),
+            chat_message("p2", "alice", "hello chat"),
+        ]))
+        .await
+        .expect("classify")
+        .into_inner()
+        .verdicts;
+    assert_eq!(verdicts[0].decision, Decision::Timeout as i32);
+    assert_eq!(verdicts[1].decision, Decision::Allow as i32);
+    let store = server.store().await;
+    assert_eq!(store.backend(), modbot::store::Backend::Postgres);
+    let log = store
+        .audit_log(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].message.message_id, "p1");
+    assert_eq!(log[0].verdict.reasons[0].evidence.matched_text, "crypto giveaway");
+    store.close().await;
+    server.stop().await.expect("clean stop");
+    schema.drop().await;
+}

@@ -1,0 +1,152 @@
+//! The store suite, run against both backends: the embedded SQLite file and PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use common::PgSchema;
+use modbot::decision::{ChatMessage, DecideOptions, Decision, Degraded, Engine};
+use modbot::store::{AuditQuery, AuditRecord, ConnectOptions, Store, StoreError};
+
+fn options() -> ConnectOptions {
+    ConnectOptions {
+        max_connections: 4,
+        connect_timeout: Duration::from_secs(2),
+    }
+}
+
+fn message(channel: &str, id: &str, user: &str, text: &str) -> ChatMessage {
+    ChatMessage {
+        channel: channel.into(),
+        message_id: id.into(),
+        user_id: user.into(),
+        nick: format!("{user}Nick"),
+        roles: vec!["subscriber".into(), "flair3".into()],
+        text: text.into(),
+        sent_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+    }
+}
+
+/// A record decided by the default engine (whose shipped rules catch scam phrases).
+fn record(channel: &str, id: &str, user: &str, text: &str) -> AuditRecord {
+    let engine = Engine::new(&modbot::Config::default().rules);
+    let message = message(channel, id, user, text);
+    let verdict = engine.decide(&message, DecideOptions::default(), Instant::now());
+    assert!(verdict.is_notable(), "test records must be notable: {text}");
+    AuditRecord::new(message, verdict)
+}
+
+async fn suite(url: &str) {
+    let store = Store::connect(url, &options()).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    store.migrate().await.expect("migrating twice is a no-op");
+    store.ping().await.expect("ping");
+
+    // Round trip: everything written comes back, in the same types.
+    let mut first = record("destinygg", "m1", "alice", "🎁 FREE NITRO here");
+    first.verdict.degraded = vec![Degraded::Model];
+    first.verdict.model_version = "minilm-test".into();
+    store.record_verdicts(std::slice::from_ref(&first)).await.expect("write");
+    let read = store
+        .audit_log(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("read");
+    assert_eq!(read.len(), 1);
+    let got = &read[0];
+    // Stored times are whole milliseconds; stored verdicts drop the per-call extras.
+    assert_eq!(got.id, first.id);
+    assert_eq!(got.message, first.message);
+    assert_eq!(
+        store_millis(got.decided_at),
+        store_millis(first.decided_at),
+        "decided_at survives to the millisecond"
+    );
+    let mut expected = first.verdict.clone();
+    expected.normalized_text.clear();
+    expected.elapsed = Duration::from_micros(expected.elapsed.as_micros() as u64);
+    assert_eq!(got.verdict, expected);
+    assert_eq!(got.verdict.decision, Decision::Timeout);
+    let evidence = &got.verdict.reasons[0].evidence;
+    assert_eq!(evidence.matched_text, "FREE NITRO");
+    assert_eq!(evidence.span.map(|s| (s.start, s.end)), Some((2, 12)));
+
+    // Batches, filters, newest first, limits.
+    store
+        .record_verdicts(&[
+            record("destinygg", "m2", "bob", "buy followers now"),
+            record("strims", "m3", "alice", "crypto giveaway"),
+            record("destinygg", "m4", "alice", "cheap viewers"),
+        ])
+        .await
+        .expect("write a batch");
+    let ids = |records: Vec<AuditRecord>| records.into_iter().map(|r| r.message.message_id).collect::<Vec<_>>();
+    let query = |channel: Option<&str>, user: Option<&str>, limit| AuditQuery {
+        channel: channel.map(Into::into),
+        user_id: user.map(Into::into),
+        limit,
+    };
+    assert_eq!(ids(store.audit_log(&query(None, None, 10)).await.unwrap()), ["m4", "m3", "m2", "m1"]);
+    assert_eq!(ids(store.audit_log(&query(Some("destinygg"), None, 10)).await.unwrap()), ["m4", "m2", "m1"]);
+    assert_eq!(ids(store.audit_log(&query(Some("destinygg"), Some("alice"), 10)).await.unwrap()), ["m4", "m1"]);
+    assert_eq!(ids(store.audit_log(&query(None, Some("alice"), 2)).await.unwrap()), ["m4", "m3"]);
+    assert!(store.audit_log(&query(Some("nowhere"), None, 10)).await.unwrap().is_empty());
+
+    // A batch is all or nothing: a duplicate id fails the whole batch.
+    let fresh = record("destinygg", "m5", "carol", "free nitro");
+    let error = store.record_verdicts(&[fresh.clone(), first.clone()]).await;
+    assert!(matches!(error, Err(StoreError::Query(_))), "{error:?}");
+    assert!(
+        store.audit_log(&query(None, Some("carol"), 10)).await.unwrap().is_empty(),
+        "nothing of a failed batch is kept"
+    );
+    store.record_verdicts(&[]).await.expect("an empty batch is a no-op");
+    store.close().await;
+}
+
+fn store_millis(time: SystemTime) -> i64 {
+    modbot::store::unix_millis(time)
+}
+
+#[tokio::test]
+async fn sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nested/dir/modbot.db", dir.path().display());
+    suite(&url).await;
+    assert!(dir.path().join("nested/dir/modbot.db").is_file(), "the file and its directory are created");
+}
+
+#[tokio::test]
+async fn postgres_store() {
+    let Some(schema) = PgSchema::create("postgres_store").await else {
+        return;
+    };
+    suite(&schema.url).await;
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn unreachable_database_fails_clearly_after_the_timeout() {
+    let started = Instant::now();
+    let options = ConnectOptions {
+        max_connections: 1,
+        connect_timeout: Duration::from_millis(800),
+    };
+    let error = Store::connect("postgres://modbot:secret@127.0.0.1:1/modbot", &options)
+        .await
+        .expect_err("nothing listens on port 1");
+    let elapsed = started.elapsed();
+    let message = error.to_string();
+    assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
+    assert!(message.contains("cannot connect to the database at postgres://modbot:***@127.0.0.1:1"), "{message}");
+    assert!(!message.contains("secret"), "the password is redacted: {message}");
+    assert!(elapsed >= Duration::from_millis(500), "it retried for a while: {elapsed:?}");
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_refused() {
+    let error = Store::connect("mysql://root@localhost/x", &options()).await.expect_err("mysql is not supported");
+    assert!(matches!(error, StoreError::UnsupportedUrl(_)), "{error:?}");
+}
