@@ -92,7 +92,10 @@ pub async fn serve(
         .build_v1alpha()
         .expect("modbot's own descriptor set is valid. This is a bug");
 
-    let local_addr = listener.local_addr().ok();
+    let local_addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let incoming = TcpListenerStream::new(listener).map(|stream| {
         if let Ok(stream) = &stream {
             // Verdicts are small and latency-bound: never wait to coalesce them.
@@ -110,7 +113,7 @@ pub async fn serve(
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
-    tracing::info!(addr = ?local_addr, database = ?store.backend(), "modbot serving");
+    tracing::info!(addr = %local_addr, database = ?store.backend(), "modbot serving");
 
     let result = tokio::select! {
         result = &mut server => result,

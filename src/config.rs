@@ -199,12 +199,15 @@ pub struct Loaded {
 
 impl Default for Config {
     fn default() -> Self {
-        Self::from_table(default_table()).expect("the built-in config/modbot.toml is valid. This is a bug")
+        Self::from_table(default_table())
+            .expect("the built-in config/modbot.toml is valid. This is a bug")
     }
 }
 
 fn default_table() -> Table {
-    DEFAULTS.parse::<Table>().expect("the built-in config/modbot.toml parses. This is a bug")
+    DEFAULTS
+        .parse::<Table>()
+        .expect("the built-in config/modbot.toml parses. This is a bug")
 }
 
 impl Config {
@@ -260,9 +263,11 @@ impl Config {
 
     fn from_table(table: Table) -> Result<Self, ConfigError> {
         let config: Config =
-            serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| ConfigError::Invalid {
-                key: e.path().to_string(),
-                message: e.into_inner().to_string(),
+            serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
+                ConfigError::Invalid {
+                    key: e.path().to_string(),
+                    message: e.into_inner().to_string(),
+                }
             })?;
         config.validate()?;
         Ok(config)
@@ -287,7 +292,10 @@ impl Config {
             ));
         }
         if self.database.max_connections == 0 {
-            return Err(invalid("database.max_connections", "must be at least 1".to_owned()));
+            return Err(invalid(
+                "database.max_connections",
+                "must be at least 1".to_owned(),
+            ));
         }
         let url = &self.database.url;
         if !(url.is_empty()
@@ -309,7 +317,10 @@ impl Config {
         {
             return Err(invalid(
                 "redis.url",
-                format!("`{}` is neither empty nor redis://...", redact_url(&self.redis.url)),
+                format!(
+                    "`{}` is neither empty nor redis://...",
+                    redact_url(&self.redis.url)
+                ),
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -412,7 +423,10 @@ fn set_key(
     let mut default_here = defaults;
     let mut here = table;
     for section in sections {
-        default_here = default_here.get(*section).and_then(Value::as_table).ok_or_else(unknown)?;
+        default_here = default_here
+            .get(*section)
+            .and_then(Value::as_table)
+            .ok_or_else(unknown)?;
         here = here
             .entry(section.to_string())
             .or_insert_with(|| Value::Table(Table::new()))
@@ -423,10 +437,13 @@ fn set_key(
         None | Some(Value::Table(_)) => return Err(unknown()),
         Some(Value::String(_)) => Value::String(raw.to_owned()),
         Some(_) => {
-            let parsed = format!("v = {raw}").parse::<Table>().map_err(|_| ConfigError::Invalid {
-                key: key.to_owned(),
-                message: format!("`{raw}` (from {origin}) is not a valid value"),
-            })?;
+            let parsed =
+                format!("v = {raw}")
+                    .parse::<Table>()
+                    .map_err(|_| ConfigError::Invalid {
+                        key: key.to_owned(),
+                        message: format!("`{raw}` (from {origin}) is not a valid value"),
+                    })?;
             parsed.get("v").cloned().ok_or_else(unknown)?
         }
     };
@@ -438,7 +455,9 @@ fn set_key(
 fn merge(base: &mut Table, layer: Table) {
     for (name, value) in layer {
         match (base.get_mut(&name), value) {
-            (Some(Value::Table(base_inner)), Value::Table(layer_inner)) => merge(base_inner, layer_inner),
+            (Some(Value::Table(base_inner)), Value::Table(layer_inner)) => {
+                merge(base_inner, layer_inner)
+            }
             (_, value) => {
                 base.insert(name, value);
             }
@@ -478,7 +497,10 @@ fn empty_as_none<'de, D: Deserializer<'de>>(de: D) -> Result<Option<SocketAddr>,
     })
 }
 
-fn none_as_empty<S: serde::Serializer>(addr: &Option<SocketAddr>, ser: S) -> Result<S::Ok, S::Error> {
+fn none_as_empty<S: serde::Serializer>(
+    addr: &Option<SocketAddr>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
     match addr {
         Some(addr) => ser.collect_str(addr),
         None => ser.serialize_str(""),
@@ -489,24 +511,35 @@ fn none_as_empty<S: serde::Serializer>(addr: &Option<SocketAddr>, ser: S) -> Res
 mod tests {
     use super::*;
 
-    fn load(file: Option<&str>, env: &[(&str, &str)], sets: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+    fn load(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        sets: &[(&str, &str)],
+    ) -> Result<Loaded, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("modbot.toml");
         if let Some(text) = file {
             std::fs::write(&path, text).unwrap();
         }
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        let sets: Vec<_> = sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let sets: Vec<_> = sets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::load(file.map(|_| path.as_path()), env, &sets)
     }
 
     fn error(file: Option<&str>, env: &[(&str, &str)], sets: &[(&str, &str)]) -> String {
-        load(file, env, sets).expect_err("the configuration should be rejected").to_string()
+        load(file, env, sets)
+            .expect_err("the configuration should be rejected")
+            .to_string()
     }
 
     #[test]
     fn defaults_are_the_shipped_file() {
-        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/modbot.toml")).unwrap();
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/modbot.toml"))
+                .unwrap();
         let from_file = load(Some(&shipped), &[], &[]).unwrap().config;
         assert_eq!(from_file, Config::default());
         assert_eq!(Config::default().grpc.max_messages_per_call, 64);
@@ -519,7 +552,10 @@ mod tests {
         let file = "[grpc]\naddr = \"127.0.0.1:7000\"\nmax_text_bytes = 100\n";
         let loaded = load(
             Some(file),
-            &[("MODBOT_GRPC_ADDR", "127.0.0.1:7001"), ("MODBOT_DATABASE_URL", "postgres://u:p@h/db")],
+            &[
+                ("MODBOT_GRPC_ADDR", "127.0.0.1:7001"),
+                ("MODBOT_DATABASE_URL", "postgres://u:p@h/db"),
+            ],
             &[("grpc.addr", "127.0.0.1:7002")],
         )
         .unwrap();
@@ -534,25 +570,54 @@ mod tests {
 
     #[test]
     fn typed_environment_values() {
-        let config = load(None, &[("MODBOT_GRPC_MAX_MESSAGES_PER_CALL", "8"), ("MODBOT_METRICS_ADDR", "")], &[])
-            .unwrap()
-            .config;
+        let config = load(
+            None,
+            &[
+                ("MODBOT_GRPC_MAX_MESSAGES_PER_CALL", "8"),
+                ("MODBOT_METRICS_ADDR", ""),
+            ],
+            &[],
+        )
+        .unwrap()
+        .config;
         assert_eq!(config.grpc.max_messages_per_call, 8);
         assert_eq!(config.metrics.addr, None);
     }
 
     #[test]
     fn errors_name_the_key() {
-        let cases: &[(Option<&str>, &[(&str, &str)], &[(&str, &str)], &str)] = &[
-            (None, &[("MODBOT_GRPC_MAX_MESSAGES_PER_CALL", "lots")], &[], "grpc.max_messages_per_call"),
-            (None, &[("MODBOT_GRPC_MAX_MESSAGES_PER_CALL", "0")], &[], "grpc.max_messages_per_call"),
+        // (file, environment, --set flags, what the error must name)
+        type Case<'a> = (
+            Option<&'a str>,
+            &'a [(&'a str, &'a str)],
+            &'a [(&'a str, &'a str)],
+            &'a str,
+        );
+        let cases: &[Case] = &[
+            (
+                None,
+                &[("MODBOT_GRPC_MAX_MESSAGES_PER_CALL", "lots")],
+                &[],
+                "grpc.max_messages_per_call",
+            ),
+            (
+                None,
+                &[("MODBOT_GRPC_MAX_MESSAGES_PER_CALL", "0")],
+                &[],
+                "grpc.max_messages_per_call",
+            ),
             (None, &[("MODBOT_GRPC_ADDR", "nowhere")], &[], "grpc.addr"),
             (None, &[], &[("metrics.addr", "localhost")], "metrics.addr"),
             (None, &[], &[("grpc.nope", "1")], "grpc.nope"),
             (None, &[], &[("database.url", "mysql://x")], "database.url"),
             (None, &[], &[("log.format", "xml")], "log.format"),
             (Some("[grpc]\nadr = \"x\"\n"), &[], &[], "grpc"),
-            (Some("[grpc]\nmax_text_bytes = -1\n"), &[], &[], "grpc.max_text_bytes"),
+            (
+                Some("[grpc]\nmax_text_bytes = -1\n"),
+                &[],
+                &[],
+                "grpc.max_text_bytes",
+            ),
             (
                 Some("[[rules.phrases]]\nid = \"a\"\nphrases = [\"x\"]\naction = \"timeout\"\n"),
                 &[],
@@ -572,7 +637,9 @@ mod tests {
                 "rules.phrases[0].action",
             ),
             (
-                Some("[[rules.phrases]]\nid = \"a\"\nphrases = [\"x\"]\naction = \"hide\"\n[[rules.phrases]]\nid = \"a\"\nphrases = [\"y\"]\naction = \"hide\"\n"),
+                Some(
+                    "[[rules.phrases]]\nid = \"a\"\nphrases = [\"x\"]\naction = \"hide\"\n[[rules.phrases]]\nid = \"a\"\nphrases = [\"y\"]\naction = \"hide\"\n",
+                ),
                 &[],
                 &[],
                 "rules.phrases[1].id",
@@ -581,13 +648,21 @@ mod tests {
         ];
         for (file, env, sets, expected) in cases {
             let message = error(*file, env, sets);
-            assert!(message.contains(expected), "expected `{expected}` in: {message}");
+            assert!(
+                message.contains(expected),
+                "expected `{expected}` in: {message}"
+            );
         }
     }
 
     #[test]
     fn unknown_environment_variables_warn() {
-        let loaded = load(None, &[("MODBOT_GRPC_ADR", "x"), ("MODBOT_TEST_DATABASE_URL", "y")], &[]).unwrap();
+        let loaded = load(
+            None,
+            &[("MODBOT_GRPC_ADR", "x"), ("MODBOT_TEST_DATABASE_URL", "y")],
+            &[],
+        )
+        .unwrap();
         assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
         assert!(loaded.warnings[0].contains("MODBOT_GRPC_ADR"));
     }
@@ -595,8 +670,18 @@ mod tests {
     #[test]
     fn every_key_has_an_environment_variable() {
         let keys = scalar_keys(&default_table());
-        for key in ["grpc.addr", "metrics.addr", "database.url", "redis.url", "model.dir", "data_dir"] {
-            assert!(keys.contains(&key.to_owned()), "{key} missing from {keys:?}");
+        for key in [
+            "grpc.addr",
+            "metrics.addr",
+            "database.url",
+            "redis.url",
+            "model.dir",
+            "data_dir",
+        ] {
+            assert!(
+                keys.contains(&key.to_owned()),
+                "{key} missing from {keys:?}"
+            );
         }
         assert_eq!(env_name("grpc.addr"), "MODBOT_GRPC_ADDR");
         assert_eq!(env_name("data_dir"), "MODBOT_DATA_DIR");
@@ -604,9 +689,18 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        assert_eq!(redact_url("postgres://modbot:hunter2@db:5432/modbot"), "postgres://modbot:***@db:5432/modbot");
-        assert_eq!(redact_url("redis://:pw@cache:6379/0"), "redis://:***@cache:6379/0");
-        assert_eq!(redact_url("postgres://modbot@db/x"), "postgres://modbot@db/x");
+        assert_eq!(
+            redact_url("postgres://modbot:hunter2@db:5432/modbot"),
+            "postgres://modbot:***@db:5432/modbot"
+        );
+        assert_eq!(
+            redact_url("redis://:pw@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("postgres://modbot@db/x"),
+            "postgres://modbot@db/x"
+        );
         assert_eq!(redact_url(""), "");
         let mut config = Config::default();
         config.database.url = "postgres://modbot:hunter2@db/modbot".into();

@@ -2,13 +2,13 @@
 
 mod common;
 
-use common::{chat_message, PgSchema, TestServer};
+use common::{PgSchema, TestServer, chat_message};
 use modbot::proto::{self, ClassifyOptions, ClassifyRequest, Decision};
 use modbot::store::AuditQuery;
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 fn classify(messages: Vec<proto::ChatMessage>) -> ClassifyRequest {
     ClassifyRequest {
@@ -35,9 +35,17 @@ async fn audit_count(server: &TestServer) -> usize {
 async fn health_reports_every_service_serving() {
     let server = TestServer::start(|_| {}).await;
     let mut health = HealthClient::new(server.channel.clone());
-    for service in ["", "modbot.v1.Moderation", "modbot.v1.Actions", "modbot.v1.Appeals", "modbot.v1.Admin"] {
+    for service in [
+        "",
+        "modbot.v1.Moderation",
+        "modbot.v1.Actions",
+        "modbot.v1.Appeals",
+        "modbot.v1.Admin",
+    ] {
         let status = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap_or_else(|e| panic!("health of `{service}`: {e}"))
             .into_inner()
@@ -45,7 +53,9 @@ async fn health_reports_every_service_serving() {
         assert_eq!(status, ServingStatus::Serving as i32, "service `{service}`");
     }
     let unknown = health
-        .check(HealthCheckRequest { service: "nope.Service".into() })
+        .check(HealthCheckRequest {
+            service: "nope.Service".into(),
+        })
         .await
         .expect_err("unknown services are NOT_FOUND");
     assert_eq!(unknown.code(), Code::NotFound);
@@ -54,10 +64,10 @@ async fn health_reports_every_service_serving() {
 
 #[tokio::test]
 async fn reflection_lists_the_api() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let server = TestServer::start(|_| {}).await;
     let mut reflection = ServerReflectionClient::new(server.channel.clone());
@@ -70,7 +80,11 @@ async fn reflection_lists_the_api() {
         .await
         .expect("reflection")
         .into_inner();
-    let response = responses.message().await.expect("a response").expect("one message");
+    let response = responses
+        .message()
+        .await
+        .expect("a response")
+        .expect("one message");
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("expected a service list, got {response:?}");
     };
@@ -82,7 +96,10 @@ async fn reflection_lists_the_api() {
         "modbot.v1.Admin",
         "grpc.health.v1.Health",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
     }
     server.stop().await.expect("clean stop");
 }
@@ -126,7 +143,10 @@ async fn classify_decides_explains_and_audits() {
     assert_eq!(reason.rule_id, "scam-giveaway");
     assert_eq!(reason.source, proto::ReasonSource::Rule as i32);
     let evidence = reason.evidence.as_ref().expect("evidence");
-    assert_eq!(evidence.matched_text, "FREE   Nitro", "evidence shows what the user typed");
+    assert_eq!(
+        evidence.matched_text, "FREE   Nitro",
+        "evidence shows what the user typed"
+    );
     assert_eq!(evidence.pattern, "free nitro");
     let span = evidence.span.expect("a span");
     let typed: String = "get your 🎁 FREE   Nitro at scam dot link"
@@ -134,7 +154,10 @@ async fn classify_decides_explains_and_audits() {
         .skip(span.start as usize)
         .take((span.end - span.start) as usize)
         .collect();
-    assert_eq!(typed, "FREE   Nitro", "the span indexes code points of the original");
+    assert_eq!(
+        typed, "FREE   Nitro",
+        "the span indexes code points of the original"
+    );
     assert!(timeout.elapsed.is_some());
 
     let hide = &verdicts[2];
@@ -201,18 +224,53 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
     };
     let cases: Vec<(Vec<proto::ChatMessage>, &str)> = vec![
         (vec![], "messages: at least one message is required"),
-        (vec![good(), good(), good(), good()], "messages: 4 messages exceed the limit of 3 per call"),
-        (with(|m| m.channel.clear()), "messages[1].channel: is required"),
-        (with(|m| m.message_id = "  ".into()), "messages[1].message_id: is required"),
-        (with(|m| m.user_id.clear()), "messages[1].user_id: is required"),
-        (with(|m| m.text.clear()), "messages[1].text: must not be empty"),
-        (with(|m| m.text = " \n\t ".into()), "messages[1].text: must not be empty"),
-        (with(|m| m.text = "x".repeat(33)), "messages[1].text: 33 bytes exceed the limit of 32 bytes"),
-        (with(|m| m.channel = "c".repeat(257)), "messages[1].channel: 257 bytes exceed the limit of 256 bytes"),
-        (with(|m| m.nick = "a\u{0}b".into()), "messages[1].nick: must not contain control characters"),
-        (with(|m| m.roles = vec!["moderator".into(), String::new()]), "messages[1].roles[1]: must be 1 to 64 bytes"),
         (
-            with(|m| m.sent_at = Some(prost_types::Timestamp { seconds: 0, nanos: -5 })),
+            vec![good(), good(), good(), good()],
+            "messages: 4 messages exceed the limit of 3 per call",
+        ),
+        (
+            with(|m| m.channel.clear()),
+            "messages[1].channel: is required",
+        ),
+        (
+            with(|m| m.message_id = "  ".into()),
+            "messages[1].message_id: is required",
+        ),
+        (
+            with(|m| m.user_id.clear()),
+            "messages[1].user_id: is required",
+        ),
+        (
+            with(|m| m.text.clear()),
+            "messages[1].text: must not be empty",
+        ),
+        (
+            with(|m| m.text = " \n\t ".into()),
+            "messages[1].text: must not be empty",
+        ),
+        (
+            with(|m| m.text = "x".repeat(33)),
+            "messages[1].text: 33 bytes exceed the limit of 32 bytes",
+        ),
+        (
+            with(|m| m.channel = "c".repeat(257)),
+            "messages[1].channel: 257 bytes exceed the limit of 256 bytes",
+        ),
+        (
+            with(|m| m.nick = "a\u{0}b".into()),
+            "messages[1].nick: must not contain control characters",
+        ),
+        (
+            with(|m| m.roles = vec!["moderator".into(), String::new()]),
+            "messages[1].roles[1]: must be 1 to 64 bytes",
+        ),
+        (
+            with(|m| {
+                m.sent_at = Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -5,
+                })
+            }),
             "messages[1].sent_at: is not a valid time",
         ),
     ];
@@ -221,10 +279,22 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
             .classify(classify(messages))
             .await
             .expect_err(&format!("should be rejected: {expected}"));
-        assert_eq!(status.code(), Code::InvalidArgument, "{expected}: {status:?}");
-        assert!(status.message().starts_with(expected), "expected `{expected}`, got `{}`", status.message());
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{expected}: {status:?}"
+        );
+        assert!(
+            status.message().starts_with(expected),
+            "expected `{expected}`, got `{}`",
+            status.message()
+        );
     }
-    assert_eq!(audit_count(&server).await, 0, "nothing of a rejected request is written");
+    assert_eq!(
+        audit_count(&server).await,
+        0,
+        "nothing of a rejected request is written"
+    );
 
     // The limits are exactly inclusive.
     let mut at_limit = chat_message("m", "alice", "free nitro");
@@ -247,22 +317,52 @@ async fn rpcs_not_built_yet_say_what_is_missing() {
     let mut appeals = proto::appeals_client::AppealsClient::new(channel.clone());
     let mut admin = proto::admin_client::AdminClient::new(channel.clone());
     let statuses = [
-        actions.execute_action(proto::ExecuteActionRequest::default()).await.map(drop),
-        actions.list_actions(proto::ListActionsRequest::default()).await.map(drop),
-        appeals.file_appeal(proto::FileAppealRequest::default()).await.map(drop),
-        admin.list_rules(proto::ListRulesRequest::default()).await.map(drop),
+        actions
+            .execute_action(proto::ExecuteActionRequest::default())
+            .await
+            .map(drop),
+        actions
+            .list_actions(proto::ListActionsRequest::default())
+            .await
+            .map(drop),
+        appeals
+            .file_appeal(proto::FileAppealRequest::default())
+            .await
+            .map(drop),
+        admin
+            .list_rules(proto::ListRulesRequest::default())
+            .await
+            .map(drop),
         admin.nuke(proto::NukeRequest::default()).await.map(drop),
-        admin.get_model_info(proto::GetModelInfoRequest::default()).await.map(drop),
+        admin
+            .get_model_info(proto::GetModelInfoRequest::default())
+            .await
+            .map(drop),
     ];
-    for (status, rpc) in statuses.into_iter().zip(["ExecuteAction", "ListActions", "FileAppeal", "ListRules", "Nuke", "GetModelInfo"]) {
+    for (status, rpc) in statuses.into_iter().zip([
+        "ExecuteAction",
+        "ListActions",
+        "FileAppeal",
+        "ListRules",
+        "Nuke",
+        "GetModelInfo",
+    ]) {
         let status = status.expect_err(rpc);
         assert_eq!(status.code(), Code::Unimplemented, "{rpc}");
-        assert!(status.message().starts_with(&format!("{rpc} is not available yet: ")), "{}", status.message());
+        assert!(
+            status
+                .message()
+                .starts_with(&format!("{rpc} is not available yet: ")),
+            "{}",
+            status.message()
+        );
     }
 
     let stream = server
         .moderation()
-        .stream_moderate(tokio_stream::iter(Vec::<proto::StreamModerateRequest>::new()))
+        .stream_moderate(tokio_stream::iter(
+            Vec::<proto::StreamModerateRequest>::new(),
+        ))
         .await
         .expect_err("StreamModerate is not built yet");
     assert_eq!(stream.code(), Code::Unimplemented);
@@ -276,7 +376,9 @@ async fn shutdown_turns_health_not_serving_and_lets_open_calls_finish() {
     let mut health = HealthClient::new(server.channel.clone());
     // An open streaming call, in flight when the signal comes.
     let mut updates = health
-        .watch(HealthCheckRequest { service: "modbot.v1.Moderation".into() })
+        .watch(HealthCheckRequest {
+            service: "modbot.v1.Moderation".into(),
+        })
         .await
         .expect("watch")
         .into_inner();
@@ -284,10 +386,17 @@ async fn shutdown_turns_health_not_serving_and_lets_open_calls_finish() {
     assert_eq!(first.status, ServingStatus::Serving as i32);
 
     server.signal_shutdown();
-    let next = updates.message().await.expect("the in-flight call keeps running").expect("an update");
+    let next = updates
+        .message()
+        .await
+        .expect("the in-flight call keeps running")
+        .expect("an update");
     assert_eq!(next.status, ServingStatus::NotServing as i32);
     let addr = server.addr;
-    server.stop().await.expect("serve returns Ok after a graceful shutdown");
+    server
+        .stop()
+        .await
+        .expect("serve returns Ok after a graceful shutdown");
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "nothing listens after shutdown"
@@ -304,7 +413,10 @@ async fn unreachable_database_at_start_is_an_error_not_a_panic() {
     let error = modbot::serve(config, listener, std::future::pending())
         .await
         .expect_err("no database, no server");
-    assert!(error.to_string().contains("cannot connect to the database"), "{error}");
+    assert!(
+        error.to_string().contains("cannot connect to the database"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -337,8 +449,51 @@ async fn classify_audits_to_postgres() {
         .unwrap();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].message.message_id, "p1");
-    assert_eq!(log[0].verdict.reasons[0].evidence.matched_text, "crypto giveaway");
+    assert_eq!(
+        log[0].verdict.reasons[0].evidence.matched_text,
+        "crypto giveaway"
+    );
     store.close().await;
     server.stop().await.expect("clean stop");
     schema.drop().await;
+}
+
+#[tokio::test]
+async fn a_failed_audit_write_keeps_the_decision_and_marks_it_degraded() {
+    let server = TestServer::start(|_| {}).await;
+    // Break the audit log under the running server.
+    let url = format!("{}?mode=rw", server.config.database_url());
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("open the server's SQLite file");
+    sqlx::query("DROP TABLE audit_log")
+        .execute(&pool)
+        .await
+        .expect("drop the table");
+    pool.close().await;
+
+    let verdicts = server
+        .moderation()
+        .classify(classify(vec![
+            chat_message("m1", "spammer", "free nitro"),
+            chat_message("m2", "alice", "hello"),
+        ]))
+        .await
+        .expect("a decision is still returned")
+        .into_inner()
+        .verdicts;
+    assert_eq!(
+        verdicts[0].decision,
+        Decision::Timeout as i32,
+        "the rule that fired still decides"
+    );
+    assert_eq!(
+        verdicts[0].degraded,
+        [proto::DegradedComponent::Store as i32]
+    );
+    assert!(
+        verdicts[1].degraded.is_empty(),
+        "allowed messages were never to be written"
+    );
+    server.stop().await.expect("clean stop");
 }

@@ -46,7 +46,10 @@ async fn suite(url: &str) {
     let mut first = record("destinygg", "m1", "alice", "🎁 FREE NITRO here");
     first.verdict.degraded = vec![Degraded::Model];
     first.verdict.model_version = "minilm-test".into();
-    store.record_verdicts(std::slice::from_ref(&first)).await.expect("write");
+    store
+        .record_verdicts(std::slice::from_ref(&first))
+        .await
+        .expect("write");
     let read = store
         .audit_log(&AuditQuery {
             limit: 10,
@@ -82,27 +85,66 @@ async fn suite(url: &str) {
         ])
         .await
         .expect("write a batch");
-    let ids = |records: Vec<AuditRecord>| records.into_iter().map(|r| r.message.message_id).collect::<Vec<_>>();
+    let ids = |records: Vec<AuditRecord>| {
+        records
+            .into_iter()
+            .map(|r| r.message.message_id)
+            .collect::<Vec<_>>()
+    };
     let query = |channel: Option<&str>, user: Option<&str>, limit| AuditQuery {
         channel: channel.map(Into::into),
         user_id: user.map(Into::into),
         limit,
     };
-    assert_eq!(ids(store.audit_log(&query(None, None, 10)).await.unwrap()), ["m4", "m3", "m2", "m1"]);
-    assert_eq!(ids(store.audit_log(&query(Some("destinygg"), None, 10)).await.unwrap()), ["m4", "m2", "m1"]);
-    assert_eq!(ids(store.audit_log(&query(Some("destinygg"), Some("alice"), 10)).await.unwrap()), ["m4", "m1"]);
-    assert_eq!(ids(store.audit_log(&query(None, Some("alice"), 2)).await.unwrap()), ["m4", "m3"]);
-    assert!(store.audit_log(&query(Some("nowhere"), None, 10)).await.unwrap().is_empty());
+    assert_eq!(
+        ids(store.audit_log(&query(None, None, 10)).await.unwrap()),
+        ["m4", "m3", "m2", "m1"]
+    );
+    assert_eq!(
+        ids(store
+            .audit_log(&query(Some("destinygg"), None, 10))
+            .await
+            .unwrap()),
+        ["m4", "m2", "m1"]
+    );
+    assert_eq!(
+        ids(store
+            .audit_log(&query(Some("destinygg"), Some("alice"), 10))
+            .await
+            .unwrap()),
+        ["m4", "m1"]
+    );
+    assert_eq!(
+        ids(store
+            .audit_log(&query(None, Some("alice"), 2))
+            .await
+            .unwrap()),
+        ["m4", "m3"]
+    );
+    assert!(
+        store
+            .audit_log(&query(Some("nowhere"), None, 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // A batch is all or nothing: a duplicate id fails the whole batch.
     let fresh = record("destinygg", "m5", "carol", "free nitro");
     let error = store.record_verdicts(&[fresh.clone(), first.clone()]).await;
     assert!(matches!(error, Err(StoreError::Query(_))), "{error:?}");
     assert!(
-        store.audit_log(&query(None, Some("carol"), 10)).await.unwrap().is_empty(),
+        store
+            .audit_log(&query(None, Some("carol"), 10))
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing of a failed batch is kept"
     );
-    store.record_verdicts(&[]).await.expect("an empty batch is a no-op");
+    store
+        .record_verdicts(&[])
+        .await
+        .expect("an empty batch is a no-op");
     store.close().await;
 }
 
@@ -115,7 +157,10 @@ async fn sqlite_store() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/nested/dir/modbot.db", dir.path().display());
     suite(&url).await;
-    assert!(dir.path().join("nested/dir/modbot.db").is_file(), "the file and its directory are created");
+    assert!(
+        dir.path().join("nested/dir/modbot.db").is_file(),
+        "the file and its directory are created"
+    );
 }
 
 #[tokio::test]
@@ -140,13 +185,24 @@ async fn unreachable_database_fails_clearly_after_the_timeout() {
     let elapsed = started.elapsed();
     let message = error.to_string();
     assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
-    assert!(message.contains("cannot connect to the database at postgres://modbot:***@127.0.0.1:1"), "{message}");
-    assert!(!message.contains("secret"), "the password is redacted: {message}");
-    assert!(elapsed >= Duration::from_millis(500), "it retried for a while: {elapsed:?}");
+    assert!(
+        message.contains("cannot connect to the database at postgres://modbot:***@127.0.0.1:1"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("secret"),
+        "the password is redacted: {message}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(500),
+        "it retried for a while: {elapsed:?}"
+    );
 }
 
 #[tokio::test]
 async fn unsupported_urls_are_refused() {
-    let error = Store::connect("mysql://root@localhost/x", &options()).await.expect_err("mysql is not supported");
+    let error = Store::connect("mysql://root@localhost/x", &options())
+        .await
+        .expect_err("mysql is not supported");
     assert!(matches!(error, StoreError::UnsupportedUrl(_)), "{error:?}");
 }

@@ -67,9 +67,16 @@ impl Decision {
 
     /// The decision named by [`Decision::as_str`].
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Allow, Self::Hold, Self::Hide, Self::Warn, Self::Timeout, Self::Ban]
-            .into_iter()
-            .find(|d| d.as_str() == name)
+        [
+            Self::Allow,
+            Self::Hold,
+            Self::Hide,
+            Self::Warn,
+            Self::Timeout,
+            Self::Ban,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == name)
     }
 }
 
@@ -232,7 +239,12 @@ impl Engine {
     }
 
     /// Decides one message. `received` is when the request arrived, for `Verdict::elapsed`.
-    pub fn decide(&self, message: &ChatMessage, options: DecideOptions, received: Instant) -> Verdict {
+    pub fn decide(
+        &self,
+        message: &ChatMessage,
+        options: DecideOptions,
+        received: Instant,
+    ) -> Verdict {
         let folded = phrases::Folded::new(&message.text);
         let mut reasons: Vec<Reason> = self
             .phrase_rules
@@ -300,7 +312,13 @@ mod tests {
     use super::*;
     use crate::config::PhraseRuleConfig;
 
-    fn rule(id: &str, phrases: &[&str], action: Decision, duration_secs: u64, shadow: bool) -> PhraseRuleConfig {
+    fn rule(
+        id: &str,
+        phrases: &[&str],
+        action: Decision,
+        duration_secs: u64,
+        shadow: bool,
+    ) -> PhraseRuleConfig {
         PhraseRuleConfig {
             id: id.into(),
             phrases: phrases.iter().map(|p| p.to_string()).collect(),
@@ -334,7 +352,11 @@ mod tests {
 
     #[test]
     fn harshest_enforced_reason_decides() {
-        let verdict = engine().decide(&message("buy followers and get FREE NITRO"), DecideOptions::default(), Instant::now());
+        let verdict = engine().decide(
+            &message("buy followers and get FREE NITRO"),
+            DecideOptions::default(),
+            Instant::now(),
+        );
         assert_eq!(verdict.decision, Decision::Timeout);
         assert_eq!(verdict.duration, Some(Duration::from_secs(600)));
         assert!(verdict.enforced);
@@ -345,7 +367,11 @@ mod tests {
 
     #[test]
     fn shadow_reasons_are_reported_not_enforced() {
-        let verdict = engine().decide(&message("bitcoin to the moon"), DecideOptions::default(), Instant::now());
+        let verdict = engine().decide(
+            &message("bitcoin to the moon"),
+            DecideOptions::default(),
+            Instant::now(),
+        );
         assert_eq!(verdict.decision, Decision::Allow);
         assert_eq!(verdict.shadow_decision, Decision::Ban);
         assert!(!verdict.enforced);
@@ -355,7 +381,11 @@ mod tests {
 
     #[test]
     fn clean_messages_are_allowed_and_not_notable() {
-        let verdict = engine().decide(&message("what a play OMEGALUL"), DecideOptions::default(), Instant::now());
+        let verdict = engine().decide(
+            &message("what a play OMEGALUL"),
+            DecideOptions::default(),
+            Instant::now(),
+        );
         assert_eq!(verdict.decision, Decision::Allow);
         assert!(verdict.reasons.is_empty());
         assert!(verdict.enforced);
@@ -364,14 +394,25 @@ mod tests {
 
     #[test]
     fn dry_run_is_never_enforced() {
-        let verdict = engine().decide(&message("free nitro"), DecideOptions { dry_run: true }, Instant::now());
+        let verdict = engine().decide(
+            &message("free nitro"),
+            DecideOptions { dry_run: true },
+            Instant::now(),
+        );
         assert_eq!(verdict.decision, Decision::Timeout);
         assert!(!verdict.enforced);
     }
 
     #[test]
     fn decision_names_round_trip() {
-        for d in [Decision::Allow, Decision::Hold, Decision::Hide, Decision::Warn, Decision::Timeout, Decision::Ban] {
+        for d in [
+            Decision::Allow,
+            Decision::Hold,
+            Decision::Hide,
+            Decision::Warn,
+            Decision::Timeout,
+            Decision::Ban,
+        ] {
             assert_eq!(Decision::from_name(d.as_str()), Some(d));
         }
         assert!(Decision::Ban > Decision::Timeout && Decision::Hold > Decision::Allow);

@@ -47,7 +47,11 @@ impl<'a> Folded<'a> {
             origin.pop();
         }
         origin.push(count);
-        Self { original, text, origin }
+        Self {
+            original,
+            text,
+            origin,
+        }
     }
 
     /// The folded text.
@@ -165,13 +169,25 @@ mod tests {
 
     #[test]
     fn phrase_matching() {
-        check("get free nitro now", "free nitro", Some((4, 14, "free nitro")));
-        check("FREE   Nitro!!", "free nitro", Some((0, 12, "FREE   Nitro")));
+        check(
+            "get free nitro now",
+            "free nitro",
+            Some((4, 14, "free nitro")),
+        );
+        check(
+            "FREE   Nitro!!",
+            "free nitro",
+            Some((0, 12, "FREE   Nitro")),
+        );
         check("  free\tnitro", "Free Nitro", Some((2, 12, "free\tnitro")));
         check("freenitro", "free nitro", None);
         check("carefree nitro", "free nitro", None);
         check("free nitros", "free nitro", None);
-        check("skip freenitro then free nitro", "free nitro", Some((20, 30, "free nitro")));
+        check(
+            "skip freenitro then free nitro",
+            "free nitro",
+            Some((20, 30, "free nitro")),
+        );
         // Offsets count code points of the original, not bytes.
         check("😀😀 free nitro", "free nitro", Some((3, 13, "free nitro")));
         // Lower-casing that changes length still maps back to the original character.

@@ -39,7 +39,10 @@ pub fn chat_message(
     if message.roles.len() > MAX_ROLES {
         return Err(FieldError::new(
             field("roles"),
-            format!("{} roles exceed the limit of {MAX_ROLES}", message.roles.len()),
+            format!(
+                "{} roles exceed the limit of {MAX_ROLES}",
+                message.roles.len()
+            ),
         ));
     }
     let roles = message
@@ -96,7 +99,8 @@ pub fn chat_message(
 fn timestamp(ts: prost_types::Timestamp) -> Option<SystemTime> {
     const MIN_SECONDS: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
     const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
-    let valid = (MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) && (0..1_000_000_000).contains(&ts.nanos);
+    let valid =
+        (MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) && (0..1_000_000_000).contains(&ts.nanos);
     valid.then(|| SystemTime::try_from(ts).ok()).flatten()
 }
 
@@ -111,11 +115,17 @@ fn bounded_id(value: String, field: &str) -> Result<String, FieldError> {
     if value.len() > MAX_ID_BYTES {
         return Err(FieldError::new(
             field,
-            format!("{} bytes exceed the limit of {MAX_ID_BYTES} bytes", value.len()),
+            format!(
+                "{} bytes exceed the limit of {MAX_ID_BYTES} bytes",
+                value.len()
+            ),
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(value)
 }

@@ -10,7 +10,9 @@ use super::status::FieldError;
 use crate::app::App;
 use crate::decision::{DecideOptions, Degraded};
 use crate::proto::moderation_server::Moderation;
-use crate::proto::{ClassifyRequest, ClassifyResponse, StreamModerateRequest, StreamModerateResponse};
+use crate::proto::{
+    ClassifyRequest, ClassifyResponse, StreamModerateRequest, StreamModerateResponse,
+};
 use crate::store::AuditRecord;
 
 /// Decides chat messages.
@@ -28,7 +30,10 @@ impl ModerationService {
 
 #[tonic::async_trait]
 impl Moderation for ModerationService {
-    async fn classify(&self, request: Request<ClassifyRequest>) -> Result<Response<ClassifyResponse>, Status> {
+    async fn classify(
+        &self,
+        request: Request<ClassifyRequest>,
+    ) -> Result<Response<ClassifyResponse>, Status> {
         let received = Instant::now();
         let request = request.into_inner();
         let options = request.options.unwrap_or_default();
@@ -39,7 +44,10 @@ impl Moderation for ModerationService {
         if request.messages.len() > limit {
             return Err(FieldError::new(
                 "messages",
-                format!("{} messages exceed the limit of {limit} per call", request.messages.len()),
+                format!(
+                    "{} messages exceed the limit of {limit} per call",
+                    request.messages.len()
+                ),
             )
             .into());
         }
@@ -82,7 +90,8 @@ impl Moderation for ModerationService {
 
         let elapsed = received.elapsed();
         for verdict in &mut verdicts {
-            metrics::counter!("modbot_verdicts_total", "decision" => verdict.decision.as_str()).increment(1);
+            metrics::counter!("modbot_verdicts_total", "decision" => verdict.decision.as_str())
+                .increment(1);
             verdict.elapsed = elapsed;
             if !options.include_normalized_text {
                 verdict.normalized_text.clear();
@@ -96,8 +105,9 @@ impl Moderation for ModerationService {
         }))
     }
 
-    type StreamModerateStream =
-        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<StreamModerateResponse, Status>> + Send>>;
+    type StreamModerateStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<StreamModerateResponse, Status>> + Send>,
+    >;
 
     async fn stream_moderate(
         &self,

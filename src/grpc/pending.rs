@@ -13,23 +13,32 @@ use crate::proto::*;
 pub struct Pending;
 
 fn missing<T>(rpc: &str, what: &str) -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(format!("{rpc} is not available yet: {what}")))
+    Err(Status::unimplemented(format!(
+        "{rpc} is not available yet: {what}"
+    )))
 }
 
-const ACTIONS: &str = "actions are recorded and carried out once the action store and the chat bridge exist";
+const ACTIONS: &str =
+    "actions are recorded and carried out once the action store and the chat bridge exist";
 const APPEALS: &str = "appeals need the action store, which does not exist yet";
 const RULES: &str = "rules are read from the configuration file until rule storage exists";
 const POLICY: &str = "channel policies arrive with the full rule engine";
 
 #[tonic::async_trait]
 impl Actions for Pending {
-    async fn execute_action(&self, _: Request<ExecuteActionRequest>) -> Result<Response<ExecuteActionResponse>, Status> {
+    async fn execute_action(
+        &self,
+        _: Request<ExecuteActionRequest>,
+    ) -> Result<Response<ExecuteActionResponse>, Status> {
         missing("ExecuteAction", ACTIONS)
     }
     async fn get_action(&self, _: Request<GetActionRequest>) -> Result<Response<Action>, Status> {
         missing("GetAction", ACTIONS)
     }
-    async fn list_actions(&self, _: Request<ListActionsRequest>) -> Result<Response<ListActionsResponse>, Status> {
+    async fn list_actions(
+        &self,
+        _: Request<ListActionsRequest>,
+    ) -> Result<Response<ListActionsResponse>, Status> {
         missing("ListActions", ACTIONS)
     }
 }
@@ -42,23 +51,35 @@ impl Appeals for Pending {
     async fn get_appeal(&self, _: Request<GetAppealRequest>) -> Result<Response<Appeal>, Status> {
         missing("GetAppeal", APPEALS)
     }
-    async fn list_appeals(&self, _: Request<ListAppealsRequest>) -> Result<Response<ListAppealsResponse>, Status> {
+    async fn list_appeals(
+        &self,
+        _: Request<ListAppealsRequest>,
+    ) -> Result<Response<ListAppealsResponse>, Status> {
         missing("ListAppeals", APPEALS)
     }
-    async fn resolve_appeal(&self, _: Request<ResolveAppealRequest>) -> Result<Response<ResolveAppealResponse>, Status> {
+    async fn resolve_appeal(
+        &self,
+        _: Request<ResolveAppealRequest>,
+    ) -> Result<Response<ResolveAppealResponse>, Status> {
         missing("ResolveAppeal", APPEALS)
     }
 }
 
 #[tonic::async_trait]
 impl Admin for Pending {
-    async fn list_rules(&self, _: Request<ListRulesRequest>) -> Result<Response<ListRulesResponse>, Status> {
+    async fn list_rules(
+        &self,
+        _: Request<ListRulesRequest>,
+    ) -> Result<Response<ListRulesResponse>, Status> {
         missing("ListRules", RULES)
     }
     async fn upsert_rule(&self, _: Request<UpsertRuleRequest>) -> Result<Response<Rule>, Status> {
         missing("UpsertRule", RULES)
     }
-    async fn delete_rule(&self, _: Request<DeleteRuleRequest>) -> Result<Response<DeleteRuleResponse>, Status> {
+    async fn delete_rule(
+        &self,
+        _: Request<DeleteRuleRequest>,
+    ) -> Result<Response<DeleteRuleResponse>, Status> {
         missing("DeleteRule", RULES)
     }
     async fn get_policy(&self, _: Request<GetPolicyRequest>) -> Result<Response<Policy>, Status> {
@@ -68,18 +89,36 @@ impl Admin for Pending {
         missing("SetPolicy", POLICY)
     }
     async fn get_stats(&self, _: Request<GetStatsRequest>) -> Result<Response<Stats>, Status> {
-        missing("GetStats", "statistics need decision counters in the store, which do not exist yet")
+        missing(
+            "GetStats",
+            "statistics need decision counters in the store, which do not exist yet",
+        )
     }
     async fn get_user(&self, _: Request<GetUserRequest>) -> Result<Response<User>, Status> {
-        missing("GetUser", "per-user state arrives with the full rule engine")
+        missing(
+            "GetUser",
+            "per-user state arrives with the full rule engine",
+        )
     }
     async fn nuke(&self, _: Request<NukeRequest>) -> Result<Response<NukeResponse>, Status> {
-        missing("Nuke", "nukes need recent channel history and the action store")
+        missing(
+            "Nuke",
+            "nukes need recent channel history and the action store",
+        )
     }
     async fn aegis(&self, _: Request<AegisRequest>) -> Result<Response<AegisResponse>, Status> {
-        missing("Aegis", "nukes need recent channel history and the action store")
+        missing(
+            "Aegis",
+            "nukes need recent channel history and the action store",
+        )
     }
-    async fn get_model_info(&self, _: Request<GetModelInfoRequest>) -> Result<Response<ModelInfo>, Status> {
-        missing("GetModelInfo", "this build decides with rules only; no model is loaded")
+    async fn get_model_info(
+        &self,
+        _: Request<GetModelInfoRequest>,
+    ) -> Result<Response<ModelInfo>, Status> {
+        missing(
+            "GetModelInfo",
+            "this build decides with rules only; no model is loaded",
+        )
     }
 }

@@ -163,8 +163,12 @@ impl Store {
                             // WAL lets readers proceed while a write is in progress; NORMAL
                             // sync is durable across application crashes, which is what an
                             // audit log on one machine needs.
-                            sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                            sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                            sqlx::query("PRAGMA journal_mode = WAL")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query("PRAGMA synchronous = NORMAL")
+                                .execute(&mut *conn)
+                                .await?;
                         }
                         Ok(())
                     })
@@ -203,7 +207,9 @@ impl Store {
                 )
             })
             .collect();
-        Migrator::with_migrations(migrations).run(&self.pool).await?;
+        Migrator::with_migrations(migrations)
+            .run(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -299,7 +305,8 @@ fn audit_record_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
         message_id: row.try_get("message_id")?,
         user_id: row.try_get("user_id")?,
         nick: row.try_get("nick")?,
-        roles: serde_json::from_value(json("roles")?).map_err(|e| corrupt(format!("roles: {e}")))?,
+        roles: serde_json::from_value(json("roles")?)
+            .map_err(|e| corrupt(format!("roles: {e}")))?,
         text: row.try_get("text")?,
         sent_at: from_unix_millis(row.try_get("sent_at")?),
     };
@@ -314,7 +321,8 @@ fn audit_record_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
         user_id: message.user_id.clone(),
         decision: decision_named("decision")?,
         duration: duration_ms.map(|ms| Duration::from_millis(ms.max(0).unsigned_abs())),
-        reasons: serde_json::from_value(json("reasons")?).map_err(|e| corrupt(format!("reasons: {e}")))?,
+        reasons: serde_json::from_value(json("reasons")?)
+            .map_err(|e| corrupt(format!("reasons: {e}")))?,
         enforced: enforced != 0,
         shadow_decision: decision_named("shadow_decision")?,
         model_version: row.try_get("model_version")?,
@@ -336,13 +344,14 @@ fn audit_record_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
 fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:" && !path.is_empty() {
-        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
+    let dir = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir.filter(|_| path != ":memory:") {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     Ok(if query.contains("mode=") {
         url.to_owned()
@@ -388,7 +397,10 @@ mod tests {
         let url = format!("sqlite://{}/a/b/modbot.db", dir.path().display());
         assert_eq!(prepare_sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
         assert!(dir.path().join("a/b").is_dir());
-        assert_eq!(prepare_sqlite_url("sqlite::memory:").unwrap(), "sqlite::memory:?mode=rwc");
+        assert_eq!(
+            prepare_sqlite_url("sqlite::memory:").unwrap(),
+            "sqlite::memory:?mode=rwc"
+        );
         assert_eq!(
             prepare_sqlite_url("sqlite://x.db?mode=ro").unwrap(),
             "sqlite://x.db?mode=ro"

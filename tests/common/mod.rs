@@ -11,9 +11,9 @@ use modbot::store::{ConnectOptions, Store};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// Set (to anything) by `.ci/run`: a missing PostgreSQL or Redis is then a failure, not a skip.
 pub const REQUIRE_SERVICES_ENV: &str = "MODBOT_TEST_REQUIRE_SERVICES";
@@ -38,7 +38,8 @@ impl PgSchema {
     /// A fresh schema, or `None` (after saying the test is skipped) when no server answers and
     /// the run does not require one.
     pub async fn create(test: &str) -> Option<Self> {
-        let base = std::env::var(POSTGRES_URL_ENV).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let base =
+            std::env::var(POSTGRES_URL_ENV).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
         let admin = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(2))
@@ -50,7 +51,9 @@ impl PgSchema {
                 eprintln!("SKIPPED {test}: PostgreSQL is not reachable at {base} ({error})");
                 return None;
             }
-            Err(error) => panic!("{REQUIRE_SERVICES_ENV} is set but PostgreSQL is not reachable: {error}"),
+            Err(error) => {
+                panic!("{REQUIRE_SERVICES_ENV} is set but PostgreSQL is not reachable: {error}")
+            }
         };
         let name = format!("modbot_test_{}", uuid::Uuid::now_v7().simple());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
@@ -64,10 +67,13 @@ impl PgSchema {
 
     /// Drops the schema and everything in it.
     pub async fn drop(self) {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {} CASCADE", self.name)))
-            .execute(&self.admin)
-            .await
-            .expect("drop the test schema");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            self.name
+        )))
+        .execute(&self.admin)
+        .await
+        .expect("drop the test schema");
         self.admin.close().await;
     }
 }
@@ -75,8 +81,10 @@ impl PgSchema {
 /// The configuration tests start from: the defaults with a private data directory, no
 /// metrics listener, and a short shutdown grace.
 pub fn test_config(data_dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = data_dir.to_owned();
+    let mut config = Config {
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
     config.metrics.addr = None;
     config.grpc.shutdown_grace_secs = 2;
     config.database.connect_timeout_secs = 2;
@@ -103,7 +111,9 @@ impl TestServer {
         let data_dir = tempfile::tempdir().expect("a temporary directory");
         let mut config = test_config(data_dir.path());
         configure(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("bound address");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(modbot::serve(config.clone(), listener, async {
@@ -130,7 +140,9 @@ impl TestServer {
     pub async fn wait_until(&self, status: ServingStatus) {
         let mut health = HealthClient::new(self.channel.clone());
         let mut updates = health
-            .watch(HealthCheckRequest { service: String::new() })
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
             .await
             .expect("health watch")
             .into_inner();
@@ -193,4 +205,3 @@ pub fn chat_message(id: &str, user: &str, text: &str) -> modbot::proto::ChatMess
         }),
     }
 }
-

@@ -1,0 +1,202 @@
+//! The `modbot` binary itself: configuration errors, `config`, `migrate`, and `serve` from
+//! start to SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::chat_message;
+use modbot::proto::moderation_client::ModerationClient;
+use modbot::proto::{ClassifyRequest, Decision};
+
+/// The binary, with no MODBOT_* variables inherited from the test's environment.
+fn modbot(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_modbot"));
+    command.args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MODBOT_") {
+            command.env_remove(name);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    command
+}
+
+fn run(command: &mut Command) -> (Output, String) {
+    let output = command.output().expect("run modbot");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stderr)
+}
+
+#[test]
+fn invalid_configuration_exits_2_naming_the_key() {
+    // (arguments, environment, what the error must name)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            &["config"],
+            &[("MODBOT_GRPC_MAX_MESSAGES_PER_CALL", "lots")],
+            "grpc.max_messages_per_call",
+        ),
+        (&["serve", "--grpc-addr", "nowhere"], &[], "grpc.addr"),
+        (&["serve", "--set", "grpc.bogus=1"], &[], "grpc.bogus"),
+        (
+            &["migrate", "--database-url", "mysql://x"],
+            &[],
+            "database.url",
+        ),
+        (
+            &["serve", "--config", "/nonexistent/modbot.toml"],
+            &[],
+            "/nonexistent/modbot.toml",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let (output, stderr) = run(modbot(args).envs(env.iter().copied()));
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error: configuration") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn config_prints_the_effective_configuration_redacted() {
+    let (output, stderr) = run(modbot(&["config", "--set", "grpc.max_text_bytes=512"]).env(
+        "MODBOT_DATABASE_URL",
+        "postgres://modbot:hunter2@db:5432/modbot",
+    ));
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let printed: toml::Table = stdout.parse().expect("the output is TOML");
+    assert_eq!(printed["grpc"]["max_text_bytes"].as_integer(), Some(512));
+    assert_eq!(
+        printed["database"]["url"].as_str(),
+        Some("postgres://modbot:***@db:5432/modbot")
+    );
+    assert!(!stdout.contains("hunter2"));
+}
+
+#[test]
+fn migrate_creates_the_embedded_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (output, stderr) = run(&mut modbot(&[
+        "migrate",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]));
+    assert!(output.status.success(), "{stderr}");
+    assert!(data_dir.join("modbot.db").is_file(), "{stderr}");
+}
+
+#[test]
+fn serve_exits_with_a_clear_error_when_the_database_is_unreachable() {
+    let (output, stderr) = run(&mut modbot(&[
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "",
+        "--database-url",
+        "postgres://modbot:pw@127.0.0.1:1/modbot",
+        "--set",
+        "database.connect_timeout_secs=1",
+    ]));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to the database at postgres://modbot:***@127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Kills the server if a test fails before stopping it.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_answers_and_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = modbot(&[
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--log-format",
+        "json",
+    ])
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start modbot serve");
+    let mut server = Server(child);
+    let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
+
+    // The JSON log's "modbot serving" line says where it listens.
+    let addr = loop {
+        let line = lines.next().expect("modbot logs before it exits").unwrap();
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if event["message"] == "modbot serving" {
+            break event["addr"].as_str().expect("addr field").to_owned();
+        }
+    };
+    let mut client = ModerationClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let verdicts = client
+        .classify(ClassifyRequest {
+            messages: vec![chat_message("m1", "spammer", "double your bitcoin")],
+            options: None,
+        })
+        .await
+        .expect("classify")
+        .into_inner()
+        .verdicts;
+    assert_eq!(verdicts[0].decision, Decision::Timeout as i32);
+    assert!(
+        dir.path().join("modbot.db").is_file(),
+        "the SQLite file is created on first run"
+    );
+
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Read the rest off the runtime's thread: the client's connection must stay responsive
+    // (it answers the server's GOAWAY ping) for the shutdown to be prompt.
+    let waited = tokio::task::spawn_blocking(move || {
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let status = server.0.wait();
+        (rest, status, server)
+    });
+    let (rest, status, _server) = tokio::time::timeout(Duration::from_secs(10), waited)
+        .await
+        .expect("modbot stops promptly after SIGTERM")
+        .unwrap();
+    assert!(status.unwrap().success(), "exit 0 after SIGTERM: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("SIGTERM received")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter().any(|l| l.contains("modbot stopped")),
+        "{rest:?}"
+    );
+}

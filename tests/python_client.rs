@@ -1,0 +1,101 @@
+//! The "tools in other languages" user: the Python client generated from proto/ with
+//! grpcio-tools calls Health and Classify on a real server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::TestServer;
+
+/// The interpreter to use: `MODBOT_TEST_PYTHON`, else the `.venv` that the test script makes,
+/// else `python3`.
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("MODBOT_TEST_PYTHON") {
+        return python.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
+#[tokio::test]
+async fn python_client_checks_health_and_classifies() {
+    let python = python();
+    let probe = Command::new(&python)
+        .args(["-c", "import grpc, grpc_tools, grpc_health"])
+        .output();
+    let importable = probe.as_ref().is_ok_and(|o| o.status.success());
+    if !importable {
+        let why = match &probe {
+            Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            std::env::var_os(common::REQUIRE_SERVICES_ENV).is_none(),
+            "{} cannot import the client's dependencies (pip install -r clients/python/requirements.txt): {why}",
+            python.display()
+        );
+        eprintln!(
+            "SKIPPED python_client: {} lacks grpcio-tools: {why}",
+            python.display()
+        );
+        return;
+    }
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let generated = tempfile::tempdir().unwrap();
+    let status = Command::new(&python)
+        .arg(root.join("clients/python/generate.py"))
+        .arg(generated.path())
+        .status()
+        .expect("run generate.py");
+    assert!(status.success(), "code generation failed");
+    assert!(
+        generated
+            .path()
+            .join("modbot/v1/moderation_pb2_grpc.py")
+            .is_file()
+    );
+
+    let server = TestServer::start(|_| {}).await;
+    let addr = server.addr.to_string();
+    let example = root.join("clients/python/example.py");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .arg(example)
+            .args([
+                "--addr",
+                &addr,
+                "--channel",
+                "strims",
+                "hi from python",
+                "FREE NITRO giveaway",
+            ])
+            .env("PYTHONPATH", generated.path())
+            .output()
+            .expect("run example.py")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "example.py failed: {stderr}");
+    let printed: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("example.py prints JSON");
+    assert_eq!(printed["health"], "SERVING");
+    let verdicts = printed["verdicts"].as_array().expect("verdicts");
+    assert_eq!(verdicts.len(), 2);
+    assert_eq!(verdicts[0]["decision"], "DECISION_ALLOW");
+    assert_eq!(verdicts[0]["channel"], "strims");
+    assert_eq!(verdicts[1]["decision"], "DECISION_TIMEOUT");
+    assert_eq!(verdicts[1]["duration"], "600s");
+    assert_eq!(verdicts[1]["reasons"][0]["ruleId"], "scam-giveaway");
+    assert_eq!(
+        verdicts[1]["reasons"][0]["evidence"]["matchedText"],
+        "FREE NITRO"
+    );
+    server.stop().await.expect("clean stop");
+}
