@@ -5,15 +5,12 @@
 //! with `--config`, `MODBOT_*` environment variables, and command-line flags. Every layer is
 //! merged as TOML before one typed deserialisation, so an error always names the key.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use toml::{Table, Value};
-
-use crate::decision::Decision;
 
 /// The shipped configuration file, which is also the complete set of defaults.
 const DEFAULTS: &str = include_str!("../config/modbot.toml");
@@ -44,6 +41,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Rule filters.
     pub rules: RulesConfig,
+    /// User state bounds.
+    pub state: StateConfig,
 }
 
 /// `[grpc]`: the gRPC server and the limits it enforces on requests.
@@ -94,6 +93,8 @@ pub struct DatabaseConfig {
 pub struct RedisConfig {
     /// `redis://...`; empty keeps user state in-process.
     pub url: String,
+    /// Prefix of every key modbot writes.
+    pub key_prefix: String,
 }
 
 /// `[model]`: the transformer model.
@@ -124,31 +125,28 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[rules]`: rule filters.
+/// `[rules]`: where the rules come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesConfig {
-    /// Banned-phrase rules.
-    #[serde(default)]
-    pub phrases: Vec<PhraseRuleConfig>,
+    /// A rules file; empty for the built-in set (`config/rules.toml`).
+    pub file: PathBuf,
 }
 
-/// One `[[rules.phrases]]` entry.
+/// `[state]`: bounds of per-user and per-channel memory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PhraseRuleConfig {
-    /// Unique rule id, reported in verdicts.
-    pub id: String,
-    /// The phrases; any one fires the rule.
-    pub phrases: Vec<String>,
-    /// Decision when the rule fires.
-    pub action: Decision,
-    /// Duration for timeouts (required) and bans (0 = permanent).
-    #[serde(default)]
-    pub duration_secs: u64,
-    /// Report without enforcing.
-    #[serde(default)]
-    pub shadow: bool,
+pub struct StateConfig {
+    /// Recent messages kept per user.
+    pub recent_per_user: u32,
+    /// Message times kept per user.
+    pub times_per_user: u32,
+    /// Recent messages kept per channel.
+    pub recent_per_channel: u32,
+    /// Idle users are forgotten after this long.
+    pub idle_ttl_secs: u64,
+    /// Most users held in memory.
+    pub max_users: u32,
 }
 
 /// Why a configuration could not be loaded. Every variant names the key or file at fault.
@@ -181,7 +179,7 @@ pub enum ConfigError {
     /// A key has a value of the wrong type or out of range.
     #[error("invalid value for `{key}`: {message}")]
     Invalid {
-        /// The key, as a dotted path (`grpc.max_text_bytes`, `rules.phrases[1].id`).
+        /// The key, as a dotted path (`grpc.max_text_bytes`, `state.max_users`).
         key: String,
         /// What is wrong.
         message: String,
@@ -252,12 +250,6 @@ impl Config {
         }
 
         let config = Self::from_table(table)?;
-        if !config.redis.url.is_empty() {
-            warnings.push(
-                "redis.url is set, but this build keeps user state in-process; the URL is not used"
-                    .to_owned(),
-            );
-        }
         Ok(Loaded { config, warnings })
     }
 
@@ -326,36 +318,20 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
         }
-        let mut ids = HashSet::new();
-        for (i, rule) in self.rules.phrases.iter().enumerate() {
-            let key = |field: &str| format!("rules.phrases[{i}].{field}");
-            if rule.id.trim().is_empty() {
-                return Err(invalid(&key("id"), "must not be empty".to_owned()));
+        for (key, value) in [
+            ("state.recent_per_user", self.state.recent_per_user),
+            ("state.times_per_user", self.state.times_per_user),
+            ("state.recent_per_channel", self.state.recent_per_channel),
+        ] {
+            if !(1..=1000).contains(&value) {
+                return Err(invalid(key, format!("{value} is outside 1..=1000")));
             }
-            if !ids.insert(rule.id.as_str()) {
-                return Err(invalid(&key("id"), format!("`{}` is used twice", rule.id)));
-            }
-            if rule.phrases.is_empty() || rule.phrases.iter().any(|p| p.trim().is_empty()) {
-                return Err(invalid(
-                    &key("phrases"),
-                    "must list at least one phrase, none empty".to_owned(),
-                ));
-            }
-            match rule.action {
-                Decision::Allow => {
-                    return Err(invalid(
-                        &key("action"),
-                        "a rule cannot allow; use hold, hide, warn, timeout or ban".to_owned(),
-                    ));
-                }
-                Decision::Timeout if rule.duration_secs == 0 => {
-                    return Err(invalid(
-                        &key("duration_secs"),
-                        "a timeout needs a duration above 0".to_owned(),
-                    ));
-                }
-                _ => {}
-            }
+        }
+        if self.state.max_users == 0 {
+            return Err(invalid("state.max_users", "must be at least 1".to_owned()));
+        }
+        if self.redis.key_prefix.is_empty() {
+            return Err(invalid("redis.key_prefix", "must not be empty".to_owned()));
         }
         Ok(())
     }
@@ -565,7 +541,7 @@ mod tests {
         assert_eq!(config.database.url, "postgres://u:p@h/db");
         // Keys the file left out keep their defaults.
         assert_eq!(config.grpc.max_messages_per_call, 64);
-        assert_eq!(config.rules.phrases, Config::default().rules.phrases);
+        assert_eq!(config.rules, Config::default().rules);
     }
 
     #[test]
@@ -618,32 +594,8 @@ mod tests {
                 &[],
                 "grpc.max_text_bytes",
             ),
-            (
-                Some("[[rules.phrases]]\nid = \"a\"\nphrases = [\"x\"]\naction = \"timeout\"\n"),
-                &[],
-                &[],
-                "rules.phrases[0].duration_secs",
-            ),
-            (
-                Some("[[rules.phrases]]\nid = \"a\"\nphrases = [\"x\"]\naction = \"allow\"\n"),
-                &[],
-                &[],
-                "rules.phrases[0].action",
-            ),
-            (
-                Some("[[rules.phrases]]\nid = \"a\"\nphrases = [\"x\"]\naction = \"smite\"\n"),
-                &[],
-                &[],
-                "rules.phrases[0].action",
-            ),
-            (
-                Some(
-                    "[[rules.phrases]]\nid = \"a\"\nphrases = [\"x\"]\naction = \"hide\"\n[[rules.phrases]]\nid = \"a\"\nphrases = [\"y\"]\naction = \"hide\"\n",
-                ),
-                &[],
-                &[],
-                "rules.phrases[1].id",
-            ),
+            (None, &[("MODBOT_STATE_RECENT_PER_USER", "0")], &[], "state.recent_per_user"),
+            (None, &[], &[("redis.url", "http://x")], "redis.url"),
             (Some("not toml ="), &[], &[], "not valid TOML"),
         ];
         for (file, env, sets, expected) in cases {

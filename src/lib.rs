@@ -9,6 +9,9 @@
 //! - [`config`]: the one nested, validated [`config::Config`] (file, `MODBOT_*` environment, flags).
 //! - [`decision`]: domain types of a decision ([`decision::ChatMessage`], [`decision::Verdict`])
 //!   and the engine that makes one. It knows nothing of gRPC or storage.
+//! - [`rules`]: the rules file, channel policies and the rule checks (pure).
+//! - [`moderate`]: the per-message pipeline: normalise, user history, decide, record.
+//! - [`audit`]: the batching writer of streams' audit records.
 //! - [`store`]: the database (SQLite embedded, PostgreSQL in production) behind sqlx.
 //! - [`grpc`]: the tonic services; the only module that sees generated proto types.
 //! - [`proto`]: the generated code itself.
@@ -19,11 +22,14 @@
 //! See `ARCHITECTURE.md` for the invariants that keep these apart.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod grpc;
+pub mod moderate;
 pub mod proto;
+pub mod rules;
 pub mod store;
 pub mod telemetry;
 

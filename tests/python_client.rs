@@ -90,11 +90,13 @@ async fn python_client_checks_health_and_classifies() {
     assert_eq!(verdicts.len(), 2);
     assert_eq!(verdicts[0]["decision"], "DECISION_ALLOW");
     assert_eq!(verdicts[0]["channel"], "strims");
-    assert_eq!(verdicts[1]["decision"], "DECISION_TIMEOUT");
-    assert_eq!(verdicts[1]["duration"], "600s");
-    assert_eq!(verdicts[1]["reasons"][0]["ruleId"], "scam-giveaway");
+    // A first offence: the rule's timeout becomes a warning, and both reasons are shown.
+    assert_eq!(verdicts[1]["decision"], "DECISION_WARN");
+    assert_eq!(verdicts[1]["reasons"][0]["source"], "REASON_SOURCE_ESCALATION");
+    assert_eq!(verdicts[1]["reasons"][1]["ruleId"], "scam-giveaway");
+    assert_eq!(verdicts[1]["reasons"][1]["duration"], "600s");
     assert_eq!(
-        verdicts[1]["reasons"][0]["evidence"]["matchedText"],
+        verdicts[1]["reasons"][1]["evidence"]["matchedText"],
         "FREE NITRO"
     );
     server.stop().await.expect("clean stop");

@@ -5,7 +5,10 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::PgSchema;
-use modbot::decision::{ChatMessage, DecideOptions, Decision, Degraded, Engine};
+use modbot::decision::{ChatMessage, DecideOptions, Decision, Degraded, Engine, Inputs};
+use modbot::normalize::normalize;
+use modbot::rules::RuleSet;
+use modbot::users::UserHistory;
 use modbot::store::{AuditQuery, AuditRecord, ConnectOptions, Store, StoreError};
 
 fn options() -> ConnectOptions {
@@ -27,11 +30,25 @@ fn message(channel: &str, id: &str, user: &str, text: &str) -> ChatMessage {
     }
 }
 
-/// A record decided by the default engine (whose shipped rules catch scam phrases).
+/// A record decided by the built-in rules (which catch scam phrases), for a user who has
+/// offended before (so a timeout stays a timeout rather than a first warning).
 fn record(channel: &str, id: &str, user: &str, text: &str) -> AuditRecord {
-    let engine = Engine::new(&modbot::Config::default().rules);
+    let engine = Engine::new(RuleSet::builtin());
     let message = message(channel, id, user, text);
-    let verdict = engine.decide(&message, DecideOptions::default(), Instant::now());
+    let normalized = normalize(text, &engine.rules().policy(channel).emotes);
+    let history = UserHistory {
+        heat: 4.0,
+        ..UserHistory::default()
+    };
+    let inputs = Inputs {
+        message: &message,
+        normalized: &normalized,
+        history: &history,
+        channel_recent: &[],
+        now_ms: 0,
+        received: Instant::now(),
+    };
+    let verdict = engine.decide(&inputs, DecideOptions::default()).verdict;
     assert!(verdict.is_notable(), "test records must be notable: {text}");
     AuditRecord::new(message, verdict)
 }

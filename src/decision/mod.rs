@@ -1,18 +1,21 @@
 //! Decisions: the domain types of a verdict, and the [`Engine`] that makes one.
 //!
 //! Architecture Invariant: nothing here knows gRPC, SQL or the network. The engine is a pure
-//! function of the message, the rules and (later) the user's state and the model's scores, so
-//! every behaviour is testable without a server.
+//! function of the message, its normalised text, the rules, the user's history and (later) the
+//! model's scores, so every behaviour is testable without a server. Fetching the history and
+//! recording offences is `moderate`'s job.
 
-mod phrases;
+pub mod escalation;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::RulesConfig;
-pub use phrases::PhraseRule;
+use crate::normalize::Normalized;
+use crate::rules::{Context, RuleSet};
+use crate::users::{ChannelMessage, Offence, UserHistory};
 
 /// A chat message to decide, already validated (non-empty ids and text within limits).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,37 +223,69 @@ impl Verdict {
 /// How a message is to be decided.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DecideOptions {
-    /// Decide without effects: the verdict is not enforced.
+    /// Decide without effects: the verdict is not enforced and nothing is remembered.
     pub dry_run: bool,
 }
 
-/// Makes verdicts from rules. Built once from the configuration and shared by every caller.
+/// Everything a decision looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The message.
+    pub message: &'a ChatMessage,
+    /// Its normalised text (with the channel's emotes recognised).
+    pub normalized: &'a Normalized<'a>,
+    /// The author's history before this message.
+    pub history: &'a UserHistory,
+    /// The channel's recent messages from other users, oldest first.
+    pub channel_recent: &'a [Arc<ChannelMessage>],
+    /// The message's time on the state clock, Unix milliseconds.
+    pub now_ms: i64,
+    /// When the request arrived, for `Verdict::elapsed`.
+    pub received: Instant,
+}
+
+/// A verdict and what it means for the author's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The offence to record when the verdict is enforced.
+    pub offence: Option<Offence>,
+}
+
+/// Makes verdicts from rules and the author's history. Built once and shared by every caller.
 #[derive(Debug)]
 pub struct Engine {
-    phrase_rules: Vec<PhraseRule>,
+    rules: RuleSet,
 }
 
 impl Engine {
-    /// Builds the engine from the configured rules.
-    pub fn new(rules: &RulesConfig) -> Self {
-        Self {
-            phrase_rules: rules.phrases.iter().map(PhraseRule::from_config).collect(),
-        }
+    /// An engine over a compiled rule set.
+    pub fn new(rules: RuleSet) -> Self {
+        Self { rules }
     }
 
-    /// Decides one message. `received` is when the request arrived, for `Verdict::elapsed`.
-    pub fn decide(
-        &self,
-        message: &ChatMessage,
-        options: DecideOptions,
-        received: Instant,
-    ) -> Verdict {
-        let folded = phrases::Folded::new(&message.text);
-        let mut reasons: Vec<Reason> = self
-            .phrase_rules
-            .iter()
-            .filter_map(|rule| rule.check(&folded))
-            .collect();
+    /// The rules and policies it decides with.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Decides one message: runs the rules, picks the harshest enforced reason, escalates it
+    /// for a repeat offender, and reports shadow reasons beside it.
+    pub fn decide(&self, inputs: &Inputs<'_>, options: DecideOptions) -> Decided {
+        let message = inputs.message;
+        let policy = self.rules.policy(&message.channel);
+        let mut reasons = if policy.exempts(&message.roles) {
+            Vec::new()
+        } else {
+            let ctx = Context {
+                normalized: inputs.normalized,
+                history: inputs.history,
+                channel_recent: inputs.channel_recent,
+                now_ms: inputs.now_ms,
+            };
+            self.rules.evaluate(message, policy, &ctx)
+        };
         // Harshest first; among equals, the longest duration first (None = permanent ban).
         reasons.sort_by(|a, b| {
             b.decision
@@ -258,28 +293,51 @@ impl Engine {
                 .then_with(|| duration_rank(b.duration).cmp(&duration_rank(a.duration)))
         });
 
-        let enforced_reason = reasons.iter().find(|r| !r.shadow);
-        let decision = enforced_reason.map_or(Decision::Allow, |r| r.decision);
         let shadow_decision = reasons
             .iter()
             .find(|r| r.shadow)
             .map_or(Decision::Allow, |r| r.decision);
-        let only_shadow_fired = enforced_reason.is_none() && !reasons.is_empty();
-        Verdict {
-            message_id: message.message_id.clone(),
-            channel: message.channel.clone(),
-            user_id: message.user_id.clone(),
-            decision,
-            duration: enforced_reason.and_then(|r| r.duration),
-            reasons,
-            enforced: !options.dry_run && !only_shadow_fired,
-            shadow_decision,
-            model_version: String::new(),
-            elapsed: received.elapsed(),
-            degraded: Vec::new(),
-            scores: BTreeMap::new(),
-            normalized_text: folded.text().to_owned(),
-            action_id: None,
+        let (decision, duration) = match reasons.iter().find(|r| !r.shadow) {
+            None => (Decision::Allow, None),
+            Some(harshest) => {
+                let escalated = escalation::escalate(
+                    harshest.decision,
+                    harshest.duration,
+                    inputs.history,
+                    &policy.escalation,
+                    inputs.now_ms,
+                );
+                if let Some(reason) = escalated.reason {
+                    reasons.insert(0, reason);
+                }
+                (escalated.decision, escalated.duration)
+            }
+        };
+        let only_shadow_fired = decision == Decision::Allow && !reasons.is_empty();
+        let enforced = !options.dry_run && !only_shadow_fired;
+        let offence = if enforced {
+            escalation::offence(decision, &policy.escalation, inputs.now_ms)
+        } else {
+            None
+        };
+        Decided {
+            verdict: Verdict {
+                message_id: message.message_id.clone(),
+                channel: message.channel.clone(),
+                user_id: message.user_id.clone(),
+                decision,
+                duration,
+                reasons,
+                enforced,
+                shadow_decision,
+                model_version: String::new(),
+                elapsed: inputs.received.elapsed(),
+                degraded: Vec::new(),
+                scores: BTreeMap::new(),
+                normalized_text: inputs.normalized.text.clone(),
+                action_id: None,
+            },
+            offence,
         }
     }
 }
@@ -308,113 +366,4 @@ mod millis {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::PhraseRuleConfig;
-
-    fn rule(
-        id: &str,
-        phrases: &[&str],
-        action: Decision,
-        duration_secs: u64,
-        shadow: bool,
-    ) -> PhraseRuleConfig {
-        PhraseRuleConfig {
-            id: id.into(),
-            phrases: phrases.iter().map(|p| p.to_string()).collect(),
-            action,
-            duration_secs,
-            shadow,
-        }
-    }
-
-    fn message(text: &str) -> ChatMessage {
-        ChatMessage {
-            channel: "destinygg".into(),
-            message_id: "m1".into(),
-            user_id: "u1".into(),
-            nick: "u1".into(),
-            roles: vec![],
-            text: text.into(),
-            sent_at: SystemTime::UNIX_EPOCH,
-        }
-    }
-
-    fn engine() -> Engine {
-        Engine::new(&RulesConfig {
-            phrases: vec![
-                rule("scam", &["free nitro"], Decision::Timeout, 600, false),
-                rule("ads", &["buy followers"], Decision::Hide, 0, false),
-                rule("trial", &["bitcoin"], Decision::Ban, 0, true),
-            ],
-        })
-    }
-
-    #[test]
-    fn harshest_enforced_reason_decides() {
-        let verdict = engine().decide(
-            &message("buy followers and get FREE NITRO"),
-            DecideOptions::default(),
-            Instant::now(),
-        );
-        assert_eq!(verdict.decision, Decision::Timeout);
-        assert_eq!(verdict.duration, Some(Duration::from_secs(600)));
-        assert!(verdict.enforced);
-        let ids: Vec<_> = verdict.reasons.iter().map(|r| r.rule_id.as_str()).collect();
-        assert_eq!(ids, ["scam", "ads"]);
-        assert_eq!(verdict.shadow_decision, Decision::Allow);
-    }
-
-    #[test]
-    fn shadow_reasons_are_reported_not_enforced() {
-        let verdict = engine().decide(
-            &message("bitcoin to the moon"),
-            DecideOptions::default(),
-            Instant::now(),
-        );
-        assert_eq!(verdict.decision, Decision::Allow);
-        assert_eq!(verdict.shadow_decision, Decision::Ban);
-        assert!(!verdict.enforced);
-        assert!(verdict.is_notable());
-        assert!(verdict.reasons[0].shadow);
-    }
-
-    #[test]
-    fn clean_messages_are_allowed_and_not_notable() {
-        let verdict = engine().decide(
-            &message("what a play OMEGALUL"),
-            DecideOptions::default(),
-            Instant::now(),
-        );
-        assert_eq!(verdict.decision, Decision::Allow);
-        assert!(verdict.reasons.is_empty());
-        assert!(verdict.enforced);
-        assert!(!verdict.is_notable());
-    }
-
-    #[test]
-    fn dry_run_is_never_enforced() {
-        let verdict = engine().decide(
-            &message("free nitro"),
-            DecideOptions { dry_run: true },
-            Instant::now(),
-        );
-        assert_eq!(verdict.decision, Decision::Timeout);
-        assert!(!verdict.enforced);
-    }
-
-    #[test]
-    fn decision_names_round_trip() {
-        for d in [
-            Decision::Allow,
-            Decision::Hold,
-            Decision::Hide,
-            Decision::Warn,
-            Decision::Timeout,
-            Decision::Ban,
-        ] {
-            assert_eq!(Decision::from_name(d.as_str()), Some(d));
-        }
-        assert!(Decision::Ban > Decision::Timeout && Decision::Hold > Decision::Allow);
-    }
-}
+mod tests;

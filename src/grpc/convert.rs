@@ -20,6 +20,15 @@ pub struct MessageLimits {
     pub max_text_bytes: usize,
 }
 
+impl MessageLimits {
+    /// The limits a configuration sets.
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            max_text_bytes: config.grpc.max_text_bytes as usize,
+        }
+    }
+}
+
 /// Validates a proto chat message and converts it. `path` prefixes field names in errors
 /// (`messages[3]`).
 pub fn chat_message(

@@ -9,6 +9,7 @@
 pub mod convert;
 mod moderation;
 mod pending;
+mod stream;
 pub mod status;
 
 use std::sync::Arc;

@@ -3,15 +3,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, MessageLimits};
 use super::status::FieldError;
+use super::stream;
 use crate::app::App;
 use crate::decision::{DecideOptions, Degraded};
 use crate::proto::moderation_server::Moderation;
 use crate::proto::{
     ClassifyRequest, ClassifyResponse, StreamModerateRequest, StreamModerateResponse,
+    stream_moderate_request,
 };
 use crate::store::AuditRecord;
 
@@ -51,9 +55,7 @@ impl Moderation for ModerationService {
             )
             .into());
         }
-        let limits = MessageLimits {
-            max_text_bytes: self.app.config.grpc.max_text_bytes as usize,
-        };
+        let limits = MessageLimits::from_config(&self.app.config);
         // Validate everything before deciding anything: a rejected request writes nothing.
         let messages = request
             .messages
@@ -65,10 +67,11 @@ impl Moderation for ModerationService {
         let decide = DecideOptions {
             dry_run: options.dry_run,
         };
-        let mut verdicts: Vec<_> = messages
-            .iter()
-            .map(|m| self.app.engine.decide(m, decide, received))
-            .collect();
+        // In order, one after another: a later message of the same user must see the earlier.
+        let mut verdicts = Vec::with_capacity(messages.len());
+        for message in &messages {
+            verdicts.push(self.app.moderator.moderate(message, decide, received).await);
+        }
 
         if !options.dry_run {
             let records: Vec<AuditRecord> = messages
@@ -105,17 +108,25 @@ impl Moderation for ModerationService {
         }))
     }
 
-    type StreamModerateStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<StreamModerateResponse, Status>> + Send>,
-    >;
+    type StreamModerateStream = ReceiverStream<Result<StreamModerateResponse, Status>>;
 
     async fn stream_moderate(
         &self,
-        _request: Request<Streaming<StreamModerateRequest>>,
+        request: Request<Streaming<StreamModerateRequest>>,
     ) -> Result<Response<Self::StreamModerateStream>, Status> {
-        Err(Status::unimplemented(
-            "StreamModerate is not available yet: streaming moderation needs per-user state \
-             (recent messages, rates, heat), which arrives with the full rule engine",
-        ))
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(StreamModerateRequest {
+                kind: Some(stream_moderate_request::Kind::Hello(hello)),
+            }) => stream::validate_hello(hello)?,
+            Some(_) => {
+                return Err(FieldError::new("kind", "the first message on the stream must be a hello").into());
+            }
+            None => return Err(FieldError::new("hello", "the stream ended before its hello").into()),
+        };
+        let (responses_tx, responses_rx) = mpsc::channel(stream::RESPONSE_BUFFER);
+        let session = stream::Session::new(Arc::clone(&self.app), hello, responses_tx);
+        tokio::spawn(session.run(inbound));
+        Ok(Response::new(ReceiverStream::new(responses_rx)))
     }
 }

@@ -1,0 +1,271 @@
+//! Load generator: chat events through `StreamModerate` over loopback.
+//!
+//! ```text
+//! cargo bench --bench loadgen -- [--events N] [--streams S] [--window W] [--rate R] [--addr HOST:PORT]
+//! ```
+//!
+//! Without `--addr` it starts modbot in this process on 127.0.0.1:0 with the embedded defaults
+//! (built-in rules, in-process user state, SQLite in a temporary directory), on its own tokio
+//! runtime, so the server and the generator share the machine as they would on one host.
+//! Each stream serves one channel and keeps at most W events in flight (sent, verdict not yet
+//! received). `--rate` paces the whole run to R events/s (0, the default, is as fast as the
+//! server answers). It reports events/s and verdict latency (send to verdict) p50/p99/max.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use modbot::proto::moderation_client::ModerationClient;
+use modbot::proto::{
+    ChatEvent, ChatMessage, Hello, StreamModerateRequest, chat_event, stream_moderate_request, stream_moderate_response,
+};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+struct Args {
+    events: usize,
+    streams: usize,
+    window: usize,
+    rate: f64,
+    addr: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        events: 400_000,
+        streams: 2,
+        window: 4096,
+        rate: 0.0,
+        addr: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--events" => args.events = value().parse().expect("--events N"),
+            "--streams" => args.streams = value().parse().expect("--streams S"),
+            "--window" => args.window = value().parse().expect("--window W"),
+            "--rate" => args.rate = value().parse().expect("--rate R"),
+            "--addr" => args.addr = Some(value()),
+            // `cargo bench` passes --bench to every bench binary.
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    assert!(args.streams >= 1 && args.window >= 1, "--streams and --window must be at least 1");
+    args
+}
+
+/// Starts modbot on its own runtime and returns its address.
+fn start_server() -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut config = modbot::Config {
+        data_dir: dir.path().to_owned(),
+        ..modbot::Config::default()
+    };
+    config.metrics.addr = None;
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("modbot-server")
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            addr_tx.send(listener.local_addr().expect("address")).expect("report the address");
+            modbot::serve(config, listener, std::future::pending()).await.expect("serve");
+        });
+    });
+    let addr = addr_rx.recv().expect("the server starts");
+    (format!("http://{addr}"), dir)
+}
+
+struct StreamResult {
+    latencies_us: Vec<u32>,
+    decisions: BTreeMap<i32, u64>,
+    errors: u64,
+    degraded: u64,
+}
+
+async fn run_stream(
+    addr: String,
+    channel: String,
+    requests: Vec<StreamModerateRequest>,
+    window: usize,
+    pace: Option<Duration>,
+    start: Instant,
+) -> StreamResult {
+    let mut client = ModerationClient::connect(addr).await.expect("connect");
+    let (outbound_tx, outbound_rx) = mpsc::channel(window.min(4096));
+    outbound_tx
+        .send(StreamModerateRequest {
+            kind: Some(stream_moderate_request::Kind::Hello(Hello {
+                bridge_id: format!("loadgen-{channel}"),
+                channels: vec![channel.clone()],
+                dialect: "dgg".into(),
+                bot_nick: "loadgen".into(),
+            })),
+        })
+        .await
+        .expect("send the hello");
+    let mut inbound = client
+        .stream_moderate(ReceiverStream::new(outbound_rx))
+        .await
+        .expect("open the stream")
+        .into_inner();
+
+    let count = requests.len();
+    let in_flight = Arc::new(Semaphore::new(window));
+    let sent_at: Arc<Vec<std::sync::OnceLock<Instant>>> = Arc::new((0..count).map(|_| Default::default()).collect());
+    let sender = {
+        let in_flight = Arc::clone(&in_flight);
+        let sent_at = Arc::clone(&sent_at);
+        tokio::spawn(async move {
+            for (i, request) in requests.into_iter().enumerate() {
+                if let Some(pace) = pace {
+                    let due = start + pace * i as u32;
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                in_flight.acquire().await.expect("semaphore open").forget();
+                let _ = sent_at[i].set(Instant::now());
+                if outbound_tx.send(request).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let mut result = StreamResult {
+        latencies_us: Vec::with_capacity(count),
+        decisions: BTreeMap::new(),
+        errors: 0,
+        degraded: 0,
+    };
+    let mut answered = 0;
+    while answered < count {
+        let Some(response) = inbound.message().await.expect("the stream stays healthy") else {
+            break;
+        };
+        match response.kind {
+            Some(stream_moderate_response::Kind::Verdict(verdict)) => {
+                let index: usize = verdict.message_id.parse().expect("message ids are indices");
+                let sent = sent_at[index].get().expect("answered after sending");
+                result.latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                *result.decisions.entry(verdict.decision).or_default() += 1;
+                result.degraded += u64::from(!verdict.degraded.is_empty());
+            }
+            Some(stream_moderate_response::Kind::Error(_)) => result.errors += 1,
+            _ => continue,
+        }
+        answered += 1;
+        in_flight.add_permits(1);
+    }
+    sender.abort();
+    result
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    f64::from(sorted[index]) / 1000.0
+}
+
+fn main() {
+    let args = parse_args();
+    let (addr, _dir) = match &args.addr {
+        Some(addr) => (format!("http://{addr}"), None),
+        None => {
+            let (addr, dir) = start_server();
+            (addr, Some(dir))
+        }
+    };
+
+    // Build every request before the clock starts.
+    let corpus = modbot::corpus::generate(42, args.events);
+    let mut per_stream: Vec<Vec<StreamModerateRequest>> = vec![Vec::new(); args.streams];
+    let base_ms = 1_700_000_000_000i64;
+    for (i, message) in corpus.into_iter().enumerate() {
+        let stream = i % args.streams;
+        let channel = format!("channel-{stream}");
+        let at_ms = base_ms + (i as i64) * 2;
+        per_stream[stream].push(StreamModerateRequest {
+            kind: Some(stream_moderate_request::Kind::Event(ChatEvent {
+                channel: channel.clone(),
+                kind: Some(chat_event::Kind::Message(ChatMessage {
+                    channel,
+                    message_id: String::new(),
+                    user_id: message.user_id,
+                    nick: message.nick,
+                    roles: message.roles,
+                    text: message.text,
+                    sent_at: Some(prost_types::Timestamp {
+                        seconds: at_ms / 1000,
+                        nanos: ((at_ms % 1000) * 1_000_000) as i32,
+                    }),
+                })),
+            })),
+        });
+    }
+    // Message ids are per-stream indices, so verdicts can be matched to send times.
+    for requests in &mut per_stream {
+        for (i, request) in requests.iter_mut().enumerate() {
+            if let Some(stream_moderate_request::Kind::Event(ChatEvent {
+                kind: Some(chat_event::Kind::Message(m)),
+                ..
+            })) = &mut request.kind
+            {
+                m.message_id = i.to_string();
+            }
+        }
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("loadgen")
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let pace = (args.rate > 0.0).then(|| Duration::from_secs_f64(args.streams as f64 / args.rate));
+    let (elapsed, results) = runtime.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = per_stream
+            .into_iter()
+            .enumerate()
+            .map(|(i, requests)| {
+                tokio::spawn(run_stream(addr.clone(), format!("channel-{i}"), requests, args.window, pace, start))
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.expect("stream task"));
+        }
+        (start.elapsed(), results)
+    });
+
+    let mut latencies: Vec<u32> = results.iter().flat_map(|r| r.latencies_us.iter().copied()).collect();
+    latencies.sort_unstable();
+    let answered = latencies.len();
+    let mut decisions: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &results {
+        for (decision, n) in &r.decisions {
+            let name = modbot::proto::Decision::try_from(*decision).map_or("?".to_owned(), |d| d.as_str_name().to_owned());
+            *decisions.entry(name).or_default() += n;
+        }
+    }
+    let errors: u64 = results.iter().map(|r| r.errors).sum();
+    let degraded: u64 = results.iter().map(|r| r.degraded).sum();
+    println!("loadgen: {} events over {} stream(s), window {}, rate {}", args.events, args.streams, args.window, if args.rate > 0.0 { format!("{}/s", args.rate) } else { "unlimited".into() });
+    println!("answered {answered} in {:.2}s: {:.0} events/s", elapsed.as_secs_f64(), answered as f64 / elapsed.as_secs_f64());
+    println!(
+        "verdict latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
+    println!("decisions: {decisions:?}; stream errors: {errors}; degraded verdicts: {degraded}");
+    assert_eq!(answered + errors as usize, args.events, "every event answered exactly once");
+}

@@ -1,0 +1,248 @@
+//! One `StreamModerate` session: a bridge's whole chat, decided in order.
+//!
+//! The session task reads one request at a time, decides it, and sends the answer into a
+//! bounded channel that tonic drains to the client. When the client reads slowly the channel
+//! fills, the task waits, it stops reading, and HTTP/2 flow control pushes back on the client:
+//! a slow client slows its own stream instead of growing the server's memory. Messages are
+//! decided strictly in the order received, one after another, so a channel carried by one
+//! stream sees a consistent history.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tracing::Instrument;
+use tonic::{Code, Status, Streaming};
+
+use super::convert::{self, MessageLimits};
+use super::status::FieldError;
+use crate::app::App;
+use crate::decision::{DecideOptions, Decision};
+use crate::proto::{
+    ActionKind, ChatEvent, Hello, StreamError, StreamModerateRequest, StreamModerateResponse, Welcome, chat_event,
+    stream_moderate_request, stream_moderate_response,
+};
+use crate::store::AuditRecord;
+
+/// Responses buffered per stream before the session waits for the client.
+pub const RESPONSE_BUFFER: usize = 1024;
+
+/// Most channels one stream may serve.
+const MAX_CHANNELS: usize = 256;
+
+type Responses = mpsc::Sender<Result<StreamModerateResponse, Status>>;
+
+/// Checks a hello: a bridge id and at least one channel, each a valid id.
+pub fn validate_hello(hello: Hello) -> Result<Hello, FieldError> {
+    if hello.bridge_id.trim().is_empty() {
+        return Err(FieldError::new("hello.bridge_id", "is required"));
+    }
+    if hello.channels.is_empty() {
+        return Err(FieldError::new("hello.channels", "must name at least one channel"));
+    }
+    if hello.channels.len() > MAX_CHANNELS {
+        return Err(FieldError::new(
+            "hello.channels",
+            format!("{} channels exceed the limit of {MAX_CHANNELS}", hello.channels.len()),
+        ));
+    }
+    for (i, channel) in hello.channels.iter().enumerate() {
+        if channel.trim().is_empty() || channel.len() > convert::MAX_ID_BYTES {
+            return Err(FieldError::new(
+                format!("hello.channels[{i}]"),
+                format!("must be 1 to {} bytes", convert::MAX_ID_BYTES),
+            ));
+        }
+    }
+    Ok(hello)
+}
+
+/// A stream's state.
+pub struct Session {
+    app: Arc<App>,
+    hello: Hello,
+    responses_tx: Responses,
+    limits: MessageLimits,
+}
+
+impl Session {
+    /// A session for a validated hello.
+    pub fn new(app: Arc<App>, hello: Hello, responses_tx: Responses) -> Self {
+        let limits = MessageLimits::from_config(&app.config);
+        Self {
+            app,
+            hello,
+            responses_tx,
+            limits,
+        }
+    }
+
+    /// Runs until the client closes its side, the client goes away, or the server stops.
+    pub async fn run(self, inbound: Streaming<StreamModerateRequest>) {
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::info_span!("stream", session = %session_id, bridge = %self.hello.bridge_id);
+        self.serve(session_id, inbound).instrument(span).await;
+    }
+
+    async fn serve(self, session_id: String, mut inbound: Streaming<StreamModerateRequest>) {
+        tracing::info!(channels = ?self.hello.channels, "stream opened");
+        metrics::gauge!("modbot_streams_open").increment(1.0);
+        let welcome = stream_moderate_response::Kind::Welcome(Welcome {
+            session_id,
+            channels: self.hello.channels.clone(),
+        });
+        if self.send(welcome).await {
+            loop {
+                let request = tokio::select! {
+                    request = inbound.message() => request,
+                    () = self.responses_tx.closed() => break,
+                };
+                match request {
+                    Ok(Some(request)) => {
+                        if !self.handle(request).await {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(%status, "stream ended by the client");
+                        break;
+                    }
+                }
+            }
+        }
+        metrics::gauge!("modbot_streams_open").decrement(1.0);
+        tracing::info!("stream closed");
+    }
+
+    /// Sends a response; false when the client has gone.
+    async fn send(&self, kind: stream_moderate_response::Kind) -> bool {
+        self.responses_tx
+            .send(Ok(StreamModerateResponse { kind: Some(kind) }))
+            .await
+            .is_ok()
+    }
+
+    /// Answers a bad request in-band; the stream goes on.
+    async fn reject(&self, code: Code, message: String, message_id: String) -> bool {
+        metrics::counter!("modbot_stream_errors_total").increment(1);
+        self.send(stream_moderate_response::Kind::Error(StreamError {
+            code: code as i32,
+            message,
+            message_id,
+        }))
+        .await
+    }
+
+    async fn handle(&self, request: StreamModerateRequest) -> bool {
+        let received = Instant::now();
+        match request.kind {
+            Some(stream_moderate_request::Kind::Event(event)) => self.event(event, received).await,
+            Some(stream_moderate_request::Kind::Hello(_)) => {
+                self.reject(Code::InvalidArgument, "hello: already sent".to_owned(), String::new())
+                    .await
+            }
+            Some(stream_moderate_request::Kind::ActionResult(result)) => {
+                self.reject(
+                    Code::Unimplemented,
+                    "action_result: no action commands are sent yet, so no results are expected".to_owned(),
+                    result.action_id,
+                )
+                .await
+            }
+            None => {
+                self.reject(Code::InvalidArgument, "kind: is required".to_owned(), String::new())
+                    .await
+            }
+        }
+    }
+
+    async fn event(&self, event: ChatEvent, received: Instant) -> bool {
+        let message_id = match &event.kind {
+            Some(chat_event::Kind::Message(m)) => m.message_id.clone(),
+            _ => String::new(),
+        };
+        if !self.hello.channels.iter().any(|c| *c == event.channel) {
+            return self
+                .reject(
+                    Code::InvalidArgument,
+                    format!("event.channel: `{}` is not one of the channels in the hello", event.channel),
+                    message_id,
+                )
+                .await;
+        }
+        match event.kind {
+            Some(chat_event::Kind::Message(mut message)) => {
+                if message.channel.is_empty() {
+                    message.channel.clone_from(&event.channel);
+                } else if message.channel != event.channel {
+                    return self
+                        .reject(
+                            Code::InvalidArgument,
+                            "event.message.channel: differs from event.channel".to_owned(),
+                            message_id,
+                        )
+                        .await;
+                }
+                let message = match convert::chat_message(message, "event.message", self.limits) {
+                    Ok(message) => message,
+                    Err(error) => return self.reject(Code::InvalidArgument, error.to_string(), message_id).await,
+                };
+                let mut verdict = self
+                    .app
+                    .moderator
+                    .moderate(&message, DecideOptions::default(), received)
+                    .await;
+                metrics::counter!("modbot_verdicts_total", "decision" => verdict.decision.as_str()).increment(1);
+                if verdict.is_notable() {
+                    self.app.audit.submit(AuditRecord::new(message, verdict.clone())).await;
+                }
+                verdict.normalized_text.clear();
+                verdict.elapsed = received.elapsed();
+                self.send(stream_moderate_response::Kind::Verdict(verdict.into())).await
+            }
+            Some(chat_event::Kind::ModeratorAction(action)) => {
+                let decision = match ActionKind::try_from(action.kind) {
+                    Ok(ActionKind::Timeout | ActionKind::Hide) => Some(Decision::Timeout),
+                    Ok(ActionKind::Ban) => Some(Decision::Ban),
+                    Ok(ActionKind::Warn) => Some(Decision::Warn),
+                    Ok(ActionKind::Unmute | ActionKind::Unban) => None,
+                    Ok(ActionKind::Unspecified) | Err(_) => {
+                        return self
+                            .reject(
+                                Code::InvalidArgument,
+                                "event.moderator_action.kind: is required".to_owned(),
+                                String::new(),
+                            )
+                            .await;
+                    }
+                };
+                if action.target.trim().is_empty() {
+                    return self
+                        .reject(
+                            Code::InvalidArgument,
+                            "event.moderator_action.target: is required".to_owned(),
+                            String::new(),
+                        )
+                        .await;
+                }
+                if let Some(decision) = decision {
+                    let at = action
+                        .at
+                        .and_then(|t| SystemTime::try_from(t).ok())
+                        .unwrap_or_else(SystemTime::now);
+                    self.app
+                        .moderator
+                        .moderator_action(&event.channel, &action.target, decision, at)
+                        .await;
+                }
+                true
+            }
+            Some(chat_event::Kind::Join(_) | chat_event::Kind::Quit(_) | chat_event::Kind::Names(_)) => true,
+            None => {
+                self.reject(Code::InvalidArgument, "event.kind: is required".to_owned(), message_id)
+                    .await
+            }
+        }
+    }
+}

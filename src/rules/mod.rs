@@ -1,0 +1,169 @@
+//! Rule filters: the rules file, channel policies, and the checks themselves.
+//!
+//! A [`RuleSet`] is compiled once from `config/rules.toml` (or `rules.file`) and shared by every
+//! request. [`RuleSet::evaluate`] is a pure function of the normalised message, the user's
+//! history and the channel's recent messages: it returns one [`Reason`] per rule that fired.
+//!
+//! Architecture Invariant: rules do no I/O and keep no state of their own; everything they
+//! remember comes in through [`Context`] from `users`.
+
+mod checks;
+mod load;
+mod phrase;
+mod profanity;
+pub mod similarity;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use load::{DEFAULT_RULES, KINDS, RulesError};
+
+use crate::decision::{ChatMessage, Decision, Reason, ReasonSource};
+use crate::normalize::{EmoteSet, Normalized};
+use crate::users::{ChannelMessage, UserHistory};
+use checks::Check;
+
+/// Whether a rule acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Its decision is carried out.
+    #[default]
+    Enforce,
+    /// It is reported in verdicts, never carried out.
+    Shadow,
+    /// It is not evaluated.
+    Disabled,
+}
+
+/// How repeat offences escalate in a channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Escalation {
+    /// A first offence earns a warning instead of a timeout.
+    pub warn_first: bool,
+    /// The first timeout of a heat episode.
+    pub first_timeout: Duration,
+    /// The longest timeout; timeouts double up to it.
+    pub max_timeout: Duration,
+    /// After this many escalated timeouts in one episode the next offence is a ban (0 = never).
+    pub ban_after: u32,
+    /// Heat halves every this long.
+    pub heat_half_life: Duration,
+}
+
+/// How a channel is moderated beyond its rules.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Observe only: nothing is enforced.
+    pub shadow: bool,
+    /// Users with these roles skip every rule.
+    pub exempt_roles: Vec<String>,
+    /// The channel's emotes.
+    pub emotes: EmoteSet,
+    /// Escalation for repeat offenders.
+    pub escalation: Escalation,
+}
+
+impl Policy {
+    /// Whether a user with `roles` skips every rule.
+    pub fn exempts(&self, roles: &[String]) -> bool {
+        roles.iter().any(|r| self.exempt_roles.contains(r))
+    }
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// Unique id.
+    pub id: String,
+    /// Its kind, as written in the rules file.
+    pub kind: &'static str,
+    /// One line for moderators.
+    pub description: String,
+    /// Decision when it fires.
+    pub decision: Decision,
+    /// Duration of a timeout or ban (`None`: permanent ban, or not applicable).
+    pub duration: Option<Duration>,
+    /// Whether it acts.
+    pub mode: Mode,
+    /// Roles that skip it.
+    pub exempt_roles: Vec<String>,
+    /// Channels it applies to; empty for all.
+    pub channels: Vec<String>,
+    check: Check,
+}
+
+impl Rule {
+    fn applies(&self, message: &ChatMessage) -> bool {
+        self.mode != Mode::Disabled
+            && (self.channels.is_empty() || self.channels.iter().any(|c| *c == message.channel))
+            && !message.roles.iter().any(|r| self.exempt_roles.contains(r))
+    }
+}
+
+/// What the rules may look at besides the message.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The message's normalised text, tokens and statistics.
+    pub normalized: &'a Normalized<'a>,
+    /// The author's history before this message.
+    pub history: &'a UserHistory,
+    /// The channel's recent messages from other users, oldest first.
+    pub channel_recent: &'a [Arc<ChannelMessage>],
+    /// The message's time, Unix milliseconds.
+    pub now_ms: i64,
+}
+
+/// The compiled rules and policies.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    default_policy: Policy,
+    channel_policies: HashMap<String, Policy>,
+}
+
+impl RuleSet {
+    /// The policy of a channel: its own, or the default.
+    pub fn policy(&self, channel: &str) -> &Policy {
+        self.channel_policies.get(channel).unwrap_or(&self.default_policy)
+    }
+
+    /// The rules, in file order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Runs every applicable rule; one reason per rule that fired, in file order. Rules in
+    /// shadow mode, and every rule of a channel in shadow mode, give shadow reasons.
+    pub fn evaluate(&self, message: &ChatMessage, policy: &Policy, ctx: &Context<'_>) -> Vec<Reason> {
+        self.rules
+            .iter()
+            .filter(|rule| rule.applies(message))
+            .filter_map(|rule| {
+                let hit = rule.check.check(ctx)?;
+                Some(Reason {
+                    source: ReasonSource::Rule,
+                    rule_id: rule.id.clone(),
+                    label: rule.kind.to_owned(),
+                    decision: rule.decision,
+                    duration: rule.duration,
+                    score: hit.score,
+                    threshold: hit.threshold,
+                    shadow: policy.shadow || rule.mode == Mode::Shadow,
+                    description: if rule.description.is_empty() {
+                        format!("{} (rule {})", hit.evidence.detail, rule.id)
+                    } else {
+                        format!("{}: {} (rule {})", rule.description, hit.evidence.detail, rule.id)
+                    },
+                    evidence: hit.evidence,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+//! Banned phrases: literal, wildcard and regex, matched on the normalised text.
+
+use regex::{Regex, RegexBuilder};
+use serde::Deserialize;
+
+use super::checks::Hit;
+use crate::decision::Evidence;
+use crate::normalize::{EmoteSet, Normalized, normalize};
+
+/// Largest compiled program one rule's phrases may make. The regex crate matches in linear
+/// time, so this bound (with the DFA cache bound) is what keeps a pathological pattern from
+/// costing memory or time.
+const REGEX_SIZE_LIMIT: usize = 2 << 20;
+const DFA_SIZE_LIMIT: usize = 4 << 20;
+
+/// How phrases are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhraseSyntax {
+    /// Plain text.
+    #[default]
+    Literal,
+    /// `*` matches any run of word characters, `?` one.
+    Wildcard,
+    /// A regular expression, matched as written (case-insensitively).
+    Regex,
+}
+
+/// One rule's phrases, compiled into a single alternation.
+#[derive(Debug)]
+pub struct PhraseCheck {
+    /// `(p0)|(p1)|...`: group `i + 1` is phrase `i`.
+    combined: Regex,
+    /// The phrases as written, for evidence.
+    phrases: Vec<String>,
+}
+
+/// Folds a piece of a phrase the way messages are folded, so both compare alike.
+fn fold(piece: &str) -> String {
+    normalize(piece, &EmoteSet::default()).text
+}
+
+fn is_word(c: Option<char>) -> bool {
+    c.is_some_and(|c| c.is_alphanumeric() || c == '_')
+}
+
+impl PhraseCheck {
+    /// Compiles phrases; an error names the parameter (`phrases[2]`) and the reason.
+    pub fn new(phrases: &[String], syntax: PhraseSyntax, anywhere: bool) -> Result<Self, (String, String)> {
+        if phrases.is_empty() {
+            return Err(("phrases".to_owned(), "must list at least one phrase".to_owned()));
+        }
+        let mut alternatives = Vec::with_capacity(phrases.len());
+        for (i, phrase) in phrases.iter().enumerate() {
+            let key = format!("phrases[{i}]");
+            let pattern = match syntax {
+                PhraseSyntax::Regex => phrase.clone(),
+                PhraseSyntax::Literal | PhraseSyntax::Wildcard => {
+                    let (pattern, first, last) = literal_pattern(phrase, syntax == PhraseSyntax::Wildcard);
+                    if pattern.is_empty() {
+                        return Err((key, "is empty after normalisation".to_owned()));
+                    }
+                    if anywhere {
+                        pattern
+                    } else {
+                        // Word boundaries only where the phrase itself begins or ends with a
+                        // word character: `\b` before punctuation would never match.
+                        let start = if is_word(first) { r"\b" } else { "" };
+                        let end = if is_word(last) { r"\b" } else { "" };
+                        format!("{start}(?:{pattern}){end}")
+                    }
+                }
+            };
+            build(&pattern).map_err(|e| (key, e))?;
+            alternatives.push(format!("({pattern})"));
+        }
+        let combined = build(&alternatives.join("|")).map_err(|e| ("phrases".to_owned(), e))?;
+        Ok(Self {
+            combined,
+            phrases: phrases.to_vec(),
+        })
+    }
+
+    /// The first phrase found, with the span of what the user typed.
+    pub fn check(&self, normalized: &Normalized<'_>) -> Option<Hit> {
+        let text = normalized.text.as_str();
+        let found = self.combined.find(text)?;
+        // Only on a match: which phrase was it?
+        let index = self
+            .combined
+            .captures_at(text, found.start())
+            .and_then(|caps| (1..caps.len()).find(|&g| caps.get(g).is_some()))
+            .map_or(0, |group| group - 1);
+        let span = normalized.span(found.range());
+        let phrase = &self.phrases[index];
+        Some(Hit {
+            score: 0.0,
+            threshold: 0.0,
+            evidence: Evidence {
+                span: Some(span),
+                matched_text: normalized.original_text(span),
+                pattern: phrase.clone(),
+                detail: format!("banned phrase \"{phrase}\""),
+                ..Evidence::default()
+            },
+        })
+    }
+}
+
+/// The regex for a literal or wildcard phrase, with its first and last folded characters.
+fn literal_pattern(phrase: &str, wildcard: bool) -> (String, Option<char>, Option<char>) {
+    if !wildcard {
+        let folded = fold(phrase);
+        return (regex::escape(&folded), folded.chars().next(), folded.chars().next_back());
+    }
+    let mut pattern = String::new();
+    let mut folded_all = String::new();
+    let mut piece = String::new();
+    let flush = |piece: &mut String, pattern: &mut String, folded_all: &mut String| {
+        if !piece.is_empty() {
+            // Keep spaces next to wildcards: fold trims them.
+            let lead = piece.starts_with(char::is_whitespace) && !pattern.is_empty();
+            let trail = piece.ends_with(char::is_whitespace);
+            let folded = fold(piece);
+            if lead {
+                pattern.push(' ');
+            }
+            pattern.push_str(&regex::escape(&folded));
+            folded_all.push_str(&folded);
+            if trail && !folded.is_empty() {
+                pattern.push(' ');
+            }
+            piece.clear();
+        }
+    };
+    for c in phrase.chars() {
+        match c {
+            '*' | '?' => {
+                flush(&mut piece, &mut pattern, &mut folded_all);
+                pattern.push_str(if c == '*' { r"\w*" } else { r"\w" });
+                folded_all.push('a');
+            }
+            _ => piece.push(c),
+        }
+    }
+    flush(&mut piece, &mut pattern, &mut folded_all);
+    let pattern = pattern.trim().to_owned();
+    (pattern, folded_all.chars().next(), folded_all.chars().next_back())
+}
+
+fn build(pattern: &str) -> Result<Regex, String> {
+    RegexBuilder::new(pattern)
+        .case_insensitive(true)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(DFA_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid or too large pattern: {e}"))
+}

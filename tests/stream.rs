@@ -1,0 +1,296 @@
+//! `StreamModerate` end to end: a bridge's view of the stream.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{TestServer, chat_message};
+use modbot::proto::{
+    self, ActionKind, ChatEvent, Decision, Hello, ModeratorAction, StreamModerateRequest, StreamModerateResponse,
+    chat_event, stream_moderate_request, stream_moderate_response,
+};
+use modbot::store::AuditQuery;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Streaming};
+
+fn hello(channels: &[&str]) -> StreamModerateRequest {
+    StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Hello(Hello {
+            bridge_id: "test-bridge".into(),
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            dialect: "dgg".into(),
+            bot_nick: "modbot".into(),
+        })),
+    }
+}
+
+fn event(channel: &str, kind: chat_event::Kind) -> StreamModerateRequest {
+    StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Event(ChatEvent {
+            channel: channel.into(),
+            kind: Some(kind),
+        })),
+    }
+}
+
+/// A chat message event at `at_ms` (Unix milliseconds), so rates are deterministic.
+fn say(id: &str, user: &str, text: &str, at_ms: i64) -> StreamModerateRequest {
+    let mut message = chat_message(id, user, text);
+    message.channel.clear(); // taken from the event
+    message.sent_at = Some(prost_types::Timestamp {
+        seconds: at_ms / 1000,
+        nanos: ((at_ms % 1000) * 1_000_000) as i32,
+    });
+    event("destinygg", chat_event::Kind::Message(message))
+}
+
+const T0: i64 = 1_700_000_000_000;
+
+/// A different everyday chat line for every `i`.
+fn sentence(i: usize) -> String {
+    const WORDS: &[&str] = &[
+        "stream", "game", "chat", "clip", "debate", "music", "today", "later", "really", "maybe", "funny",
+        "good", "bad", "play", "watch", "news", "topic", "point", "agree", "wrong", "right", "take",
+        "think", "know", "guess", "tonight", "again", "never", "always", "question",
+    ];
+    let mut x = (i as u64).wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    (0..6)
+        .map(|_| {
+            x ^= x >> 29;
+            x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            WORDS[(x >> 33) as usize % WORDS.len()]
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Opens a stream fed from a channel; returns the sender and the responses after the welcome.
+async fn open(server: &TestServer, buffer: usize) -> (mpsc::Sender<StreamModerateRequest>, Streaming<StreamModerateResponse>) {
+    let (tx, rx) = mpsc::channel(buffer);
+    tx.send(hello(&["destinygg"])).await.unwrap();
+    let mut responses = server
+        .moderation()
+        .stream_moderate(ReceiverStream::new(rx))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let welcome = responses.message().await.unwrap().expect("a welcome");
+    let Some(stream_moderate_response::Kind::Welcome(welcome)) = welcome.kind else {
+        panic!("expected a welcome, got {welcome:?}");
+    };
+    assert_eq!(welcome.channels, ["destinygg"]);
+    assert!(!welcome.session_id.is_empty());
+    (tx, responses)
+}
+
+async fn next(responses: &mut Streaming<StreamModerateResponse>) -> stream_moderate_response::Kind {
+    responses.message().await.expect("a healthy stream").expect("a response").kind.expect("a kind")
+}
+
+async fn next_verdict(responses: &mut Streaming<StreamModerateResponse>) -> proto::Verdict {
+    match next(responses).await {
+        stream_moderate_response::Kind::Verdict(v) => v,
+        other => panic!("expected a verdict, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_stream_must_start_with_a_valid_hello() {
+    let server = TestServer::start(|_| {}).await;
+    let cases: Vec<(Vec<StreamModerateRequest>, &str)> = vec![
+        (vec![], "hello: the stream ended before its hello"),
+        (vec![say("m1", "u", "hi", T0)], "kind: the first message on the stream must be a hello"),
+        (vec![hello(&[])], "hello.channels: must name at least one channel"),
+        (
+            vec![StreamModerateRequest {
+                kind: Some(stream_moderate_request::Kind::Hello(Hello {
+                    channels: vec!["destinygg".into()],
+                    ..Hello::default()
+                })),
+            }],
+            "hello.bridge_id: is required",
+        ),
+    ];
+    for (requests, expected) in cases {
+        let status = server
+            .moderation()
+            .stream_moderate(tokio_stream::iter(requests))
+            .await
+            .expect_err(expected);
+        assert_eq!(status.code(), Code::InvalidArgument, "{expected}");
+        assert_eq!(status.message(), expected);
+    }
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn verdicts_come_in_order_with_memory_of_each_user() {
+    let server = TestServer::start(|_| {}).await;
+    let (tx, mut responses) = open(&server, 64).await;
+    let total = 2_000;
+    let sender = tokio::spawn(async move {
+        for i in 0..total {
+            // 40 users talking in turn, a message every 50 ms, each message different.
+            let text = sentence(i);
+            tx.send(say(&i.to_string(), &format!("user{}", i % 40), &text, T0 + 50 * i as i64))
+                .await
+                .unwrap();
+        }
+        // One user floods: five messages within a second.
+        for k in 0..5 {
+            let text = format!("flood {k} something");
+            tx.send(say(&format!("f{k}"), "flooder", &text, T0 + 200_000 + 100 * k)).await.unwrap();
+        }
+        tx
+    });
+    for i in 0..total {
+        let verdict = next_verdict(&mut responses).await;
+        assert_eq!(verdict.message_id, i.to_string(), "verdicts come in the order received");
+        assert_eq!(verdict.decision, Decision::Allow as i32, "{verdict:?}");
+    }
+    let mut flood = Vec::new();
+    for _ in 0..5 {
+        flood.push(next_verdict(&mut responses).await);
+    }
+    assert!(flood[..4].iter().all(|v| v.decision == Decision::Allow as i32));
+    let fifth = &flood[4];
+    assert_eq!(fifth.decision, Decision::Warn as i32, "a first offence is a warning: {fifth:?}");
+    assert!(fifth.reasons.iter().any(|r| r.rule_id == "dgg-rate"), "{fifth:?}");
+
+    // Closing our side ends the stream cleanly.
+    drop(sender.await.unwrap());
+    assert!(responses.message().await.expect("a clean end").is_none());
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn bad_events_are_answered_in_band_and_the_stream_goes_on() {
+    let server = TestServer::start(|_| {}).await;
+    let (tx, mut responses) = open(&server, 16).await;
+    let mut no_text = chat_message("bad1", "u1", "");
+    no_text.channel.clear();
+    let bad: Vec<(StreamModerateRequest, &str)> = vec![
+        (event("destinygg", chat_event::Kind::Message(no_text)), "event.message.text: must not be empty"),
+        (say("bad2", "u1", "hi", T0), ""), // a good one in between
+        (event("elsewhere", chat_event::Kind::Join(proto::Presence::default())), "event.channel: `elsewhere` is not one of the channels in the hello"),
+        (StreamModerateRequest { kind: None }, "kind: is required"),
+        (hello(&["destinygg"]), "hello: already sent"),
+        (
+            event(
+                "destinygg",
+                chat_event::Kind::ModeratorAction(ModeratorAction {
+                    moderator: "mod".into(),
+                    target: "u1".into(),
+                    ..ModeratorAction::default()
+                }),
+            ),
+            "event.moderator_action.kind: is required",
+        ),
+    ];
+    for (request, expected) in bad {
+        tx.send(request).await.unwrap();
+        match next(&mut responses).await {
+            stream_moderate_response::Kind::Error(error) => {
+                assert_eq!(error.code, Code::InvalidArgument as i32);
+                assert_eq!(error.message, expected);
+            }
+            stream_moderate_response::Kind::Verdict(verdict) => {
+                assert!(expected.is_empty(), "expected an error `{expected}`, got a verdict");
+                assert_eq!(verdict.message_id, "bad2");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Presence events are accepted silently; the next message still gets its verdict.
+    tx.send(event("destinygg", chat_event::Kind::Join(proto::Presence::default()))).await.unwrap();
+    tx.send(say("after", "u2", "still here", T0)).await.unwrap();
+    assert_eq!(next_verdict(&mut responses).await.message_id, "after");
+    drop(tx);
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_moderators_timeout_counts_toward_the_ladder() {
+    let server = TestServer::start(|_| {}).await;
+    let (tx, mut responses) = open(&server, 16).await;
+    // A human moderator mutes `troll`; afterwards a scam message is no first offence.
+    tx.send(event(
+        "destinygg",
+        chat_event::Kind::ModeratorAction(ModeratorAction {
+            moderator: "mod".into(),
+            target: "troll".into(),
+            kind: ActionKind::Timeout as i32,
+            duration: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+            at: Some(prost_types::Timestamp { seconds: T0 / 1000, nanos: 0 }),
+        }),
+    ))
+    .await
+    .unwrap();
+    tx.send(say("t1", "troll", "free nitro", T0 + 1000)).await.unwrap();
+    tx.send(say("n1", "newbie", "free nitro", T0 + 1000)).await.unwrap();
+    let troll = next_verdict(&mut responses).await;
+    assert_eq!(troll.decision, Decision::Timeout as i32, "{troll:?}");
+    let newbie = next_verdict(&mut responses).await;
+    assert_eq!(newbie.decision, Decision::Warn as i32, "{newbie:?}");
+    drop(tx);
+    assert!(responses.message().await.unwrap().is_none());
+
+    // Both notable verdicts reach the audit log through the batching writer, drained on stop.
+    let store = server.store().await;
+    server.stop().await.expect("clean stop");
+    let mut logged: Vec<String> = store
+        .audit_log(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.message.message_id)
+        .collect();
+    logged.sort();
+    assert_eq!(logged, ["n1", "t1"]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_slows_its_own_stream() {
+    let server = TestServer::start(|_| {}).await;
+    let (tx, mut responses) = open(&server, 1).await;
+    let total = 20_000;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let producer = {
+        let sent = Arc::clone(&sent);
+        tokio::spawn(async move {
+            for i in 0..total {
+                if tx.send(say(&i.to_string(), "u", "a reasonably long chat message about nothing", T0 + i as i64 * 1000)).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Without reading, the producer soon stalls: the server stops reading once its buffer and
+    // the HTTP/2 windows are full. Wait until progress stops.
+    let mut last = 0;
+    let mut still = 0;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = sent.load(Ordering::Relaxed);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+        if still >= 5 {
+            break;
+        }
+    }
+    assert!(still >= 5 && last < total, "the producer stalls while nobody reads ({last} of {total} sent)");
+    // Reading again lets everything through, in order.
+    for i in 0..total {
+        assert_eq!(next_verdict(&mut responses).await.message_id, i.to_string());
+    }
+    producer.await.unwrap();
+    server.stop().await.expect("clean stop");
+}
