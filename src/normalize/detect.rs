@@ -145,6 +145,10 @@ pub(super) fn match_link(s: &str) -> Option<LinkMatch> {
                 .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
         })
         .map_or(0, str::len);
+    // Most chunks are plain words: without a scheme, a link needs a dot.
+    if scheme == 0 && !s.as_bytes().contains(&b'.') {
+        return None;
+    }
     let mut end = s.len();
     while let Some(last) = s[..end].chars().next_back() {
         // A closing parenthesis belongs to the link when the link opened one (Wikipedia).

@@ -35,9 +35,12 @@
 //!    (plus a leading `$` or up to two trailing `$` next to a letter: `$hit`, `a$$`; a leading
 //!    `@` is left to mentions).
 //! 5. Confusables: a word whose non-ASCII letters *all* have a clear Latin lookalike gets them
-//!    folded (`hеllо` with Cyrillic е, о → `hello`; `ʜᴇʟʟᴏ` → `hello`), while a word of real
-//!    Russian or Greek, which has letters without one, is left in its script (`привет` stays).
-//!    The lookalikes come from Unicode's confusables data (UTS #39), see [`chars::confusable`].
+//!    folded when it also has ASCII letters (`hеllо` with Cyrillic е, о → `hello`), or when it
+//!    is made only of lookalikes (`ѕсаm`, `ʜᴇʟʟᴏ` → `scam`, `hello`) and the message has no
+//!    genuine non-Latin word. A word with a letter that has no lookalike is real text of its
+//!    script and stays (`привет`), and so does every all-lookalike word of such a message
+//!    (`привет как дела` keeps `как`). The lookalikes come from Unicode's confusables data
+//!    (UTS #39), see [`chars::confusable`].
 //! 6. Leetspeak (see below).
 //! 7. Spaced-out letters are joined (see below).
 //! 8. Runs of three or more of the same character shrink to two (`noooooo` → `noo`, `!!!!!!` →
@@ -183,6 +186,7 @@ pub struct TextStats {
 pub fn normalize<'a>(text: &'a str, emotes: &EmoteSet) -> Normalized<'a> {
     let mut builder = Builder::new(text.len(), emotes);
     let chars = builder.scan(text);
+    builder.fold_lookalike_words();
     builder.join_spaced_letters();
     builder.finish(text, chars)
 }
@@ -294,8 +298,11 @@ struct Builder<'e> {
     chunk_text: String,
     /// Scratch: the folded characters of one text segment.
     segment: Vec<Unit>,
-    /// Scratch: a word being rewritten by confusable folding.
-    rewrite: Vec<Unit>,
+    /// Items (indices) of words made only of Latin lookalikes, folded at the end unless
+    /// `foreign_words`.
+    lookalike_words: Vec<usize>,
+    /// Whether the message has a word of a non-Latin script that is not all lookalikes.
+    foreign_words: bool,
 }
 
 impl<'e> Builder<'e> {
@@ -308,7 +315,8 @@ impl<'e> Builder<'e> {
             chunk: Vec::with_capacity(32),
             chunk_text: String::with_capacity(64),
             segment: Vec::with_capacity(64),
-            rewrite: Vec::new(),
+            lookalike_words: Vec::new(),
+            foreign_words: false,
         }
     }
 
@@ -570,32 +578,65 @@ impl<'e> Builder<'e> {
         }
     }
 
-    /// Folds the confusables of the word in `units[start..]` if every non-ASCII letter of it has
-    /// a Latin lookalike.
+    /// Folds the confusables of the word in `units[start..]` (about to become the next item) if
+    /// every non-ASCII letter of it has a Latin lookalike. A word that mixes them with ASCII
+    /// letters (`fuсk`) is folded at once; a word made only of lookalikes (`сор`) waits for the
+    /// end of the message and is folded only if the message has no genuine non-Latin word, so
+    /// real Russian (`как дела`) keeps its script.
     fn fold_confusables(&mut self, start: usize) {
-        let word = &self.units[start..];
-        let mut any = false;
-        for u in word {
+        let mut lookalikes = false;
+        let mut ascii_letters = false;
+        for u in &self.units[start..] {
             if u.alt.is_some() {
-                any = true;
-            } else if !u.ch.is_ascii() && u.ch.is_alphabetic() {
+                lookalikes = true;
+            } else if u.ch.is_ascii() {
+                ascii_letters |= u.ch.is_ascii_alphabetic();
+            } else if u.ch.is_alphabetic() {
+                // A letter with no lookalike: a real word of its script, unless it is Latin
+                // (`straße`).
+                self.foreign_words |= u.ch >= '\u{0370}';
                 return;
             }
         }
-        if !any {
+        if !lookalikes {
             return;
         }
-        self.rewrite.clear();
-        for u in &self.units[start..] {
+        if ascii_letters {
+            let folded = self.with_lookalikes(start..self.units.len());
+            self.units.truncate(start);
+            self.units.extend_from_slice(&folded);
+        } else {
+            self.lookalike_words.push(self.items.len());
+        }
+    }
+
+    /// The units of `range` with every lookalike replaced by its ASCII letters.
+    fn with_lookalikes(&self, range: Range<usize>) -> Vec<Unit> {
+        let mut folded = Vec::with_capacity(range.len() + 2);
+        for u in &self.units[range] {
             match u.alt {
-                Some(ascii) => self
-                    .rewrite
-                    .extend(ascii.chars().map(|ch| Unit::new(ch, u.orig))),
-                None => self.rewrite.push(*u),
+                Some(ascii) => folded.extend(ascii.chars().map(|ch| Unit::new(ch, u.orig))),
+                None => folded.push(*u),
             }
         }
-        self.units.truncate(start);
-        self.units.extend_from_slice(&self.rewrite);
+        folded
+    }
+
+    /// Folds the words made only of lookalikes, once the whole message is known (see
+    /// [`Builder::fold_confusables`]).
+    fn fold_lookalike_words(&mut self) {
+        if self.foreign_words {
+            return;
+        }
+        for index in std::mem::take(&mut self.lookalike_words) {
+            let Some(range) = self.items.get(index).map(|item| item.units.clone()) else {
+                continue;
+            };
+            let folded = self.with_lookalikes(range);
+            let start = self.units.len();
+            self.units.extend_from_slice(&folded);
+            self.items[index].units = start..self.units.len();
+        }
     }
 
     fn push_units(&mut self, kind: ItemKind, units: &[Unit]) {

@@ -106,7 +106,13 @@ fn confusables_fold_only_lookalike_words() {
     check("КАРРА", "kappa"); // Cyrillic capitals (no emote: not the exact name)
     // Real Russian and Greek keep their script: they have letters with no Latin lookalike.
     check("привет мир", "привет мир");
-    check("Это хорошо", "это xopowo"); // every letter of `хорошо` has a lookalike: it reads so
+    check("Это хорошо", "это хорошо");
+    check("привет чат как дела у всех", "привет чат как дела у всех");
+    // Alone, a word of lookalikes reads as Latin; mixed into a Latin word it always does.
+    check("сор", "cop");
+    check("хорошо", "xopowo");
+    check("fuсk привет", "fuck привет");
+    check("Straße ѕсаm", "straße scam");
     check("καλημέρα", "καλημερα");
     // Other scripts are not Latinised at all.
     check("日本語 한국어 שלום مرحبا", "日本語 한국어 שלום مرحبا");
