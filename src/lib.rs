@@ -7,6 +7,9 @@
 //! # Layout
 //!
 //! - [`config`]: the one nested, validated [`config::Config`] (file, `MODBOT_*` environment, flags).
+//! - [`normalize`]: chat-aware text normalisation (NFKC, invisible characters, confusables,
+//!   leetspeak, spaced letters, emotes, links, mentions) with a map back to the original.
+//! - [`corpus`]: a deterministic synthetic destiny.gg-like chat corpus for benchmarks and load.
 //! - [`decision`]: domain types of a decision ([`decision::ChatMessage`], [`decision::Verdict`])
 //!   and the engine that makes one. It knows nothing of gRPC or storage.
 //! - [`rules`]: the rules file, channel policies and the rule checks (pure).
@@ -25,9 +28,11 @@ pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod corpus;
 pub mod decision;
 pub mod grpc;
 pub mod moderate;
+pub mod normalize;
 pub mod proto;
 pub mod rules;
 pub mod store;
