@@ -9,6 +9,9 @@
 //! - [`config`]: the one nested, validated [`config::Config`] (file, `MODBOT_*` environment, flags).
 //! - [`decision`]: domain types of a decision ([`decision::ChatMessage`], [`decision::Verdict`])
 //!   and the engine that makes one. It knows nothing of gRPC or storage.
+//! - [`users`]: per-channel, per-user state (recent messages, message times, offence heat,
+//!   escalation, reputation), in-process or in Redis shared by replicas, with a degraded
+//!   per-replica fallback ([`users::SharedState`]).
 //! - [`store`]: the database (SQLite embedded, PostgreSQL in production) behind sqlx.
 //! - [`grpc`]: the tonic services; the only module that sees generated proto types.
 //! - [`proto`]: the generated code itself.
@@ -26,6 +29,7 @@ pub mod grpc;
 pub mod proto;
 pub mod store;
 pub mod telemetry;
+pub mod users;
 
 pub use app::serve;
 pub use config::Config;
