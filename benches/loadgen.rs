@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use modbot::proto::moderation_client::ModerationClient;
 use modbot::proto::{
-    ChatEvent, ChatMessage, Hello, StreamModerateRequest, chat_event, stream_moderate_request, stream_moderate_response,
+    ChatEvent, ChatMessage, Hello, StreamModerateRequest, chat_event, stream_moderate_request,
+    stream_moderate_response,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -52,7 +53,10 @@ fn parse_args() -> Args {
             other => panic!("unknown argument {other}"),
         }
     }
-    assert!(args.streams >= 1 && args.window >= 1, "--streams and --window must be at least 1");
+    assert!(
+        args.streams >= 1 && args.window >= 1,
+        "--streams and --window must be at least 1"
+    );
     args
 }
 
@@ -73,9 +77,15 @@ fn start_server() -> (String, tempfile::TempDir) {
             .build()
             .expect("server runtime");
         runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            addr_tx.send(listener.local_addr().expect("address")).expect("report the address");
-            modbot::serve(config, listener, std::future::pending()).await.expect("serve");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            addr_tx
+                .send(listener.local_addr().expect("address"))
+                .expect("report the address");
+            modbot::serve(config, listener, std::future::pending())
+                .await
+                .expect("serve");
         });
     });
     let addr = addr_rx.recv().expect("the server starts");
@@ -118,7 +128,8 @@ async fn run_stream(
 
     let count = requests.len();
     let in_flight = Arc::new(Semaphore::new(window));
-    let sent_at: Arc<Vec<std::sync::OnceLock<Instant>>> = Arc::new((0..count).map(|_| Default::default()).collect());
+    let sent_at: Arc<Vec<std::sync::OnceLock<Instant>>> =
+        Arc::new((0..count).map(|_| Default::default()).collect());
     let sender = {
         let in_flight = Arc::clone(&in_flight);
         let sent_at = Arc::clone(&sent_at);
@@ -152,7 +163,9 @@ async fn run_stream(
             Some(stream_moderate_response::Kind::Verdict(verdict)) => {
                 let index: usize = verdict.message_id.parse().expect("message ids are indices");
                 let sent = sent_at[index].get().expect("answered after sending");
-                result.latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                result
+                    .latencies_us
+                    .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 *result.decisions.entry(verdict.decision).or_default() += 1;
                 result.degraded += u64::from(!verdict.degraded.is_empty());
             }
@@ -236,7 +249,14 @@ fn main() {
             .into_iter()
             .enumerate()
             .map(|(i, requests)| {
-                tokio::spawn(run_stream(addr.clone(), format!("channel-{i}"), requests, args.window, pace, start))
+                tokio::spawn(run_stream(
+                    addr.clone(),
+                    format!("channel-{i}"),
+                    requests,
+                    args.window,
+                    pace,
+                    start,
+                ))
             })
             .collect();
         let mut results = Vec::new();
@@ -246,20 +266,38 @@ fn main() {
         (start.elapsed(), results)
     });
 
-    let mut latencies: Vec<u32> = results.iter().flat_map(|r| r.latencies_us.iter().copied()).collect();
+    let mut latencies: Vec<u32> = results
+        .iter()
+        .flat_map(|r| r.latencies_us.iter().copied())
+        .collect();
     latencies.sort_unstable();
     let answered = latencies.len();
     let mut decisions: BTreeMap<String, u64> = BTreeMap::new();
     for r in &results {
         for (decision, n) in &r.decisions {
-            let name = modbot::proto::Decision::try_from(*decision).map_or("?".to_owned(), |d| d.as_str_name().to_owned());
+            let name = modbot::proto::Decision::try_from(*decision)
+                .map_or("?".to_owned(), |d| d.as_str_name().to_owned());
             *decisions.entry(name).or_default() += n;
         }
     }
     let errors: u64 = results.iter().map(|r| r.errors).sum();
     let degraded: u64 = results.iter().map(|r| r.degraded).sum();
-    println!("loadgen: {} events over {} stream(s), window {}, rate {}", args.events, args.streams, args.window, if args.rate > 0.0 { format!("{}/s", args.rate) } else { "unlimited".into() });
-    println!("answered {answered} in {:.2}s: {:.0} events/s", elapsed.as_secs_f64(), answered as f64 / elapsed.as_secs_f64());
+    println!(
+        "loadgen: {} events over {} stream(s), window {}, rate {}",
+        args.events,
+        args.streams,
+        args.window,
+        if args.rate > 0.0 {
+            format!("{}/s", args.rate)
+        } else {
+            "unlimited".into()
+        }
+    );
+    println!(
+        "answered {answered} in {:.2}s: {:.0} events/s",
+        elapsed.as_secs_f64(),
+        answered as f64 / elapsed.as_secs_f64()
+    );
     println!(
         "verdict latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
         percentile(&latencies, 0.50),
@@ -267,5 +305,9 @@ fn main() {
         percentile(&latencies, 1.0)
     );
     println!("decisions: {decisions:?}; stream errors: {errors}; degraded verdicts: {degraded}");
-    assert_eq!(answered + errors as usize, args.events, "every event answered exactly once");
+    assert_eq!(
+        answered + errors as usize,
+        args.events,
+        "every event answered exactly once"
+    );
 }

@@ -34,7 +34,8 @@ fn messages() -> Vec<ChatMessage> {
             nick: m.nick,
             roles: m.roles,
             text: m.text,
-            sent_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_000 + 20 * i as u64),
+            sent_at: SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_millis(1_700_000_000_000 + 20 * i as u64),
         })
         .collect()
 }
@@ -44,7 +45,9 @@ fn bench_rules(c: &mut Criterion) {
     let mut group = c.benchmark_group("rules");
     group.throughput(Throughput::Elements(1));
 
-    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     let moderator = Moderator::new(
         Engine::new(RuleSet::builtin()),
         SharedState::memory(StateConfig::default()),
@@ -54,7 +57,11 @@ fn bench_rules(c: &mut Criterion) {
         b.iter(|| {
             let message = &messages[i % messages.len()];
             i += 1;
-            black_box(runtime.block_on(moderator.moderate(message, DecideOptions::default(), Instant::now())))
+            black_box(runtime.block_on(moderator.moderate(
+                message,
+                DecideOptions::default(),
+                Instant::now(),
+            )))
         })
     });
 
@@ -72,7 +79,7 @@ fn bench_rules(c: &mut Criterion) {
                     message,
                     normalized: &normalized,
                     history: &history,
-                    channel_recent: &[],
+                    channel_recent: &modbot::users::ChannelWindow::default(),
                     now_ms: 0,
                     received: Instant::now(),
                 },

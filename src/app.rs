@@ -200,7 +200,9 @@ pub async fn serve(
     drop(server);
     drop(app);
     if tokio::time::timeout(grace, audit_task).await.is_err() {
-        tracing::warn!("audit writer still busy after the grace period; queued records may be lost");
+        tracing::warn!(
+            "audit writer still busy after the grace period; queued records may be lost"
+        );
     }
     store.close().await;
     tracing::info!("modbot stopped");

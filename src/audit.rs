@@ -56,7 +56,8 @@ async fn audit_writer_task(store: Store, mut records_rx: mpsc::Receiver<AuditRec
                 }
                 Err(error) => {
                     tracing::error!(%error, count = batch.len(), "audit write failed; records dropped");
-                    metrics::counter!("modbot_audit_write_failures_total").increment(batch.len() as u64);
+                    metrics::counter!("modbot_audit_write_failures_total")
+                        .increment(batch.len() as u64);
                     break;
                 }
             }

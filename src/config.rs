@@ -594,7 +594,12 @@ mod tests {
                 &[],
                 "grpc.max_text_bytes",
             ),
-            (None, &[("MODBOT_STATE_RECENT_PER_USER", "0")], &[], "state.recent_per_user"),
+            (
+                None,
+                &[("MODBOT_STATE_RECENT_PER_USER", "0")],
+                &[],
+                "state.recent_per_user",
+            ),
             (None, &[], &[("redis.url", "http://x")], "redis.url"),
             (Some("not toml ="), &[], &[], "not valid TOML"),
         ];

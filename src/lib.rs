@@ -15,6 +15,9 @@
 //! - [`rules`]: the rules file, channel policies and the rule checks (pure).
 //! - [`moderate`]: the per-message pipeline: normalise, user history, decide, record.
 //! - [`audit`]: the batching writer of streams' audit records.
+//! - [`users`]: per-channel, per-user state (recent messages, message times, offence heat,
+//!   escalation, reputation), in-process or in Redis shared by replicas, with a degraded
+//!   per-replica fallback ([`users::SharedState`]).
 //! - [`store`]: the database (SQLite embedded, PostgreSQL in production) behind sqlx.
 //! - [`grpc`]: the tonic services; the only module that sees generated proto types.
 //! - [`proto`]: the generated code itself.
@@ -37,6 +40,7 @@ pub mod proto;
 pub mod rules;
 pub mod store;
 pub mod telemetry;
+pub mod users;
 
 pub use app::serve;
 pub use config::Config;

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::decision::{ChatMessage, DecideOptions, Decision, Degraded, Engine, Inputs, Verdict, escalation};
+use crate::decision::{
+    ChatMessage, DecideOptions, Decision, Degraded, Engine, Inputs, Verdict, escalation,
+};
 use crate::normalize::normalize;
 use crate::store::unix_millis;
 use crate::users::{Observation, SharedState};
@@ -37,7 +39,12 @@ impl Moderator {
 
     /// Decides one message. Unless `options.dry_run`, the message joins the author's and the
     /// channel's history and an enforced offence is recorded.
-    pub async fn moderate(&self, message: &ChatMessage, options: DecideOptions, received: Instant) -> Verdict {
+    pub async fn moderate(
+        &self,
+        message: &ChatMessage,
+        options: DecideOptions,
+        received: Instant,
+    ) -> Verdict {
         let policy = self.engine.rules().policy(&message.channel);
         let normalized = normalize(&message.text, &policy.emotes);
         let now_ms = state_clock(message.sent_at);
@@ -86,7 +93,13 @@ impl Moderator {
 
     /// Records a human moderator's action seen in the chat as an offence of its target, so the
     /// ladder knows about it.
-    pub async fn moderator_action(&self, channel: &str, target: &str, decision: Decision, at: SystemTime) {
+    pub async fn moderator_action(
+        &self,
+        channel: &str,
+        target: &str,
+        decision: Decision,
+        at: SystemTime,
+    ) {
         let policy = self.engine.rules().policy(channel);
         if let Some(offence) = escalation::offence(decision, &policy.escalation, state_clock(at)) {
             self.state.record_offence(channel, target, &offence).await;
@@ -100,4 +113,3 @@ fn state_clock(sent_at: SystemTime) -> i64 {
     let now = SystemTime::now();
     unix_millis(sent_at.min(now + MAX_CLOCK_SKEW))
 }
-

@@ -140,7 +140,10 @@ async fn classify_decides_explains_and_audits() {
     assert!(warned.enforced);
     assert_eq!(warned.channel, "destinygg");
     assert_eq!(warned.user_id, "spammer");
-    assert_eq!(warned.reasons[0].source, proto::ReasonSource::Escalation as i32);
+    assert_eq!(
+        warned.reasons[0].source,
+        proto::ReasonSource::Escalation as i32
+    );
     let reason = &warned.reasons[1];
     assert_eq!(reason.rule_id, "scam-giveaway");
     assert_eq!(reason.decision, Decision::Timeout as i32);
@@ -188,7 +191,11 @@ async fn classify_decides_explains_and_audits() {
 
     // The same user again, in a later call: no more warnings, the rule's own timeout.
     let again = client
-        .classify(classify(vec![chat_message("m4", "spammer", "free nitro again")]))
+        .classify(classify(vec![chat_message(
+            "m4",
+            "spammer",
+            "free nitro again",
+        )]))
         .await
         .expect("classify")
         .into_inner()

@@ -92,7 +92,10 @@ async fn python_client_checks_health_and_classifies() {
     assert_eq!(verdicts[0]["channel"], "strims");
     // A first offence: the rule's timeout becomes a warning, and both reasons are shown.
     assert_eq!(verdicts[1]["decision"], "DECISION_WARN");
-    assert_eq!(verdicts[1]["reasons"][0]["source"], "REASON_SOURCE_ESCALATION");
+    assert_eq!(
+        verdicts[1]["reasons"][0]["source"],
+        "REASON_SOURCE_ESCALATION"
+    );
     assert_eq!(verdicts[1]["reasons"][1]["ruleId"], "scam-giveaway");
     assert_eq!(verdicts[1]["reasons"][1]["duration"], "600s");
     assert_eq!(

@@ -8,8 +8,8 @@ use common::PgSchema;
 use modbot::decision::{ChatMessage, DecideOptions, Decision, Degraded, Engine, Inputs};
 use modbot::normalize::normalize;
 use modbot::rules::RuleSet;
-use modbot::users::UserHistory;
 use modbot::store::{AuditQuery, AuditRecord, ConnectOptions, Store, StoreError};
+use modbot::users::UserHistory;
 
 fn options() -> ConnectOptions {
     ConnectOptions {
@@ -44,7 +44,7 @@ fn record(channel: &str, id: &str, user: &str, text: &str) -> AuditRecord {
         message: &message,
         normalized: &normalized,
         history: &history,
-        channel_recent: &[],
+        channel_recent: &modbot::users::ChannelWindow::default(),
         now_ms: 0,
         received: Instant::now(),
     };

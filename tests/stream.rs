@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{TestServer, chat_message};
 use modbot::proto::{
-    self, ActionKind, ChatEvent, Decision, Hello, ModeratorAction, StreamModerateRequest, StreamModerateResponse,
-    chat_event, stream_moderate_request, stream_moderate_response,
+    self, ActionKind, ChatEvent, Decision, Hello, ModeratorAction, StreamModerateRequest,
+    StreamModerateResponse, chat_event, stream_moderate_request, stream_moderate_response,
 };
 use modbot::store::AuditQuery;
 use tokio::sync::mpsc;
@@ -52,11 +52,14 @@ const T0: i64 = 1_700_000_000_000;
 /// A different everyday chat line for every `i`.
 fn sentence(i: usize) -> String {
     const WORDS: &[&str] = &[
-        "stream", "game", "chat", "clip", "debate", "music", "today", "later", "really", "maybe", "funny",
-        "good", "bad", "play", "watch", "news", "topic", "point", "agree", "wrong", "right", "take",
-        "think", "know", "guess", "tonight", "again", "never", "always", "question",
+        "stream", "game", "chat", "clip", "debate", "music", "today", "later", "really", "maybe",
+        "funny", "good", "bad", "play", "watch", "news", "topic", "point", "agree", "wrong",
+        "right", "take", "think", "know", "guess", "tonight", "again", "never", "always",
+        "question",
     ];
-    let mut x = (i as u64).wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    let mut x = (i as u64)
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
     (0..6)
         .map(|_| {
             x ^= x >> 29;
@@ -68,7 +71,13 @@ fn sentence(i: usize) -> String {
 }
 
 /// Opens a stream fed from a channel; returns the sender and the responses after the welcome.
-async fn open(server: &TestServer, buffer: usize) -> (mpsc::Sender<StreamModerateRequest>, Streaming<StreamModerateResponse>) {
+async fn open(
+    server: &TestServer,
+    buffer: usize,
+) -> (
+    mpsc::Sender<StreamModerateRequest>,
+    Streaming<StreamModerateResponse>,
+) {
     let (tx, rx) = mpsc::channel(buffer);
     tx.send(hello(&["destinygg"])).await.unwrap();
     let mut responses = server
@@ -87,7 +96,13 @@ async fn open(server: &TestServer, buffer: usize) -> (mpsc::Sender<StreamModerat
 }
 
 async fn next(responses: &mut Streaming<StreamModerateResponse>) -> stream_moderate_response::Kind {
-    responses.message().await.expect("a healthy stream").expect("a response").kind.expect("a kind")
+    responses
+        .message()
+        .await
+        .expect("a healthy stream")
+        .expect("a response")
+        .kind
+        .expect("a kind")
 }
 
 async fn next_verdict(responses: &mut Streaming<StreamModerateResponse>) -> proto::Verdict {
@@ -102,8 +117,14 @@ async fn the_stream_must_start_with_a_valid_hello() {
     let server = TestServer::start(|_| {}).await;
     let cases: Vec<(Vec<StreamModerateRequest>, &str)> = vec![
         (vec![], "hello: the stream ended before its hello"),
-        (vec![say("m1", "u", "hi", T0)], "kind: the first message on the stream must be a hello"),
-        (vec![hello(&[])], "hello.channels: must name at least one channel"),
+        (
+            vec![say("m1", "u", "hi", T0)],
+            "kind: the first message on the stream must be a hello",
+        ),
+        (
+            vec![hello(&[])],
+            "hello.channels: must name at least one channel",
+        ),
         (
             vec![StreamModerateRequest {
                 kind: Some(stream_moderate_request::Kind::Hello(Hello {
@@ -135,30 +156,57 @@ async fn verdicts_come_in_order_with_memory_of_each_user() {
         for i in 0..total {
             // 40 users talking in turn, a message every 50 ms, each message different.
             let text = sentence(i);
-            tx.send(say(&i.to_string(), &format!("user{}", i % 40), &text, T0 + 50 * i as i64))
-                .await
-                .unwrap();
+            tx.send(say(
+                &i.to_string(),
+                &format!("user{}", i % 40),
+                &text,
+                T0 + 50 * i as i64,
+            ))
+            .await
+            .unwrap();
         }
         // One user floods: five messages within a second.
         for k in 0..5 {
             let text = format!("flood {k} something");
-            tx.send(say(&format!("f{k}"), "flooder", &text, T0 + 200_000 + 100 * k)).await.unwrap();
+            tx.send(say(
+                &format!("f{k}"),
+                "flooder",
+                &text,
+                T0 + 200_000 + 100 * k,
+            ))
+            .await
+            .unwrap();
         }
         tx
     });
     for i in 0..total {
         let verdict = next_verdict(&mut responses).await;
-        assert_eq!(verdict.message_id, i.to_string(), "verdicts come in the order received");
+        assert_eq!(
+            verdict.message_id,
+            i.to_string(),
+            "verdicts come in the order received"
+        );
         assert_eq!(verdict.decision, Decision::Allow as i32, "{verdict:?}");
     }
     let mut flood = Vec::new();
     for _ in 0..5 {
         flood.push(next_verdict(&mut responses).await);
     }
-    assert!(flood[..4].iter().all(|v| v.decision == Decision::Allow as i32));
+    assert!(
+        flood[..4]
+            .iter()
+            .all(|v| v.decision == Decision::Allow as i32)
+    );
     let fifth = &flood[4];
-    assert_eq!(fifth.decision, Decision::Warn as i32, "a first offence is a warning: {fifth:?}");
-    assert!(fifth.reasons.iter().any(|r| r.rule_id == "dgg-rate"), "{fifth:?}");
+    assert_eq!(
+        fifth.decision,
+        Decision::Warn as i32,
+        "a first offence is a warning: {fifth:?}"
+    );
+    assert!(
+        fifth.reasons.iter().any(|r| r.rule_id == "dgg-rate"),
+        "{fifth:?}"
+    );
 
     // Closing our side ends the stream cleanly.
     drop(sender.await.unwrap());
@@ -173,9 +221,18 @@ async fn bad_events_are_answered_in_band_and_the_stream_goes_on() {
     let mut no_text = chat_message("bad1", "u1", "");
     no_text.channel.clear();
     let bad: Vec<(StreamModerateRequest, &str)> = vec![
-        (event("destinygg", chat_event::Kind::Message(no_text)), "event.message.text: must not be empty"),
+        (
+            event("destinygg", chat_event::Kind::Message(no_text)),
+            "event.message.text: must not be empty",
+        ),
         (say("bad2", "u1", "hi", T0), ""), // a good one in between
-        (event("elsewhere", chat_event::Kind::Join(proto::Presence::default())), "event.channel: `elsewhere` is not one of the channels in the hello"),
+        (
+            event(
+                "elsewhere",
+                chat_event::Kind::Join(proto::Presence::default()),
+            ),
+            "event.channel: `elsewhere` is not one of the channels in the hello",
+        ),
         (StreamModerateRequest { kind: None }, "kind: is required"),
         (hello(&["destinygg"]), "hello: already sent"),
         (
@@ -198,14 +255,22 @@ async fn bad_events_are_answered_in_band_and_the_stream_goes_on() {
                 assert_eq!(error.message, expected);
             }
             stream_moderate_response::Kind::Verdict(verdict) => {
-                assert!(expected.is_empty(), "expected an error `{expected}`, got a verdict");
+                assert!(
+                    expected.is_empty(),
+                    "expected an error `{expected}`, got a verdict"
+                );
                 assert_eq!(verdict.message_id, "bad2");
             }
             other => panic!("unexpected {other:?}"),
         }
     }
     // Presence events are accepted silently; the next message still gets its verdict.
-    tx.send(event("destinygg", chat_event::Kind::Join(proto::Presence::default()))).await.unwrap();
+    tx.send(event(
+        "destinygg",
+        chat_event::Kind::Join(proto::Presence::default()),
+    ))
+    .await
+    .unwrap();
     tx.send(say("after", "u2", "still here", T0)).await.unwrap();
     assert_eq!(next_verdict(&mut responses).await.message_id, "after");
     drop(tx);
@@ -223,14 +288,24 @@ async fn a_moderators_timeout_counts_toward_the_ladder() {
             moderator: "mod".into(),
             target: "troll".into(),
             kind: ActionKind::Timeout as i32,
-            duration: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
-            at: Some(prost_types::Timestamp { seconds: T0 / 1000, nanos: 0 }),
+            duration: Some(prost_types::Duration {
+                seconds: 600,
+                nanos: 0,
+            }),
+            at: Some(prost_types::Timestamp {
+                seconds: T0 / 1000,
+                nanos: 0,
+            }),
         }),
     ))
     .await
     .unwrap();
-    tx.send(say("t1", "troll", "free nitro", T0 + 1000)).await.unwrap();
-    tx.send(say("n1", "newbie", "free nitro", T0 + 1000)).await.unwrap();
+    tx.send(say("t1", "troll", "free nitro", T0 + 1000))
+        .await
+        .unwrap();
+    tx.send(say("n1", "newbie", "free nitro", T0 + 1000))
+        .await
+        .unwrap();
     let troll = next_verdict(&mut responses).await;
     assert_eq!(troll.decision, Decision::Timeout as i32, "{troll:?}");
     let newbie = next_verdict(&mut responses).await;
@@ -266,7 +341,16 @@ async fn a_client_that_does_not_read_slows_its_own_stream() {
         let sent = Arc::clone(&sent);
         tokio::spawn(async move {
             for i in 0..total {
-                if tx.send(say(&i.to_string(), "u", "a reasonably long chat message about nothing", T0 + i as i64 * 1000)).await.is_err() {
+                if tx
+                    .send(say(
+                        &i.to_string(),
+                        "u",
+                        "a reasonably long chat message about nothing",
+                        T0 + i as i64 * 1000,
+                    ))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +370,10 @@ async fn a_client_that_does_not_read_slows_its_own_stream() {
             break;
         }
     }
-    assert!(still >= 5 && last < total, "the producer stalls while nobody reads ({last} of {total} sent)");
+    assert!(
+        still >= 5 && last < total,
+        "the producer stalls while nobody reads ({last} of {total} sent)"
+    );
     // Reading again lets everything through, in order.
     for i in 0..total {
         assert_eq!(next_verdict(&mut responses).await.message_id, i.to_string());

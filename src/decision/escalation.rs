@@ -119,7 +119,10 @@ pub fn escalate(
         reason: Some(reason(
             Decision::Timeout,
             Some(chosen),
-            format!("repeat offence: timeout {}s (step {step} of the ladder)", chosen.as_secs()),
+            format!(
+                "repeat offence: timeout {}s (step {step} of the ladder)",
+                chosen.as_secs()
+            ),
         )),
     }
 }
@@ -160,31 +163,101 @@ mod tests {
     }
 
     /// (heat, step, rule decision, rule duration secs) -> (decision, duration secs)
-    fn check(policy: &Escalation, heat: f64, step: u32, rule: (Decision, Option<u64>), expected: (Decision, Option<u64>)) {
-        let got = escalate(rule.0, rule.1.map(Duration::from_secs), &history(heat, step, step), policy, 0);
+    fn check(
+        policy: &Escalation,
+        heat: f64,
+        step: u32,
+        rule: (Decision, Option<u64>),
+        expected: (Decision, Option<u64>),
+    ) {
+        let got = escalate(
+            rule.0,
+            rule.1.map(Duration::from_secs),
+            &history(heat, step, step),
+            policy,
+            0,
+        );
         assert_eq!(
             (got.decision, got.duration.map(|d| d.as_secs())),
             expected,
             "heat {heat}, step {step}, rule {rule:?}"
         );
         let changed = (got.decision, got.duration) != (rule.0, rule.1.map(Duration::from_secs));
-        assert_eq!(got.reason.is_some(), changed, "a reason exactly when escalation changed the decision");
+        assert_eq!(
+            got.reason.is_some(),
+            changed,
+            "a reason exactly when escalation changed the decision"
+        );
     }
 
     #[test]
     fn the_ladder() {
         let p = policy();
-        check(&p, 0.0, 0, (Decision::Timeout, Some(60)), (Decision::Warn, None));
-        check(&p, 1.0, 0, (Decision::Timeout, Some(60)), (Decision::Timeout, Some(60)));
-        check(&p, 3.0, 1, (Decision::Timeout, Some(60)), (Decision::Timeout, Some(120)));
-        check(&p, 5.0, 2, (Decision::Timeout, Some(60)), (Decision::Timeout, Some(240)));
-        check(&p, 9.0, 10, (Decision::Timeout, Some(60)), (Decision::Timeout, Some(61_440)));
-        check(&p, 9.0, 11, (Decision::Timeout, Some(60)), (Decision::Timeout, Some(86_400)));
-        check(&p, 9.0, 40, (Decision::Timeout, Some(60)), (Decision::Timeout, Some(86_400)));
+        check(
+            &p,
+            0.0,
+            0,
+            (Decision::Timeout, Some(60)),
+            (Decision::Warn, None),
+        );
+        check(
+            &p,
+            1.0,
+            0,
+            (Decision::Timeout, Some(60)),
+            (Decision::Timeout, Some(60)),
+        );
+        check(
+            &p,
+            3.0,
+            1,
+            (Decision::Timeout, Some(60)),
+            (Decision::Timeout, Some(120)),
+        );
+        check(
+            &p,
+            5.0,
+            2,
+            (Decision::Timeout, Some(60)),
+            (Decision::Timeout, Some(240)),
+        );
+        check(
+            &p,
+            9.0,
+            10,
+            (Decision::Timeout, Some(60)),
+            (Decision::Timeout, Some(61_440)),
+        );
+        check(
+            &p,
+            9.0,
+            11,
+            (Decision::Timeout, Some(60)),
+            (Decision::Timeout, Some(86_400)),
+        );
+        check(
+            &p,
+            9.0,
+            40,
+            (Decision::Timeout, Some(60)),
+            (Decision::Timeout, Some(86_400)),
+        );
         // A rule's own longer timeout is never shortened.
-        check(&p, 3.0, 1, (Decision::Timeout, Some(600)), (Decision::Timeout, Some(600)));
+        check(
+            &p,
+            3.0,
+            1,
+            (Decision::Timeout, Some(600)),
+            (Decision::Timeout, Some(600)),
+        );
         // Cooled down: the ladder starts again (with a warning).
-        check(&p, 0.1, 7, (Decision::Timeout, Some(60)), (Decision::Warn, None));
+        check(
+            &p,
+            0.1,
+            7,
+            (Decision::Timeout, Some(60)),
+            (Decision::Warn, None),
+        );
         // Other decisions are never escalated or softened.
         check(&p, 0.0, 0, (Decision::Ban, None), (Decision::Ban, None));
         check(&p, 9.0, 3, (Decision::Hide, None), (Decision::Hide, None));
@@ -198,9 +271,27 @@ mod tests {
             ban_after: 3,
             ..policy()
         };
-        check(&p, 0.0, 0, (Decision::Timeout, Some(60)), (Decision::Timeout, Some(60)));
-        check(&p, 5.0, 2, (Decision::Timeout, Some(60)), (Decision::Timeout, Some(240)));
-        check(&p, 7.0, 3, (Decision::Timeout, Some(60)), (Decision::Ban, None));
+        check(
+            &p,
+            0.0,
+            0,
+            (Decision::Timeout, Some(60)),
+            (Decision::Timeout, Some(60)),
+        );
+        check(
+            &p,
+            5.0,
+            2,
+            (Decision::Timeout, Some(60)),
+            (Decision::Timeout, Some(240)),
+        );
+        check(
+            &p,
+            7.0,
+            3,
+            (Decision::Timeout, Some(60)),
+            (Decision::Ban, None),
+        );
     }
 
     #[test]
@@ -214,9 +305,21 @@ mod tests {
             offences: 3,
             ..UserHistory::default()
         };
-        let four = escalate(Decision::Timeout, Some(Duration::from_secs(60)), &h, &p, 4 * 3_600_000);
+        let four = escalate(
+            Decision::Timeout,
+            Some(Duration::from_secs(60)),
+            &h,
+            &p,
+            4 * 3_600_000,
+        );
         assert_eq!(four.duration, Some(Duration::from_secs(480)));
-        let five = escalate(Decision::Timeout, Some(Duration::from_secs(60)), &h, &p, 5 * 3_600_000);
+        let five = escalate(
+            Decision::Timeout,
+            Some(Duration::from_secs(60)),
+            &h,
+            &p,
+            5 * 3_600_000,
+        );
         assert_eq!(five.decision, Decision::Warn);
     }
 

@@ -8,14 +8,13 @@
 pub mod escalation;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::normalize::Normalized;
 use crate::rules::{Context, RuleSet};
-use crate::users::{ChannelMessage, Offence, UserHistory};
+use crate::users::{ChannelWindow, Offence, UserHistory};
 
 /// A chat message to decide, already validated (non-empty ids and text within limits).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,7 +236,7 @@ pub struct Inputs<'a> {
     /// The author's history before this message.
     pub history: &'a UserHistory,
     /// The channel's recent messages from other users, oldest first.
-    pub channel_recent: &'a [Arc<ChannelMessage>],
+    pub channel_recent: &'a ChannelWindow,
     /// The message's time on the state clock, Unix milliseconds.
     pub now_ms: i64,
     /// When the request arrived, for `Verdict::elapsed`.

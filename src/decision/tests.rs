@@ -78,7 +78,7 @@ fn decide_with(message: &ChatMessage, history: &UserHistory, dry_run: bool) -> D
             message,
             normalized: &normalized,
             history,
-            channel_recent: &[],
+            channel_recent: &crate::users::ChannelWindow::default(),
             now_ms: 0,
             received: Instant::now(),
         },
@@ -119,14 +119,24 @@ fn first_offence_is_a_warning_then_the_ladder_climbs() {
     let first = decide("spam", &UserHistory::default());
     assert_eq!(first.verdict.decision, Decision::Warn);
     assert_eq!(first.verdict.reasons[0].source, ReasonSource::Escalation);
-    assert_eq!(first.verdict.reasons[1].rule_id, "spam", "the rule is still reported");
-    assert!(!first.offence.unwrap().escalates, "a warning does not climb the ladder");
+    assert_eq!(
+        first.verdict.reasons[1].rule_id, "spam",
+        "the rule is still reported"
+    );
+    assert!(
+        !first.offence.unwrap().escalates,
+        "a warning does not climb the ladder"
+    );
 
     let expected = [(0, 60), (1, 120), (2, 240), (3, 480)];
     for (step, secs) in expected {
         let verdict = decide("spam", &hot(step)).verdict;
         assert_eq!(verdict.decision, Decision::Timeout, "step {step}");
-        assert_eq!(verdict.duration, Some(Duration::from_secs(secs)), "step {step}");
+        assert_eq!(
+            verdict.duration,
+            Some(Duration::from_secs(secs)),
+            "step {step}"
+        );
     }
 }
 
@@ -150,10 +160,16 @@ fn shadow_reasons_are_reported_never_enforced() {
 fn clean_messages_exempt_users_and_dry_runs() {
     let clean = decide("what a play PepeLaugh", &UserHistory::default());
     assert_eq!(clean.verdict.decision, Decision::Allow);
-    assert!(clean.verdict.reasons.is_empty() && clean.verdict.enforced && !clean.verdict.is_notable());
+    assert!(
+        clean.verdict.reasons.is_empty() && clean.verdict.enforced && !clean.verdict.is_notable()
+    );
     assert!(clean.offence.is_none());
 
-    let moderator = decide_with(&message("destinygg", "free nitro", &["moderator"]), &hot(1), false);
+    let moderator = decide_with(
+        &message("destinygg", "free nitro", &["moderator"]),
+        &hot(1),
+        false,
+    );
     assert_eq!(moderator.verdict.decision, Decision::Allow);
     assert!(moderator.verdict.reasons.is_empty());
 
@@ -165,7 +181,14 @@ fn clean_messages_exempt_users_and_dry_runs() {
 
 #[test]
 fn decision_names_round_trip() {
-    for d in [Decision::Allow, Decision::Hold, Decision::Hide, Decision::Warn, Decision::Timeout, Decision::Ban] {
+    for d in [
+        Decision::Allow,
+        Decision::Hold,
+        Decision::Hide,
+        Decision::Warn,
+        Decision::Timeout,
+        Decision::Ban,
+    ] {
         assert_eq!(Decision::from_name(d.as_str()), Some(d));
     }
     assert!(Decision::Ban > Decision::Timeout && Decision::Hold > Decision::Allow);

@@ -9,8 +9,8 @@
 pub mod convert;
 mod moderation;
 mod pending;
-mod stream;
 pub mod status;
+mod stream;
 
 use std::sync::Arc;
 

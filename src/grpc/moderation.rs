@@ -120,9 +120,15 @@ impl Moderation for ModerationService {
                 kind: Some(stream_moderate_request::Kind::Hello(hello)),
             }) => stream::validate_hello(hello)?,
             Some(_) => {
-                return Err(FieldError::new("kind", "the first message on the stream must be a hello").into());
+                return Err(FieldError::new(
+                    "kind",
+                    "the first message on the stream must be a hello",
+                )
+                .into());
             }
-            None => return Err(FieldError::new("hello", "the stream ended before its hello").into()),
+            None => {
+                return Err(FieldError::new("hello", "the stream ended before its hello").into());
+            }
         };
         let (responses_tx, responses_rx) = mpsc::channel(stream::RESPONSE_BUFFER);
         let session = stream::Session::new(Arc::clone(&self.app), hello, responses_tx);

@@ -11,16 +11,16 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
-use tracing::Instrument;
 use tonic::{Code, Status, Streaming};
+use tracing::Instrument;
 
 use super::convert::{self, MessageLimits};
 use super::status::FieldError;
 use crate::app::App;
 use crate::decision::{DecideOptions, Decision};
 use crate::proto::{
-    ActionKind, ChatEvent, Hello, StreamError, StreamModerateRequest, StreamModerateResponse, Welcome, chat_event,
-    stream_moderate_request, stream_moderate_response,
+    ActionKind, ChatEvent, Hello, StreamError, StreamModerateRequest, StreamModerateResponse,
+    Welcome, chat_event, stream_moderate_request, stream_moderate_response,
 };
 use crate::store::AuditRecord;
 
@@ -38,12 +38,18 @@ pub fn validate_hello(hello: Hello) -> Result<Hello, FieldError> {
         return Err(FieldError::new("hello.bridge_id", "is required"));
     }
     if hello.channels.is_empty() {
-        return Err(FieldError::new("hello.channels", "must name at least one channel"));
+        return Err(FieldError::new(
+            "hello.channels",
+            "must name at least one channel",
+        ));
     }
     if hello.channels.len() > MAX_CHANNELS {
         return Err(FieldError::new(
             "hello.channels",
-            format!("{} channels exceed the limit of {MAX_CHANNELS}", hello.channels.len()),
+            format!(
+                "{} channels exceed the limit of {MAX_CHANNELS}",
+                hello.channels.len()
+            ),
         ));
     }
     for (i, channel) in hello.channels.iter().enumerate() {
@@ -80,7 +86,8 @@ impl Session {
     /// Runs until the client closes its side, the client goes away, or the server stops.
     pub async fn run(self, inbound: Streaming<StreamModerateRequest>) {
         let session_id = uuid::Uuid::now_v7().to_string();
-        let span = tracing::info_span!("stream", session = %session_id, bridge = %self.hello.bridge_id);
+        let span =
+            tracing::info_span!("stream", session = %session_id, bridge = %self.hello.bridge_id);
         self.serve(session_id, inbound).instrument(span).await;
     }
 
@@ -139,20 +146,29 @@ impl Session {
         match request.kind {
             Some(stream_moderate_request::Kind::Event(event)) => self.event(event, received).await,
             Some(stream_moderate_request::Kind::Hello(_)) => {
-                self.reject(Code::InvalidArgument, "hello: already sent".to_owned(), String::new())
-                    .await
+                self.reject(
+                    Code::InvalidArgument,
+                    "hello: already sent".to_owned(),
+                    String::new(),
+                )
+                .await
             }
             Some(stream_moderate_request::Kind::ActionResult(result)) => {
                 self.reject(
                     Code::Unimplemented,
-                    "action_result: no action commands are sent yet, so no results are expected".to_owned(),
+                    "action_result: no action commands are sent yet, so no results are expected"
+                        .to_owned(),
                     result.action_id,
                 )
                 .await
             }
             None => {
-                self.reject(Code::InvalidArgument, "kind: is required".to_owned(), String::new())
-                    .await
+                self.reject(
+                    Code::InvalidArgument,
+                    "kind: is required".to_owned(),
+                    String::new(),
+                )
+                .await
             }
         }
     }
@@ -166,7 +182,10 @@ impl Session {
             return self
                 .reject(
                     Code::InvalidArgument,
-                    format!("event.channel: `{}` is not one of the channels in the hello", event.channel),
+                    format!(
+                        "event.channel: `{}` is not one of the channels in the hello",
+                        event.channel
+                    ),
                     message_id,
                 )
                 .await;
@@ -186,20 +205,29 @@ impl Session {
                 }
                 let message = match convert::chat_message(message, "event.message", self.limits) {
                     Ok(message) => message,
-                    Err(error) => return self.reject(Code::InvalidArgument, error.to_string(), message_id).await,
+                    Err(error) => {
+                        return self
+                            .reject(Code::InvalidArgument, error.to_string(), message_id)
+                            .await;
+                    }
                 };
                 let mut verdict = self
                     .app
                     .moderator
                     .moderate(&message, DecideOptions::default(), received)
                     .await;
-                metrics::counter!("modbot_verdicts_total", "decision" => verdict.decision.as_str()).increment(1);
+                metrics::counter!("modbot_verdicts_total", "decision" => verdict.decision.as_str())
+                    .increment(1);
                 if verdict.is_notable() {
-                    self.app.audit.submit(AuditRecord::new(message, verdict.clone())).await;
+                    self.app
+                        .audit
+                        .submit(AuditRecord::new(message, verdict.clone()))
+                        .await;
                 }
                 verdict.normalized_text.clear();
                 verdict.elapsed = received.elapsed();
-                self.send(stream_moderate_response::Kind::Verdict(verdict.into())).await
+                self.send(stream_moderate_response::Kind::Verdict(verdict.into()))
+                    .await
             }
             Some(chat_event::Kind::ModeratorAction(action)) => {
                 let decision = match ActionKind::try_from(action.kind) {
@@ -238,10 +266,16 @@ impl Session {
                 }
                 true
             }
-            Some(chat_event::Kind::Join(_) | chat_event::Kind::Quit(_) | chat_event::Kind::Names(_)) => true,
+            Some(
+                chat_event::Kind::Join(_) | chat_event::Kind::Quit(_) | chat_event::Kind::Names(_),
+            ) => true,
             None => {
-                self.reject(Code::InvalidArgument, "event.kind: is required".to_owned(), message_id)
-                    .await
+                self.reject(
+                    Code::InvalidArgument,
+                    "event.kind: is required".to_owned(),
+                    message_id,
+                )
+                .await
             }
         }
     }

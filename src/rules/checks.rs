@@ -124,33 +124,51 @@ pub fn link_host(link: &str) -> &str {
 /// A link without scheme, `www.` and trailing slash, for comparing repeats.
 fn canonical_link(link: &str) -> &str {
     let rest = link.split_once("://").map_or(link, |(_, rest)| rest);
-    rest.strip_prefix("www.").unwrap_or(rest).trim_end_matches('/')
+    rest.strip_prefix("www.")
+        .unwrap_or(rest)
+        .trim_end_matches('/')
 }
 
 fn domain_matches(host: &str, domains: &[String]) -> Option<String> {
     domains
         .iter()
-        .find(|d| host == d.as_str() || host.strip_suffix(d.as_str()).is_some_and(|p| p.ends_with('.')))
+        .find(|d| {
+            host == d.as_str()
+                || host
+                    .strip_suffix(d.as_str())
+                    .is_some_and(|p| p.ends_with('.'))
+        })
         .cloned()
 }
 
 impl LinkCheck {
     fn check(&self, ctx: &Context<'_>) -> Option<Hit> {
-        let links = ctx.normalized.tokens.iter().filter(|t| t.kind == TokenKind::Link);
+        let links = ctx
+            .normalized
+            .tokens
+            .iter()
+            .filter(|t| t.kind == TokenKind::Link);
         for token in links {
             let link = ctx.normalized.token_text(token);
             let host = link_host(link).to_lowercase();
             if let Some(domain) = domain_matches(&host, &self.deny) {
-                let mut hit = Hit::measured(1.0, 0.0, format!("link to denied domain {domain}")).token(ctx, token);
+                let mut hit = Hit::measured(1.0, 0.0, format!("link to denied domain {domain}"))
+                    .token(ctx, token);
                 hit.evidence.pattern = domain;
                 return Some(hit);
             }
             let allowed = domain_matches(&host, &self.allow).is_some();
             if self.allow_list_only && !allowed {
-                return Some(Hit::measured(1.0, 0.0, format!("link to {host}, which is not allowed")).token(ctx, token));
+                return Some(
+                    Hit::measured(1.0, 0.0, format!("link to {host}, which is not allowed"))
+                        .token(ctx, token),
+                );
             }
             if !self.min_user_age.is_zero() && !allowed {
-                let age_ms = ctx.history.first_seen_ms.map_or(0, |first| ctx.now_ms - first);
+                let age_ms = ctx
+                    .history
+                    .first_seen_ms
+                    .map_or(0, |first| ctx.now_ms - first);
                 if age_ms < millis(self.min_user_age) {
                     let age = Duration::from_millis(age_ms.max(0).unsigned_abs());
                     return Some(
@@ -179,7 +197,10 @@ impl LinkCheck {
                         Hit::measured(
                             f64::from(times),
                             f64::from(self.max_repeats),
-                            format!("the same link {times} times in {}s", self.repeat_window.as_secs()),
+                            format!(
+                                "the same link {times} times in {}s",
+                                self.repeat_window.as_secs()
+                            ),
                         )
                         .token(ctx, token),
                     );
@@ -210,7 +231,10 @@ impl CapsCheck {
             Hit::measured(
                 ratio,
                 self.max_ratio,
-                format!("{} of {} letters are capitals", stats.uppercase, stats.letters),
+                format!(
+                    "{} of {} letters are capitals",
+                    stats.uppercase, stats.letters
+                ),
             )
         })
     }
@@ -241,7 +265,11 @@ impl EmoteFloodCheck {
         if self.max_ratio > 0.0 && tokens >= self.min_tokens.max(1) {
             let ratio = f64::from(emotes) / f64::from(tokens);
             if ratio > self.max_ratio {
-                return Some(Hit::measured(ratio, self.max_ratio, format!("{emotes} of {tokens} tokens are emotes")));
+                return Some(Hit::measured(
+                    ratio,
+                    self.max_ratio,
+                    format!("{emotes} of {tokens} tokens are emotes"),
+                ));
             }
         }
         None
@@ -264,20 +292,37 @@ impl CharFloodCheck {
         let stats = &ctx.normalized.stats;
         let limits = [
             (self.max_non_ascii, stats.non_ascii, "non-ASCII characters"),
-            (self.max_punctuation, stats.punctuation, "punctuation characters"),
-            (self.max_combining_marks, stats.max_combining_run, "combining marks on one character"),
+            (
+                self.max_punctuation,
+                stats.punctuation,
+                "punctuation characters",
+            ),
+            (
+                self.max_combining_marks,
+                stats.max_combining_run,
+                "combining marks on one character",
+            ),
         ];
         limits
             .into_iter()
             .find(|&(limit, count, _)| limit > 0 && count > limit)
-            .map(|(limit, count, what)| Hit::measured(f64::from(count), f64::from(limit), format!("{count} {what}")))
+            .map(|(limit, count, what)| {
+                Hit::measured(
+                    f64::from(count),
+                    f64::from(limit),
+                    format!("{count} {what}"),
+                )
+            })
     }
 }
 
 /// Whether a message has anything but emotes: emote-only lines are chat's applause, left to
 /// the emote rules rather than counted as repetition.
 fn has_content(ctx: &Context<'_>) -> bool {
-    ctx.normalized.tokens.iter().any(|t| t.kind != TokenKind::Emote)
+    ctx.normalized
+        .tokens
+        .iter()
+        .any(|t| t.kind != TokenKind::Emote)
 }
 
 fn similar_hit(score: f64, threshold: f64, detail: String, id: &str, text: &str) -> Hit {
@@ -319,7 +364,11 @@ impl RepetitionCheck {
                     similar_hit(
                         score,
                         self.min_similarity,
-                        format!("{:.0}% similar to the user's message {}", score * 100.0, earlier.message_id),
+                        format!(
+                            "{:.0}% similar to the user's message {}",
+                            score * 100.0,
+                            earlier.message_id
+                        ),
                         &earlier.message_id,
                         &earlier.text,
                     )
@@ -386,7 +435,12 @@ pub struct RateCheck {
 impl RateCheck {
     fn check(&self, ctx: &Context<'_>) -> Option<Hit> {
         let since = ctx.now_ms - millis(self.window);
-        let earlier = ctx.history.message_times_ms.iter().filter(|&&t| t > since).count();
+        let earlier = ctx
+            .history
+            .message_times_ms
+            .iter()
+            .filter(|&&t| t > since)
+            .count();
         let count = earlier as u32 + 1;
         (count > self.max_messages).then(|| {
             Hit::measured(
@@ -409,7 +463,11 @@ pub struct UniqueWordsCheck {
 
 impl UniqueWordsCheck {
     fn check(&self, ctx: &Context<'_>) -> Option<Hit> {
-        let words: Vec<&str> = ctx.normalized.words().map(|t| ctx.normalized.token_text(t)).collect();
+        let words: Vec<&str> = ctx
+            .normalized
+            .words()
+            .map(|t| ctx.normalized.token_text(t))
+            .collect();
         let total = words.len() as u32;
         if total < self.min_words {
             return None;
@@ -417,7 +475,11 @@ impl UniqueWordsCheck {
         let distinct = words.iter().collect::<HashSet<_>>().len() as u32;
         let ratio = f64::from(distinct) / f64::from(total);
         (ratio <= self.max_ratio).then(|| {
-            Hit::measured(ratio, self.max_ratio, format!("{distinct} distinct of {total} words"))
+            Hit::measured(
+                ratio,
+                self.max_ratio,
+                format!("{distinct} distinct of {total} words"),
+            )
         })
     }
 }
@@ -466,7 +528,11 @@ impl MentionsCheck {
             .collect();
         let count = mentioned.len() as u32;
         (count > self.max_mentions).then(|| {
-            Hit::measured(f64::from(count), f64::from(self.max_mentions), format!("{count} users mentioned"))
+            Hit::measured(
+                f64::from(count),
+                f64::from(self.max_mentions),
+                format!("{count} users mentioned"),
+            )
         })
     }
 }

@@ -287,7 +287,11 @@ impl Place<'_> {
     }
 }
 
-fn typed<T: DeserializeOwned>(value: toml::Value, place: &Place<'_>, key: &str) -> Result<T, RulesError> {
+fn typed<T: DeserializeOwned>(
+    value: toml::Value,
+    place: &Place<'_>,
+    key: &str,
+) -> Result<T, RulesError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let key = match (key.is_empty(), path == ".") {
@@ -348,10 +352,13 @@ impl RuleSet {
             .map_err(|e| top.error("", format!("not valid TOML: {e}")))?;
         let file: RulesFile = typed(toml::Value::Table(table), &top, "")?;
 
-        let default_policy = compile_policy(&file.policy, &Place {
-            origin,
-            rule: "policy".to_owned(),
-        })?;
+        let default_policy = compile_policy(
+            &file.policy,
+            &Place {
+                origin,
+                rule: "policy".to_owned(),
+            },
+        )?;
         let mut channel_policies = HashMap::new();
         for (channel, over) in &file.channel {
             let place = Place {
@@ -360,9 +367,18 @@ impl RuleSet {
             };
             let merged = PolicyConfig {
                 shadow: over.shadow.unwrap_or(file.policy.shadow),
-                exempt_roles: over.exempt_roles.clone().unwrap_or_else(|| file.policy.exempt_roles.clone()),
-                emotes: over.emotes.clone().unwrap_or_else(|| file.policy.emotes.clone()),
-                escalation: over.escalation.clone().unwrap_or_else(|| file.policy.escalation.clone()),
+                exempt_roles: over
+                    .exempt_roles
+                    .clone()
+                    .unwrap_or_else(|| file.policy.exempt_roles.clone()),
+                emotes: over
+                    .emotes
+                    .clone()
+                    .unwrap_or_else(|| file.policy.emotes.clone()),
+                escalation: over
+                    .escalation
+                    .clone()
+                    .unwrap_or_else(|| file.policy.escalation.clone()),
             };
             channel_policies.insert(channel.clone(), compile_policy(&merged, &place)?);
         }
@@ -370,7 +386,11 @@ impl RuleSet {
         let mut ids = HashSet::new();
         let mut rules = Vec::with_capacity(file.rule.len());
         for (index, raw) in file.rule.into_iter().enumerate() {
-            let id_hint = raw.get("id").and_then(toml::Value::as_str).unwrap_or("?").to_owned();
+            let id_hint = raw
+                .get("id")
+                .and_then(toml::Value::as_str)
+                .unwrap_or("?")
+                .to_owned();
             let place = Place {
                 origin,
                 rule: format!("rule[{index}] (id \"{id_hint}\")"),
@@ -406,7 +426,11 @@ fn compile_policy(config: &PolicyConfig, place: &Place<'_>) -> Result<Policy, Ru
     if e.heat_half_life_secs == 0 {
         return Err(place.error("escalation.heat_half_life_secs", "must be at least 1"));
     }
-    if let Some(bad) = config.emotes.iter().find(|e| e.trim().is_empty() || e.contains(char::is_whitespace)) {
+    if let Some(bad) = config
+        .emotes
+        .iter()
+        .find(|e| e.trim().is_empty() || e.contains(char::is_whitespace))
+    {
         return Err(place.error("emotes", format!("`{bad}` is not an emote name (one word)")));
     }
     Ok(Policy {
@@ -430,12 +454,17 @@ fn lower(roles: &[String]) -> Vec<String> {
 fn compile_rule(config: RuleConfig, place: &Place<'_>) -> Result<Rule, RulesError> {
     let duration = match config.action {
         Decision::Allow => {
-            return Err(place.error("action", "a rule cannot allow; use hold, hide, warn, timeout or ban"));
+            return Err(place.error(
+                "action",
+                "a rule cannot allow; use hold, hide, warn, timeout or ban",
+            ));
         }
         Decision::Timeout if config.duration_secs == 0 => {
             return Err(place.error("duration_secs", "a timeout needs a duration above 0"));
         }
-        Decision::Timeout | Decision::Ban if config.duration_secs > 0 => Some(secs(config.duration_secs)),
+        Decision::Timeout | Decision::Ban if config.duration_secs > 0 => {
+            Some(secs(config.duration_secs))
+        }
         _ => None,
     };
     let params = toml::Value::Table(config.params);
@@ -454,9 +483,15 @@ fn compile_rule(config: RuleConfig, place: &Place<'_>) -> Result<Rule, RulesErro
         }
         "link" => {
             let p: LinkParams = typed(params, place, "params")?;
-            for (key, domains) in [("allow_domains", &p.allow_domains), ("deny_domains", &p.deny_domains)] {
+            for (key, domains) in [
+                ("allow_domains", &p.allow_domains),
+                ("deny_domains", &p.deny_domains),
+            ] {
                 if let Some(bad) = domains.iter().find(|d| !is_domain(d)) {
-                    return Err(place.error(&format!("params.{key}"), format!("`{bad}` is not a domain name")));
+                    return Err(place.error(
+                        &format!("params.{key}"),
+                        format!("`{bad}` is not a domain name"),
+                    ));
                 }
             }
             let check = LinkCheck {
@@ -467,7 +502,11 @@ fn compile_rule(config: RuleConfig, place: &Place<'_>) -> Result<Rule, RulesErro
                 max_repeats: p.max_repeats,
                 repeat_window: secs(p.repeat_window_secs),
             };
-            if check.deny.is_empty() && !check.allow_list_only && check.min_user_age.is_zero() && check.max_repeats == 0 {
+            if check.deny.is_empty()
+                && !check.allow_list_only
+                && check.min_user_age.is_zero()
+                && check.max_repeats == 0
+            {
                 return Err(place.error(
                     "params",
                     "sets nothing to check: give deny_domains, allow_list_only, min_user_age_secs or max_repeats",
@@ -554,7 +593,10 @@ fn compile_rule(config: RuleConfig, place: &Place<'_>) -> Result<Rule, RulesErro
             })
         }
         other => {
-            return Err(place.error("kind", format!("`{other}` is not a rule kind; one of {}", KINDS.join(", "))));
+            return Err(place.error(
+                "kind",
+                format!("`{other}` is not a rule kind; one of {}", KINDS.join(", ")),
+            ));
         }
     };
     Ok(Rule {
@@ -571,7 +613,11 @@ fn compile_rule(config: RuleConfig, place: &Place<'_>) -> Result<Rule, RulesErro
 }
 
 fn kind_name(kind: &str) -> &'static str {
-    KINDS.iter().find(|k| **k == kind).copied().unwrap_or("rule")
+    KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("rule")
 }
 
 fn is_domain(text: &str) -> bool {

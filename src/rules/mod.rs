@@ -14,7 +14,6 @@ mod profanity;
 pub mod similarity;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -23,7 +22,7 @@ pub use load::{DEFAULT_RULES, KINDS, RulesError};
 
 use crate::decision::{ChatMessage, Decision, Reason, ReasonSource};
 use crate::normalize::{EmoteSet, Normalized};
-use crate::users::{ChannelMessage, UserHistory};
+use crate::users::{ChannelWindow, UserHistory};
 use checks::Check;
 
 /// Whether a rule acts.
@@ -112,7 +111,7 @@ pub struct Context<'a> {
     /// The author's history before this message.
     pub history: &'a UserHistory,
     /// The channel's recent messages from other users, oldest first.
-    pub channel_recent: &'a [Arc<ChannelMessage>],
+    pub channel_recent: &'a ChannelWindow,
     /// The message's time, Unix milliseconds.
     pub now_ms: i64,
 }
@@ -128,7 +127,9 @@ pub struct RuleSet {
 impl RuleSet {
     /// The policy of a channel: its own, or the default.
     pub fn policy(&self, channel: &str) -> &Policy {
-        self.channel_policies.get(channel).unwrap_or(&self.default_policy)
+        self.channel_policies
+            .get(channel)
+            .unwrap_or(&self.default_policy)
     }
 
     /// The rules, in file order.
@@ -138,7 +139,12 @@ impl RuleSet {
 
     /// Runs every applicable rule; one reason per rule that fired, in file order. Rules in
     /// shadow mode, and every rule of a channel in shadow mode, give shadow reasons.
-    pub fn evaluate(&self, message: &ChatMessage, policy: &Policy, ctx: &Context<'_>) -> Vec<Reason> {
+    pub fn evaluate(
+        &self,
+        message: &ChatMessage,
+        policy: &Policy,
+        ctx: &Context<'_>,
+    ) -> Vec<Reason> {
         self.rules
             .iter()
             .filter(|rule| rule.applies(message))
@@ -156,7 +162,10 @@ impl RuleSet {
                     description: if rule.description.is_empty() {
                         format!("{} (rule {})", hit.evidence.detail, rule.id)
                     } else {
-                        format!("{}: {} (rule {})", rule.description, hit.evidence.detail, rule.id)
+                        format!(
+                            "{}: {} (rule {})",
+                            rule.description, hit.evidence.detail, rule.id
+                        )
                     },
                     evidence: hit.evidence,
                 })

@@ -46,9 +46,16 @@ fn is_word(c: Option<char>) -> bool {
 
 impl PhraseCheck {
     /// Compiles phrases; an error names the parameter (`phrases[2]`) and the reason.
-    pub fn new(phrases: &[String], syntax: PhraseSyntax, anywhere: bool) -> Result<Self, (String, String)> {
+    pub fn new(
+        phrases: &[String],
+        syntax: PhraseSyntax,
+        anywhere: bool,
+    ) -> Result<Self, (String, String)> {
         if phrases.is_empty() {
-            return Err(("phrases".to_owned(), "must list at least one phrase".to_owned()));
+            return Err((
+                "phrases".to_owned(),
+                "must list at least one phrase".to_owned(),
+            ));
         }
         let mut alternatives = Vec::with_capacity(phrases.len());
         for (i, phrase) in phrases.iter().enumerate() {
@@ -56,7 +63,8 @@ impl PhraseCheck {
             let pattern = match syntax {
                 PhraseSyntax::Regex => phrase.clone(),
                 PhraseSyntax::Literal | PhraseSyntax::Wildcard => {
-                    let (pattern, first, last) = literal_pattern(phrase, syntax == PhraseSyntax::Wildcard);
+                    let (pattern, first, last) =
+                        literal_pattern(phrase, syntax == PhraseSyntax::Wildcard);
                     if pattern.is_empty() {
                         return Err((key, "is empty after normalisation".to_owned()));
                     }
@@ -111,7 +119,11 @@ impl PhraseCheck {
 fn literal_pattern(phrase: &str, wildcard: bool) -> (String, Option<char>, Option<char>) {
     if !wildcard {
         let folded = fold(phrase);
-        return (regex::escape(&folded), folded.chars().next(), folded.chars().next_back());
+        return (
+            regex::escape(&folded),
+            folded.chars().next(),
+            folded.chars().next_back(),
+        );
     }
     let mut pattern = String::new();
     let mut folded_all = String::new();
@@ -145,7 +157,11 @@ fn literal_pattern(phrase: &str, wildcard: bool) -> (String, Option<char>, Optio
     }
     flush(&mut piece, &mut pattern, &mut folded_all);
     let pattern = pattern.trim().to_owned();
-    (pattern, folded_all.chars().next(), folded_all.chars().next_back())
+    (
+        pattern,
+        folded_all.chars().next(),
+        folded_all.chars().next_back(),
+    )
 }
 
 fn build(pattern: &str) -> Result<Regex, String> {

@@ -77,7 +77,9 @@ impl ProfanityCheck {
             threshold: 1.0,
             evidence: Evidence {
                 span,
-                matched_text: span.map(|s| normalized.original_text(s)).unwrap_or_default(),
+                matched_text: span
+                    .map(|s| normalized.original_text(s))
+                    .unwrap_or_default(),
                 pattern: "profanity lexicon".to_owned(),
                 detail: self.description.clone(),
                 ..Evidence::default()

@@ -67,14 +67,22 @@ mod tests {
             ("a", "b", 0.0, 0.0),
             ("", "abc", 0.0, 0.0),
             ("night", "nacht", 0.25, 0.25),
-            ("this is a long copypasta about the stream", "this is a long copypasta about the stream!", 0.97, 1.0),
+            (
+                "this is a long copypasta about the stream",
+                "this is a long copypasta about the stream!",
+                0.97,
+                1.0,
+            ),
             ("hello there chat", "completely unrelated words", 0.0, 0.2),
         ];
         for &(a, b, low, high) in cases {
             let s = similarity(a, b);
             assert!((low..=high).contains(&s), "{a:?} vs {b:?}: {s}");
             assert_eq!(s, similarity(b, a), "symmetric");
-            assert!(s <= similarity_bound(a.chars().count(), b.chars().count()) + 1e-9, "bound holds");
+            assert!(
+                s <= similarity_bound(a.chars().count(), b.chars().count()) + 1e-9,
+                "bound holds"
+            );
         }
     }
 }

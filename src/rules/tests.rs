@@ -1,10 +1,11 @@
 //! Table-driven tests for every rule kind: text in, hit or no hit, evidence out.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::*;
 use crate::normalize::normalize;
-use crate::users::RecentMessage;
+use crate::users::{ChannelMessage, ChannelWindow, RecentMessage};
 
 const POLICY: &str = r#"
 [policy]
@@ -53,7 +54,12 @@ fn recent(texts: &[&str]) -> Vec<Arc<RecentMessage>> {
         .collect()
 }
 
-fn evaluate(set: &RuleSet, text: &str, history: &UserHistory, channel: &[Arc<ChannelMessage>]) -> Option<Reason> {
+fn evaluate(
+    set: &RuleSet,
+    text: &str,
+    history: &UserHistory,
+    channel: &ChannelWindow,
+) -> Option<Reason> {
     let message = message(text);
     let policy = set.policy(&message.channel);
     let normalized = normalize(text, &policy.emotes);
@@ -64,17 +70,32 @@ fn evaluate(set: &RuleSet, text: &str, history: &UserHistory, channel: &[Arc<Cha
         now_ms: NOW,
     };
     let mut reasons = set.evaluate(&message, policy, &ctx);
-    assert!(reasons.len() <= 1, "one rule, at most one reason: {reasons:?}");
+    assert!(
+        reasons.len() <= 1,
+        "one rule, at most one reason: {reasons:?}"
+    );
     reasons.pop()
 }
 
 /// One row: the text, and `None` (must not fire) or the original text the evidence must
 /// show (`""` for rules whose evidence is a measure rather than a span).
 fn check(set: &RuleSet, text: &str, expected: Option<&str>) {
-    check_with(set, text, &UserHistory::default(), &[], expected);
+    check_with(
+        set,
+        text,
+        &UserHistory::default(),
+        &ChannelWindow::default(),
+        expected,
+    );
 }
 
-fn check_with(set: &RuleSet, text: &str, history: &UserHistory, channel: &[Arc<ChannelMessage>], expected: Option<&str>) {
+fn check_with(
+    set: &RuleSet,
+    text: &str,
+    history: &UserHistory,
+    channel: &ChannelWindow,
+    expected: Option<&str>,
+) {
     let got = evaluate(set, text, history, channel);
     match (expected, got) {
         (None, None) => {}
@@ -82,7 +103,10 @@ fn check_with(set: &RuleSet, text: &str, history: &UserHistory, channel: &[Arc<C
         (Some(_), None) => panic!("{text:?} should fire"),
         (Some(shown), Some(reason)) => {
             assert_eq!(reason.rule_id, "r");
-            assert_eq!(reason.evidence.matched_text, shown, "evidence of {text:?}: {reason:#?}");
+            assert_eq!(
+                reason.evidence.matched_text, shown,
+                "evidence of {text:?}: {reason:#?}"
+            );
             if let Some(span) = reason.evidence.span {
                 let typed: String = text
                     .chars()
@@ -101,14 +125,17 @@ fn phrases_literal_with_evasions() {
     let cases: &[(&str, Option<&str>)] = &[
         ("get free nitro now", Some("free nitro")),
         ("FREE   NITRO!!", Some("FREE   NITRO")),
-        ("frеe nitrо", Some("frеe nitrо")),               // Cyrillic е and о
-        ("fr\u{200b}ee ni\u{200d}tro", Some("fr\u{200b}ee ni\u{200d}tro")), // zero-width
-        ("fr3e n1tr0", Some("fr3e n1tr0")),                // leet
+        ("frеe nitrо", Some("frеe nitrо")), // Cyrillic е and о
+        (
+            "fr\u{200b}ee ni\u{200d}tro",
+            Some("fr\u{200b}ee ni\u{200d}tro"),
+        ), // zero-width
+        ("fr3e n1tr0", Some("fr3e n1tr0")), // leet
         ("ｆｒｅｅ ｎｉｔｒｏ", Some("ｆｒｅｅ ｎｉｔｒｏ")), // fullwidth
-        ("total s c a m here", Some("s c a m")),            // spaced letters
+        ("total s c a m here", Some("s c a m")), // spaced letters
         ("freenitro", None),
         ("carefree nitrogen", None),
-        ("scampi for dinner", None),                        // Scunthorpe-style substring
+        ("scampi for dinner", None), // Scunthorpe-style substring
         ("the 2 scammers", None),
     ];
     for &(text, expected) in cases {
@@ -118,17 +145,26 @@ fn phrases_literal_with_evasions() {
 
 #[test]
 fn phrases_wildcard_anywhere_and_regex() {
-    let wildcard = one_rule("kind = \"phrase\"\n[rule.params]\nphrases = [\"viewbot*\", \"b?y followers\"]\nsyntax = \"wildcard\"");
+    let wildcard = one_rule(
+        "kind = \"phrase\"\n[rule.params]\nphrases = [\"viewbot*\", \"b?y followers\"]\nsyntax = \"wildcard\"",
+    );
     check(&wildcard, "cheap viewbotting here", Some("viewbotting"));
     check(&wildcard, "buy followers", Some("buy followers"));
     check(&wildcard, "bay followers", Some("bay followers"));
     check(&wildcard, "aviewbot", None);
 
-    let anywhere = one_rule("kind = \"phrase\"\n[rule.params]\nphrases = [\"nitro\"]\nanywhere = true");
+    let anywhere =
+        one_rule("kind = \"phrase\"\n[rule.params]\nphrases = [\"nitro\"]\nanywhere = true");
     check(&anywhere, "freenitrogift", Some("nitro"));
 
-    let regex = one_rule("kind = \"phrase\"\n[rule.params]\nphrases = ['\\bdiscord\\.gg/\\w+']\nsyntax = \"regex\"");
-    check(&regex, "join discord.gg/abc123 now", Some("discord.gg/abc123"));
+    let regex = one_rule(
+        "kind = \"phrase\"\n[rule.params]\nphrases = ['\\bdiscord\\.gg/\\w+']\nsyntax = \"regex\"",
+    );
+    check(
+        &regex,
+        "join discord.gg/abc123 now",
+        Some("discord.gg/abc123"),
+    );
     check(&regex, "discord is nice", None);
 }
 
@@ -137,7 +173,16 @@ fn profanity_and_its_false_positives() {
     let set = one_rule("kind = \"profanity\"\n[rule.params]\nmin_severity = \"moderate\"");
     let hits = ["fuck you", "f u c k you", "fuuuuuck you", "you are a b1tch"];
     for text in hits {
-        assert!(evaluate(&set, text, &UserHistory::default(), &[]).is_some(), "{text:?} should fire");
+        assert!(
+            evaluate(
+                &set,
+                text,
+                &UserHistory::default(),
+                &ChannelWindow::default()
+            )
+            .is_some(),
+            "{text:?} should fire"
+        );
     }
     let clean = [
         "Scunthorpe United won",
@@ -151,19 +196,35 @@ fn profanity_and_its_false_positives() {
     for text in clean {
         check(&set, text, None);
     }
-    let reason = evaluate(&set, "well fuck this", &UserHistory::default(), &[]).unwrap();
+    let reason = evaluate(
+        &set,
+        "well fuck this",
+        &UserHistory::default(),
+        &ChannelWindow::default(),
+    )
+    .unwrap();
     assert_eq!(reason.evidence.matched_text, "fuck");
 }
 
 #[test]
 fn links() {
     let deny = one_rule("kind = \"link\"\n[rule.params]\ndeny_domains = [\"grabify.link\"]");
-    check(&deny, "look https://grabify.link/XYZ", Some("https://grabify.link/XYZ"));
-    check(&deny, "look at sub.grabify.link/x", Some("sub.grabify.link/x"));
+    check(
+        &deny,
+        "look https://grabify.link/XYZ",
+        Some("https://grabify.link/XYZ"),
+    );
+    check(
+        &deny,
+        "look at sub.grabify.link/x",
+        Some("sub.grabify.link/x"),
+    );
     check(&deny, "notgrabify.link/x is different", None);
     check(&deny, "https://youtube.com/watch?v=1", None);
 
-    let only = one_rule("kind = \"link\"\n[rule.params]\nallow_domains = [\"youtube.com\"]\nallow_list_only = true");
+    let only = one_rule(
+        "kind = \"link\"\n[rule.params]\nallow_domains = [\"youtube.com\"]\nallow_list_only = true",
+    );
     check(&only, "https://www.youtube.com/watch?v=1", None);
     check(&only, "https://m.youtube.com/x", None);
     check(&only, "visit example.com/free", Some("example.com/free"));
@@ -178,11 +239,30 @@ fn links() {
         first_seen_ms: Some(NOW - 3_600_000),
         ..UserHistory::default()
     };
-    check_with(&age, "https://example.com", &newcomer, &[], Some("https://example.com"));
-    check_with(&age, "https://example.com", &UserHistory::default(), &[], Some("https://example.com"));
-    check_with(&age, "https://example.com", &regular, &[], None);
+    check_with(
+        &age,
+        "https://example.com",
+        &newcomer,
+        &ChannelWindow::default(),
+        Some("https://example.com"),
+    );
+    check_with(
+        &age,
+        "https://example.com",
+        &UserHistory::default(),
+        &ChannelWindow::default(),
+        Some("https://example.com"),
+    );
+    check_with(
+        &age,
+        "https://example.com",
+        &regular,
+        &ChannelWindow::default(),
+        None,
+    );
 
-    let repeats = one_rule("kind = \"link\"\n[rule.params]\nmax_repeats = 3\nrepeat_window_secs = 600");
+    let repeats =
+        one_rule("kind = \"link\"\n[rule.params]\nmax_repeats = 3\nrepeat_window_secs = 600");
     let twice = UserHistory {
         recent: recent(&["check https://example.com/a", "hello", "www.example.com/a/"]),
         ..UserHistory::default()
@@ -191,8 +271,20 @@ fn links() {
         recent: recent(&["check https://example.com/a", "https://example.com/b"]),
         ..UserHistory::default()
     };
-    check_with(&repeats, "http://example.com/a", &twice, &[], Some("http://example.com/a"));
-    check_with(&repeats, "http://example.com/a", &once, &[], None);
+    check_with(
+        &repeats,
+        "http://example.com/a",
+        &twice,
+        &ChannelWindow::default(),
+        Some("http://example.com/a"),
+    );
+    check_with(
+        &repeats,
+        "http://example.com/a",
+        &once,
+        &ChannelWindow::default(),
+        None,
+    );
 }
 
 #[test]
@@ -208,9 +300,17 @@ fn caps_ignores_emotes_and_short_messages() {
 #[test]
 fn emote_flood() {
     let count = one_rule("kind = \"emote_flood\"\n[rule.params]\nmax_emotes = 4");
-    check(&count, "PepeLaugh PepeLaugh PepeLaugh PepeLaugh PepeLaugh", Some(""));
+    check(
+        &count,
+        "PepeLaugh PepeLaugh PepeLaugh PepeLaugh PepeLaugh",
+        Some(""),
+    );
     check(&count, "PepeLaugh PepeLaugh PepeLaugh PepeLaugh", None);
-    check(&count, "pepelaugh pepelaugh pepelaugh pepelaugh pepelaugh", None); // emotes are case-sensitive
+    check(
+        &count,
+        "pepelaugh pepelaugh pepelaugh pepelaugh pepelaugh",
+        None,
+    ); // emotes are case-sensitive
     let ratio = one_rule("kind = \"emote_flood\"\n[rule.params]\nmax_ratio = 0.5\nmin_tokens = 4");
     check(&ratio, "LUL LUL LUL LUL that was funny", Some(""));
     check(&ratio, "LUL that was really funny", None);
@@ -231,38 +331,83 @@ fn char_floods_and_zalgo() {
 
 #[test]
 fn repetition_of_own_messages() {
-    let set = one_rule("kind = \"repetition\"\n[rule.params]\nmin_similarity = 0.9\nlast_messages = 3\nmin_length = 8");
+    let set = one_rule(
+        "kind = \"repetition\"\n[rule.params]\nmin_similarity = 0.9\nlast_messages = 3\nmin_length = 8",
+    );
     let history = UserHistory {
-        recent: recent(&["an old message nobody cares about", "buy my course at my website", "ok"]),
+        recent: recent(&[
+            "an old message nobody cares about",
+            "buy my course at my website",
+            "ok",
+        ]),
         ..UserHistory::default()
     };
-    check_with(&set, "buy my course at my website!", &history, &[], Some(""));
-    check_with(&set, "BUY MY COURSE AT MY WEBSITE", &history, &[], Some(""));
-    check_with(&set, "something new entirely here", &history, &[], None);
-    check_with(&set, "ok", &history, &[], None); // shorter than min_length
+    check_with(
+        &set,
+        "buy my course at my website!",
+        &history,
+        &ChannelWindow::default(),
+        Some(""),
+    );
+    check_with(
+        &set,
+        "BUY MY COURSE AT MY WEBSITE",
+        &history,
+        &ChannelWindow::default(),
+        Some(""),
+    );
+    check_with(
+        &set,
+        "something new entirely here",
+        &history,
+        &ChannelWindow::default(),
+        None,
+    );
+    check_with(&set, "ok", &history, &ChannelWindow::default(), None); // shorter than min_length
     // Emote-only lines are left to the emote rules.
     let emotes = UserHistory {
         recent: recent(&["PepeLaugh PepeLaugh"]),
         ..UserHistory::default()
     };
-    check_with(&set, "PepeLaugh PepeLaugh", &emotes, &[], None);
-    let reason = evaluate(&set, "buy my course at my website!", &history, &[]).unwrap();
+    check_with(
+        &set,
+        "PepeLaugh PepeLaugh",
+        &emotes,
+        &ChannelWindow::default(),
+        None,
+    );
+    let reason = evaluate(
+        &set,
+        "buy my course at my website!",
+        &history,
+        &ChannelWindow::default(),
+    )
+    .unwrap();
     assert_eq!(reason.evidence.similar_message_id, "m1");
     assert!(reason.score >= 0.9);
 }
 
 #[test]
 fn copypasta_across_users() {
-    let set = one_rule("kind = \"copypasta\"\n[rule.params]\nmin_length = 40\nmin_similarity = 0.9\nlast_messages = 75");
-    let pasta = "I'm not even mad, that's amazing. This is the best stream in the history of streams";
-    let channel = vec![Arc::new(ChannelMessage {
+    let set = one_rule(
+        "kind = \"copypasta\"\n[rule.params]\nmin_length = 40\nmin_similarity = 0.9\nlast_messages = 75",
+    );
+    let pasta =
+        "I'm not even mad, that's amazing. This is the best stream in the history of streams";
+    let channel = ChannelWindow::from_messages(vec![ChannelMessage {
         user_id: "raider1".into(),
         message_id: "p1".into(),
         text: normalize(pasta, &EmoteSet::default()).text,
         at_ms: NOW - 500,
-    })];
+    }]);
     check_with(&set, pasta, &UserHistory::default(), &channel, Some(""));
-    check_with(&set, &format!("{pasta}!!"), &UserHistory::default(), &channel, Some(""));
+    check_with(
+        &set,
+        &format!("{pasta}!!"),
+        &UserHistory::default(),
+        &channel,
+        Some(""),
+    );
     check_with(&set, "short copy", &UserHistory::default(), &channel, None);
     check_with(
         &set,
@@ -286,13 +431,14 @@ fn message_rate() {
         message_times_ms: vec![NOW - 9000, NOW - 6000, NOW - 3000, NOW - 10],
         ..UserHistory::default()
     };
-    check_with(&set, "hi", &burst, &[], Some(""));
-    check_with(&set, "hi", &spread, &[], None);
+    check_with(&set, "hi", &burst, &ChannelWindow::default(), Some(""));
+    check_with(&set, "hi", &spread, &ChannelWindow::default(), None);
 }
 
 #[test]
 fn unique_words_long_words_and_mentions() {
-    let unique = one_rule("kind = \"unique_words\"\n[rule.params]\nmax_ratio = 0.45\nmin_words = 6");
+    let unique =
+        one_rule("kind = \"unique_words\"\n[rule.params]\nmax_ratio = 0.45\nmin_words = 6");
     check(&unique, "spam spam spam spam spam spam eggs", Some(""));
     check(&unique, "the quick brown fox jumps over the lazy dog", None);
     check(&unique, "no no no", None); // too few words
@@ -300,7 +446,11 @@ fn unique_words_long_words_and_mentions() {
     let long = one_rule("kind = \"long_word\"\n[rule.params]\nmax_length = 20");
     let word = "a".repeat(25);
     check(&long, &format!("look {word} here"), Some(word.as_str()));
-    check(&long, "https://example.com/a/very/long/path/that/is/not/a/word", None);
+    check(
+        &long,
+        "https://example.com/a/very/long/path/that/is/not/a/word",
+        None,
+    );
     check(&long, "antidisestablishment", None);
 
     let mentions = one_rule("kind = \"mentions\"\n[rule.params]\nmax_mentions = 2");
@@ -311,13 +461,21 @@ fn unique_words_long_words_and_mentions() {
 #[test]
 fn modes_roles_channels_and_policy() {
     let shadow = one_rule("kind = \"caps\"\nmode = \"shadow\"\n[rule.params]\nmax_ratio = 0.5");
-    let reason = evaluate(&shadow, "THIS IS VERY LOUD TEXT", &UserHistory::default(), &[]).unwrap();
+    let reason = evaluate(
+        &shadow,
+        "THIS IS VERY LOUD TEXT",
+        &UserHistory::default(),
+        &ChannelWindow::default(),
+    )
+    .unwrap();
     assert!(reason.shadow);
 
     let disabled = one_rule("kind = \"caps\"\nmode = \"disabled\"\n[rule.params]\nmax_ratio = 0.5");
     check(&disabled, "THIS IS VERY LOUD TEXT", None);
 
-    let exempt = one_rule("kind = \"caps\"\nexempt_roles = [\"subscriber\"]\n[rule.params]\nmax_ratio = 0.5");
+    let exempt = one_rule(
+        "kind = \"caps\"\nexempt_roles = [\"subscriber\"]\n[rule.params]\nmax_ratio = 0.5",
+    );
     let mut sub = message("THIS IS VERY LOUD TEXT");
     sub.roles = vec!["subscriber".into()];
     let policy = exempt.policy("destinygg");
@@ -326,13 +484,14 @@ fn modes_roles_channels_and_policy() {
     let ctx = Context {
         normalized: &normalized,
         history: &history,
-        channel_recent: &[],
+        channel_recent: &ChannelWindow::default(),
         now_ms: NOW,
     };
     assert!(exempt.evaluate(&sub, policy, &ctx).is_empty());
     assert!(policy.exempts(&["moderator".into()]));
 
-    let scoped = one_rule("kind = \"caps\"\nchannels = [\"strims\"]\n[rule.params]\nmax_ratio = 0.5");
+    let scoped =
+        one_rule("kind = \"caps\"\nchannels = [\"strims\"]\n[rule.params]\nmax_ratio = 0.5");
     check(&scoped, "THIS IS VERY LOUD TEXT", None);
 
     let per_channel = RuleSet::parse(
@@ -351,39 +510,86 @@ fn the_builtin_rules_load_and_catch_the_classics() {
     let set = RuleSet::builtin();
     assert!(set.rules().len() >= 15);
     for kind in KINDS {
-        assert!(set.rules().iter().any(|r| r.kind == *kind), "the built-in set uses {kind}");
+        assert!(
+            set.rules().iter().any(|r| r.kind == *kind),
+            "the built-in set uses {kind}"
+        );
     }
 }
 
 #[test]
 fn bad_rules_are_refused_naming_the_rule_and_key() {
     let cases: &[(&str, &str)] = &[
-        ("kind = \"nope\"", "rule[0] (id \"r\").kind: `nope` is not a rule kind"),
-        ("kind = \"phrase\"\n[rule.params]\nphrases = ['(unclosed']\nsyntax = \"regex\"", "rule[0] (id \"r\").params.phrases[0]: invalid or too large pattern"),
-        ("kind = \"phrase\"\n[rule.params]\nphrases = ['\\w{1000}{1000}']\nsyntax = \"regex\"", "params.phrases[0]: invalid or too large pattern"),
-        ("kind = \"phrase\"\n[rule.params]\nphrases = []", "params.phrases: must list at least one phrase"),
-        ("kind = \"caps\"\n[rule.params]\nmax_ratio = 1.5", "params.max_ratio: 1.5 is outside [0, 1]"),
-        ("kind = \"caps\"\n[rule.params]\nmax_ratio = 0.5\nbogus = 1", "params.bogus: unknown field `bogus`"),
+        (
+            "kind = \"nope\"",
+            "rule[0] (id \"r\").kind: `nope` is not a rule kind",
+        ),
+        (
+            "kind = \"phrase\"\n[rule.params]\nphrases = ['(unclosed']\nsyntax = \"regex\"",
+            "rule[0] (id \"r\").params.phrases[0]: invalid or too large pattern",
+        ),
+        (
+            "kind = \"phrase\"\n[rule.params]\nphrases = ['\\w{1000}{1000}']\nsyntax = \"regex\"",
+            "params.phrases[0]: invalid or too large pattern",
+        ),
+        (
+            "kind = \"phrase\"\n[rule.params]\nphrases = []",
+            "params.phrases: must list at least one phrase",
+        ),
+        (
+            "kind = \"caps\"\n[rule.params]\nmax_ratio = 1.5",
+            "params.max_ratio: 1.5 is outside [0, 1]",
+        ),
+        (
+            "kind = \"caps\"\n[rule.params]\nmax_ratio = 0.5\nbogus = 1",
+            "params.bogus: unknown field `bogus`",
+        ),
         ("kind = \"caps\"", "params: missing field `max_ratio`"),
-        ("kind = \"rate\"\n[rule.params]\nmax_messages = 4\nwindow_secs = 0.0", "params.window_secs"),
-        ("kind = \"link\"\n[rule.params]\ndeny_domains = [\"not a domain\"]", "params.deny_domains"),
+        (
+            "kind = \"rate\"\n[rule.params]\nmax_messages = 4\nwindow_secs = 0.0",
+            "params.window_secs",
+        ),
+        (
+            "kind = \"link\"\n[rule.params]\ndeny_domains = [\"not a domain\"]",
+            "params.deny_domains",
+        ),
         ("kind = \"link\"", "params: sets nothing to check"),
-        ("kind = \"profanity\"\n[rule.params]\nmin_severity = \"extreme\"", "params.min_severity"),
-        ("kind = \"profanity\"\n[rule.params]\ncategories = [\"rude\"]", "params.categories[0]"),
-        ("kind = \"caps\"\nmode = \"loud\"\n[rule.params]\nmax_ratio = 0.5", "rule[0] (id \"r\").mode"),
+        (
+            "kind = \"profanity\"\n[rule.params]\nmin_severity = \"extreme\"",
+            "params.min_severity",
+        ),
+        (
+            "kind = \"profanity\"\n[rule.params]\ncategories = [\"rude\"]",
+            "params.categories[0]",
+        ),
+        (
+            "kind = \"caps\"\nmode = \"loud\"\n[rule.params]\nmax_ratio = 0.5",
+            "rule[0] (id \"r\").mode",
+        ),
     ];
     for (rule, expected) in cases {
         let text = format!("{POLICY}\n[[rule]]\nid = \"r\"\naction = \"hide\"\n{rule}\n");
         let error = RuleSet::parse(&text, "test").expect_err(rule).to_string();
-        assert!(error.contains(expected), "expected `{expected}` in `{error}`");
+        assert!(
+            error.contains(expected),
+            "expected `{expected}` in `{error}`"
+        );
         assert!(error.starts_with("rules file test: "), "{error}");
     }
     let duplicate = format!(
         "{POLICY}\n[[rule]]\nid = \"r\"\nkind = \"caps\"\naction = \"hide\"\n[rule.params]\nmax_ratio = 0.5\n[[rule]]\nid = \"r\"\nkind = \"caps\"\naction = \"hide\"\n[rule.params]\nmax_ratio = 0.5\n"
     );
     let error = RuleSet::parse(&duplicate, "test").unwrap_err().to_string();
-    assert!(error.contains("rule[1] (id \"r\").id: is used by an earlier rule"), "{error}");
-    let timeout = format!("{POLICY}\n[[rule]]\nid = \"t\"\nkind = \"caps\"\naction = \"timeout\"\n[rule.params]\nmax_ratio = 0.5\n");
+    assert!(
+        error.contains("rule[1] (id \"r\").id: is used by an earlier rule"),
+        "{error}"
+    );
+    let timeout = format!(
+        "{POLICY}\n[[rule]]\nid = \"t\"\nkind = \"caps\"\naction = \"timeout\"\n[rule.params]\nmax_ratio = 0.5\n"
+    );
     let error = RuleSet::parse(&timeout, "test").unwrap_err().to_string();
-    assert!(error.contains("rule[0] (id \"t\").duration_secs"), "{error}");
+    assert!(
+        error.contains("rule[0] (id \"t\").duration_secs"),
+        "{error}"
+    );
 }

@@ -1,5 +1,5 @@
 //! Test support shared by the integration test binaries: a real server on an ephemeral port,
-//! and throw-away PostgreSQL schemas.
+//! throw-away PostgreSQL schemas and Redis key prefixes.
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 use std::net::SocketAddr;
@@ -20,6 +20,9 @@ pub const REQUIRE_SERVICES_ENV: &str = "MODBOT_TEST_REQUIRE_SERVICES";
 /// The PostgreSQL server the Postgres suites use.
 pub const POSTGRES_URL_ENV: &str = "MODBOT_TEST_POSTGRES_URL";
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The Redis server the Redis suites use.
+pub const REDIS_URL_ENV: &str = "MODBOT_TEST_REDIS_URL";
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
 fn services_required() -> bool {
     std::env::var_os(REQUIRE_SERVICES_ENV).is_some()
@@ -75,6 +78,97 @@ impl PgSchema {
         .await
         .expect("drop the test schema");
         self.admin.close().await;
+    }
+}
+
+/// A Redis key prefix of its own for one test (`modbot-test:<uuid>:`), so tests run in
+/// parallel on one server. Call [`RedisPrefix::delete_keys`] at the end; keys a failed test
+/// leaves behind expire with their TTLs.
+pub struct RedisPrefix {
+    /// The server's URL.
+    pub url: String,
+    /// The prefix.
+    pub prefix: String,
+    connection: redis::aio::MultiplexedConnection,
+}
+
+impl RedisPrefix {
+    /// A fresh prefix, or `None` (after saying the test is skipped) when no server answers and
+    /// the run does not require one.
+    pub async fn create(test: &str) -> Option<Self> {
+        let url = std::env::var(REDIS_URL_ENV).unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned());
+        let connect = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut connection = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await?;
+            Ok::<_, redis::RedisError>(connection)
+        };
+        let connection = match tokio::time::timeout(Duration::from_secs(2), connect).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) if !services_required() => {
+                eprintln!("SKIPPED {test}: Redis not reachable at {url} ({error})");
+                return None;
+            }
+            Err(_) if !services_required() => {
+                eprintln!("SKIPPED {test}: Redis not reachable at {url} (no answer in 2 s)");
+                return None;
+            }
+            Ok(Err(error)) => {
+                panic!("{REQUIRE_SERVICES_ENV} is set but Redis is not reachable: {error}")
+            }
+            Err(_) => panic!("{REQUIRE_SERVICES_ENV} is set but Redis does not answer in 2 s"),
+        };
+        let prefix = format!("modbot-test:{}:", uuid::Uuid::now_v7().simple());
+        Some(Self {
+            url,
+            prefix,
+            connection,
+        })
+    }
+
+    /// A plain connection to the server, to look at what was written.
+    pub fn connection(&self) -> redis::aio::MultiplexedConnection {
+        self.connection.clone()
+    }
+
+    /// The keys under this prefix, sorted.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut connection = self.connection.clone();
+        let mut keys = Vec::new();
+        let mut cursor = 0_u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await
+                .expect("SCAN the test keys");
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys
+    }
+
+    /// Deletes every key under the prefix.
+    pub async fn delete_keys(self) {
+        let keys = self.keys().await;
+        let mut connection = self.connection.clone();
+        for chunk in keys.chunks(500) {
+            redis::cmd("DEL")
+                .arg(chunk)
+                .query_async::<i64>(&mut connection)
+                .await
+                .expect("DEL the test keys");
+        }
     }
 }
 

@@ -1,0 +1,32 @@
+-- Records one chat message; returns the user's state before it and the channel's window.
+-- KEYS: 1 user hash, 2 user's recent messages, 3 user's message times, 4 channel's messages.
+-- ARGV: 1 now (ms), 2 user's entry, 3 channel's entry, 4 recent per user, 5 times per user,
+--       6 recent per channel, 7 idle TTL (ms), 8 forgotten heat.
+local now = tonumber(ARGV[1])
+local idle = tonumber(ARGV[7])
+local forgotten = tonumber(ARGV[8])
+
+local h = load_user(now, idle, forgotten)
+local recent = redis.call('LRANGE', KEYS[2], 0, -1)
+local times = redis.call('LRANGE', KEYS[3], 0, -1)
+local channel = redis.call('LRANGE', KEYS[4], 0, -1)
+
+local first = num(h[1], nil)
+if first == nil or now < first then
+  redis.call('HSET', KEYS[1], 'first', ARGV[1])
+end
+local last = num(h[2], nil)
+if last == nil or now > last then
+  redis.call('HSET', KEYS[1], 'last', ARGV[1])
+end
+redis.call('HINCRBY', KEYS[1], 'n', 1)
+push(KEYS[2], ARGV[2], tonumber(ARGV[4]))
+push(KEYS[3], ARGV[1], tonumber(ARGV[5]))
+push(KEYS[4], ARGV[3], tonumber(ARGV[6]))
+
+local user_ttl = ttl(idle, heat_now(h, now), num(h[6], 0), forgotten)
+for i = 1, 3 do
+  redis.call('PEXPIRE', KEYS[i], user_ttl)
+end
+redis.call('PEXPIRE', KEYS[4], math.min(MAX_TTL_MS, idle))
+return {h, recent, times, channel}

@@ -1,0 +1,120 @@
+//! Memory per active user of the in-process backend, measured with a counting allocator.
+//!
+//! This test binary counts every byte the process has allocated and not freed (requested
+//! sizes: the allocator's own per-block overhead and rounding are not included, and are shown
+//! separately by the RSS growth). It holds 100,000 users with ten typical messages each and
+//! prints the bytes per user; it fails if that grows past a bound, so a change that makes the
+//! state fatter is noticed. Run with `--nocapture` to see the numbers.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use modbot::users::{MemoryState, Observation, StateConfig};
+
+struct Counting;
+
+/// Bytes allocated and not yet freed.
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only sizes are counted.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        // SAFETY: forwarded with the caller's pointer, layout and size.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Resident set size in bytes, from /proc (Linux only; 0 elsewhere).
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<usize>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// A chat line of typical length for destiny.gg (a few words, 20–80 bytes).
+fn text(i: usize) -> String {
+    const WORDS: [&str; 8] = [
+        "PepeLaugh",
+        "yeah",
+        "the",
+        "stream",
+        "is",
+        "KEKW",
+        "so",
+        "good",
+    ];
+    let words = 3 + i % 9;
+    (0..words)
+        .map(|w| WORDS[(i + w) % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn memory_per_active_user() {
+    const USERS: usize = 100_000;
+    const MESSAGES_PER_USER: usize = 10;
+    let config = StateConfig::default(); // rings of 10 messages and 16 times per user
+    let user_ids: Vec<String> = (0..USERS).map(|u| format!("{}", 1_000_000 + u)).collect();
+    let texts: Vec<String> = (0..64).map(text).collect();
+    let average_text = texts.iter().map(String::len).sum::<usize>() as f64 / texts.len() as f64;
+
+    let live_before = LIVE.load(Ordering::Relaxed);
+    let rss_before = rss_bytes();
+    let state = MemoryState::new(config);
+    let mut message_id = String::new();
+    for round in 0..MESSAGES_PER_USER {
+        for (u, user_id) in user_ids.iter().enumerate() {
+            // Message ids as a bridge would make them: a UUID's 32 hex digits.
+            message_id.clear();
+            message_id.push_str(&format!(
+                "{:032x}",
+                (round * USERS + u) as u128 * 0x9e37_79b9
+            ));
+            let obs = Observation {
+                channel: "destinygg",
+                user_id,
+                message_id: &message_id,
+                text: &texts[(u + round) % texts.len()],
+                at_ms: 1_700_000_000_000 + (round * USERS + u) as i64,
+            };
+            let _ = state.observe(&obs);
+        }
+    }
+    assert_eq!(state.len(), USERS);
+    let live = (LIVE.load(Ordering::Relaxed) - live_before) as f64;
+    let rss = rss_bytes().saturating_sub(rss_before) as f64;
+    let per_user = live / USERS as f64;
+    println!(
+        "users: {USERS}, messages each: {MESSAGES_PER_USER}, average text {average_text:.0} bytes, \
+         message id 32 bytes, user id 7 bytes"
+    );
+    println!(
+        "heap requested per user: {per_user:.0} bytes; RSS growth per user: {:.0} bytes \
+         (includes allocator overhead and the 75-message channel window, which is shared)",
+        rss / USERS as f64
+    );
+    // The bound is the measured value (about 1.7 KB) with some room; see the module doc.
+    assert!(per_user < 2_200.0, "{per_user:.0} bytes per user");
+    drop(state);
+}
