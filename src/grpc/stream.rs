@@ -178,7 +178,7 @@ impl Session {
             Some(chat_event::Kind::Message(m)) => m.message_id.clone(),
             _ => String::new(),
         };
-        if !self.hello.channels.iter().any(|c| *c == event.channel) {
+        if !self.hello.channels.contains(&event.channel) {
             return self
                 .reject(
                     Code::InvalidArgument,

@@ -98,7 +98,7 @@ pub struct Rule {
 impl Rule {
     fn applies(&self, message: &ChatMessage) -> bool {
         self.mode != Mode::Disabled
-            && (self.channels.is_empty() || self.channels.iter().any(|c| *c == message.channel))
+            && (self.channels.is_empty() || self.channels.contains(&message.channel))
             && !message.roles.iter().any(|r| self.exempt_roles.contains(r))
     }
 }

@@ -31,19 +31,18 @@ impl ProfanityCheck {
         };
         let mut kinds = Type::NONE;
         for (i, category) in categories.iter().enumerate() {
-            kinds = kinds
-                | match category.as_str() {
-                    "profane" => Type::PROFANE,
-                    "offensive" => Type::OFFENSIVE,
-                    "sexual" => Type::SEXUAL,
-                    "mean" => Type::MEAN,
-                    other => {
-                        return Err((
-                            format!("categories[{i}]"),
-                            format!("`{other}` is not one of profane, offensive, sexual, mean"),
-                        ));
-                    }
-                };
+            kinds |= match category.as_str() {
+                "profane" => Type::PROFANE,
+                "offensive" => Type::OFFENSIVE,
+                "sexual" => Type::SEXUAL,
+                "mean" => Type::MEAN,
+                other => {
+                    return Err((
+                        format!("categories[{i}]"),
+                        format!("`{other}` is not one of profane, offensive, sexual, mean"),
+                    ));
+                }
+            };
         }
         if categories.is_empty() {
             kinds = Type::PROFANE | Type::OFFENSIVE | Type::SEXUAL | Type::MEAN;
