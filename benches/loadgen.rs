@@ -1,7 +1,8 @@
 //! Load generator: chat events through `StreamModerate` over loopback.
 //!
 //! ```text
-//! cargo bench --bench loadgen -- [--events N] [--streams S] [--window W] [--rate R] [--addr HOST:PORT]
+//! cargo bench --bench loadgen -- [--events N] [--streams S] [--window W] [--rate R]
+//!                                [--addr HOST:PORT | --rules FILE]
 //! ```
 //!
 //! Without `--addr` it starts modbot in this process on 127.0.0.1:0 with the embedded defaults
@@ -10,6 +11,8 @@
 //! Each stream serves one channel and keeps at most W events in flight (sent, verdict not yet
 //! received). `--rate` paces the whole run to R events/s (0, the default, is as fast as the
 //! server answers). It reports events/s and verdict latency (send to verdict) p50/p99/max.
+//! `--rules FILE` starts the in-process server with that rules file instead of the built-in set.
+//! Messages are stamped ten a second per stream (a busy chat), so the rate rules see real pacing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,12 +26,17 @@ use modbot::proto::{
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+/// The same allocator as the `modbot` binary, so the numbers are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     events: usize,
     streams: usize,
     window: usize,
     rate: f64,
     addr: Option<String>,
+    rules: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -38,6 +46,7 @@ fn parse_args() -> Args {
         window: 4096,
         rate: 0.0,
         addr: None,
+        rules: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,6 +57,7 @@ fn parse_args() -> Args {
             "--window" => args.window = value().parse().expect("--window W"),
             "--rate" => args.rate = value().parse().expect("--rate R"),
             "--addr" => args.addr = Some(value()),
+            "--rules" => args.rules = Some(value()),
             // `cargo bench` passes --bench to every bench binary.
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -61,13 +71,16 @@ fn parse_args() -> Args {
 }
 
 /// Starts modbot on its own runtime and returns its address.
-fn start_server() -> (String, tempfile::TempDir) {
+fn start_server(rules: Option<&str>) -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut config = modbot::Config {
         data_dir: dir.path().to_owned(),
         ..modbot::Config::default()
     };
     config.metrics.addr = None;
+    if let Some(rules) = rules {
+        config.rules.file = rules.into();
+    }
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -192,7 +205,7 @@ fn main() {
     let (addr, _dir) = match &args.addr {
         Some(addr) => (format!("http://{addr}"), None),
         None => {
-            let (addr, dir) = start_server();
+            let (addr, dir) = start_server(args.rules.as_deref());
             (addr, Some(dir))
         }
     };
@@ -204,7 +217,8 @@ fn main() {
     for (i, message) in corpus.into_iter().enumerate() {
         let stream = i % args.streams;
         let channel = format!("channel-{stream}");
-        let at_ms = base_ms + (i as i64) * 2;
+        // Each stream is one busy chat: ten messages a second.
+        let at_ms = base_ms + (i / args.streams) as i64 * 100;
         per_stream[stream].push(StreamModerateRequest {
             kind: Some(stream_moderate_request::Kind::Event(ChatEvent {
                 channel: channel.clone(),

@@ -357,12 +357,17 @@ fn make_users(rng: &mut Rng) -> Vec<User> {
         .collect()
 }
 
-/// Cumulative Zipf weights (exponent 1.07) over user ranks, for sampling by binary search.
+/// Exponent of the users' Zipf skew. At 0.8 over 2,000 users the most active one writes about
+/// 5% of the lines: in a chat of ten messages a second that is one every two seconds, busy but
+/// human. (A steeper skew makes the top users trip the message-rate rule all the time.)
+const ZIPF_EXPONENT: f64 = 0.8;
+
+/// Cumulative Zipf weights over user ranks, for sampling by binary search.
 fn zipf_cumulative(n: usize) -> Vec<f64> {
     let mut total = 0.0;
     (0..n)
         .map(|rank| {
-            total += 1.0 / ((rank + 1) as f64).powf(1.07);
+            total += 1.0 / ((rank + 1) as f64).powf(ZIPF_EXPONENT);
             total
         })
         .collect()

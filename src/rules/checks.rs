@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Context;
 use super::phrase::PhraseCheck;
 use super::profanity::ProfanityCheck;
-use super::similarity::{similarity, similarity_bound};
+use super::similarity::Profile;
 use crate::decision::Evidence;
 use crate::normalize::{Token, TokenKind};
 
@@ -71,11 +71,13 @@ pub enum Check {
 }
 
 impl Check {
-    /// Runs the check.
+    /// Runs the check (profanity excepted, which `RuleSet::evaluate` runs with the shared
+    /// analysis).
     pub fn check(&self, ctx: &Context<'_>) -> Option<Hit> {
         match self {
             Check::Phrase(c) => c.check(ctx.normalized),
-            Check::Profanity(c) => c.check(ctx.normalized),
+            // Needs the shared analysis: `RuleSet::evaluate` calls it directly.
+            Check::Profanity(_) => None,
             Check::Link(c) => c.check(ctx),
             Check::Caps(c) => c.check(ctx),
             Check::EmoteFlood(c) => c.check(ctx),
@@ -348,7 +350,12 @@ pub struct RepetitionCheck {
 impl RepetitionCheck {
     fn check(&self, ctx: &Context<'_>) -> Option<Hit> {
         let text = ctx.normalized.text.as_str();
-        if text.chars().count() < self.min_length || !has_content(ctx) {
+        // Bytes bound characters from above: short messages stop here without counting.
+        if text.len() < self.min_length || !has_content(ctx) {
+            return None;
+        }
+        let profile = Profile::new(text);
+        if profile.chars() < self.min_length {
             return None;
         }
         let since = ctx.now_ms - millis(self.window);
@@ -357,9 +364,9 @@ impl RepetitionCheck {
             .iter()
             .rev()
             .take(self.last_messages)
-            .filter(|m| m.at_ms >= since)
+            .filter(|m| m.at_ms >= since && profile.may_reach(&m.text, self.min_similarity))
             .find_map(|earlier| {
-                let score = similarity(text, &earlier.text);
+                let score = profile.similarity(&earlier.text);
                 (score >= self.min_similarity).then(|| {
                     similar_hit(
                         score,
@@ -391,8 +398,12 @@ pub struct CopypastaCheck {
 impl CopypastaCheck {
     fn check(&self, ctx: &Context<'_>) -> Option<Hit> {
         let text = ctx.normalized.text.as_str();
-        let length = text.chars().count();
-        if length < self.min_length.max(1) {
+        // Bytes bound characters from above: most messages are short and stop here.
+        if text.len() < self.min_length.max(1) {
+            return None;
+        }
+        let profile = Profile::new(text);
+        if profile.chars() < self.min_length.max(1) {
             return None;
         }
         ctx.channel_recent
@@ -400,11 +411,10 @@ impl CopypastaCheck {
             .rev()
             .take(self.last_messages)
             .filter(|m| {
-                let other = m.text.chars().count();
-                other >= self.min_length && similarity_bound(length, other) >= self.min_similarity
+                m.text.len() >= self.min_length && profile.may_reach(&m.text, self.min_similarity)
             })
             .find_map(|earlier| {
-                let score = similarity(text, &earlier.text);
+                let score = profile.similarity(&earlier.text);
                 (score >= self.min_similarity).then(|| {
                     similar_hit(
                         score,

@@ -404,10 +404,20 @@ impl RuleSet {
             }
             rules.push(compile_rule(config, &place)?);
         }
+        let masks: Vec<_> = rules
+            .iter()
+            .filter(|r| r.mode != Mode::Disabled)
+            .filter_map(|r| match &r.check {
+                Check::Profanity(check) => Some(check.mask()),
+                _ => None,
+            })
+            .collect();
+        let lexicon = (!masks.is_empty()).then(|| super::profanity::Lexicon::new(masks));
         Ok(Self {
             rules,
             default_policy,
             channel_policies,
+            lexicon,
         })
     }
 }

@@ -122,6 +122,8 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     default_policy: Policy,
     channel_policies: HashMap<String, Policy>,
+    /// The shared profanity pass, when any rule uses it.
+    lexicon: Option<profanity::Lexicon>,
 }
 
 impl RuleSet {
@@ -145,11 +147,18 @@ impl RuleSet {
         policy: &Policy,
         ctx: &Context<'_>,
     ) -> Vec<Reason> {
+        let analysis = std::cell::OnceCell::new();
         self.rules
             .iter()
             .filter(|rule| rule.applies(message))
             .filter_map(|rule| {
-                let hit = rule.check.check(ctx)?;
+                let hit = match (&rule.check, &self.lexicon) {
+                    (Check::Profanity(check), Some(lexicon)) => {
+                        let analysis = *analysis.get_or_init(|| lexicon.analyze(ctx.normalized));
+                        check.check(ctx.normalized, analysis)
+                    }
+                    (check, _) => check.check(ctx),
+                }?;
                 Some(Reason {
                     source: ReasonSource::Rule,
                     rule_id: rule.id.clone(),

@@ -1,11 +1,85 @@
 //! Profanity and slurs from the `rustrict` lexicon, which also sees through evasions
 //! (spacing, repeated letters, homoglyphs, leetspeak) on its own.
+//!
+//! `rustrict` is thorough but costs several microseconds per message, more than every other
+//! rule together. So a [`Lexicon`] runs it once per message for all profanity rules (with the
+//! union of their thresholds), skips messages without words, and remembers the analysis of
+//! recent normalised texts (chat repeats itself: emote lines, copypastas, "W", "LUL"). A rule
+//! that fires runs the censor once more, with its own threshold, to find the span.
 
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+use lru::LruCache;
 use rustrict::{Censor, Type};
 
 use super::checks::Hit;
 use crate::decision::{Evidence, Span};
 use crate::normalize::Normalized;
+
+/// Analyses remembered, by normalised text.
+const CACHE_ENTRIES: usize = 16_384;
+
+/// The shared `rustrict` pass of a rule set.
+#[derive(Debug)]
+pub struct Lexicon {
+    /// Union of every profanity rule's mask: the analysis must see all of them.
+    mask: Type,
+    /// A std mutex: it is held for a hash-map lookup or insert, never across an await.
+    cache: Mutex<LruCache<String, Type>>,
+}
+
+impl Lexicon {
+    /// A lexicon serving rules with these masks.
+    pub fn new(masks: impl IntoIterator<Item = Type>) -> Self {
+        Self {
+            mask: masks.into_iter().fold(Type::NONE, |all, m| all | m),
+            cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(CACHE_ENTRIES).expect("a positive cache size"),
+            )),
+        }
+    }
+
+    /// The analysis of a message (restricted to this lexicon's mask).
+    pub fn analyze(&self, normalized: &Normalized<'_>) -> Type {
+        // Only the words go to the lexicon: emotes, links and mentions are not language, and
+        // leaving them out shortens the costly pass. The words keep their original spelling,
+        // so rustrict's own evasion handling still sees what the user typed.
+        let original = normalized.original;
+        let starts: Vec<usize> = original
+            .char_indices()
+            .map(|(byte, _)| byte)
+            .chain(std::iter::once(original.len()))
+            .collect();
+        let mut words = String::with_capacity(original.len());
+        for word in normalized.words() {
+            let (start, end) = (word.original.start as usize, word.original.end as usize);
+            if let (Some(&from), Some(&to)) = (starts.get(start), starts.get(end)) {
+                if !words.is_empty() {
+                    words.push(' ');
+                }
+                words.push_str(&original[from..to]);
+            }
+        }
+        if words.is_empty() {
+            return Type::NONE;
+        }
+        let key = normalized.text.as_str();
+        if let Some(known) = self.lock().get(key) {
+            metrics::counter!("modbot_profanity_cache_total", "result" => "hit").increment(1);
+            return *known;
+        }
+        metrics::counter!("modbot_profanity_cache_total", "result" => "miss").increment(1);
+        let analysis = Censor::from_str(&words).analyze() & self.mask;
+        self.lock().put(key.to_owned(), analysis);
+        analysis
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Type>> {
+        // A panic while holding the lock cannot leave the cache inconsistent: use it anyway.
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// A profanity rule's threshold, as a `rustrict` type mask.
 #[derive(Debug)]
@@ -58,27 +132,30 @@ impl ProfanityCheck {
         })
     }
 
-    /// Analyses the original text (rustrict normalises on its own and keeps positions).
-    pub fn check(&self, normalized: &Normalized<'_>) -> Option<Hit> {
+    /// The mask this rule fires on.
+    pub fn mask(&self) -> Type {
+        self.mask
+    }
+
+    /// Whether the message's analysis meets this rule; if so, the span of the first word the
+    /// censor replaces at this rule's threshold.
+    pub fn check(&self, normalized: &Normalized<'_>, analysis: Type) -> Option<Hit> {
+        if !analysis.is(self.mask) {
+            return None;
+        }
         let original = normalized.original;
         let mut censor = Censor::from_str(original);
         censor
             .with_censor_threshold(self.mask)
             .with_censor_first_character_threshold(self.mask)
             .with_ignore_self_censoring(true);
-        let (censored, analysis) = censor.censor_and_analyze();
-        if !analysis.is(self.mask) {
-            return None;
-        }
-        let span = censored_span(original, &censored);
+        let span = censored_span(original, &censor.censor());
         Some(Hit {
             score: 1.0,
             threshold: 1.0,
             evidence: Evidence {
                 span,
-                matched_text: span
-                    .map(|s| normalized.original_text(s))
-                    .unwrap_or_default(),
+                matched_text: span.map(|s| normalized.original_text(s)).unwrap_or_default(),
                 pattern: "profanity lexicon".to_owned(),
                 detail: self.description.clone(),
                 ..Evidence::default()

@@ -7,29 +7,67 @@
 
 /// Similarity of two texts in [0, 1].
 pub fn similarity(a: &str, b: &str) -> f64 {
-    if a == b {
-        return 1.0;
-    }
-    let mut x = bigrams(a);
-    let mut y = bigrams(b);
-    if x.is_empty() || y.is_empty() {
-        return 0.0;
-    }
-    x.sort_unstable();
-    y.sort_unstable();
-    let (mut i, mut j, mut shared) = (0, 0, 0usize);
-    while i < x.len() && j < y.len() {
-        match x[i].cmp(&y[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                shared += 1;
-                i += 1;
-                j += 1;
-            }
+    Profile::new(a).similarity(b)
+}
+
+/// A text's sorted bigrams, computed once to compare it with many others.
+#[derive(Debug, Clone)]
+pub struct Profile<'a> {
+    text: &'a str,
+    chars: usize,
+    bigrams: Vec<u64>,
+}
+
+impl<'a> Profile<'a> {
+    /// The profile of a text.
+    pub fn new(text: &'a str) -> Self {
+        let mut bigrams = bigrams(text);
+        bigrams.sort_unstable();
+        Self {
+            text,
+            chars: text.chars().count(),
+            bigrams,
         }
     }
-    (2 * shared) as f64 / (x.len() + y.len()) as f64
+
+    /// The text's length in characters.
+    pub fn chars(&self) -> usize {
+        self.chars
+    }
+
+    /// Similarity of this text and `other` in [0, 1].
+    pub fn similarity(&self, other: &str) -> f64 {
+        if self.text == other {
+            return 1.0;
+        }
+        let mut y = bigrams(other);
+        if self.bigrams.is_empty() || y.is_empty() {
+            return 0.0;
+        }
+        y.sort_unstable();
+        let x = &self.bigrams;
+        let (mut i, mut j, mut shared) = (0, 0, 0usize);
+        while i < x.len() && j < y.len() {
+            match x[i].cmp(&y[j]) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    shared += 1;
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        (2 * shared) as f64 / (x.len() + y.len()) as f64
+    }
+
+    /// Whether `other` can reach `threshold` at all, judging by lengths alone (cheap).
+    pub fn may_reach(&self, other: &str, threshold: f64) -> bool {
+        // Byte length bounds character length from above; only count characters when the
+        // quick test cannot decide.
+        similarity_bound(self.chars, other.len()) >= threshold
+            || similarity_bound(self.chars, other.chars().count()) >= threshold
+    }
 }
 
 /// The highest similarity two texts of these lengths (in characters) can have: a cheap test
