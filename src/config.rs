@@ -303,10 +303,14 @@ impl Config {
                 ),
             ));
         }
-        if !(self.redis.url.is_empty()
-            || self.redis.url.starts_with("redis://")
-            || self.redis.url.starts_with("rediss://"))
-        {
+        if self.redis.url.starts_with("rediss://") {
+            return Err(invalid(
+                "redis.url",
+                "rediss:// (TLS) is not supported by this build; use redis:// on a private network"
+                    .to_owned(),
+            ));
+        }
+        if !(self.redis.url.is_empty() || self.redis.url.starts_with("redis://")) {
             return Err(invalid(
                 "redis.url",
                 format!(
@@ -601,6 +605,12 @@ mod tests {
                 "state.recent_per_user",
             ),
             (None, &[], &[("redis.url", "http://x")], "redis.url"),
+            (
+                None,
+                &[],
+                &[("redis.url", "rediss://cache:6380")],
+                "redis.url",
+            ),
             (Some("not toml ="), &[], &[], "not valid TOML"),
         ];
         for (file, env, sets, expected) in cases {

@@ -225,6 +225,16 @@ async fn dry_run_decides_but_writes_nothing() {
     assert!(!verdicts[0].enforced, "dry runs are never enforced");
     assert!(verdicts[0].normalized_text.is_empty(), "not asked for");
     assert_eq!(audit_count(&server).await, 0);
+    // Nor was the user's history touched: the real message is still a first offence.
+    let real = server
+        .moderation()
+        .classify(classify(vec![chat_message("m2", "spammer", "free nitro")]))
+        .await
+        .expect("classify")
+        .into_inner()
+        .verdicts;
+    assert_eq!(real[0].decision, Decision::Warn as i32);
+    assert!(real[0].enforced);
     server.stop().await.expect("clean stop");
 }
 
@@ -506,6 +516,73 @@ async fn a_failed_audit_write_keeps_the_decision_and_marks_it_degraded() {
     assert!(
         verdicts[1].degraded.is_empty(),
         "allowed messages were never to be written"
+    );
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn replicas_share_user_state_through_redis() {
+    let Some(redis) = common::RedisPrefix::create("replicas_share_user_state_through_redis").await
+    else {
+        return;
+    };
+    let shared = |config: &mut modbot::Config| {
+        config.redis.url = redis.url.clone();
+        config.redis.key_prefix = redis.prefix.clone();
+    };
+    let first = TestServer::start(shared).await;
+    let second = TestServer::start(shared).await;
+    let say = |server: &TestServer, id: &str| {
+        let mut client = server.moderation();
+        let request = classify(vec![chat_message(id, "spammer", "free nitro")]);
+        async move {
+            client
+                .classify(request)
+                .await
+                .expect("classify")
+                .into_inner()
+                .verdicts
+                .remove(0)
+        }
+    };
+    // The first replica warns; the second, seeing the same heat through Redis, times out.
+    let warned = say(&first, "r1").await;
+    assert_eq!(warned.decision, Decision::Warn as i32, "{warned:?}");
+    assert!(warned.degraded.is_empty(), "Redis answered: {warned:?}");
+    let timed_out = say(&second, "r2").await;
+    assert_eq!(
+        timed_out.decision,
+        Decision::Timeout as i32,
+        "{timed_out:?}"
+    );
+    assert!(
+        !redis.keys().await.is_empty(),
+        "state lives under the test's prefix"
+    );
+    first.stop().await.expect("clean stop");
+    second.stop().await.expect("clean stop");
+    redis.delete_keys().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_gives_degraded_verdicts_not_errors() {
+    let server =
+        TestServer::start(|config| config.redis.url = "redis://127.0.0.1:1/0".into()).await;
+    let verdicts = server
+        .moderation()
+        .classify(classify(vec![chat_message("m1", "spammer", "free nitro")]))
+        .await
+        .expect("decisions go on without Redis")
+        .into_inner()
+        .verdicts;
+    assert_eq!(
+        verdicts[0].decision,
+        Decision::Warn as i32,
+        "the rule still fires"
+    );
+    assert_eq!(
+        verdicts[0].degraded,
+        [proto::DegradedComponent::UserState as i32]
     );
     server.stop().await.expect("clean stop");
 }

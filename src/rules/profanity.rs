@@ -77,7 +77,9 @@ impl Lexicon {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Type>> {
         // A panic while holding the lock cannot leave the cache inconsistent: use it anyway.
-        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -155,7 +157,9 @@ impl ProfanityCheck {
             threshold: 1.0,
             evidence: Evidence {
                 span,
-                matched_text: span.map(|s| normalized.original_text(s)).unwrap_or_default(),
+                matched_text: span
+                    .map(|s| normalized.original_text(s))
+                    .unwrap_or_default(),
                 pattern: "profanity lexicon".to_owned(),
                 detail: self.description.clone(),
                 ..Evidence::default()
