@@ -270,11 +270,12 @@ const NON_ASCII_FLOODS: &[&str] = &[
     "日本語のメッセージです よろしく",
 ];
 
-/// SplitMix64: small, fast, good enough for synthetic data, and identical everywhere.
-struct Rng(u64);
+/// SplitMix64: small, fast, good enough for synthetic data, and identical everywhere. Also
+/// the source of the deterministic adversarial strings in `normalize`'s tests.
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -283,7 +284,7 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n.max(1) as u64) as usize
     }
 

@@ -190,108 +190,50 @@ mod tests {
         );
     }
 
+    /// (heat, step, the rule's decision and duration, the expected decision and duration)
+    type Row = (f64, u32, (Decision, Option<u64>), (Decision, Option<u64>));
+
     #[test]
     fn the_ladder() {
-        let p = policy();
-        check(
-            &p,
-            0.0,
-            0,
-            (Decision::Timeout, Some(60)),
-            (Decision::Warn, None),
-        );
-        check(
-            &p,
-            1.0,
-            0,
-            (Decision::Timeout, Some(60)),
-            (Decision::Timeout, Some(60)),
-        );
-        check(
-            &p,
-            3.0,
-            1,
-            (Decision::Timeout, Some(60)),
-            (Decision::Timeout, Some(120)),
-        );
-        check(
-            &p,
-            5.0,
-            2,
-            (Decision::Timeout, Some(60)),
-            (Decision::Timeout, Some(240)),
-        );
-        check(
-            &p,
-            9.0,
-            10,
-            (Decision::Timeout, Some(60)),
-            (Decision::Timeout, Some(61_440)),
-        );
-        check(
-            &p,
-            9.0,
-            11,
-            (Decision::Timeout, Some(60)),
-            (Decision::Timeout, Some(86_400)),
-        );
-        check(
-            &p,
-            9.0,
-            40,
-            (Decision::Timeout, Some(60)),
-            (Decision::Timeout, Some(86_400)),
-        );
-        // A rule's own longer timeout is never shortened.
-        check(
-            &p,
-            3.0,
-            1,
-            (Decision::Timeout, Some(600)),
-            (Decision::Timeout, Some(600)),
-        );
-        // Cooled down: the ladder starts again (with a warning).
-        check(
-            &p,
-            0.1,
-            7,
-            (Decision::Timeout, Some(60)),
-            (Decision::Warn, None),
-        );
-        // Other decisions are never escalated or softened.
-        check(&p, 0.0, 0, (Decision::Ban, None), (Decision::Ban, None));
-        check(&p, 9.0, 3, (Decision::Hide, None), (Decision::Hide, None));
-        check(&p, 9.0, 3, (Decision::Warn, None), (Decision::Warn, None));
+        use Decision::{Ban, Hide, Timeout, Warn};
+        let rows: &[Row] = &[
+            (0.0, 0, (Timeout, Some(60)), (Warn, None)),
+            (1.0, 0, (Timeout, Some(60)), (Timeout, Some(60))),
+            (3.0, 1, (Timeout, Some(60)), (Timeout, Some(120))),
+            (5.0, 2, (Timeout, Some(60)), (Timeout, Some(240))),
+            (9.0, 10, (Timeout, Some(60)), (Timeout, Some(61_440))),
+            (9.0, 11, (Timeout, Some(60)), (Timeout, Some(86_400))),
+            (9.0, 40, (Timeout, Some(60)), (Timeout, Some(86_400))),
+            // A rule's own longer timeout is never shortened.
+            (3.0, 1, (Timeout, Some(600)), (Timeout, Some(600))),
+            // Cooled down: the ladder starts again (with a warning).
+            (0.1, 7, (Timeout, Some(60)), (Warn, None)),
+            // Other decisions are never escalated or softened.
+            (0.0, 0, (Ban, None), (Ban, None)),
+            (9.0, 3, (Hide, None), (Hide, None)),
+            (9.0, 3, (Warn, None), (Warn, None)),
+        ];
+        for &(heat, step, rule, expected) in rows {
+            check(&policy(), heat, step, rule, expected);
+        }
     }
 
     #[test]
     fn ban_after_and_no_warning() {
+        use Decision::{Ban, Timeout};
         let p = Escalation {
             warn_first: false,
             ban_after: 3,
             ..policy()
         };
-        check(
-            &p,
-            0.0,
-            0,
-            (Decision::Timeout, Some(60)),
-            (Decision::Timeout, Some(60)),
-        );
-        check(
-            &p,
-            5.0,
-            2,
-            (Decision::Timeout, Some(60)),
-            (Decision::Timeout, Some(240)),
-        );
-        check(
-            &p,
-            7.0,
-            3,
-            (Decision::Timeout, Some(60)),
-            (Decision::Ban, None),
-        );
+        let rows: &[Row] = &[
+            (0.0, 0, (Timeout, Some(60)), (Timeout, Some(60))),
+            (5.0, 2, (Timeout, Some(60)), (Timeout, Some(240))),
+            (7.0, 3, (Timeout, Some(60)), (Ban, None)),
+        ];
+        for &(heat, step, rule, expected) in rows {
+            check(&p, heat, step, rule, expected);
+        }
     }
 
     #[test]

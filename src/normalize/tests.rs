@@ -2,6 +2,7 @@
 //! statistics, spans and a no-panic sweep over adversarial strings.
 
 use super::*;
+use crate::corpus::Rng;
 
 fn emotes() -> EmoteSet {
     EmoteSet::new([
@@ -416,23 +417,6 @@ fn superset_of_the_phrase_folding() {
     }
 }
 
-/// SplitMix64, for deterministic adversarial strings.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 fn adversarial(rng: &mut Rng, len: usize) -> String {
     const POOLS: &[&str] = &[
         "abcXYZ019 @$!+.,'-_:/",
@@ -450,7 +434,7 @@ fn adversarial(rng: &mut Rng, len: usize) -> String {
         if rng.below(10) == 0 {
             // Any scalar value at all.
             let c = loop {
-                if let Some(c) = char::from_u32((rng.next() % 0x11_0000) as u32) {
+                if let Some(c) = char::from_u32((rng.next_u64() % 0x11_0000) as u32) {
                     break c;
                 }
             };

@@ -327,6 +327,24 @@ fn has_content(ctx: &Context<'_>) -> bool {
         .any(|t| t.kind != TokenKind::Emote)
 }
 
+/// An earlier message a new one is compared with: its id, text and author.
+type Candidate<'m> = (&'m str, &'m str, &'m str);
+
+/// The first candidate at least `threshold` similar to the profiled text, with its score;
+/// candidates whose length alone rules them out are not compared.
+fn first_similar<'m>(
+    profile: &Profile<'_>,
+    threshold: f64,
+    candidates: impl Iterator<Item = Candidate<'m>>,
+) -> Option<(f64, Candidate<'m>)> {
+    candidates
+        .filter(|(_, text, _)| profile.may_reach(text, threshold))
+        .find_map(|candidate| {
+            let score = profile.similarity(candidate.1);
+            (score >= threshold).then_some((score, candidate))
+        })
+}
+
 fn similar_hit(score: f64, threshold: f64, detail: String, id: &str, text: &str) -> Hit {
     let mut hit = Hit::measured(score, threshold, detail);
     hit.evidence.similar_message_id = id.to_owned();
@@ -359,28 +377,22 @@ impl RepetitionCheck {
             return None;
         }
         let since = ctx.now_ms - millis(self.window);
-        ctx.history
+        let candidates = ctx
+            .history
             .recent
             .iter()
             .rev()
             .take(self.last_messages)
-            .filter(|m| m.at_ms >= since && profile.may_reach(&m.text, self.min_similarity))
-            .find_map(|earlier| {
-                let score = profile.similarity(&earlier.text);
-                (score >= self.min_similarity).then(|| {
-                    similar_hit(
-                        score,
-                        self.min_similarity,
-                        format!(
-                            "{:.0}% similar to the user's message {}",
-                            score * 100.0,
-                            earlier.message_id
-                        ),
-                        &earlier.message_id,
-                        &earlier.text,
-                    )
-                })
-            })
+            .filter(|m| m.at_ms >= since)
+            .map(|m| (m.message_id.as_str(), m.text.as_str(), ""));
+        let (score, (id, earlier, _)) = first_similar(&profile, self.min_similarity, candidates)?;
+        Some(similar_hit(
+            score,
+            self.min_similarity,
+            format!("{:.0}% similar to the user's message {id}", score * 100.0),
+            id,
+            earlier,
+        ))
     }
 }
 
@@ -406,30 +418,22 @@ impl CopypastaCheck {
         if profile.chars() < self.min_length.max(1) {
             return None;
         }
-        ctx.channel_recent
+        let candidates = ctx
+            .channel_recent
             .iter()
             .rev()
             .take(self.last_messages)
-            .filter(|m| {
-                m.text.len() >= self.min_length && profile.may_reach(&m.text, self.min_similarity)
-            })
-            .find_map(|earlier| {
-                let score = profile.similarity(&earlier.text);
-                (score >= self.min_similarity).then(|| {
-                    similar_hit(
-                        score,
-                        self.min_similarity,
-                        format!(
-                            "{:.0}% similar to {}'s message {}",
-                            score * 100.0,
-                            earlier.user_id,
-                            earlier.message_id
-                        ),
-                        &earlier.message_id,
-                        &earlier.text,
-                    )
-                })
-            })
+            .filter(|m| m.text.len() >= self.min_length)
+            .map(|m| (m.message_id.as_str(), m.text.as_str(), m.user_id.as_str()));
+        let (score, (id, earlier, user)) =
+            first_similar(&profile, self.min_similarity, candidates)?;
+        Some(similar_hit(
+            score,
+            self.min_similarity,
+            format!("{:.0}% similar to {user}'s message {id}", score * 100.0),
+            id,
+            earlier,
+        ))
     }
 }
 
