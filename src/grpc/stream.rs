@@ -231,7 +231,8 @@ impl Session {
             }
             Some(chat_event::Kind::ModeratorAction(action)) => {
                 let decision = match ActionKind::try_from(action.kind) {
-                    Ok(ActionKind::Timeout | ActionKind::Hide) => Some(Decision::Timeout),
+                    Ok(ActionKind::Timeout) => Some(Decision::Timeout),
+                    Ok(ActionKind::Hide) => Some(Decision::Hide),
                     Ok(ActionKind::Ban) => Some(Decision::Ban),
                     Ok(ActionKind::Warn) => Some(Decision::Warn),
                     Ok(ActionKind::Unmute | ActionKind::Unban) => None,
