@@ -84,7 +84,8 @@ impl Moderation for ModerationService {
                 // The decision stands: a caller waiting to show a message needs it more than
                 // the audit log needs the row. The verdict says what was lost.
                 tracing::error!(%error, count = records.len(), "audit log write failed");
-                metrics::counter!("modbot_audit_write_failures_total").increment(1);
+                metrics::counter!("modbot_audit_write_failures_total")
+                    .increment(records.len() as u64);
                 for verdict in verdicts.iter_mut().filter(|v| v.is_notable()) {
                     verdict.degraded.push(Degraded::Store);
                 }
