@@ -135,3 +135,46 @@ fn a_model_directory_missing_a_file_is_named() {
         "{error}"
     );
 }
+
+/// The committed reference: sentence-transformers (PyTorch, CPU) on the same weights, made by
+/// `python3 scripts/reference_embeddings.py`.
+#[derive(serde::Deserialize)]
+struct Reference {
+    sentences: Vec<String>,
+    token_ids: Vec<Vec<u32>>,
+    embeddings: Vec<Vec<f32>>,
+}
+
+#[test]
+fn embeddings_match_sentence_transformers() {
+    let Some(encoder) = encoder("embeddings_match_sentence_transformers") else {
+        return;
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm_reference.json");
+    let reference: Reference =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(reference.sentences.len() >= 8);
+    let texts: Vec<&str> = reference.sentences.iter().map(String::as_str).collect();
+    for (text, expected) in texts.iter().zip(&reference.token_ids) {
+        assert_eq!(
+            &encoder.tokenize(text).unwrap(),
+            expected,
+            "tokens of {text:?}"
+        );
+    }
+    // As one batch (padded to the longest) and one by one: both must match.
+    let batched = encoder.embed(&texts).unwrap();
+    for ((text, got), expected) in texts.iter().zip(&batched).zip(&reference.embeddings) {
+        let alone = &encoder.embed(&[text]).unwrap()[0];
+        for candle in [got, alone] {
+            let cos = cosine(candle, expected);
+            let max_diff = candle
+                .iter()
+                .zip(expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(cos >= 0.9999, "{text:?}: cosine {cos}");
+            assert!(max_diff <= 1e-4, "{text:?}: max abs diff {max_diff}");
+        }
+    }
+}
