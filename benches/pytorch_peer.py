@@ -106,6 +106,17 @@ def read_lines(path: Path, limit: int) -> list[str]:
     return out
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lines", type=Path, help="chat lines, one message per line (default: 2,000 generated)")
@@ -233,7 +244,7 @@ def main() -> None:
             "torch": torch.__version__,
             "sentence_transformers": sentence_transformers.__version__,
             "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "threads": args.threads,
             "dtype": "float32",
