@@ -53,6 +53,10 @@ fn bench_rules(c: &mut Criterion) {
     let moderator = Moderator::new(
         Engine::new(RuleSet::builtin()),
         SharedState::memory(StateConfig::default()),
+        modbot::inference::Scorer::idle(
+            modbot::inference::Status::Off,
+            modbot::inference::Description::default(),
+        ),
     );
     let mut i = 0;
     group.bench_function("moderate", |b| {
@@ -84,6 +88,7 @@ fn bench_rules(c: &mut Criterion) {
                     channel_recent: &modbot::users::ChannelWindow::default(),
                     now_ms: 0,
                     received: Instant::now(),
+                    model: modbot::decision::ModelInput::NotConsulted,
                 },
                 DecideOptions::default(),
             ))

@@ -11,8 +11,12 @@ use tonic_health::server::HealthReporter;
 
 use crate::audit::AuditWriter;
 use crate::config::Config;
+use crate::config::ModelConfig;
 use crate::decision::Engine;
 use crate::grpc;
+use crate::inference::{Description, Limits, ModelBackend, Scorer, Status};
+use crate::model::heads::Heads;
+use crate::model::{Encoder, fetch, parse_device};
 use crate::moderate::Moderator;
 use crate::rules::{RuleSet, RulesError};
 use crate::store::{ConnectOptions, Store, StoreError};
@@ -94,6 +98,154 @@ pub async fn open_state(config: &Config) -> Result<SharedState, StateError> {
     }
 }
 
+/// The name of the model in gRPC health: `SERVING` while the model scores (or runs without
+/// heads), `NOT_SERVING` when it is off or failed (decisions are then rules-only; the
+/// Moderation service itself stays `SERVING`).
+pub const MODEL_HEALTH_NAME: &str = "modbot.model";
+
+/// Loads the configured model (fetching the default one first if it is missing and
+/// `model.fetch_if_missing` says so) and starts its scorer. Never fails: a model that cannot
+/// be loaded gives a scorer that says why, and decisions go on by the rules alone, marked
+/// degraded.
+pub async fn open_model(config: &ModelConfig) -> Scorer {
+    if !config.enabled() {
+        tracing::info!("no model configured (model.dir is empty): deciding by the rules alone");
+        return Scorer::idle(Status::Off, Description::default());
+    }
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || load_model(&config))
+        .await
+        .unwrap_or_else(|error| {
+            model_failed(
+                format!("loading the model panicked: {error}"),
+                Description::default(),
+            )
+        })
+}
+
+fn model_failed(reason: String, description: Description) -> Scorer {
+    tracing::error!(
+        %reason,
+        "the model is unavailable: deciding by the rules alone, verdicts marked degraded"
+    );
+    metrics::gauge!("modbot_model_up").set(0.0);
+    Scorer::idle(Status::Failed(reason), description)
+}
+
+fn load_model(config: &ModelConfig) -> Scorer {
+    let spec = parse_device(&config.device).unwrap_or(crate::model::DeviceSpec::Cpu);
+    let mut description = Description {
+        device: spec.name(),
+        encoder: config
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        ..Description::default()
+    };
+    let dir = &config.dir;
+    if !fetch::is_present(dir) {
+        if !config.fetch_if_missing {
+            return model_failed(
+                format!(
+                    "no model in {} (run `modbot fetch-model`, or set model.dir = \"\" to \
+                     decide by the rules alone)",
+                    dir.display()
+                ),
+                description,
+            );
+        }
+        tracing::info!(dir = %dir.display(), "the model is missing: fetching the default model");
+        if let Err(error) = fetch::fetch(dir, "python3") {
+            return model_failed(
+                format!(
+                    "no model in {} and fetching it failed: {error}",
+                    dir.display()
+                ),
+                description,
+            );
+        }
+    }
+    let started = std::time::Instant::now();
+    let device = match spec.open() {
+        Ok(device) => device,
+        Err(error) => {
+            return model_failed(format!("device {}: {error}", spec.name()), description);
+        }
+    };
+    let encoder = match Encoder::load(dir, &device) {
+        Ok(encoder) => encoder,
+        Err(error) => {
+            return model_failed(
+                format!("loading the encoder from {}: {error}", dir.display()),
+                description,
+            );
+        }
+    };
+    description.embedding_dim = encoder.dim();
+    description.max_tokens = encoder.max_tokens();
+    let hash = match fetch::sha256_file(&dir.join("model.safetensors")) {
+        Ok(hash) => hash,
+        Err(error) => return model_failed(error.to_string(), description),
+    };
+    description.version = format!("{}@{}", description.encoder, &hash[..12]);
+    let heads = match Heads::load(&config.heads_dir, encoder.dim()) {
+        Ok(heads) => heads,
+        Err(error) => {
+            return model_failed(format!("loading the heads: {error}"), description);
+        }
+    };
+    if heads.is_empty() {
+        tracing::warn!(
+            heads_dir = %config.heads_dir.display(),
+            "the encoder is loaded but there are no classification heads: deciding by the rules \
+             alone (`modbot train` makes heads)"
+        );
+        return Scorer::idle(Status::NoHeads, description);
+    }
+    if !heads.encoder.is_empty() && heads.encoder != description.encoder {
+        tracing::warn!(
+            heads_encoder = %heads.encoder,
+            encoder = %description.encoder,
+            "the heads were trained on another encoder's embeddings"
+        );
+    }
+    description.version = format!("{}+heads@{}", description.version, heads.version);
+    description.heads = heads.clone();
+    tracing::info!(
+        version = %description.version,
+        device = %description.device,
+        labels = ?heads.label_names(),
+        elapsed = ?started.elapsed(),
+        "model loaded"
+    );
+    let backend = ModelBackend::new(encoder, heads);
+    Scorer::start(Arc::new(backend), description, Limits::from_config(config))
+}
+
+/// Keeps the model's health entry in step with its status.
+async fn report_model_health(
+    health: HealthReporter,
+    mut status: tokio::sync::watch::Receiver<Status>,
+) {
+    loop {
+        let serving = matches!(*status.borrow_and_update(), Status::Ready | Status::NoHeads);
+        health
+            .set_service_status(
+                MODEL_HEALTH_NAME,
+                if serving {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                },
+            )
+            .await;
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Connects to the database named by the configuration and applies migrations.
 pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
     let store = Store::connect(
@@ -123,14 +275,16 @@ pub async fn serve(
     let state = open_state(&config).await?;
     let store = open_store(&config).await?;
     let grace = config.grpc.shutdown_grace();
+    let scorer = open_model(&config.model).await;
     let (audit, audit_task) = AuditWriter::spawn(store.clone(), AUDIT_QUEUE);
     tracing::info!(
         rules = rules.rules().len(),
         state = state.backend_name(),
         "rules loaded"
     );
+    let model_status = scorer.status();
     let app = Arc::new(App {
-        moderator: Moderator::new(Engine::new(rules), state),
+        moderator: Moderator::new(Engine::new(rules), state, scorer),
         config,
         store: store.clone(),
         audit,
@@ -138,6 +292,7 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
+    let model_health = tokio::spawn(report_model_health(health.clone(), model_status));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -185,6 +340,10 @@ pub async fn serve(
         () = shutdown => {
             tracing::info!(?grace, "shutting down: finishing in-flight calls");
             set_health(&health, ServingStatus::NotServing).await;
+            model_health.abort();
+            health
+                .set_service_status(MODEL_HEALTH_NAME, ServingStatus::NotServing)
+                .await;
             let _ = stop_tx.send(());
             match tokio::time::timeout(grace, &mut server).await {
                 Ok(result) => result,

@@ -101,8 +101,34 @@ pub struct RedisConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Directory holding `config.json`, `tokenizer.json` and `model.safetensors`.
+    /// Directory holding `config.json`, `tokenizer.json` and `model.safetensors`; empty for
+    /// no model (rules only).
     pub dir: PathBuf,
+    /// Place the default model in `dir` at start when it is missing.
+    pub fetch_if_missing: bool,
+    /// Directory of the classification heads (`heads.json` and their weights).
+    pub heads_dir: PathBuf,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Most messages in one batch.
+    pub max_batch_messages: u32,
+    /// Most tokens in one batch (a message longer than this runs alone).
+    pub max_batch_tokens: u32,
+    /// How long a batch waits for company after its first message, in microseconds.
+    pub linger_us: u64,
+    /// Most messages waiting for the model.
+    pub max_queue: u32,
+    /// Longest wait for scores before deciding by the rules alone, in milliseconds.
+    pub max_wait_ms: u64,
+    /// Entries of the normalised text -> scores cache (0: no cache).
+    pub cache_entries: u32,
+}
+
+impl ModelConfig {
+    /// Whether a model is configured at all.
+    pub fn enabled(&self) -> bool {
+        !self.dir.as_os_str().is_empty()
+    }
 }
 
 /// `[log]`: logging.
@@ -301,6 +327,37 @@ impl Config {
                     "`{}` is neither empty, sqlite:... nor postgres://...",
                     redact_url(url)
                 ),
+            ));
+        }
+        let model = &self.model;
+        if model.max_batch_messages == 0 {
+            return Err(invalid(
+                "model.max_batch_messages",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if model.max_batch_tokens < 16 {
+            return Err(invalid(
+                "model.max_batch_tokens",
+                format!("{} is below 16", model.max_batch_tokens),
+            ));
+        }
+        if model.max_queue == 0 {
+            return Err(invalid("model.max_queue", "must be at least 1".to_owned()));
+        }
+        if model.linger_us > 100_000 {
+            return Err(invalid(
+                "model.linger_us",
+                format!(
+                    "{} is above 100000 (100 ms): a linger that long would hold every decision",
+                    model.linger_us
+                ),
+            ));
+        }
+        if crate::model::parse_device(&model.device).is_none() {
+            return Err(invalid(
+                "model.device",
+                format!("`{}` is not cpu, cuda or cuda:N", model.device),
             ));
         }
         if self.redis.url.starts_with("rediss://") {

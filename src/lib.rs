@@ -35,6 +35,7 @@ pub mod config;
 pub mod corpus;
 pub mod decision;
 pub mod grpc;
+pub mod inference;
 pub mod model;
 pub mod moderate;
 pub mod normalize;

@@ -1,11 +1,20 @@
-//! The per-message pipeline: normalise, consult and update the author's history, decide,
-//! record the offence. Shared by `Classify` and `StreamModerate`.
+//! The per-message pipeline: normalise, consult the model, consult and update the author's
+//! history, decide, record the offence. Shared by `Classify` and `StreamModerate`.
+//!
+//! It runs in two stages so that model batching and in-order decisions go together. The first,
+//! [`Moderator::consult`], needs nothing but the message: it hands the normalised text to the
+//! scorer (unless the rules alone settle the message) and returns at once with a [`Consult`]
+//! to await. Callers start it for many messages ahead (a whole `Classify` call, a stream's
+//! window of events), so their texts share model batches. The second,
+//! [`Moderator::moderate_with`], runs strictly in order per caller: it awaits the scores, then
+//! reads and updates the author's history and decides.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::decision::{
-    ChatMessage, DecideOptions, Decision, Degraded, Engine, Inputs, Verdict, escalation,
+    ChatMessage, DecideOptions, Decision, Degraded, Engine, Inputs, ModelInput, Verdict, escalation,
 };
+use crate::inference::{Admission, Overloaded, Pending, Scorer, Scores};
 use crate::normalize::normalize;
 use crate::store::unix_millis;
 use crate::users::{Observation, SharedState};
@@ -19,12 +28,88 @@ const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 pub struct Moderator {
     engine: Engine,
     state: SharedState,
+    scorer: Scorer,
+    /// The heads' trained thresholds, in the scorer's label order.
+    trained_thresholds: Vec<Option<f64>>,
+}
+
+/// The model's part in one message's decision, started by [`Moderator::consult`].
+#[derive(Debug)]
+pub enum Consult {
+    /// The model is not consulted for this message.
+    NotNeeded,
+    /// The model's answer, to await.
+    Model(Pending),
 }
 
 impl Moderator {
-    /// A moderator over an engine and user state.
-    pub fn new(engine: Engine, state: SharedState) -> Self {
-        Self { engine, state }
+    /// A moderator over an engine, user state and the model's scorer.
+    pub fn new(engine: Engine, state: SharedState, scorer: Scorer) -> Self {
+        let heads = &scorer.description().heads;
+        let trained_thresholds = scorer
+            .labels()
+            .iter()
+            .map(|label| heads.threshold(label))
+            .collect();
+        Self {
+            engine,
+            state,
+            scorer,
+            trained_thresholds,
+        }
+    }
+
+    /// The model's scorer.
+    pub fn scorer(&self) -> &Scorer {
+        &self.scorer
+    }
+
+    /// Stage one: sends the message's normalised text to the model unless it is not needed:
+    /// no model or heads, an exempt author, no model label that acts in the channel, or a
+    /// rule without history already asking for at least the harshest thing the model could.
+    /// `Err` only with [`Admission::FailFast`] when the model's queue is full.
+    pub async fn consult(
+        &self,
+        message: &ChatMessage,
+        admission: Admission,
+    ) -> Result<Consult, Overloaded> {
+        if !self.scorer.wanted() {
+            return Ok(Consult::NotNeeded);
+        }
+        let rules = self.engine.rules();
+        let policy = rules.policy(&message.channel);
+        let Some(harshest_model) = policy.harshest_model_decision() else {
+            return Ok(Consult::NotNeeded);
+        };
+        if policy.exempts(&message.roles) {
+            return Ok(Consult::NotNeeded);
+        }
+        let normalized = normalize(&message.text, &policy.emotes);
+        if rules
+            .harshest_without_history(message, policy, &normalized)
+            .is_some_and(|d| d >= harshest_model)
+        {
+            metrics::counter!("modbot_model_skipped_total", "why" => "settled_by_rules")
+                .increment(1);
+            return Ok(Consult::NotNeeded);
+        }
+        Ok(Consult::Model(
+            self.scorer.submit(&normalized.text, admission).await?,
+        ))
+    }
+
+    /// Decides one message end to end: [`Moderator::consult`] (failing fast on a full model
+    /// queue), then [`Moderator::moderate_with`].
+    pub async fn moderate(
+        &self,
+        message: &ChatMessage,
+        options: DecideOptions,
+        received: Instant,
+    ) -> Result<Verdict, Overloaded> {
+        let consult = self.consult(message, Admission::FailFast).await?;
+        Ok(self
+            .moderate_with(message, consult, options, received)
+            .await)
     }
 
     /// The engine.
@@ -37,14 +122,34 @@ impl Moderator {
         &self.state
     }
 
-    /// Decides one message. Unless `options.dry_run`, the message joins the author's and the
-    /// channel's history and an enforced offence is recorded.
-    pub async fn moderate(
+    /// Stage two: awaits the model's part, then decides. Unless `options.dry_run`, the
+    /// message joins the author's and the channel's history and an enforced offence is
+    /// recorded.
+    pub async fn moderate_with(
         &self,
         message: &ChatMessage,
+        consult: Consult,
         options: DecideOptions,
         received: Instant,
     ) -> Verdict {
+        let scores = match consult {
+            Consult::NotNeeded => Scores::NotScored,
+            Consult::Model(pending) => pending.wait().await,
+        };
+        let model = match &scores {
+            Scores::NotScored => ModelInput::NotConsulted,
+            Scores::Scored(probabilities) => ModelInput::Scored {
+                version: self.scorer.version(),
+                labels: self.scorer.labels(),
+                scores: probabilities,
+                trained_thresholds: &self.trained_thresholds,
+            },
+            Scores::Unavailable(why) => {
+                tracing::debug!(reason = %why, "deciding without the model");
+                metrics::counter!("modbot_model_unavailable_total").increment(1);
+                ModelInput::Unavailable
+            }
+        };
         let policy = self.engine.rules().policy(&message.channel);
         let normalized = normalize(&message.text, &policy.emotes);
         let now_ms = state_clock(message.sent_at);
@@ -74,6 +179,7 @@ impl Moderator {
                 channel_recent: &channel_recent,
                 now_ms,
                 received,
+                model,
             },
             options,
         );
@@ -87,6 +193,7 @@ impl Moderator {
         let mut verdict = decided.verdict;
         if degraded {
             verdict.degraded.push(Degraded::UserState);
+            verdict.degraded.sort();
         }
         verdict
     }

@@ -137,6 +137,8 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
         dir.path().to_str().unwrap(),
         "--log-format",
         "json",
+        "--model-dir",
+        "",
     ])
     .stderr(Stdio::piped())
     .spawn()

@@ -47,6 +47,7 @@ fn record(channel: &str, id: &str, user: &str, text: &str) -> AuditRecord {
         channel_recent: &modbot::users::ChannelWindow::default(),
         now_ms: 0,
         received: Instant::now(),
+        model: modbot::decision::ModelInput::NotConsulted,
     };
     let verdict = engine.decide(&inputs, DecideOptions::default()).verdict;
     assert!(verdict.is_notable(), "test records must be notable: {text}");

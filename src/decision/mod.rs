@@ -241,6 +241,30 @@ pub struct Inputs<'a> {
     pub now_ms: i64,
     /// When the request arrived, for `Verdict::elapsed`.
     pub received: Instant,
+    /// What the model said.
+    pub model: ModelInput<'a>,
+}
+
+/// What the model said about a message.
+#[derive(Debug, Clone, Copy)]
+pub enum ModelInput<'a> {
+    /// Not consulted: no model or no heads, an exempt author, no label that acts in the
+    /// channel, or rules that settled the message already.
+    NotConsulted,
+    /// Probabilities by label.
+    Scored {
+        /// The model's version, for the verdict.
+        version: &'a str,
+        /// `head/label` of each score.
+        labels: &'a [String],
+        /// The probabilities.
+        scores: &'a [f32],
+        /// The thresholds the heads were trained with, by label (`None`: none).
+        trained_thresholds: &'a [Option<f64>],
+    },
+    /// The model should have scored the message but could not: the verdict is rules-only and
+    /// marked degraded.
+    Unavailable,
 }
 
 /// A verdict and what it means for the author's history.
@@ -274,7 +298,8 @@ impl Engine {
     pub fn decide(&self, inputs: &Inputs<'_>, options: DecideOptions) -> Decided {
         let message = inputs.message;
         let policy = self.rules.policy(&message.channel);
-        let mut reasons = if policy.exempts(&message.roles) {
+        let exempt = policy.exempts(&message.roles);
+        let mut reasons = if exempt {
             Vec::new()
         } else {
             let ctx = Context {
@@ -285,6 +310,35 @@ impl Engine {
             };
             self.rules.evaluate(message, policy, &ctx)
         };
+        let mut scores = BTreeMap::new();
+        let mut model_version = String::new();
+        let mut degraded = Vec::new();
+        match inputs.model {
+            ModelInput::NotConsulted => {}
+            ModelInput::Unavailable => degraded.push(Degraded::Model),
+            ModelInput::Scored {
+                version,
+                labels,
+                scores: probabilities,
+                trained_thresholds,
+            } => {
+                model_version = version.to_owned();
+                scores.extend(
+                    labels
+                        .iter()
+                        .zip(probabilities)
+                        .map(|(l, p)| (l.clone(), f64::from(*p))),
+                );
+                if !exempt {
+                    reasons.extend(model_reasons(
+                        policy,
+                        labels,
+                        probabilities,
+                        trained_thresholds,
+                    ));
+                }
+            }
+        }
         // Harshest first; among equals, the longest duration first (None = permanent ban).
         reasons.sort_by(|a, b| {
             b.decision
@@ -329,16 +383,52 @@ impl Engine {
                 reasons,
                 enforced,
                 shadow_decision,
-                model_version: String::new(),
+                model_version,
                 elapsed: inputs.received.elapsed(),
-                degraded: Vec::new(),
-                scores: BTreeMap::new(),
+                degraded,
+                scores,
                 normalized_text: inputs.normalized.text.clone(),
                 action_id: None,
             },
             offence,
         }
     }
+}
+
+/// One reason per label of the channel's policy whose probability reached its threshold.
+fn model_reasons(
+    policy: &crate::rules::Policy,
+    labels: &[String],
+    probabilities: &[f32],
+    trained_thresholds: &[Option<f64>],
+) -> Vec<Reason> {
+    policy
+        .model
+        .iter()
+        .filter_map(|l| {
+            let i = labels.iter().position(|name| *name == l.label)?;
+            let threshold = l.threshold.or(*trained_thresholds.get(i)?)?;
+            let score = f64::from(*probabilities.get(i)?);
+            (score >= threshold).then(|| Reason {
+                source: ReasonSource::Model,
+                rule_id: String::new(),
+                label: l.label.clone(),
+                decision: l.decision,
+                duration: l.duration,
+                score,
+                threshold,
+                shadow: policy.shadow || l.shadow,
+                evidence: Evidence {
+                    detail: format!("{} {score:.3} >= {threshold:.3}", l.label),
+                    ..Evidence::default()
+                },
+                description: format!(
+                    "model: {} probability {score:.2} reached the threshold {threshold:.2}",
+                    l.label
+                ),
+            })
+        })
+        .collect()
 }
 
 /// Orders durations so that a permanent ban (`None`) outranks any finite one.

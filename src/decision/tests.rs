@@ -18,6 +18,16 @@ max_timeout_secs = 86400
 ban_after = 0
 heat_half_life_secs = 3600
 
+[policy.model.labels."toxicity/insult"]
+action = "hide"
+[policy.model.labels."toxicity/threat"]
+action = "timeout"
+duration_secs = 600
+threshold = 0.8
+[policy.model.labels."spam/spam"]
+action = "hold"
+mode = "shadow"
+
 [channel.quiet]
 shadow = true
 
@@ -81,6 +91,7 @@ fn decide_with(message: &ChatMessage, history: &UserHistory, dry_run: bool) -> D
             channel_recent: &crate::users::ChannelWindow::default(),
             now_ms: 0,
             received: Instant::now(),
+            model: ModelInput::NotConsulted,
         },
         DecideOptions { dry_run },
     )
@@ -192,4 +203,174 @@ fn decision_names_round_trip() {
         assert_eq!(Decision::from_name(d.as_str()), Some(d));
     }
     assert!(Decision::Ban > Decision::Timeout && Decision::Hold > Decision::Allow);
+}
+
+const LABELS: [&str; 4] = [
+    "toxicity/insult",
+    "toxicity/threat",
+    "spam/spam",
+    "sentiment/negative",
+];
+const TRAINED: [Option<f64>; 4] = [Some(0.6), Some(0.5), Some(0.7), None];
+
+fn decide_scored(message: &ChatMessage, probabilities: &[f32; 4]) -> Decided {
+    let engine = engine();
+    let policy = engine.rules().policy(&message.channel);
+    let normalized = normalize(&message.text, &policy.emotes);
+    let labels: Vec<String> = LABELS.iter().map(|l| l.to_string()).collect();
+    engine.decide(
+        &Inputs {
+            message,
+            normalized: &normalized,
+            history: &UserHistory::default(),
+            channel_recent: &crate::users::ChannelWindow::default(),
+            now_ms: 0,
+            received: Instant::now(),
+            model: ModelInput::Scored {
+                version: "enc@1+heads@2",
+                labels: &labels,
+                scores: probabilities,
+                trained_thresholds: &TRAINED,
+            },
+        },
+        DecideOptions::default(),
+    )
+}
+
+#[test]
+fn a_label_at_its_trained_threshold_is_a_model_reason() {
+    let decided = decide_scored(
+        &message("destinygg", "you absolute walnut", &[]),
+        &[0.9, 0.1, 0.0, 0.3],
+    );
+    let v = &decided.verdict;
+    assert_eq!(v.decision, Decision::Hide);
+    assert_eq!(v.model_version, "enc@1+heads@2");
+    assert_eq!(v.reasons.len(), 1, "{:?}", v.reasons);
+    let reason = &v.reasons[0];
+    assert_eq!(reason.source, ReasonSource::Model);
+    assert_eq!(reason.label, "toxicity/insult");
+    assert!((reason.score - 0.9).abs() < 1e-6);
+    assert_eq!(reason.threshold, 0.6, "the head's own threshold");
+    assert!(reason.description.contains("toxicity/insult"));
+    // Every label's probability is reported, acted on or not.
+    assert_eq!(v.scores.len(), 4);
+    assert!((v.scores["sentiment/negative"] - 0.3).abs() < 1e-6);
+    assert!(v.degraded.is_empty());
+    assert!(decided.offence.is_some(), "an enforced hide is an offence");
+}
+
+#[test]
+fn the_channel_threshold_wins_over_the_trained_one() {
+    // threat: trained 0.5, policy 0.8. 0.7 is below the policy's threshold.
+    let v = decide_scored(&message("destinygg", "hm", &[]), &[0.0, 0.7, 0.0, 0.0]).verdict;
+    assert_eq!(v.decision, Decision::Allow, "{:?}", v.reasons);
+    let v = decide_scored(&message("destinygg", "hm", &[]), &[0.0, 0.85, 0.0, 0.0]).verdict;
+    assert_eq!(
+        v.decision,
+        Decision::Warn,
+        "a first timeout is softened to a warning"
+    );
+    assert_eq!(v.reasons.last().unwrap().threshold, 0.8);
+}
+
+#[test]
+fn shadow_labels_are_reported_not_enforced_and_labels_without_a_threshold_never_act() {
+    let v = decide_scored(&message("destinygg", "hm", &[]), &[0.0, 0.0, 0.99, 0.99]).verdict;
+    assert_eq!(v.decision, Decision::Allow);
+    assert_eq!(v.shadow_decision, Decision::Hold);
+    assert!(!v.enforced);
+    assert_eq!(
+        v.reasons.len(),
+        1,
+        "sentiment has no threshold: {:?}",
+        v.reasons
+    );
+}
+
+#[test]
+fn exempt_authors_get_scores_but_no_model_reasons() {
+    let v = decide_scored(
+        &message("destinygg", "hm", &["moderator"]),
+        &[0.99, 0.99, 0.99, 0.0],
+    )
+    .verdict;
+    assert_eq!(v.decision, Decision::Allow);
+    assert!(v.reasons.is_empty());
+}
+
+#[test]
+fn rules_and_model_combine_harshest_first() {
+    let v = decide_scored(
+        &message("destinygg", "buy followers here", &[]),
+        &[0.0, 0.9, 0.0, 0.0],
+    )
+    .verdict;
+    // The threat (timeout 600, softened to a warning) outranks the ads rule's hide.
+    assert_eq!(v.decision, Decision::Warn);
+    assert!(v.reasons.iter().any(|r| r.rule_id == "ads"));
+    assert!(v.reasons.iter().any(|r| r.label == "toxicity/threat"));
+}
+
+#[test]
+fn an_unavailable_model_leaves_a_rules_only_verdict_marked_degraded() {
+    let engine = engine();
+    let message = message("destinygg", "free nitro for all", &[]);
+    let normalized = normalize(&message.text, &engine.rules().policy("destinygg").emotes);
+    let v = engine
+        .decide(
+            &Inputs {
+                message: &message,
+                normalized: &normalized,
+                history: &UserHistory::default(),
+                channel_recent: &crate::users::ChannelWindow::default(),
+                now_ms: 0,
+                received: Instant::now(),
+                model: ModelInput::Unavailable,
+            },
+            DecideOptions::default(),
+        )
+        .verdict;
+    assert_eq!(v.degraded, [Degraded::Model]);
+    assert_ne!(
+        v.decision,
+        Decision::Allow,
+        "the rule that fired still acts"
+    );
+    assert!(v.model_version.is_empty());
+    assert!(v.scores.is_empty());
+}
+
+#[test]
+fn model_labels_are_validated() {
+    let bad = [
+        (
+            r#"[policy.model.labels."insult"]
+action = "hide""#,
+            "head/label",
+        ),
+        (
+            r#"[policy.model.labels."t/x"]
+action = "hide"
+threshold = 2.0"#,
+            "outside [0, 1]",
+        ),
+        (
+            r#"[policy.model.labels."t/x"]
+action = "timeout""#,
+            "duration_secs",
+        ),
+        (
+            r#"[policy.model.labels."t/x"]
+action = "allow""#,
+            "cannot allow",
+        ),
+    ];
+    let head = RULES.split("[policy.model.labels").next().unwrap();
+    for (labels, expected) in bad {
+        let text = format!("{head}{labels}\n");
+        let error = RuleSet::parse(&text, "test").unwrap_err().to_string();
+        assert!(error.contains(expected), "`{expected}` not in {error}");
+        assert!(error.contains("policy.model.labels"), "{error}");
+    }
 }

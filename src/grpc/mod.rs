@@ -35,10 +35,11 @@ pub const SERVICE_NAMES: &[&str] = &[
 /// The modbot services, ready to be added to a server next to health and reflection.
 pub fn routes(app: Arc<App>) -> Routes {
     let max_message_bytes = app.max_request_bytes();
+    let admin = AdminServer::new(pending::AdminService::new(Arc::clone(&app)));
     let moderation = ModerationServer::new(ModerationService::new(app))
         .max_decoding_message_size(max_message_bytes);
     Routes::new(moderation)
         .add_service(ActionsServer::new(pending::Pending))
         .add_service(AppealsServer::new(pending::Pending))
-        .add_service(AdminServer::new(pending::Pending))
+        .add_service(admin)
 }

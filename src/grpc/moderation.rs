@@ -12,6 +12,7 @@ use super::status::FieldError;
 use super::stream;
 use crate::app::App;
 use crate::decision::{DecideOptions, Degraded};
+use crate::inference::{Admission, Overloaded};
 use crate::proto::moderation_server::Moderation;
 use crate::proto::{
     ClassifyRequest, ClassifyResponse, StreamModerateRequest, StreamModerateResponse,
@@ -67,10 +68,26 @@ impl Moderation for ModerationService {
         let decide = DecideOptions {
             dry_run: options.dry_run,
         };
-        // In order, one after another: a later message of the same user must see the earlier.
-        let mut verdicts = Vec::with_capacity(messages.len());
+        // Every message goes to the model first, so the call's texts share batches; a full
+        // model queue refuses the call before anything is decided or remembered.
+        let moderator = &self.app.moderator;
+        let mut consults = Vec::with_capacity(messages.len());
         for message in &messages {
-            verdicts.push(self.app.moderator.moderate(message, decide, received).await);
+            let consult = moderator
+                .consult(message, Admission::FailFast)
+                .await
+                .map_err(overloaded)?;
+            consults.push(consult);
+        }
+        // Then in order, one after another: a later message of the same user must see the
+        // earlier.
+        let mut verdicts = Vec::with_capacity(messages.len());
+        for (message, consult) in messages.iter().zip(consults) {
+            verdicts.push(
+                moderator
+                    .moderate_with(message, consult, decide, received)
+                    .await,
+            );
         }
 
         if !options.dry_run {
@@ -136,4 +153,20 @@ impl Moderation for ModerationService {
         tokio::spawn(session.run(inbound));
         Ok(Response::new(ReceiverStream::new(responses_rx)))
     }
+}
+
+/// `RESOURCE_EXHAUSTED` for a full model queue, with the retry hint both in the message and
+/// as `grpc-retry-pushback-ms` (the gRPC retry policy's server pushback), so generated clients
+/// with retries configured wait that long by themselves.
+pub fn overloaded(overloaded: Overloaded) -> Status {
+    let mut status = Status::resource_exhausted(format!(
+        "model: {overloaded}; nothing was decided or remembered"
+    ));
+    let millis = overloaded.retry_after.as_millis().to_string();
+    if let Ok(value) = millis.parse() {
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", value);
+    }
+    status
 }

@@ -1,14 +1,19 @@
 //! Services whose RPCs are part of the API but not yet built. Each answers `UNIMPLEMENTED`
-//! with what is missing, never a made-up response.
+//! with what is missing, never a made-up response. `Admin.GetModelInfo` is the one real RPC
+//! here.
+
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+
+use crate::app::App;
 
 use crate::proto::actions_server::Actions;
 use crate::proto::admin_server::Admin;
 use crate::proto::appeals_server::Appeals;
 use crate::proto::*;
 
-/// The not-yet-built `Actions`, `Appeals` and `Admin` services.
+/// The not-yet-built `Actions` and `Appeals` services.
 #[derive(Debug, Clone, Copy)]
 pub struct Pending;
 
@@ -65,8 +70,22 @@ impl Appeals for Pending {
     }
 }
 
+/// `Admin`: the model's description is real; rules, policy, stats, users and nukes are not
+/// built yet.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    app: Arc<App>,
+}
+
+impl AdminService {
+    /// The service over the shared application state.
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
+    }
+}
+
 #[tonic::async_trait]
-impl Admin for Pending {
+impl Admin for AdminService {
     async fn list_rules(
         &self,
         _: Request<ListRulesRequest>,
@@ -116,9 +135,33 @@ impl Admin for Pending {
         &self,
         _: Request<GetModelInfoRequest>,
     ) -> Result<Response<ModelInfo>, Status> {
-        missing(
-            "GetModelInfo",
-            "this build decides with rules only; no model is loaded",
-        )
+        let scorer = self.app.moderator.scorer();
+        let status = scorer.status().borrow().clone();
+        let d = scorer.description();
+        Ok(Response::new(ModelInfo {
+            loaded: matches!(
+                status,
+                crate::inference::Status::Ready | crate::inference::Status::NoHeads
+            ),
+            encoder: d.encoder.clone(),
+            version: d.version.clone(),
+            device: d.device.clone(),
+            embedding_dim: u32::try_from(d.embedding_dim).unwrap_or(u32::MAX),
+            max_sequence_length: u32::try_from(d.max_tokens).unwrap_or(u32::MAX),
+            heads: d
+                .heads
+                .heads()
+                .iter()
+                .map(|h| ModelHead {
+                    name: h.name.clone(),
+                    labels: h.labels.clone(),
+                    multi_label: h.multi_label,
+                    thresholds: h.thresholds.clone().into_iter().collect(),
+                    version: h.version.clone(),
+                    metrics: h.metrics.clone().into_iter().collect(),
+                })
+                .collect(),
+            status_detail: status.detail(),
+        }))
     }
 }

@@ -1,11 +1,14 @@
 //! One `StreamModerate` session: a bridge's whole chat, decided in order.
 //!
-//! The session task reads one request at a time, decides it, and sends the answer into a
-//! bounded channel that tonic drains to the client. When the client reads slowly the channel
-//! fills, the task waits, it stops reading, and HTTP/2 flow control pushes back on the client:
-//! a slow client slows its own stream instead of growing the server's memory. Messages are
-//! decided strictly in the order received, one after another, so a channel carried by one
-//! stream sees a consistent history.
+//! The session runs two stages joined by a bounded queue of [`PIPELINE`] items. The reader
+//! checks each request and starts its message's model scoring at once (so a busy chat's
+//! messages share model batches); the finisher takes the items strictly in the order read,
+//! awaits the scores, decides, and sends the answer into a bounded channel that tonic drains
+//! to the client. When the client reads slowly the channel fills, the finisher waits, the
+//! pipeline fills, the reader stops reading, and HTTP/2 flow control pushes back on the
+//! client: a slow client slows its own stream instead of growing the server's memory. Messages
+//! are decided one after another in the order received, so a channel carried by one stream
+//! sees a consistent history.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -17,7 +20,9 @@ use tracing::Instrument;
 use super::convert::{self, MessageLimits};
 use super::status::FieldError;
 use crate::app::App;
-use crate::decision::{DecideOptions, Decision};
+use crate::decision::{ChatMessage, DecideOptions, Decision};
+use crate::inference::{Admission, Pending, Scores};
+use crate::moderate::Consult;
 use crate::proto::{
     ActionKind, ChatEvent, Hello, StreamError, StreamModerateRequest, StreamModerateResponse,
     Welcome, chat_event, stream_moderate_request, stream_moderate_response,
@@ -26,6 +31,9 @@ use crate::store::AuditRecord;
 
 /// Responses buffered per stream before the session waits for the client.
 pub const RESPONSE_BUFFER: usize = 1024;
+
+/// Messages a stream reads ahead of its decisions, so their texts share model batches.
+const PIPELINE: usize = 256;
 
 /// Most channels one stream may serve.
 const MAX_CHANNELS: usize = 256;
@@ -91,7 +99,7 @@ impl Session {
         self.serve(session_id, inbound).instrument(span).await;
     }
 
-    async fn serve(self, session_id: String, mut inbound: Streaming<StreamModerateRequest>) {
+    async fn serve(self, session_id: String, inbound: Streaming<StreamModerateRequest>) {
         tracing::info!(channels = ?self.hello.channels, "stream opened");
         metrics::gauge!("modbot_streams_open").increment(1.0);
         let welcome = stream_moderate_response::Kind::Welcome(Welcome {
@@ -99,27 +107,48 @@ impl Session {
             channels: self.hello.channels.clone(),
         });
         if self.send(welcome).await {
-            loop {
-                let request = tokio::select! {
-                    request = inbound.message() => request,
-                    () = self.responses_tx.closed() => break,
-                };
-                match request {
-                    Ok(Some(request)) => {
-                        if !self.handle(request).await {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::info!(%status, "stream ended by the client");
-                        break;
-                    }
-                }
-            }
+            let (items_tx, items_rx) = mpsc::channel(PIPELINE);
+            tokio::join!(self.read(inbound, items_tx), self.finish_all(items_rx));
         }
         metrics::gauge!("modbot_streams_open").decrement(1.0);
         tracing::info!("stream closed");
+    }
+
+    /// Stage one: reads requests, checks them and starts their model scoring, in order.
+    async fn read(&self, mut inbound: Streaming<StreamModerateRequest>, items: mpsc::Sender<Item>) {
+        loop {
+            let request = tokio::select! {
+                request = inbound.message() => request,
+                () = items.closed() => break,
+            };
+            match request {
+                Ok(Some(request)) => {
+                    let item = self.prepare(request).await;
+                    if items.send(item).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::info!(%status, "stream ended by the client");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Stage two: decides and answers, strictly in the order read.
+    async fn finish_all(&self, mut items: mpsc::Receiver<Item>) {
+        loop {
+            let item = tokio::select! {
+                item = items.recv() => item,
+                () = self.responses_tx.closed() => None,
+            };
+            let Some(item) = item else { break };
+            if !self.finish(item).await {
+                break;
+            }
+        }
     }
 
     /// Sends a response; false when the client has gone.
@@ -141,80 +170,133 @@ impl Session {
         .await
     }
 
-    async fn handle(&self, request: StreamModerateRequest) -> bool {
+    async fn prepare(&self, request: StreamModerateRequest) -> Item {
         let received = Instant::now();
         match request.kind {
             Some(stream_moderate_request::Kind::Event(event)) => self.event(event, received).await,
-            Some(stream_moderate_request::Kind::Hello(_)) => {
-                self.reject(
-                    Code::InvalidArgument,
-                    "hello: already sent".to_owned(),
-                    String::new(),
-                )
-                .await
-            }
-            Some(stream_moderate_request::Kind::ActionResult(result)) => {
-                self.reject(
-                    Code::Unimplemented,
-                    "action_result: no action commands are sent yet, so no results are expected"
-                        .to_owned(),
-                    result.action_id,
-                )
-                .await
-            }
-            None => {
-                self.reject(
-                    Code::InvalidArgument,
-                    "kind: is required".to_owned(),
-                    String::new(),
-                )
-                .await
-            }
+            Some(stream_moderate_request::Kind::Hello(_)) => Item::reject(
+                Code::InvalidArgument,
+                "hello: already sent".to_owned(),
+                String::new(),
+            ),
+            Some(stream_moderate_request::Kind::ActionResult(result)) => Item::reject(
+                Code::Unimplemented,
+                "action_result: no action commands are sent yet, so no results are expected"
+                    .to_owned(),
+                result.action_id,
+            ),
+            None => Item::reject(
+                Code::InvalidArgument,
+                "kind: is required".to_owned(),
+                String::new(),
+            ),
         }
     }
 
-    async fn event(&self, event: ChatEvent, received: Instant) -> bool {
+    async fn event(&self, event: ChatEvent, received: Instant) -> Item {
         let message_id = match &event.kind {
             Some(chat_event::Kind::Message(m)) => m.message_id.clone(),
             _ => String::new(),
         };
         if !self.hello.channels.contains(&event.channel) {
-            return self
-                .reject(
-                    Code::InvalidArgument,
-                    format!(
-                        "event.channel: `{}` is not one of the channels in the hello",
-                        event.channel
-                    ),
-                    message_id,
-                )
-                .await;
+            return Item::reject(
+                Code::InvalidArgument,
+                format!(
+                    "event.channel: `{}` is not one of the channels in the hello",
+                    event.channel
+                ),
+                message_id,
+            );
         }
         match event.kind {
             Some(chat_event::Kind::Message(mut message)) => {
                 if message.channel.is_empty() {
                     message.channel.clone_from(&event.channel);
                 } else if message.channel != event.channel {
-                    return self
-                        .reject(
-                            Code::InvalidArgument,
-                            "event.message.channel: differs from event.channel".to_owned(),
-                            message_id,
-                        )
-                        .await;
+                    return Item::reject(
+                        Code::InvalidArgument,
+                        "event.message.channel: differs from event.channel".to_owned(),
+                        message_id,
+                    );
                 }
                 let message = match convert::chat_message(message, "event.message", self.limits) {
                     Ok(message) => message,
                     Err(error) => {
-                        return self
-                            .reject(Code::InvalidArgument, error.to_string(), message_id)
-                            .await;
+                        return Item::reject(Code::InvalidArgument, error.to_string(), message_id);
                     }
                 };
+                // A stream waits for room in the model's queue (pushing back on its bridge)
+                // rather than failing: `Wait` never errs.
+                let consult = match self.app.moderator.consult(&message, Admission::Wait).await {
+                    Ok(consult) => consult,
+                    Err(overloaded) => {
+                        Consult::Model(Pending::Done(Scores::Unavailable(overloaded.to_string())))
+                    }
+                };
+                Item::Message {
+                    message,
+                    consult,
+                    received,
+                }
+            }
+            Some(chat_event::Kind::ModeratorAction(action)) => {
+                let decision = match ActionKind::try_from(action.kind) {
+                    Ok(ActionKind::Timeout) => Some(Decision::Timeout),
+                    Ok(ActionKind::Hide) => Some(Decision::Hide),
+                    Ok(ActionKind::Ban) => Some(Decision::Ban),
+                    Ok(ActionKind::Warn) => Some(Decision::Warn),
+                    Ok(ActionKind::Unmute | ActionKind::Unban) => None,
+                    Ok(ActionKind::Unspecified) | Err(_) => {
+                        return Item::reject(
+                            Code::InvalidArgument,
+                            "event.moderator_action.kind: is required".to_owned(),
+                            String::new(),
+                        );
+                    }
+                };
+                if action.target.trim().is_empty() {
+                    return Item::reject(
+                        Code::InvalidArgument,
+                        "event.moderator_action.target: is required".to_owned(),
+                        String::new(),
+                    );
+                }
+                match decision {
+                    Some(decision) => Item::ModeratorAction {
+                        channel: event.channel,
+                        target: action.target,
+                        decision,
+                        at: action
+                            .at
+                            .and_then(|t| SystemTime::try_from(t).ok())
+                            .unwrap_or_else(SystemTime::now),
+                    },
+                    None => Item::Nothing,
+                }
+            }
+            Some(
+                chat_event::Kind::Join(_) | chat_event::Kind::Quit(_) | chat_event::Kind::Names(_),
+            ) => Item::Nothing,
+            None => Item::reject(
+                Code::InvalidArgument,
+                "event.kind: is required".to_owned(),
+                message_id,
+            ),
+        }
+    }
+
+    /// Carries out one item; false when the client has gone.
+    async fn finish(&self, item: Item) -> bool {
+        match item {
+            Item::Message {
+                message,
+                consult,
+                received,
+            } => {
                 let mut verdict = self
                     .app
                     .moderator
-                    .moderate(&message, DecideOptions::default(), received)
+                    .moderate_with(&message, consult, DecideOptions::default(), received)
                     .await;
                 metrics::counter!("modbot_verdicts_total", "decision" => verdict.decision.as_str())
                     .increment(1);
@@ -229,55 +311,60 @@ impl Session {
                 self.send(stream_moderate_response::Kind::Verdict(verdict.into()))
                     .await
             }
-            Some(chat_event::Kind::ModeratorAction(action)) => {
-                let decision = match ActionKind::try_from(action.kind) {
-                    Ok(ActionKind::Timeout) => Some(Decision::Timeout),
-                    Ok(ActionKind::Hide) => Some(Decision::Hide),
-                    Ok(ActionKind::Ban) => Some(Decision::Ban),
-                    Ok(ActionKind::Warn) => Some(Decision::Warn),
-                    Ok(ActionKind::Unmute | ActionKind::Unban) => None,
-                    Ok(ActionKind::Unspecified) | Err(_) => {
-                        return self
-                            .reject(
-                                Code::InvalidArgument,
-                                "event.moderator_action.kind: is required".to_owned(),
-                                String::new(),
-                            )
-                            .await;
-                    }
-                };
-                if action.target.trim().is_empty() {
-                    return self
-                        .reject(
-                            Code::InvalidArgument,
-                            "event.moderator_action.target: is required".to_owned(),
-                            String::new(),
-                        )
-                        .await;
-                }
-                if let Some(decision) = decision {
-                    let at = action
-                        .at
-                        .and_then(|t| SystemTime::try_from(t).ok())
-                        .unwrap_or_else(SystemTime::now);
-                    self.app
-                        .moderator
-                        .moderator_action(&event.channel, &action.target, decision, at)
-                        .await;
-                }
+            Item::ModeratorAction {
+                channel,
+                target,
+                decision,
+                at,
+            } => {
+                self.app
+                    .moderator
+                    .moderator_action(&channel, &target, decision, at)
+                    .await;
                 true
             }
-            Some(
-                chat_event::Kind::Join(_) | chat_event::Kind::Quit(_) | chat_event::Kind::Names(_),
-            ) => true,
-            None => {
-                self.reject(
-                    Code::InvalidArgument,
-                    "event.kind: is required".to_owned(),
-                    message_id,
-                )
-                .await
-            }
+            Item::Reject {
+                code,
+                message,
+                message_id,
+            } => self.reject(code, message, message_id).await,
+            Item::Nothing => true,
+        }
+    }
+}
+
+/// One request, checked and (for a message) on its way through the model, waiting for its
+/// turn to be decided.
+enum Item {
+    /// A chat message to decide.
+    Message {
+        message: ChatMessage,
+        consult: Consult,
+        received: Instant,
+    },
+    /// A human moderator's action seen in the chat.
+    ModeratorAction {
+        channel: String,
+        target: String,
+        decision: Decision,
+        at: SystemTime,
+    },
+    /// A bad request, answered in-band.
+    Reject {
+        code: Code,
+        message: String,
+        message_id: String,
+    },
+    /// Nothing to answer (joins, quits, names, unmutes).
+    Nothing,
+}
+
+impl Item {
+    fn reject(code: Code, message: String, message_id: String) -> Self {
+        Item::Reject {
+            code,
+            message,
+            message_id,
         }
     }
 }

@@ -12,7 +12,11 @@
 //! Architecture Invariant: only `model` knows candle and tokenizers. Callers hand it texts and
 //! get plain `Vec<f32>` embeddings back.
 
+mod device;
 pub mod fetch;
+pub mod heads;
+
+pub use device::{DeviceSpec, parse_device};
 
 use std::path::{Path, PathBuf};
 

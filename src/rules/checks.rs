@@ -71,6 +71,15 @@ pub enum Check {
 }
 
 impl Check {
+    /// Whether the check looks at the author's or the channel's history (and so can only run
+    /// once the message has joined it); the others see the message alone.
+    pub fn needs_history(&self) -> bool {
+        matches!(
+            self,
+            Check::Link(_) | Check::Repetition(_) | Check::Copypasta(_) | Check::Rate(_)
+        )
+    }
+
     /// Runs the check (profanity excepted, which `RuleSet::evaluate` runs with the shared
     /// analysis).
     pub fn check(&self, ctx: &Context<'_>) -> Option<Hit> {

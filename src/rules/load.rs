@@ -15,7 +15,7 @@ use super::checks::{
 };
 use super::phrase::{PhraseCheck, PhraseSyntax};
 use super::profanity::ProfanityCheck;
-use super::{Escalation, Mode, Policy, Rule, RuleSet};
+use super::{Escalation, Mode, ModelLabel, Policy, Rule, RuleSet};
 use crate::decision::Decision;
 use crate::normalize::EmoteSet;
 
@@ -51,6 +51,8 @@ struct PolicyConfig {
     exempt_roles: Vec<String>,
     emotes: Vec<String>,
     escalation: EscalationConfig,
+    #[serde(default)]
+    model: ModelPolicyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +62,27 @@ struct PolicyOverride {
     exempt_roles: Option<Vec<String>>,
     emotes: Option<Vec<String>>,
     escalation: Option<EscalationConfig>,
+    model: Option<ModelPolicyConfig>,
+}
+
+/// `[policy.model]`: what the model's labels do.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelPolicyConfig {
+    #[serde(default)]
+    labels: BTreeMap<String, ModelLabelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelLabelConfig {
+    action: Decision,
+    #[serde(default)]
+    threshold: Option<f64>,
+    #[serde(default)]
+    duration_secs: u64,
+    #[serde(default)]
+    mode: Mode,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -379,6 +402,10 @@ impl RuleSet {
                     .escalation
                     .clone()
                     .unwrap_or_else(|| file.policy.escalation.clone()),
+                model: over
+                    .model
+                    .clone()
+                    .unwrap_or_else(|| file.policy.model.clone()),
             };
             channel_policies.insert(channel.clone(), compile_policy(&merged, &place)?);
         }
@@ -443,7 +470,38 @@ fn compile_policy(config: &PolicyConfig, place: &Place<'_>) -> Result<Policy, Ru
     {
         return Err(place.error("emotes", format!("`{bad}` is not an emote name (one word)")));
     }
+    let mut model = Vec::with_capacity(config.model.labels.len());
+    for (label, l) in &config.model.labels {
+        let key = |field: &str| format!("model.labels.\"{label}\".{field}");
+        if label
+            .split_once('/')
+            .is_none_or(|(h, l)| h.is_empty() || l.is_empty())
+        {
+            return Err(place.error(
+                &format!("model.labels.\"{label}\""),
+                "a model label is named head/label, e.g. \"toxicity/insult\"",
+            ));
+        }
+        if let Some(t) = l.threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            return Err(place.error(&key("threshold"), format!("{t} is outside [0, 1]")));
+        }
+        let duration = action_duration(l.action, l.duration_secs)
+            .map_err(|(field, message)| place.error(&key(field), message))?;
+        if l.mode == Mode::Disabled {
+            continue;
+        }
+        model.push(ModelLabel {
+            label: label.clone(),
+            decision: l.action,
+            duration,
+            threshold: l.threshold,
+            shadow: l.mode == Mode::Shadow,
+        });
+    }
     Ok(Policy {
+        model,
         shadow: config.shadow,
         exempt_roles: lower(&config.exempt_roles),
         emotes: EmoteSet::new(config.emotes.iter().cloned()),
@@ -461,22 +519,27 @@ fn lower(roles: &[String]) -> Vec<String> {
     roles.iter().map(|r| r.trim().to_lowercase()).collect()
 }
 
+/// The duration an action carries, or which field is wrong and why.
+fn action_duration(
+    action: Decision,
+    duration_secs: u64,
+) -> Result<Option<Duration>, (&'static str, &'static str)> {
+    match action {
+        Decision::Allow => Err((
+            "action",
+            "a rule cannot allow; use hold, hide, warn, timeout or ban",
+        )),
+        Decision::Timeout if duration_secs == 0 => {
+            Err(("duration_secs", "a timeout needs a duration above 0"))
+        }
+        Decision::Timeout | Decision::Ban if duration_secs > 0 => Ok(Some(secs(duration_secs))),
+        _ => Ok(None),
+    }
+}
+
 fn compile_rule(config: RuleConfig, place: &Place<'_>) -> Result<Rule, RulesError> {
-    let duration = match config.action {
-        Decision::Allow => {
-            return Err(place.error(
-                "action",
-                "a rule cannot allow; use hold, hide, warn, timeout or ban",
-            ));
-        }
-        Decision::Timeout if config.duration_secs == 0 => {
-            return Err(place.error("duration_secs", "a timeout needs a duration above 0"));
-        }
-        Decision::Timeout | Decision::Ban if config.duration_secs > 0 => {
-            Some(secs(config.duration_secs))
-        }
-        _ => None,
-    };
+    let duration = action_duration(config.action, config.duration_secs)
+        .map_err(|(field, message)| place.error(field, message))?;
     let params = toml::Value::Table(config.params);
     let check = match config.kind.as_str() {
         "phrase" => {

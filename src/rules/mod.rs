@@ -64,6 +64,8 @@ pub struct Policy {
     pub emotes: EmoteSet,
     /// Escalation for repeat offenders.
     pub escalation: Escalation,
+    /// What the model's labels do, in label order.
+    pub model: Vec<ModelLabel>,
 }
 
 impl Policy {
@@ -71,6 +73,28 @@ impl Policy {
     pub fn exempts(&self, roles: &[String]) -> bool {
         roles.iter().any(|r| self.exempt_roles.contains(r))
     }
+
+    /// The harshest decision any model label of the channel can ask for; `None` when no label
+    /// acts (then the model is not consulted).
+    pub fn harshest_model_decision(&self) -> Option<Decision> {
+        self.model.iter().map(|l| l.decision).max()
+    }
+}
+
+/// What one model label does in a channel (`[policy.model.labels."head/label"]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelLabel {
+    /// `head/label`, as the heads name their outputs.
+    pub label: String,
+    /// The decision when the label's probability reaches the threshold.
+    pub decision: Decision,
+    /// Duration of a timeout or ban.
+    pub duration: Option<Duration>,
+    /// The threshold; `None` uses the one the head was trained with (and a head without one
+    /// never acts on this label).
+    pub threshold: Option<f64>,
+    /// Reported only, not enforced.
+    pub shadow: bool,
 }
 
 /// One compiled rule.
@@ -147,10 +171,44 @@ impl RuleSet {
         policy: &Policy,
         ctx: &Context<'_>,
     ) -> Vec<Reason> {
+        self.evaluate_where(message, policy, ctx, |_| true)
+    }
+
+    /// The harshest enforced decision of the rules that need no history (phrases, profanity,
+    /// caps, floods, ...), before the message joins any history: enough to know that the
+    /// model cannot change the outcome. `None` when none of them fires.
+    pub fn harshest_without_history(
+        &self,
+        message: &ChatMessage,
+        policy: &Policy,
+        normalized: &Normalized<'_>,
+    ) -> Option<Decision> {
+        let history = UserHistory::default();
+        let channel_recent = ChannelWindow::default();
+        let ctx = Context {
+            normalized,
+            history: &history,
+            channel_recent: &channel_recent,
+            now_ms: 0,
+        };
+        self.evaluate_where(message, policy, &ctx, |check| !check.needs_history())
+            .iter()
+            .filter(|r| !r.shadow)
+            .map(|r| r.decision)
+            .max()
+    }
+
+    fn evaluate_where(
+        &self,
+        message: &ChatMessage,
+        policy: &Policy,
+        ctx: &Context<'_>,
+        include: impl Fn(&Check) -> bool,
+    ) -> Vec<Reason> {
         let analysis = std::cell::OnceCell::new();
         self.rules
             .iter()
-            .filter(|rule| rule.applies(message))
+            .filter(|rule| include(&rule.check) && rule.applies(message))
             .filter_map(|rule| {
                 let hit = match (&rule.check, &self.lexicon) {
                     (Check::Profanity(check), Some(lexicon)) => {

@@ -173,7 +173,7 @@ impl RedisPrefix {
 }
 
 /// The configuration tests start from: the defaults with a private data directory, no
-/// metrics listener, and a short shutdown grace.
+/// metrics listener, a short shutdown grace, and no model.
 pub fn test_config(data_dir: &std::path::Path) -> Config {
     let mut config = Config {
         data_dir: data_dir.to_owned(),
@@ -182,6 +182,8 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
     config.metrics.addr = None;
     config.grpc.shutdown_grace_secs = 2;
     config.database.connect_timeout_secs = 2;
+    // Rules only unless a test asks for the model (tests/model_serving.rs).
+    config.model.dir = std::path::PathBuf::new();
     config
 }
 

@@ -1,0 +1,467 @@
+//! Classification heads: small networks from a sentence embedding to label probabilities.
+//!
+//! A heads directory (`model.heads_dir`, written by `modbot train`) holds a manifest,
+//! `heads.json`, and one safetensors file per head:
+//!
+//! ```json
+//! {
+//!   "version": "2026-11-22.1",
+//!   "encoder": "all-MiniLM-L6-v2",
+//!   "embedding_dim": 384,
+//!   "heads": [
+//!     { "name": "toxicity", "file": "toxicity.safetensors", "multi_label": true,
+//!       "labels": ["insult"], "thresholds": { "insult": 0.62 },
+//!       "version": "1", "metrics": { "roc_auc": 0.91 } }
+//!   ]
+//! }
+//! ```
+//!
+//! A head's file holds `layers.0.weight` (`[out, in]`) and `layers.0.bias` (`[out]`), then
+//! `layers.1.*` and so on: linear layers with ReLU between them. The last layer's outputs are
+//! the labels' logits: a multi-label head turns each into a probability with a sigmoid, a
+//! multi-class head all of them together with a softmax. Heads are tiny next to the encoder
+//! (a 384×k matrix or a small MLP), so they run in plain Rust on the model thread.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde::Deserialize;
+
+use super::ModelError;
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "heads.json";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    version: String,
+    #[serde(default)]
+    encoder: String,
+    embedding_dim: usize,
+    heads: Vec<HeadEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeadEntry {
+    name: String,
+    file: PathBuf,
+    multi_label: bool,
+    labels: Vec<String>,
+    #[serde(default)]
+    thresholds: BTreeMap<String, f64>,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    metrics: BTreeMap<String, f64>,
+}
+
+/// One linear layer, weights row-major `[out][in]`.
+#[derive(Debug, Clone)]
+struct Layer {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+}
+
+impl Layer {
+    fn outputs(&self) -> usize {
+        self.bias.len()
+    }
+
+    fn forward(&self, input: &[f32], out: &mut Vec<f32>) {
+        out.clear();
+        out.extend(
+            self.weight
+                .chunks_exact(self.inputs)
+                .zip(&self.bias)
+                .map(|(row, bias)| {
+                    let dot: f32 = row.iter().zip(input).map(|(w, x)| w * x).sum();
+                    dot + bias
+                }),
+        );
+    }
+}
+
+/// One loaded head.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Task name (`toxicity`, `spam`, `sentiment`).
+    pub name: String,
+    /// Its labels, in output order.
+    pub labels: Vec<String>,
+    /// Independent labels (sigmoid) rather than one-of (softmax).
+    pub multi_label: bool,
+    /// Thresholds chosen on validation data, by label.
+    pub thresholds: BTreeMap<String, f64>,
+    /// The head's own version.
+    pub version: String,
+    /// Quality on held-out data.
+    pub metrics: BTreeMap<String, f64>,
+    layers: Vec<Layer>,
+}
+
+impl Head {
+    /// Label probabilities for one embedding, appended to `out` in label order.
+    fn score(&self, embedding: &[f32], scratch: &mut [Vec<f32>; 2], out: &mut Vec<f32>) {
+        let [a, b] = scratch;
+        a.clear();
+        a.extend_from_slice(embedding);
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            layer.forward(a, b);
+            if i != last {
+                for v in b.iter_mut() {
+                    *v = v.max(0.0);
+                }
+            }
+            std::mem::swap(a, b);
+        }
+        if self.multi_label {
+            out.extend(a.iter().map(|&z| 1.0 / (1.0 + (-z).exp())));
+        } else {
+            let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let start = out.len();
+            out.extend(a.iter().map(|&z| (z - max).exp()));
+            let sum: f32 = out[start..].iter().sum();
+            for p in &mut out[start..] {
+                *p /= sum;
+            }
+        }
+    }
+}
+
+/// Every head of a heads directory. Scores are laid out flat, head after head, label after
+/// label; [`Heads::label_names`] names each position `head/label`.
+#[derive(Debug, Clone, Default)]
+pub struct Heads {
+    /// The manifest's version ("" when no heads are loaded).
+    pub version: String,
+    /// The encoder the heads were trained on.
+    pub encoder: String,
+    heads: Vec<Head>,
+    label_names: Vec<String>,
+}
+
+impl Heads {
+    /// No heads: the encoder runs alone and nothing is scored.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Loads the heads in `dir` for an encoder with `embedding_dim`-sized embeddings. A missing
+    /// directory or manifest means no heads (`Ok` with none); anything malformed is an error
+    /// naming the file and what is wrong.
+    pub fn load(dir: &Path, embedding_dim: usize) -> Result<Self, ModelError> {
+        let manifest_path = dir.join(MANIFEST);
+        if !manifest_path.is_file() {
+            return Ok(Self::none());
+        }
+        let manifest: Manifest = super::read_json(&manifest_path)?;
+        let bad = |message: String| ModelError::Config {
+            path: manifest_path.clone(),
+            message,
+        };
+        if manifest.embedding_dim != embedding_dim {
+            return Err(bad(format!(
+                "the heads were trained on {}-dimensional embeddings ({}), but the encoder makes \
+                 {embedding_dim}",
+                manifest.embedding_dim, manifest.encoder
+            )));
+        }
+        let mut heads = Vec::with_capacity(manifest.heads.len());
+        for (i, entry) in manifest.heads.into_iter().enumerate() {
+            let place = format!("heads[{i}] ({})", entry.name);
+            if entry.name.is_empty() || entry.name.contains('/') {
+                return Err(bad(format!("{place}.name: must be non-empty without `/`")));
+            }
+            if entry.labels.is_empty() {
+                return Err(bad(format!(
+                    "{place}.labels: at least one label is required"
+                )));
+            }
+            if !entry.multi_label && entry.labels.len() < 2 {
+                return Err(bad(format!(
+                    "{place}.labels: a multi-class (softmax) head needs two labels or more"
+                )));
+            }
+            if let Some(label) = entry.thresholds.keys().find(|l| !entry.labels.contains(l)) {
+                return Err(bad(format!(
+                    "{place}.thresholds: `{label}` is not one of its labels"
+                )));
+            }
+            if let Some((label, t)) = entry
+                .thresholds
+                .iter()
+                .find(|(_, t)| !(0.0..=1.0).contains(*t))
+            {
+                return Err(bad(format!(
+                    "{place}.thresholds.{label}: {t} is outside [0, 1]"
+                )));
+            }
+            let path = dir.join(&entry.file);
+            let layers = load_layers(&path, embedding_dim, entry.labels.len())?;
+            heads.push(Head {
+                name: entry.name,
+                labels: entry.labels,
+                multi_label: entry.multi_label,
+                thresholds: entry.thresholds,
+                version: entry.version,
+                metrics: entry.metrics,
+                layers,
+            });
+        }
+        let label_names = heads
+            .iter()
+            .flat_map(|h| h.labels.iter().map(move |l| format!("{}/{l}", h.name)))
+            .collect();
+        Ok(Self {
+            version: manifest.version,
+            encoder: manifest.encoder,
+            heads,
+            label_names,
+        })
+    }
+
+    /// Whether there is anything to score.
+    pub fn is_empty(&self) -> bool {
+        self.heads.is_empty()
+    }
+
+    /// The heads.
+    pub fn heads(&self) -> &[Head] {
+        &self.heads
+    }
+
+    /// `head/label` for every score position.
+    pub fn label_names(&self) -> &[String] {
+        &self.label_names
+    }
+
+    /// Every label's probability for one embedding, in [`Heads::label_names`] order.
+    pub fn score(&self, embedding: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.label_names.len());
+        let mut scratch = [Vec::new(), Vec::new()];
+        for head in &self.heads {
+            head.score(embedding, &mut scratch, &mut out);
+        }
+        out
+    }
+
+    /// The threshold of a `head/label` chosen at training time, if the manifest has one.
+    pub fn threshold(&self, label_name: &str) -> Option<f64> {
+        let (head, label) = label_name.split_once('/')?;
+        self.heads
+            .iter()
+            .find(|h| h.name == head)?
+            .thresholds
+            .get(label)
+            .copied()
+    }
+}
+
+/// Reads `layers.N.weight` / `layers.N.bias` from a head file and checks the shapes chain
+/// from `inputs` to `outputs`.
+fn load_layers(path: &Path, inputs: usize, outputs: usize) -> Result<Vec<Layer>, ModelError> {
+    if !path.is_file() {
+        return Err(ModelError::Missing(path.to_owned()));
+    }
+    let bad = |message: String| ModelError::Config {
+        path: path.to_owned(),
+        message,
+    };
+    let mut tensors: HashMap<String, candle_core::Tensor> =
+        candle_core::safetensors::load(path, &Device::Cpu)?;
+    let mut layers = Vec::new();
+    let mut width = inputs;
+    loop {
+        let n = layers.len();
+        let (Some(weight), Some(bias)) = (
+            tensors.remove(&format!("layers.{n}.weight")),
+            tensors.remove(&format!("layers.{n}.bias")),
+        ) else {
+            break;
+        };
+        let weight = weight.to_dtype(candle_core::DType::F32)?;
+        let bias = bias.to_dtype(candle_core::DType::F32)?;
+        let (rows, cols) = weight.dims2()?;
+        if cols != width || bias.dims1()? != rows {
+            return Err(bad(format!(
+                "layers.{n}: weight is {rows}x{cols} and bias {:?}; expected {{out}}x{width} \
+                 and {{out}}",
+                bias.dims()
+            )));
+        }
+        layers.push(Layer {
+            weight: weight.flatten_all()?.to_vec1()?,
+            bias: bias.to_vec1()?,
+            inputs: width,
+        });
+        width = rows;
+    }
+    if layers.is_empty() {
+        return Err(bad("no layers.0.weight / layers.0.bias".to_owned()));
+    }
+    if let Some(extra) = tensors.keys().next() {
+        return Err(bad(format!("unexpected tensor `{extra}`")));
+    }
+    let last = layers.last().map_or(0, Layer::outputs);
+    if last != outputs {
+        return Err(bad(format!(
+            "the last layer has {last} outputs for {outputs} labels"
+        )));
+    }
+    Ok(layers)
+}
+
+/// Writes a head file (`layers.N.weight` / `layers.N.bias`) from row-major weights: how
+/// `modbot train` stores heads, and how tests make them.
+pub fn write_head(path: &Path, layers: &[(Vec<Vec<f32>>, Vec<f32>)]) -> Result<(), ModelError> {
+    let mut tensors = Vec::new();
+    for (n, (weight, bias)) in layers.iter().enumerate() {
+        let rows = weight.len();
+        let cols = weight.first().map_or(0, Vec::len);
+        let flat: Vec<f32> = weight.iter().flatten().copied().collect();
+        tensors.push((
+            format!("layers.{n}.weight"),
+            candle_core::Tensor::from_vec(flat, (rows, cols), &Device::Cpu)?,
+        ));
+        tensors.push((
+            format!("layers.{n}.bias"),
+            candle_core::Tensor::new(bias.as_slice(), &Device::Cpu)?,
+        ));
+    }
+    candle_core::safetensors::save(&tensors.into_iter().collect(), path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_manifest(dir: &Path, body: &str) {
+        std::fs::write(dir.join(MANIFEST), body).unwrap();
+    }
+
+    #[test]
+    fn a_missing_manifest_means_no_heads() {
+        let dir = tempfile::tempdir().unwrap();
+        let heads = Heads::load(dir.path(), 4).unwrap();
+        assert!(heads.is_empty());
+        assert!(heads.label_names().is_empty());
+    }
+
+    #[test]
+    fn sigmoid_and_softmax_heads_score_as_their_kind_says() {
+        let dir = tempfile::tempdir().unwrap();
+        // A one-layer multi-label head: logit = 2*x0 - x1 + 0.5, logit2 = -x0.
+        write_head(
+            &dir.path().join("tox.safetensors"),
+            &[(
+                vec![vec![2.0, -1.0, 0.0], vec![-1.0, 0.0, 0.0]],
+                vec![0.5, 0.0],
+            )],
+        )
+        .unwrap();
+        // A two-layer multi-class head: hidden = relu(x), logits = [h0, h1, h2].
+        write_head(
+            &dir.path().join("sent.safetensors"),
+            &[
+                (
+                    vec![
+                        vec![1.0, 0.0, 0.0],
+                        vec![0.0, 1.0, 0.0],
+                        vec![0.0, 0.0, 1.0],
+                    ],
+                    vec![0.0; 3],
+                ),
+                (
+                    vec![
+                        vec![1.0, 0.0, 0.0],
+                        vec![0.0, 1.0, 0.0],
+                        vec![0.0, 0.0, 1.0],
+                    ],
+                    vec![0.0; 3],
+                ),
+            ],
+        )
+        .unwrap();
+        write_manifest(
+            dir.path(),
+            r#"{"version": "t1", "encoder": "e", "embedding_dim": 3, "heads": [
+                {"name": "toxicity", "file": "tox.safetensors", "multi_label": true,
+                 "labels": ["insult", "threat"], "thresholds": {"insult": 0.7}},
+                {"name": "sentiment", "file": "sent.safetensors", "multi_label": false,
+                 "labels": ["negative", "neutral", "positive"]}
+            ]}"#,
+        );
+        let heads = Heads::load(dir.path(), 3).unwrap();
+        assert_eq!(
+            heads.label_names(),
+            [
+                "toxicity/insult",
+                "toxicity/threat",
+                "sentiment/negative",
+                "sentiment/neutral",
+                "sentiment/positive"
+            ]
+        );
+        assert_eq!(heads.threshold("toxicity/insult"), Some(0.7));
+        assert_eq!(heads.threshold("toxicity/threat"), None);
+        let scores = heads.score(&[1.0, 2.0, -3.0]);
+        let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
+        assert!((scores[0] - sigmoid(0.5)).abs() < 1e-6, "{scores:?}");
+        assert!((scores[1] - sigmoid(-1.0)).abs() < 1e-6, "{scores:?}");
+        // relu(-3) = 0, so the softmax is over [1, 2, 0].
+        let z = [1f32.exp(), 2f32.exp(), 1.0];
+        let sum: f32 = z.iter().sum();
+        for (got, want) in scores[2..].iter().zip(z.iter().map(|v| v / sum)) {
+            assert!((got - want).abs() < 1e-6, "{scores:?}");
+        }
+        assert!((scores[2..].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn malformed_heads_are_refused_with_the_place() {
+        let dir = tempfile::tempdir().unwrap();
+        write_head(
+            &dir.path().join("h.safetensors"),
+            &[(vec![vec![1.0, 0.0]], vec![0.0])],
+        )
+        .unwrap();
+        let cases = [
+            (
+                r#"{"version": "v", "embedding_dim": 3, "heads": []}"#,
+                "trained on 3-dimensional",
+            ),
+            (
+                r#"{"version": "v", "embedding_dim": 2, "heads": [{"name": "t", "file": "h.safetensors", "multi_label": true, "labels": ["a", "b"]}]}"#,
+                "1 outputs for 2 labels",
+            ),
+            (
+                r#"{"version": "v", "embedding_dim": 2, "heads": [{"name": "t", "file": "h.safetensors", "multi_label": true, "labels": ["a"], "thresholds": {"b": 0.5}}]}"#,
+                "heads[0] (t).thresholds: `b`",
+            ),
+            (
+                r#"{"version": "v", "embedding_dim": 2, "heads": [{"name": "t", "file": "h.safetensors", "multi_label": true, "labels": ["a"], "thresholds": {"a": 1.5}}]}"#,
+                "outside [0, 1]",
+            ),
+            (
+                r#"{"version": "v", "embedding_dim": 2, "heads": [{"name": "t", "file": "h.safetensors", "multi_label": false, "labels": ["a"]}]}"#,
+                "two labels or more",
+            ),
+            (
+                r#"{"version": "v", "embedding_dim": 2, "heads": [{"name": "t", "file": "nope.safetensors", "multi_label": true, "labels": ["a"]}]}"#,
+                "nope.safetensors is missing",
+            ),
+            (r#"{"version": 1}"#, "heads.json"),
+        ];
+        for (manifest, expected) in cases {
+            write_manifest(dir.path(), manifest);
+            let error = Heads::load(dir.path(), 2).unwrap_err().to_string();
+            assert!(error.contains(expected), "`{expected}` not in: {error}");
+        }
+    }
+}
