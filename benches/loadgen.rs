@@ -2,12 +2,17 @@
 //!
 //! ```text
 //! cargo bench --bench loadgen -- [--events N] [--streams S] [--window W] [--rate R]
-//!                                [--addr HOST:PORT | --rules FILE]
+//!                                [--classify] [--model] [--addr HOST:PORT | --rules FILE]
 //! ```
 //!
 //! Without `--addr` it starts modbot in this process on 127.0.0.1:0 with the embedded defaults
 //! (built-in rules, in-process user state, SQLite in a temporary directory), on its own tokio
 //! runtime, so the server and the generator share the machine as they would on one host.
+//! The in-process server runs rules-only unless `--model` is given: then it loads the default
+//! encoder (`modbot fetch-model` first) with a nearest-centroid `toxicity/insult` head made
+//! from a few example lines, so every message the rules do not settle is really scored.
+//! `--classify` sends each event as its own unary `Classify` call instead of streaming (at
+//! most W calls in flight), for the latency a backend service sees.
 //! Each stream serves one channel and keeps at most W events in flight (sent, verdict not yet
 //! received). `--rate` paces the whole run to R events/s (0, the default, is as fast as the
 //! server answers). It reports events/s and verdict latency (send to verdict) p50/p99/max.
@@ -37,6 +42,8 @@ struct Args {
     rate: f64,
     addr: Option<String>,
     rules: Option<String>,
+    model: bool,
+    classify: bool,
 }
 
 fn parse_args() -> Args {
@@ -47,6 +54,8 @@ fn parse_args() -> Args {
         rate: 0.0,
         addr: None,
         rules: None,
+        model: false,
+        classify: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +67,8 @@ fn parse_args() -> Args {
             "--rate" => args.rate = value().parse().expect("--rate R"),
             "--addr" => args.addr = Some(value()),
             "--rules" => args.rules = Some(value()),
+            "--model" => args.model = true,
+            "--classify" => args.classify = true,
             // `cargo bench` passes --bench to every bench binary.
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -70,8 +81,22 @@ fn parse_args() -> Args {
     args
 }
 
+/// Insults and friendly lines for the benchmark's centroid head.
+const INSULTS: [&str; 4] = [
+    "you are a worthless pathetic clown",
+    "shut up you braindead idiot",
+    "nobody likes you, you absolute moron",
+    "what a disgusting loser you are",
+];
+const FRIENDLY: [&str; 4] = [
+    "great stream today, thanks",
+    "what time does the debate start?",
+    "good morning chat",
+    "that was an interesting point",
+];
+
 /// Starts modbot on its own runtime and returns its address.
-fn start_server(rules: Option<&str>) -> (String, tempfile::TempDir) {
+fn start_server(rules: Option<&str>, model: bool) -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut config = modbot::Config {
         data_dir: dir.path().to_owned(),
@@ -80,6 +105,20 @@ fn start_server(rules: Option<&str>) -> (String, tempfile::TempDir) {
     config.metrics.addr = None;
     if let Some(rules) = rules {
         config.rules.file = rules.into();
+    }
+    if model {
+        let model_dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
+        let encoder = modbot::model::Encoder::load(&model_dir, &candle_core::Device::Cpu)
+            .unwrap_or_else(|e| panic!("{e} (run `cargo run --release -- fetch-model` first)"));
+        let heads = dir.path().join("heads");
+        modbot::model::heads::write_centroid_heads(&encoder, &heads, &INSULTS, &FRIENDLY)
+            .expect("write the benchmark head");
+        config.model.dir = model_dir;
+        config.model.heads_dir = heads;
+        config.model.fetch_if_missing = false;
+    } else {
+        config.model.dir = std::path::PathBuf::new();
     }
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -110,6 +149,91 @@ struct StreamResult {
     decisions: BTreeMap<i32, u64>,
     errors: u64,
     degraded: u64,
+    scored: u64,
+}
+
+impl StreamResult {
+    fn new(capacity: usize) -> Self {
+        Self {
+            latencies_us: Vec::with_capacity(capacity),
+            decisions: BTreeMap::new(),
+            errors: 0,
+            degraded: 0,
+            scored: 0,
+        }
+    }
+
+    fn verdict(&mut self, verdict: &modbot::proto::Verdict, sent: Instant) {
+        self.latencies_us
+            .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        *self.decisions.entry(verdict.decision).or_default() += 1;
+        self.degraded += u64::from(!verdict.degraded.is_empty());
+        self.scored += u64::from(!verdict.model_version.is_empty());
+    }
+}
+
+/// Every event as its own unary `Classify` call, streams' events interleaved in order, paced
+/// to `rate` calls/s (0: as fast as answered), at most `window` in flight.
+async fn run_classify(
+    addr: String,
+    per_stream: Vec<Vec<StreamModerateRequest>>,
+    window: usize,
+    rate: f64,
+    start: Instant,
+) -> StreamResult {
+    let client = ModerationClient::connect(addr).await.expect("connect");
+    let longest = per_stream.iter().map(Vec::len).max().unwrap_or(0);
+    let mut messages = Vec::new();
+    for i in 0..longest {
+        for stream in &per_stream {
+            if let Some(StreamModerateRequest {
+                kind:
+                    Some(stream_moderate_request::Kind::Event(ChatEvent {
+                        kind: Some(chat_event::Kind::Message(m)),
+                        ..
+                    })),
+            }) = stream.get(i)
+            {
+                messages.push(m.clone());
+            }
+        }
+    }
+    let in_flight = Arc::new(Semaphore::new(window));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let count = messages.len();
+    for (i, message) in messages.into_iter().enumerate() {
+        if rate > 0.0 {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let permit = Arc::clone(&in_flight).acquire_owned().await.expect("open");
+        let mut client = client.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let answer = client
+                .classify(modbot::proto::ClassifyRequest {
+                    messages: vec![message],
+                    options: None,
+                })
+                .await;
+            drop(permit);
+            let _ = done.send((sent, answer));
+        });
+    }
+    drop(done_tx);
+    let mut result = StreamResult::new(count);
+    while let Some((sent, answer)) = done_rx.recv().await {
+        match answer {
+            Ok(response) => {
+                for verdict in &response.into_inner().verdicts {
+                    result.verdict(verdict, sent);
+                }
+            }
+            Err(_) => result.errors += 1,
+        }
+    }
+    result
 }
 
 async fn run_stream(
@@ -161,12 +285,7 @@ async fn run_stream(
         })
     };
 
-    let mut result = StreamResult {
-        latencies_us: Vec::with_capacity(count),
-        decisions: BTreeMap::new(),
-        errors: 0,
-        degraded: 0,
-    };
+    let mut result = StreamResult::new(count);
     let mut answered = 0;
     while answered < count {
         let Some(response) = inbound.message().await.expect("the stream stays healthy") else {
@@ -176,11 +295,7 @@ async fn run_stream(
             Some(stream_moderate_response::Kind::Verdict(verdict)) => {
                 let index: usize = verdict.message_id.parse().expect("message ids are indices");
                 let sent = sent_at[index].get().expect("answered after sending");
-                result
-                    .latencies_us
-                    .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                *result.decisions.entry(verdict.decision).or_default() += 1;
-                result.degraded += u64::from(!verdict.degraded.is_empty());
+                result.verdict(&verdict, *sent);
             }
             Some(stream_moderate_response::Kind::Error(_)) => result.errors += 1,
             _ => continue,
@@ -205,7 +320,7 @@ fn main() {
     let (addr, _dir) = match &args.addr {
         Some(addr) => (format!("http://{addr}"), None),
         None => {
-            let (addr, dir) = start_server(args.rules.as_deref());
+            let (addr, dir) = start_server(args.rules.as_deref(), args.model);
             (addr, Some(dir))
         }
     };
@@ -259,6 +374,11 @@ fn main() {
     let pace = (args.rate > 0.0).then(|| Duration::from_secs_f64(args.streams as f64 / args.rate));
     let (elapsed, results) = runtime.block_on(async {
         let start = Instant::now();
+        if args.classify {
+            let result =
+                run_classify(addr.clone(), per_stream, args.window, args.rate, start).await;
+            return (start.elapsed(), vec![result]);
+        }
         let tasks: Vec<_> = per_stream
             .into_iter()
             .enumerate()
@@ -296,10 +416,16 @@ fn main() {
     }
     let errors: u64 = results.iter().map(|r| r.errors).sum();
     let degraded: u64 = results.iter().map(|r| r.degraded).sum();
+    let scored: u64 = results.iter().map(|r| r.scored).sum();
     println!(
-        "loadgen: {} events over {} stream(s), window {}, rate {}",
+        "loadgen: {} events over {} {}, window {}, rate {}",
         args.events,
         args.streams,
+        if args.classify {
+            "channel(s) as unary Classify calls"
+        } else {
+            "stream(s)"
+        },
         args.window,
         if args.rate > 0.0 {
             format!("{}/s", args.rate)
@@ -318,7 +444,10 @@ fn main() {
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0)
     );
-    println!("decisions: {decisions:?}; stream errors: {errors}; degraded verdicts: {degraded}");
+    println!(
+        "decisions: {decisions:?}; errors: {errors}; degraded verdicts: {degraded}; \
+         scored by the model: {scored}"
+    );
     assert_eq!(
         answered + errors as usize,
         args.events,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use common::{TestServer, chat_message};
 use modbot::model::Encoder;
-use modbot::model::heads::{MANIFEST, write_head};
+use modbot::model::heads;
 use modbot::proto::{
     ChatEvent, ClassifyOptions, ClassifyRequest, Decision, DegradedComponent, GetModelInfoRequest,
     Hello, ReasonSource, StreamModerateRequest, Verdict, admin_client::AdminClient, chat_event,
@@ -83,45 +83,9 @@ fn model_dir(test: &str) -> Option<PathBuf> {
     None
 }
 
-fn mean(rows: &[Vec<f32>]) -> Vec<f32> {
-    let mut sum = vec![0f32; rows[0].len()];
-    for row in rows {
-        for (s, v) in sum.iter_mut().zip(row) {
-            *s += v;
-        }
-    }
-    sum.iter().map(|s| s / rows.len() as f32).collect()
-}
-
-/// Writes a `toxicity` head with one label, `insult`: the logit is a scaled projection onto
-/// the line between the friendly and the insulting centroids, zero half-way.
 fn write_centroid_heads(model: &Path, heads_dir: &Path) {
     let encoder = Encoder::load(model, &Device::Cpu).expect("the default model loads");
-    let insults = mean(&encoder.embed(&INSULTS).unwrap());
-    let friendly = mean(&encoder.embed(&FRIENDLY).unwrap());
-    let direction: Vec<f32> = insults
-        .iter()
-        .zip(&friendly)
-        .map(|(a, b)| 40.0 * (a - b))
-        .collect();
-    let midpoint: f32 = direction
-        .iter()
-        .zip(insults.iter().zip(&friendly))
-        .map(|(w, (a, b))| w * (a + b) / 2.0)
-        .sum();
-    write_head(
-        &heads_dir.join("toxicity.safetensors"),
-        &[(vec![direction], vec![-midpoint])],
-    )
-    .unwrap();
-    std::fs::write(
-        heads_dir.join(MANIFEST),
-        r#"{"version": "centroid-1", "encoder": "all-MiniLM-L6-v2", "embedding_dim": 384,
-            "heads": [{"name": "toxicity", "file": "toxicity.safetensors", "multi_label": true,
-                       "labels": ["insult"], "thresholds": {"insult": 0.5}, "version": "c1",
-                       "metrics": {"train_accuracy": 1.0}}]}"#,
-    )
-    .unwrap();
+    heads::write_centroid_heads(&encoder, heads_dir, &INSULTS, &FRIENDLY).unwrap();
 }
 
 async fn start_with_model(

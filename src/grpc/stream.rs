@@ -108,7 +108,17 @@ impl Session {
         });
         if self.send(welcome).await {
             let (items_tx, items_rx) = mpsc::channel(PIPELINE);
-            tokio::join!(self.read(inbound, items_tx), self.finish_all(items_rx));
+            // The stages run as two tasks, so a busy stream's reading and deciding use both
+            // of the runtime's threads.
+            let this = Arc::new(self);
+            let finisher = tokio::spawn({
+                let this = Arc::clone(&this);
+                async move { this.finish_all(items_rx).await }.in_current_span()
+            });
+            this.read(inbound, items_tx).await;
+            if let Err(error) = finisher.await {
+                tracing::error!(%error, "the stream's decision task failed");
+            }
         }
         metrics::gauge!("modbot_streams_open").decrement(1.0);
         tracing::info!("stream closed");

@@ -381,6 +381,7 @@ impl Scorer {
             tokens,
             reply: reply_tx,
             enqueued: Instant::now(),
+            deadline,
             _slot: permit,
         };
         if running.jobs.send(job).is_err() {

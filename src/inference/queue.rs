@@ -34,6 +34,8 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Arc<[f32]>, String>>,
     /// When it was queued.
     pub enqueued: Instant,
+    /// When its caller stops waiting for it.
+    pub deadline: Instant,
     /// Its queue slot, given back when the job is answered or dropped.
     pub _slot: OwnedSemaphorePermit,
 }
@@ -123,14 +125,26 @@ impl Worker {
         tokens >= self.limits.max_batch_tokens
     }
 
-    /// The next batch, oldest first, within the limits; cancelled jobs are dropped.
+    /// The next batch, oldest first, within the limits. Jobs whose caller has gone, or will
+    /// have stopped waiting before the batch could finish, are dropped: under overload the
+    /// model spends itself on answers someone still awaits, not on a backlog of stale ones.
     fn take_batch(&self, waiting: &mut VecDeque<Job>) -> Vec<Job> {
         let mut batch = Vec::new();
         let mut tokens = 0;
+        let now = Instant::now();
         while let Some(job) = waiting.front() {
             if job.reply.is_closed() {
                 metrics::counter!("modbot_model_cancelled_total").increment(1);
                 waiting.pop_front();
+                continue;
+            }
+            if job.deadline <= now {
+                metrics::counter!("modbot_model_expired_total").increment(1);
+                if let Some(job) = waiting.pop_front() {
+                    let _ = job
+                        .reply
+                        .send(Err("the model did not answer within model.max_wait_ms".to_owned()));
+                }
                 continue;
             }
             let len = job.tokens.len();

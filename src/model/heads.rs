@@ -337,6 +337,58 @@ pub fn write_head(path: &Path, layers: &[(Vec<Vec<f32>>, Vec<f32>)]) -> Result<(
     Ok(())
 }
 
+/// Writes a heads directory with one head, `toxicity` (label `insult`, threshold 0.5): a
+/// nearest-centroid classifier from example texts. The logit is a scaled projection onto the
+/// line from the `negative` centroid to the `positive` one, zero half-way. Not a trained
+/// model: a few examples' worth of signal, for tests and benchmarks that need the model to
+/// score something real (`modbot train` makes the heads the service runs with).
+pub fn write_centroid_heads(
+    encoder: &super::Encoder,
+    dir: &Path,
+    positive: &[&str],
+    negative: &[&str],
+) -> Result<(), ModelError> {
+    let centroid = |texts: &[&str]| -> Result<Vec<f32>, ModelError> {
+        let rows = encoder.embed(texts)?;
+        let mut sum = vec![0f32; encoder.dim()];
+        for row in &rows {
+            for (s, v) in sum.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+        Ok(sum.iter().map(|s| s / rows.len().max(1) as f32).collect())
+    };
+    let (pos, neg) = (centroid(positive)?, centroid(negative)?);
+    let direction: Vec<f32> = pos.iter().zip(&neg).map(|(a, b)| 40.0 * (a - b)).collect();
+    let midpoint: f32 = direction
+        .iter()
+        .zip(pos.iter().zip(&neg))
+        .map(|(w, (a, b))| w * (a + b) / 2.0)
+        .sum();
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::Config {
+        path: dir.to_owned(),
+        message: e.to_string(),
+    })?;
+    write_head(
+        &dir.join("toxicity.safetensors"),
+        &[(vec![direction], vec![-midpoint])],
+    )?;
+    let manifest = serde_json::json!({
+        "version": "centroid-1",
+        "encoder": "all-MiniLM-L6-v2",
+        "embedding_dim": encoder.dim(),
+        "heads": [{
+            "name": "toxicity", "file": "toxicity.safetensors", "multi_label": true,
+            "labels": ["insult"], "thresholds": {"insult": 0.5}, "version": "c1",
+            "metrics": {}
+        }]
+    });
+    std::fs::write(dir.join(MANIFEST), manifest.to_string()).map_err(|e| ModelError::Config {
+        path: dir.join(MANIFEST),
+        message: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
