@@ -163,9 +163,9 @@ impl StreamResult {
         }
     }
 
-    fn verdict(&mut self, verdict: &modbot::proto::Verdict, sent: Instant) {
+    fn verdict(&mut self, verdict: &modbot::proto::Verdict, latency: Duration) {
         self.latencies_us
-            .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            .push(latency.as_micros().min(u32::MAX as u128) as u32);
         *self.decisions.entry(verdict.decision).or_default() += 1;
         self.degraded += u64::from(!verdict.degraded.is_empty());
         self.scored += u64::from(!verdict.model_version.is_empty());
@@ -217,17 +217,18 @@ async fn run_classify(
                     options: None,
                 })
                 .await;
+            let latency = sent.elapsed();
             drop(permit);
-            let _ = done.send((sent, answer));
+            let _ = done.send((latency, answer));
         });
     }
     drop(done_tx);
     let mut result = StreamResult::new(count);
-    while let Some((sent, answer)) = done_rx.recv().await {
+    while let Some((latency, answer)) = done_rx.recv().await {
         match answer {
             Ok(response) => {
                 for verdict in &response.into_inner().verdicts {
-                    result.verdict(verdict, sent);
+                    result.verdict(verdict, latency);
                 }
             }
             Err(_) => result.errors += 1,
@@ -295,7 +296,7 @@ async fn run_stream(
             Some(stream_moderate_response::Kind::Verdict(verdict)) => {
                 let index: usize = verdict.message_id.parse().expect("message ids are indices");
                 let sent = sent_at[index].get().expect("answered after sending");
-                result.verdict(&verdict, *sent);
+                result.verdict(&verdict, sent.elapsed());
             }
             Some(stream_moderate_response::Kind::Error(_)) => result.errors += 1,
             _ => continue,

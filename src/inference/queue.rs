@@ -141,9 +141,9 @@ impl Worker {
             if job.deadline <= now {
                 metrics::counter!("modbot_model_expired_total").increment(1);
                 if let Some(job) = waiting.pop_front() {
-                    let _ = job
-                        .reply
-                        .send(Err("the model did not answer within model.max_wait_ms".to_owned()));
+                    let _ = job.reply.send(Err(
+                        "the model did not answer within model.max_wait_ms".to_owned(),
+                    ));
                 }
                 continue;
             }
