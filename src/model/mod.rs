@@ -268,7 +268,7 @@ impl Encoder {
     }
 
     /// The forward pass in use, for diagnostics: `cpu-packed` (with the element-wise kernels'
-    /// instruction set, e.g. `cpu-packed/avx2+fma`) or `candle`.
+    /// instruction set, e.g. `cpu-packed/avx512f`) or `candle`.
     pub fn backend(&self) -> String {
         match &self.model {
             Model::Candle(_) => "candle".to_owned(),

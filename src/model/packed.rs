@@ -7,8 +7,8 @@
 //! = real tokens only), so:
 //!
 //! - every linear layer is one GEMM over all `T` rows (the `gemm` crate, the same kernel candle
-//!   uses, with its run-time AVX2/FMA dispatch and rayon threads); Q, K and V are one fused
-//!   `[3·hidden x hidden]` weight;
+//!   uses, with its run-time dispatch, here including its AVX-512 kernels (`x86-v4` feature),
+//!   and rayon threads); Q, K and V are one fused `[3·hidden x hidden]` weight;
 //! - attention, the only step that needs sequence boundaries, runs per (sequence, head) pair in
 //!   parallel, over that sequence's real tokens only (no mask, nothing to leak between
 //!   sequences);
@@ -206,7 +206,7 @@ impl PackedBert {
         })
     }
 
-    /// The instruction set of the element-wise kernels (`avx2+fma` or `portable`).
+    /// The instruction set of the element-wise kernels (`avx512f`, `avx2+fma` or `portable`).
     pub fn kernels(&self) -> &'static str {
         self.kernels.name()
     }

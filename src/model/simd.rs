@@ -4,9 +4,10 @@
 //! The crate is built for baseline x86_64 (SSE2 only), so a plainly written loop is vectorised
 //! 4 floats wide with separate multiplies and adds. Each kernel here is therefore written once,
 //! as plain Rust generic over `FMA` (whether `a * b + c` may be one fused instruction), and
-//! instantiated twice: inside a `#[target_feature(enable = "avx2,fma")]` function, where LLVM
-//! vectorises the same loops 8 wide with FMAs, and as a portable fallback. [`Kernels::detect`]
-//! picks one at run time (`is_x86_feature_detected!`) and the choice is a plain function-pointer
+//! instantiated three times: inside `#[target_feature(enable = "avx512f,avx2,fma")]` and
+//! `#[target_feature(enable = "avx2,fma")]` functions, where LLVM vectorises the same loops 16
+//! or 8 wide with FMAs, and as a portable fallback. [`Kernels::detect`] picks the widest the CPU
+//! runs (`is_x86_feature_detected!`) and the choice is a plain function-pointer
 //! table, so the hot loops never re-check it. Non-x86 targets get the portable table only.
 //!
 //! `exp` and `erf` are branch-free polynomial approximations (so they vectorise; `f32::exp` and
@@ -259,6 +260,8 @@ macro_rules! kernel_set {
 kernel_set!(portable, false);
 #[cfg(target_arch = "x86_64")]
 kernel_set!(avx2, true, "avx2,fma");
+#[cfg(target_arch = "x86_64")]
+kernel_set!(avx512, true, "avx512f,avx2,fma");
 
 /// `residual = LayerNorm(x + bias + residual)`: x, bias, residual, gamma, beta, eps.
 type AddLayerNorm = unsafe fn(&mut [f32], &[f32], &mut [f32], &[f32], &[f32], f32);
@@ -286,12 +289,35 @@ impl std::fmt::Debug for Kernels {
 }
 
 impl Kernels {
-    /// AVX2 + FMA when the CPU has both, portable otherwise.
+    /// The widest set this CPU runs: AVX-512F, else AVX2 + FMA, else portable.
     pub(crate) fn detect() -> Self {
+        Self::available()[0]
+    }
+
+    /// Every set this CPU runs, widest first (the tests check them all).
+    pub(crate) fn available() -> Vec<Self> {
+        let mut sets = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            sets.push(Self {
+                name: "avx512f",
+                bias_gelu: avx512::bias_gelu,
+                add_layer_norm: avx512::add_layer_norm,
+                layer_norm: avx512::layer_norm,
+                attend: avx512::attend,
+                #[cfg(test)]
+                exp_slice: avx512::exp_slice,
+                #[cfg(test)]
+                erf_slice: avx512::erf_slice,
+            });
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return Self {
+            sets.push(Self {
                 name: "avx2+fma",
                 bias_gelu: avx2::bias_gelu,
                 add_layer_norm: avx2::add_layer_norm,
@@ -301,9 +327,10 @@ impl Kernels {
                 exp_slice: avx2::exp_slice,
                 #[cfg(test)]
                 erf_slice: avx2::erf_slice,
-            };
+            });
         }
-        Self::portable()
+        sets.push(Self::portable());
+        sets
     }
 
     /// The fallback for any CPU.
@@ -326,8 +353,8 @@ impl Kernels {
         self.name
     }
 
-    // SAFETY (all below): the table holds either the portable kernels or the AVX2/FMA ones,
-    // and the latter only when `detect` saw both features on this CPU.
+    // SAFETY (all below): the table holds the portable kernels, or kernels compiled for
+    // features that `available` saw on this CPU.
 
     /// `x + bias`, then exact GELU, in place over rows of `bias.len()`.
     pub(crate) fn bias_gelu(&self, rows: &mut [f32], bias: &[f32]) {
@@ -384,7 +411,7 @@ mod tests {
     use super::*;
 
     fn tables() -> Vec<Kernels> {
-        vec![Kernels::portable(), Kernels::detect()]
+        Kernels::available()
     }
 
     /// A dense grid over [lo, hi].
