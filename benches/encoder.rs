@@ -11,7 +11,8 @@
 //! The lines are `corpus::generate(42, N)` (default 2,000). Each batch size is measured in
 //! arrival order (batches of consecutive lines) and length-sorted (all lines sorted by token
 //! count first, so a batch's members have similar lengths), after a warm-up. candle is measured
-//! only up to `--candle-max-batch` (bigger padded batches only get slower). `--write-lines FILE`
+//! only up to `--candle-max-batch` (bigger padded batches only get slower; 0 skips candle, for a
+//! clean profile of the packed path). `--write-lines FILE`
 //! also writes the lines, one per line, for the PyTorch peer (`benches/pytorch_peer.py --lines
 //! FILE`), so both measure the same text. Threads: both use rayon's pool (`RAYON_NUM_THREADS`,
 //! all cores by default).
@@ -165,7 +166,8 @@ fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
     let encoder = Encoder::load(&dir, &Device::Cpu)
         .unwrap_or_else(|e| panic!("{e} (run `cargo run --release -- fetch-model` first)"));
-    let candle = Encoder::load_with(&dir, &Device::Cpu, Backend::Candle).expect("candle loads");
+    let candle = (args.candle_max_batch > 0)
+        .then(|| Encoder::load_with(&dir, &Device::Cpu, Backend::Candle).expect("candle loads"));
     let texts: Vec<String> = modbot::corpus::generate(42, args.lines)
         .into_iter()
         .map(|m| m.text)
@@ -189,7 +191,9 @@ fn main() {
     let total_flops: f64 = tokens.iter().map(|t| flops(t.len())).sum();
 
     // Warm-up: page in the weights, size the allocator, the scratch and the thread pool.
-    measure(&candle, &texts, &arrival[..texts.len().min(256)], 32);
+    if let Some(candle) = &candle {
+        measure(candle, &texts, &arrival[..texts.len().min(256)], 32);
+    }
     measure(&encoder, &texts, &arrival[..texts.len().min(256)], 32);
 
     println!(
@@ -206,12 +210,13 @@ fn main() {
     );
     let mut best = (0.0f64, 0usize, "");
     for &size in &args.batches {
-        let (candle_in_order, candle_by_length) = if size <= args.candle_max_batch {
-            let a = measure(&candle, &texts, &arrival, size);
-            let s = measure(&candle, &texts, &sorted, size);
-            (format!("{a:.1}"), format!("{s:.1}"))
-        } else {
-            ("-".to_owned(), "-".to_owned())
+        let (candle_in_order, candle_by_length) = match &candle {
+            Some(candle) if size <= args.candle_max_batch => {
+                let a = measure(candle, &texts, &arrival, size);
+                let s = measure(candle, &texts, &sorted, size);
+                (format!("{a:.1}"), format!("{s:.1}"))
+            }
+            _ => ("-".to_owned(), "-".to_owned()),
         };
         let in_order = measure(&encoder, &texts, &arrival, size);
         let by_length = measure(&encoder, &texts, &sorted, size);

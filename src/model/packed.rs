@@ -341,7 +341,8 @@ impl PackedBert {
 
     /// Scaled dot-product attention per (sequence, head) over each sequence's own tokens:
     /// `ctx[rows of seq, cols of head] = softmax(q kᵀ / √d) v`, with the QKV bias added as each
-    /// task copies its head's slices into contiguous local buffers.
+    /// task copies its head's slices into contiguous local buffers (K transposed, so a row of
+    /// scores is a few vector FMAs across all keys).
     fn attention(&self, offsets: &[usize], qkv: &[f32], qkv_b: &[f32], ctx: &mut [f32]) {
         let h = self.hidden;
         let d = h / self.heads;
@@ -359,24 +360,36 @@ impl PackedBert {
                 if len == 0 {
                     return;
                 }
-                // Local layout: q, k, v, ctx ([len x d] each), then one row of scores.
+                // Local layout: q [len x d], kᵀ [d x len], v [len x d], ctx [len x d], then
+                // one row of scores.
                 local.resize(4 * len * d + len, 0.0);
-                let (qkv_local, rest) = local.split_at_mut(3 * len * d);
+                let (q, rest) = local.split_at_mut(len * d);
+                let (kt, rest) = rest.split_at_mut(len * d);
+                let (values, rest) = rest.split_at_mut(len * d);
                 let (ctx_local, scores) = rest.split_at_mut(len * d);
-                for (part, dst) in qkv_local.chunks_exact_mut(len * d).enumerate() {
-                    let col = part * h + head * d;
-                    let bias = &qkv_b[col..col + d];
-                    for (r, row) in dst.chunks_exact_mut(d).enumerate() {
-                        let src = &qkv[(start + r) * 3 * h + col..][..d];
-                        for ((o, x), b) in row.iter_mut().zip(src).zip(bias) {
-                            *o = x + b;
-                        }
+                let (qc, kc, vc) = (head * d, h + head * d, 2 * h + head * d);
+                for r in 0..len {
+                    let row = &qkv[(start + r) * 3 * h..][..3 * h];
+                    for ((o, x), b) in q[r * d..][..d]
+                        .iter_mut()
+                        .zip(&row[qc..qc + d])
+                        .zip(&qkv_b[qc..qc + d])
+                    {
+                        *o = x + b;
+                    }
+                    for (c, (x, b)) in row[kc..kc + d].iter().zip(&qkv_b[kc..kc + d]).enumerate() {
+                        kt[c * len + r] = x + b;
+                    }
+                    for ((o, x), b) in values[r * d..][..d]
+                        .iter_mut()
+                        .zip(&row[vc..vc + d])
+                        .zip(&qkv_b[vc..vc + d])
+                    {
+                        *o = x + b;
                     }
                 }
-                let (q, kv) = qkv_local.split_at(len * d);
-                let (keys, values) = kv.split_at(len * d);
                 for (qi, oi) in q.chunks_exact(d).zip(ctx_local.chunks_exact_mut(d)) {
-                    k.attend(qi, keys, values, scale, scores, oi);
+                    k.attend(qi, kt, values, scale, scores, oi);
                 }
                 for (r, row) in ctx_local.chunks_exact(d).enumerate() {
                     let at = (start + r) * h + head * d;

@@ -166,39 +166,30 @@ fn softmax_body<const FMA: bool>(x: &mut [f32]) {
     }
 }
 
-/// One attention row: `scores[j] = scale * q · k_j` over the rows of `k` (each `q.len()`
-/// wide), softmax, then `out = Σ_j p_j v_j`.
+/// One attention row: `scores[j] = scale * q · k_j`, softmax, then `out = Σ_j p_j v_j`.
+///
+/// `kt` is K transposed (`[d x len]`, one row per dimension), so the scores are `d` axpys over
+/// all keys at once (vectorised across keys, no horizontal sums); `v` is `[len x d]`.
 #[inline(always)]
 fn attend_body<const FMA: bool>(
     q: &[f32],
-    k: &[f32],
+    kt: &[f32],
     v: &[f32],
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let d = q.len();
-    for (s, kj) in scores.iter_mut().zip(k.chunks_exact(d)) {
-        let mut acc = [0f32; 8];
-        for (qs, ks) in q.chunks_exact(8).zip(kj.chunks_exact(8)) {
-            for l in 0..8 {
-                acc[l] = madd::<FMA>(qs[l], ks[l], acc[l]);
-            }
+    let len = scores.len();
+    scores.fill(0.0);
+    for (qd, row) in q.iter().zip(kt.chunks_exact(len)) {
+        let qd = qd * scale;
+        for (s, k) in scores.iter_mut().zip(row) {
+            *s = madd::<FMA>(qd, *k, *s);
         }
-        let mut dot = acc.iter().sum::<f32>();
-        for (a, b) in q
-            .chunks_exact(8)
-            .remainder()
-            .iter()
-            .zip(kj.chunks_exact(8).remainder())
-        {
-            dot = madd::<FMA>(*a, *b, dot);
-        }
-        *s = dot * scale;
     }
     softmax_body::<FMA>(scores);
     out.fill(0.0);
-    for (p, vj) in scores.iter().zip(v.chunks_exact(d)) {
+    for (p, vj) in scores.iter().zip(v.chunks_exact(q.len())) {
         for (o, x) in out.iter_mut().zip(vj) {
             *o = madd::<FMA>(*p, *x, *o);
         }
@@ -265,7 +256,7 @@ kernel_set!(avx512, true, "avx512f,avx2,fma");
 
 /// `residual = LayerNorm(x + bias + residual)`: x, bias, residual, gamma, beta, eps.
 type AddLayerNorm = unsafe fn(&mut [f32], &[f32], &mut [f32], &[f32], &[f32], f32);
-/// One attention row: q, keys, values, scale, scores scratch, output.
+/// One attention row: q, keys transposed, values, scale, scores scratch, output.
 type Attend = unsafe fn(&[f32], &[f32], &[f32], f32, &mut [f32], &mut [f32]);
 
 /// The kernels for this CPU: a table of function pointers chosen once.
@@ -380,17 +371,19 @@ impl Kernels {
         unsafe { (self.layer_norm)(x, gamma, beta, eps) }
     }
 
-    /// One query row of attention over `scores.len()` keys (see [`attend_body`]).
+    /// One query row of attention over `scores.len()` keys; `kt` is K transposed, `[d x len]`
+    /// (see [`attend_body`]).
     pub(crate) fn attend(
         &self,
         q: &[f32],
-        k: &[f32],
+        kt: &[f32],
         v: &[f32],
         scale: f32,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        unsafe { (self.attend)(q, k, v, scale, scores, out) }
+        debug_assert_eq!(kt.len(), q.len() * scores.len());
+        unsafe { (self.attend)(q, kt, v, scale, scores, out) }
     }
 
     /// [`exp_approx`] over a slice (for the tests).
