@@ -1,35 +1,48 @@
 //! modbot's encoder path: messages/s for all-MiniLM-L6-v2 on chat lines, tokenisation
-//! included, f32, on the CPU.
+//! included, f32, on the CPU, for both forward passes: candle's `BertModel` (each batch padded
+//! to its longest member) and the packed, padding-free one `Encoder::load` uses on the CPU.
 //!
 //! ```text
 //! cargo run --release -- fetch-model          # once
-//! cargo bench --bench encoder -- [--lines N] [--batches 1,8,32,128] [--write-lines FILE]
+//! cargo bench --bench encoder -- [--lines N] [--batches 1,8,32,128,256,512]
+//!     [--candle-max-batch 128] [--write-lines FILE] [--peak]
 //! ```
 //!
 //! The lines are `corpus::generate(42, N)` (default 2,000). Each batch size is measured in
-//! arrival order (batches of consecutive lines, padded to their longest) and length-sorted
-//! (all lines sorted by token count first, so a batch's members have similar lengths), after
-//! a warm-up. `--write-lines FILE` also writes the lines, one per line, for the PyTorch peer
-//! (`benches/pytorch_peer.py --lines FILE`), so both measure the same text. Threads: candle's
-//! matrix multiplications use rayon's pool (`RAYON_NUM_THREADS`, all cores by default).
+//! arrival order (batches of consecutive lines) and length-sorted (all lines sorted by token
+//! count first, so a batch's members have similar lengths), after a warm-up. candle is measured
+//! only up to `--candle-max-batch` (bigger padded batches only get slower; 0 skips candle, for a
+//! clean profile of the packed path). `--write-lines FILE`
+//! also writes the lines, one per line, for the PyTorch peer (`benches/pytorch_peer.py --lines
+//! FILE`), so both measure the same text. Threads: both use rayon's pool (`RAYON_NUM_THREADS`,
+//! all cores by default).
+//!
+//! The packed rows also show the GEMM-equivalent GFLOP/s reached (the model's multiply-adds
+//! over real tokens, ×2, attention included, per second). `--peak` first measures the `gemm`
+//! crate alone on the encoder's own shapes (T = 1,792 rows: a batch of 128 chat lines), the
+//! practical f32 ceiling for that figure on this machine.
 
 use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Device;
-use modbot::model::Encoder;
+use modbot::model::{Backend, Encoder};
 
 struct Args {
     lines: usize,
     batches: Vec<usize>,
+    candle_max_batch: usize,
     write_lines: Option<String>,
+    peak: bool,
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
         lines: 2000,
-        batches: vec![1, 8, 32, 128],
+        batches: vec![1, 8, 32, 128, 256, 512],
+        candle_max_batch: 128,
         write_lines: None,
+        peak: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,6 +56,10 @@ fn parse_args() -> Args {
                     .collect();
             }
             "--write-lines" => args.write_lines = Some(value()),
+            "--candle-max-batch" => {
+                args.candle_max_batch = value().parse().expect("--candle-max-batch N");
+            }
+            "--peak" => args.peak = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -64,11 +81,93 @@ fn measure(encoder: &Encoder, texts: &[String], order: &[usize], size: usize) ->
     order.len() as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Multiply-adds ×2 of one forward pass over a sequence of `len` tokens (all-MiniLM-L6-v2:
+/// 6 layers, hidden 384, FFN 1536): the four linear layers per token, plus QKᵀ and PV.
+fn flops(len: usize) -> f64 {
+    let (layers, h, i) = (6.0, 384.0, 1536.0);
+    let len = len as f64;
+    layers * (2.0 * len * (h * 3.0 * h + h * h + 2.0 * h * i) + 4.0 * len * len * h)
+}
+
+/// The `gemm` crate alone on the encoder's shapes, GFLOP/s (best of several runs).
+fn gemm_peak() {
+    let threads = rayon::current_num_threads();
+    let t = 1792;
+    println!("gemm f32 on the encoder's shapes, T = {t} rows, rayon threads {threads}:");
+    let mut total_flops = 0.0;
+    let mut total_secs = 0.0;
+    for (k, n, what) in [
+        (384, 1152, "QKV"),
+        (384, 384, "attention output"),
+        (384, 1536, "FFN up"),
+        (1536, 384, "FFN down"),
+    ] {
+        let x: Vec<f32> = (0..t * k).map(|i| (i % 17) as f32 * 0.01).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01).collect();
+        let mut out = vec![0f32; t * n];
+        let run = |out: &mut [f32], par: gemm::Parallelism| {
+            // SAFETY: sizes as allocated above; row-major x and out, w read transposed.
+            unsafe {
+                gemm::gemm(
+                    t,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            }
+        };
+        let mut line = format!("  {what:<17} {t}x{k} · {k}x{n}:");
+        for (name, par) in [
+            ("1 thread", gemm::Parallelism::None),
+            ("all", gemm::Parallelism::Rayon(threads)),
+        ] {
+            let mut best = f64::MAX;
+            for _ in 0..20 {
+                let started = Instant::now();
+                run(&mut out, par);
+                best = best.min(started.elapsed().as_secs_f64());
+            }
+            let gflops = 2.0 * (t * n * k) as f64 / best / 1e9;
+            line += &format!(" {gflops:7.1} GFLOP/s ({name})");
+            if name == "all" {
+                total_flops += 2.0 * (t * n * k) as f64;
+                total_secs += best;
+            }
+        }
+        println!("{line}");
+    }
+    println!(
+        "  one layer's four GEMMs together: {:.1} GFLOP/s (all threads)",
+        total_flops / total_secs / 1e9
+    );
+}
+
 fn main() {
     let args = parse_args();
+    println!("cpu: {}", cpu_features());
+    if args.peak {
+        gemm_peak();
+    }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
     let encoder = Encoder::load(&dir, &Device::Cpu)
         .unwrap_or_else(|e| panic!("{e} (run `cargo run --release -- fetch-model` first)"));
+    let candle = (args.candle_max_batch > 0)
+        .then(|| Encoder::load_with(&dir, &Device::Cpu, Backend::Candle).expect("candle loads"));
     let texts: Vec<String> = modbot::corpus::generate(42, args.lines)
         .into_iter()
         .map(|m| m.text)
@@ -89,24 +188,80 @@ fn main() {
     let mut sorted = arrival.clone();
     sorted.sort_by_key(|&i| tokens[i].len());
 
-    // Warm-up: page in the weights, size the allocator and the thread pool.
+    let total_flops: f64 = tokens.iter().map(|t| flops(t.len())).sum();
+
+    // Warm-up: page in the weights, size the allocator, the scratch and the thread pool.
+    if let Some(candle) = &candle {
+        measure(candle, &texts, &arrival[..texts.len().min(256)], 32);
+    }
     measure(&encoder, &texts, &arrival[..texts.len().min(256)], 32);
 
     println!(
-        "encoder: all-MiniLM-L6-v2, {} lines of {mean_tokens:.1} tokens on average, rayon threads {}",
+        "encoder: all-MiniLM-L6-v2, {} lines of {mean_tokens:.1} tokens on average, rayon threads {}, \
+         packed backend {}, load average {}",
         texts.len(),
-        rayon_threads()
+        rayon::current_num_threads(),
+        encoder.backend(),
+        load_average(),
     );
-    println!("{:>6}  {:>12}  {:>12}", "batch", "arrival/s", "sorted/s");
+    println!(
+        "{:>6}  {:>14}  {:>14}  {:>14}  {:>14}  {:>13}",
+        "batch", "candle arr/s", "candle sort/s", "packed arr/s", "packed sort/s", "packed GFLOP/s"
+    );
+    let mut best = (0.0f64, 0usize, "");
     for &size in &args.batches {
+        let (candle_in_order, candle_by_length) = match &candle {
+            Some(candle) if size <= args.candle_max_batch => {
+                let a = measure(candle, &texts, &arrival, size);
+                let s = measure(candle, &texts, &sorted, size);
+                (format!("{a:.1}"), format!("{s:.1}"))
+            }
+            _ => ("-".to_owned(), "-".to_owned()),
+        };
         let in_order = measure(&encoder, &texts, &arrival, size);
         let by_length = measure(&encoder, &texts, &sorted, size);
-        println!("{size:>6}  {in_order:>12.1}  {by_length:>12.1}");
+        for (rate, order) in [(in_order, "arrival"), (by_length, "sorted")] {
+            if rate > best.0 {
+                best = (rate, size, order);
+            }
+        }
+        let gflops = total_flops / (texts.len() as f64 / in_order.max(by_length)) / 1e9;
+        println!(
+            "{size:>6}  {candle_in_order:>14}  {candle_by_length:>14}  {in_order:>14.1}  {by_length:>14.1}  {gflops:>13.1}"
+        );
+    }
+    println!(
+        "packed best: {:.1} messages/s (batch {}, {}); load average {}",
+        best.0,
+        best.1,
+        best.2,
+        load_average()
+    );
+}
+
+/// The vector extensions this CPU reports (the packed kernels use AVX2 + FMA; `gemm` picks its
+/// own at run time).
+fn cpu_features() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let f = [
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+        ];
+        f.iter()
+            .map(|(n, on)| format!("{n} {}", if *on { "yes" } else { "no" }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH.to_owned()
     }
 }
 
-fn rayon_threads() -> String {
-    std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| {
-        std::thread::available_parallelism().map_or("?".into(), |n| n.to_string())
-    })
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
 }

@@ -182,6 +182,14 @@ fn load_model(config: &ModelConfig) -> Scorer {
             );
         }
     };
+    // One pass before the first message: pages the weights in and starts the thread pools, so
+    // the first caller does not pay for it.
+    if let Err(error) = encoder.embed(&["warm up"]) {
+        return model_failed(
+            format!("the encoder failed its first pass: {error}"),
+            description,
+        );
+    }
     description.embedding_dim = encoder.dim();
     description.max_tokens = encoder.max_tokens();
     let hash = match fetch::sha256_file(&dir.join("model.safetensors")) {
@@ -215,6 +223,7 @@ fn load_model(config: &ModelConfig) -> Scorer {
     tracing::info!(
         version = %description.version,
         device = %description.device,
+        forward = %encoder.backend(),
         labels = ?heads.label_names(),
         elapsed = ?started.elapsed(),
         "model loaded"

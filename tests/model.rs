@@ -1,10 +1,11 @@
 //! The encoder on the real default model (fetched by `modbot fetch-model`, which the test
-//! script runs first).
+//! script runs first): against sentence-transformers' committed reference, and the packed CPU
+//! forward pass (what `Encoder::load` uses on the CPU) against candle's padded `BertModel`.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use modbot::model::{Encoder, ModelError, PoolingMode};
+use modbot::model::{Backend, Encoder, ModelError, PoolingMode};
 
 /// Set by `.ci/run`: a missing model is then a failure, not a skip.
 const REQUIRE_MODEL_ENV: &str = "MODBOT_TEST_REQUIRE_MODEL";
@@ -31,6 +32,23 @@ fn encoder(test: &str) -> Option<Encoder> {
         return None;
     }
     Some(Encoder::load(&dir, &Device::Cpu).expect("the default model loads"))
+}
+
+/// The default model on candle's padded forward pass (the packed path's reference).
+fn candle_encoder() -> Encoder {
+    let encoder = Encoder::load_with(&model_dir(), &Device::Cpu, Backend::Candle)
+        .expect("the default model loads on candle");
+    assert_eq!(encoder.backend(), "candle");
+    encoder
+}
+
+/// Largest element-wise difference.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -162,19 +180,157 @@ fn embeddings_match_sentence_transformers() {
             "tokens of {text:?}"
         );
     }
-    // As one batch (padded to the longest) and one by one: both must match.
-    let batched = encoder.embed(&texts).unwrap();
-    for ((text, got), expected) in texts.iter().zip(&batched).zip(&reference.embeddings) {
-        let alone = &encoder.embed(&[text]).unwrap()[0];
-        for candle in [got, alone] {
-            let cos = cosine(candle, expected);
-            let max_diff = candle
-                .iter()
-                .zip(expected)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(cos >= 0.9999, "{text:?}: cosine {cos}");
-            assert!(max_diff <= 1e-4, "{text:?}: max abs diff {max_diff}");
+    assert!(
+        encoder.backend().starts_with("cpu-packed"),
+        "the CPU encoder runs the packed forward pass, not {}",
+        encoder.backend()
+    );
+    // Both forward passes, as one batch (packed, or padded to the longest) and one by one: all
+    // must match.
+    let mut worst = (1f64, 0f32);
+    for encoder in [encoder, candle_encoder()] {
+        let batched = encoder.embed(&texts).unwrap();
+        for ((text, got), expected) in texts.iter().zip(&batched).zip(&reference.embeddings) {
+            let alone = &encoder.embed(&[text]).unwrap()[0];
+            for ours in [got, alone] {
+                let cos = cosine(ours, expected);
+                let max_diff = max_abs_diff(ours, expected);
+                let backend = encoder.backend();
+                assert!(cos >= 0.9999, "{backend} {text:?}: cosine {cos}");
+                assert!(
+                    max_diff <= 1e-4,
+                    "{backend} {text:?}: max abs diff {max_diff}"
+                );
+                worst = (worst.0.min(cos), worst.1.max(max_diff));
+            }
         }
     }
+    eprintln!(
+        "vs sentence-transformers: worst cosine {}, worst max abs diff {:e}",
+        worst.0, worst.1
+    );
+}
+
+/// Chat lines of mixed lengths (the corpus: emotes, links, zalgo, floods), plus a line truncated
+/// at 256 tokens and an empty one (`[CLS] [SEP]`).
+fn chat_batch(encoder: &Encoder) -> Vec<Vec<u32>> {
+    let mut texts: Vec<String> = modbot::corpus::generate(7, 120)
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    texts.insert(17, "spam ".repeat(400));
+    texts.push(String::new());
+    let tokens: Vec<Vec<u32>> = texts.iter().map(|t| encoder.tokenize(t).unwrap()).collect();
+    let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+    assert_eq!(lengths.iter().min(), Some(&2));
+    assert_eq!(lengths.iter().max(), Some(&256));
+    assert!(
+        lengths.iter().filter(|&&n| n > 24).count() >= 5,
+        "a mix of lengths: {lengths:?}"
+    );
+    tokens
+}
+
+#[test]
+fn the_packed_forward_pass_agrees_with_candle_on_chat_lines() {
+    let Some(packed) = encoder("the_packed_forward_pass_agrees_with_candle_on_chat_lines") else {
+        return;
+    };
+    assert!(
+        packed.backend().starts_with("cpu-packed"),
+        "{}",
+        packed.backend()
+    );
+    let candle = candle_encoder();
+    let batch = chat_batch(&packed);
+    let ours = packed.embed_tokens(&batch).unwrap();
+    let reference = candle.embed_tokens(&batch).unwrap();
+    assert_eq!(ours.len(), batch.len());
+    let mut worst = (1f64, 0f32);
+    for ((tokens, a), b) in batch.iter().zip(&ours).zip(&reference) {
+        let cos = cosine(a, b);
+        let diff = max_abs_diff(a, b);
+        assert!(cos >= 0.9999, "{} tokens: cosine {cos}", tokens.len());
+        assert!(diff <= 1e-4, "{} tokens: max abs diff {diff}", tokens.len());
+        worst = (worst.0.min(cos), worst.1.max(diff));
+    }
+    eprintln!(
+        "packed vs candle over {} lines: worst cosine {}, worst max abs diff {:e}",
+        batch.len(),
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn packing_does_not_leak_between_sequences() {
+    let Some(packed) = encoder("packing_does_not_leak_between_sequences") else {
+        return;
+    };
+    let batch = chat_batch(&packed);
+    let together = packed.embed_tokens(&batch).unwrap();
+    // The same lines in reverse order, so every line has different neighbours.
+    let reversed: Vec<Vec<u32>> = batch.iter().rev().cloned().collect();
+    let mut backwards = packed.embed_tokens(&reversed).unwrap();
+    backwards.reverse();
+    let mut worst = 0f32;
+    for ((tokens, in_batch), in_reverse) in batch.iter().zip(&together).zip(&backwards) {
+        let alone = &packed.embed_tokens(std::slice::from_ref(tokens)).unwrap()[0];
+        for other in [alone, in_reverse] {
+            let diff = max_abs_diff(in_batch, other);
+            assert!(
+                diff <= 1e-5,
+                "{} tokens: the batch changed the embedding by {diff}",
+                tokens.len()
+            );
+            worst = worst.max(diff);
+        }
+    }
+    eprintln!("batched vs alone: worst max abs diff {worst:e}");
+}
+
+#[test]
+fn batches_bigger_than_one_packed_chunk_are_split_correctly() {
+    let Some(packed) = encoder("batches_bigger_than_one_packed_chunk_are_split_correctly") else {
+        return;
+    };
+    // 12 copies of a 256-token line and some short ones: over MAX_CHUNK_TOKENS (2,048).
+    let long = packed.tokenize(&"chat ".repeat(300)).unwrap();
+    let short = packed.tokenize("hello there").unwrap();
+    let batch: Vec<Vec<u32>> = (0..14)
+        .map(|i| {
+            if i % 7 == 3 {
+                short.clone()
+            } else {
+                long.clone()
+            }
+        })
+        .collect();
+    assert!(batch.iter().map(Vec::len).sum::<usize>() > modbot::model::packed::MAX_CHUNK_TOKENS);
+    let got = packed.embed_tokens(&batch).unwrap();
+    let want_long = &packed.embed_tokens(std::slice::from_ref(&long)).unwrap()[0];
+    let want_short = &packed.embed_tokens(std::slice::from_ref(&short)).unwrap()[0];
+    for (tokens, v) in batch.iter().zip(&got) {
+        let want = if tokens.len() == long.len() {
+            want_long
+        } else {
+            want_short
+        };
+        assert!(max_abs_diff(v, want) <= 1e-5);
+    }
+}
+
+#[test]
+fn token_ids_outside_the_vocabulary_are_an_error_not_a_panic() {
+    let Some(packed) = encoder("token_ids_outside_the_vocabulary_are_an_error_not_a_panic") else {
+        return;
+    };
+    let error = packed
+        .embed_tokens(&[vec![101, 4_000_000, 102]])
+        .expect_err("id outside the vocabulary");
+    assert!(matches!(error, ModelError::Input(_)), "{error}");
+    let error = packed
+        .embed_tokens(&[vec![101; 513]])
+        .expect_err("longer than the position table");
+    assert!(matches!(error, ModelError::Input(_)), "{error}");
 }

@@ -58,13 +58,54 @@ impl Backend for ModelBackend {
     }
 
     fn score(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
-        let owned: Vec<Vec<u32>> = batch.iter().map(|t| t.to_vec()).collect();
-        let embeddings = self
-            .encoder
-            .embed_tokens(&owned)
-            .map_err(|e: ModelError| e.to_string())?;
-        Ok(embeddings.iter().map(|e| self.heads.score(e)).collect())
+        let mut scores = vec![Vec::new(); batch.len()];
+        // The packed CPU forward does no padding and takes the batch whole; a padded forward
+        // (candle, e.g. on a GPU) runs length buckets, so one long message does not make the
+        // whole batch as long as itself.
+        let buckets = if self.encoder.pads_batches() {
+            length_buckets(batch)
+        } else {
+            vec![(0..batch.len()).collect()]
+        };
+        for bucket in buckets {
+            let owned: Vec<Vec<u32>> = bucket.iter().map(|&i| batch[i].to_vec()).collect();
+            let embeddings = self
+                .encoder
+                .embed_tokens(&owned)
+                .map_err(|e: ModelError| e.to_string())?;
+            for (i, embedding) in bucket.into_iter().zip(&embeddings) {
+                scores[i] = self.heads.score(embedding);
+            }
+        }
+        Ok(scores)
     }
+}
+
+/// Most padding a bucket may add, as a share of its real tokens.
+const MAX_PADDING: f64 = 0.25;
+
+/// Indices of `batch` grouped by length (shortest first) so that padding each group to its
+/// longest member adds at most [`MAX_PADDING`] of its real tokens.
+fn length_buckets(batch: &[&[u32]]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| batch[i].len());
+    let mut buckets: Vec<Vec<usize>> = Vec::new();
+    let mut real = 0usize;
+    for i in order {
+        let len = batch[i].len();
+        let fits = buckets.last().is_some_and(|b| {
+            let padded = (b.len() + 1) * len;
+            padded as f64 <= (1.0 + MAX_PADDING) * (real + len) as f64
+        });
+        if fits {
+            real += len;
+            buckets.last_mut().expect("checked").push(i);
+        } else {
+            real = len;
+            buckets.push(vec![i]);
+        }
+    }
+    buckets
 }
 
 /// Batching limits and waits (from `[model]`).

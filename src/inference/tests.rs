@@ -360,3 +360,26 @@ async fn an_idle_scorer_says_why() {
     ));
     assert!(Status::NoHeads.detail().contains("modbot train"));
 }
+
+#[test]
+fn length_buckets_bound_the_padding_and_keep_every_index() {
+    let lengths = [3usize, 200, 4, 5, 60, 3, 64, 250, 4];
+    let seqs: Vec<Vec<u32>> = lengths.iter().map(|&n| vec![1; n]).collect();
+    let batch: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let buckets = super::length_buckets(&batch);
+    let mut seen: Vec<usize> = buckets.iter().flatten().copied().collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+    for bucket in &buckets {
+        let real: usize = bucket.iter().map(|&i| lengths[i]).sum();
+        let longest = bucket.iter().map(|&i| lengths[i]).max().unwrap();
+        assert!(
+            (bucket.len() * longest) as f64 <= 1.25 * real as f64,
+            "{bucket:?} of {lengths:?}"
+        );
+    }
+    assert!(
+        buckets.len() < lengths.len(),
+        "short ones share: {buckets:?}"
+    );
+}

