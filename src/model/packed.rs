@@ -18,8 +18,15 @@
 //! Activations live in scratch buffers owned by the model and reused across calls (grown to the
 //! largest chunk seen, never shrunk, never cleared: every buffer is fully overwritten before it
 //! is read). A batch is processed in chunks of at most [`MAX_CHUNK_TOKENS`] tokens, which bounds
-//! the scratch at ≈ `MAX_CHUNK_TOKENS × (5·hidden + 3·hidden + intermediate) × 4` bytes (≈ 31 MB
-//! for MiniLM-L6) whatever the batch size; bigger chunks would not make the GEMMs faster.
+//! the scratch at `MAX_CHUNK_TOKENS × (6·hidden + intermediate) × 4` bytes (31.5 MB for
+//! MiniLM-L6) whatever the batch size; bigger chunks would not make the GEMMs faster. The
+//! weights are copied out of the safetensors file once (≈ 90 MB for MiniLM-L6, 47 MB of it the
+//! word embeddings); the file's map is dropped after loading.
+//!
+//! Threads: the GEMMs, attention and element-wise passes all run on the rayon pool of the
+//! calling thread: the global pool (`RAYON_NUM_THREADS`, one thread per core by default)
+//! unless the caller wraps the call in its own `ThreadPool::install`. The caller's thread
+//! blocks until the batch is done.
 //!
 //! The result is the same function as `BertModel` followed by the pooling in `super`: the
 //! equivalence is tested against candle and against sentence-transformers in `tests/model.rs`.
