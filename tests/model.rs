@@ -144,6 +144,12 @@ fn similar_messages_are_close() {
 }
 
 #[test]
+fn the_encoder_can_move_to_and_be_shared_with_a_model_thread() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Encoder>();
+}
+
+#[test]
 fn a_model_directory_missing_a_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), "{}").unwrap();

@@ -18,8 +18,15 @@
 //! Activations live in scratch buffers owned by the model and reused across calls (grown to the
 //! largest chunk seen, never shrunk, never cleared: every buffer is fully overwritten before it
 //! is read). A batch is processed in chunks of at most [`MAX_CHUNK_TOKENS`] tokens, which bounds
-//! the scratch at ≈ `MAX_CHUNK_TOKENS × (5·hidden + 3·hidden + intermediate) × 4` bytes (≈ 31 MB
-//! for MiniLM-L6) whatever the batch size; bigger chunks would not make the GEMMs faster.
+//! the scratch at `MAX_CHUNK_TOKENS × (6·hidden + intermediate) × 4` bytes (31.5 MB for
+//! MiniLM-L6) whatever the batch size; bigger chunks would not make the GEMMs faster. The
+//! weights are copied out of the safetensors file once (≈ 90 MB for MiniLM-L6, 47 MB of it the
+//! word embeddings); the file's map is dropped after loading.
+//!
+//! Threads: the GEMMs, attention and element-wise passes all run on the rayon pool of the
+//! calling thread: the global pool (`RAYON_NUM_THREADS`, one thread per core by default)
+//! unless the caller wraps the call in its own `ThreadPool::install`. The caller's thread
+//! blocks until the batch is done.
 //!
 //! The result is the same function as `BertModel` followed by the pooling in `super`: the
 //! equivalence is tested against candle and against sentence-transformers in `tests/model.rs`.
@@ -31,7 +38,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 use rayon::prelude::*;
 
-use super::simd::Kernels;
+use super::simd::{KEY_BLOCK, Kernels};
 use super::{ModelError, Pooling, PoolingMode};
 
 /// The most tokens one forward pass packs; longer batches are split at sequence boundaries.
@@ -360,11 +367,12 @@ impl PackedBert {
                 if len == 0 {
                     return;
                 }
-                // Local layout: q [len x d], kᵀ [d x len], v [len x d], ctx [len x d], then
-                // one row of scores.
-                local.resize(4 * len * d + len, 0.0);
+                // Local layout: q [len x d], kᵀ [d x stride], v [len x d], ctx [len x d], then
+                // one row of scores [stride]; stride = len rounded up to whole key blocks.
+                let stride = len.next_multiple_of(KEY_BLOCK);
+                local.resize(3 * len * d + d * stride + stride, 0.0);
                 let (q, rest) = local.split_at_mut(len * d);
-                let (kt, rest) = rest.split_at_mut(len * d);
+                let (kt, rest) = rest.split_at_mut(d * stride);
                 let (values, rest) = rest.split_at_mut(len * d);
                 let (ctx_local, scores) = rest.split_at_mut(len * d);
                 let (qc, kc, vc) = (head * d, h + head * d, 2 * h + head * d);
@@ -378,7 +386,7 @@ impl PackedBert {
                         *o = x + b;
                     }
                     for (c, (x, b)) in row[kc..kc + d].iter().zip(&qkv_b[kc..kc + d]).enumerate() {
-                        kt[c * len + r] = x + b;
+                        kt[c * stride + r] = x + b;
                     }
                     for ((o, x), b) in values[r * d..][..d]
                         .iter_mut()
@@ -388,8 +396,13 @@ impl PackedBert {
                         *o = x + b;
                     }
                 }
+                // The padding keys' scores are computed but never enter the softmax; zero them so
+                // they are at least finite.
+                for row in kt.chunks_exact_mut(stride) {
+                    row[len..].fill(0.0);
+                }
                 for (qi, oi) in q.chunks_exact(d).zip(ctx_local.chunks_exact_mut(d)) {
-                    k.attend(qi, kt, values, scale, scores, oi);
+                    k.attend(qi, kt, values, scale, len, scores, oi);
                 }
                 for (r, row) in ctx_local.chunks_exact(d).enumerate() {
                     let at = (start + r) * h + head * d;

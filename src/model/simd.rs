@@ -166,31 +166,60 @@ fn softmax_body<const FMA: bool>(x: &mut [f32]) {
     }
 }
 
+/// Keys are processed in blocks of this many (one AVX-512 vector).
+pub(crate) const KEY_BLOCK: usize = 16;
+
 /// One attention row: `scores[j] = scale * q · k_j`, softmax, then `out = Σ_j p_j v_j`.
 ///
-/// `kt` is K transposed (`[d x len]`, one row per dimension), so the scores are `d` axpys over
-/// all keys at once (vectorised across keys, no horizontal sums); `v` is `[len x d]`.
+/// `kt` is K transposed (`[d x stride]`, one row per dimension, `stride` = the key count
+/// rounded up to [`KEY_BLOCK`]), so a block of 16 keys' scores accumulates in one vector
+/// register over the `d` dimensions (no horizontal sums, no scalar tail for a 14-token line);
+/// `scores` is `stride` long and only its first `len` entries (the real keys) enter the softmax.
+/// `v` is `[len x d]`; the output accumulates the same way, 16 dimensions per register.
 #[inline(always)]
 fn attend_body<const FMA: bool>(
     q: &[f32],
     kt: &[f32],
     v: &[f32],
     scale: f32,
+    len: usize,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let len = scores.len();
-    scores.fill(0.0);
-    for (qd, row) in q.iter().zip(kt.chunks_exact(len)) {
-        let qd = qd * scale;
-        for (s, k) in scores.iter_mut().zip(row) {
-            *s = madd::<FMA>(qd, *k, *s);
+    let d = q.len();
+    let stride = scores.len();
+    // Each block of keys keeps its scores in one register across all d dimensions.
+    for (block, s) in scores.chunks_exact_mut(KEY_BLOCK).enumerate() {
+        let mut acc = [0f32; KEY_BLOCK];
+        for (qd, row) in q.iter().zip(kt.chunks_exact(stride)) {
+            let k = &row[block * KEY_BLOCK..][..KEY_BLOCK];
+            for l in 0..KEY_BLOCK {
+                acc[l] = madd::<FMA>(*qd, k[l], acc[l]);
+            }
+        }
+        for l in 0..KEY_BLOCK {
+            s[l] = acc[l] * scale;
         }
     }
-    softmax_body::<FMA>(scores);
-    out.fill(0.0);
-    for (p, vj) in scores.iter().zip(v.chunks_exact(q.len())) {
-        for (o, x) in out.iter_mut().zip(vj) {
+    softmax_body::<FMA>(&mut scores[..len]);
+    let scores = &scores[..len];
+    // Likewise each block of output dimensions stays in a register across all keys.
+    let mut blocks = out.chunks_exact_mut(KEY_BLOCK);
+    for (block, o) in blocks.by_ref().enumerate() {
+        let mut acc = [0f32; KEY_BLOCK];
+        for (p, vj) in scores.iter().zip(v.chunks_exact(d)) {
+            let x = &vj[block * KEY_BLOCK..][..KEY_BLOCK];
+            for l in 0..KEY_BLOCK {
+                acc[l] = madd::<FMA>(*p, x[l], acc[l]);
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+    let tail = blocks.into_remainder();
+    let from = d - tail.len();
+    tail.fill(0.0);
+    for (p, vj) in scores.iter().zip(v.chunks_exact(d)) {
+        for (o, x) in tail.iter_mut().zip(&vj[from..]) {
             *o = madd::<FMA>(*p, *x, *o);
         }
     }
@@ -222,13 +251,14 @@ macro_rules! kernel_set {
             $(#[target_feature(enable = $feature)])?
             pub(super) unsafe fn attend(
                 q: &[f32],
-                k: &[f32],
+                kt: &[f32],
                 v: &[f32],
                 scale: f32,
+                len: usize,
                 scores: &mut [f32],
                 out: &mut [f32],
             ) {
-                super::attend_body::<$fma>(q, k, v, scale, scores, out)
+                super::attend_body::<$fma>(q, kt, v, scale, len, scores, out)
             }
             #[cfg(test)]
             $(#[target_feature(enable = $feature)])?
@@ -256,8 +286,8 @@ kernel_set!(avx512, true, "avx512f,avx2,fma");
 
 /// `residual = LayerNorm(x + bias + residual)`: x, bias, residual, gamma, beta, eps.
 type AddLayerNorm = unsafe fn(&mut [f32], &[f32], &mut [f32], &[f32], &[f32], f32);
-/// One attention row: q, keys transposed, values, scale, scores scratch, output.
-type Attend = unsafe fn(&[f32], &[f32], &[f32], f32, &mut [f32], &mut [f32]);
+/// One attention row: q, keys transposed, values, scale, key count, scores scratch, output.
+type Attend = unsafe fn(&[f32], &[f32], &[f32], f32, usize, &mut [f32], &mut [f32]);
 
 /// The kernels for this CPU: a table of function pointers chosen once.
 #[derive(Clone, Copy)]
@@ -371,19 +401,26 @@ impl Kernels {
         unsafe { (self.layer_norm)(x, gamma, beta, eps) }
     }
 
-    /// One query row of attention over `scores.len()` keys; `kt` is K transposed, `[d x len]`
-    /// (see [`attend_body`]).
+    /// One query row of attention over `len` keys; `kt` is K transposed, `[d x stride]`, and
+    /// `scores` is `stride` long, a multiple of [`KEY_BLOCK`] (see [`attend_body`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn attend(
         &self,
         q: &[f32],
         kt: &[f32],
         v: &[f32],
         scale: f32,
+        len: usize,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        debug_assert_eq!(kt.len(), q.len() * scores.len());
-        unsafe { (self.attend)(q, kt, v, scale, scores, out) }
+        assert!(
+            scores.len().is_multiple_of(KEY_BLOCK)
+                && len <= scores.len()
+                && kt.len() == q.len() * scores.len()
+                && v.len() >= len * q.len()
+        );
+        unsafe { (self.attend)(q, kt, v, scale, len, scores, out) }
     }
 
     /// [`exp_approx`] over a slice (for the tests).
