@@ -308,6 +308,29 @@ async fn run_stream(
     result
 }
 
+async fn wait_until_serving(addr: &str) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    for _ in 0..600 {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(addr.to_owned())
+            .expect("a valid address")
+            .connect()
+            .await
+            && let Ok(answer) = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+            && answer.into_inner().status == ServingStatus::Serving as i32
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server at {addr} did not become SERVING within 30 s");
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -372,6 +395,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("client runtime");
+    // The in-process server binds before it has loaded its rules, store and model: start the
+    // clock only once its health says SERVING, or the first calls measure its start-up.
+    runtime.block_on(wait_until_serving(&addr));
     let pace = (args.rate > 0.0).then(|| Duration::from_secs_f64(args.streams as f64 / args.rate));
     let (elapsed, results) = runtime.block_on(async {
         let start = Instant::now();

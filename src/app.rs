@@ -182,9 +182,13 @@ fn load_model(config: &ModelConfig) -> Scorer {
             );
         }
     };
-    // One pass before the first message: pages the weights in and starts the thread pools, so
-    // the first caller does not pay for it.
-    if let Err(error) = encoder.embed(&["warm up"]) {
+    // One full-size batch before the first message: pages the weights in, starts the thread
+    // pools and grows the forward pass's scratch buffers to the batch budget, so no caller
+    // pays for it.
+    let warm_text = "warming up the encoder before the first chat message arrives";
+    let warm_batch =
+        (config.max_batch_tokens as usize / 16).clamp(1, config.max_batch_messages as usize);
+    if let Err(error) = encoder.embed(&vec![warm_text; warm_batch]) {
         return model_failed(
             format!("the encoder failed its first pass: {error}"),
             description,
@@ -292,8 +296,10 @@ pub async fn serve(
         "rules loaded"
     );
     let model_status = scorer.status();
+    let engine = Engine::new(rules);
+    engine.warm_up();
     let app = Arc::new(App {
-        moderator: Moderator::new(Engine::new(rules), state, scorer),
+        moderator: Moderator::new(engine, state, scorer),
         config,
         store: store.clone(),
         audit,

@@ -225,6 +225,38 @@ fn attend_body<const FMA: bool>(
     }
 }
 
+/// Lanes of one dot-product accumulator block: four independent 16-float accumulators, so
+/// consecutive FMAs do not wait on each other.
+const DOT_LANES: usize = 64;
+
+/// `out_t[j * rows + r] = x_r · w_j` for every row `x_r` of `x` (`rows` rows of `k`) and every
+/// row `w_j` of `w` (rows of `k`): a linear layer for a handful of rows, each weight row read
+/// once and used for every input row while it is in L1. Sums are blocked in [`DOT_LANES`]
+/// partial sums (plain loops over fixed-size arrays, which vectorise without reassociation).
+#[inline(always)]
+fn dots_body<const FMA: bool>(x: &[f32], k: usize, w: &[f32], out_t: &mut [f32]) {
+    let rows = x.len() / k;
+    let blocked = k - k % DOT_LANES;
+    for (wrow, out) in w.chunks_exact(k).zip(out_t.chunks_exact_mut(rows)) {
+        for (xrow, o) in x.chunks_exact(k).zip(out.iter_mut()) {
+            let mut acc = [0f32; DOT_LANES];
+            for (xs, ws) in xrow[..blocked]
+                .chunks_exact(DOT_LANES)
+                .zip(wrow[..blocked].chunks_exact(DOT_LANES))
+            {
+                for l in 0..DOT_LANES {
+                    acc[l] = madd::<FMA>(xs[l], ws[l], acc[l]);
+                }
+            }
+            let mut sum = 0f32;
+            for (a, b) in xrow[blocked..].iter().zip(&wrow[blocked..]) {
+                sum = madd::<FMA>(*a, *b, sum);
+            }
+            *o = acc.iter().sum::<f32>() + sum;
+        }
+    }
+}
+
 /// Instantiates every kernel body under one set of target features.
 macro_rules! kernel_set {
     ($module:ident, $fma:literal $(, $feature:literal)?) => {
@@ -259,6 +291,10 @@ macro_rules! kernel_set {
                 out: &mut [f32],
             ) {
                 super::attend_body::<$fma>(q, kt, v, scale, len, scores, out)
+            }
+            $(#[target_feature(enable = $feature)])?
+            pub(super) unsafe fn dots(x: &[f32], k: usize, w: &[f32], out_t: &mut [f32]) {
+                super::dots_body::<$fma>(x, k, w, out_t)
             }
             #[cfg(test)]
             $(#[target_feature(enable = $feature)])?
@@ -297,6 +333,7 @@ pub(crate) struct Kernels {
     add_layer_norm: AddLayerNorm,
     layer_norm: unsafe fn(&mut [f32], &[f32], &[f32], f32),
     attend: Attend,
+    dots: unsafe fn(&[f32], usize, &[f32], &mut [f32]),
     #[cfg(test)]
     exp_slice: unsafe fn(&mut [f32]),
     #[cfg(test)]
@@ -329,6 +366,7 @@ impl Kernels {
                 add_layer_norm: avx512::add_layer_norm,
                 layer_norm: avx512::layer_norm,
                 attend: avx512::attend,
+                dots: avx512::dots,
                 #[cfg(test)]
                 exp_slice: avx512::exp_slice,
                 #[cfg(test)]
@@ -344,6 +382,7 @@ impl Kernels {
                 add_layer_norm: avx2::add_layer_norm,
                 layer_norm: avx2::layer_norm,
                 attend: avx2::attend,
+                dots: avx2::dots,
                 #[cfg(test)]
                 exp_slice: avx2::exp_slice,
                 #[cfg(test)]
@@ -362,6 +401,7 @@ impl Kernels {
             add_layer_norm: portable::add_layer_norm,
             layer_norm: portable::layer_norm,
             attend: portable::attend,
+            dots: portable::dots,
             #[cfg(test)]
             exp_slice: portable::exp_slice,
             #[cfg(test)]
@@ -421,6 +461,18 @@ impl Kernels {
                 && v.len() >= len * q.len()
         );
         unsafe { (self.attend)(q, kt, v, scale, len, scores, out) }
+    }
+
+    /// `out_t[j * rows + r] = x_r · w_j` (see [`dots_body`]): x is `rows` rows of `k`, w whole
+    /// rows of `k`, out_t `rows` per row of w.
+    pub(crate) fn dots(&self, x: &[f32], k: usize, w: &[f32], out_t: &mut [f32]) {
+        assert!(
+            k > 0
+                && x.len().is_multiple_of(k)
+                && w.len().is_multiple_of(k)
+                && out_t.len() == (x.len() / k) * (w.len() / k)
+        );
+        unsafe { (self.dots)(x, k, w, out_t) }
     }
 
     /// [`exp_approx`] over a slice (for the tests).
