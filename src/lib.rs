@@ -13,8 +13,12 @@
 //! - [`decision`]: domain types of a decision ([`decision::ChatMessage`], [`decision::Verdict`])
 //!   and the engine that makes one. It knows nothing of gRPC or storage.
 //! - [`rules`]: the rules file, channel policies and the rule checks (pure).
-//! - [`model`]: the transformer encoder (candle) and the fetch step for the default model.
-//! - [`moderate`]: the per-message pipeline: normalise, user history, decide, record.
+//! - [`model`]: the transformer encoder (a packed, padding-free CPU forward; candle's `BertModel`
+//!   on other devices), classification heads, and the fetch step for the default model.
+//! - [`inference`]: the one dynamic batching queue in front of the model, its score cache and
+//!   the model's status.
+//! - [`moderate`]: the per-message pipeline: normalise, consult the model, user history, decide,
+//!   record.
 //! - [`audit`]: the batching writer of streams' audit records.
 //! - [`users`]: per-channel, per-user state (recent messages, message times, offence heat,
 //!   escalation, reputation), in-process or in Redis shared by replicas, with a degraded
