@@ -105,6 +105,27 @@ async fn start_with_model(
     .await
 }
 
+/// A server on the default model with the centroid head, or `None` (skipped) without a model.
+/// The heads' directory is returned to be kept alive as long as the server.
+async fn start_with_centroid_heads(
+    test: &str,
+    configure: impl FnOnce(&mut modbot::config::Config),
+) -> Option<(TestServer, tempfile::TempDir)> {
+    let model = model_dir(test)?;
+    let heads = tempfile::tempdir().unwrap();
+    write_centroid_heads(&model, heads.path());
+    let server = start_with_model(&model, heads.path(), configure).await;
+    Some((server, heads))
+}
+
+async fn model_info(server: &TestServer) -> modbot::proto::ModelInfo {
+    AdminClient::new(server.channel.clone())
+        .get_model_info(GetModelInfoRequest {})
+        .await
+        .expect("GetModelInfo answers")
+        .into_inner()
+}
+
 async fn model_health(server: &TestServer) -> i32 {
     HealthClient::new(server.channel.clone())
         .check(HealthCheckRequest {
@@ -175,19 +196,17 @@ async fn stream_messages(server: &TestServer, texts: &[String]) -> Vec<Verdict> 
 
 #[tokio::test]
 async fn the_model_scores_messages_and_its_labels_become_reasons() {
-    let Some(model) = model_dir("the_model_scores_messages_and_its_labels_become_reasons") else {
+    let Some((server, _heads)) = start_with_centroid_heads(
+        "the_model_scores_messages_and_its_labels_become_reasons",
+        |_| {},
+    )
+    .await
+    else {
         return;
     };
-    let heads = tempfile::tempdir().unwrap();
-    write_centroid_heads(&model, heads.path());
-    let server = start_with_model(&model, heads.path(), |_| {}).await;
     assert_eq!(model_health(&server).await, ServingStatus::Serving as i32);
 
-    let info = AdminClient::new(server.channel.clone())
-        .get_model_info(GetModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = model_info(&server).await;
     assert!(info.loaded, "{info:?}");
     assert_eq!(info.encoder, "all-MiniLM-L6-v2");
     assert!(
@@ -242,12 +261,11 @@ async fn the_model_scores_messages_and_its_labels_become_reasons() {
 
 #[tokio::test]
 async fn a_stream_gets_scored_verdicts_in_order() {
-    let Some(model) = model_dir("a_stream_gets_scored_verdicts_in_order") else {
+    let Some((server, _heads)) =
+        start_with_centroid_heads("a_stream_gets_scored_verdicts_in_order", |_| {}).await
+    else {
         return;
     };
-    let heads = tempfile::tempdir().unwrap();
-    write_centroid_heads(&model, heads.path());
-    let server = start_with_model(&model, heads.path(), |_| {}).await;
     let texts: Vec<String> = (0..120)
         .map(|i| match i % 3 {
             0 => format!("you are a worthless pathetic clown number {i}"),
@@ -299,11 +317,7 @@ async fn unreadable_weights_mean_rules_only_marked_degraded() {
         model_health(&server).await,
         ServingStatus::NotServing as i32
     );
-    let info = AdminClient::new(server.channel.clone())
-        .get_model_info(GetModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = model_info(&server).await;
     assert!(!info.loaded);
     assert!(
         info.status_detail.contains("model.safetensors") || info.status_detail.contains("encoder"),
@@ -355,11 +369,7 @@ async fn an_encoder_without_heads_runs_rules_only_and_says_so() {
     let empty = tempfile::tempdir().unwrap();
     let server = start_with_model(&model, empty.path(), |_| {}).await;
     assert_eq!(model_health(&server).await, ServingStatus::Serving as i32);
-    let info = AdminClient::new(server.channel.clone())
-        .get_model_info(GetModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = model_info(&server).await;
     assert!(info.loaded);
     assert!(info.heads.is_empty());
     assert!(
@@ -381,18 +391,19 @@ async fn an_encoder_without_heads_runs_rules_only_and_says_so() {
 
 #[tokio::test]
 async fn a_full_model_queue_refuses_classify_with_a_retry_hint_and_remembers_nothing() {
-    let Some(model) = model_dir("a_full_model_queue_refuses_classify_with_a_retry_hint") else {
-        return;
-    };
-    let heads = tempfile::tempdir().unwrap();
-    write_centroid_heads(&model, heads.path());
     // One slot, and a linger long enough that the first message still holds it when the
     // second asks.
-    let server = start_with_model(&model, heads.path(), |config| {
-        config.model.max_queue = 1;
-        config.model.linger_us = 100_000;
-    })
-    .await;
+    let Some((server, _heads)) = start_with_centroid_heads(
+        "a_full_model_queue_refuses_classify_with_a_retry_hint",
+        |config| {
+            config.model.max_queue = 1;
+            config.model.linger_us = 100_000;
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let status = server
         .moderation()
         .classify(classify(&["first distinct line", "second distinct line"]))
