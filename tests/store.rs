@@ -8,7 +8,9 @@ use common::PgSchema;
 use modbot::decision::{ChatMessage, DecideOptions, Decision, Degraded, Engine, Inputs};
 use modbot::normalize::normalize;
 use modbot::rules::RuleSet;
-use modbot::store::{AuditQuery, AuditRecord, ConnectOptions, Store, StoreError};
+use modbot::store::{
+    AuditQuery, AuditRecord, ConnectOptions, Feedback, FeedbackSource, Store, StoreError,
+};
 use modbot::users::UserHistory;
 
 fn options() -> ConnectOptions {
@@ -163,7 +165,57 @@ async fn suite(url: &str) {
         .record_verdicts(&[])
         .await
         .expect("an empty batch is a no-op");
+
+    feedback_suite(&store).await;
     store.close().await;
+}
+
+/// Feedback examples: round trip, oldest first, one judgement of a kind per message and label.
+async fn feedback_suite(store: &Store) {
+    let example = |id: &str, at_ms: i64, message_id: &str, source: FeedbackSource| Feedback {
+        id: id.into(),
+        created_at: SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms as u64),
+        channel: "destinygg".into(),
+        user_id: "mallory".into(),
+        message_id: message_id.into(),
+        text: "you are a clown".into(),
+        label: "toxicity/insult".into(),
+        positive: source == FeedbackSource::ModeratorAction,
+        source,
+        actor: "modnick".into(),
+        action: "timeout".into(),
+    };
+    assert!(store.feedback().await.unwrap().is_empty());
+    let later = example(
+        "f2",
+        1_700_000_002_000,
+        "m7",
+        FeedbackSource::ModeratorAction,
+    );
+    let earlier = example(
+        "f1",
+        1_700_000_001_000,
+        "m6",
+        FeedbackSource::ModeratorAction,
+    );
+    let overturned = example(
+        "f3",
+        1_700_000_003_000,
+        "m6",
+        FeedbackSource::AppealOverturned,
+    );
+    for f in [&later, &earlier, &overturned] {
+        assert!(store.record_feedback(f).await.unwrap(), "{}", f.id);
+    }
+    // A second moderator action on the same message and label is the same judgement.
+    let again = Feedback {
+        id: "f4".into(),
+        action: "ban".into(),
+        ..earlier.clone()
+    };
+    assert!(!store.record_feedback(&again).await.unwrap());
+    let read = store.feedback().await.unwrap();
+    assert_eq!(read, vec![earlier, later, overturned]);
 }
 
 fn store_millis(time: SystemTime) -> i64 {

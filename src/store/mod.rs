@@ -15,15 +15,26 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
+mod feedback;
+
+pub use self::feedback::{Feedback, FeedbackSource};
+
 use crate::config::redact_url;
 use crate::decision::{ChatMessage, Decision, Degraded, Verdict};
 
 /// The migrations, in order, compiled into the binary.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "audit log",
-    include_str!("../../migrations/0001_audit_log.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "audit log",
+        include_str!("../../migrations/0001_audit_log.sql"),
+    ),
+    (
+        2,
+        "feedback",
+        include_str!("../../migrations/0002_feedback.sql"),
+    ),
+];
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
