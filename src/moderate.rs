@@ -16,12 +16,22 @@ use crate::decision::{
 };
 use crate::inference::{Admission, Overloaded, Pending, Scorer, Scores};
 use crate::normalize::normalize;
-use crate::store::unix_millis;
+use crate::store::{Feedback, FeedbackSource, unix_millis};
 use crate::users::{Observation, SharedState};
 
 /// How far ahead of the server's clock a message's own timestamp may be before the server's
 /// clock is used instead: a skewed client must not be able to age its own offences away.
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// How long before a human moderator's action its target's message may be what the action
+/// was about. Moderators act within seconds of what they saw; a message from long before is
+/// more likely unrelated, and a wrong example is worse than none.
+pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(120);
+
+/// The label a human moderator's action in chat teaches. The chats' actions carry no reason,
+/// and moderators of live-stream chats act on abuse far more than on spam (which the rules
+/// catch: links, copy-paste, rate), so a human action is taken as a toxicity example.
+pub const HUMAN_ACTION_LABEL: &str = "toxicity/insult";
 
 /// Decides messages with memory of each user.
 #[derive(Debug)]
@@ -199,18 +209,44 @@ impl Moderator {
     }
 
     /// Records a human moderator's action seen in the chat as an offence of its target, so the
-    /// ladder knows about it.
+    /// ladder knows about it, and returns the feedback it teaches: the target's latest message
+    /// in the channel, sent at most [`FEEDBACK_WINDOW`] before the action, as a positive
+    /// example of [`HUMAN_ACTION_LABEL`]. `None` when no such message is remembered.
     pub async fn moderator_action(
         &self,
         channel: &str,
+        moderator: &str,
         target: &str,
         decision: Decision,
         at: SystemTime,
-    ) {
+    ) -> Option<Feedback> {
         let policy = self.engine.rules().policy(channel);
-        if let Some(offence) = escalation::offence(decision, &policy.escalation, state_clock(at)) {
+        let at_ms = state_clock(at);
+        // Read before the offence is recorded: recording does not touch messages, but a read
+        // first keeps the example independent of what the ladder does.
+        let history = self.state.peek(channel, target).await.value.0;
+        if let Some(offence) = escalation::offence(decision, &policy.escalation, at_ms) {
             self.state.record_offence(channel, target, &offence).await;
         }
+        let window_ms = i64::try_from(FEEDBACK_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let message = history?
+            .recent
+            .last()
+            .filter(|m| m.at_ms <= at_ms && at_ms - m.at_ms <= window_ms)?
+            .clone();
+        Some(Feedback {
+            id: uuid::Uuid::now_v7().to_string(),
+            created_at: SystemTime::now(),
+            channel: channel.to_owned(),
+            user_id: target.to_owned(),
+            message_id: message.message_id.clone(),
+            text: message.text.clone(),
+            label: HUMAN_ACTION_LABEL.to_owned(),
+            positive: true,
+            source: FeedbackSource::ModeratorAction,
+            actor: moderator.to_owned(),
+            action: decision.as_str().to_owned(),
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use modbot::proto::{
     self, ActionKind, ChatEvent, Decision, Hello, ModeratorAction, StreamModerateRequest,
     StreamModerateResponse, chat_event, stream_moderate_request, stream_moderate_response,
 };
-use modbot::store::AuditQuery;
+use modbot::store::{AuditQuery, FeedbackSource};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
@@ -328,6 +328,126 @@ async fn a_moderators_timeout_counts_toward_the_ladder() {
         .collect();
     logged.sort();
     assert_eq!(logged, ["n1", "t1"]);
+    store.close().await;
+}
+
+/// A human moderator's action on chat, `at_ms` by the chat's clock.
+fn moderator_action(
+    moderator: &str,
+    target: &str,
+    kind: ActionKind,
+    at_ms: i64,
+) -> StreamModerateRequest {
+    event(
+        "destinygg",
+        chat_event::Kind::ModeratorAction(ModeratorAction {
+            moderator: moderator.into(),
+            target: target.into(),
+            kind: kind as i32,
+            duration: None,
+            at: Some(prost_types::Timestamp {
+                seconds: at_ms / 1000,
+                nanos: (at_ms % 1000) as i32 * 1_000_000,
+            }),
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_moderators_action_becomes_a_feedback_example_of_the_targets_last_message() {
+    let server = TestServer::start(|_| {}).await;
+    let (tx, mut responses) = open(&server, 16).await;
+    // `rude` says something the rules let through; a moderator times them out seconds later.
+    tx.send(say("r1", "rude", "hello there", T0)).await.unwrap();
+    tx.send(say("r2", "rude", "Y0U are a cl0wn, go away", T0 + 1_000))
+        .await
+        .unwrap();
+    tx.send(moderator_action(
+        "mod1",
+        "rude",
+        ActionKind::Timeout,
+        T0 + 4_000,
+    ))
+    .await
+    .unwrap();
+    // A ban after the timeout is the same judgement of the same message: still one example.
+    tx.send(moderator_action(
+        "mod2",
+        "rude",
+        ActionKind::Ban,
+        T0 + 6_000,
+    ))
+    .await
+    .unwrap();
+    // `quiet` spoke long before being muted: too long for the action to be about that message.
+    tx.send(say("q1", "quiet", "good morning", T0))
+        .await
+        .unwrap();
+    tx.send(moderator_action(
+        "mod1",
+        "quiet",
+        ActionKind::Timeout,
+        T0 + 600_000,
+    ))
+    .await
+    .unwrap();
+    // Nobody remembers `ghost`; an unmute teaches nothing.
+    tx.send(moderator_action(
+        "mod1",
+        "ghost",
+        ActionKind::Ban,
+        T0 + 4_000,
+    ))
+    .await
+    .unwrap();
+    tx.send(moderator_action(
+        "mod1",
+        "rude",
+        ActionKind::Unmute,
+        T0 + 7_000,
+    ))
+    .await
+    .unwrap();
+    // Events are handled in order: once this verdict is back, every action above is done.
+    tx.send(say("last", "someone", "ok", T0 + 8_000))
+        .await
+        .unwrap();
+    for expected in ["r1", "r2", "q1", "last"] {
+        assert_eq!(next_verdict(&mut responses).await.message_id, expected);
+    }
+    drop(tx);
+    let store = server.store().await;
+    server.stop().await.expect("clean stop");
+    let feedback = store.feedback().await.unwrap();
+    assert_eq!(feedback.len(), 1, "{feedback:?}");
+    let example = &feedback[0];
+    assert_eq!(
+        (
+            example.channel.as_str(),
+            example.user_id.as_str(),
+            example.message_id.as_str(),
+            example.label.as_str(),
+            example.positive,
+            example.source,
+            example.actor.as_str(),
+            example.action.as_str(),
+        ),
+        (
+            "destinygg",
+            "rude",
+            "r2",
+            "toxicity/insult",
+            true,
+            FeedbackSource::ModeratorAction,
+            "mod1",
+            "timeout",
+        )
+    );
+    // The text is what the model sees: normalised (leetspeak folded, lower-cased).
+    assert_eq!(
+        example.text,
+        modbot::normalize::normalize("Y0U are a cl0wn, go away", &Default::default()).text
+    );
     store.close().await;
 }
 

@@ -274,6 +274,7 @@ impl Session {
                 match decision {
                     Some(decision) => Item::ModeratorAction {
                         channel: event.channel,
+                        moderator: action.moderator,
                         target: action.target,
                         decision,
                         at: action
@@ -323,14 +324,27 @@ impl Session {
             }
             Item::ModeratorAction {
                 channel,
+                moderator,
                 target,
                 decision,
                 at,
             } => {
-                self.app
+                let feedback = self
+                    .app
                     .moderator
-                    .moderator_action(&channel, &target, decision, at)
+                    .moderator_action(&channel, &moderator, &target, decision, at)
                     .await;
+                if let Some(feedback) = feedback {
+                    // A lost example costs little and the stream must go on: log and count.
+                    match self.app.store.record_feedback(&feedback).await {
+                        Ok(true) => metrics::counter!("modbot_feedback_total", "source" => feedback.source.as_str()).increment(1),
+                        Ok(false) => {}
+                        Err(error) => {
+                            metrics::counter!("modbot_feedback_write_failures_total").increment(1);
+                            tracing::warn!(%error, channel, target, "cannot record feedback");
+                        }
+                    }
+                }
                 true
             }
             Item::Reject {
@@ -355,6 +369,7 @@ enum Item {
     /// A human moderator's action seen in the chat.
     ModeratorAction {
         channel: String,
+        moderator: String,
         target: String,
         decision: Decision,
         at: SystemTime,
