@@ -31,12 +31,26 @@ use self::queue::Job;
 use crate::model::heads::Heads;
 use crate::model::{Encoder, ModelError};
 
+/// One text as the model thread sees it, prepared on its caller's task.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Input<'a> {
+    /// Its token ids ([`Backend::tokenize`]).
+    pub tokens: &'a [u32],
+    /// Its lexical inputs ([`Backend::lexical`]).
+    pub lexical: &'a [f32],
+}
+
 /// What runs the model: tokenises on callers' tasks, scores batches on the model thread.
 pub trait Backend: Send + Sync + 'static {
     /// Token ids of a text, special tokens included, truncated as the model needs.
     fn tokenize(&self, text: &str) -> Result<Vec<u32>, String>;
-    /// Label probabilities for each token sequence, in order.
-    fn score(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, String>;
+    /// Inputs of the heads computed from the text itself rather than the encoder (the n-gram
+    /// halves' logits); none by default.
+    fn lexical(&self, _text: &str) -> Vec<f32> {
+        Vec::new()
+    }
+    /// Label probabilities for each input, in order.
+    fn score(&self, batch: &[Input<'_>]) -> Result<Vec<Vec<f32>>, String>;
 }
 
 /// The real backend: the encoder, then every head on its embedding.
@@ -57,24 +71,29 @@ impl Backend for ModelBackend {
         self.encoder.tokenize(text).map_err(|e| e.to_string())
     }
 
-    fn score(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+    fn lexical(&self, text: &str) -> Vec<f32> {
+        self.heads.lexical(text)
+    }
+
+    fn score(&self, batch: &[Input<'_>]) -> Result<Vec<Vec<f32>>, String> {
         let mut scores = vec![Vec::new(); batch.len()];
         // The packed CPU forward does no padding and takes the batch whole; a padded forward
         // (candle, e.g. on a GPU) runs length buckets, so one long message does not make the
         // whole batch as long as itself.
         let buckets = if self.encoder.pads_batches() {
-            length_buckets(batch)
+            let tokens: Vec<&[u32]> = batch.iter().map(|input| input.tokens).collect();
+            length_buckets(&tokens)
         } else {
             vec![(0..batch.len()).collect()]
         };
         for bucket in buckets {
-            let owned: Vec<Vec<u32>> = bucket.iter().map(|&i| batch[i].to_vec()).collect();
+            let owned: Vec<Vec<u32>> = bucket.iter().map(|&i| batch[i].tokens.to_vec()).collect();
             let embeddings = self
                 .encoder
                 .embed_tokens(&owned)
                 .map_err(|e: ModelError| e.to_string())?;
             for (i, embedding) in bucket.into_iter().zip(&embeddings) {
-                scores[i] = self.heads.score(embedding);
+                scores[i] = self.heads.score(embedding, batch[i].lexical);
             }
         }
         Ok(scores)
@@ -416,10 +435,12 @@ impl Scorer {
             Ok(tokens) => tokens,
             Err(error) => return Ok(Pending::Done(Scores::Unavailable(error))),
         };
+        let lexical = running.backend.lexical(text);
         let (reply_tx, reply) = oneshot::channel();
         let job = Job {
             key: running.cache.as_ref().map(|_| Box::from(text)),
             tokens,
+            lexical,
             reply: reply_tx,
             enqueued: Instant::now(),
             deadline,

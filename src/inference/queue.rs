@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
-use super::{Backend, Limits, ScoreCache, Status};
+use super::{Backend, Input, Limits, ScoreCache, Status};
 
 /// Failures in a row that mark the model failed.
 const FAILURES_TO_FAIL: u32 = 3;
@@ -30,6 +30,8 @@ pub struct Job {
     pub key: Option<Box<str>>,
     /// Its tokens.
     pub tokens: Vec<u32>,
+    /// Its lexical inputs.
+    pub lexical: Vec<f32>,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Result<Arc<[f32]>, String>>,
     /// When it was queued.
@@ -162,19 +164,31 @@ impl Worker {
 
     fn run_batch(&self, batch: Vec<Job>) -> Result<(), String> {
         let started = Instant::now();
-        // One model pass per distinct text.
-        let mut distinct: Vec<&[u32]> = Vec::with_capacity(batch.len());
+        // One model pass per distinct input. Equal tokens nearly always mean equal lexical
+        // inputs; when they do not (texts that differ only in what the tokenizer drops), the
+        // inputs are scored apart.
+        let mut distinct: Vec<Input<'_>> = Vec::with_capacity(batch.len());
         let mut index: HashMap<&[u32], usize> = HashMap::with_capacity(batch.len());
         let slots: Vec<usize> = batch
             .iter()
             .map(|job| {
-                *index.entry(job.tokens.as_slice()).or_insert_with(|| {
-                    distinct.push(job.tokens.as_slice());
-                    distinct.len() - 1
-                })
+                let input = Input {
+                    tokens: &job.tokens,
+                    lexical: &job.lexical,
+                };
+                match index.get(job.tokens.as_slice()) {
+                    Some(&slot) if distinct[slot] == input => slot,
+                    found => {
+                        distinct.push(input);
+                        if found.is_none() {
+                            index.insert(&job.tokens, distinct.len() - 1);
+                        }
+                        distinct.len() - 1
+                    }
+                }
             })
             .collect();
-        let tokens: usize = distinct.iter().map(|t| t.len()).sum();
+        let tokens: usize = distinct.iter().map(|t| t.tokens.len()).sum();
         for job in &batch {
             metrics::histogram!("modbot_model_queue_wait_seconds")
                 .record(started.duration_since(job.enqueued).as_secs_f64());

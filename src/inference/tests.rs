@@ -55,7 +55,7 @@ impl Backend for Scripted {
         Ok(text.bytes().map(u32::from).collect())
     }
 
-    fn score(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+    fn score(&self, batch: &[Input<'_>]) -> Result<Vec<Vec<f32>>, String> {
         {
             let mut entered = self.entered.lock().unwrap();
             *entered += 1;
@@ -69,12 +69,12 @@ impl Backend for Scripted {
         self.batches
             .lock()
             .unwrap()
-            .push(batch.iter().map(|t| t.to_vec()).collect());
+            .push(batch.iter().map(|t| t.tokens.to_vec()).collect());
         assert!(!*self.panic.lock().unwrap(), "scripted panic");
         if let Some(error) = *self.fail.lock().unwrap() {
             return Err(error.to_owned());
         }
-        Ok(batch.iter().map(|t| vec![t.len() as f32]).collect())
+        Ok(batch.iter().map(|t| vec![t.tokens.len() as f32]).collect())
     }
 }
 

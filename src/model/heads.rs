@@ -21,14 +21,27 @@
 //! the labels' logits: a multi-label head turns each into a probability with a sigmoid, a
 //! multi-class head all of them together with a softmax. Heads are tiny next to the encoder
 //! (a 384×k matrix or a small MLP), so they run in plain Rust on the model thread.
+//!
+//! A head may also have a lexical half: an entry with `"ngram": {config}` holds a TF-IDF
+//! n-gram logistic regression ([`super::ngram`]) in the same file (`ngram.idf` and
+//! `ngram.weight`, one value per bucket, stored as f16; `ngram.bias`, one value). Its logit
+//! on the normalised text is one more input of the head after the embedding, so `layers.0`
+//! then takes `embedding_dim + 1` inputs. Words the encoder only knows as sub-word pieces
+//! (misspelt slurs, spam vocabulary) are what the n-grams see best; meaning is what the
+//! embedding sees best: the head weighs the two.
+//!
+//! An entry with `"vader": true` also takes VADER's four scores of the normalised text
+//! (negative, neutral, positive, compound: a lexicon and rules made for social-media text) as
+//! inputs after the n-gram logit, if any.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::ModelError;
+use super::ngram::{NgramConfig, NgramModel};
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "heads.json";
@@ -41,6 +54,9 @@ struct Manifest {
     encoder: String,
     embedding_dim: usize,
     heads: Vec<HeadEntry>,
+    /// How the heads were made (data hashes, seed, encoder): provenance for people, not read.
+    #[serde(default, rename = "training")]
+    _training: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +72,15 @@ struct HeadEntry {
     version: String,
     #[serde(default)]
     metrics: BTreeMap<String, f64>,
+    /// The lexical half, when the head has one.
+    #[serde(default)]
+    ngram: Option<NgramConfig>,
+    /// Whether VADER's scores are inputs.
+    #[serde(default)]
+    vader: bool,
+    /// How this head was trained (candidates, calibration, validation metrics): provenance.
+    #[serde(default, rename = "training")]
+    _training: Option<serde_json::Value>,
 }
 
 /// One linear layer, weights row-major `[out][in]`.
@@ -100,15 +125,32 @@ pub struct Head {
     pub version: String,
     /// Quality on held-out data.
     pub metrics: BTreeMap<String, f64>,
+    /// The lexical half: an n-gram model whose logit is an input after the embedding.
+    pub ngram: Option<NgramModel>,
+    /// Whether VADER's four scores are inputs after the n-gram logit.
+    pub vader: bool,
     layers: Vec<Layer>,
 }
 
 impl Head {
-    /// Label probabilities for one embedding, appended to `out` in label order.
-    fn score(&self, embedding: &[f32], scratch: &mut [Vec<f32>; 2], out: &mut Vec<f32>) {
+    /// How many lexical inputs the head takes after the embedding.
+    fn lexical_inputs(&self) -> usize {
+        usize::from(self.ngram.is_some()) + if self.vader { VADER_INPUTS } else { 0 }
+    }
+
+    /// Label probabilities for one embedding and the head's own lexical inputs, appended to
+    /// `out` in label order.
+    fn score(
+        &self,
+        embedding: &[f32],
+        lexical: &[f32],
+        scratch: &mut [Vec<f32>; 2],
+        out: &mut Vec<f32>,
+    ) {
         let [a, b] = scratch;
         a.clear();
         a.extend_from_slice(embedding);
+        a.extend_from_slice(lexical);
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
             layer.forward(a, b);
@@ -202,7 +244,12 @@ impl Heads {
                 )));
             }
             let path = dir.join(&entry.file);
-            let layers = load_layers(&path, embedding_dim, entry.labels.len())?;
+            let (layers, ngram) = load_head_file(
+                &path,
+                embedding_dim + if entry.vader { VADER_INPUTS } else { 0 },
+                entry.labels.len(),
+                entry.ngram,
+            )?;
             heads.push(Head {
                 name: entry.name,
                 labels: entry.labels,
@@ -210,6 +257,8 @@ impl Heads {
                 thresholds: entry.thresholds,
                 version: entry.version,
                 metrics: entry.metrics,
+                ngram,
+                vader: entry.vader,
                 layers,
             });
         }
@@ -240,12 +289,44 @@ impl Heads {
         &self.label_names
     }
 
-    /// Every label's probability for one embedding, in [`Heads::label_names`] order.
-    pub fn score(&self, embedding: &[f32]) -> Vec<f32> {
+    /// The heads' lexical inputs for a normalised text: one n-gram logit per head with an
+    /// n-gram half, in head order (empty when no head has one). Cheap next to the encoder, and
+    /// computed where the text is (the caller's task), not on the model thread.
+    pub fn lexical(&self, normalized_text: &str) -> Vec<f32> {
+        let mut out = Vec::new();
+        for head in &self.heads {
+            if let Some(ngram) = &head.ngram {
+                out.push(ngram.logit(normalized_text) as f32);
+            }
+            if head.vader {
+                out.extend(vader_scores(normalized_text));
+            }
+        }
+        out
+    }
+
+    /// Every label's probability for one embedding and the text's [`Heads::lexical`] inputs,
+    /// in [`Heads::label_names`] order.
+    pub fn score(&self, embedding: &[f32], lexical: &[f32]) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.label_names.len());
         let mut scratch = [Vec::new(), Vec::new()];
+        let mut rest = lexical;
+        let mut padded = Vec::new();
         for head in &self.heads {
-            head.score(embedding, &mut scratch, &mut out);
+            let wanted = head.lexical_inputs();
+            let own = if rest.len() >= wanted {
+                let (own, after) = rest.split_at(wanted);
+                rest = after;
+                own
+            } else {
+                // Too few inputs is a caller's bug; zeros keep the answer sane.
+                padded.clear();
+                padded.extend_from_slice(rest);
+                padded.resize(wanted, 0.0);
+                rest = &[];
+                &padded[..]
+            };
+            head.score(embedding, own, &mut scratch, &mut out);
         }
         out
     }
@@ -262,9 +343,33 @@ impl Heads {
     }
 }
 
-/// Reads `layers.N.weight` / `layers.N.bias` from a head file and checks the shapes chain
-/// from `inputs` to `outputs`.
-fn load_layers(path: &Path, inputs: usize, outputs: usize) -> Result<Vec<Layer>, ModelError> {
+/// VADER's scores as inputs: negative, neutral, positive, compound.
+pub const VADER_INPUTS: usize = 4;
+
+/// VADER's four scores of a text.
+pub fn vader_scores(text: &str) -> [f32; VADER_INPUTS] {
+    thread_local! {
+        // Building the analyser parses its lexicon's maps: once per thread, not per text.
+        static ANALYZER: vader_sentiment::SentimentIntensityAnalyzer<'static> =
+            vader_sentiment::SentimentIntensityAnalyzer::new();
+    }
+    ANALYZER.with(|analyzer| {
+        let scores = analyzer.polarity_scores(text);
+        let get = |key: &str| scores.get(key).copied().unwrap_or(0.0) as f32;
+        [get("neg"), get("neu"), get("pos"), get("compound")]
+    })
+}
+
+/// Reads a head file: `layers.N.weight` / `layers.N.bias`, checking that the shapes chain
+/// from the inputs (the embedding and VADER's scores when the head takes them, `dense_inputs`,
+/// plus the n-gram logit when `ngram` is given) to `outputs`,
+/// and the n-gram half's tensors when the manifest says it has one.
+fn load_head_file(
+    path: &Path,
+    dense_inputs: usize,
+    outputs: usize,
+    ngram: Option<NgramConfig>,
+) -> Result<(Vec<Layer>, Option<NgramModel>), ModelError> {
     if !path.is_file() {
         return Err(ModelError::Missing(path.to_owned()));
     }
@@ -274,8 +379,31 @@ fn load_layers(path: &Path, inputs: usize, outputs: usize) -> Result<Vec<Layer>,
     };
     let mut tensors: HashMap<String, candle_core::Tensor> =
         candle_core::safetensors::load(path, &Device::Cpu)?;
+    let ngram = match ngram {
+        None => None,
+        Some(config) => {
+            let mut take = |name: &str| -> Result<Vec<f32>, ModelError> {
+                let tensor = tensors.remove(name).ok_or_else(|| {
+                    bad(format!(
+                        "the manifest says it has an n-gram half, but `{name}` is missing"
+                    ))
+                })?;
+                Ok(tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+            };
+            let idf = take("ngram.idf")?;
+            let weights = take("ngram.weight")?;
+            let bias = take("ngram.bias")?;
+            let [bias] = bias[..] else {
+                return Err(bad(format!("ngram.bias has {} values, not 1", bias.len())));
+            };
+            Some(
+                NgramModel::from_parts(config, idf, weights, f64::from(bias))
+                    .map_err(|e| bad(format!("ngram: {e}")))?,
+            )
+        }
+    };
     let mut layers = Vec::new();
-    let mut width = inputs;
+    let mut width = dense_inputs + usize::from(ngram.is_some());
     loop {
         let n = layers.len();
         let (Some(weight), Some(bias)) = (
@@ -313,13 +441,56 @@ fn load_layers(path: &Path, inputs: usize, outputs: usize) -> Result<Vec<Layer>,
             "the last layer has {last} outputs for {outputs} labels"
         )));
     }
-    Ok(layers)
+    Ok((layers, ngram))
+}
+
+/// An n-gram model as it will be after a round trip through a head file (its tables in f16),
+/// so that what training measures is exactly what the service loads.
+pub fn stored_ngram(model: &NgramModel) -> Result<NgramModel, ModelError> {
+    let (config, idf, weights, bias) = model.parts();
+    let round = |values: &[f32]| -> Result<Vec<f32>, ModelError> {
+        Ok(Tensor::new(values, &Device::Cpu)?
+            .to_dtype(DType::F16)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?)
+    };
+    NgramModel::from_parts(
+        config.clone(),
+        round(idf)?,
+        round(weights)?,
+        f64::from(bias as f32),
+    )
+    .map_err(ModelError::Input)
 }
 
 /// Writes a head file (`layers.N.weight` / `layers.N.bias`) from row-major weights: how
 /// `modbot train` stores heads, and how tests make them.
 pub fn write_head(path: &Path, layers: &[(Vec<Vec<f32>>, Vec<f32>)]) -> Result<(), ModelError> {
+    write_head_with_ngram(path, layers, None)
+}
+
+/// [`write_head`] with an n-gram half (its tables stored as f16: see [`stored_ngram`]).
+pub fn write_head_with_ngram(
+    path: &Path,
+    layers: &[(Vec<Vec<f32>>, Vec<f32>)],
+    ngram: Option<&NgramModel>,
+) -> Result<(), ModelError> {
     let mut tensors = Vec::new();
+    if let Some(model) = ngram {
+        let (_, idf, weights, bias) = model.parts();
+        tensors.push((
+            "ngram.idf".to_owned(),
+            Tensor::new(idf, &Device::Cpu)?.to_dtype(DType::F16)?,
+        ));
+        tensors.push((
+            "ngram.weight".to_owned(),
+            Tensor::new(weights, &Device::Cpu)?.to_dtype(DType::F16)?,
+        ));
+        tensors.push((
+            "ngram.bias".to_owned(),
+            Tensor::new(&[bias as f32], &Device::Cpu)?,
+        ));
+    }
     for (n, (weight, bias)) in layers.iter().enumerate() {
         let rows = weight.len();
         let cols = weight.first().map_or(0, Vec::len);
@@ -462,7 +633,7 @@ mod tests {
         );
         assert_eq!(heads.threshold("toxicity/insult"), Some(0.7));
         assert_eq!(heads.threshold("toxicity/threat"), None);
-        let scores = heads.score(&[1.0, 2.0, -3.0]);
+        let scores = heads.score(&[1.0, 2.0, -3.0], &[]);
         let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
         assert!((scores[0] - sigmoid(0.5)).abs() < 1e-6, "{scores:?}");
         assert!((scores[1] - sigmoid(-1.0)).abs() < 1e-6, "{scores:?}");

