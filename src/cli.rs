@@ -1,4 +1,4 @@
-//! The `modbot` command line: `serve`, `migrate`, `config`.
+//! The `modbot` command line: `serve`, `migrate`, `config`, `fetch-model`, `train`, `eval`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +35,119 @@ enum Command {
         #[arg(long, default_value = "python3")]
         python: String,
     },
+    /// Train the classification heads on the labelled datasets (prepared by
+    /// scripts/fetch_datasets.py) and write them to model.heads_dir.
+    Train(TrainArgs),
+    /// Evaluate heads on held-out data next to baselines; compare two heads directories;
+    /// check that recorded metrics reproduce.
+    Eval(EvalArgs),
+}
+
+/// Options shared by `train` and `eval`.
+#[derive(Debug, Args)]
+struct DataArgs {
+    /// The prepared datasets (default: DATA_DIR/datasets).
+    #[arg(long, value_name = "DIR")]
+    datasets: Option<PathBuf>,
+    /// Use at most N examples of each split: a quick smoke run, not real numbers.
+    #[arg(long, value_name = "N")]
+    subset: Option<usize>,
+    /// Seed of the validation split, initialisation and shuffling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Share of each training split held out for validation (early stopping, calibration,
+    /// thresholds).
+    #[arg(long, default_value_t = 0.2)]
+    validation_fraction: f64,
+    /// Do not cache embeddings (in DATA_DIR/cache/embeddings).
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl DataArgs {
+    fn datasets_dir(&self, config: &Config) -> PathBuf {
+        self.datasets
+            .clone()
+            .unwrap_or_else(|| crate::eval::default_data_dir(&config.data_dir))
+    }
+
+    fn cache_dir(&self, config: &Config) -> Option<PathBuf> {
+        (!self.no_cache).then(|| config.data_dir.join("cache").join("embeddings"))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !(0.05..=0.5).contains(&self.validation_fraction) {
+            return Err(format!(
+                "--validation-fraction: {} is outside [0.05, 0.5]",
+                self.validation_fraction
+            ));
+        }
+        if self.subset == Some(0) {
+            return Err("--subset: must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Where to write the heads (default: model.heads_dir).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// The heads to train, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "toxicity,spam,sentiment")]
+    heads: Vec<String>,
+    /// Fold the moderators' feedback in the database (database.url) into the training data.
+    #[arg(long)]
+    with_feedback: bool,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// The heads to evaluate (default: model.heads_dir).
+    #[arg(long, value_name = "DIR", conflicts_with = "compare")]
+    heads_dir: Option<PathBuf>,
+    /// Evaluate two heads directories side by side: the current one, then the candidate.
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+    compare: Vec<PathBuf>,
+    /// Datasets whose test split to score, comma-separated (default: every one the heads
+    /// have a task for): insults, spam, sms, sentiment.
+    #[arg(long, value_delimiter = ',')]
+    dataset: Vec<String>,
+    /// Score this labelled JSONL file ({"id","text","label"} per line) instead; needs --head.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "head",
+        conflicts_with = "dataset"
+    )]
+    file: Option<PathBuf>,
+    /// The head the --file is labelled for (toxicity, spam, sentiment).
+    #[arg(long)]
+    head: Option<String>,
+    /// Skip the baselines.
+    #[arg(long)]
+    no_baselines: bool,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Write a Markdown report with ROC and precision-recall curves (SVG) into DIR.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// Write every example's text, class and scores to FILE (JSONL), for error analysis.
+    #[arg(long, value_name = "FILE")]
+    scores_out: Option<PathBuf>,
+    /// Fail (exit 1) when a test metric recorded in heads.json moved by more than TOLERANCE.
+    #[arg(long, value_name = "TOLERANCE", num_args = 0..=1, default_missing_value = "0.005")]
+    check: Option<f64>,
 }
 
 /// Where configuration comes from. Each flag is a shorthand for `--set KEY=VALUE`.
@@ -102,7 +215,9 @@ pub fn main() -> ExitCode {
     let (Command::Serve(args)
     | Command::Migrate(args)
     | Command::Config(args)
-    | Command::FetchModel { config: args, .. }) = &cli.command;
+    | Command::FetchModel { config: args, .. }
+    | Command::Train(TrainArgs { config: args, .. })
+    | Command::Eval(EvalArgs { config: args, .. })) = &cli.command;
     let Loaded { config, warnings } = match args.load() {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -131,6 +246,14 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Eval(args) = &cli.command {
+        return run_eval(&config, args);
+    }
+    if let Command::Train(args) = &cli.command
+        && !args.with_feedback
+    {
+        return run_train(&config, args, Vec::new());
+    }
     crate::telemetry::init(&config.log);
     for warning in warnings {
         tracing::warn!("{warning}");
@@ -149,7 +272,18 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve(_) => run_serve(config).await,
             Command::Migrate(_) => run_migrate(config).await,
-            Command::Config(_) | Command::FetchModel { .. } => {
+            Command::Train(args) => {
+                let feedback = load_feedback(&config).await?;
+                // Training is seconds to minutes of CPU work: off the async workers.
+                let code = tokio::task::spawn_blocking(move || run_train(&config, &args, feedback))
+                    .await?;
+                if code == ExitCode::SUCCESS {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!("training failed"))
+                }
+            }
+            Command::Config(_) | Command::FetchModel { .. } | Command::Eval(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }
@@ -180,6 +314,100 @@ async fn run_serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr} (grpc.addr)"))?;
     crate::serve(config, listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Reads the moderators' feedback from the database for `train --with-feedback`.
+async fn load_feedback(config: &Config) -> anyhow::Result<Vec<crate::train::FeedbackExample>> {
+    let store = crate::app::open_store(config).await?;
+    let rows = store.feedback().await;
+    store.close().await;
+    let examples: Vec<crate::train::FeedbackExample> = rows?
+        .into_iter()
+        .map(|f| crate::train::FeedbackExample {
+            label: f.label,
+            text: f.text,
+            positive: f.positive,
+            id: f.id,
+        })
+        .collect();
+    tracing::info!(examples = examples.len(), "feedback read from the database");
+    Ok(examples)
+}
+
+fn run_train(
+    config: &Config,
+    args: &TrainArgs,
+    feedback: Vec<crate::train::FeedbackExample>,
+) -> ExitCode {
+    if let Err(message) = args.data.check() {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    let options = crate::train::TrainOptions {
+        data_dir: args.data.datasets_dir(config),
+        out_dir: args
+            .out
+            .clone()
+            .unwrap_or_else(|| config.model.heads_dir.clone()),
+        model_dir: config.model.dir.clone(),
+        cache_dir: args.data.cache_dir(config),
+        heads: args.heads.clone(),
+        subset: args.data.subset,
+        seed: args.data.seed,
+        validation_fraction: args.data.validation_fraction,
+        feedback,
+    };
+    match crate::train::run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: training: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_eval(config: &Config, args: &EvalArgs) -> ExitCode {
+    if let Err(message) = args.data.check() {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    if args.check.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+        eprintln!("error: --check: the tolerance must be in [0, 1]");
+        return ExitCode::from(2);
+    }
+    let heads_dirs = if args.compare.is_empty() {
+        vec![
+            args.heads_dir
+                .clone()
+                .unwrap_or_else(|| config.model.heads_dir.clone()),
+        ]
+    } else {
+        args.compare.clone()
+    };
+    let options = crate::eval::EvalOptions {
+        data_dir: args.data.datasets_dir(config),
+        model_dir: config.model.dir.clone(),
+        cache_dir: args.data.cache_dir(config),
+        heads_dirs,
+        datasets: args.dataset.clone(),
+        file: args.file.clone().zip(args.head.clone()),
+        subset: args.data.subset,
+        seed: args.data.seed,
+        validation_fraction: args.data.validation_fraction,
+        baselines: !args.no_baselines,
+        json: args.json,
+        report_dir: args.report.clone(),
+        check: args.check,
+        scores_out: args.scores_out.clone(),
+    };
+    match crate::eval::run(&options) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: evaluation: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run_migrate(config: Config) -> anyhow::Result<()> {

@@ -27,6 +27,10 @@
 //! - [`grpc`]: the tonic services; the only module that sees generated proto types.
 //! - [`proto`]: the generated code itself.
 //! - [`app`]: wiring: [`app::serve`] runs the whole server on a listener until shutdown.
+//! - [`train`]: `modbot train`: the labelled datasets, embedding them with the encoder, and
+//!   training, calibrating and writing classification heads.
+//! - [`eval`]: `modbot eval`: metrics of the heads on held-out data next to baselines, reports,
+//!   comparisons and the check that committed heads reproduce their recorded metrics.
 //! - [`telemetry`]: logging set-up.
 //! - [`cli`]: the `modbot` command line.
 //!
@@ -38,6 +42,7 @@ pub mod cli;
 pub mod config;
 pub mod corpus;
 pub mod decision;
+pub mod eval;
 pub mod grpc;
 pub mod inference;
 pub mod model;
@@ -47,6 +52,7 @@ pub mod proto;
 pub mod rules;
 pub mod store;
 pub mod telemetry;
+pub mod train;
 pub mod users;
 
 pub use app::serve;

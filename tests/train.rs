@@ -1,0 +1,490 @@
+//! `modbot train` and `modbot eval` as a user runs them, on small labelled files written by
+//! the test (the real datasets are trained on by `scripts/test`'s release run): heads written
+//! and loadable, deterministic, metrics recorded and checked, reports, comparisons, feedback
+//! folded in from the database, and bad input refused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use modbot::model::heads::Heads;
+use modbot::store::{ConnectOptions, Feedback, FeedbackSource, Store};
+
+/// Set by `.ci/run`: a missing model is then a failure, not a skip.
+const REQUIRE_MODEL_ENV: &str = "MODBOT_TEST_REQUIRE_MODEL";
+
+fn model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
+}
+
+fn have_model(test: &str) -> bool {
+    if modbot::model::fetch::is_present(&model_dir()) {
+        return true;
+    }
+    assert!(
+        std::env::var_os(REQUIRE_MODEL_ENV).is_none(),
+        "{REQUIRE_MODEL_ENV} is set but there is no model (run `modbot fetch-model`)"
+    );
+    eprintln!("SKIPPED {test}: no model (run `modbot fetch-model`)");
+    false
+}
+
+/// The binary with a configuration pointing at `work` (its data dir) and the real encoder.
+fn modbot(work: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_modbot"));
+    command.args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MODBOT_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env_remove("RUST_LOG")
+        .env("MODBOT_DATA_DIR", work)
+        .env("MODBOT_MODEL_DIR", model_dir());
+    command
+}
+
+fn run(command: &mut Command) -> (Output, String, String) {
+    let output = command.output().expect("run modbot");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stdout, stderr)
+}
+
+const INSULTS: &[&str] = &[
+    "you are a complete idiot",
+    "shut up you stupid moron",
+    "what an ignorant fool you are",
+    "you pathetic loser, nobody likes you",
+    "go away you worthless clown",
+    "you are dumb as a rock",
+    "only an imbecile would write this garbage",
+    "you disgusting little troll",
+];
+const CLEAN: &[&str] = &[
+    "thanks for the stream today",
+    "the weather is lovely this morning",
+    "I think the second option is better",
+    "what time does the match start",
+    "good luck on the exam tomorrow",
+    "that recipe looks delicious",
+    "the new update fixed my problem",
+    "see you all next week",
+];
+
+/// Writes `insults/{train,test}.jsonl` and `sentiment/{train,test}.jsonl` under `dir`.
+fn write_datasets(dir: &Path) {
+    let line = |id: String, text: &str, label: &str| {
+        serde_json::json!({"id": id, "text": text, "label": label, "source": "test"}).to_string()
+    };
+    let mut train = Vec::new();
+    let mut test = Vec::new();
+    for (round, prefix) in ["", "honestly, ", "lol ", "well "].iter().enumerate() {
+        for (i, text) in INSULTS.iter().enumerate() {
+            let target = if round == 3 { &mut test } else { &mut train };
+            target.push(line(
+                format!("i{round}-{i}"),
+                &format!("{prefix}{text}"),
+                "insult",
+            ));
+        }
+        for (i, text) in CLEAN.iter().enumerate() {
+            let target = if round == 3 { &mut test } else { &mut train };
+            target.push(line(
+                format!("c{round}-{i}"),
+                &format!("{prefix}{text}"),
+                "clean",
+            ));
+        }
+    }
+    std::fs::create_dir_all(dir.join("insults")).unwrap();
+    std::fs::write(dir.join("insults/train.jsonl"), train.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("insults/test.jsonl"), test.join("\n") + "\n").unwrap();
+
+    let rated = [
+        ("I love this, it is wonderful", "positive", 0.9),
+        ("what a great and happy day", "positive", 0.8),
+        ("this is terrible and I hate it", "negative", -0.9),
+        ("awful, sad and disappointing", "negative", -0.7),
+        ("the meeting is at noon", "neutral", 0.0),
+        ("the box contains three items", "neutral", 0.0),
+    ];
+    let mut train = Vec::new();
+    let mut test = Vec::new();
+    let prefixes = ["", "so ", "today ", "well ", "really, ", "honestly "];
+    for (round, prefix) in prefixes.iter().enumerate() {
+        for (i, (text, label, compound)) in rated.iter().enumerate() {
+            let target = if round == 5 { &mut test } else { &mut train };
+            target.push(
+                serde_json::json!({"id": format!("s{round}-{i}"), "text": format!("{prefix}{text}"),
+                    "label": label, "source": "test", "vader_compound": compound})
+                .to_string(),
+            );
+        }
+    }
+    std::fs::create_dir_all(dir.join("sentiment")).unwrap();
+    std::fs::write(dir.join("sentiment/train.jsonl"), train.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("sentiment/test.jsonl"), test.join("\n") + "\n").unwrap();
+}
+
+fn manifest(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("heads.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
+    if !have_model("train_writes_deterministic_calibrated_heads_that_eval_reproduces") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("datasets");
+    write_datasets(&data);
+    let first = work.path().join("heads-a");
+    let second = work.path().join("heads-b");
+    for out in [&first, &second] {
+        let (output, _, stderr) = run(modbot(
+            work.path(),
+            &[
+                "train",
+                "--heads",
+                "toxicity,sentiment",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+        .args(["--validation-fraction", "0.25"]));
+        assert!(output.status.success(), "{stderr}");
+        assert!(stderr.contains("training head `toxicity`"), "{stderr}");
+    }
+    // The same data and seed give the same bytes.
+    for file in [
+        "heads.json",
+        "toxicity.safetensors",
+        "sentiment.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(first.join(file)).unwrap(),
+            std::fs::read(second.join(file)).unwrap(),
+            "{file} differs between two runs"
+        );
+    }
+    // The service can load what was written, and the manifest says how it was made.
+    let heads = Heads::load(&first, 384).expect("the heads load");
+    assert_eq!(
+        heads.label_names(),
+        [
+            "toxicity/insult",
+            "sentiment/negative",
+            "sentiment/neutral",
+            "sentiment/positive"
+        ]
+    );
+    let threshold = heads.threshold("toxicity/insult").unwrap();
+    assert!((0.0..=1.0).contains(&threshold), "{threshold}");
+    let written = manifest(&first);
+    let toxicity = &written["heads"][0];
+    let auc = toxicity["metrics"]["insults/test.roc_auc"]
+        .as_f64()
+        .unwrap();
+    assert!(auc > 0.9, "the toy insults are easy: ROC-AUC {auc}");
+    assert_eq!(
+        toxicity["training"]["train_examples"].as_u64().unwrap()
+            + toxicity["training"]["validation_examples"]
+                .as_u64()
+                .unwrap(),
+        48
+    );
+    assert_eq!(
+        toxicity["training"]["train_file_sha256"].as_str().unwrap(),
+        modbot::model::fetch::sha256_file(&data.join("insults/train.jsonl")).unwrap()
+    );
+    assert!(
+        written["heads"][1]["metrics"]["sentiment/test.macro_f1"]
+            .as_f64()
+            .unwrap()
+            > 0.5
+    );
+    // An insult scores above the threshold, a pleasant line below it.
+    let (encoder, _) = modbot::train::load_encoder(&model_dir()).unwrap();
+    let texts = modbot::train::embed::normalized(&["you stupid idiot", "have a nice evening"]);
+    let embedded = encoder.embed(&[&texts[0], &texts[1]]).unwrap();
+    let score = |i: usize| heads.score(&embedded[i], &heads.lexical(&texts[i]))[0];
+    let (rude, kind) = (score(0), score(1));
+    assert!(
+        rude > threshold as f32 && kind < threshold as f32,
+        "{rude} {kind}"
+    );
+
+    // eval reproduces the recorded metrics, prints JSON with the baselines, writes a report.
+    let report = work.path().join("report");
+    let (output, stdout, stderr) = run(modbot(
+        work.path(),
+        &[
+            "eval",
+            "--heads-dir",
+            first.to_str().unwrap(),
+            "--json",
+            "--check",
+            "--report",
+        ],
+    )
+    .arg(&report));
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("reproduced within the tolerance"),
+        "{stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("eval --json prints JSON");
+    let sets: Vec<&str> = json["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["set"].as_str().unwrap())
+        .collect();
+    assert_eq!(sets, ["insults/test", "sentiment/test"]);
+    let insult_models = json["sets"][0]["models"].as_array().unwrap();
+    assert_eq!(insult_models.len(), 2, "the heads and the n-gram baseline");
+    assert!(insult_models[1][0].as_str().unwrap().contains("n-gram"));
+    assert_eq!(
+        json["sets"][1]["models"].as_array().unwrap().len(),
+        3,
+        "heads + 2 VADER"
+    );
+    let markdown = std::fs::read_to_string(report.join("README.md")).unwrap();
+    assert!(markdown.contains("## insults/test") && markdown.contains("roc-insults-test.svg"));
+    let svg = std::fs::read_to_string(report.join("roc-insults-test.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+
+    // A recorded metric that does not reproduce fails the check, naming it.
+    let mut tampered = manifest(&first);
+    tampered["heads"][0]["metrics"]["insults/test.roc_auc"] = serde_json::json!(0.5);
+    std::fs::write(first.join("heads.json"), tampered.to_string()).unwrap();
+    let (output, _, stderr) = run(&mut modbot(
+        work.path(),
+        &[
+            "eval",
+            "--heads-dir",
+            first.to_str().unwrap(),
+            "--check",
+            "--no-baselines",
+        ],
+    ));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("check failed: toxicity insults/test.roc_auc: recorded 0.5000"),
+        "{stderr}"
+    );
+
+    // --compare shows both side by side with the differences.
+    let (output, stdout, stderr) = run(&mut modbot(
+        work.path(),
+        &[
+            "eval",
+            "--no-baselines",
+            "--dataset",
+            "insults",
+            "--compare",
+            first.to_str().unwrap(),
+            second.to_str().unwrap(),
+        ],
+    ));
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("| old (") && stdout.contains("| new ("),
+        "{stdout}"
+    );
+    assert!(stdout.contains("new − old: f1 +0.0000"), "{stdout}");
+}
+
+#[tokio::test]
+async fn feedback_in_the_database_is_folded_into_training() {
+    if !have_model("feedback_in_the_database_is_folded_into_training") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    write_datasets(&work.path().join("datasets"));
+    let db = work.path().join("modbot.db");
+    let url = format!("sqlite://{}", db.display());
+    let store = Store::connect(
+        &url,
+        &ConnectOptions {
+            max_connections: 1,
+            connect_timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let feedback = [
+        ("f1", "toxicity/insult", "ur such a bot lmao get rekt", true),
+        ("f2", "toxicity/insult", "touch grass nerd", true),
+        (
+            "f3",
+            "toxicity/insult",
+            "you are a clown (said with love)",
+            false,
+        ),
+        ("f4", "spam/spam", "buy followers cheap", true),
+    ];
+    for (i, (id, label, text, positive)) in feedback.into_iter().enumerate() {
+        let recorded = store
+            .record_feedback(&Feedback {
+                id: id.into(),
+                created_at: SystemTime::UNIX_EPOCH + Duration::from_secs(i as u64),
+                channel: "destinygg".into(),
+                user_id: format!("user{i}"),
+                message_id: format!("m{i}"),
+                text: text.into(),
+                label: label.into(),
+                positive,
+                source: if positive {
+                    FeedbackSource::ModeratorAction
+                } else {
+                    FeedbackSource::AppealOverturned
+                },
+                actor: "mod".into(),
+                action: "timeout".into(),
+            })
+            .await
+            .unwrap();
+        assert!(recorded);
+    }
+    store.close().await;
+
+    let out = work.path().join("heads");
+    let (output, _, stderr) = run(modbot(
+        work.path(),
+        &[
+            "train",
+            "--heads",
+            "toxicity",
+            "--with-feedback",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .env("MODBOT_DATABASE_URL", &url));
+    assert!(output.status.success(), "{stderr}");
+    // Three toxicity examples (two positive, one negative); the spam one has no head here.
+    assert!(stderr.contains("3 from feedback"), "{stderr}");
+    assert_eq!(
+        manifest(&out)["heads"][0]["training"]["feedback_examples"],
+        3
+    );
+}
+
+#[test]
+fn bad_requests_are_refused_clearly() {
+    let work = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["train", "--validation-fraction", "0.9"],
+            2,
+            "--validation-fraction: 0.9 is outside",
+        ),
+        (
+            &["train", "--subset", "0"],
+            2,
+            "--subset: must be at least 1",
+        ),
+        (
+            &["eval", "--check", "2"],
+            2,
+            "--check: the tolerance must be in [0, 1]",
+        ),
+        (&["eval", "--file", "x.jsonl"], 2, "--head"),
+    ];
+    for (args, code, expected) in cases {
+        let (output, _, stderr) = run(&mut modbot(work.path(), args));
+        assert_eq!(output.status.code(), Some(*code), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: `{expected}` not in {stderr}"
+        );
+    }
+    if !have_model("bad_requests_are_refused_clearly (model part)") {
+        return;
+    }
+    // Missing data names the command that prepares it; an unknown head is named.
+    let (output, _, stderr) = run(&mut modbot(work.path(), &["train", "--heads", "toxicity"]));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("insults/train.jsonl is missing")
+            && stderr.contains("python3 scripts/fetch_datasets.py"),
+        "{stderr}"
+    );
+    let (output, _, stderr) = run(&mut modbot(work.path(), &["train", "--heads", "nope"]));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no task `nope`"), "{stderr}");
+    // A labelled file with a label of another task names the line.
+    let file = work.path().join("bad.jsonl");
+    std::fs::write(&file, "{\"id\":\"1\",\"text\":\"hi\",\"label\":\"spam\"}\n").unwrap();
+    let heads = work.path().join("heads");
+    std::fs::create_dir_all(&heads).unwrap();
+    modbot::model::heads::write_head(
+        &heads.join("toxicity.safetensors"),
+        &[(vec![vec![0.0; 384]], vec![0.0])],
+    )
+    .unwrap();
+    std::fs::write(
+        heads.join("heads.json"),
+        r#"{"version":"t","encoder":"all-MiniLM-L6-v2","embedding_dim":384,"heads":[{"name":"toxicity","file":"toxicity.safetensors","multi_label":true,"labels":["insult"]}]}"#,
+    )
+    .unwrap();
+    let (output, _, stderr) = run(&mut modbot(
+        work.path(),
+        &[
+            "eval",
+            "--heads-dir",
+            heads.to_str().unwrap(),
+            "--file",
+            file.to_str().unwrap(),
+            "--head",
+            "toxicity",
+        ],
+    ));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.jsonl:1: label `spam`"), "{stderr}");
+}
+
+/// The model card's metrics table is the committed manifest's, number for number.
+#[test]
+fn the_model_card_states_the_committed_heads_metrics() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let card = std::fs::read_to_string(root.join("models/README.md")).unwrap();
+    let manifest = manifest(&root.join("models/heads"));
+    let (start, end) = (
+        card.find("<!-- metrics:")
+            .expect("the card marks its metrics table"),
+        card.find("<!-- /metrics -->")
+            .expect("the card marks its metrics table's end"),
+    );
+    let table: Vec<&str> = card[start..end]
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| head") && !l.starts_with("| ---"))
+        .collect();
+    let mut expected = Vec::new();
+    for head in manifest["heads"].as_array().unwrap() {
+        let name = head["name"].as_str().unwrap();
+        for (key, value) in head["metrics"].as_object().unwrap() {
+            expected.push(format!(
+                "| {name} | {key} | {:.4} |",
+                value.as_f64().unwrap()
+            ));
+        }
+    }
+    assert!(
+        !expected.is_empty(),
+        "the committed heads record no metrics"
+    );
+    assert_eq!(
+        table, expected,
+        "models/README.md's metrics differ from models/heads/heads.json"
+    );
+    let version = manifest["version"].as_str().unwrap();
+    assert!(
+        card.contains(&format!("modbot heads `{version}`")),
+        "the card names another version"
+    );
+}
