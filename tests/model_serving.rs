@@ -260,6 +260,61 @@ async fn the_model_scores_messages_and_its_labels_become_reasons() {
 }
 
 #[tokio::test]
+async fn the_committed_heads_serve_out_of_the_box_with_their_version_and_metrics() {
+    let Some(model) = model_dir("the_committed_heads_serve_out_of_the_box") else {
+        return;
+    };
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/heads");
+    // The default configuration's heads directory, the default rules (toxicity hides, spam
+    // holds): what `modbot serve` runs with.
+    assert_eq!(
+        modbot::config::Config::default().model.heads_dir,
+        Path::new("models/heads"),
+        "the default heads are the committed ones"
+    );
+    let server = start_with_model(&model, &committed, |_| {}).await;
+    let info = model_info(&server).await;
+    assert!(info.loaded && info.status_detail.is_empty(), "{info:?}");
+    let names: Vec<&str> = info.heads.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["toxicity", "spam", "sentiment"]);
+    let toxicity = &info.heads[0];
+    assert!(
+        toxicity.metrics["insults/test.roc_auc"] > 0.9,
+        "{toxicity:?}"
+    );
+    let threshold = toxicity.thresholds["insult"];
+    assert!(info.version.contains("+heads@"), "{}", info.version);
+
+    let verdicts = server
+        .moderation()
+        .classify(classify(&[
+            "you are a braindead moron and everyone here hates you",
+            "thanks for the stream, see you all tomorrow",
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdicts;
+    let insult = &verdicts[0];
+    assert_eq!(insult.decision, Decision::Hide as i32, "{insult:?}");
+    let reason = &insult.reasons[0];
+    assert_eq!(reason.label, "toxicity/insult");
+    assert!((reason.threshold - threshold).abs() < 1e-6, "{reason:?}");
+    assert_eq!(insult.model_version, info.version);
+    let friendly = &verdicts[1];
+    assert_eq!(friendly.decision, Decision::Allow as i32, "{friendly:?}");
+    // Every label of every head is scored; the sentiment head's probabilities sum to one.
+    let sentiment: f64 = ["negative", "neutral", "positive"]
+        .iter()
+        .map(|l| friendly.scores[&format!("sentiment/{l}")])
+        .sum();
+    assert!((sentiment - 1.0).abs() < 1e-4, "{friendly:?}");
+    assert!(friendly.scores["sentiment/positive"] > friendly.scores["sentiment/negative"]);
+    assert!(friendly.scores["spam/spam"] < 0.5, "{friendly:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_stream_gets_scored_verdicts_in_order() {
     let Some((server, _heads)) =
         start_with_centroid_heads("a_stream_gets_scored_verdicts_in_order", |_| {}).await
