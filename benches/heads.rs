@@ -1,0 +1,74 @@
+//! What the heads' lexical inputs cost per message, against the tokenizer every scored message
+//! already pays.
+//!
+//! Since issue 5 the toxicity and spam heads take the logit of their own n-gram model and the
+//! sentiment head VADER's scores, computed from the normalised text on the caller's task
+//! (`Heads::lexical`) before the message is queued for the encoder. The peer is
+//! `Encoder::tokenize` on the same texts, the other per-message step of that task; the ratio of
+//! the two says whether the lexical inputs matter beside it (the encoder pass itself is
+//! ~1 ms per message, `cargo bench --bench encoder`). `head_scoring` times the heads' own
+//! arithmetic on an embedding.
+//!
+//! Run with `cargo bench --bench heads` after `modbot fetch-model`; the committed heads in
+//! `models/heads` are used.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use modbot::corpus;
+use modbot::model::Encoder;
+use modbot::model::heads::Heads;
+use modbot::normalize::{EmoteSet, normalize};
+
+/// Messages per iteration.
+const MESSAGES: usize = 1_000;
+
+fn benches(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = root.join("models/all-MiniLM-L6-v2");
+    if !modbot::model::fetch::is_present(&model) {
+        eprintln!("SKIPPED heads bench: no model (run `modbot fetch-model`)");
+        return;
+    }
+    let encoder = Encoder::load(&model, &candle_core::Device::Cpu).expect("the model loads");
+    let heads = Heads::load(&root.join("models/heads"), encoder.dim()).expect("the heads load");
+    let emotes = EmoteSet::new(corpus::default_emotes());
+    let texts: Vec<String> = corpus::generate(7, MESSAGES)
+        .into_iter()
+        .map(|m| normalize(&m.text, &emotes).text)
+        .collect();
+    let embedding = encoder
+        .embed(&[texts[0].as_str()])
+        .expect("embeds")
+        .remove(0);
+    let lexical = heads.lexical(&texts[0]);
+
+    let mut group = c.benchmark_group("per_message");
+    group.throughput(Throughput::Elements(MESSAGES as u64));
+    group.bench_function("lexical_inputs", |b| {
+        b.iter(|| {
+            for text in &texts {
+                black_box(heads.lexical(black_box(text)));
+            }
+        })
+    });
+    group.bench_function("peer_tokenize", |b| {
+        b.iter(|| {
+            for text in &texts {
+                black_box(encoder.tokenize(black_box(text)).expect("tokenizes"));
+            }
+        })
+    });
+    group.bench_function("head_scoring", |b| {
+        b.iter(|| {
+            for _ in 0..MESSAGES {
+                black_box(heads.score(black_box(&embedding), black_box(&lexical)));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(heads_benches, benches);
+criterion_main!(heads_benches);
