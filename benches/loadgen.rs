@@ -9,8 +9,9 @@
 //! (built-in rules, in-process user state, SQLite in a temporary directory), on its own tokio
 //! runtime, so the server and the generator share the machine as they would on one host.
 //! The in-process server runs rules-only unless `--model` is given: then it loads the default
-//! encoder (`modbot fetch-model` first) with a nearest-centroid `toxicity/insult` head made
-//! from a few example lines, so every message the rules do not settle is really scored.
+//! encoder (`modbot fetch-model` first) with the committed heads in `models/heads` (toxicity,
+//! spam and sentiment; a nearest-centroid `toxicity/insult` head made from a few example lines
+//! when there are none), so every message the rules do not settle is really scored.
 //! `--classify` sends each event as its own unary `Classify` call instead of streaming (at
 //! most W calls in flight), for the latency a backend service sees.
 //! Each stream serves one channel and keeps at most W events in flight (sent, verdict not yet
@@ -111,9 +112,17 @@ fn start_server(rules: Option<&str>, model: bool) -> (String, tempfile::TempDir)
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
         let encoder = modbot::model::Encoder::load(&model_dir, &candle_core::Device::Cpu)
             .unwrap_or_else(|e| panic!("{e} (run `cargo run --release -- fetch-model` first)"));
-        let heads = dir.path().join("heads");
-        modbot::model::heads::write_centroid_heads(&encoder, &heads, &INSULTS, &FRIENDLY)
-            .expect("write the benchmark head");
+        // The committed, trained heads (what `modbot serve` runs with); a centroid head when
+        // a checkout has none.
+        let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/heads");
+        let heads = if committed.join("heads.json").is_file() {
+            committed
+        } else {
+            let heads = dir.path().join("heads");
+            modbot::model::heads::write_centroid_heads(&encoder, &heads, &INSULTS, &FRIENDLY)
+                .expect("write the benchmark head");
+            heads
+        };
         config.model.dir = model_dir;
         config.model.heads_dir = heads;
         config.model.fetch_if_missing = false;
