@@ -232,6 +232,9 @@ fn load_model(config: &ModelConfig) -> Scorer {
         elapsed = ?started.elapsed(),
         "model loaded"
     );
+    // The heads' lexical inputs build their tables on first use (VADER's lexicons): here,
+    // not on the first chat message.
+    heads.lexical(warm_text);
     let backend = ModelBackend::new(encoder, heads);
     Scorer::start(Arc::new(backend), description, Limits::from_config(config))
 }

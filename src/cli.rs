@@ -65,14 +65,18 @@ struct DataArgs {
 }
 
 impl DataArgs {
-    fn datasets_dir(&self, config: &Config) -> PathBuf {
-        self.datasets
-            .clone()
-            .unwrap_or_else(|| crate::eval::default_data_dir(&config.data_dir))
-    }
-
-    fn cache_dir(&self, config: &Config) -> Option<PathBuf> {
-        (!self.no_cache).then(|| config.data_dir.join("cache").join("embeddings"))
+    fn options(&self, config: &Config) -> crate::train::DataOptions {
+        crate::train::DataOptions {
+            data_dir: self
+                .datasets
+                .clone()
+                .unwrap_or_else(|| crate::eval::default_data_dir(&config.data_dir)),
+            model_dir: config.model.dir.clone(),
+            cache_dir: (!self.no_cache).then(|| config.data_dir.join("cache").join("embeddings")),
+            subset: self.subset,
+            seed: self.seed,
+            validation_fraction: self.validation_fraction,
+        }
     }
 
     fn check(&self) -> Result<(), String> {
@@ -344,17 +348,12 @@ fn run_train(
         return ExitCode::from(2);
     }
     let options = crate::train::TrainOptions {
-        data_dir: args.data.datasets_dir(config),
+        data: args.data.options(config),
         out_dir: args
             .out
             .clone()
             .unwrap_or_else(|| config.model.heads_dir.clone()),
-        model_dir: config.model.dir.clone(),
-        cache_dir: args.data.cache_dir(config),
         heads: args.heads.clone(),
-        subset: args.data.subset,
-        seed: args.data.seed,
-        validation_fraction: args.data.validation_fraction,
         feedback,
     };
     match crate::train::run(&options) {
@@ -385,15 +384,10 @@ fn run_eval(config: &Config, args: &EvalArgs) -> ExitCode {
         args.compare.clone()
     };
     let options = crate::eval::EvalOptions {
-        data_dir: args.data.datasets_dir(config),
-        model_dir: config.model.dir.clone(),
-        cache_dir: args.data.cache_dir(config),
+        data: args.data.options(config),
         heads_dirs,
         datasets: args.dataset.clone(),
         file: args.file.clone().zip(args.head.clone()),
-        subset: args.data.subset,
-        seed: args.data.seed,
-        validation_fraction: args.data.validation_fraction,
         baselines: !args.no_baselines,
         json: args.json,
         report_dir: args.report.clone(),

@@ -15,17 +15,13 @@ use super::{
 use crate::model::heads::Heads;
 use crate::train::data::{self, Example, Split, Task};
 use crate::train::embed::{self, Embedder};
-use crate::train::{TrainError, load_encoder, round};
+use crate::train::{DataOptions, TrainError, load_encoder, round};
 
 /// What `modbot eval` is asked to do.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
-    /// Where the prepared datasets are.
-    pub data_dir: PathBuf,
-    /// The encoder's directory.
-    pub model_dir: PathBuf,
-    /// Where embeddings are cached; `None` for no cache.
-    pub cache_dir: Option<PathBuf>,
+    /// The data, the encoder and the sampling (the validation split as training drew it).
+    pub data: DataOptions,
     /// The heads directories to evaluate: one, or two (old, new) to compare.
     pub heads_dirs: Vec<PathBuf>,
     /// Dataset names whose test split to score; empty for every test split of the heads'
@@ -33,12 +29,6 @@ pub struct EvalOptions {
     pub datasets: Vec<String>,
     /// A labelled JSONL file to score instead, with the head it is for.
     pub file: Option<(PathBuf, String)>,
-    /// Use at most this many examples per set (smoke runs).
-    pub subset: Option<usize>,
-    /// Seed of the validation split (the same as training's) and subsets.
-    pub seed: u64,
-    /// Share of the training data held out for validation (the same as training's).
-    pub validation_fraction: f64,
     /// Whether to compute the baselines.
     pub baselines: bool,
     /// Print JSON instead of tables.
@@ -87,13 +77,13 @@ fn heads_name(dir: &Path, heads: &Heads, compare: bool, index: usize) -> String 
 
 /// The spam head's threshold rule, mirrored for its baseline.
 fn max_fpr_for(task: &Task) -> Option<f64> {
-    (task.head == "spam").then_some(0.005)
+    (task.head == "spam").then_some(crate::train::SPAM_MAX_FPR)
 }
 
 /// Runs `modbot eval`; `Ok(false)` when `--check` found metrics that moved.
 pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
-    let (encoder, encoder_id) = load_encoder(&options.model_dir)?;
-    let embedder = Embedder::new(&encoder, encoder_id.clone(), options.cache_dir.clone());
+    let (encoder, encoder_id) = load_encoder(&options.data.model_dir)?;
+    let embedder = Embedder::new(&encoder, encoder_id.clone(), options.data.cache_dir.clone());
     let compare = options.heads_dirs.len() > 1;
     let mut loaded = Vec::new();
     for dir in &options.heads_dirs {
@@ -113,8 +103,8 @@ pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
         let task = data::task(head)
             .ok_or_else(|| TrainError::Missing(format!("--head: no head `{head}`")))?;
         let mut split = data::read_split(path, task)?;
-        if let Some(limit) = options.subset {
-            split.examples = data::subset(split.examples, limit, options.seed);
+        if let Some(limit) = options.data.subset {
+            split.examples = data::subset(split.examples, limit, options.data.seed);
         }
         sets.push((path.display().to_string(), task, split));
     } else {
@@ -136,11 +126,11 @@ pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
             let task = data::task_of_dataset(&dataset)
                 .ok_or_else(|| TrainError::Missing(format!("no dataset `{dataset}`")))?;
             let split = load_split(
-                &options.data_dir,
+                &options.data.data_dir,
                 &dataset,
                 "test",
-                options.subset,
-                options.seed,
+                options.data.subset,
+                options.data.seed,
             )?;
             sets.push((format!("{dataset}/test"), task, split));
         }
@@ -162,11 +152,11 @@ pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
         if options.baselines {
             if !train_splits.contains_key(task.dataset) {
                 let train = load_split(
-                    &options.data_dir,
+                    &options.data.data_dir,
                     task.dataset,
                     "train",
-                    options.subset,
-                    options.seed,
+                    options.data.subset,
+                    options.data.seed,
                 )?;
                 train_splits.insert(task.dataset, train);
             }
@@ -186,7 +176,12 @@ pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
     }
     let mut check_failures = Vec::new();
     if let Some(tolerance) = options.check {
-        check_failures = check(&loaded[0].1, &results, tolerance, options.subset.is_some());
+        check_failures = check(
+            &loaded[0].1,
+            &results,
+            tolerance,
+            options.data.subset.is_some(),
+        );
     }
     let outcome = Outcome {
         encoder: encoder_id,
@@ -194,7 +189,7 @@ pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
             .iter()
             .map(|(d, h)| format!("{}@{}", d.display(), h.version))
             .collect(),
-        subset: options.subset,
+        subset: options.data.subset,
         sets: results,
         check_failures,
     };
@@ -267,8 +262,8 @@ fn baselines(
     if task.is_binary() {
         let (model, threshold) = ngram_baseline(
             train,
-            options.validation_fraction,
-            options.seed,
+            options.data.validation_fraction,
+            options.data.seed,
             max_fpr_for(task),
         );
         let scores = test.iter().map(|e| model.probability(&e.text)).collect();

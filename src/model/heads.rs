@@ -366,16 +366,12 @@ pub const VADER_INPUTS: usize = 4;
 
 /// VADER's four scores of a text.
 pub fn vader_scores(text: &str) -> [f32; VADER_INPUTS] {
-    thread_local! {
-        // Building the analyser parses its lexicon's maps: once per thread, not per text.
-        static ANALYZER: vader_sentiment::SentimentIntensityAnalyzer<'static> =
-            vader_sentiment::SentimentIntensityAnalyzer::new();
-    }
-    ANALYZER.with(|analyzer| {
-        let scores = analyzer.polarity_scores(text);
-        let get = |key: &str| scores.get(key).copied().unwrap_or(0.0) as f32;
-        [get("neg"), get("neu"), get("pos"), get("compound")]
-    })
+    // The analyser only borrows the crate's lexicons, parsed once on first use (the server
+    // warms them up before it reports SERVING).
+    let analyzer = vader_sentiment::SentimentIntensityAnalyzer::new();
+    let scores = analyzer.polarity_scores(text);
+    let get = |key: &str| scores.get(key).copied().unwrap_or(0.0) as f32;
+    [get("neg"), get("neu"), get("pos"), get("compound")]
 }
 
 /// Reads a head file: `layers.N.weight` / `layers.N.bias`, checking that the shapes chain

@@ -213,6 +213,12 @@ impl Encoder {
         Self::load_with(dir, device, Backend::Auto)
     }
 
+    /// [`Encoder::load`] on the CPU, for callers that do not otherwise know candle's devices
+    /// (`modbot train` and `modbot eval`).
+    pub fn load_cpu(dir: &Path) -> Result<Self, ModelError> {
+        Self::load(dir, &Device::Cpu)
+    }
+
     /// Loads a model directory onto `device` with the chosen forward pass.
     pub fn load_with(dir: &Path, device: &Device, backend: Backend) -> Result<Self, ModelError> {
         let config_path = required(dir, "config.json")?;

@@ -79,25 +79,34 @@ pub struct FeedbackExample {
     pub id: String,
 }
 
-/// What `modbot train` is asked to do.
+/// Where the data, the encoder and the cache are, and how examples are drawn from the data:
+/// what `modbot train` and `modbot eval` share, so that eval's validation split (for the
+/// baselines' thresholds) is the one training used.
 #[derive(Debug, Clone)]
-pub struct TrainOptions {
+pub struct DataOptions {
     /// Where the prepared datasets are (`<dataset>/<split>.jsonl`).
     pub data_dir: PathBuf,
-    /// Where the heads are written.
-    pub out_dir: PathBuf,
     /// The encoder's directory.
     pub model_dir: PathBuf,
     /// Where embeddings are cached; `None` for no cache.
     pub cache_dir: Option<PathBuf>,
-    /// The heads to train, by name.
-    pub heads: Vec<String>,
-    /// Use at most this many training and this many test examples per dataset (smoke runs).
+    /// Use at most this many examples of each split (smoke runs).
     pub subset: Option<usize>,
-    /// Seed of splits, initialisation and shuffling.
+    /// Seed of splits, subsets, initialisation and shuffling.
     pub seed: u64,
     /// Share of the training data held out for validation.
     pub validation_fraction: f64,
+}
+
+/// What `modbot train` is asked to do.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The data, the encoder and the sampling.
+    pub data: DataOptions,
+    /// Where the heads are written.
+    pub out_dir: PathBuf,
+    /// The heads to train, by name.
+    pub heads: Vec<String>,
     /// Moderators' feedback to fold into the training side.
     pub feedback: Vec<FeedbackExample>,
 }
@@ -107,7 +116,7 @@ pub const ENCODER_NAME: &str = "all-MiniLM-L6-v2";
 
 /// Loads the encoder on the CPU with its identity (`name@sha256[..12]`).
 pub fn load_encoder(model_dir: &Path) -> Result<(Encoder, String), TrainError> {
-    let encoder = Encoder::load(model_dir, &candle_core::Device::Cpu)?;
+    let encoder = Encoder::load_cpu(model_dir)?;
     let weights = model_dir.join("model.safetensors");
     let hash =
         crate::model::fetch::sha256_file(&weights).map_err(|e| TrainError::Other(e.to_string()))?;
@@ -172,9 +181,10 @@ pub fn argmax(values: &[f32]) -> usize {
         .0
 }
 
-/// The most false positives a spam head may make on validation data when its threshold is
-/// chosen: the quality bar is a false-positive rate of at most 0.5%.
-const SPAM_MAX_FPR: f64 = 0.005;
+/// The highest false-positive rate on validation data that a spam head's threshold may give
+/// (a moderation service must rarely hold an honest message), and the rule its baseline's
+/// threshold follows too.
+pub const SPAM_MAX_FPR: f64 = 0.005;
 
 /// A trained, calibrated head with its thresholds, ready to be written.
 struct TrainedHead {
@@ -190,8 +200,8 @@ struct TrainedHead {
 /// test splits and records the metrics in the manifest. Progress goes to standard error.
 pub fn run(options: &TrainOptions) -> Result<(), TrainError> {
     let started = Instant::now();
-    let (encoder, encoder_id) = load_encoder(&options.model_dir)?;
-    let embedder = Embedder::new(&encoder, encoder_id.clone(), options.cache_dir.clone());
+    let (encoder, encoder_id) = load_encoder(&options.data.model_dir)?;
+    let embedder = Embedder::new(&encoder, encoder_id.clone(), options.data.cache_dir.clone());
     let mut trained = Vec::new();
     for name in &options.heads {
         let task = data::task(name).ok_or_else(|| {
@@ -221,11 +231,11 @@ pub fn run(options: &TrainOptions) -> Result<(), TrainError> {
             .chain(trained.task.also_evaluated_on.iter().copied())
         {
             let split = eval::load_split(
-                &options.data_dir,
+                &options.data.data_dir,
                 dataset,
                 "test",
-                options.subset,
-                options.seed,
+                options.data.subset,
+                options.data.seed,
             )?;
             let evaluation = eval::evaluate_heads(
                 &heads,
@@ -263,30 +273,37 @@ fn train_task(
 ) -> Result<TrainedHead, TrainError> {
     eprintln!("training head `{}` on {}", task.head, task.dataset);
     let split = eval::load_split(
-        &options.data_dir,
+        &options.data.data_dir,
         task.dataset,
         "train",
-        options.subset,
-        options.seed,
+        options.data.subset,
+        options.data.seed,
     )?;
     let (mut train, mut validation) = data::validation_split(
         split.examples.clone(),
-        options.validation_fraction,
-        options.seed,
+        options.data.validation_fraction,
+        options.data.seed,
     );
     // The dataset's own examples come first, additions after: the first part's embeddings
     // are then the same list as on every run, and come from the cache.
     let (own_train, own_validation) = (train.len(), validation.len());
     let mut extra_negatives = 0;
     for dataset in task.extra_negatives {
-        let other = eval::load_split(&options.data_dir, dataset, "train", None, options.seed)?;
+        let other = eval::load_split(
+            &options.data.data_dir,
+            dataset,
+            "train",
+            None,
+            options.data.seed,
+        )?;
         let limit = options
+            .data
             .subset
             .unwrap_or(EXTRA_NEGATIVES)
             .min(EXTRA_NEGATIVES);
-        let sample = data::subset(other.examples, limit, options.seed);
+        let sample = data::subset(other.examples, limit, options.data.seed);
         let (more_train, more_validation) =
-            data::validation_split(sample, options.validation_fraction, options.seed);
+            data::validation_split(sample, options.data.validation_fraction, options.data.seed);
         for (mut example, held_out) in more_train
             .into_iter()
             .map(|e| (e, false))
@@ -376,7 +393,14 @@ fn train_task(
     // head learns from out-of-fold logits (a model never scores its own training texts), so
     // it learns how far to trust the n-grams on unseen text.
     let ngram = if task.is_binary() {
-        let half = ngram_half(task, &train, &norm_train, &norm_val, &y_val, options.seed)?;
+        let half = ngram_half(
+            task,
+            &train,
+            &norm_train,
+            &norm_val,
+            &y_val,
+            options.data.seed,
+        )?;
         for (x, logit) in x_train.iter_mut().zip(&half.out_of_fold) {
             x.push(*logit);
         }
@@ -422,7 +446,7 @@ fn train_task(
             classes: &y_val,
             weights: None,
         };
-        for config in candidates(options.seed, y_train.len()) {
+        for config in candidates(options.data.seed, y_train.len()) {
             let fit_started = Instant::now();
             let fitted = fit::fit(train_data, val_data, task.classes(), &config, |_, _, _| {})?;
             let probabilities: Vec<Vec<f32>> = x_val
@@ -660,7 +684,7 @@ fn write_heads(
     dir: &Path,
     trained: &[TrainedHead],
     encoder_id: &str,
-    options_dim: usize,
+    embedding_dim: usize,
     options: &TrainOptions,
 ) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(io_error("cannot create", dir))?;
@@ -694,13 +718,13 @@ fn write_heads(
     let manifest = json!({
         "version": crate::model::fetch::sha256_bytes(&all_bytes)[..12].to_owned(),
         "encoder": ENCODER_NAME,
-        "embedding_dim": options_dim,
+        "embedding_dim": embedding_dim,
         "heads": entries,
         "training": {
             "encoder": encoder_id,
-            "seed": options.seed,
-            "validation_fraction": options.validation_fraction,
-            "subset": options.subset,
+            "seed": options.data.seed,
+            "validation_fraction": options.data.validation_fraction,
+            "subset": options.data.subset,
             "normalize": embed::NORMALIZE_VERSION,
             "tool": format!("modbot {}", env!("CARGO_PKG_VERSION")),
         },
