@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::plot::{Series, line_chart};
 use super::{
     BinaryEvaluation, Evaluation, MulticlassEvaluation, VADER_STANDARD_CUTOFFS, evaluate_embedded,
-    load_split, metrics, ngram_baseline, tune_vader_cutoffs, vader_class,
+    metrics, ngram_baseline, tune_vader_cutoffs, vader_class,
 };
 use crate::model::heads::Heads;
 use crate::train::data::{self, Example, Split, Task};
@@ -125,13 +125,7 @@ pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
         for dataset in datasets {
             let task = data::task_of_dataset(&dataset)
                 .ok_or_else(|| TrainError::Missing(format!("no dataset `{dataset}`")))?;
-            let split = load_split(
-                &options.data.data_dir,
-                &dataset,
-                "test",
-                options.data.subset,
-                options.data.seed,
-            )?;
+            let split = options.data.split(&dataset, "test")?;
             sets.push((format!("{dataset}/test"), task, split));
         }
     }
@@ -151,13 +145,7 @@ pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
         }
         if options.baselines {
             if !train_splits.contains_key(task.dataset) {
-                let train = load_split(
-                    &options.data.data_dir,
-                    task.dataset,
-                    "train",
-                    options.data.subset,
-                    options.data.seed,
-                )?;
+                let train = options.data.split(task.dataset, "train")?;
                 train_splits.insert(task.dataset, train);
             }
             let train = &train_splits[task.dataset];

@@ -98,6 +98,13 @@ pub struct DataOptions {
     pub validation_fraction: f64,
 }
 
+impl DataOptions {
+    /// A dataset's split, cut to [`DataOptions::subset`] examples when one is set.
+    pub fn split(&self, dataset: &str, split: &str) -> Result<data::Split, TrainError> {
+        eval::load_split(&self.data_dir, dataset, split, self.subset, self.seed)
+    }
+}
+
 /// What `modbot train` is asked to do.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -230,13 +237,7 @@ pub fn run(options: &TrainOptions) -> Result<(), TrainError> {
         for dataset in std::iter::once(trained.task.dataset)
             .chain(trained.task.also_evaluated_on.iter().copied())
         {
-            let split = eval::load_split(
-                &options.data.data_dir,
-                dataset,
-                "test",
-                options.data.subset,
-                options.data.seed,
-            )?;
+            let split = options.data.split(dataset, "test")?;
             let evaluation = eval::evaluate_heads(
                 &heads,
                 trained.task,
@@ -272,13 +273,7 @@ fn train_task(
     embedder: &Embedder<'_>,
 ) -> Result<TrainedHead, TrainError> {
     eprintln!("training head `{}` on {}", task.head, task.dataset);
-    let split = eval::load_split(
-        &options.data.data_dir,
-        task.dataset,
-        "train",
-        options.data.subset,
-        options.data.seed,
-    )?;
+    let split = options.data.split(task.dataset, "train")?;
     let (mut train, mut validation) = data::validation_split(
         split.examples.clone(),
         options.data.validation_fraction,
