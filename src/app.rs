@@ -41,6 +41,8 @@ pub struct App {
     pub store: Store,
     /// Batches streams' audit records into the database.
     pub audit: AuditWriter,
+    /// This replica's decision statistics (`Admin.GetStats`).
+    pub stats: crate::stats::Stats,
 }
 
 impl App {
@@ -306,6 +308,7 @@ pub async fn serve(
         config,
         store: store.clone(),
         audit,
+        stats: crate::stats::Stats::new(),
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -36,6 +36,7 @@
 //!
 //! See `ARCHITECTURE.md` for the invariants that keep these apart.
 
+pub mod actions;
 pub mod app;
 pub mod audit;
 pub mod cli;
@@ -50,6 +51,7 @@ pub mod moderate;
 pub mod normalize;
 pub mod proto;
 pub mod rules;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod train;

@@ -9,7 +9,10 @@
 //! [`Moderator::moderate_with`], runs strictly in order per caller: it awaits the scores, then
 //! reads and updates the author's history and decides.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
 
 use crate::decision::{
     ChatMessage, DecideOptions, Decision, Degraded, Engine, Inputs, ModelInput, Verdict, escalation,
@@ -36,7 +39,9 @@ pub const HUMAN_ACTION_LABEL: &str = "toxicity/insult";
 /// Decides messages with memory of each user.
 #[derive(Debug)]
 pub struct Moderator {
-    engine: Engine,
+    /// Swapped whole when the rules change (an admin's edit, seen by every replica): each
+    /// message takes one snapshot and decides with it throughout, without a lock.
+    engine: ArcSwap<Engine>,
     state: SharedState,
     scorer: Scorer,
     /// The heads' trained thresholds, in the scorer's label order.
@@ -62,7 +67,7 @@ impl Moderator {
             .map(|label| heads.threshold(label))
             .collect();
         Self {
-            engine,
+            engine: ArcSwap::from_pointee(engine),
             state,
             scorer,
             trained_thresholds,
@@ -86,7 +91,8 @@ impl Moderator {
         if !self.scorer.wanted() {
             return Ok(Consult::NotNeeded);
         }
-        let rules = self.engine.rules();
+        let engine = self.engine.load_full();
+        let rules = engine.rules();
         let policy = rules.policy(&message.channel);
         let Some(harshest_model) = policy.harshest_model_decision() else {
             return Ok(Consult::NotNeeded);
@@ -122,9 +128,16 @@ impl Moderator {
             .await)
     }
 
-    /// The engine.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The engine deciding now (a snapshot: a rule change swaps in a new one).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.load_full()
+    }
+
+    /// Decides every message from now on with `engine` (a new rule set). Messages already
+    /// being decided finish with the engine they started with.
+    pub fn set_engine(&self, engine: Engine) {
+        engine.warm_up();
+        self.engine.store(Arc::new(engine));
     }
 
     /// The user state.
@@ -160,7 +173,8 @@ impl Moderator {
                 ModelInput::Unavailable
             }
         };
-        let policy = self.engine.rules().policy(&message.channel);
+        let engine = self.engine.load_full();
+        let policy = engine.rules().policy(&message.channel);
         let normalized = normalize(&message.text, &policy.emotes);
         let now_ms = state_clock(message.sent_at);
         let (history, channel_recent, mut degraded) = if options.dry_run {
@@ -181,7 +195,7 @@ impl Moderator {
             let (history, recent) = answer.value;
             (history, recent, answer.degraded)
         };
-        let decided = self.engine.decide(
+        let decided = engine.decide(
             &Inputs {
                 message,
                 normalized: &normalized,
@@ -220,7 +234,8 @@ impl Moderator {
         decision: Decision,
         at: SystemTime,
     ) -> Option<Feedback> {
-        let policy = self.engine.rules().policy(channel);
+        let engine = self.engine.load_full();
+        let policy = engine.rules().policy(channel);
         let at_ms = state_clock(at);
         // Read before the offence is recorded: recording does not touch messages, but a read
         // first keeps the example independent of what the ladder does.

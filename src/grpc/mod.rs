@@ -6,9 +6,14 @@
 //! Architecture Invariant: this is the only module (with the future chat bridge) that sees
 //! generated proto types or tonic; the domain modules never import them.
 
+mod actions;
+mod admin;
+mod admin_rules;
+mod admin_stats;
+mod appeals;
+pub mod auth;
 pub mod convert;
 mod moderation;
-mod pending;
 pub mod status;
 mod stream;
 
@@ -35,11 +40,13 @@ pub const SERVICE_NAMES: &[&str] = &[
 /// The modbot services, ready to be added to a server next to health and reflection.
 pub fn routes(app: Arc<App>) -> Routes {
     let max_message_bytes = app.max_request_bytes();
-    let admin = AdminServer::new(pending::AdminService::new(Arc::clone(&app)));
+    let admin = AdminServer::new(admin::AdminService::new(Arc::clone(&app)));
+    let actions = ActionsServer::new(actions::ActionsService::new(Arc::clone(&app)));
+    let appeals = AppealsServer::new(appeals::AppealsService::new(Arc::clone(&app)));
     let moderation = ModerationServer::new(ModerationService::new(app))
         .max_decoding_message_size(max_message_bytes);
     Routes::new(moderation)
-        .add_service(ActionsServer::new(pending::Pending))
-        .add_service(AppealsServer::new(pending::Pending))
+        .add_service(actions)
+        .add_service(appeals)
         .add_service(admin)
 }

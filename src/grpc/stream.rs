@@ -319,6 +319,7 @@ impl Session {
                 }
                 verdict.normalized_text.clear();
                 verdict.elapsed = received.elapsed();
+                self.app.stats.record(&verdict);
                 self.send(stream_moderate_response::Kind::Verdict(verdict.into()))
                     .await
             }

@@ -65,26 +65,8 @@ impl Store {
     /// Records a feedback example. A second judgement of the same kind on the same message
     /// and label is ignored: `Ok(false)`.
     pub async fn record_feedback(&self, feedback: &Feedback) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO feedback (id, created_at, channel, user_id, message_id, text, label, \
-             positive, source, actor, action) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (channel, message_id, label, source) DO NOTHING",
-        )
-        .bind(&feedback.id)
-        .bind(unix_millis(feedback.created_at))
-        .bind(&feedback.channel)
-        .bind(&feedback.user_id)
-        .bind(&feedback.message_id)
-        .bind(&feedback.text)
-        .bind(&feedback.label)
-        .bind(i64::from(feedback.positive))
-        .bind(feedback.source.as_str())
-        .bind(&feedback.actor)
-        .bind(&feedback.action)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() == 1)
+        let mut conn = self.pool.acquire().await?;
+        insert_feedback(&mut conn, feedback).await
     }
 
     /// Every feedback example, oldest first.
@@ -119,4 +101,32 @@ fn feedback_from_row(row: &AnyRow) -> Result<Feedback, StoreError> {
         actor: row.try_get("actor")?,
         action: row.try_get("action")?,
     })
+}
+
+/// Inserts a feedback example on `conn` (a transaction's or the pool's); false when the same
+/// judgement was recorded before.
+pub(super) async fn insert_feedback(
+    conn: &mut sqlx::AnyConnection,
+    feedback: &Feedback,
+) -> Result<bool, StoreError> {
+    let result = sqlx::query(
+        "INSERT INTO feedback (id, created_at, channel, user_id, message_id, text, label, \
+             positive, source, actor, action) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (channel, message_id, label, source) DO NOTHING",
+    )
+    .bind(&feedback.id)
+    .bind(unix_millis(feedback.created_at))
+    .bind(&feedback.channel)
+    .bind(&feedback.user_id)
+    .bind(&feedback.message_id)
+    .bind(&feedback.text)
+    .bind(&feedback.label)
+    .bind(i64::from(feedback.positive))
+    .bind(feedback.source.as_str())
+    .bind(&feedback.actor)
+    .bind(&feedback.action)
+    .execute(&mut *conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
 }

@@ -15,6 +15,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row, SqlSafeStr};
 
+mod actions;
 mod feedback;
 
 pub use self::feedback::{Feedback, FeedbackSource};
@@ -33,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "feedback",
         include_str!("../../migrations/0002_feedback.sql"),
+    ),
+    (
+        3,
+        "actions, appeals and nukes",
+        include_str!("../../migrations/0003_actions_appeals.sql"),
     ),
 ];
 
