@@ -9,6 +9,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::actions::dispatch::Dispatcher;
 use crate::audit::AuditWriter;
 use crate::config::Config;
 use crate::config::ModelConfig;
@@ -43,6 +44,8 @@ pub struct App {
     pub audit: AuditWriter,
     /// This replica's decision statistics (`Admin.GetStats`).
     pub stats: crate::stats::Stats,
+    /// Records actions and carries them to the bridges connected to this replica.
+    pub dispatcher: Dispatcher,
 }
 
 impl App {
@@ -294,7 +297,13 @@ pub async fn serve(
     let store = open_store(&config).await?;
     let grace = config.grpc.shutdown_grace();
     let scorer = open_model(&config.model).await;
-    let (audit, audit_task) = AuditWriter::spawn(store.clone(), AUDIT_QUEUE);
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        config.actions.pending_ttl(),
+        config.actions.poll_interval(),
+    );
+    let dispatch_task = dispatcher.spawn();
+    let (audit, audit_task) = AuditWriter::spawn(store.clone(), AUDIT_QUEUE, dispatcher.clone());
     tracing::info!(
         rules = rules.rules().len(),
         state = state.backend_name(),
@@ -309,6 +318,7 @@ pub async fn serve(
         store: store.clone(),
         audit,
         stats: crate::stats::Stats::new(),
+        dispatcher: dispatcher.clone(),
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -384,6 +394,8 @@ pub async fn serve(
             "audit writer still busy after the grace period; queued records may be lost"
         );
     }
+    dispatcher.close();
+    let _ = dispatch_task.await;
     store.close().await;
     tracing::info!("modbot stopped");
     Ok(result?)

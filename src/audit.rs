@@ -5,13 +5,15 @@
 //! writer through a bounded queue (a full queue makes the stream wait: backpressure, never
 //! unbounded memory), and the writer commits whatever has queued up in one transaction.
 //! `Classify` writes its own batch synchronously instead, so its verdicts can say when the
-//! write failed.
+//! write failed. A record may carry the action that carries its verdict out; it is written in
+//! the same transaction, and the dispatcher is woken to deliver it.
 
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::actions::dispatch::Dispatcher;
 use crate::store::{AuditRecord, Store};
 
 /// Most records committed in one transaction.
@@ -24,11 +26,12 @@ pub struct AuditWriter {
 }
 
 impl AuditWriter {
-    /// Starts the writer task over `store` with a queue of `capacity` records. The task ends
-    /// once every `AuditWriter` is dropped and the queue is drained.
-    pub fn spawn(store: Store, capacity: usize) -> (Self, JoinHandle<()>) {
+    /// Starts the writer task over `store` with a queue of `capacity` records; after a batch
+    /// with actions is committed it wakes `dispatcher` to deliver them. The task ends once
+    /// every `AuditWriter` is dropped and the queue is drained.
+    pub fn spawn(store: Store, capacity: usize, dispatcher: Dispatcher) -> (Self, JoinHandle<()>) {
         let (records_tx, records_rx) = mpsc::channel(capacity.max(1));
-        let task = tokio::spawn(audit_writer_task(store, records_rx));
+        let task = tokio::spawn(audit_writer_task(store, records_rx, dispatcher));
         (Self { records_tx }, task)
     }
 
@@ -42,13 +45,22 @@ impl AuditWriter {
     }
 }
 
-async fn audit_writer_task(store: Store, mut records_rx: mpsc::Receiver<AuditRecord>) {
+async fn audit_writer_task(
+    store: Store,
+    mut records_rx: mpsc::Receiver<AuditRecord>,
+    dispatcher: Dispatcher,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while records_rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut attempt = 0;
         loop {
             match store.record_verdicts(&batch).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    if batch.iter().any(|r| r.action.is_some()) {
+                        dispatcher.wake();
+                    }
+                    break;
+                }
                 Err(error) if attempt < 3 => {
                     attempt += 1;
                     tracing::warn!(%error, attempt, count = batch.len(), "audit write failed; retrying");

@@ -43,6 +43,37 @@ pub struct Config {
     pub rules: RulesConfig,
     /// User state bounds.
     pub state: StateConfig,
+    /// Moderation actions.
+    pub actions: ActionsConfig,
+}
+
+/// `[actions]`: how actions reach the chat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// How long an action waits for a bridge before it expires.
+    pub pending_ttl_secs: u64,
+    /// How often each replica looks for actions waiting for its bridges.
+    pub poll_interval_ms: u64,
+    /// How long the mute that carries out a hide lasts.
+    pub hide_duration_secs: u64,
+}
+
+impl ActionsConfig {
+    /// [`Self::pending_ttl_secs`] as a duration.
+    pub fn pending_ttl(&self) -> Duration {
+        Duration::from_secs(self.pending_ttl_secs)
+    }
+
+    /// [`Self::poll_interval_ms`] as a duration.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    /// [`Self::hide_duration_secs`] as a duration.
+    pub fn hide_duration(&self) -> Duration {
+        Duration::from_secs(self.hide_duration_secs)
+    }
 }
 
 /// `[grpc]`: the gRPC server and the limits it enforces on requests.
@@ -390,6 +421,25 @@ impl Config {
         }
         if self.state.max_users == 0 {
             return Err(invalid("state.max_users", "must be at least 1".to_owned()));
+        }
+        let actions = &self.actions;
+        if !(1..=7 * 86_400).contains(&actions.pending_ttl_secs) {
+            return Err(invalid(
+                "actions.pending_ttl_secs",
+                format!("{} is outside 1..=604800", actions.pending_ttl_secs),
+            ));
+        }
+        if !(10..=60_000).contains(&actions.poll_interval_ms) {
+            return Err(invalid(
+                "actions.poll_interval_ms",
+                format!("{} is outside 10..=60000", actions.poll_interval_ms),
+            ));
+        }
+        if !(1..=3600).contains(&actions.hide_duration_secs) {
+            return Err(invalid(
+                "actions.hide_duration_secs",
+                format!("{} is outside 1..=3600", actions.hide_duration_secs),
+            ));
         }
         if self.redis.key_prefix.is_empty() {
             return Err(invalid("redis.key_prefix", "must not be empty".to_owned()));

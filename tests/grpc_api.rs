@@ -341,7 +341,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
 }
 
 #[tokio::test]
-async fn rpcs_not_built_yet_say_what_is_missing() {
+async fn workflow_rpcs_name_the_missing_field() {
     let server = TestServer::start(|_| {}).await;
     let channel = server.channel.clone();
     let mut actions = proto::actions_client::ActionsClient::new(channel.clone());
@@ -353,32 +353,37 @@ async fn rpcs_not_built_yet_say_what_is_missing() {
             .await
             .map(drop),
         actions
-            .list_actions(proto::ListActionsRequest::default())
+            .get_action(proto::GetActionRequest::default())
             .await
             .map(drop),
         appeals
             .file_appeal(proto::FileAppealRequest::default())
             .await
             .map(drop),
-        admin
-            .list_rules(proto::ListRulesRequest::default())
+        appeals
+            .resolve_appeal(proto::ResolveAppealRequest::default())
             .await
             .map(drop),
         admin.nuke(proto::NukeRequest::default()).await.map(drop),
+        admin.aegis(proto::AegisRequest::default()).await.map(drop),
+        admin
+            .get_user(proto::GetUserRequest::default())
+            .await
+            .map(drop),
     ];
-    for (status, rpc) in statuses.into_iter().zip([
-        "ExecuteAction",
-        "ListActions",
-        "FileAppeal",
-        "ListRules",
-        "Nuke",
+    for (status, field) in statuses.into_iter().zip([
+        "channel",
+        "id",
+        "action_id",
+        "id",
+        "channel",
+        "channel",
+        "channel",
     ]) {
-        let status = status.expect_err(rpc);
-        assert_eq!(status.code(), Code::Unimplemented, "{rpc}");
+        let status = status.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(
-            status
-                .message()
-                .starts_with(&format!("{rpc} is not available yet: ")),
+            status.message().starts_with(&format!("{field}: ")),
             "{}",
             status.message()
         );

@@ -501,9 +501,8 @@ async fn a_full_model_queue_refuses_classify_with_a_retry_hint_and_remembers_not
         .store()
         .await
         .audit_log(&modbot::store::AuditQuery {
-            channel: None,
-            user_id: None,
             limit: 10,
+            ..modbot::store::AuditQuery::default()
         })
         .await
         .unwrap();

@@ -115,6 +115,7 @@ async fn suite(url: &str) {
         channel: channel.map(Into::into),
         user_id: user.map(Into::into),
         limit,
+        ..AuditQuery::default()
     };
     assert_eq!(
         ids(store.audit_log(&query(None, None, 10)).await.unwrap()),

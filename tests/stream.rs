@@ -95,14 +95,34 @@ async fn open(
     (tx, responses)
 }
 
+/// The next response other than an action command (the automatic actions of enforced
+/// verdicts are sent as commands beside the verdicts; tests/workflows.rs covers them).
 async fn next(responses: &mut Streaming<StreamModerateResponse>) -> stream_moderate_response::Kind {
-    responses
-        .message()
-        .await
-        .expect("a healthy stream")
-        .expect("a response")
-        .kind
-        .expect("a kind")
+    loop {
+        let kind = responses
+            .message()
+            .await
+            .expect("a healthy stream")
+            .expect("a response")
+            .kind
+            .expect("a kind");
+        if !matches!(kind, stream_moderate_response::Kind::Command(_)) {
+            return kind;
+        }
+    }
+}
+
+/// The stream ends cleanly, after at most some action commands.
+async fn assert_ends(responses: &mut Streaming<StreamModerateResponse>) {
+    while let Some(response) = responses.message().await.expect("a clean end") {
+        assert!(
+            matches!(
+                response.kind,
+                Some(stream_moderate_response::Kind::Command(_))
+            ),
+            "expected the end of the stream, got {response:?}"
+        );
+    }
 }
 
 async fn next_verdict(responses: &mut Streaming<StreamModerateResponse>) -> proto::Verdict {
@@ -210,7 +230,7 @@ async fn verdicts_come_in_order_with_memory_of_each_user() {
 
     // Closing our side ends the stream cleanly.
     drop(sender.await.unwrap());
-    assert!(responses.message().await.expect("a clean end").is_none());
+    assert_ends(&mut responses).await;
     server.stop().await.expect("clean stop");
 }
 
@@ -311,7 +331,7 @@ async fn a_moderators_timeout_counts_toward_the_ladder() {
     let newbie = next_verdict(&mut responses).await;
     assert_eq!(newbie.decision, Decision::Warn as i32, "{newbie:?}");
     drop(tx);
-    assert!(responses.message().await.unwrap().is_none());
+    assert_ends(&mut responses).await;
 
     // Both notable verdicts reach the audit log through the batching writer, drained on stop.
     let store = server.store().await;

@@ -11,6 +11,9 @@
 //! Architecture Invariant: this module knows nothing of gRPC; it works on domain types, the
 //! [`Store`](crate::store::Store) and the dispatcher.
 
+pub mod dispatch;
+pub mod workflow;
+
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};

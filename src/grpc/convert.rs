@@ -3,6 +3,7 @@
 use std::time::SystemTime;
 
 use super::status::FieldError;
+use crate::actions;
 use crate::decision::{self, Decision, Degraded, ReasonSource};
 use crate::proto;
 
@@ -173,7 +174,8 @@ impl From<Degraded> for proto::DegradedComponent {
     }
 }
 
-fn duration(value: std::time::Duration) -> prost_types::Duration {
+/// A duration as a protobuf duration (saturating).
+pub fn duration(value: std::time::Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(value).unwrap_or(prost_types::Duration {
         seconds: i64::MAX,
         nanos: 0,
@@ -231,4 +233,159 @@ impl From<decision::Verdict> for proto::Verdict {
             action_id: verdict.action_id.unwrap_or_default(),
         }
     }
+}
+
+impl From<actions::ActionKind> for proto::ActionKind {
+    fn from(kind: actions::ActionKind) -> Self {
+        match kind {
+            actions::ActionKind::Hide => Self::Hide,
+            actions::ActionKind::Warn => Self::Warn,
+            actions::ActionKind::Timeout => Self::Timeout,
+            actions::ActionKind::Ban => Self::Ban,
+            actions::ActionKind::Unmute => Self::Unmute,
+            actions::ActionKind::Unban => Self::Unban,
+        }
+    }
+}
+
+impl From<actions::ActionSource> for proto::ActionSource {
+    fn from(source: actions::ActionSource) -> Self {
+        match source {
+            actions::ActionSource::Automod => Self::Automod,
+            actions::ActionSource::Moderator => Self::Moderator,
+            actions::ActionSource::Appeal => Self::Appeal,
+            actions::ActionSource::Nuke => Self::Nuke,
+            actions::ActionSource::Api => Self::Api,
+        }
+    }
+}
+
+impl From<actions::ActionStatus> for proto::ActionStatus {
+    fn from(status: actions::ActionStatus) -> Self {
+        match status {
+            actions::ActionStatus::Pending => Self::Pending,
+            actions::ActionStatus::Sent => Self::Sent,
+            actions::ActionStatus::Executed => Self::Executed,
+            actions::ActionStatus::Failed => Self::Failed,
+            actions::ActionStatus::Expired => Self::Expired,
+            actions::ActionStatus::Recorded => Self::Recorded,
+        }
+    }
+}
+
+impl From<actions::AppealStatus> for proto::AppealStatus {
+    fn from(status: actions::AppealStatus) -> Self {
+        match status {
+            actions::AppealStatus::Open => Self::Open,
+            actions::AppealStatus::Upheld => Self::Upheld,
+            actions::AppealStatus::Overturned => Self::Overturned,
+        }
+    }
+}
+
+impl From<actions::Action> for proto::Action {
+    fn from(action: actions::Action) -> Self {
+        Self {
+            id: action.id,
+            channel: action.channel,
+            target_user_id: action.target_user_id,
+            target_nick: action.target_nick,
+            kind: proto::ActionKind::from(action.kind).into(),
+            duration: action.duration.map(duration),
+            reason: action.reason,
+            source: proto::ActionSource::from(action.source).into(),
+            moderator: action.moderator,
+            message_id: action.message_id,
+            idempotency_key: action.idempotency_key.unwrap_or_default(),
+            status: proto::ActionStatus::from(action.status).into(),
+            error: action.error,
+            created_at: Some(action.created_at.into()),
+            updated_at: Some(action.updated_at.into()),
+            expires_at: action.status.is_open().then(|| action.expires_at.into()),
+            requested_by: action.requested_by,
+            nuke_id: action.nuke_id,
+            appeal_id: action.appeal_id,
+            bridge_id: action.bridge_id,
+        }
+    }
+}
+
+impl From<actions::Appeal> for proto::Appeal {
+    fn from(appeal: actions::Appeal) -> Self {
+        Self {
+            id: appeal.id,
+            action_id: appeal.action_id,
+            channel: appeal.channel,
+            user_id: appeal.user_id,
+            text: appeal.text,
+            status: proto::AppealStatus::from(appeal.status).into(),
+            moderator: appeal.moderator,
+            note: appeal.note,
+            created_at: Some(appeal.created_at.into()),
+            resolved_at: appeal.resolved_at.map(Into::into),
+            reversal_action_id: appeal.reversal_action_id,
+        }
+    }
+}
+
+/// A required id field (channel, user, action id): non-empty, bounded, no control characters.
+pub fn id_field(value: String, field: &str) -> Result<String, FieldError> {
+    required_id(value, field)
+}
+
+/// An optional id field: empty stays `None`.
+pub fn optional_id(value: String, field: &str) -> Result<Option<String>, FieldError> {
+    if value.trim().is_empty() {
+        Ok(None)
+    } else {
+        bounded_id(value, field).map(Some)
+    }
+}
+
+/// Free text (a reason, a note, an appeal's statement) of at most `max_chars` characters.
+pub fn text_field(value: String, field: &str, max_chars: usize) -> Result<String, FieldError> {
+    let chars = value.chars().count();
+    if chars > max_chars {
+        return Err(FieldError::new(
+            field,
+            format!("{chars} characters exceed the limit of {max_chars}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// An optional protobuf duration as a duration: negative or out-of-range values are refused.
+pub fn duration_field(
+    value: Option<prost_types::Duration>,
+    field: &str,
+) -> Result<Option<std::time::Duration>, FieldError> {
+    value
+        .map(|d| {
+            if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+                return Err(FieldError::new(
+                    field,
+                    "must be a non-negative duration (nanos within 0..1e9)",
+                ));
+            }
+            std::time::Duration::try_from(d)
+                .map_err(|_| FieldError::new(field, "is not a valid duration"))
+        })
+        .transpose()
+}
+
+/// An optional protobuf timestamp as a time.
+pub fn timestamp_field(
+    value: Option<prost_types::Timestamp>,
+    field: &str,
+) -> Result<Option<SystemTime>, FieldError> {
+    value
+        .map(|ts| {
+            timestamp(ts).ok_or_else(|| {
+                FieldError::new(
+                    field,
+                    "is not a valid time (seconds within years 1..=9999, nanos within 0..1e9)",
+                )
+            })
+        })
+        .transpose()
 }

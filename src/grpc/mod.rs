@@ -6,7 +6,7 @@
 //! Architecture Invariant: this is the only module (with the future chat bridge) that sees
 //! generated proto types or tonic; the domain modules never import them.
 
-mod actions;
+pub mod actions;
 mod admin;
 mod admin_rules;
 mod admin_stats;

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert::{self, MessageLimits};
 use super::status::FieldError;
 use super::stream;
+use crate::actions::dispatch::automatic_action;
 use crate::app::App;
 use crate::decision::{DecideOptions, Degraded};
 use crate::inference::{Admission, Overloaded};
@@ -91,12 +92,25 @@ impl Moderation for ModerationService {
         }
 
         if !options.dry_run {
-            let records: Vec<AuditRecord> = messages
-                .iter()
-                .zip(&verdicts)
-                .filter(|(_, v)| v.is_notable())
-                .map(|(m, v)| AuditRecord::new(m.clone(), v.clone()))
-                .collect();
+            // Enforced verdicts that act on the user become actions, recorded with the audit
+            // records in one transaction; the dispatcher then carries them to the bridge.
+            let actions = &self.app.config.actions;
+            let mut records = Vec::new();
+            for (message, verdict) in messages.iter().zip(verdicts.iter_mut()) {
+                if !verdict.is_notable() {
+                    continue;
+                }
+                let action = automatic_action(
+                    message,
+                    verdict,
+                    actions.hide_duration(),
+                    actions.pending_ttl(),
+                );
+                verdict.action_id = action.as_ref().map(|a| a.id.clone());
+                records
+                    .push(AuditRecord::new(message.clone(), verdict.clone()).with_action(action));
+            }
+            let has_actions = records.iter().any(|r| r.action.is_some());
             if let Err(error) = self.app.store.record_verdicts(&records).await {
                 // The decision stands: a caller waiting to show a message needs it more than
                 // the audit log needs the row. The verdict says what was lost.
@@ -105,7 +119,10 @@ impl Moderation for ModerationService {
                     .increment(records.len() as u64);
                 for verdict in verdicts.iter_mut().filter(|v| v.is_notable()) {
                     verdict.degraded.push(Degraded::Store);
+                    verdict.action_id = None;
                 }
+            } else if has_actions {
+                self.app.dispatcher.wake();
             }
         }
 

@@ -48,3 +48,16 @@ impl From<StoreError> for Status {
         }
     }
 }
+
+impl From<crate::actions::workflow::WorkflowError> for Status {
+    fn from(error: crate::actions::workflow::WorkflowError) -> Self {
+        use crate::actions::workflow::WorkflowError;
+        match error {
+            WorkflowError::NotFound(message) => Status::not_found(message),
+            WorkflowError::FailedPrecondition(message) => Status::failed_precondition(message),
+            WorkflowError::AlreadyExists(message) => Status::already_exists(message),
+            WorkflowError::Invalid { field, message } => FieldError::new(field, message).into(),
+            WorkflowError::Store(error) => error.into(),
+        }
+    }
+}

@@ -19,13 +19,14 @@ use tracing::Instrument;
 
 use super::convert::{self, MessageLimits};
 use super::status::FieldError;
+use crate::actions::{self, dispatch::automatic_action};
 use crate::app::App;
 use crate::decision::{ChatMessage, DecideOptions, Decision};
 use crate::inference::{Admission, Pending, Scores};
 use crate::moderate::Consult;
 use crate::proto::{
-    ActionKind, ChatEvent, Hello, StreamError, StreamModerateRequest, StreamModerateResponse,
-    Welcome, chat_event, stream_moderate_request, stream_moderate_response,
+    ActionKind, ActionResult, ChatEvent, Hello, StreamError, StreamModerateRequest,
+    StreamModerateResponse, Welcome, chat_event, stream_moderate_request, stream_moderate_response,
 };
 use crate::store::AuditRecord;
 
@@ -37,6 +38,9 @@ const PIPELINE: usize = 256;
 
 /// Most channels one stream may serve.
 const MAX_CHANNELS: usize = 256;
+
+/// Longest `ActionResult.detail` accepted, in bytes.
+const MAX_DETAIL_BYTES: usize = 4096;
 
 type Responses = mpsc::Sender<Result<StreamModerateResponse, Status>>;
 
@@ -103,10 +107,20 @@ impl Session {
         tracing::info!(channels = ?self.hello.channels, "stream opened");
         metrics::gauge!("modbot_streams_open").increment(1.0);
         let welcome = stream_moderate_response::Kind::Welcome(Welcome {
-            session_id,
+            session_id: session_id.clone(),
             channels: self.hello.channels.clone(),
         });
         if self.send(welcome).await {
+            // Action commands for this bridge's channels go out beside the verdicts, from
+            // their own task, for as long as the registration lives.
+            let (registration, commands_rx) = self.app.dispatcher.register(
+                &session_id,
+                &self.hello.bridge_id,
+                &self.hello.channels,
+            );
+            let forwarder = tokio::spawn(
+                forward_commands(commands_rx, self.responses_tx.clone()).in_current_span(),
+            );
             let (items_tx, items_rx) = mpsc::channel(PIPELINE);
             // The stages run as two tasks, so a busy stream's reading and deciding use both
             // of the runtime's threads.
@@ -119,6 +133,8 @@ impl Session {
             if let Err(error) = finisher.await {
                 tracing::error!(%error, "the stream's decision task failed");
             }
+            drop(registration);
+            let _ = forwarder.await;
         }
         metrics::gauge!("modbot_streams_open").decrement(1.0);
         tracing::info!("stream closed");
@@ -189,12 +205,35 @@ impl Session {
                 "hello: already sent".to_owned(),
                 String::new(),
             ),
-            Some(stream_moderate_request::Kind::ActionResult(result)) => Item::reject(
-                Code::Unimplemented,
-                "action_result: no action commands are sent yet, so no results are expected"
-                    .to_owned(),
-                result.action_id,
-            ),
+            Some(stream_moderate_request::Kind::ActionResult(result)) => {
+                if result.action_id.trim().is_empty() {
+                    Item::reject(
+                        Code::InvalidArgument,
+                        "action_result.action_id: is required".to_owned(),
+                        String::new(),
+                    )
+                } else if !result.ok && result.error_code.trim().is_empty() {
+                    Item::reject(
+                        Code::InvalidArgument,
+                        "action_result.error_code: is required when ok is false".to_owned(),
+                        String::new(),
+                    )
+                } else if result.error_code.len() > convert::MAX_ID_BYTES
+                    || result.detail.len() > MAX_DETAIL_BYTES
+                {
+                    Item::reject(
+                        Code::InvalidArgument,
+                        format!(
+                            "action_result: error_code is at most {} bytes and detail at most \
+                             {MAX_DETAIL_BYTES}",
+                            convert::MAX_ID_BYTES
+                        ),
+                        String::new(),
+                    )
+                } else {
+                    Item::ActionResult(result)
+                }
+            }
             None => Item::reject(
                 Code::InvalidArgument,
                 "kind: is required".to_owned(),
@@ -271,18 +310,34 @@ impl Session {
                         String::new(),
                     );
                 }
-                match decision {
-                    Some(decision) => Item::ModeratorAction {
-                        channel: event.channel,
-                        moderator: action.moderator,
-                        target: action.target,
-                        decision,
-                        at: action
-                            .at
-                            .and_then(|t| SystemTime::try_from(t).ok())
-                            .unwrap_or_else(SystemTime::now),
-                    },
-                    None => Item::Nothing,
+                // The chat broadcasts modbot's own commands back as its bot's actions: those
+                // are already recorded, and they teach nothing about what humans act on.
+                if !self.hello.bot_nick.is_empty()
+                    && action.moderator.eq_ignore_ascii_case(&self.hello.bot_nick)
+                {
+                    return Item::Nothing;
+                }
+                let kind = match ActionKind::try_from(action.kind) {
+                    Ok(ActionKind::Hide) => actions::ActionKind::Hide,
+                    Ok(ActionKind::Warn) => actions::ActionKind::Warn,
+                    Ok(ActionKind::Timeout) => actions::ActionKind::Timeout,
+                    Ok(ActionKind::Ban) => actions::ActionKind::Ban,
+                    Ok(ActionKind::Unmute) => actions::ActionKind::Unmute,
+                    _ => actions::ActionKind::Unban,
+                };
+                Item::ModeratorAction {
+                    channel: event.channel,
+                    moderator: action.moderator,
+                    target: action.target,
+                    decision,
+                    kind,
+                    duration: action
+                        .duration
+                        .and_then(|d| std::time::Duration::try_from(d).ok()),
+                    at: action
+                        .at
+                        .and_then(|t| SystemTime::try_from(t).ok())
+                        .unwrap_or_else(SystemTime::now),
                 }
             }
             Some(
@@ -312,9 +367,17 @@ impl Session {
                 metrics::counter!("modbot_verdicts_total", "decision" => verdict.decision.as_str())
                     .increment(1);
                 if verdict.is_notable() {
+                    let actions = &self.app.config.actions;
+                    let action = automatic_action(
+                        &message,
+                        &verdict,
+                        actions.hide_duration(),
+                        actions.pending_ttl(),
+                    );
+                    verdict.action_id = action.as_ref().map(|a| a.id.clone());
                     self.app
                         .audit
-                        .submit(AuditRecord::new(message, verdict.clone()))
+                        .submit(AuditRecord::new(message, verdict.clone()).with_action(action))
                         .await;
                 }
                 verdict.normalized_text.clear();
@@ -323,13 +386,53 @@ impl Session {
                 self.send(stream_moderate_response::Kind::Verdict(verdict.into()))
                     .await
             }
+            Item::ActionResult(result) => {
+                match self
+                    .app
+                    .dispatcher
+                    .answer(
+                        &result.action_id,
+                        result.ok,
+                        &result.error_code,
+                        &result.detail,
+                    )
+                    .await
+                {
+                    Ok(Some(_)) => true,
+                    Ok(None) => {
+                        self.reject(
+                            Code::NotFound,
+                            format!("action_result.action_id: no action `{}`", result.action_id),
+                            String::new(),
+                        )
+                        .await
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, action = %result.action_id, "cannot record an action's result");
+                        self.reject(
+                            Code::Unavailable,
+                            "action_result: the database is unavailable; send the result again"
+                                .to_owned(),
+                            String::new(),
+                        )
+                        .await
+                    }
+                }
+            }
             Item::ModeratorAction {
                 channel,
                 moderator,
                 target,
                 decision,
+                kind,
+                duration,
                 at,
             } => {
+                self.record_human_action(&channel, &moderator, &target, kind, duration, at)
+                    .await;
+                let Some(decision) = decision else {
+                    return true;
+                };
                 let feedback = self
                     .app
                     .moderator
@@ -358,6 +461,73 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Records a human moderator's action seen in the chat as an executed action, so the
+    /// audit trail of actions is one table. Its id is derived from what happened, so a bridge
+    /// that replays its chat after a reconnect records it once. A lost record is logged and
+    /// counted; the stream goes on.
+    async fn record_human_action(
+        &self,
+        channel: &str,
+        moderator: &str,
+        target: &str,
+        kind: actions::ActionKind,
+        duration: Option<std::time::Duration>,
+        at: SystemTime,
+    ) {
+        let at_ms = crate::store::unix_millis(at).to_string();
+        let id = actions::derived_id(&["chat", channel, target, kind.as_str(), &at_ms]);
+        let mut action = actions::NewAction {
+            channel: channel.to_owned(),
+            target_user_id: target.to_owned(),
+            target_nick: target.to_owned(),
+            kind,
+            duration,
+            reason: format!("{moderator} in chat"),
+            source: actions::ActionSource::Moderator,
+            moderator: moderator.to_owned(),
+            message_id: String::new(),
+            idempotency_key: None,
+            requested_by: self.hello.bridge_id.clone(),
+        }
+        .into_action(id, at, std::time::Duration::ZERO);
+        action.status = actions::ActionStatus::Executed;
+        match self.app.store.record_action(&action).await {
+            Ok(crate::store::Recorded::New(action)) => actions::dispatch::count_recorded(&action),
+            Ok(_) => {}
+            Err(error) => {
+                metrics::counter!("modbot_action_write_failures_total").increment(1);
+                tracing::warn!(%error, channel, target, "cannot record a moderator's action");
+            }
+        }
+    }
+}
+
+/// Sends the dispatcher's commands for this stream's bridge as `ActionCommand`s, until the
+/// registration ends or the client goes away.
+async fn forward_commands(
+    mut commands_rx: mpsc::Receiver<actions::Action>,
+    responses_tx: Responses,
+) {
+    while let Some(action) = commands_rx.recv().await {
+        let command = crate::proto::ActionCommand {
+            action_id: action.id.clone(),
+            channel: action.channel.clone(),
+            target: action.target_nick.clone(),
+            kind: crate::proto::ActionKind::from(action.kind).into(),
+            duration: action.duration.map(convert::duration),
+            reason: action.reason.clone(),
+            expires_at: Some(action.expires_at.into()),
+        };
+        let response = StreamModerateResponse {
+            kind: Some(stream_moderate_response::Kind::Command(command)),
+        };
+        if responses_tx.send(Ok(response)).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// One request, checked and (for a message) on its way through the model, waiting for its
 /// turn to be decided.
 enum Item {
@@ -372,9 +542,14 @@ enum Item {
         channel: String,
         moderator: String,
         target: String,
-        decision: Decision,
+        /// What it means for the ladder; `None` for unmutes and unbans.
+        decision: Option<Decision>,
+        kind: actions::ActionKind,
+        duration: Option<std::time::Duration>,
         at: SystemTime,
     },
+    /// A bridge's answer to an action command.
+    ActionResult(ActionResult),
     /// A bad request, answered in-band.
     Reject {
         code: Code,

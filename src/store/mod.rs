@@ -18,6 +18,7 @@ use sqlx::{AnyPool, Row, SqlSafeStr};
 mod actions;
 mod feedback;
 
+pub use self::actions::{AppealOutcome, Recorded};
 pub use self::feedback::{Feedback, FeedbackSource};
 
 use crate::config::redact_url;
@@ -124,6 +125,8 @@ pub struct AuditRecord {
     pub message: ChatMessage,
     /// The verdict (scores and normalised text are not stored).
     pub verdict: Verdict,
+    /// The action that carries the verdict out, written in the same transaction.
+    pub action: Option<crate::actions::Action>,
 }
 
 impl AuditRecord {
@@ -134,7 +137,14 @@ impl AuditRecord {
             decided_at: SystemTime::now(),
             message,
             verdict,
+            action: None,
         }
+    }
+
+    /// The record with the action that carries its verdict out.
+    pub fn with_action(mut self, action: Option<crate::actions::Action>) -> Self {
+        self.action = action;
+        self
     }
 }
 
@@ -145,6 +155,8 @@ pub struct AuditQuery {
     pub channel: Option<String>,
     /// Only this user (within the channel, when one is given).
     pub user_id: Option<String>,
+    /// Only verdicts on this message.
+    pub message_id: Option<String>,
     /// At most this many.
     pub limit: u32,
 }
@@ -246,7 +258,8 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Writes audit records, all or none.
+    /// Writes audit records and the actions that carry them out, all or none. An action
+    /// recorded before (the same message decided again) is kept as it was.
     pub async fn record_verdicts(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
@@ -280,6 +293,11 @@ impl Store {
             .bind(i64::try_from(verdict.elapsed.as_micros()).unwrap_or(i64::MAX))
             .execute(&mut *tx)
             .await?;
+            if let Some(action) = &record.action
+                && actions::insert_action(&mut tx, action).await?
+            {
+                crate::actions::dispatch::count_recorded(action);
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -292,10 +310,12 @@ impl Store {
              decision, duration_ms, enforced, shadow_decision, reasons, model_version, degraded, \
              elapsed_us FROM audit_log \
              WHERE ($1 = '' OR channel = $1) AND ($2 = '' OR user_id = $2) \
-             ORDER BY decided_at DESC, id DESC LIMIT $3",
+             AND ($3 = '' OR message_id = $3) \
+             ORDER BY decided_at DESC, id DESC LIMIT $4",
         )
         .bind(query.channel.as_deref().unwrap_or(""))
         .bind(query.user_id.as_deref().unwrap_or(""))
+        .bind(query.message_id.as_deref().unwrap_or(""))
         .bind(i64::from(query.limit))
         .fetch_all(&self.pool)
         .await?;
@@ -354,6 +374,7 @@ fn audit_record_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
         id,
         message,
         verdict,
+        action: None,
     })
 }
 

@@ -1,0 +1,306 @@
+//! Carrying actions into the chat: the bridges connected to this replica, and the task that
+//! sends them what waits for their channels.
+//!
+//! An action is recorded as pending first; delivery is a separate step so that it works the
+//! same whoever recorded it and wherever its bridge is connected. Each replica's
+//! [`dispatch_task`] looks, for every channel a bridge on this replica serves, for pending
+//! actions (at once when this replica recorded one, else every `actions.poll_interval_ms`),
+//! *claims* each with a conditional update (`pending` → `sent`, naming the bridge), and only
+//! then hands it to that bridge's stream. The claim is what makes delivery exactly-once across
+//! replicas and bridges: two dispatchers racing for one action both try the update, one wins.
+//! The bridge answers with an `ActionResult`, which moves the action to executed or failed. A
+//! bridge that reconnects under the same `bridge_id` is sent again whatever it was sent but
+//! never answered (it never carries out one id twice). Actions nobody carried out expire.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use super::{Action, ActionSource, NewAction};
+use crate::store::{Recorded, Store, StoreError};
+
+/// Commands queued per bridge before the dispatcher leaves the rest pending for a later round.
+const COMMAND_BUFFER: usize = 256;
+
+/// Most pending actions of one channel sent in one round.
+const BATCH: u32 = 256;
+
+/// Records actions and sends them to the bridges connected to this replica. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    /// `std::sync::Mutex`: held only to add, remove or copy a few handles, never across
+    /// `.await`.
+    bridges: Mutex<Vec<Bridge>>,
+    wake: Notify,
+    closed: AtomicBool,
+    poll_interval: Duration,
+    pending_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Bridge {
+    session_id: String,
+    bridge_id: String,
+    channels: Vec<String>,
+    commands_tx: mpsc::Sender<Action>,
+    /// Whether the actions sent to this bridge id before it (re)connected were sent again.
+    resent: Arc<AtomicBool>,
+}
+
+/// A bridge's place in the dispatcher, for as long as its stream lives: dropping it removes
+/// the bridge, and its command receiver then ends.
+#[derive(Debug)]
+pub struct Registration {
+    inner: Arc<Inner>,
+    session_id: String,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.inner
+            .bridges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|b| b.session_id != self.session_id);
+        metrics::gauge!("modbot_bridges_connected").decrement(1.0);
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher over `store`: actions wait `pending_ttl` for a bridge; bridges are looked
+    /// after every `poll_interval`.
+    pub fn new(store: Store, pending_ttl: Duration, poll_interval: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                bridges: Mutex::new(Vec::new()),
+                wake: Notify::new(),
+                closed: AtomicBool::new(false),
+                poll_interval,
+                pending_ttl,
+            }),
+        }
+    }
+
+    /// The database actions are recorded in.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// How long an action waits for a bridge.
+    pub fn pending_ttl(&self) -> Duration {
+        self.inner.pending_ttl
+    }
+
+    /// Starts the task that delivers and expires actions; it ends after [`Self::close`].
+    pub fn spawn(&self) -> JoinHandle<()> {
+        tokio::spawn(dispatch_task(Arc::clone(&self.inner)))
+    }
+
+    /// Stops the delivery task.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.wake.notify_one();
+    }
+
+    /// Looks for actions to deliver now rather than at the next poll.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Records a new action (`id` given, or a new time-ordered one) and wakes delivery. A
+    /// repeated idempotency key (or derived id) returns the first action instead.
+    pub async fn execute(
+        &self,
+        action: NewAction,
+        id: Option<String>,
+    ) -> Result<Recorded, StoreError> {
+        let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let action = action.into_action(id, SystemTime::now(), self.inner.pending_ttl);
+        let recorded = self.inner.store.record_action(&action).await?;
+        if let Recorded::New(action) = &recorded {
+            count_recorded(action);
+            self.wake();
+        }
+        Ok(recorded)
+    }
+
+    /// Adds a bridge serving `channels`; its commands arrive on the receiver. Whatever waits
+    /// for those channels, and whatever this bridge id was sent but never answered, is sent
+    /// at once.
+    pub fn register(
+        &self,
+        session_id: &str,
+        bridge_id: &str,
+        channels: &[String],
+    ) -> (Registration, mpsc::Receiver<Action>) {
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_BUFFER);
+        self.inner
+            .bridges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Bridge {
+                session_id: session_id.to_owned(),
+                bridge_id: bridge_id.to_owned(),
+                channels: channels.to_vec(),
+                commands_tx,
+                resent: Arc::new(AtomicBool::new(false)),
+            });
+        metrics::gauge!("modbot_bridges_connected").increment(1.0);
+        self.wake();
+        (
+            Registration {
+                inner: Arc::clone(&self.inner),
+                session_id: session_id.to_owned(),
+            },
+            commands_rx,
+        )
+    }
+
+    /// Records a bridge's answer to a command. `None` for an unknown action id.
+    pub async fn answer(
+        &self,
+        action_id: &str,
+        ok: bool,
+        error: &str,
+        detail: &str,
+    ) -> Result<Option<Action>, StoreError> {
+        let answered = self
+            .inner
+            .store
+            .answer_action(action_id, ok, error, detail, SystemTime::now())
+            .await?;
+        Ok(answered.map(|(action, changed)| {
+            if changed {
+                metrics::counter!("modbot_actions_answered_total", "status" => action.status.as_str())
+                    .increment(1);
+            }
+            action
+        }))
+    }
+}
+
+/// Counts a newly recorded action.
+pub fn count_recorded(action: &Action) {
+    metrics::counter!(
+        "modbot_actions_recorded_total",
+        "kind" => action.kind.as_str(),
+        "source" => action.source.as_str()
+    )
+    .increment(1);
+}
+
+/// Delivers pending actions to this replica's bridges and expires old ones, until closed.
+async fn dispatch_task(inner: Arc<Inner>) {
+    while !inner.closed.load(Ordering::SeqCst) {
+        if let Err(error) = deliver_round(&inner).await {
+            tracing::warn!(%error, "delivering actions failed; retrying at the next poll");
+        }
+        tokio::select! {
+            () = inner.wake.notified() => {}
+            () = tokio::time::sleep(inner.poll_interval) => {}
+        }
+    }
+}
+
+async fn deliver_round(inner: &Inner) -> Result<(), StoreError> {
+    let now = SystemTime::now();
+    let expired = inner.store.expire_actions(now).await?;
+    if expired > 0 {
+        metrics::counter!("modbot_actions_expired_total").increment(expired);
+        tracing::info!(
+            count = expired,
+            "actions expired before a bridge carried them out"
+        );
+    }
+    let bridges: Vec<Bridge> = inner
+        .bridges
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    for bridge in bridges {
+        let resend = !bridge.resent.swap(true, Ordering::SeqCst);
+        for channel in &bridge.channels {
+            if resend {
+                for action in inner
+                    .store
+                    .unanswered_actions(&bridge.bridge_id, channel, now)
+                    .await?
+                {
+                    if bridge.commands_tx.try_send(action).is_err() {
+                        // Full or gone: it stays sent to this bridge id and goes out again
+                        // when the bridge next connects.
+                        break;
+                    }
+                }
+            }
+            for action in inner.store.pending_actions(channel, now, BATCH).await? {
+                if !inner
+                    .store
+                    .claim_action(&action.id, &bridge.bridge_id, now)
+                    .await?
+                {
+                    continue; // another bridge or replica took it
+                }
+                let id = action.id.clone();
+                let mut sent = action;
+                sent.status = super::ActionStatus::Sent;
+                sent.bridge_id.clone_from(&bridge.bridge_id);
+                if bridge.commands_tx.try_send(sent).is_err() {
+                    inner.store.unclaim_action(&id, &bridge.bridge_id).await?;
+                    break;
+                }
+                metrics::counter!("modbot_actions_sent_total").increment(1);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The action that carries out an enforced verdict, if it acts on the user: its id is derived
+/// from the channel and message, so deciding the same message again never acts twice.
+pub fn automatic_action(
+    message: &crate::decision::ChatMessage,
+    verdict: &crate::decision::Verdict,
+    hide_duration: Duration,
+    pending_ttl: Duration,
+) -> Option<Action> {
+    if !verdict.enforced {
+        return None;
+    }
+    let kind = super::ActionKind::for_decision(verdict.decision)?;
+    let reason = verdict
+        .reasons
+        .iter()
+        .find(|r| !r.shadow)
+        .map(|r| r.description.clone())
+        .unwrap_or_default();
+    let duration = match kind {
+        super::ActionKind::Hide => Some(hide_duration),
+        _ => verdict.duration,
+    };
+    let new = NewAction {
+        channel: message.channel.clone(),
+        target_user_id: message.user_id.clone(),
+        target_nick: message.nick.clone(),
+        kind,
+        duration,
+        reason,
+        source: ActionSource::Automod,
+        moderator: String::new(),
+        message_id: message.message_id.clone(),
+        idempotency_key: None,
+        requested_by: String::new(),
+    };
+    let id = super::derived_id(&["automod", &message.channel, &message.message_id]);
+    Some(new.into_action(id, SystemTime::now(), pending_ttl))
+}

@@ -1,0 +1,896 @@
+//! Actions, appeals, nukes and users end to end through the generated clients, on SQLite and
+//! PostgreSQL: idempotency (also concurrent and across a restart), stable paging, delivery to
+//! a bridge's stream and its results, expiry, resending to a reconnecting bridge, automatic
+//! actions of verdicts, appeals with their reversal and feedback, nukes and aegis.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{PgSchema, TestServer, chat_message};
+use modbot::proto::{
+    self, ActionKind, ActionSource, ActionStatus, AppealResolution, ExecuteActionRequest, Hello,
+    StreamModerateRequest, StreamModerateResponse, actions_client::ActionsClient,
+    admin_client::AdminClient, appeals_client::AppealsClient, stream_moderate_request,
+    stream_moderate_response,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+struct Clients {
+    actions: ActionsClient<Channel>,
+    appeals: AppealsClient<Channel>,
+    admin: AdminClient<Channel>,
+}
+
+fn clients(server: &TestServer) -> Clients {
+    Clients {
+        actions: ActionsClient::new(server.channel.clone()),
+        appeals: AppealsClient::new(server.channel.clone()),
+        admin: AdminClient::new(server.channel.clone()),
+    }
+}
+
+fn secs(seconds: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds, nanos: 0 })
+}
+
+fn timeout(target: &str, key: &str) -> ExecuteActionRequest {
+    ExecuteActionRequest {
+        channel: "destinygg".into(),
+        target_user_id: target.into(),
+        kind: ActionKind::Timeout as i32,
+        duration: secs(60),
+        reason: "being rude".into(),
+        source: ActionSource::Moderator as i32,
+        moderator: "mod".into(),
+        idempotency_key: key.into(),
+        ..ExecuteActionRequest::default()
+    }
+}
+
+async fn execute(clients: &mut Clients, request: ExecuteActionRequest) -> proto::Action {
+    clients
+        .actions
+        .execute_action(request)
+        .await
+        .expect("ExecuteAction")
+        .into_inner()
+        .action
+        .expect("an action")
+}
+
+async fn get(clients: &mut Clients, id: &str) -> proto::Action {
+    clients
+        .actions
+        .get_action(proto::GetActionRequest { id: id.into() })
+        .await
+        .expect("GetAction")
+        .into_inner()
+}
+
+/// Polls `GetAction` (nothing to await across the database) until `done`, for at most 10 s.
+async fn wait_for(
+    clients: &mut Clients,
+    id: &str,
+    done: impl Fn(&proto::Action) -> bool,
+) -> proto::Action {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let action = get(clients, id).await;
+        if done(&action) {
+            return action;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting on {action:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A bridge's stream: the sender of its requests and its responses after the welcome.
+async fn bridge(
+    server: &TestServer,
+    bridge_id: &str,
+) -> (
+    mpsc::Sender<StreamModerateRequest>,
+    Streaming<StreamModerateResponse>,
+) {
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Hello(Hello {
+            bridge_id: bridge_id.into(),
+            channels: vec!["destinygg".into()],
+            dialect: "dgg".into(),
+            bot_nick: "modbot".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut responses = server
+        .moderation()
+        .stream_moderate(ReceiverStream::new(rx))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let welcome = responses.message().await.unwrap().expect("a welcome");
+    assert!(matches!(
+        welcome.kind,
+        Some(stream_moderate_response::Kind::Welcome(_))
+    ));
+    (tx, responses)
+}
+
+/// The next action command on a bridge's stream (verdicts in between are skipped).
+async fn next_command(responses: &mut Streaming<StreamModerateResponse>) -> proto::ActionCommand {
+    loop {
+        let response = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .expect("a command within 10 s")
+            .expect("a healthy stream")
+            .expect("a response");
+        if let Some(stream_moderate_response::Kind::Command(command)) = response.kind {
+            return command;
+        }
+    }
+}
+
+fn result(action_id: &str, ok: bool, error_code: &str) -> StreamModerateRequest {
+    StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::ActionResult(
+            proto::ActionResult {
+                action_id: action_id.into(),
+                ok,
+                error_code: error_code.into(),
+                detail: String::new(),
+            },
+        )),
+    }
+}
+
+/// The suite both backends run: everything that depends on the database's semantics.
+async fn suite(server: &TestServer) {
+    let mut c = clients(server);
+
+    // Bad input writes nothing.
+    let status = c
+        .actions
+        .execute_action(ExecuteActionRequest {
+            kind: 0,
+            ..timeout("bob", "k0")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("kind: "),
+        "{}",
+        status.message()
+    );
+    let listed = c
+        .actions
+        .list_actions(proto::ListActionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.actions.is_empty(), "{listed:?}");
+
+    // A retried call returns the first action; a different request under the key is refused.
+    let first = c
+        .actions
+        .execute_action(timeout("bob", "k1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    let first = first.action.unwrap();
+    assert_eq!(first.status, ActionStatus::Pending as i32);
+    assert!(first.expires_at.is_some());
+    let again = c
+        .actions
+        .execute_action(timeout("bob", "k1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed);
+    assert_eq!(again.action.unwrap().id, first.id);
+    let status = c
+        .actions
+        .execute_action(timeout("carol", "k1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert!(
+        status.message().starts_with("idempotency_key: "),
+        "{}",
+        status.message()
+    );
+
+    // Concurrent calls with one key make one action.
+    let calls: Vec<_> = (0..12)
+        .map(|_| {
+            let mut actions = c.actions.clone();
+            tokio::spawn(async move {
+                actions
+                    .execute_action(timeout("dave", "k-concurrent"))
+                    .await
+                    .map(|r| r.into_inner())
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let mut fresh = 0;
+    for call in calls {
+        let response = call.await.unwrap().expect("every concurrent call succeeds");
+        fresh += usize::from(!response.replayed);
+        ids.push(response.action.unwrap().id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one action for one key: {ids:?}");
+    assert_eq!(fresh, 1, "exactly one call recorded it");
+
+    // Paging is stable under inserts: what is inserted while paging never shifts a page.
+    for i in 0..7 {
+        execute(&mut c, timeout(&format!("pager{i}"), "")).await;
+    }
+    let page = |token: String| proto::ListActionsRequest {
+        channel: "destinygg".into(),
+        source: ActionSource::Moderator as i32,
+        page_size: 3,
+        page_token: token,
+        ..proto::ListActionsRequest::default()
+    };
+    let before: Vec<String> = c
+        .actions
+        .list_actions(proto::ListActionsRequest {
+            page_size: 500,
+            ..page(String::new())
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .actions
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let response = c
+            .actions
+            .list_actions(page(token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(response.actions.len() <= 3);
+        seen.extend(response.actions.into_iter().map(|a| a.id));
+        // Inserted mid-listing: newer than everything listed, so never in a later page.
+        execute(&mut c, timeout("latecomer", "")).await;
+        token = response.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, before,
+        "pages are the listing as it was, in order, once each"
+    );
+    let status = c
+        .actions
+        .list_actions(proto::ListActionsRequest {
+            channel: "other".into(),
+            page_token: "7631".into(),
+            ..proto::ListActionsRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("page_token: "));
+    let filtered = c
+        .actions
+        .list_actions(proto::ListActionsRequest {
+            target_user_id: "bob".into(),
+            ..proto::ListActionsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .actions;
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(filtered[0].id, first.id);
+
+    // Appeals: one open per action, only by its target; concurrent rulings apply once.
+    let appeal = c
+        .appeals
+        .file_appeal(proto::FileAppealRequest {
+            action_id: first.id.clone(),
+            user_id: "bob".into(),
+            text: "I was joking".into(),
+        })
+        .await
+        .expect("FileAppeal")
+        .into_inner();
+    assert_eq!(appeal.status, proto::AppealStatus::Open as i32);
+    for (request, code, start) in [
+        (
+            proto::FileAppealRequest {
+                action_id: first.id.clone(),
+                user_id: "bob".into(),
+                text: "again".into(),
+            },
+            Code::AlreadyExists,
+            "action ",
+        ),
+        (
+            proto::FileAppealRequest {
+                action_id: first.id.clone(),
+                user_id: "mallory".into(),
+                text: String::new(),
+            },
+            Code::InvalidArgument,
+            "user_id: ",
+        ),
+        (
+            proto::FileAppealRequest {
+                action_id: "no-such-action".into(),
+                user_id: "bob".into(),
+                text: String::new(),
+            },
+            Code::NotFound,
+            "no action",
+        ),
+        (
+            proto::FileAppealRequest {
+                action_id: first.id.clone(),
+                user_id: "bob".into(),
+                text: "x".repeat(2001),
+            },
+            Code::InvalidArgument,
+            "text: ",
+        ),
+    ] {
+        let status = c.appeals.file_appeal(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().starts_with(start), "{}", status.message());
+    }
+    let rulings: Vec<_> = (0..8)
+        .map(|i| {
+            let mut appeals = c.appeals.clone();
+            let id = appeal.id.clone();
+            tokio::spawn(async move {
+                appeals
+                    .resolve_appeal(proto::ResolveAppealRequest {
+                        id,
+                        resolution: AppealResolution::Overturn as i32,
+                        moderator: format!("mod{i}"),
+                        note: "fair enough".into(),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+        })
+        .collect();
+    let mut wins = Vec::new();
+    for ruling in rulings {
+        match ruling.await.unwrap() {
+            Ok(response) => wins.push(response),
+            Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+        }
+    }
+    assert_eq!(wins.len(), 1, "exactly one ruling applies");
+    let won = wins.pop().unwrap();
+    let resolved = won.appeal.unwrap();
+    assert_eq!(resolved.status, proto::AppealStatus::Overturned as i32);
+    let reversal = won.reversal.expect("a timeout is reversed by an unmute");
+    assert_eq!(reversal.kind, ActionKind::Unmute as i32);
+    assert_eq!(reversal.source, ActionSource::Appeal as i32);
+    assert_eq!(reversal.appeal_id, appeal.id);
+    assert_eq!(resolved.reversal_action_id, reversal.id);
+    let reversals = c
+        .actions
+        .list_actions(proto::ListActionsRequest {
+            source: ActionSource::Appeal as i32,
+            ..proto::ListActionsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .actions;
+    assert_eq!(
+        reversals.len(),
+        1,
+        "one reversal however many rulings raced"
+    );
+    let status = c
+        .appeals
+        .file_appeal(proto::FileAppealRequest {
+            action_id: first.id.clone(),
+            user_id: "bob".into(),
+            text: "and again".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "a reversed action");
+    let listed = c
+        .appeals
+        .list_appeals(proto::ListAppealsRequest {
+            status: proto::AppealStatus::Overturned as i32,
+            ..proto::ListAppealsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.appeals.len(), 1);
+    assert_eq!(
+        c.appeals
+            .get_appeal(proto::GetAppealRequest {
+                id: appeal.id.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .moderator,
+        resolved.moderator
+    );
+}
+
+#[tokio::test]
+async fn workflows_on_sqlite() {
+    let server = TestServer::start(|_| {}).await;
+    suite(&server).await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn workflows_on_postgres() {
+    let Some(schema) = PgSchema::create("workflows_on_postgres").await else {
+        return;
+    };
+    let url = schema.url.clone();
+    let server = TestServer::start(move |config| config.database.url = url).await;
+    suite(&server).await;
+    server.stop().await.unwrap();
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/modbot.db", dir.path().display());
+    let start = |url: String| TestServer::start(move |config| config.database.url = url);
+    let server = start(url.clone()).await;
+    let first = execute(&mut clients(&server), timeout("bob", "restart-key")).await;
+    server.stop().await.unwrap();
+    let server = start(url).await;
+    let again = clients(&server)
+        .actions
+        .execute_action(timeout("bob", "restart-key"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed);
+    assert_eq!(again.action.unwrap().id, first.id);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bridge_carries_actions_out_and_reports_the_chat_answer() {
+    let server = TestServer::start(|_| {}).await;
+    let mut c = clients(&server);
+    // Recorded before any bridge is connected: it waits.
+    let waiting = execute(&mut c, timeout("bob", "")).await;
+    assert_eq!(waiting.status, ActionStatus::Pending as i32);
+
+    let (tx, mut responses) = bridge(&server, "bridge-1").await;
+    let command = next_command(&mut responses).await;
+    assert_eq!(command.action_id, waiting.id);
+    assert_eq!(command.target, "bob");
+    assert_eq!(command.kind, ActionKind::Timeout as i32);
+    assert_eq!(command.duration, secs(60));
+    assert_eq!(get(&mut c, &waiting.id).await.bridge_id, "bridge-1");
+    tx.send(result(&waiting.id, true, "")).await.unwrap();
+    let done = wait_for(&mut c, &waiting.id, |a| {
+        a.status != ActionStatus::Sent as i32
+    })
+    .await;
+    assert_eq!(done.status, ActionStatus::Executed as i32);
+
+    // Recorded while the bridge is connected: sent at once; a refusal is recorded with its code.
+    let refused = execute(
+        &mut c,
+        ExecuteActionRequest {
+            kind: ActionKind::Ban as i32,
+            duration: None,
+            ..timeout("admin", "")
+        },
+    )
+    .await;
+    let command = next_command(&mut responses).await;
+    assert_eq!(command.action_id, refused.id);
+    assert_eq!(command.duration, None, "a permanent ban");
+    tx.send(result(&refused.id, false, "nopermission"))
+        .await
+        .unwrap();
+    let failed = wait_for(&mut c, &refused.id, |a| {
+        a.status != ActionStatus::Sent as i32
+    })
+    .await;
+    assert_eq!(failed.status, ActionStatus::Failed as i32);
+    assert_eq!(failed.error, "nopermission");
+
+    // Results for unknown actions, or without a code, are answered in-band.
+    tx.send(result("no-such-action", true, "")).await.unwrap();
+    tx.send(result(&refused.id, false, "")).await.unwrap();
+    for expected in [
+        "action_result.action_id: no action",
+        "action_result.error_code: ",
+    ] {
+        let response = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Some(stream_moderate_response::Kind::Error(error)) = response.kind else {
+            panic!("expected an in-band error, got {response:?}");
+        };
+        assert!(error.message.starts_with(expected), "{}", error.message);
+    }
+
+    // A warning needs nothing from the chat.
+    let warning = execute(
+        &mut c,
+        ExecuteActionRequest {
+            kind: ActionKind::Warn as i32,
+            duration: None,
+            ..timeout("carol", "")
+        },
+    )
+    .await;
+    assert_eq!(warning.status, ActionStatus::Recorded as i32);
+    drop(tx);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unanswered_commands_go_again_to_the_reconnecting_bridge() {
+    let server = TestServer::start(|_| {}).await;
+    let mut c = clients(&server);
+    let (tx, mut responses) = bridge(&server, "bridge-r").await;
+    let action = execute(&mut c, timeout("bob", "")).await;
+    assert_eq!(next_command(&mut responses).await.action_id, action.id);
+    drop(tx);
+    drop(responses);
+    let (tx, mut responses) = bridge(&server, "bridge-r").await;
+    assert_eq!(
+        next_command(&mut responses).await.action_id,
+        action.id,
+        "sent again: the bridge never answered it"
+    );
+    tx.send(result(&action.id, true, "")).await.unwrap();
+    wait_for(&mut c, &action.id, |a| {
+        a.status == ActionStatus::Executed as i32
+    })
+    .await;
+    // Another bridge id is never sent what was sent to the first.
+    drop(tx);
+    drop(responses);
+    let (_tx, mut other) = bridge(&server, "bridge-other").await;
+    let later = execute(&mut c, timeout("carol", "")).await;
+    assert_eq!(next_command(&mut other).await.action_id, later.id);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn actions_no_bridge_carries_out_expire() {
+    let server = TestServer::start(|config| {
+        config.actions.pending_ttl_secs = 1;
+        config.actions.poll_interval_ms = 50;
+    })
+    .await;
+    let mut c = clients(&server);
+    let action = execute(&mut c, timeout("bob", "")).await;
+    let expired = wait_for(&mut c, &action.id, |a| {
+        a.status != ActionStatus::Pending as i32
+    })
+    .await;
+    assert_eq!(expired.status, ActionStatus::Expired as i32);
+    assert!(
+        expired.expires_at.is_none(),
+        "only open actions carry an expiry"
+    );
+    // An expired action is never sent, and cannot be appealed.
+    let (_tx, mut responses) = bridge(&server, "late-bridge").await;
+    let fresh = execute(&mut c, timeout("carol", "")).await;
+    assert_eq!(next_command(&mut responses).await.action_id, fresh.id);
+    let status = c
+        .appeals
+        .file_appeal(proto::FileAppealRequest {
+            action_id: action.id.clone(),
+            user_id: "bob".into(),
+            text: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn enforced_verdicts_become_actions_once() {
+    let server = TestServer::start(|_| {}).await;
+    let mut c = clients(&server);
+    let (_tx, mut responses) = bridge(&server, "bridge-auto").await;
+    let classify = |id: &str| {
+        let mut message = chat_message(id, "scammer", "FREE NITRO at scam dot link");
+        // Now, so that GetUser's heat (decayed to now) is still warm.
+        message.sent_at = Some(std::time::SystemTime::now().into());
+        proto::ClassifyRequest {
+            messages: vec![message],
+            options: None,
+        }
+    };
+    // The scam rule times out; a first offence is softened to a warning, the second is a
+    // timeout carried out in the chat.
+    let mut verdicts = Vec::new();
+    for id in ["s1", "s2"] {
+        let verdict = server
+            .moderation()
+            .classify(classify(id))
+            .await
+            .unwrap()
+            .into_inner()
+            .verdicts
+            .remove(0);
+        assert!(!verdict.action_id.is_empty(), "{verdict:?}");
+        verdicts.push(verdict);
+    }
+    let warned = get(&mut c, &verdicts[0].action_id).await;
+    assert_eq!(warned.kind, ActionKind::Warn as i32);
+    assert_eq!(warned.status, ActionStatus::Recorded as i32);
+    assert_eq!(warned.source, ActionSource::Automod as i32);
+    assert_eq!(warned.message_id, "s1");
+    let timed_out = get(&mut c, &verdicts[1].action_id).await;
+    assert_eq!(timed_out.kind, ActionKind::Timeout as i32);
+    let command = next_command(&mut responses).await;
+    assert_eq!(command.action_id, timed_out.id);
+    // Deciding the same message again finds its action instead of making another.
+    let again = server
+        .moderation()
+        .classify(classify("s2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdicts
+        .remove(0);
+    assert_eq!(again.action_id, timed_out.id);
+    let automatic = c
+        .actions
+        .list_actions(proto::ListActionsRequest {
+            source: ActionSource::Automod as i32,
+            ..proto::ListActionsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .actions;
+    assert_eq!(automatic.len(), 2, "{automatic:?}");
+    // A dry run creates nothing.
+    let dry = server
+        .moderation()
+        .classify(proto::ClassifyRequest {
+            options: Some(proto::ClassifyOptions {
+                dry_run: true,
+                ..proto::ClassifyOptions::default()
+            }),
+            ..classify("s3")
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .verdicts
+        .remove(0);
+    assert!(dry.action_id.is_empty());
+
+    // GetUser shows what is remembered.
+    let user = c
+        .admin
+        .get_user(proto::GetUserRequest {
+            channel: "destinygg".into(),
+            user_id: "scammer".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(user.messages, 3, "the dry run is not remembered: {user:?}");
+    assert_eq!(user.escalation_step, 2);
+    // Deciding s2 again counted again in user state (only its action is not repeated).
+    assert_eq!(user.offences, 3);
+    assert!(user.heat > 0.0);
+    assert!(user.reputation < 0.0);
+    assert_eq!(user.recent_actions.len(), 2);
+    assert_eq!(user.recent_verdicts.len(), 3);
+    let status = c
+        .admin
+        .get_user(proto::GetUserRequest {
+            channel: "destinygg".into(),
+            user_id: "stranger".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_overturned_automatic_action_teaches_a_false_positive() {
+    let server = TestServer::start(|_| {}).await;
+    let verdict = server
+        .moderation()
+        .classify(proto::ClassifyRequest {
+            messages: vec![chat_message("m1", "eve", "FREE NITRO at scam dot link")],
+            options: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .verdicts
+        .remove(0);
+    let mut c = clients(&server);
+    let appeal = c
+        .appeals
+        .file_appeal(proto::FileAppealRequest {
+            action_id: verdict.action_id.clone(),
+            user_id: "eve".into(),
+            text: "it was a joke".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let resolved = c
+        .appeals
+        .resolve_appeal(proto::ResolveAppealRequest {
+            id: appeal.id,
+            resolution: AppealResolution::Overturn as i32,
+            moderator: "mod".into(),
+            note: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        resolved.reversal.is_none(),
+        "a warning has nothing to undo in chat"
+    );
+    let feedback = server.store().await.feedback().await.unwrap();
+    assert_eq!(feedback.len(), 1, "{feedback:?}");
+    assert!(!feedback[0].positive);
+    assert_eq!(feedback[0].message_id, "m1");
+    assert_eq!(feedback[0].text, "free nitro at scam dot link");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn nuke_mutes_who_said_it_and_aegis_undoes_it() {
+    let server = TestServer::start(|_| {}).await;
+    let mut c = clients(&server);
+    let lines = [
+        ("n1", "ann", "the ending was a BIG spoiler"),
+        ("n2", "ben", "lol"),
+        ("n3", "cat", "B1G SPOILER incoming"),
+        ("n4", "ann", "big spoiler again"),
+        ("n5", "dan", "no spoilers please"),
+    ];
+    let now = std::time::SystemTime::now();
+    let messages = lines
+        .iter()
+        .map(|(id, user, text)| {
+            let mut message = chat_message(id, user, text);
+            message.sent_at = Some(now.into());
+            message
+        })
+        .collect();
+    server
+        .moderation()
+        .classify(proto::ClassifyRequest {
+            messages,
+            options: None,
+        })
+        .await
+        .unwrap();
+    let nuke = |pattern: &str, regex: bool, dry_run: bool| proto::NukeRequest {
+        channel: "destinygg".into(),
+        pattern: pattern.into(),
+        regex,
+        moderator: "mod".into(),
+        dry_run,
+        ..proto::NukeRequest::default()
+    };
+    let dry = c
+        .admin
+        .nuke(nuke("big spoiler", false, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dry.targets, ["ann", "cat"]);
+    assert!(dry.actions.is_empty() && dry.nuke_id.is_empty());
+    assert_eq!(dry.searched_messages, 5);
+    for (request, field) in [
+        (nuke(".*", true, false), "pattern: "),
+        (nuke("(", true, false), "pattern: "),
+        (
+            proto::NukeRequest {
+                window: secs(7200),
+                ..nuke("x", false, false)
+            },
+            "window: ",
+        ),
+        (
+            proto::NukeRequest {
+                duration: secs(8 * 86_400),
+                ..nuke("x", false, false)
+            },
+            "duration: ",
+        ),
+        (
+            proto::NukeRequest {
+                moderator: String::new(),
+                ..nuke("x", false, false)
+            },
+            "moderator: ",
+        ),
+    ] {
+        let status = c.admin.nuke(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+    let done = c
+        .admin
+        .nuke(nuke("spoil", false, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.targets, ["ann", "cat", "dan"]);
+    assert_eq!(done.actions.len(), 3);
+    assert!(done.actions.iter().all(|a| a.nuke_id == done.nuke_id
+        && a.kind == ActionKind::Timeout as i32
+        && a.duration == secs(600)));
+    let aegis = c
+        .admin
+        .aegis(proto::AegisRequest {
+            channel: "destinygg".into(),
+            nuke_id: String::new(),
+            moderator: "mod".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(aegis.nuke_id, done.nuke_id, "the channel's latest nuke");
+    assert_eq!(aegis.actions.len(), 3);
+    assert!(
+        aegis
+            .actions
+            .iter()
+            .all(|a| a.kind == ActionKind::Unmute as i32)
+    );
+    let status = c
+        .admin
+        .aegis(proto::AegisRequest {
+            channel: "destinygg".into(),
+            nuke_id: done.nuke_id.clone(),
+            moderator: "mod".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let status = c
+        .admin
+        .aegis(proto::AegisRequest {
+            channel: "destinygg".into(),
+            nuke_id: String::new(),
+            moderator: "mod".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "nothing left to undo");
+    server.stop().await.unwrap();
+}
