@@ -73,6 +73,12 @@ pub enum ServeError {
     /// User state could not be set up (an invalid Redis URL).
     #[error("user state: {0}")]
     State(#[from] StateError),
+    /// The tokens could not be read, or none are configured on a non-loopback address.
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// A TLS file is unreadable or invalid.
+    #[error(transparent)]
+    Tls(#[from] grpc::auth::TlsError),
 }
 
 /// Loads the configured rules: `rules.file`, or the built-in set.
@@ -292,6 +298,20 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let credentials = config.auth.credentials()?;
+    let tls = grpc::auth::tls_config(&config.grpc)?;
+    if credentials.is_empty() {
+        // Checked on the socket itself as well as on grpc.addr: a caller of `serve` may bind
+        // anything. An address that cannot be known counts as open.
+        let bound = listener
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        crate::config::refuse_open_bind(bound)?;
+        tracing::warn!(%bound, "no auth tokens: every caller is trusted; only loopback");
+    } else {
+        let names: Vec<&str> = credentials.iter().map(|c| c.name.as_str()).collect();
+        tracing::info!(?names, "bearer tokens required");
+    }
     let rules = load_rules(&config)?;
     let state = open_state(&config).await?;
     let store = open_store(&config).await?;
@@ -347,13 +367,18 @@ pub async fn serve(
         stream
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         // HTTP/2 windows sized for backpressure: when a stream's session falls behind, its
         // client may have at most STREAM_WINDOW bytes in flight. h2 closes a connection whose
         // unread small DATA frames exceed half the connection window (a flood defence), so the
         // stream window must stay well below that even for ~100-byte chat events.
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .layer(grpc::auth::AuthLayer::new(credentials))
         .add_routes(grpc::routes(Arc::clone(&app)))
         .add_service(health_service)
         .add_service(reflection)

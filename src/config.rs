@@ -45,6 +45,8 @@ pub struct Config {
     pub state: StateConfig,
     /// Moderation actions.
     pub actions: ActionsConfig,
+    /// Who may call: bearer tokens and their roles.
+    pub auth: AuthConfig,
 }
 
 /// `[actions]`: how actions reach the chat.
@@ -88,12 +90,24 @@ pub struct GrpcConfig {
     pub max_text_bytes: u32,
     /// How long in-flight calls may take to finish after a shutdown signal.
     pub shutdown_grace_secs: u64,
+    /// The server's certificate chain (PEM); empty for plaintext. Needs `tls_key_file`.
+    pub tls_cert_file: PathBuf,
+    /// The private key of `tls_cert_file` (PEM); empty for plaintext.
+    pub tls_key_file: PathBuf,
+    /// CA certificates (PEM) that must have signed every client's certificate (mutual TLS);
+    /// empty to accept clients without certificates.
+    pub tls_client_ca_file: PathBuf,
 }
 
 impl GrpcConfig {
     /// The shutdown grace period as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// Whether the server speaks TLS (`tls_cert_file` and `tls_key_file` are set).
+    pub fn tls_enabled(&self) -> bool {
+        !self.tls_cert_file.as_os_str().is_empty()
     }
 }
 
@@ -444,6 +458,36 @@ impl Config {
         if self.redis.key_prefix.is_empty() {
             return Err(invalid("redis.key_prefix", "must not be empty".to_owned()));
         }
+        self.validate_tls()?;
+        // Reads auth.tokens_file: which tokens exist decides whether grpc.addr is allowed.
+        if self.auth.credentials()?.is_empty() {
+            refuse_open_bind(self.grpc.addr)?;
+        }
+        Ok(())
+    }
+
+    /// TLS files come in pairs: a certificate without its key (or a client CA without a
+    /// server certificate) is a mistake, not a request for plaintext.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let grpc = &self.grpc;
+        let set = |path: &PathBuf| !path.as_os_str().is_empty();
+        let needs = |key: &str, other: &str| ConfigError::Invalid {
+            key: key.to_owned(),
+            message: format!("is set but {other} is not; TLS needs both"),
+        };
+        match (set(&grpc.tls_cert_file), set(&grpc.tls_key_file)) {
+            (true, false) => return Err(needs("grpc.tls_cert_file", "grpc.tls_key_file")),
+            (false, true) => return Err(needs("grpc.tls_key_file", "grpc.tls_cert_file")),
+            _ => {}
+        }
+        if set(&grpc.tls_client_ca_file) && !grpc.tls_enabled() {
+            return Err(ConfigError::Invalid {
+                key: "grpc.tls_client_ca_file".to_owned(),
+                message: "is set but grpc.tls_cert_file and grpc.tls_key_file are not; client \
+                          certificates need a TLS server"
+                    .to_owned(),
+            });
+        }
         Ok(())
     }
 
@@ -461,6 +505,7 @@ impl Config {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
         shown.redis.url = redact_url(&shown.redis.url);
+        shown.auth.tokens = redact_tokens(&shown.auth.tokens);
         toml::to_string(&shown).expect("a Config always serialises. This is a bug")
     }
 }
@@ -592,6 +637,300 @@ fn none_as_empty<S: serde::Serializer>(
         Some(addr) => ser.collect_str(addr),
         None => ser.serialize_str(""),
     }
+}
+
+/// `[auth]`: the bearer tokens callers present, each with a name and roles.
+///
+/// Both sources may be used together. `Debug` and [`Config::to_redacted_toml`] show the
+/// inline entries with their tokens replaced by `***`: the secrets never reach a log.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A file of `ROLES NAME TOKEN` lines (`#` comment lines and blank lines allowed), read at
+    /// start; empty for none.
+    pub tokens_file: PathBuf,
+    /// The same entries inline, separated by `;` (so one environment variable,
+    /// `MODBOT_AUTH_TOKENS`, can carry them from a secret).
+    pub tokens: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("tokens_file", &self.tokens_file)
+            .field("tokens", &redact_tokens(&self.tokens))
+            .finish()
+    }
+}
+
+/// Shortest token accepted, in bytes. A floor against typing a password, not a target: 16 hex
+/// characters carry only 64 bits, so generate more (`openssl rand -hex 32`).
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+/// A role a token may hold. Which RPCs each role may call is the table in `grpc::auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Backends and the chat bridge: `Moderation` (and `Admin.GetModelInfo`).
+    Service,
+    /// Moderator tools: actions, appeals (resolving them too), nukes, stats, users, reading
+    /// rules and policy.
+    Moderator,
+    /// Everything, including changing rules and policy.
+    Admin,
+    /// The site backend filing and reading appeals on its users' behalf.
+    Appeals,
+}
+
+impl Role {
+    /// Every role, in the order they are listed in messages.
+    pub const ALL: [Role; 4] = [Role::Service, Role::Moderator, Role::Admin, Role::Appeals];
+
+    /// The role's name in token entries and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Service => "service",
+            Role::Moderator => "moderator",
+            Role::Admin => "admin",
+            Role::Appeals => "appeals",
+        }
+    }
+
+    /// The role called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.name() == name)
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A set of roles (a token's, or those that may call a method).
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct Roles(u8);
+
+impl Roles {
+    /// No role at all.
+    pub const NONE: Roles = Roles(0);
+
+    /// The set of `roles`.
+    pub fn of(roles: &[Role]) -> Roles {
+        roles.iter().fold(Roles::NONE, |set, role| set.with(*role))
+    }
+
+    /// This set and `role`.
+    pub fn with(self, role: Role) -> Roles {
+        Roles(self.0 | role.bit())
+    }
+
+    /// Whether `role` is in the set.
+    pub fn contains(self, role: Role) -> bool {
+        self.0 & role.bit() != 0
+    }
+
+    /// Whether the two sets share a role.
+    pub fn intersects(self, other: Roles) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The roles in the set, in [`Role::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Role> {
+        Role::ALL
+            .into_iter()
+            .filter(move |role| self.contains(*role))
+    }
+}
+
+impl std::fmt::Display for Roles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return f.write_str("none");
+        }
+        let names: Vec<&str> = self.iter().map(Role::name).collect();
+        f.write_str(&names.join(", "))
+    }
+}
+
+impl std::fmt::Debug for Roles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Roles({self})")
+    }
+}
+
+/// One configured token: its name, its roles and the SHA-256 digest of the token. The token
+/// itself is not kept: the auth layer hashes what a caller presents and compares digests.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The label logs and audit records use for whoever holds the token.
+    pub name: String,
+    /// What the token may do.
+    pub roles: Roles,
+    digest: [u8; 32],
+}
+
+impl Credential {
+    /// A credential for `token`.
+    pub fn new(name: impl Into<String>, roles: Roles, token: &[u8]) -> Self {
+        Self {
+            name: name.into(),
+            roles,
+            digest: token_digest(token),
+        }
+    }
+
+    /// SHA-256 of the token.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+/// SHA-256 of a token: what credentials keep and what presented tokens are compared by.
+pub fn token_digest(token: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token).into()
+}
+
+impl AuthConfig {
+    /// Every configured token, from `tokens_file` (read now) and then `tokens`. An error names
+    /// the entry (`FILE line N`, `auth.tokens[N]`) and never contains a token.
+    pub fn credentials(&self) -> Result<Vec<Credential>, ConfigError> {
+        // Every entry as (the key an error names, the entry's place, its text).
+        let mut entries: Vec<(String, String, String)> = Vec::new();
+        if !self.tokens_file.as_os_str().is_empty() {
+            let path = self.tokens_file.display();
+            let text =
+                std::fs::read_to_string(&self.tokens_file).map_err(|e| ConfigError::Invalid {
+                    key: "auth.tokens_file".to_owned(),
+                    message: format!("cannot read {path}: {e}"),
+                })?;
+            for (index, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if !(line.is_empty() || line.starts_with('#')) {
+                    let place = format!("{path} line {}", index + 1);
+                    entries.push(("auth.tokens_file".to_owned(), place, line.to_owned()));
+                }
+            }
+        }
+        for (index, entry) in self.tokens.split(';').enumerate() {
+            let entry = entry.trim();
+            if !entry.is_empty() {
+                let key = format!("auth.tokens[{index}]");
+                entries.push((key.clone(), key, entry.to_owned()));
+            }
+        }
+
+        let mut credentials: Vec<(Credential, &str)> = Vec::with_capacity(entries.len());
+        for (key, place, text) in &entries {
+            let invalid = |message: String| ConfigError::Invalid {
+                key: key.clone(),
+                message: if key == place {
+                    message
+                } else {
+                    format!("{place}: {message}")
+                },
+            };
+            let credential = parse_token_entry(text).map_err(invalid)?;
+            if let Some((_, other)) = credentials.iter().find(|(c, _)| c.name == credential.name) {
+                // The name is not quoted either: in a line written in the wrong order it could
+                // be the token.
+                return Err(invalid(format!("the name is already used by {other}")));
+            }
+            if let Some((_, other)) = credentials
+                .iter()
+                .find(|(c, _)| c.digest == credential.digest)
+            {
+                return Err(invalid(format!(
+                    "the token is the same as that of {other}; every name needs its own"
+                )));
+            }
+            credentials.push((credential, place));
+        }
+        Ok(credentials.into_iter().map(|(c, _)| c).collect())
+    }
+}
+
+/// Parses `ROLES NAME TOKEN`. Messages never quote the token, nor any field that could be a
+/// misplaced one.
+fn parse_token_entry(entry: &str) -> Result<Credential, String> {
+    let fields: Vec<&str> = entry.split_whitespace().collect();
+    let [roles, name, token] = fields[..] else {
+        return Err(format!(
+            "expected `ROLES NAME TOKEN` (roles comma-separated), found {} fields",
+            fields.len()
+        ));
+    };
+    let known = Roles::of(&Role::ALL);
+    let mut set = Roles::NONE;
+    for role in roles.split(',') {
+        match Role::from_name(role) {
+            Some(role) => set = set.with(role),
+            // A field as long as a token may be one written in the wrong place: not quoted.
+            None if role.len() >= MIN_TOKEN_BYTES => {
+                return Err(format!(
+                    "the first field is not a list of roles (roles: {known})"
+                ));
+            }
+            None => return Err(format!("unknown role `{role}` (roles: {known})")),
+        }
+    }
+    if token.len() < MIN_TOKEN_BYTES {
+        return Err(format!(
+            "the token (third field) is {} bytes; at least {MIN_TOKEN_BYTES} are needed",
+            token.len()
+        ));
+    }
+    // gRPC metadata is ASCII: a token no client can send is a mistake worth naming.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token (third field) has characters other than printable ASCII".to_owned());
+    }
+    Ok(Credential::new(name, set, token.as_bytes()))
+}
+
+/// `auth.tokens` with every token replaced by `***` (entries that do not parse are hidden
+/// whole, since where their token is cannot be known).
+pub fn redact_tokens(tokens: &str) -> String {
+    tokens
+        .split(';')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(
+            |entry| match entry.split_whitespace().collect::<Vec<_>>()[..] {
+                [roles, name, _] => format!("{roles} {name} ***"),
+                _ => "***".to_owned(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Refuses to serve without tokens on anything but a loopback address: every caller would be
+/// trusted, and only the local machine's callers may be.
+pub fn refuse_open_bind(addr: SocketAddr) -> Result<(), ConfigError> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        key: "auth.tokens".to_owned(),
+        message: format!(
+            "no auth tokens are configured (auth.tokens, auth.tokens_file) and grpc.addr {addr} \
+             is not a loopback address: every caller would be trusted. Configure tokens, or \
+             bind 127.0.0.1 / [::1]"
+        ),
+    })
 }
 
 #[cfg(test)]

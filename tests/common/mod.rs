@@ -10,7 +10,7 @@ use modbot::app::ServeError;
 use modbot::store::{ConnectOptions, Store};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -204,6 +204,17 @@ impl TestServer {
     /// Starts a server on the embedded SQLite defaults, after `configure` has adjusted them,
     /// and returns once health says SERVING.
     pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::launch(configure, None).await
+    }
+
+    /// [`TestServer::start`] for a server with TLS configured by `configure`: the channel
+    /// connects to `https://127.0.0.1:PORT` with `tls` (its CA, domain name and any client
+    /// identity).
+    pub async fn start_tls(configure: impl FnOnce(&mut Config), tls: ClientTlsConfig) -> Self {
+        Self::launch(configure, Some(tls)).await
+    }
+
+    async fn launch(configure: impl FnOnce(&mut Config), tls: Option<ClientTlsConfig>) -> Self {
         let data_dir = tempfile::tempdir().expect("a temporary directory");
         let mut config = test_config(data_dir.path());
         configure(&mut config);
@@ -215,8 +226,14 @@ impl TestServer {
         let task = tokio::spawn(modbot::serve(config.clone(), listener, async {
             let _ = stopped.await;
         }));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("a valid URI")
+        let endpoint = match tls {
+            None => Channel::from_shared(format!("http://{addr}")).expect("a valid URI"),
+            Some(tls) => Channel::from_shared(format!("https://{addr}"))
+                .expect("a valid URI")
+                .tls_config(tls)
+                .expect("a valid client TLS configuration"),
+        };
+        let channel = endpoint
             .connect()
             .await
             .expect("connect to the test server");
@@ -283,6 +300,23 @@ impl TestServer {
             .await
             .expect("the server stops within its grace period")
             .expect("the server task does not panic")
+    }
+}
+
+/// An interceptor that sends `authorization: Bearer <token>` with every call, for servers
+/// started with `config.auth.tokens`:
+/// `ModerationClient::with_interceptor(server.channel.clone(), bearer("..."))`.
+pub fn bearer(
+    token: &str,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    let value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> = format!("Bearer {token}")
+        .parse()
+        .expect("a token is printable ASCII");
+    move |mut request: tonic::Request<()>| {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+        Ok(request)
     }
 }
 

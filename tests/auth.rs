@@ -1,0 +1,742 @@
+//! Authentication and transport security: bearer tokens and roles on every RPC, the
+//! configuration of tokens (file, inline, redaction, the loopback rule), and TLS / mutual TLS
+//! with generated certificates.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{TestServer, bearer, chat_message};
+use modbot::Config;
+use modbot::proto::ClassifyRequest;
+use modbot::proto::moderation_client::ModerationClient;
+use prost::Message as _;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// One token per role, and one holding two.
+const TOKENS: &[(&str, &str, &str)] = &[
+    ("service", "backend", "service-secret-5f2a9c81d4e7"),
+    ("moderator", "mod-tools", "moderator-secret-0b6e13f2a8"),
+    ("admin", "ops", "admin-secret-7d41c0e99b3f"),
+    ("appeals", "site", "appeals-secret-a3c8e5d17f20"),
+    (
+        "service,appeals",
+        "site-backend",
+        "both-secret-91e4b7c2d06a",
+    ),
+];
+
+/// Who may call what, written out here independently of the server's table: every method of
+/// `modbot.v1` with the roles that may call it (`admin` may call everything).
+const TABLE: &[(&str, &[&str])] = &[
+    ("/modbot.v1.Moderation/Classify", &["service", "admin"]),
+    (
+        "/modbot.v1.Moderation/StreamModerate",
+        &["service", "admin"],
+    ),
+    ("/modbot.v1.Actions/ExecuteAction", &["moderator", "admin"]),
+    ("/modbot.v1.Actions/GetAction", &["moderator", "admin"]),
+    ("/modbot.v1.Actions/ListActions", &["moderator", "admin"]),
+    (
+        "/modbot.v1.Appeals/FileAppeal",
+        &["moderator", "appeals", "admin"],
+    ),
+    (
+        "/modbot.v1.Appeals/GetAppeal",
+        &["moderator", "appeals", "admin"],
+    ),
+    (
+        "/modbot.v1.Appeals/ListAppeals",
+        &["moderator", "appeals", "admin"],
+    ),
+    ("/modbot.v1.Appeals/ResolveAppeal", &["moderator", "admin"]),
+    ("/modbot.v1.Admin/ListRules", &["moderator", "admin"]),
+    ("/modbot.v1.Admin/UpsertRule", &["admin"]),
+    ("/modbot.v1.Admin/DeleteRule", &["admin"]),
+    ("/modbot.v1.Admin/GetPolicy", &["moderator", "admin"]),
+    ("/modbot.v1.Admin/SetPolicy", &["admin"]),
+    ("/modbot.v1.Admin/GetStats", &["moderator", "admin"]),
+    ("/modbot.v1.Admin/GetUser", &["moderator", "admin"]),
+    ("/modbot.v1.Admin/Nuke", &["moderator", "admin"]),
+    ("/modbot.v1.Admin/Aegis", &["moderator", "admin"]),
+    (
+        "/modbot.v1.Admin/GetModelInfo",
+        &["moderator", "service", "admin"],
+    ),
+];
+
+fn inline_tokens() -> String {
+    TOKENS
+        .iter()
+        .map(|(roles, name, token)| format!("{roles} {name} {token}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn server_with_tokens() -> TestServer {
+    TestServer::start(|config| config.auth.tokens = inline_tokens()).await
+}
+
+/// Every method of the API, from the compiled descriptor set: `/modbot.v1.Service/Method`.
+fn api_methods() -> BTreeSet<String> {
+    let set = prost_types::FileDescriptorSet::decode(modbot::proto::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set decodes");
+    let mut methods = BTreeSet::new();
+    for file in set.file.iter().filter(|f| f.package() == "modbot.v1") {
+        for service in &file.service {
+            for method in &service.method {
+                methods.insert(format!("/modbot.v1.{}/{}", service.name(), method.name()));
+            }
+        }
+    }
+    methods
+}
+
+/// Calls any method with one empty message (a valid encoding of every request type) and the
+/// given `authorization` header, as a stream so unary and streaming methods alike can be
+/// called, and returns how the call ended.
+async fn call(channel: &Channel, path: &str, authorization: Option<&str>) -> tonic::Status {
+    let attempt = async {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.expect("the channel is ready");
+        let mut request = tonic::Request::new(tokio_stream::once(()));
+        if let Some(value) = authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().expect("ASCII header"));
+        }
+        let path = http::uri::PathAndQuery::try_from(path).expect("a valid path");
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        let mut responses = match grpc.streaming(request, path, codec).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return status,
+        };
+        loop {
+            match responses.message().await {
+                Ok(Some(())) => {}
+                Ok(None) => return tonic::Status::ok(""),
+                Err(status) => return status,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .unwrap_or_else(|_| panic!("{path} did not answer in 10 s"))
+}
+
+fn assert_no_token_in(status: &tonic::Status) {
+    for (_, _, token) in TOKENS {
+        assert!(
+            !status.message().contains(token),
+            "a token leaked into {status:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_rpc_answers_each_role_as_the_table_says() {
+    let table: BTreeSet<String> = TABLE.iter().map(|(m, _)| m.to_string()).collect();
+    assert_eq!(
+        table,
+        api_methods(),
+        "the table must list exactly the API's methods: give a new RPC its roles here and in \
+         src/grpc/auth.rs"
+    );
+
+    let server = server_with_tokens().await;
+    for (method, allowed) in TABLE {
+        for (roles, name, token) in TOKENS {
+            let may = roles.split(',').any(|role| allowed.contains(&role));
+            let status = call(&server.channel, method, Some(&format!("Bearer {token}"))).await;
+            assert_no_token_in(&status);
+            if may {
+                assert!(
+                    !matches!(
+                        status.code(),
+                        Code::Unauthenticated | Code::PermissionDenied
+                    ),
+                    "{name} ({roles}) may call {method}, got {status:?}"
+                );
+            } else {
+                assert_eq!(
+                    status.code(),
+                    Code::PermissionDenied,
+                    "{name} ({roles}) may not call {method}: {status:?}"
+                );
+                // The refusal says who may.
+                for role in *allowed {
+                    assert!(status.message().contains(role), "{status:?}");
+                }
+            }
+        }
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn calls_without_a_valid_token_are_unauthenticated() {
+    let server = server_with_tokens().await;
+    let classify = "/modbot.v1.Moderation/Classify";
+    // (authorization header, the message)
+    let cases: &[(Option<&str>, &str)] = &[
+        (None, "missing bearer token"),
+        (Some("Bearer"), "invalid bearer token"),
+        (Some("Bearer "), "invalid bearer token"),
+        (
+            Some("Basic service-secret-5f2a9c81d4e7"),
+            "invalid bearer token",
+        ),
+        (Some("service-secret-5f2a9c81d4e7"), "invalid bearer token"),
+        (
+            Some("Bearer service-secret-5f2a9c81d4e8"),
+            "invalid bearer token",
+        ),
+        (
+            Some("Bearer service-secret-5f2a9c81d4e7x"),
+            "invalid bearer token",
+        ),
+        (
+            Some("Bearer nobody-knows-this-token"),
+            "invalid bearer token",
+        ),
+    ];
+    for (header, message) in cases {
+        for path in [classify, "/modbot.v1.Admin/SetPolicy", "/no.Such/Method"] {
+            let status = call(&server.channel, path, *header).await;
+            assert_eq!(status.code(), Code::Unauthenticated, "{header:?} {path}");
+            assert_eq!(status.message(), *message, "{header:?} {path}");
+            assert_no_token_in(&status);
+        }
+    }
+    // The scheme is case-insensitive.
+    let status = call(
+        &server.channel,
+        classify,
+        Some("bearer service-secret-5f2a9c81d4e7"),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // An unknown modbot method is closed even to admin (default deny), not UNIMPLEMENTED.
+    let status = call(
+        &server.channel,
+        "/modbot.v1.Admin/DropEverything",
+        Some("Bearer admin-secret-7d41c0e99b3f"),
+    )
+    .await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // Health and reflection need no token.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "modbot.v1.Moderation".into(),
+        })
+        .await
+        .expect("health answers without a token")
+        .into_inner();
+    assert_eq!(
+        answer.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    for path in [
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ] {
+        let status = call(&server.channel, path, None).await;
+        assert!(
+            !matches!(
+                status.code(),
+                Code::Unauthenticated | Code::PermissionDenied
+            ),
+            "{path}: {status:?}"
+        );
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_generated_client_with_a_token_classifies() {
+    let server = server_with_tokens().await;
+    let mut client =
+        ModerationClient::with_interceptor(server.channel.clone(), bearer(TOKENS[0].2));
+    let response = client
+        .classify(ClassifyRequest {
+            messages: vec![chat_message("m1", "alice", "hello chat")],
+            options: None,
+        })
+        .await
+        .expect("the service token may classify")
+        .into_inner();
+    assert_eq!(response.verdicts.len(), 1);
+    let refused = server
+        .moderation()
+        .classify(ClassifyRequest {
+            messages: vec![chat_message("m2", "alice", "hello chat")],
+            options: None,
+        })
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_tokens_a_loopback_server_trusts_every_caller() {
+    let server = TestServer::start(|_| {}).await;
+    for (method, _) in TABLE {
+        let status = call(&server.channel, method, None).await;
+        assert!(
+            !matches!(
+                status.code(),
+                Code::Unauthenticated | Code::PermissionDenied
+            ),
+            "{method}: {status:?}"
+        );
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn serve_refuses_a_non_loopback_socket_without_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(dir.path());
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let error = modbot::serve(config, listener, std::future::pending())
+        .await
+        .expect_err("no tokens on 0.0.0.0");
+    assert!(error.to_string().contains("auth.tokens"), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
+fn load(env: &[(&str, &str)], sets: &[(&str, &str)]) -> Result<Config, String> {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let sets: Vec<_> = sets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load(None, env, &sets)
+        .map(|loaded| loaded.config)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn only_loopback_may_run_without_tokens() {
+    for addr in ["127.0.0.1:50051", "127.8.9.10:1", "[::1]:50051"] {
+        load(&[], &[("grpc.addr", addr)]).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    }
+    for addr in ["0.0.0.0:50051", "[::]:50051", "10.1.2.3:50051"] {
+        let error = load(&[], &[("grpc.addr", addr)]).expect_err(addr);
+        assert!(
+            error.contains("`auth.tokens`") && error.contains(addr),
+            "{addr}: {error}"
+        );
+        let token = "service backend service-secret-5f2a9c81d4e7";
+        load(&[("MODBOT_AUTH_TOKENS", token)], &[("grpc.addr", addr)])
+            .unwrap_or_else(|e| panic!("{addr} with a token: {e}"));
+    }
+}
+
+#[test]
+fn token_errors_name_the_entry_and_never_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    let secret = "s3cr3t-t0ken-do-not-print";
+    let good = format!("# who may call\n\nservice backend {secret}-a\n");
+    // (second part of the file, the line named, what the message says)
+    let cases: &[(String, usize, &str)] = &[
+        (
+            format!("moderater mod-tools {secret}"),
+            4,
+            "unknown role `moderater`",
+        ),
+        ("moderator mod-tools".to_owned(), 4, "found 2 fields"),
+        (
+            format!("moderator mod-tools {secret} extra"),
+            4,
+            "found 4 fields",
+        ),
+        (secret.to_owned(), 4, "found 1 fields"),
+        // A line in the wrong order: the token, in the roles' place, is not quoted.
+        (
+            format!("{secret} mod-tools moderator"),
+            4,
+            "not a list of roles",
+        ),
+        ("\n\nadmin ops short".to_owned(), 6, "5 bytes; at least 16"),
+        (
+            format!("moderator,appeals backend {secret}-b"),
+            4,
+            "name is already used by",
+        ),
+        (
+            format!("admin ops {secret}-a"),
+            4,
+            "token is the same as that of",
+        ),
+        (
+            format!("moderator,,appeals x {secret}-c"),
+            4,
+            "unknown role ``",
+        ),
+        (
+            format!("moderator x {secret}-\u{e9}"),
+            4,
+            "other than printable ASCII",
+        ),
+    ];
+    for (rest, line, expected) in cases {
+        std::fs::write(&path, format!("{good}{rest}\n")).unwrap();
+        let error =
+            load(&[("MODBOT_AUTH_TOKENS_FILE", path.to_str().unwrap())], &[]).expect_err(rest);
+        let place = format!("{} line {line}:", path.display());
+        assert!(error.contains("`auth.tokens_file`"), "{error}");
+        assert!(error.contains(&place), "expected `{place}` in: {error}");
+        assert!(
+            error.contains(expected),
+            "expected `{expected}` in: {error}"
+        );
+        assert!(!error.contains(secret), "the token leaked: {error}");
+    }
+
+    // Inline entries are named by their position; names are unique across both sources.
+    std::fs::write(&path, &good).unwrap();
+    let inline = format!("admin ops {secret}-x;  ; service backend {secret}-y");
+    let error = load(
+        &[
+            ("MODBOT_AUTH_TOKENS_FILE", path.to_str().unwrap()),
+            ("MODBOT_AUTH_TOKENS", &inline),
+        ],
+        &[],
+    )
+    .expect_err("backend is in the file already");
+    assert!(error.contains("`auth.tokens[2]`"), "{error}");
+    assert!(
+        error.contains(&format!("already used by {} line 3", path.display())),
+        "{error}"
+    );
+    assert!(!error.contains(secret), "{error}");
+    let error = load(&[("MODBOT_AUTH_TOKENS", "admin ops tiny")], &[]).unwrap_err();
+    assert!(error.contains("`auth.tokens[0]`") && error.contains("4 bytes"));
+
+    let error = load(
+        &[("MODBOT_AUTH_TOKENS_FILE", "/nonexistent/modbot-tokens")],
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        error.contains("auth.tokens_file") && error.contains("/nonexistent/modbot-tokens"),
+        "{error}"
+    );
+
+    // Both sources together.
+    let config = load(
+        &[
+            ("MODBOT_AUTH_TOKENS_FILE", path.to_str().unwrap()),
+            ("MODBOT_AUTH_TOKENS", &format!("admin ops {secret}-x;")),
+        ],
+        &[],
+    )
+    .unwrap();
+    let credentials = config.auth.credentials().unwrap();
+    let names: Vec<&str> = credentials.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["backend", "ops"]);
+}
+
+#[test]
+fn tokens_are_redacted_in_the_printed_configuration() {
+    let secret = "s3cr3t-t0ken-do-not-print";
+    let tokens = format!("service backend {secret}-1; moderator,appeals mod-tools {secret}-2");
+    let config = load(&[("MODBOT_AUTH_TOKENS", &tokens)], &[]).unwrap();
+    let shown = config.to_redacted_toml();
+    assert!(!shown.contains(secret), "{shown}");
+    let printed: toml::Table = shown.parse().unwrap();
+    assert_eq!(
+        printed["auth"]["tokens"].as_str(),
+        Some("service backend ***; moderator,appeals mod-tools ***")
+    );
+    let debug = format!("{config:?}");
+    assert!(!debug.contains(secret), "{debug}");
+    let credentials = format!("{:?}", config.auth.credentials().unwrap());
+    assert!(!credentials.contains(secret), "{credentials}");
+}
+
+/// The binary, with no MODBOT_* variables inherited from the test's environment.
+fn modbot(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_modbot"));
+    command.args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MODBOT_") {
+            command.env_remove(name);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    command
+}
+
+#[test]
+fn the_binary_refuses_open_binds_and_redacts_tokens() {
+    let secret = "s3cr3t-t0ken-do-not-print";
+    let output = modbot(&["serve", "--grpc-addr", "0.0.0.0:0", "--metrics-addr", ""])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("error: configuration") && stderr.contains("auth.tokens"),
+        "{stderr}"
+    );
+
+    let output = modbot(&["config", "--grpc-addr", "0.0.0.0:50051"])
+        .env("MODBOT_AUTH_TOKENS", format!("admin ops {secret}"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("tokens = \"admin ops ***\""), "{stdout}");
+    assert!(!stdout.contains(secret), "{stdout}");
+
+    let output = modbot(&["config"])
+        .env("MODBOT_AUTH_TOKENS", format!("admin ops {secret}; bad"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("auth.tokens[1]"), "{stderr}");
+    assert!(!stderr.contains(secret), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+/// A CA, a server certificate it signed for localhost / 127.0.0.1, and a client certificate
+/// it signed, written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    client_cert_pem: String,
+    client_key_pem: String,
+}
+
+impl Pki {
+    fn generate() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "modbot test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, "modbot");
+            params.use_authority_key_identifier_extension = true;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["localhost".into(), "127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert_pem, client_key_pem) =
+            leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), server_cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key).unwrap();
+        Self {
+            dir,
+            ca_pem: ca_cert.pem(),
+            client_cert_pem,
+            client_key_pem,
+        }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn serve_tls(&self, config: &mut Config, mutual: bool) {
+        config.grpc.tls_cert_file = self.path("server.pem");
+        config.grpc.tls_key_file = self.path("server.key");
+        if mutual {
+            config.grpc.tls_client_ca_file = self.path("ca.pem");
+        }
+    }
+
+    /// A client configuration trusting the CA, for the name in the server's certificate.
+    fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .domain_name("localhost")
+    }
+
+    fn client_with_certificate(&self) -> ClientTlsConfig {
+        self.client().identity(Identity::from_pem(
+            &self.client_cert_pem,
+            &self.client_key_pem,
+        ))
+    }
+}
+
+async fn classify(channel: Channel) -> Result<usize, tonic::Status> {
+    let response = ModerationClient::new(channel)
+        .classify(ClassifyRequest {
+            messages: vec![chat_message("m1", "alice", "hello over TLS")],
+            options: None,
+        })
+        .await?;
+    Ok(response.into_inner().verdicts.len())
+}
+
+/// Connects and classifies with `tls` (or in plaintext); any failure, at connection or call,
+/// is an `Err` with its description.
+async fn try_classify(
+    addr: std::net::SocketAddr,
+    tls: Option<ClientTlsConfig>,
+) -> Result<(), String> {
+    let attempt = async {
+        let endpoint = match tls {
+            None => Channel::from_shared(format!("http://{addr}")).unwrap(),
+            Some(tls) => Channel::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap(),
+        };
+        let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
+        classify(channel)
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{s:?}"))
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .map_err(|_| "no answer in 10 s".to_owned())?
+}
+
+#[tokio::test]
+async fn tls_serves_trusting_clients_and_refuses_plaintext() {
+    let pki = Pki::generate();
+    let server = TestServer::start_tls(|config| pki.serve_tls(config, false), pki.client()).await;
+    assert_eq!(classify(server.channel.clone()).await.unwrap(), 1);
+    try_classify(server.addr, None)
+        .await
+        .expect_err("a plaintext client must not be answered");
+    // A client that does not trust the server's CA is refused too.
+    let other = Pki::generate();
+    try_classify(server.addr, Some(other.client()))
+        .await
+        .expect_err("an untrusted certificate");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn mutual_tls_needs_a_client_certificate_signed_by_the_ca() {
+    let pki = Pki::generate();
+    let server = TestServer::start_tls(
+        |config| {
+            pki.serve_tls(config, true);
+            config.auth.tokens = inline_tokens();
+        },
+        pki.client_with_certificate(),
+    )
+    .await;
+    try_classify(server.addr, Some(pki.client()))
+        .await
+        .expect_err("a client without a certificate");
+    let stranger = Pki::generate();
+    let foreign = pki.client().identity(Identity::from_pem(
+        &stranger.client_cert_pem,
+        &stranger.client_key_pem,
+    ));
+    try_classify(server.addr, Some(foreign))
+        .await
+        .expect_err("a client certificate signed by another CA");
+
+    // TLS and tokens together: the certificate gets the caller through the handshake, the
+    // token decides what it may call.
+    let status = classify(server.channel.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut client =
+        ModerationClient::with_interceptor(server.channel.clone(), bearer(TOKENS[0].2));
+    let verdicts = client
+        .classify(ClassifyRequest {
+            messages: vec![chat_message("m1", "alice", "hello over mTLS")],
+            options: None,
+        })
+        .await
+        .expect("certificate and token")
+        .into_inner()
+        .verdicts;
+    assert_eq!(verdicts.len(), 1);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_tls_files_stop_start_up_naming_the_file() {
+    let pki = Pki::generate();
+    std::fs::write(pki.path("garbage.pem"), "not a certificate\n").unwrap();
+    std::fs::write(
+        pki.path("broken.pem"),
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    // (cert, key, client CA, the file the error must name)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("missing.pem", "server.key", "", "missing.pem"),
+        ("server.pem", "missing.key", "", "missing.key"),
+        ("garbage.pem", "server.key", "", "garbage.pem"),
+        ("server.pem", "garbage.pem", "", "garbage.pem"),
+        ("server.pem", "server.pem", "", "server.pem"),
+        ("broken.pem", "server.key", "", "broken.pem"),
+        ("server.pem", "server.key", "garbage.pem", "garbage.pem"),
+        (
+            "server.pem",
+            "server.key",
+            "missing-ca.pem",
+            "missing-ca.pem",
+        ),
+    ];
+    for (cert, key, ca, named) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = common::test_config(dir.path());
+        config.grpc.tls_cert_file = pki.path(cert);
+        config.grpc.tls_key_file = pki.path(key);
+        if !ca.is_empty() {
+            config.grpc.tls_client_ca_file = pki.path(ca);
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let error = modbot::serve(config, listener, std::future::pending())
+            .await
+            .expect_err("bad TLS files");
+        let message = error.to_string();
+        assert!(
+            message.contains(&pki.path(named).display().to_string()),
+            "{cert} {key} {ca}: expected {named} in: {message}"
+        );
+    }
+
+    // One file of the pair alone is a configuration error naming the other.
+    let cert = pki.path("server.pem");
+    let error = load(&[], &[("grpc.tls_cert_file", cert.to_str().unwrap())]).unwrap_err();
+    assert!(error.contains("grpc.tls_key_file"), "{error}");
+    let error = load(&[], &[("grpc.tls_key_file", "key.pem")]).unwrap_err();
+    assert!(error.contains("grpc.tls_cert_file"), "{error}");
+    let error = load(&[], &[("grpc.tls_client_ca_file", "ca.pem")]).unwrap_err();
+    assert!(error.contains("grpc.tls_client_ca_file"), "{error}");
+}
