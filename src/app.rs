@@ -18,7 +18,8 @@ use crate::inference::{Description, Limits, ModelBackend, Scorer, Status};
 use crate::model::heads::Heads;
 use crate::model::{Encoder, fetch, parse_device};
 use crate::moderate::Moderator;
-use crate::rules::{RuleSet, RulesError};
+use crate::rules::RulesError;
+use crate::ruleset::{ReloadTask, RuleSource};
 use crate::store::{ConnectOptions, Store, StoreError};
 use crate::users::{SharedState, StateConfig, StateError};
 
@@ -43,6 +44,8 @@ pub struct App {
     pub audit: AuditWriter,
     /// This replica's decision statistics (`Admin.GetStats`).
     pub stats: crate::stats::Stats,
+    /// The stored rule set and the revision in force (`Admin` rules and policies).
+    pub rules: crate::ruleset::RuleSource,
 }
 
 impl App {
@@ -64,21 +67,12 @@ pub enum ServeError {
     /// The gRPC transport failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// The rules file was refused.
+    /// The rules file, or the rule set stored in the database, was refused.
     #[error(transparent)]
     Rules(#[from] RulesError),
     /// User state could not be set up (an invalid Redis URL).
     #[error("user state: {0}")]
     State(#[from] StateError),
-}
-
-/// Loads the configured rules: `rules.file`, or the built-in set.
-pub fn load_rules(config: &Config) -> Result<RuleSet, RulesError> {
-    if config.rules.file.as_os_str().is_empty() {
-        Ok(RuleSet::builtin())
-    } else {
-        RuleSet::from_file(&config.rules.file)
-    }
 }
 
 /// Sets up user state: in-process, or Redis (starting degraded if Redis is down).
@@ -281,17 +275,19 @@ pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
 /// Runs modbot's gRPC server on `listener` until `shutdown` completes.
 ///
 /// Start-up connects to the database (retrying up to `database.connect_timeout_secs`, then
-/// failing with [`ServeError::Store`]) and applies migrations; health reports `SERVING` only
-/// after that. On shutdown, health turns `NOT_SERVING`, no new connections are accepted, and
-/// in-flight calls get `grpc.shutdown_grace_secs` to finish.
+/// failing with [`ServeError::Store`]) and applies migrations, then seeds an empty database
+/// with the rules file and compiles the stored rule set ([`crate::ruleset`]); health reports
+/// `SERVING` only after that. On shutdown, health turns `NOT_SERVING`, no new connections are
+/// accepted, and in-flight calls get `grpc.shutdown_grace_secs` to finish.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let rules = load_rules(&config)?;
+    let rules_file = crate::ruleset::read_rules_file(&config)?;
     let state = open_state(&config).await?;
     let store = open_store(&config).await?;
+    let (rule_source, rules) = RuleSource::open(store.clone(), &rules_file).await?;
     let grace = config.grpc.shutdown_grace();
     let scorer = open_model(&config.model).await;
     let (audit, audit_task) = AuditWriter::spawn(store.clone(), AUDIT_QUEUE);
@@ -309,7 +305,9 @@ pub async fn serve(
         store: store.clone(),
         audit,
         stats: crate::stats::Stats::new(),
+        rules: rule_source,
     });
+    let reload = ReloadTask::spawn(Arc::clone(&app));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
@@ -378,6 +376,7 @@ pub async fn serve(
     // Streams still running past the grace period hold the last writers: let go of ours and
     // give the writer the same grace to drain what was queued.
     drop(server);
+    reload.stop().await;
     drop(app);
     if tokio::time::timeout(grace, audit_task).await.is_err() {
         tracing::warn!(

@@ -17,8 +17,12 @@ use sqlx::{AnyPool, Row, SqlSafeStr};
 
 mod actions;
 mod feedback;
+mod rules;
 
 pub use self::feedback::{Feedback, FeedbackSource};
+pub use self::rules::{
+    Change, ChangeTarget, HistoryEntry, StoredPolicy, StoredRule, StoredRuleSet,
+};
 
 use crate::config::redact_url;
 use crate::decision::{ChatMessage, Decision, Degraded, Verdict};
@@ -39,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "actions, appeals and nukes",
         include_str!("../../migrations/0003_actions_appeals.sql"),
+    ),
+    (
+        4,
+        "rules and channel policies",
+        include_str!("../../migrations/0004_rules.sql"),
     ),
 ];
 
