@@ -19,7 +19,8 @@ use crate::inference::{Description, Limits, ModelBackend, Scorer, Status};
 use crate::model::heads::Heads;
 use crate::model::{Encoder, fetch, parse_device};
 use crate::moderate::Moderator;
-use crate::rules::{RuleSet, RulesError};
+use crate::rules::RulesError;
+use crate::ruleset::{ReloadTask, RuleSource};
 use crate::store::{ConnectOptions, Store, StoreError};
 use crate::users::{SharedState, StateConfig, StateError};
 
@@ -46,6 +47,8 @@ pub struct App {
     pub stats: crate::stats::Stats,
     /// Records actions and carries them to the bridges connected to this replica.
     pub dispatcher: Dispatcher,
+    /// The stored rule set and the revision in force (`Admin` rules and policies).
+    pub rules: crate::ruleset::RuleSource,
 }
 
 impl App {
@@ -67,7 +70,7 @@ pub enum ServeError {
     /// The gRPC transport failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// The rules file was refused.
+    /// The rules file, or the rule set stored in the database, was refused.
     #[error(transparent)]
     Rules(#[from] RulesError),
     /// User state could not be set up (an invalid Redis URL).
@@ -79,15 +82,6 @@ pub enum ServeError {
     /// A TLS file is unreadable or invalid.
     #[error(transparent)]
     Tls(#[from] grpc::auth::TlsError),
-}
-
-/// Loads the configured rules: `rules.file`, or the built-in set.
-pub fn load_rules(config: &Config) -> Result<RuleSet, RulesError> {
-    if config.rules.file.as_os_str().is_empty() {
-        Ok(RuleSet::builtin())
-    } else {
-        RuleSet::from_file(&config.rules.file)
-    }
 }
 
 /// Sets up user state: in-process, or Redis (starting degraded if Redis is down).
@@ -290,9 +284,10 @@ pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
 /// Runs modbot's gRPC server on `listener` until `shutdown` completes.
 ///
 /// Start-up connects to the database (retrying up to `database.connect_timeout_secs`, then
-/// failing with [`ServeError::Store`]) and applies migrations; health reports `SERVING` only
-/// after that. On shutdown, health turns `NOT_SERVING`, no new connections are accepted, and
-/// in-flight calls get `grpc.shutdown_grace_secs` to finish.
+/// failing with [`ServeError::Store`]) and applies migrations, then seeds an empty database
+/// with the rules file and compiles the stored rule set ([`crate::ruleset`]); health reports
+/// `SERVING` only after that. On shutdown, health turns `NOT_SERVING`, no new connections are
+/// accepted, and in-flight calls get `grpc.shutdown_grace_secs` to finish.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -312,9 +307,10 @@ pub async fn serve(
         let names: Vec<&str> = credentials.iter().map(|c| c.name.as_str()).collect();
         tracing::info!(?names, "bearer tokens required");
     }
-    let rules = load_rules(&config)?;
+    let rules_file = crate::ruleset::read_rules_file(&config)?;
     let state = open_state(&config).await?;
     let store = open_store(&config).await?;
+    let (rule_source, rules) = RuleSource::open(store.clone(), &rules_file).await?;
     let grace = config.grpc.shutdown_grace();
     let scorer = open_model(&config.model).await;
     let dispatcher = Dispatcher::new(
@@ -339,7 +335,9 @@ pub async fn serve(
         audit,
         stats: crate::stats::Stats::new(),
         dispatcher: dispatcher.clone(),
+        rules: rule_source,
     });
+    let reload = ReloadTask::spawn(Arc::clone(&app));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
@@ -413,6 +411,7 @@ pub async fn serve(
     // Streams still running past the grace period hold the last writers: let go of ours and
     // give the writer the same grace to drain what was queued.
     drop(server);
+    reload.stop().await;
     drop(app);
     if tokio::time::timeout(grace, audit_task).await.is_err() {
         tracing::warn!(

@@ -200,8 +200,18 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesConfig {
-    /// A rules file; empty for the built-in set (`config/rules.toml`).
+    /// A rules file that seeds an empty database; empty for the built-in set
+    /// (`config/rules.toml`).
     pub file: PathBuf,
+    /// How often every replica checks the database's rule set revision, in milliseconds.
+    pub reload_interval_ms: u64,
+}
+
+impl RulesConfig {
+    /// How often the rule set's revision is polled.
+    pub fn reload_interval(&self) -> Duration {
+        Duration::from_millis(self.reload_interval_ms)
+    }
 }
 
 /// `[state]`: bounds of per-user and per-channel memory.
@@ -457,6 +467,12 @@ impl Config {
         }
         if self.redis.key_prefix.is_empty() {
             return Err(invalid("redis.key_prefix", "must not be empty".to_owned()));
+        }
+        if !(100..=60_000).contains(&self.rules.reload_interval_ms) {
+            return Err(invalid(
+                "rules.reload_interval_ms",
+                format!("{} is outside 100..=60000", self.rules.reload_interval_ms),
+            ));
         }
         self.validate_tls()?;
         // Reads auth.tokens_file: which tokens exist decides whether grpc.addr is allowed.
@@ -1051,6 +1067,12 @@ mod tests {
                 "state.recent_per_user",
             ),
             (None, &[], &[("redis.url", "http://x")], "redis.url"),
+            (
+                None,
+                &[("MODBOT_RULES_RELOAD_INTERVAL_MS", "50")],
+                &[],
+                "rules.reload_interval_ms",
+            ),
             (
                 None,
                 &[],

@@ -13,6 +13,8 @@
 //! - [`decision`]: domain types of a decision ([`decision::ChatMessage`], [`decision::Verdict`])
 //!   and the engine that makes one. It knows nothing of gRPC or storage.
 //! - [`rules`]: the rules file, channel policies and the rule checks (pure).
+//! - [`ruleset`]: the rule set's source: seeded from the rules file into the database, compiled
+//!   from it, and reloaded on every replica when its revision moves.
 //! - [`model`]: the transformer encoder (a packed, padding-free CPU forward; candle's `BertModel`
 //!   on other devices), classification heads, and the fetch step for the default model.
 //! - [`inference`]: the one dynamic batching queue in front of the model, its score cache and
@@ -51,6 +53,7 @@ pub mod moderate;
 pub mod normalize;
 pub mod proto;
 pub mod rules;
+pub mod ruleset;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

@@ -1,56 +1,177 @@
 //! `Admin` rules and channel policies: stored in the database, validated on write, versioned.
+//!
+//! Every write is checked whole before anything is written (a rejected request leaves the
+//! revision where it was), stored as a new revision, and applied on this replica before the
+//! call answers; other replicas pick it up through their reload task
+//! ([`crate::ruleset::reload_task`]).
 
 use tonic::{Response, Status};
 
+use super::rule_spec::{
+    name, policy_error, policy_from_proto, policy_to_proto, rule_error, rule_from_proto,
+    rule_to_proto,
+};
+use super::status::FieldError;
 use crate::app::App;
 use crate::proto::*;
+use crate::rules::DEFAULT_POLICY;
+use crate::rules::spec::{PolicySpec, RuleSpec};
+use crate::store::StoreError;
+
+/// Who the stored rows say made a change. The handlers see only the request's message, not
+/// its credential; the rows' `updated_by` and the history's `changed_by` carry this.
+const API_AUTHOR: &str = "admin-api";
+
+/// A stored spec that no longer reads: the database is not what modbot wrote.
+fn corrupt(id: &str, error: crate::rules::RulesError) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_owned(),
+        message: error.to_string(),
+    }
+}
+
+/// Applies this replica's own change before the call answers. A failure does not undo the
+/// stored change: it is logged (and, for a rule set that does not compile, counted) and the
+/// reload task tries again at the next revision.
+async fn apply(app: &App) {
+    if let Err(error) = app.rules.refresh(&app.moderator).await {
+        tracing::warn!(%error, "a rule change was stored but could not be applied here yet");
+    }
+}
 
 /// `ListRules`.
 pub async fn list_rules(
-    _app: &App,
-    _request: ListRulesRequest,
+    app: &App,
+    request: ListRulesRequest,
 ) -> Result<Response<ListRulesResponse>, Status> {
-    Err(Status::unimplemented(
-        "ListRules: rule storage is being built",
-    ))
+    if !request.channel.is_empty() {
+        name(&request.channel, "channel")?;
+    }
+    let stored = app.store.load_ruleset().await?;
+    let mut rules = Vec::new();
+    for row in &stored.rules {
+        let spec = RuleSpec::from_toml(&row.spec, &format!("stored rule \"{}\"", row.id))
+            .map_err(|e| corrupt(&row.id, e))?;
+        let listed = if request.channel.is_empty() {
+            spec.channels.is_empty()
+        } else {
+            spec.channels.contains(&request.channel)
+                || (request.include_global && spec.channels.is_empty())
+        };
+        if listed {
+            rules.push(
+                rule_to_proto(&spec, row.revision, row.updated_at)
+                    .map_err(|e| corrupt(&row.id, e))?,
+            );
+        }
+    }
+    // The store reads rules by id already; sorting here keeps the contract whatever the
+    // database's collation.
+    rules.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Response::new(ListRulesResponse {
+        rules,
+        revision: stored.revision,
+    }))
 }
 
 /// `UpsertRule`.
-pub async fn upsert_rule(
-    _app: &App,
-    _request: UpsertRuleRequest,
-) -> Result<Response<Rule>, Status> {
-    Err(Status::unimplemented(
-        "UpsertRule: rule storage is being built",
-    ))
+pub async fn upsert_rule(app: &App, request: UpsertRuleRequest) -> Result<Response<Rule>, Status> {
+    let rule = request
+        .rule
+        .ok_or_else(|| FieldError::new("rule", "is required"))?;
+    // Every error names the rule, as the caller knows it.
+    let named = if rule.id.is_empty() {
+        " (new rule)".to_owned()
+    } else {
+        format!(" (rule \"{}\")", rule.id)
+    };
+    let mut spec = rule_from_proto(rule).map_err(|mut e| {
+        e.message.push_str(&named);
+        e
+    })?;
+    if spec.id.is_empty() {
+        spec.id = uuid::Uuid::now_v7().to_string();
+    }
+    let kind = spec.kind.clone();
+    let invalid = |error| {
+        let mut error = rule_error(error, &kind);
+        error.message.push_str(&named);
+        error
+    };
+    spec.validate().map_err(invalid)?;
+    spec.make_params_explicit().map_err(invalid)?;
+    let text = spec.to_toml().map_err(invalid)?;
+    let stored = app.store.upsert_rule(&spec.id, &text, API_AUTHOR).await?;
+    apply(app).await;
+    let rule = rule_to_proto(&spec, stored.revision, stored.updated_at)
+        .map_err(|e| corrupt(&spec.id, e))?;
+    Ok(Response::new(rule))
 }
 
 /// `DeleteRule`.
 pub async fn delete_rule(
-    _app: &App,
-    _request: DeleteRuleRequest,
+    app: &App,
+    request: DeleteRuleRequest,
 ) -> Result<Response<DeleteRuleResponse>, Status> {
-    Err(Status::unimplemented(
-        "DeleteRule: rule storage is being built",
-    ))
+    name(&request.id, "id")?;
+    match app.store.delete_rule(&request.id, API_AUTHOR).await? {
+        Some(_) => {
+            apply(app).await;
+            Ok(Response::new(DeleteRuleResponse {}))
+        }
+        None => Err(Status::not_found(format!(
+            "rule \"{}\" does not exist",
+            request.id
+        ))),
+    }
 }
 
 /// `GetPolicy`.
-pub async fn get_policy(
-    _app: &App,
-    _request: GetPolicyRequest,
-) -> Result<Response<Policy>, Status> {
-    Err(Status::unimplemented(
-        "GetPolicy: policy storage is being built",
-    ))
+pub async fn get_policy(app: &App, request: GetPolicyRequest) -> Result<Response<Policy>, Status> {
+    name(&request.channel, "channel")?;
+    let (stored, is_default) = match app.store.stored_policy(&request.channel).await? {
+        Some(own) => (own, request.channel == DEFAULT_POLICY),
+        None => {
+            let default = app
+                .store
+                .stored_policy(DEFAULT_POLICY)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt {
+                    id: DEFAULT_POLICY.to_owned(),
+                    message: "the default policy is missing".to_owned(),
+                })?;
+            (default, true)
+        }
+    };
+    let spec = PolicySpec::from_toml(
+        &stored.spec,
+        &format!("stored policy \"{}\"", stored.channel),
+    )
+    .map_err(|e| corrupt(&stored.channel, e))?;
+    Ok(Response::new(policy_to_proto(
+        &request.channel,
+        &spec,
+        stored.revision,
+        stored.updated_at,
+        is_default,
+    )))
 }
 
 /// `SetPolicy`.
-pub async fn set_policy(
-    _app: &App,
-    _request: SetPolicyRequest,
-) -> Result<Response<Policy>, Status> {
-    Err(Status::unimplemented(
-        "SetPolicy: policy storage is being built",
-    ))
+pub async fn set_policy(app: &App, request: SetPolicyRequest) -> Result<Response<Policy>, Status> {
+    let policy = request
+        .policy
+        .ok_or_else(|| FieldError::new("policy", "is required"))?;
+    let (channel, spec) = policy_from_proto(policy)?;
+    spec.validate(&channel).map_err(policy_error)?;
+    let text = spec.to_toml().map_err(policy_error)?;
+    let stored = app.store.set_policy(&channel, &text, API_AUTHOR).await?;
+    apply(app).await;
+    Ok(Response::new(policy_to_proto(
+        &channel,
+        &spec,
+        stored.revision,
+        stored.updated_at,
+        channel == DEFAULT_POLICY,
+    )))
 }

@@ -14,6 +14,7 @@ mod appeals;
 pub mod auth;
 pub mod convert;
 mod moderation;
+mod rule_spec;
 pub mod status;
 mod stream;
 

@@ -1,7 +1,9 @@
-//! The rules file (`config/rules.toml`): its format, and its compilation into a [`RuleSet`].
+//! Compiling rules and policies into a [`RuleSet`]: from a rules file (`config/rules.toml`),
+//! or from a [`Document`] of stored tables (the database's rows), through one path.
 //!
 //! Every error names the rule (by id and position) and the key at fault, so a bad file is
-//! refused at start with a message an operator can act on.
+//! refused at start with a message an operator can act on, and a bad rule sent to the Admin
+//! API is refused naming the field.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -13,8 +15,9 @@ use super::checks::{
     CapsCheck, CharFloodCheck, Check, CopypastaCheck, EmoteFloodCheck, LinkCheck, LongWordCheck,
     MentionsCheck, RateCheck, RepetitionCheck, UniqueWordsCheck,
 };
-use super::phrase::{PhraseCheck, PhraseSyntax};
+use super::phrase::PhraseCheck;
 use super::profanity::ProfanityCheck;
+use super::spec::{PolicySpec, RuleParams, RuleSpec};
 use super::{Escalation, Mode, ModelLabel, Policy, Rule, RuleSet};
 use crate::decision::Decision;
 use crate::normalize::EmoteSet;
@@ -22,253 +25,47 @@ use crate::normalize::EmoteSet;
 /// The built-in rules file, used when `rules.file` is empty.
 pub const DEFAULT_RULES: &str = include_str!("../../config/rules.toml");
 
-/// Why a rules file was refused.
+/// The channel name of the default policy where policies are kept by channel (the database,
+/// the Admin API): `[policy]` in a rules file.
+pub const DEFAULT_POLICY: &str = "*";
+
+/// Why rules or a policy were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("rules file {origin}: {place}: {message}")]
+#[error("{origin}: {place}: {message}")]
 pub struct RulesError {
-    /// Which file.
+    /// Where they came from: `rules file my-rules.toml`, `the database (revision 7)`,
+    /// `rule "caps"` (one rule checked on its own).
     pub origin: String,
-    /// Where in it: `rule[3] (id "caps").params.max_ratio`, `policy.escalation`, ...
+    /// Where in it: `rule[3] (id "caps").params.max_ratio`, `policy.escalation`, or just the
+    /// key (`params.max_ratio`) for one rule or policy checked on its own.
     pub place: String,
     /// What is wrong.
     pub message: String,
 }
 
+/// A rule set before compilation, in the rules file's own tables: what a rules file parses
+/// into, and what the database's rows make.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Document {
+    /// The default policy (`[policy]`), a whole policy table.
+    pub policy: toml::Table,
+    /// Channels' own policies, each a whole policy table: a rules file's `[channel.NAME]`
+    /// overrides are merged over `[policy]` first, so a channel's policy never changes when
+    /// the default one does.
+    pub channels: BTreeMap<String, toml::Table>,
+    /// The rules (`[[rule]]` tables), in the order they are evaluated.
+    pub rules: Vec<toml::Table>,
+}
+
+/// The top level of a rules file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RulesFile {
-    policy: PolicyConfig,
+    policy: toml::Table,
     #[serde(default)]
-    channel: BTreeMap<String, PolicyOverride>,
+    channel: BTreeMap<String, toml::Table>,
     #[serde(default)]
     rule: Vec<toml::Table>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyConfig {
-    shadow: bool,
-    exempt_roles: Vec<String>,
-    emotes: Vec<String>,
-    escalation: EscalationConfig,
-    #[serde(default)]
-    model: ModelPolicyConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyOverride {
-    shadow: Option<bool>,
-    exempt_roles: Option<Vec<String>>,
-    emotes: Option<Vec<String>>,
-    escalation: Option<EscalationConfig>,
-    model: Option<ModelPolicyConfig>,
-}
-
-/// `[policy.model]`: what the model's labels do.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModelPolicyConfig {
-    #[serde(default)]
-    labels: BTreeMap<String, ModelLabelConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModelLabelConfig {
-    action: Decision,
-    #[serde(default)]
-    threshold: Option<f64>,
-    #[serde(default)]
-    duration_secs: u64,
-    #[serde(default)]
-    mode: Mode,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EscalationConfig {
-    warn_first: bool,
-    first_timeout_secs: u64,
-    max_timeout_secs: u64,
-    ban_after: u32,
-    heat_half_life_secs: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleConfig {
-    id: String,
-    kind: String,
-    #[serde(default)]
-    description: String,
-    action: Decision,
-    #[serde(default)]
-    duration_secs: u64,
-    #[serde(default)]
-    mode: Mode,
-    #[serde(default)]
-    exempt_roles: Vec<String>,
-    #[serde(default)]
-    channels: Vec<String>,
-    #[serde(default)]
-    params: toml::Table,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PhraseParams {
-    phrases: Vec<String>,
-    #[serde(default)]
-    syntax: PhraseSyntax,
-    #[serde(default)]
-    anywhere: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProfanityParams {
-    #[serde(default = "default_severity")]
-    min_severity: String,
-    #[serde(default)]
-    categories: Vec<String>,
-}
-
-fn default_severity() -> String {
-    "moderate".to_owned()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LinkParams {
-    #[serde(default)]
-    allow_domains: Vec<String>,
-    #[serde(default)]
-    deny_domains: Vec<String>,
-    #[serde(default)]
-    allow_list_only: bool,
-    #[serde(default)]
-    min_user_age_secs: u64,
-    #[serde(default)]
-    max_repeats: u32,
-    #[serde(default = "default_repeat_window")]
-    repeat_window_secs: u64,
-}
-
-fn default_repeat_window() -> u64 {
-    600
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CapsParams {
-    max_ratio: f64,
-    #[serde(default = "default_min_letters")]
-    min_letters: u32,
-}
-
-fn default_min_letters() -> u32 {
-    12
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmoteFloodParams {
-    #[serde(default)]
-    max_emotes: u32,
-    #[serde(default)]
-    max_ratio: f64,
-    #[serde(default = "default_min_tokens")]
-    min_tokens: u32,
-}
-
-fn default_min_tokens() -> u32 {
-    8
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CharFloodParams {
-    #[serde(default)]
-    max_non_ascii: u32,
-    #[serde(default)]
-    max_punctuation: u32,
-    #[serde(default)]
-    max_combining_marks: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RepetitionParams {
-    min_similarity: f64,
-    #[serde(default = "default_last_own")]
-    last_messages: u32,
-    #[serde(default = "default_repetition_window")]
-    window_secs: u64,
-    #[serde(default = "default_repetition_min_length")]
-    min_length: u32,
-}
-
-fn default_last_own() -> u32 {
-    10
-}
-fn default_repetition_window() -> u64 {
-    600
-}
-fn default_repetition_min_length() -> u32 {
-    8
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CopypastaParams {
-    #[serde(default = "default_copypasta_min_length")]
-    min_length: u32,
-    #[serde(default = "default_copypasta_similarity")]
-    min_similarity: f64,
-    #[serde(default = "default_last_channel")]
-    last_messages: u32,
-}
-
-fn default_copypasta_min_length() -> u32 {
-    100
-}
-fn default_copypasta_similarity() -> f64 {
-    0.9
-}
-fn default_last_channel() -> u32 {
-    75
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RateParams {
-    max_messages: u32,
-    window_secs: f64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UniqueWordsParams {
-    max_ratio: f64,
-    #[serde(default = "default_min_words")]
-    min_words: u32,
-}
-
-fn default_min_words() -> u32 {
-    6
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LongWordParams {
-    max_length: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MentionsParams {
-    max_mentions: u32,
 }
 
 /// The rule kinds, as written in `kind = "..."`.
@@ -346,6 +143,253 @@ fn secs(value: u64) -> Duration {
     Duration::from_secs(value)
 }
 
+impl Document {
+    /// Parses the text of a rules file (without compiling it: see [`RuleSet::compile`]);
+    /// `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, RulesError> {
+        let origin = format!("rules file {origin}");
+        let top = Place {
+            origin: &origin,
+            rule: String::new(),
+        };
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| top.error("", format!("not valid TOML: {e}")))?;
+        let file: RulesFile = typed(toml::Value::Table(table), &top, "")?;
+        let mut channels = BTreeMap::new();
+        for (channel, over) in file.channel {
+            if channel == DEFAULT_POLICY {
+                return Err(top.error(
+                    &format!("channel.\"{channel}\""),
+                    "`*` names the default policy: write it as [policy]",
+                ));
+            }
+            // An override replaces whole keys (escalation and model as whole tables).
+            let mut merged = file.policy.clone();
+            merged.extend(over);
+            channels.insert(channel, merged);
+        }
+        Ok(Self {
+            policy: file.policy,
+            channels,
+            rules: file.rule,
+        })
+    }
+
+    /// A document of stored TOML texts: policies by channel ([`DEFAULT_POLICY`] must be one)
+    /// and rules by id. `origin` names the source in errors.
+    pub fn from_stored<'a>(
+        policies: impl IntoIterator<Item = (&'a str, &'a str)>,
+        rules: impl IntoIterator<Item = (&'a str, &'a str)>,
+        origin: &str,
+    ) -> Result<Self, RulesError> {
+        let error = |place: String, message: String| RulesError {
+            origin: origin.to_owned(),
+            place,
+            message,
+        };
+        let mut policy = None;
+        let mut channels = BTreeMap::new();
+        for (channel, text) in policies {
+            let table = text.parse::<toml::Table>().map_err(|e| {
+                error(
+                    format!("policy \"{channel}\""),
+                    format!("not valid TOML: {e}"),
+                )
+            })?;
+            if channel == DEFAULT_POLICY {
+                policy = Some(table);
+            } else {
+                channels.insert(channel.to_owned(), table);
+            }
+        }
+        let policy = policy.ok_or_else(|| {
+            error(
+                format!("policy \"{DEFAULT_POLICY}\""),
+                "the default policy is missing".to_owned(),
+            )
+        })?;
+        let rules = rules
+            .into_iter()
+            .map(|(id, text)| {
+                let table = text
+                    .parse::<toml::Table>()
+                    .map_err(|e| error(format!("rule \"{id}\""), format!("not valid TOML: {e}")))?;
+                if table.get("id").and_then(toml::Value::as_str) != Some(id) {
+                    return Err(error(
+                        format!("rule \"{id}\""),
+                        "its table's id is not the id it is stored under".to_owned(),
+                    ));
+                }
+                Ok(table)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            policy,
+            channels,
+            rules,
+        })
+    }
+
+    /// The rules as `(id, TOML text)` rows, in order. A rule without a string id gets an
+    /// empty one (compiling the document refuses it).
+    pub fn rule_rows(&self) -> Vec<(String, String)> {
+        self.rules
+            .iter()
+            .map(|table| {
+                let id = table
+                    .get("id")
+                    .and_then(toml::Value::as_str)
+                    .unwrap_or_default();
+                (id.to_owned(), table_text(table))
+            })
+            .collect()
+    }
+
+    /// The policies as `(channel, TOML text)` rows, the default one ([`DEFAULT_POLICY`])
+    /// first.
+    pub fn policy_rows(&self) -> Vec<(String, String)> {
+        std::iter::once((DEFAULT_POLICY.to_owned(), table_text(&self.policy)))
+            .chain(
+                self.channels
+                    .iter()
+                    .map(|(channel, table)| (channel.clone(), table_text(table))),
+            )
+            .collect()
+    }
+}
+
+fn table_text(table: &toml::Table) -> String {
+    toml::to_string(table).expect("a parsed TOML table always serialises. This is a bug")
+}
+
+impl RuleSpec {
+    /// Reads one stored rule table; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, RulesError> {
+        let place = Place {
+            origin,
+            rule: String::new(),
+        };
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| place.error("", format!("not valid TOML: {e}")))?;
+        typed(toml::Value::Table(table), &place, "")
+    }
+
+    /// The rule as the TOML text of one `[[rule]]` table (without the header).
+    pub fn to_toml(&self) -> Result<String, RulesError> {
+        toml::to_string(self).map_err(|e| self.error("", format!("cannot be written: {e}")))
+    }
+
+    /// The parameters, typed by the rule's kind, with the file's defaults filled in.
+    pub fn params(&self) -> Result<RuleParams, RulesError> {
+        let origin = format!("rule \"{}\"", self.id);
+        RuleParams::parse(
+            &self.kind,
+            self.params.clone(),
+            &Place {
+                origin: &origin,
+                rule: String::new(),
+            },
+        )
+    }
+
+    /// Checks the rule on its own exactly as compiling a rule set would; an error's origin is
+    /// `rule "ID"` and its place the key at fault (`params.max_ratio`, `duration_secs`).
+    pub fn validate(&self) -> Result<(), RulesError> {
+        let origin = format!("rule \"{}\"", self.id);
+        let place = Place {
+            origin: &origin,
+            rule: String::new(),
+        };
+        if self.id.trim().is_empty() {
+            return Err(place.error("id", "must not be empty"));
+        }
+        compile_rule(self.clone(), &place).map(drop)
+    }
+
+    /// Writes every parameter out, the file's defaults included, so that a stored rule acts
+    /// the same even if a later version changes a default.
+    pub fn make_params_explicit(&mut self) -> Result<(), RulesError> {
+        self.params = self
+            .params()?
+            .to_table()
+            .map_err(|e| self.error("params", format!("cannot be written: {e}")))?;
+        Ok(())
+    }
+
+    fn error(&self, key: &str, message: String) -> RulesError {
+        Place {
+            origin: &format!("rule \"{}\"", self.id),
+            rule: String::new(),
+        }
+        .error(key, message)
+    }
+}
+
+impl PolicySpec {
+    /// Reads one stored policy table; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, RulesError> {
+        let place = Place {
+            origin,
+            rule: String::new(),
+        };
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| place.error("", format!("not valid TOML: {e}")))?;
+        typed(toml::Value::Table(table), &place, "")
+    }
+
+    /// The policy as the TOML text of one `[policy]` table (without the header).
+    pub fn to_toml(&self) -> Result<String, RulesError> {
+        toml::to_string(self).map_err(|e| RulesError {
+            origin: "policy".to_owned(),
+            place: String::new(),
+            message: format!("cannot be written: {e}"),
+        })
+    }
+
+    /// Checks the policy on its own exactly as compiling a rule set would; an error's origin
+    /// is `policy "CHANNEL"` and its place the key at fault (`escalation.max_timeout_secs`).
+    pub fn validate(&self, channel: &str) -> Result<(), RulesError> {
+        let origin = format!("policy \"{channel}\"");
+        compile_policy(
+            self,
+            &Place {
+                origin: &origin,
+                rule: String::new(),
+            },
+        )
+        .map(drop)
+    }
+}
+
+impl RuleParams {
+    fn parse(kind: &str, params: toml::Table, place: &Place<'_>) -> Result<Self, RulesError> {
+        let params = toml::Value::Table(params);
+        Ok(match kind {
+            "phrase" => Self::Phrase(typed(params, place, "params")?),
+            "profanity" => Self::Profanity(typed(params, place, "params")?),
+            "link" => Self::Link(typed(params, place, "params")?),
+            "caps" => Self::Caps(typed(params, place, "params")?),
+            "emote_flood" => Self::EmoteFlood(typed(params, place, "params")?),
+            "char_flood" => Self::CharFlood(typed(params, place, "params")?),
+            "repetition" => Self::Repetition(typed(params, place, "params")?),
+            "copypasta" => Self::Copypasta(typed(params, place, "params")?),
+            "rate" => Self::Rate(typed(params, place, "params")?),
+            "unique_words" => Self::UniqueWords(typed(params, place, "params")?),
+            "long_word" => Self::LongWord(typed(params, place, "params")?),
+            "mentions" => Self::Mentions(typed(params, place, "params")?),
+            other => {
+                return Err(place.error(
+                    "kind",
+                    format!("`{other}` is not a rule kind; one of {}", KINDS.join(", ")),
+                ));
+            }
+        })
+    }
+}
+
 impl RuleSet {
     /// The built-in rule set (`config/rules.toml`).
     pub fn builtin() -> Self {
@@ -353,76 +397,33 @@ impl RuleSet {
             .expect("the built-in config/rules.toml is valid. This is a bug")
     }
 
-    /// Reads and compiles a rules file.
-    pub fn from_file(path: &std::path::Path) -> Result<Self, RulesError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| RulesError {
-            origin: origin.clone(),
-            place: "file".to_owned(),
-            message: format!("cannot read it: {e}"),
-        })?;
-        Self::parse(&text, &origin)
-    }
-
     /// Compiles the text of a rules file; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, RulesError> {
-        let top = Place {
-            origin,
-            rule: String::new(),
-        };
-        let table = text
-            .parse::<toml::Table>()
-            .map_err(|e| top.error("", format!("not valid TOML: {e}")))?;
-        let file: RulesFile = typed(toml::Value::Table(table), &top, "")?;
+        let document = Document::parse(text, origin)?;
+        Self::compile(&document, &format!("rules file {origin}"))
+    }
 
-        let default_policy = compile_policy(
-            &file.policy,
-            &Place {
-                origin,
-                rule: "policy".to_owned(),
-            },
-        )?;
+    /// Compiles a document; `origin` names its source in errors (`rules file X`, `the
+    /// database (revision 7)`).
+    pub fn compile(document: &Document, origin: &str) -> Result<Self, RulesError> {
+        let place = |rule: String| Place { origin, rule };
+        let default_policy = compile_table_policy(&document.policy, &place("policy".to_owned()))?;
         let mut channel_policies = HashMap::new();
-        for (channel, over) in &file.channel {
-            let place = Place {
-                origin,
-                rule: format!("channel.{channel}"),
-            };
-            let merged = PolicyConfig {
-                shadow: over.shadow.unwrap_or(file.policy.shadow),
-                exempt_roles: over
-                    .exempt_roles
-                    .clone()
-                    .unwrap_or_else(|| file.policy.exempt_roles.clone()),
-                emotes: over
-                    .emotes
-                    .clone()
-                    .unwrap_or_else(|| file.policy.emotes.clone()),
-                escalation: over
-                    .escalation
-                    .clone()
-                    .unwrap_or_else(|| file.policy.escalation.clone()),
-                model: over
-                    .model
-                    .clone()
-                    .unwrap_or_else(|| file.policy.model.clone()),
-            };
-            channel_policies.insert(channel.clone(), compile_policy(&merged, &place)?);
+        for (channel, table) in &document.channels {
+            let policy = compile_table_policy(table, &place(format!("channel.{channel}")))?;
+            channel_policies.insert(channel.clone(), policy);
         }
 
         let mut ids = HashSet::new();
-        let mut rules = Vec::with_capacity(file.rule.len());
-        for (index, raw) in file.rule.into_iter().enumerate() {
+        let mut rules = Vec::with_capacity(document.rules.len());
+        for (index, raw) in document.rules.iter().enumerate() {
             let id_hint = raw
                 .get("id")
                 .and_then(toml::Value::as_str)
                 .unwrap_or("?")
                 .to_owned();
-            let place = Place {
-                origin,
-                rule: format!("rule[{index}] (id \"{id_hint}\")"),
-            };
-            let config: RuleConfig = typed(toml::Value::Table(raw), &place, "")?;
+            let place = place(format!("rule[{index}] (id \"{id_hint}\")"));
+            let config: RuleSpec = typed(toml::Value::Table(raw.clone()), &place, "")?;
             if config.id.trim().is_empty() {
                 return Err(place.error("id", "must not be empty"));
             }
@@ -449,7 +450,12 @@ impl RuleSet {
     }
 }
 
-fn compile_policy(config: &PolicyConfig, place: &Place<'_>) -> Result<Policy, RulesError> {
+fn compile_table_policy(table: &toml::Table, place: &Place<'_>) -> Result<Policy, RulesError> {
+    let spec: PolicySpec = typed(toml::Value::Table(table.clone()), place, "")?;
+    compile_policy(&spec, place)
+}
+
+fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, RulesError> {
     let e = &config.escalation;
     if e.first_timeout_secs == 0 {
         return Err(place.error("escalation.first_timeout_secs", "must be at least 1"));
@@ -514,7 +520,6 @@ fn compile_policy(config: &PolicyConfig, place: &Place<'_>) -> Result<Policy, Ru
         },
     })
 }
-
 fn lower(roles: &[String]) -> Vec<String> {
     roles.iter().map(|r| r.trim().to_lowercase()).collect()
 }
@@ -537,25 +542,21 @@ fn action_duration(
     }
 }
 
-fn compile_rule(config: RuleConfig, place: &Place<'_>) -> Result<Rule, RulesError> {
+fn compile_rule(config: RuleSpec, place: &Place<'_>) -> Result<Rule, RulesError> {
     let duration = action_duration(config.action, config.duration_secs)
         .map_err(|(field, message)| place.error(field, message))?;
-    let params = toml::Value::Table(config.params);
-    let check = match config.kind.as_str() {
-        "phrase" => {
-            let p: PhraseParams = typed(params, place, "params")?;
+    let check = match RuleParams::parse(&config.kind, config.params, place)? {
+        RuleParams::Phrase(p) => {
             let check = PhraseCheck::new(&p.phrases, p.syntax, p.anywhere)
                 .map_err(|(key, message)| place.error(&format!("params.{key}"), message))?;
             Check::Phrase(check)
         }
-        "profanity" => {
-            let p: ProfanityParams = typed(params, place, "params")?;
+        RuleParams::Profanity(p) => {
             let check = ProfanityCheck::new(&p.min_severity, &p.categories)
                 .map_err(|(key, message)| place.error(&format!("params.{key}"), message))?;
             Check::Profanity(check)
         }
-        "link" => {
-            let p: LinkParams = typed(params, place, "params")?;
+        RuleParams::Link(p) => {
             for (key, domains) in [
                 ("allow_domains", &p.allow_domains),
                 ("deny_domains", &p.deny_domains),
@@ -587,15 +588,11 @@ fn compile_rule(config: RuleConfig, place: &Place<'_>) -> Result<Rule, RulesErro
             }
             Check::Link(check)
         }
-        "caps" => {
-            let p: CapsParams = typed(params, place, "params")?;
-            Check::Caps(CapsCheck {
-                max_ratio: ratio(p.max_ratio, "params.max_ratio", place)?,
-                min_letters: p.min_letters,
-            })
-        }
-        "emote_flood" => {
-            let p: EmoteFloodParams = typed(params, place, "params")?;
+        RuleParams::Caps(p) => Check::Caps(CapsCheck {
+            max_ratio: ratio(p.max_ratio, "params.max_ratio", place)?,
+            min_letters: p.min_letters,
+        }),
+        RuleParams::EmoteFlood(p) => {
             if p.max_emotes == 0 && p.max_ratio == 0.0 {
                 return Err(place.error("params", "sets neither max_emotes nor max_ratio"));
             }
@@ -605,8 +602,7 @@ fn compile_rule(config: RuleConfig, place: &Place<'_>) -> Result<Rule, RulesErro
                 min_tokens: p.min_tokens,
             })
         }
-        "char_flood" => {
-            let p: CharFloodParams = typed(params, place, "params")?;
+        RuleParams::CharFlood(p) => {
             if p.max_non_ascii == 0 && p.max_punctuation == 0 && p.max_combining_marks == 0 {
                 return Err(place.error(
                     "params",
@@ -619,25 +615,18 @@ fn compile_rule(config: RuleConfig, place: &Place<'_>) -> Result<Rule, RulesErro
                 max_combining_marks: p.max_combining_marks,
             })
         }
-        "repetition" => {
-            let p: RepetitionParams = typed(params, place, "params")?;
-            Check::Repetition(RepetitionCheck {
-                min_similarity: ratio(p.min_similarity, "params.min_similarity", place)?,
-                last_messages: positive(p.last_messages, "params.last_messages", place)? as usize,
-                window: secs(p.window_secs),
-                min_length: p.min_length as usize,
-            })
-        }
-        "copypasta" => {
-            let p: CopypastaParams = typed(params, place, "params")?;
-            Check::Copypasta(CopypastaCheck {
-                min_length: p.min_length as usize,
-                min_similarity: ratio(p.min_similarity, "params.min_similarity", place)?,
-                last_messages: positive(p.last_messages, "params.last_messages", place)? as usize,
-            })
-        }
-        "rate" => {
-            let p: RateParams = typed(params, place, "params")?;
+        RuleParams::Repetition(p) => Check::Repetition(RepetitionCheck {
+            min_similarity: ratio(p.min_similarity, "params.min_similarity", place)?,
+            last_messages: positive(p.last_messages, "params.last_messages", place)? as usize,
+            window: secs(p.window_secs),
+            min_length: p.min_length as usize,
+        }),
+        RuleParams::Copypasta(p) => Check::Copypasta(CopypastaCheck {
+            min_length: p.min_length as usize,
+            min_similarity: ratio(p.min_similarity, "params.min_similarity", place)?,
+            last_messages: positive(p.last_messages, "params.last_messages", place)? as usize,
+        }),
+        RuleParams::Rate(p) => {
             if !(p.window_secs > 0.0 && p.window_secs <= 86_400.0) {
                 return Err(place.error("params.window_secs", "must be above 0 and at most 86400"));
             }
@@ -646,31 +635,16 @@ fn compile_rule(config: RuleConfig, place: &Place<'_>) -> Result<Rule, RulesErro
                 window: Duration::from_secs_f64(p.window_secs),
             })
         }
-        "unique_words" => {
-            let p: UniqueWordsParams = typed(params, place, "params")?;
-            Check::UniqueWords(UniqueWordsCheck {
-                max_ratio: ratio(p.max_ratio, "params.max_ratio", place)?,
-                min_words: positive(p.min_words, "params.min_words", place)?,
-            })
-        }
-        "long_word" => {
-            let p: LongWordParams = typed(params, place, "params")?;
-            Check::LongWord(LongWordCheck {
-                max_length: positive(p.max_length, "params.max_length", place)?,
-            })
-        }
-        "mentions" => {
-            let p: MentionsParams = typed(params, place, "params")?;
-            Check::Mentions(MentionsCheck {
-                max_mentions: p.max_mentions,
-            })
-        }
-        other => {
-            return Err(place.error(
-                "kind",
-                format!("`{other}` is not a rule kind; one of {}", KINDS.join(", ")),
-            ));
-        }
+        RuleParams::UniqueWords(p) => Check::UniqueWords(UniqueWordsCheck {
+            max_ratio: ratio(p.max_ratio, "params.max_ratio", place)?,
+            min_words: positive(p.min_words, "params.min_words", place)?,
+        }),
+        RuleParams::LongWord(p) => Check::LongWord(LongWordCheck {
+            max_length: positive(p.max_length, "params.max_length", place)?,
+        }),
+        RuleParams::Mentions(p) => Check::Mentions(MentionsCheck {
+            max_mentions: p.max_mentions,
+        }),
     };
     Ok(Rule {
         id: config.id,
@@ -699,4 +673,136 @@ fn is_domain(text: &str) -> bool {
         && labels
             .iter()
             .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-'))
+}
+
+#[cfg(test)]
+mod document_tests {
+    use super::*;
+
+    const POLICY: &str = "[policy]\nshadow = false\nexempt_roles = [\"mod\"]\nemotes = [\"Kappa\"]\n\
+        [policy.escalation]\nwarn_first = true\nfirst_timeout_secs = 60\nmax_timeout_secs = 600\n\
+        ban_after = 0\nheat_half_life_secs = 60\n";
+
+    fn stored(document: &Document) -> Document {
+        let policies = document.policy_rows();
+        let rules = document.rule_rows();
+        Document::from_stored(
+            policies.iter().map(|(c, t)| (c.as_str(), t.as_str())),
+            rules.iter().map(|(i, t)| (i.as_str(), t.as_str())),
+            "test rows",
+        )
+        .expect("rows read back")
+    }
+
+    #[test]
+    fn the_builtin_file_survives_rows() {
+        let file = Document::parse(DEFAULT_RULES, "built in").unwrap();
+        let rows = stored(&file);
+        assert_eq!(rows, file, "rows hold the file's tables exactly");
+        let set = RuleSet::compile(&rows, "test rows").unwrap();
+        assert_eq!(set.rules().len(), RuleSet::builtin().rules().len());
+        for table in &file.rules {
+            let text = table_text(table);
+            let mut spec = RuleSpec::from_toml(&text, "test").unwrap();
+            assert_eq!(
+                RuleSpec::from_toml(&spec.to_toml().unwrap(), "again").unwrap(),
+                spec
+            );
+            spec.validate().unwrap();
+            // Explicit defaults compile to the same rule.
+            spec.make_params_explicit().unwrap();
+            spec.validate().unwrap();
+            assert_eq!(spec.params().unwrap().kind(), spec.kind);
+        }
+        let policy = PolicySpec::from_toml(&rows.policy_rows()[0].1, "test").unwrap();
+        policy.validate("*").unwrap();
+        assert_eq!(
+            PolicySpec::from_toml(&policy.to_toml().unwrap(), "again").unwrap(),
+            policy
+        );
+    }
+
+    #[test]
+    fn channel_overrides_become_whole_policies() {
+        let text = format!("{POLICY}[channel.strims]\nshadow = true\n");
+        let document = Document::parse(&text, "test").unwrap();
+        let strims = &document.channels["strims"];
+        assert_eq!(strims.get("shadow"), Some(&toml::Value::Boolean(true)));
+        assert_eq!(strims.get("emotes"), document.policy.get("emotes"));
+        assert!(strims.contains_key("escalation"));
+        let set = RuleSet::compile(&stored(&document), "rows").unwrap();
+        assert!(set.policy("strims").shadow);
+        assert!(!set.policy("other").shadow);
+
+        let error = Document::parse(&format!("{POLICY}[channel.\"*\"]\nshadow = true\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("names the default policy"), "{error}");
+        let error = RuleSet::parse(&format!("{POLICY}[channel.strims]\nloud = true\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("channel.strims") && error.contains("loud"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_rows_are_named() {
+        let policy = Document::parse(POLICY, "test").unwrap().policy_rows();
+        let (star, text) = (policy[0].0.as_str(), policy[0].1.as_str());
+        type Rows<'a> = &'a [(&'a str, &'a str)];
+        // (policy rows, rule rows, what the error says)
+        let cases: &[(Rows, Rows, &str)] = &[
+            (&[], &[], "policy \"*\": the default policy is missing"),
+            (&[(star, "shadow = ")], &[], "policy \"*\": not valid TOML"),
+            (
+                &[(star, text)],
+                &[("a", "id = \"b\"")],
+                "rule \"a\": its table's id is not the id it is stored under",
+            ),
+            (
+                &[(star, text)],
+                &[("a", "[[")],
+                "rule \"a\": not valid TOML",
+            ),
+        ];
+        for (policies, rules, expected) in cases {
+            let error =
+                Document::from_stored(policies.iter().copied(), rules.iter().copied(), "db")
+                    .unwrap_err()
+                    .to_string();
+            assert!(error.starts_with("db: "), "{error}");
+            assert!(error.contains(expected), "`{expected}` not in {error}");
+        }
+    }
+
+    #[test]
+    fn one_rule_or_policy_is_checked_on_its_own() {
+        let spec = RuleSpec::from_toml(
+            "id = \"c\"\nkind = \"caps\"\naction = \"hide\"\n[params]\nmax_ratio = 1.5\n",
+            "t",
+        )
+        .unwrap();
+        let error = spec.validate().unwrap_err();
+        assert_eq!(
+            (error.origin.as_str(), error.place.as_str()),
+            ("rule \"c\"", "params.max_ratio")
+        );
+        assert_eq!(
+            error.to_string(),
+            "rule \"c\": params.max_ratio: 1.5 is outside [0, 1]"
+        );
+        let mut policy = PolicySpec::from_toml(
+            &Document::parse(POLICY, "t").unwrap().policy_rows()[0].1,
+            "t",
+        )
+        .unwrap();
+        policy.escalation.max_timeout_secs = 1;
+        let error = policy.validate("strims").unwrap_err();
+        assert_eq!(
+            (error.origin.as_str(), error.place.as_str()),
+            ("policy \"strims\"", "escalation.max_timeout_secs")
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! Rule filters: the rules file, channel policies, and the checks themselves.
 //!
-//! A [`RuleSet`] is compiled once from `config/rules.toml` (or `rules.file`) and shared by every
-//! request. [`RuleSet::evaluate`] is a pure function of the normalised message, the user's
+//! A [`RuleSet`] is compiled from a [`Document`]: the tables of a rules file
+//! (`config/rules.toml` or `rules.file`), or the same tables as the database keeps them, one
+//! row per rule and per channel policy ([`spec`] has their typed form). It is shared by every
+//! request and swapped whole when the rules change. [`RuleSet::evaluate`] is a pure function of the normalised message, the user's
 //! history and the channel's recent messages: it returns one [`Reason`] per rule that fired.
 //!
 //! Architecture Invariant: rules do no I/O and keep no state of their own; everything they
@@ -12,13 +14,15 @@ mod load;
 mod phrase;
 mod profanity;
 pub mod similarity;
+pub mod spec;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-pub use load::{DEFAULT_RULES, KINDS, RulesError};
+pub use load::{DEFAULT_POLICY, DEFAULT_RULES, Document, KINDS, RulesError};
+pub use phrase::PhraseSyntax;
 
 use crate::decision::{ChatMessage, Decision, Reason, ReasonSource};
 use crate::normalize::{EmoteSet, Normalized};
@@ -26,7 +30,7 @@ use crate::users::{ChannelWindow, UserHistory};
 use checks::Check;
 
 /// Whether a rule acts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Its decision is carried out.
@@ -158,7 +162,7 @@ impl RuleSet {
             .unwrap_or(&self.default_policy)
     }
 
-    /// The rules, in file order.
+    /// The rules, in the document's order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }

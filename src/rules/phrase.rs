@@ -1,7 +1,7 @@
 //! Banned phrases: literal, wildcard and regex, matched on the normalised text.
 
 use regex::{Regex, RegexBuilder};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::checks::Hit;
 use crate::decision::Evidence;
@@ -14,7 +14,7 @@ const REGEX_SIZE_LIMIT: usize = 2 << 20;
 const DFA_SIZE_LIMIT: usize = 4 << 20;
 
 /// How phrases are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PhraseSyntax {
     /// Plain text.

@@ -17,9 +17,13 @@ use sqlx::{AnyPool, Row, SqlSafeStr};
 
 mod actions;
 mod feedback;
+mod rules;
 
 pub use self::actions::{AppealOutcome, Recorded};
 pub use self::feedback::{Feedback, FeedbackSource};
+pub use self::rules::{
+    Change, ChangeTarget, HistoryEntry, StoredPolicy, StoredRule, StoredRuleSet,
+};
 
 use crate::config::redact_url;
 use crate::decision::{ChatMessage, Decision, Degraded, Verdict};
@@ -40,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "actions, appeals and nukes",
         include_str!("../../migrations/0003_actions_appeals.sql"),
+    ),
+    (
+        4,
+        "rules and channel policies",
+        include_str!("../../migrations/0004_rules.sql"),
     ),
 ];
 
