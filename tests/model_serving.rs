@@ -187,7 +187,11 @@ async fn stream_messages(server: &TestServer, texts: &[String]) -> Vec<Verdict> 
     while let Some(response) = responses.message().await.expect("a healthy stream") {
         match response.kind {
             Some(stream_moderate_response::Kind::Verdict(v)) => verdicts.push(v),
-            Some(stream_moderate_response::Kind::Welcome(_)) => {}
+            // Commands carry out enforced verdicts (tests/workflows.rs covers them).
+            Some(
+                stream_moderate_response::Kind::Welcome(_)
+                | stream_moderate_response::Kind::Command(_),
+            ) => {}
             other => panic!("unexpected {other:?}"),
         }
     }

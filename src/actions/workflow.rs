@@ -535,6 +535,7 @@ async fn channel_history(
     moderator: &Moderator,
     channel: &str,
 ) -> Vec<crate::users::ChannelMessage> {
-    // Interim: the copy-paste window, until user state keeps a longer channel history.
+    // The copy-paste window (`state.recent_per_channel` messages) is what user state keeps of
+    // a channel on both backends; a longer history for nukes is still to be added.
     moderator.state().peek(channel, "").await.value.1.to_vec()
 }
