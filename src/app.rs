@@ -91,6 +91,7 @@ pub async fn open_state(config: &Config) -> Result<SharedState, StateError> {
         recent_per_user: state.recent_per_user as usize,
         times_per_user: state.times_per_user as usize,
         recent_per_channel: state.recent_per_channel as usize,
+        history_per_channel: state.history_per_channel as usize,
         idle_ttl: std::time::Duration::from_secs(state.idle_ttl_secs),
         max_users: state.max_users as usize,
         cooled_down_heat: crate::decision::escalation::COOLED_HEAT,

@@ -224,6 +224,8 @@ pub struct StateConfig {
     pub times_per_user: u32,
     /// Recent messages kept per channel.
     pub recent_per_channel: u32,
+    /// A channel's messages kept for `Nuke` (at least `recent_per_channel`).
+    pub history_per_channel: u32,
     /// Idle users are forgotten after this long.
     pub idle_ttl_secs: u64,
     /// Most users held in memory.
@@ -442,6 +444,22 @@ impl Config {
             if !(1..=1000).contains(&value) {
                 return Err(invalid(key, format!("{value} is outside 1..=1000")));
             }
+        }
+        let history = self.state.history_per_channel;
+        if !(1..=10_000).contains(&history) {
+            return Err(invalid(
+                "state.history_per_channel",
+                format!("{history} is outside 1..=10000"),
+            ));
+        }
+        if history < self.state.recent_per_channel {
+            return Err(invalid(
+                "state.history_per_channel",
+                format!(
+                    "{history} is less than state.recent_per_channel ({})",
+                    self.state.recent_per_channel
+                ),
+            ));
         }
         if self.state.max_users == 0 {
             return Err(invalid("state.max_users", "must be at least 1".to_owned()));
@@ -1065,6 +1083,18 @@ mod tests {
                 &[("MODBOT_STATE_RECENT_PER_USER", "0")],
                 &[],
                 "state.recent_per_user",
+            ),
+            (
+                None,
+                &[],
+                &[("state.history_per_channel", "10001")],
+                "`state.history_per_channel`: 10001 is outside 1..=10000",
+            ),
+            (
+                None,
+                &[("MODBOT_STATE_HISTORY_PER_CHANNEL", "74")],
+                &[],
+                "`state.history_per_channel`: 74 is less than state.recent_per_channel (75)",
             ),
             (None, &[], &[("redis.url", "http://x")], "redis.url"),
             (

@@ -22,6 +22,7 @@ fn suite_config() -> StateConfig {
         recent_per_user: 3,
         times_per_user: 4,
         recent_per_channel: 5,
+        history_per_channel: 8,
         idle_ttl: Duration::from_secs(3600),
         ..StateConfig::default()
     }
@@ -126,6 +127,7 @@ both_backends!(
     idle_users_are_forgotten_unless_their_heat_is_warm,
     concurrent_observers_keep_exact_counts,
     peek_shows_what_observe_would_without_recording,
+    channel_history_keeps_more_than_the_window_oldest_first,
 );
 
 async fn history_is_the_state_before_the_message(state: &UserState) {
@@ -431,6 +433,60 @@ async fn peek_shows_what_observe_would_without_recording(state: &UserState) {
     assert_eq!(ids(&observed_window), ids(&window));
 }
 
+async fn channel_history_keeps_more_than_the_window_oldest_first(state: &UserState) {
+    // recent_per_channel = 5, history_per_channel = 8.
+    let history = |channel: &'static str| async move {
+        state
+            .channel_history(channel)
+            .await
+            .expect("channel history")
+    };
+    assert!(history("chan").await.is_empty(), "a channel never seen");
+    let users = ["a", "b", "c"];
+    for i in 0..12 {
+        let (_, window) =
+            observe(state, "chan", users[i % 3], &format!("m{i}"), T0 + i as i64).await;
+        assert!(
+            window.len() <= 5,
+            "observe's window stays at recent_per_channel"
+        );
+    }
+    observe(state, "elsewhere", "a", "x1", T0 + 20).await;
+    let message = |i: usize| ChannelMessage {
+        user_id: users[i % 3].into(),
+        message_id: format!("m{i}"),
+        text: format!("m{i}"),
+        at_ms: T0 + i as i64,
+    };
+    // Everyone's messages, the last eight, oldest first.
+    assert_eq!(
+        history("chan").await,
+        (4..12).map(message).collect::<Vec<_>>()
+    );
+
+    // The copy-paste window is still the last five, and the history moves on by one.
+    let (_, window) = observe(state, "chan", "d", "m12", T0 + 12).await;
+    assert_eq!(ids(&window), ["m7", "m8", "m9", "m10", "m11"]);
+    let (_, peeked) = state.peek("chan", "a").await.expect("peek");
+    assert_eq!(ids(&peeked), ["m8", "m10", "m11", "m12"]);
+    let now: Vec<String> = history("chan")
+        .await
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
+    assert_eq!(now, ["m5", "m6", "m7", "m8", "m9", "m10", "m11", "m12"]);
+    assert_eq!(
+        history("elsewhere").await,
+        [ChannelMessage {
+            user_id: "a".into(),
+            message_id: "x1".into(),
+            text: "x1".into(),
+            at_ms: T0 + 20,
+        }],
+        "channels are isolated"
+    );
+}
+
 async fn concurrent_observers_keep_exact_counts(state: &Arc<UserState>) {
     const TASKS: usize = 8;
     const USERS: usize = 4;
@@ -560,11 +616,32 @@ fn memory_bounds_the_number_of_channel_windows() {
 }
 
 #[test]
+fn memory_history_of_a_quiet_channel_goes_with_its_window() {
+    // Few channels: one shard, so observing anywhere sweeps every channel.
+    let state = memory(|config| config.max_channels = 100);
+    state.observe(&obs("quiet", "u", "q1", T0));
+    state.observe(&obs("quiet", "v", "q2", T0 + 1));
+    state.observe(&obs("busy", "u", "b1", T0 + HOUR - 1));
+    assert_eq!(
+        state.channel_history("quiet").len(),
+        2,
+        "just under the TTL"
+    );
+    // idle_ttl = 1 h: over an hour after the quiet channel's last message (and past the
+    // minute between sweeps).
+    state.observe(&obs("busy", "u", "b2", T0 + HOUR + MINUTE));
+    assert!(state.channel_history("quiet").is_empty(), "forgotten");
+    assert!(state.peek("quiet", "w").1.is_empty(), "like the window");
+    assert_eq!(state.channel_history("busy").len(), 2);
+}
+
+#[test]
 fn memory_rings_of_zero_keep_nothing() {
     let state = memory(|config| {
         config.recent_per_user = 0;
         config.times_per_user = 0;
         config.recent_per_channel = 0;
+        config.history_per_channel = 0;
     });
     state.observe(&obs("chan", "a", "a1", T0));
     let (before, others) = state.observe(&obs("chan", "b", "b1", T0 + 1));
@@ -573,6 +650,21 @@ fn memory_rings_of_zero_keep_nothing() {
     let (before, _) = state.observe(&obs("chan", "b", "b2", T0 + 2));
     assert_eq!(before.messages, 1);
     assert!(before.recent.is_empty() && before.message_times_ms.is_empty());
+    assert!(state.channel_history("chan").is_empty());
+}
+
+#[test]
+fn memory_history_without_a_window_still_keeps_the_history() {
+    let state = memory(|config| config.recent_per_channel = 0);
+    state.observe(&obs("chan", "a", "a1", T0));
+    let (_, others) = state.observe(&obs("chan", "b", "b1", T0 + 1));
+    assert!(others.is_empty(), "no copy-paste window");
+    let ids: Vec<_> = state
+        .channel_history("chan")
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
+    assert_eq!(ids, ["a1", "b1"]);
 }
 
 // ---- Redis's key layout and TTLs ----
@@ -586,7 +678,7 @@ async fn redis_keys_are_laid_out_as_documented_with_ttls() {
     let state = UserState::redis(&redis.url, suite_config(), &redis.prefix)
         .await
         .expect("connect");
-    for i in 0..7 {
+    for i in 0..10 {
         observe(&state, "dgg}%", "u:1", &format!("m{i}"), T0 + i).await;
     }
     let p = &redis.prefix;
@@ -594,6 +686,7 @@ async fn redis_keys_are_laid_out_as_documented_with_ttls() {
         redis.keys().await,
         [
             format!("{p}{{dgg%7D%25}}:c"),
+            format!("{p}{{dgg%7D%25}}:h"),
             format!("{p}{{dgg%7D%25}}:r:u:1"),
             format!("{p}{{dgg%7D%25}}:t:u:1"),
             format!("{p}{{dgg%7D%25}}:u:u:1"),
@@ -614,6 +707,11 @@ async fn redis_keys_are_laid_out_as_documented_with_ttls() {
         query("LLEN", format!("{tag}:c")).await,
         5,
         "trimmed to recent_per_channel"
+    );
+    assert_eq!(
+        query("LLEN", format!("{tag}:h")).await,
+        8,
+        "trimmed to history_per_channel"
     );
     assert_eq!(query("LLEN", format!("{tag}:r:u:1")).await, 3);
     assert_eq!(query("LLEN", format!("{tag}:t:u:1")).await, 4);
@@ -638,7 +736,51 @@ async fn redis_keys_are_laid_out_as_documented_with_ttls() {
     assert!(ttl > 8 * HOUR && ttl <= 9 * HOUR, "hash: {ttl} ms");
     let ttl = query("PTTL", format!("{tag}:r:u:1")).await;
     assert!(ttl > 8 * HOUR && ttl <= 9 * HOUR, "recent: {ttl} ms");
+    // The channel's lists are the channel's, not the user's: they keep the idle TTL.
+    for key in [format!("{tag}:c"), format!("{tag}:h")] {
+        let ttl = query("PTTL", key.clone()).await;
+        assert!(ttl > HOUR - MINUTE && ttl <= HOUR, "{key}: {ttl} ms");
+    }
     redis.delete_keys().await;
+}
+
+#[tokio::test]
+async fn redis_history_of_a_quiet_channel_expires_with_its_window() {
+    let Some(redis) = common::RedisPrefix::create("redis_history_expires").await else {
+        return;
+    };
+    // Redis expires keys by its own clock, so this TTL is real time.
+    let config = StateConfig {
+        idle_ttl: Duration::from_millis(300),
+        ..suite_config()
+    };
+    let state = UserState::redis(&redis.url, config, &redis.prefix)
+        .await
+        .expect("connect");
+    observe(&state, "quiet", "u", "q1", T0).await;
+    observe(&state, "quiet", "v", "q2", T0 + 1).await;
+    assert_eq!(
+        state.channel_history("quiet").await.expect("history").len(),
+        2
+    );
+    // Nothing to await: Redis says nothing when a key expires (without keyspace
+    // notifications), so poll, with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let history = state.channel_history("quiet").await.expect("history");
+        let (_, window) = state.peek("quiet", "w").await.expect("peek");
+        if history.is_empty() {
+            assert!(window.is_empty(), "the window expires with the history");
+            break;
+        }
+        assert_eq!(history.len(), 2, "all or nothing");
+        assert!(
+            Instant::now() < deadline,
+            "still there 5 s after a 300 ms TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(redis.keys().await.is_empty(), "every key had a TTL");
 }
 
 // ---- degraded mode ----

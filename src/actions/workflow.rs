@@ -381,7 +381,11 @@ pub async fn nuke(
     };
     let now = SystemTime::now();
     let since_ms = crate::store::unix_millis(now.checked_sub(request.window).unwrap_or(now));
-    let history = channel_history(moderator, &request.channel).await;
+    let history = moderator
+        .state()
+        .channel_history(&request.channel)
+        .await
+        .value;
     let recent: Vec<_> = history.iter().filter(|m| m.at_ms >= since_ms).collect();
     let mut targets: Vec<String> = Vec::new();
     for message in &recent {
@@ -528,14 +532,4 @@ pub async fn aegis(
     }
     dispatcher.wake();
     Ok((nuke.id, unmutes.into_iter().map(|(_, a)| a).collect()))
-}
-
-/// The channel's recent messages from everyone, oldest first.
-async fn channel_history(
-    moderator: &Moderator,
-    channel: &str,
-) -> Vec<crate::users::ChannelMessage> {
-    // The copy-paste window (`state.recent_per_channel` messages) is what user state keeps of
-    // a channel on both backends; a longer history for nukes is still to be added.
-    moderator.state().peek(channel, "").await.value.1.to_vec()
 }

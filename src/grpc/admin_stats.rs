@@ -1,13 +1,88 @@
-//! `Admin.GetStats`.
+//! `Admin.GetStats`: this replica's decision statistics ([`crate::stats`]) with the model's
+//! queue and cache, and the database's action and appeal counts (every replica's).
+
+use std::collections::HashMap;
+use std::time::SystemTime;
 
 use tonic::{Response, Status};
 
+use super::convert;
+use super::status::FieldError;
 use crate::app::App;
 use crate::proto::*;
+use crate::stats;
 
-/// `GetStats`.
-pub async fn get_stats(_app: &App, _request: GetStatsRequest) -> Result<Response<Stats>, Status> {
-    Err(Status::unimplemented(
-        "GetStats: statistics are being built",
-    ))
+/// `GetStats`. `channel` (empty: all) is checked like any id; `since`, when set, must be a
+/// valid time no later than now. The replica's counts cover `since` as far back as it keeps
+/// them (`Stats.since` says from when); actions and appeals cover all of `since`.
+pub async fn get_stats(app: &App, request: GetStatsRequest) -> Result<Response<Stats>, Status> {
+    let now = SystemTime::now();
+    let channel = if request.channel.is_empty() {
+        None
+    } else {
+        Some(convert::bounded_id(request.channel, "channel")?)
+    };
+    let since = match request.since {
+        None => None,
+        Some(ts) => {
+            let since = convert::timestamp(ts).ok_or_else(|| {
+                FieldError::new(
+                    "since",
+                    "is not a valid time (seconds must be within years 1..=9999, nanos within \
+                     0..1e9)",
+                )
+            })?;
+            if since > now {
+                return Err(FieldError::new("since", "is in the future").into());
+            }
+            Some(since)
+        }
+    };
+
+    let report = app.stats.report_at(channel.as_deref(), since, now);
+    let (actions, appeals) = tokio::try_join!(
+        app.store.action_counts(channel.as_deref(), since),
+        app.store.appeal_counts(channel.as_deref(), since),
+    )?;
+    let scorer = app.moderator.scorer();
+    let period = &report.period;
+    Ok(Response::new(Stats {
+        messages: period.messages,
+        decisions: names(&period.decisions),
+        rules: period.rules.clone().into_iter().collect(),
+        labels: period.labels.clone().into_iter().collect(),
+        actions: actions.into_iter().collect(),
+        appeals: appeals.into_iter().collect(),
+        since: Some(period.start.into()),
+        windows: report.windows.iter().map(window).collect(),
+        queue_depth: scorer.queued() as u64,
+        cache_hit_ratio: scorer.cache_hit_ratio(),
+        replica: app.stats.replica().to_owned(),
+        replica_started_at: Some(report.started_at.into()),
+    }))
+}
+
+fn window(window: &stats::Window) -> StatsWindow {
+    StatsWindow {
+        name: window.name.to_owned(),
+        length: Some(convert::duration(window.length)),
+        messages: window.messages,
+        decisions: names(&window.decisions),
+        rules: window.rules.clone().into_iter().collect(),
+        labels: window.labels.clone().into_iter().collect(),
+        latency_p50: Some(convert::duration(window.latency.p50)),
+        latency_p90: Some(convert::duration(window.latency.p90)),
+        latency_p99: Some(convert::duration(window.latency.p99)),
+        latency_max: Some(convert::duration(window.latency.max)),
+        degraded_verdicts: names(&window.degraded_verdicts),
+        degraded_time: window
+            .degraded_time
+            .iter()
+            .map(|(&name, &time)| (name.to_owned(), convert::duration(time)))
+            .collect(),
+    }
+}
+
+fn names<V: Copy>(map: &std::collections::BTreeMap<&'static str, V>) -> HashMap<String, V> {
+    map.iter().map(|(&k, &v)| (k.to_owned(), v)).collect()
 }

@@ -106,7 +106,7 @@ pub fn chat_message(
 
 /// A protobuf timestamp as a time, if it is valid by the well-known type's own rules
 /// (prost would otherwise quietly normalise out-of-range nanos).
-fn timestamp(ts: prost_types::Timestamp) -> Option<SystemTime> {
+pub(super) fn timestamp(ts: prost_types::Timestamp) -> Option<SystemTime> {
     const MIN_SECONDS: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
     const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     let valid =
@@ -121,7 +121,8 @@ fn required_id(value: String, field: &str) -> Result<String, FieldError> {
     bounded_id(value, field)
 }
 
-fn bounded_id(value: String, field: &str) -> Result<String, FieldError> {
+/// An id of at most [`MAX_ID_BYTES`] without control characters (it may be empty).
+pub(super) fn bounded_id(value: String, field: &str) -> Result<String, FieldError> {
     if value.len() > MAX_ID_BYTES {
         return Err(FieldError::new(
             field,
@@ -174,7 +175,7 @@ impl From<Degraded> for proto::DegradedComponent {
     }
 }
 
-/// A duration as a protobuf duration (saturating).
+/// A duration as protobuf's, saturated at the largest it can hold.
 pub fn duration(value: std::time::Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(value).unwrap_or(prost_types::Duration {
         seconds: i64::MAX,

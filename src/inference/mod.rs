@@ -393,6 +393,16 @@ impl Scorer {
             .map_or(0, |r| self.limits.max_queue - r.slots.available_permits())
     }
 
+    /// Share of lookups answered from the score cache since start, in `[0, 1]`: 0 without a
+    /// running model or with the cache turned off (`model.cache_entries = 0`), and before the
+    /// first lookup.
+    pub fn cache_hit_ratio(&self) -> f64 {
+        self.running
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .map_or(0.0, |cache| cache.hit_ratio())
+    }
+
     /// Sends `text` (normalised) towards the model. Returns at once with cached scores, or a
     /// [`Pending`] to await; `Err` only for [`Admission::FailFast`] on a full queue.
     pub async fn submit(&self, text: &str, admission: Admission) -> Result<Pending, Overloaded> {

@@ -339,12 +339,14 @@ async fn repeats_come_from_the_cache() {
     assert_eq!(backend.batches().len(), 1);
     let cache = scorer.running.as_ref().unwrap().cache.as_ref().unwrap();
     assert!((cache.hit_ratio() - 0.5).abs() < 1e-9);
+    assert_eq!(scorer.cache_hit_ratio(), cache.hit_ratio());
 }
 
 #[tokio::test]
 async fn an_idle_scorer_says_why() {
     let off = Scorer::idle(Status::Off, Description::default());
     assert!(!off.wanted());
+    assert_eq!(off.cache_hit_ratio(), 0.0);
     assert!(matches!(
         off.score("x", Admission::FailFast).await.unwrap(),
         Scores::NotScored

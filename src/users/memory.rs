@@ -91,7 +91,7 @@ impl MemoryState {
                 at_ms: obs.at_ms,
             })
         });
-        let said = (self.config.recent_per_channel > 0).then(|| ChannelMessage {
+        let said = (self.config.kept_per_channel() > 0).then(|| ChannelMessage {
             user_id: obs.user_id.to_owned(),
             message_id: obs.message_id.to_owned(),
             text: obs.text.to_owned(),
@@ -149,6 +149,21 @@ impl MemoryState {
             })
             .unwrap_or_default();
         (history, window)
+    }
+
+    /// See [`super::UserState::channel_history`].
+    pub fn channel_history(&self, channel: &str) -> Vec<ChannelMessage> {
+        let window = {
+            let shard = lock(self.channel_shard(channel));
+            let Some(ring) = shard.channels.get(channel) else {
+                return Vec::new();
+            };
+            let end = ring.next_index;
+            let start = end.saturating_sub(self.config.kept_per_channel() as u64);
+            ring.window(start, end, Observer::Nobody)
+        };
+        // The window shares the ring's blocks: the strings are copied after the lock is let go.
+        window.to_vec()
     }
 
     /// Users held now (per channel and user id).
@@ -492,11 +507,12 @@ struct ChannelShard {
     next_sweep_ms: i64,
 }
 
-/// A channel's last messages from everyone, in append-only blocks shared with the windows
-/// handed out (see [`ChannelWindow`]).
+/// A channel's last messages from everyone (its history, of which the copy-paste window is
+/// the newest part), in append-only blocks shared with the windows handed out (see
+/// [`ChannelWindow`]).
 #[derive(Debug)]
 struct ChannelRing {
-    /// The blocks still holding messages of the window; `blocks[0]` starts at `first_index`.
+    /// The blocks still holding messages of the history; `blocks[0]` starts at `first_index`.
     blocks: VecDeque<MessageBlock>,
     /// Channel-wide index of `blocks[0]`'s first slot.
     first_index: u64,
@@ -542,7 +558,11 @@ impl ChannelShard {
                     })
             }
         };
-        ring.push(said, config.recent_per_channel as u64)
+        ring.push(
+            said,
+            config.recent_per_channel as u64,
+            config.kept_per_channel() as u64,
+        )
     }
 
     fn evict_least_recently_active(&mut self) {
@@ -563,9 +583,10 @@ impl ChannelShard {
 }
 
 impl ChannelRing {
-    /// Appends `said` and returns the window of the `capacity` messages before it (with `said`
-    /// itself at the window's end, so the window can skip its user's messages).
-    fn push(&mut self, said: ChannelMessage, capacity: u64) -> ChannelWindow {
+    /// Appends `said`, keeps the last `keep` messages (`keep` ≥ `capacity`), and returns the
+    /// window of the `capacity` messages before it (with `said` itself at the window's end, so
+    /// the window can skip its user's messages).
+    fn push(&mut self, said: ChannelMessage, capacity: u64, keep: u64) -> ChannelWindow {
         const BLOCK: u64 = BLOCK_SIZE as u64;
         let index = self.next_index;
         self.last_ms = self.last_ms.max(said.at_ms);
@@ -583,7 +604,7 @@ impl ChannelRing {
         // stale blocks are dropped below.
         let window = self.window(index.saturating_sub(capacity), index, Observer::AuthorOfEnd);
 
-        let keep_from = self.next_index.saturating_sub(capacity);
+        let keep_from = self.next_index.saturating_sub(keep.max(capacity));
         while self.first_index + BLOCK <= keep_from {
             self.blocks.pop_front();
             self.first_index += BLOCK;

@@ -8,6 +8,11 @@
 //! the engine calls [`UserState::record_offence`], which adds decaying "heat" and advances the
 //! escalation step (warning, then ever longer time-outs, then a ban).
 //!
+//! Each channel also keeps a longer history of its messages from everyone
+//! ([`StateConfig::history_per_channel`], more than the copy-paste window) for `Nuke`, which
+//! asks [`UserState::channel_history`] who said a phrase recently. Observing never returns it,
+//! so its length costs nothing per message.
+//!
 //! All times are Unix milliseconds passed in by the caller, so behaviour is deterministic and
 //! tests need no sleeping. Everything is bounded: per-user lists are fixed-capacity rings, idle
 //! users expire ([`StateConfig::idle_ttl`], unless their heat is still warm), the in-process
@@ -45,6 +50,10 @@ pub struct StateConfig {
     /// How many recent messages of a channel, from everyone, are kept (for the copy-paste rule;
     /// destiny.gg's own bot compares against the last 75).
     pub recent_per_channel: usize,
+    /// How many of a channel's messages, from everyone, [`UserState::channel_history`] returns
+    /// (for `Nuke`); at least [`Self::recent_per_channel`] (a smaller value is taken as that).
+    /// Kept beside the copy-paste window, never returned by [`UserState::observe`].
+    pub history_per_channel: usize,
     /// A user with no message for this long, and heat below [`FORGOTTEN_HEAT`], is forgotten.
     /// Also the TTL of every Redis key, renewed on each write.
     pub idle_ttl: Duration,
@@ -71,9 +80,12 @@ impl Default for StateConfig {
             recent_per_user: 10,
             times_per_user: 16,
             recent_per_channel: 75,
+            history_per_channel: 500,
             idle_ttl: Duration::from_secs(24 * 60 * 60),
             max_users: 500_000,
-            max_channels: 10_000,
+            // A busy channel's history (500 messages) takes about 95 KB: 2,000 channels bound
+            // the in-process windows near 190 MB.
+            max_channels: 2_000,
             cooled_down_heat: 0.125,
             redis_timeout: Duration::from_millis(250),
             redis_retry_interval: Duration::from_secs(1),
@@ -85,6 +97,12 @@ impl StateConfig {
     /// [`Self::idle_ttl`] in milliseconds, saturated to `i64`.
     fn idle_ttl_ms(&self) -> i64 {
         duration_ms(self.idle_ttl)
+    }
+
+    /// Messages of a channel kept in all: the copy-paste window or the history, whichever is
+    /// longer.
+    fn kept_per_channel(&self) -> usize {
+        self.recent_per_channel.max(self.history_per_channel)
     }
 }
 
@@ -512,6 +530,16 @@ impl UserState {
         match self {
             Self::Memory(memory) => Ok(memory.user(channel, user_id)),
             Self::Redis(redis) => redis.user(channel, user_id).await,
+        }
+    }
+
+    /// The channel's last [`StateConfig::history_per_channel`] messages from everyone, oldest
+    /// first (empty for a channel never seen, or idle for [`StateConfig::idle_ttl`] and
+    /// forgotten, as its copy-paste window is). Read-only; one `LRANGE` for Redis.
+    pub async fn channel_history(&self, channel: &str) -> Result<Vec<ChannelMessage>, StateError> {
+        match self {
+            Self::Memory(memory) => Ok(memory.channel_history(channel)),
+            Self::Redis(redis) => redis.channel_history(channel).await,
         }
     }
 

@@ -54,12 +54,18 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 /// | `P{C}:u:U` | hash | `first`, `last` (ms), `n` (messages), `heat` (`%.17g`), `heat_at` (ms), `hl` (the latest offence's half-life, ms), `off`, `step`, `last_off` (ms) |
 /// | `P{C}:r:U` | list | the user's recent messages, oldest first: `at_ms:len:message_id` then the text |
 /// | `P{C}:t:U` | list | the user's recent message times (ms), oldest first |
-/// | `P{C}:c` | list | the channel's recent messages: `at_ms:len:user_id` `len:message_id` then the text |
+/// | `P{C}:c` | list | the channel's recent messages (the copy-paste window): `at_ms:len:user_id` `len:message_id` then the text |
+/// | `P{C}:h` | list | the channel's history (for `Nuke`), entries as in `P{C}:c` |
 ///
 /// Lists are capped with `LTRIM`. Every write renews the TTLs: a user's three keys live for
 /// [`StateConfig::idle_ttl`], or longer while their heat needs longer to decay below
-/// [`super::FORGOTTEN_HEAT`]; the channel list lives for the idle TTL. All of a channel's keys
-/// share the hash tag `{C}`, so on a Redis Cluster one script's keys share a slot.
+/// [`super::FORGOTTEN_HEAT`]; the channel's two lists live for the idle TTL. All of a
+/// channel's keys share the hash tag `{C}`, so on a Redis Cluster one script's keys share a
+/// slot.
+///
+/// The history is a second list rather than a longer window because `observe.lua` returns
+/// the whole window on every message: pushing onto (and trimming one entry off) the history is
+/// O(1) per message whatever its length, and only [`Self::channel_history`] reads it.
 ///
 /// # Scripts
 ///
@@ -162,6 +168,7 @@ impl RedisState {
             .key(&keys.recent)
             .key(&keys.times)
             .key(self.channel_key(obs.channel))
+            .key(self.history_key(obs.channel))
             .arg(obs.at_ms)
             .arg(recent_entry)
             .arg(channel_entry)
@@ -169,7 +176,8 @@ impl RedisState {
             .arg(self.config.times_per_user)
             .arg(self.config.recent_per_channel)
             .arg(self.config.idle_ttl_ms())
-            .arg(FORGOTTEN_HEAT);
+            .arg(FORGOTTEN_HEAT)
+            .arg(self.config.kept_per_channel());
         let mut connection = self.connection.clone();
         let (fields, recent, times, channel): ObserveReply = self
             .bounded(async move { invocation.invoke_async(&mut connection).await })
@@ -249,6 +257,28 @@ impl RedisState {
         Ok(history.is_known().then_some(history))
     }
 
+    /// See [`super::UserState::channel_history`].
+    pub async fn channel_history(&self, channel: &str) -> Result<Vec<ChannelMessage>, StateError> {
+        let key = self.history_key(channel);
+        // The last `kept` entries, in case the list was written with a longer setting.
+        let kept = i64::try_from(self.config.kept_per_channel()).unwrap_or(i64::MAX);
+        let mut connection = self.connection.clone();
+        let entries: Vec<String> = self
+            .bounded(async move {
+                redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(kept.saturating_neg())
+                    .arg(-1)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        entries
+            .iter()
+            .map(|entry| decode_channel(entry).ok_or_else(|| malformed(entry)))
+            .collect()
+    }
+
     /// Runs a Redis call with a hard deadline on top of the connection manager's own timeouts,
     /// so that no path (connecting, then sending, then reading) can hang a chat message.
     async fn bounded<T>(
@@ -279,6 +309,10 @@ impl RedisState {
 
     fn channel_key(&self, channel: &str) -> String {
         self.channel_tag(channel) + ":c"
+    }
+
+    fn history_key(&self, channel: &str) -> String {
+        self.channel_tag(channel) + ":h"
     }
 
     fn user_keys(&self, channel: &str, user_id: &str) -> UserKeys {

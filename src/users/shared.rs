@@ -4,8 +4,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::{
-    ChannelWindow, MemoryState, Observation, Offence, RedisState, StateConfig, StateError,
-    UserHistory,
+    ChannelMessage, ChannelWindow, MemoryState, Observation, Offence, RedisState, StateConfig,
+    StateError, UserHistory,
 };
 
 /// A state answer and whether it came from the per-replica fallback instead of the configured
@@ -140,6 +140,16 @@ impl SharedState {
         self.call(
             |redis| redis.user(channel, user_id),
             |memory| memory.user(channel, user_id),
+        )
+        .await
+    }
+
+    /// See [`super::UserState::channel_history`]. While degraded, this replica's own history
+    /// since the outage began.
+    pub async fn channel_history(&self, channel: &str) -> Answer<Vec<ChannelMessage>> {
+        self.call(
+            |redis| redis.channel_history(channel),
+            |memory| memory.channel_history(channel),
         )
         .await
     }

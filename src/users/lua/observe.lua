@@ -1,7 +1,9 @@
--- Records one chat message; returns the user's state before it and the channel's window.
--- KEYS: 1 user hash, 2 user's recent messages, 3 user's message times, 4 channel's messages.
+-- Records one chat message; returns the user's state before it and the channel's window (not
+-- its history, which only grows the reply if returned).
+-- KEYS: 1 user hash, 2 user's recent messages, 3 user's message times, 4 channel's messages,
+--       5 channel's history.
 -- ARGV: 1 now (ms), 2 user's entry, 3 channel's entry, 4 recent per user, 5 times per user,
---       6 recent per channel, 7 idle TTL (ms), 8 forgotten heat.
+--       6 recent per channel, 7 idle TTL (ms), 8 forgotten heat, 9 history per channel.
 local now = tonumber(ARGV[1])
 local idle = tonumber(ARGV[7])
 local forgotten = tonumber(ARGV[8])
@@ -23,10 +25,13 @@ redis.call('HINCRBY', KEYS[1], 'n', 1)
 push(KEYS[2], ARGV[2], tonumber(ARGV[4]))
 push(KEYS[3], ARGV[1], tonumber(ARGV[5]))
 push(KEYS[4], ARGV[3], tonumber(ARGV[6]))
+push(KEYS[5], ARGV[3], tonumber(ARGV[9]))
 
 local user_ttl = ttl(idle, heat_now(h, now), num(h[6], 0), forgotten)
 for i = 1, 3 do
   redis.call('PEXPIRE', KEYS[i], user_ttl)
 end
-redis.call('PEXPIRE', KEYS[4], math.min(MAX_TTL_MS, idle))
+for i = 4, 5 do
+  redis.call('PEXPIRE', KEYS[i], math.min(MAX_TTL_MS, idle))
+end
 return {h, recent, times, channel}

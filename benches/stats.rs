@@ -1,0 +1,113 @@
+//! The cost of counting a verdict ([`modbot::stats::Stats::record`]) next to normalising the
+//! same message, on the synthetic chat corpus.
+//!
+//! ```text
+//! cargo bench --bench stats
+//! ```
+//!
+//! The verdicts are real: the corpus is decided once by the built-in rules with in-process
+//! state before timing (so a share of them carry rule reasons, and the channels are the
+//! corpus's), with latencies spread over 50 µs to 20 ms. `stats/record` counts them in order
+//! into one recorder, as `Classify` and streams do; `stats/normalize` normalises the same
+//! messages' texts. Both report elements per second: their ratio is what counting costs
+//! relative to the cheapest other step every message takes.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use modbot::decision::{ChatMessage, DecideOptions, Engine, Verdict};
+use modbot::moderate::Moderator;
+use modbot::normalize::{EmoteSet, normalize};
+use modbot::rules::RuleSet;
+use modbot::stats::Stats;
+use modbot::users::{SharedState, StateConfig};
+
+/// Messages per iteration.
+const MESSAGES: usize = 2_000;
+
+fn corpus() -> (Vec<ChatMessage>, Vec<Verdict>) {
+    let messages: Vec<ChatMessage> = modbot::corpus::generate(42, MESSAGES)
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| ChatMessage {
+            channel: m.channel,
+            message_id: i.to_string(),
+            user_id: m.user_id,
+            nick: m.nick,
+            roles: m.roles,
+            text: m.text,
+            sent_at: SystemTime::UNIX_EPOCH
+                + Duration::from_millis(1_700_000_000_000 + 20 * i as u64),
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let moderator = Moderator::new(
+        Engine::new(RuleSet::builtin()),
+        SharedState::memory(StateConfig::default()),
+        modbot::inference::Scorer::idle(
+            modbot::inference::Status::Off,
+            modbot::inference::Description::default(),
+        ),
+    );
+    let verdicts = messages
+        .iter()
+        .enumerate()
+        .map(|(i, message)| {
+            let mut verdict = runtime
+                .block_on(moderator.moderate(message, DecideOptions::default(), Instant::now()))
+                .expect("no model, never overloaded");
+            // Log-spread latencies, so the histogram's bins vary as they would.
+            verdict.elapsed = Duration::from_micros(50 + (i as u64 * 7919) % 20_000);
+            verdict
+        })
+        .collect();
+    (messages, verdicts)
+}
+
+fn bench_stats(c: &mut Criterion) {
+    let (messages, verdicts) = corpus();
+    let with_reasons = verdicts.iter().filter(|v| !v.reasons.is_empty()).count();
+    eprintln!(
+        "{} verdicts, {with_reasons} with reasons, {} channels",
+        verdicts.len(),
+        {
+            let mut channels: Vec<&str> = verdicts.iter().map(|v| v.channel.as_str()).collect();
+            channels.sort_unstable();
+            channels.dedup();
+            channels.len()
+        }
+    );
+    let emotes = EmoteSet::new(modbot::corpus::default_emotes());
+    let mut group = c.benchmark_group("stats");
+    group.throughput(Throughput::Elements(MESSAGES as u64));
+    let stats = Stats::new();
+    group.bench_function("record", |b| {
+        b.iter(|| {
+            for verdict in &verdicts {
+                stats.record(black_box(verdict));
+            }
+        })
+    });
+    group.bench_function("normalize", |b| {
+        b.iter(|| {
+            for message in &messages {
+                black_box(normalize(black_box(&message.text), &emotes));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    // Short runs: the machine has two cores and the numbers are stable well within this.
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    targets = bench_stats
+}
+criterion_main!(benches);
