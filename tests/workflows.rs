@@ -894,3 +894,54 @@ async fn nuke_mutes_who_said_it_and_aegis_undoes_it() {
     assert_eq!(status.code(), Code::NotFound, "nothing left to undo");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn moderators_actions_in_chat_join_the_trail_but_the_bots_own_do_not() {
+    let server = TestServer::start(|_| {}).await;
+    let mut c = clients(&server);
+    let (tx, mut responses) = bridge(&server, "bridge-chat").await;
+    let action = |moderator: &str, target: &str, at_ms: i64| StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Event(proto::ChatEvent {
+            channel: "destinygg".into(),
+            kind: Some(proto::chat_event::Kind::ModeratorAction(
+                proto::ModeratorAction {
+                    moderator: moderator.into(),
+                    target: target.into(),
+                    kind: ActionKind::Timeout as i32,
+                    duration: secs(300),
+                    at: Some(prost_types::Timestamp {
+                        seconds: at_ms / 1000,
+                        nanos: 0,
+                    }),
+                },
+            )),
+        })),
+    };
+    tx.send(action("HumanMod", "troll", 1_700_000_000_000))
+        .await
+        .unwrap();
+    // The same broadcast again (a bridge replaying after a reconnect) is recorded once.
+    tx.send(action("HumanMod", "troll", 1_700_000_000_000))
+        .await
+        .unwrap();
+    tx.send(action("ModBot", "other", 1_700_000_001_000))
+        .await
+        .unwrap();
+    drop(tx);
+    while responses.message().await.expect("a clean end").is_some() {}
+    let listed = c
+        .actions
+        .list_actions(proto::ListActionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .actions;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let recorded = &listed[0];
+    assert_eq!(recorded.target_user_id, "troll");
+    assert_eq!(recorded.moderator, "HumanMod");
+    assert_eq!(recorded.source, ActionSource::Moderator as i32);
+    assert_eq!(recorded.status, ActionStatus::Executed as i32);
+    assert_eq!(recorded.duration, secs(300));
+    server.stop().await.unwrap();
+}

@@ -56,13 +56,19 @@ impl Admin for AdminService {
         &self,
         request: Request<UpsertRuleRequest>,
     ) -> Result<Response<Rule>, Status> {
-        admin_rules::upsert_rule(&self.app, request.into_inner()).await
+        {
+            let by = principal_name(&request);
+            admin_rules::upsert_rule(&self.app, request.into_inner(), &by).await
+        }
     }
     async fn delete_rule(
         &self,
         request: Request<DeleteRuleRequest>,
     ) -> Result<Response<DeleteRuleResponse>, Status> {
-        admin_rules::delete_rule(&self.app, request.into_inner()).await
+        {
+            let by = principal_name(&request);
+            admin_rules::delete_rule(&self.app, request.into_inner(), &by).await
+        }
     }
     async fn get_policy(
         &self,
@@ -74,7 +80,10 @@ impl Admin for AdminService {
         &self,
         request: Request<SetPolicyRequest>,
     ) -> Result<Response<Policy>, Status> {
-        admin_rules::set_policy(&self.app, request.into_inner()).await
+        {
+            let by = principal_name(&request);
+            admin_rules::set_policy(&self.app, request.into_inner(), &by).await
+        }
     }
     async fn get_stats(
         &self,

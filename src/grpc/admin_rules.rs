@@ -18,9 +18,13 @@ use crate::rules::DEFAULT_POLICY;
 use crate::rules::spec::{PolicySpec, RuleSpec};
 use crate::store::StoreError;
 
-/// Who the stored rows say made a change. The handlers see only the request's message, not
-/// its credential; the rows' `updated_by` and the history's `changed_by` carry this.
+/// Who the stored rows say made a change when the caller's credential has no name (a server
+/// running without tokens); otherwise the token's name is recorded.
 const API_AUTHOR: &str = "admin-api";
+
+fn author(by: &str) -> &str {
+    if by.is_empty() { API_AUTHOR } else { by }
+}
 
 /// A stored spec that no longer reads: the database is not what modbot wrote.
 fn corrupt(id: &str, error: crate::rules::RulesError) -> StoreError {
@@ -75,7 +79,11 @@ pub async fn list_rules(
 }
 
 /// `UpsertRule`.
-pub async fn upsert_rule(app: &App, request: UpsertRuleRequest) -> Result<Response<Rule>, Status> {
+pub async fn upsert_rule(
+    app: &App,
+    request: UpsertRuleRequest,
+    by: &str,
+) -> Result<Response<Rule>, Status> {
     let rule = request
         .rule
         .ok_or_else(|| FieldError::new("rule", "is required"))?;
@@ -101,7 +109,7 @@ pub async fn upsert_rule(app: &App, request: UpsertRuleRequest) -> Result<Respon
     spec.validate().map_err(invalid)?;
     spec.make_params_explicit().map_err(invalid)?;
     let text = spec.to_toml().map_err(invalid)?;
-    let stored = app.store.upsert_rule(&spec.id, &text, API_AUTHOR).await?;
+    let stored = app.store.upsert_rule(&spec.id, &text, author(by)).await?;
     apply(app).await;
     let rule = rule_to_proto(&spec, stored.revision, stored.updated_at)
         .map_err(|e| corrupt(&spec.id, e))?;
@@ -112,9 +120,10 @@ pub async fn upsert_rule(app: &App, request: UpsertRuleRequest) -> Result<Respon
 pub async fn delete_rule(
     app: &App,
     request: DeleteRuleRequest,
+    by: &str,
 ) -> Result<Response<DeleteRuleResponse>, Status> {
     name(&request.id, "id")?;
-    match app.store.delete_rule(&request.id, API_AUTHOR).await? {
+    match app.store.delete_rule(&request.id, author(by)).await? {
         Some(_) => {
             apply(app).await;
             Ok(Response::new(DeleteRuleResponse {}))
@@ -158,14 +167,18 @@ pub async fn get_policy(app: &App, request: GetPolicyRequest) -> Result<Response
 }
 
 /// `SetPolicy`.
-pub async fn set_policy(app: &App, request: SetPolicyRequest) -> Result<Response<Policy>, Status> {
+pub async fn set_policy(
+    app: &App,
+    request: SetPolicyRequest,
+    by: &str,
+) -> Result<Response<Policy>, Status> {
     let policy = request
         .policy
         .ok_or_else(|| FieldError::new("policy", "is required"))?;
     let (channel, spec) = policy_from_proto(policy)?;
     spec.validate(&channel).map_err(policy_error)?;
     let text = spec.to_toml().map_err(policy_error)?;
-    let stored = app.store.set_policy(&channel, &text, API_AUTHOR).await?;
+    let stored = app.store.set_policy(&channel, &text, author(by)).await?;
     apply(app).await;
     Ok(Response::new(policy_to_proto(
         &channel,
