@@ -518,7 +518,34 @@ async fn a_bridge_carries_actions_out_and_reports_the_chat_answer() {
     assert_eq!(failed.status, ActionStatus::Failed as i32);
     assert_eq!(failed.error, "nopermission");
 
-    // Results for unknown actions, or without a code, are answered in-band.
+    // Results for unknown actions, for actions not sent to this bridge, or without a code, are
+    // answered in-band; a repeated answer changes nothing.
+    let unsent = execute(&mut c, timeout("zed", "")).await;
+    assert_eq!(next_command(&mut responses).await.action_id, unsent.id);
+    let (other_tx, mut other) = bridge(&server, "bridge-2").await;
+    other_tx
+        .send(result(&unsent.id, false, "nopermission"))
+        .await
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), other.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(stream_moderate_response::Kind::Error(error)) = response.kind else {
+        panic!("expected an in-band error, got {response:?}");
+    };
+    assert!(
+        error.message.contains("was not sent to this bridge"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        get(&mut c, &unsent.id).await.status,
+        ActionStatus::Sent as i32
+    );
+    drop(other_tx);
+    tx.send(result(&refused.id, true, "")).await.unwrap();
     tx.send(result("no-such-action", true, "")).await.unwrap();
     tx.send(result(&refused.id, false, "")).await.unwrap();
     for expected in [
@@ -535,6 +562,11 @@ async fn a_bridge_carries_actions_out_and_reports_the_chat_answer() {
         };
         assert!(error.message.starts_with(expected), "{}", error.message);
     }
+    assert_eq!(
+        get(&mut c, &refused.id).await.status,
+        ActionStatus::Failed as i32,
+        "the first answer stands"
+    );
 
     // A warning needs nothing from the chat.
     let warning = execute(

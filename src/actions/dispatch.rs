@@ -166,27 +166,43 @@ impl Dispatcher {
         )
     }
 
-    /// Records a bridge's answer to a command. `None` for an unknown action id.
+    /// Records `bridge_id`'s answer to a command it was sent.
     pub async fn answer(
         &self,
         action_id: &str,
+        bridge_id: &str,
         ok: bool,
         error: &str,
         detail: &str,
-    ) -> Result<Option<Action>, StoreError> {
+    ) -> Result<Answered, StoreError> {
         let answered = self
             .inner
             .store
-            .answer_action(action_id, ok, error, detail, SystemTime::now())
+            .answer_action(action_id, bridge_id, ok, error, detail, SystemTime::now())
             .await?;
-        Ok(answered.map(|(action, changed)| {
-            if changed {
+        Ok(match answered {
+            None => Answered::Unknown,
+            Some((action, true)) => {
                 metrics::counter!("modbot_actions_answered_total", "status" => action.status.as_str())
                     .increment(1);
+                Answered::Recorded(action)
             }
-            action
-        }))
+            // A bridge may repeat its answer (after a reconnect, say): the first one stands.
+            Some((action, false)) if action.bridge_id == bridge_id => Answered::Recorded(action),
+            Some((action, false)) => Answered::NotSent(action),
+        })
     }
+}
+
+/// What became of a bridge's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answered {
+    /// Recorded (or already recorded): the action as it is now.
+    Recorded(Action),
+    /// No action has that id.
+    Unknown,
+    /// The action was never sent to this bridge: the answer is ignored.
+    NotSent(Action),
 }
 
 /// Counts a newly recorded action.

@@ -19,7 +19,8 @@ use tracing::Instrument;
 
 use super::convert::{self, MessageLimits};
 use super::status::FieldError;
-use crate::actions::{self, dispatch::automatic_action};
+use crate::actions;
+use crate::actions::dispatch::{Answered, automatic_action};
 use crate::app::App;
 use crate::decision::{ChatMessage, DecideOptions, Decision};
 use crate::inference::{Admission, Pending, Scores};
@@ -387,37 +388,40 @@ impl Session {
                     .await
             }
             Item::ActionResult(result) => {
-                match self
+                let answered = self
                     .app
                     .dispatcher
                     .answer(
                         &result.action_id,
+                        &self.hello.bridge_id,
                         result.ok,
                         &result.error_code,
                         &result.detail,
                     )
-                    .await
-                {
-                    Ok(Some(_)) => true,
-                    Ok(None) => {
-                        self.reject(
-                            Code::NotFound,
-                            format!("action_result.action_id: no action `{}`", result.action_id),
-                            String::new(),
-                        )
-                        .await
-                    }
+                    .await;
+                let (code, message) = match answered {
+                    Ok(Answered::Recorded(_)) => return true,
+                    Ok(Answered::Unknown) => (
+                        Code::NotFound,
+                        format!("action_result.action_id: no action `{}`", result.action_id),
+                    ),
+                    Ok(Answered::NotSent(_)) => (
+                        Code::FailedPrecondition,
+                        format!(
+                            "action_result.action_id: action `{}` was not sent to this bridge",
+                            result.action_id
+                        ),
+                    ),
                     Err(error) => {
                         tracing::warn!(%error, action = %result.action_id, "cannot record an action's result");
-                        self.reject(
+                        (
                             Code::Unavailable,
                             "action_result: the database is unavailable; send the result again"
                                 .to_owned(),
-                            String::new(),
                         )
-                        .await
                     }
-                }
+                };
+                self.reject(code, message, String::new()).await
             }
             Item::ModeratorAction {
                 channel,

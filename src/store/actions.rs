@@ -252,13 +252,15 @@ impl Store {
         Ok(())
     }
 
-    /// Records the chat's answer to an action: executed, or failed with the chat's error code.
-    /// An answer counts even after the action expired (the chat is the truth), but never
-    /// changes an action already answered. `None` for an unknown id; otherwise the action as
-    /// it is now and whether this answer changed it.
+    /// Records the chat's answer to an action sent to `bridge_id`: executed, or failed with the
+    /// chat's error code. An answer counts even after the action expired (the chat is the
+    /// truth), but never changes an action already answered, nor one sent to another bridge.
+    /// `None` for an unknown id; otherwise the action as it is now and whether this answer
+    /// changed it.
     pub async fn answer_action(
         &self,
         id: &str,
+        bridge_id: &str,
         ok: bool,
         error: &str,
         detail: &str,
@@ -266,13 +268,14 @@ impl Store {
     ) -> Result<Option<(Action, bool)>, StoreError> {
         let result = sqlx::query(
             "UPDATE actions SET status = $2, error = $3, detail = $4, updated_at = $5 \
-             WHERE id = $1 AND status IN ('pending', 'sent', 'expired')",
+             WHERE id = $1 AND bridge_id = $6 AND status IN ('sent', 'expired')",
         )
         .bind(id)
         .bind(if ok { "executed" } else { "failed" })
         .bind(if ok { "" } else { error })
         .bind(detail)
         .bind(unix_millis(now))
+        .bind(bridge_id)
         .execute(&self.pool)
         .await?;
         Ok(self
