@@ -11,7 +11,7 @@ use super::{
 use crate::decision::ReasonSource;
 use crate::moderate::{HUMAN_ACTION_LABEL, Moderator};
 use crate::normalize::normalize;
-use crate::store::{AppealOutcome, AuditQuery, Feedback, FeedbackSource, StoreError};
+use crate::store::{AuditQuery, Feedback, FeedbackSource, Filed, Resolved, StoreError};
 
 /// Why a workflow step was refused. `grpc/status.rs` maps each to its gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -108,21 +108,18 @@ pub async fn file_appeal(
         reversal_action_id: String::new(),
     };
     match store.file_appeal(&appeal).await? {
-        AppealOutcome::Done(appeal, _) => {
+        Filed::Done => {
             metrics::counter!("modbot_appeals_filed_total").increment(1);
             Ok(appeal)
         }
-        AppealOutcome::AlreadyOpen(open) => Err(WorkflowError::AlreadyExists(format!(
+        Filed::AlreadyOpen(open) => Err(WorkflowError::AlreadyExists(format!(
             "action `{}` already has an open appeal: `{open}`",
             action.id
         ))),
-        AppealOutcome::NotFound => Err(WorkflowError::NotFound(format!(
+        Filed::NoAction => Err(WorkflowError::NotFound(format!(
             "no action `{}`",
             action.id
         ))),
-        AppealOutcome::AlreadyResolved(_) => {
-            unreachable!("filing never resolves an appeal. This is a bug")
-        }
     }
 }
 
@@ -212,7 +209,7 @@ pub async fn resolve_appeal(
         .resolve_appeal(&resolved, reversal.as_ref(), &feedback)
         .await?
     {
-        AppealOutcome::Done(appeal, reversal) => {
+        Resolved::Done(appeal, reversal) => {
             metrics::counter!("modbot_appeals_resolved_total", "status" => appeal.status.as_str())
                 .increment(1);
             if let Some(reversal) = &reversal {
@@ -225,14 +222,11 @@ pub async fn resolve_appeal(
             }
             Ok((appeal, reversal.map(|r| *r)))
         }
-        AppealOutcome::AlreadyResolved(current) => Err(already_resolved(&current)),
-        AppealOutcome::NotFound => Err(WorkflowError::NotFound(format!(
+        Resolved::AlreadyResolved(current) => Err(already_resolved(&current)),
+        Resolved::NotFound => Err(WorkflowError::NotFound(format!(
             "no appeal `{}`",
             ruling.appeal_id
         ))),
-        AppealOutcome::AlreadyOpen(_) => {
-            unreachable!("resolving never files an appeal. This is a bug")
-        }
     }
 }
 

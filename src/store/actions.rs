@@ -77,15 +77,24 @@ pub enum Recorded {
     Conflict(Action),
 }
 
-/// Why an appeal could not be filed or resolved, beyond a database failure.
+/// What filing an appeal did.
 #[derive(Debug, Clone, PartialEq)]
-pub enum AppealOutcome {
-    /// Done; for a resolution, with the reversal action when one was made.
-    Done(Appeal, Option<Box<Action>>),
-    /// The appeal (or, when filing, the action) does not exist.
-    NotFound,
+pub enum Filed {
+    /// Filed.
+    Done,
+    /// The action does not exist.
+    NoAction,
     /// The action already has an open appeal: its id.
     AlreadyOpen(String),
+}
+
+/// What resolving an appeal did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolved {
+    /// Resolved, with the reversal action when one was made.
+    Done(Appeal, Option<Box<Action>>),
+    /// The appeal does not exist.
+    NotFound,
     /// The appeal was resolved already (by someone else, possibly at the same moment).
     AlreadyResolved(Appeal),
 }
@@ -299,7 +308,7 @@ impl Store {
 
     /// Files an appeal, unless its action already has an open one (the partial unique index
     /// decides, so two concurrent filings make one appeal).
-    pub async fn file_appeal(&self, appeal: &Appeal) -> Result<AppealOutcome, StoreError> {
+    pub async fn file_appeal(&self, appeal: &Appeal) -> Result<Filed, StoreError> {
         let result = sqlx::query(
             "INSERT INTO appeals (id, created_at, action_id, channel, user_id, text, status, \
              moderator, note, resolved_at, reversal_action_id) \
@@ -319,7 +328,7 @@ impl Store {
         .execute(&self.pool)
         .await;
         match result {
-            Ok(_) => Ok(AppealOutcome::Done(appeal.clone(), None)),
+            Ok(_) => Ok(Filed::Done),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 let open = self
                     .appeals(
@@ -332,13 +341,11 @@ impl Store {
                         1,
                     )
                     .await?;
-                Ok(AppealOutcome::AlreadyOpen(
+                Ok(Filed::AlreadyOpen(
                     open.into_iter().next().map(|a| a.id).unwrap_or_default(),
                 ))
             }
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-                Ok(AppealOutcome::NotFound)
-            }
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Ok(Filed::NoAction),
             Err(e) => Err(e.into()),
         }
     }
@@ -384,13 +391,13 @@ impl Store {
     /// Resolves an open appeal in one transaction: the appeal's ruling, and for an overturn
     /// the reversal action (marking the original reversed) and the feedback examples. Only one
     /// of several concurrent resolutions wins (the update is conditional on the appeal being
-    /// open); the others get [`AppealOutcome::AlreadyResolved`].
+    /// open); the others get [`Resolved::AlreadyResolved`].
     pub async fn resolve_appeal(
         &self,
         resolved: &Appeal,
         reversal: Option<&Action>,
         feedback: &[Feedback],
-    ) -> Result<AppealOutcome, StoreError> {
+    ) -> Result<Resolved, StoreError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE appeals SET status = $2, moderator = $3, note = $4, resolved_at = $5, \
@@ -407,8 +414,8 @@ impl Store {
         if updated.rows_affected() == 0 {
             drop(tx);
             return Ok(match self.appeal(&resolved.id).await? {
-                Some(current) => AppealOutcome::AlreadyResolved(current),
-                None => AppealOutcome::NotFound,
+                Some(current) => Resolved::AlreadyResolved(current),
+                None => Resolved::NotFound,
             });
         }
         if let Some(reversal) = reversal {
@@ -419,7 +426,7 @@ impl Store {
             super::feedback::insert_feedback(&mut tx, example).await?;
         }
         tx.commit().await?;
-        Ok(AppealOutcome::Done(
+        Ok(Resolved::Done(
             resolved.clone(),
             reversal.cloned().map(Box::new),
         ))
