@@ -977,3 +977,56 @@ async fn moderators_actions_in_chat_join_the_trail_but_the_bots_own_do_not() {
     assert_eq!(recorded.duration, secs(300));
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn each_action_reaches_exactly_one_bridge_across_replicas() {
+    let Some(schema) = PgSchema::create("each_action_reaches_exactly_one_bridge").await else {
+        return;
+    };
+    let start = |url: String| {
+        TestServer::start(move |config| {
+            config.database.url = url;
+            config.actions.poll_interval_ms = 20;
+        })
+    };
+    let first = start(schema.url.clone()).await;
+    let second = start(schema.url.clone()).await;
+    // One bridge on each replica, both serving the channel.
+    let (_tx1, mut bridge1) = bridge(&first, "bridge-a").await;
+    let (_tx2, mut bridge2) = bridge(&second, "bridge-b").await;
+    let mut c = clients(&first);
+    let mut recorded = Vec::new();
+    for i in 0..30 {
+        recorded.push(execute(&mut c, timeout(&format!("user{i}"), "")).await.id);
+    }
+    // Every action is sent once, to one of the bridges; collect until all have arrived.
+    let mut delivered = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered.len() < recorded.len() {
+        assert!(Instant::now() < deadline, "delivered only {delivered:?}");
+        tokio::select! {
+            Ok(Some(response)) = bridge1.message() => {
+                if let Some(stream_moderate_response::Kind::Command(command)) = response.kind {
+                    delivered.push(command.action_id);
+                }
+            }
+            Ok(Some(response)) = bridge2.message() => {
+                if let Some(stream_moderate_response::Kind::Command(command)) = response.kind {
+                    delivered.push(command.action_id);
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    // Nothing more arrives: no action went to both.
+    for responses in [&mut bridge1, &mut bridge2] {
+        let more = tokio::time::timeout(Duration::from_millis(300), responses.message()).await;
+        assert!(more.is_err(), "an extra response: {more:?}");
+    }
+    delivered.sort();
+    recorded.sort();
+    assert_eq!(delivered, recorded);
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+    schema.drop().await;
+}

@@ -43,6 +43,9 @@ struct Inner {
     wake: Notify,
     closed: AtomicBool,
     poll_interval: Duration,
+    /// When a round last expired old actions: once per poll interval is enough, however often
+    /// recording wakes the task.
+    last_expiry: Mutex<Option<std::time::Instant>>,
     pending_ttl: Duration,
 }
 
@@ -86,6 +89,7 @@ impl Dispatcher {
                 wake: Notify::new(),
                 closed: AtomicBool::new(false),
                 poll_interval,
+                last_expiry: Mutex::new(None),
                 pending_ttl,
             }),
         }
@@ -230,13 +234,26 @@ async fn dispatch_task(inner: Arc<Inner>) {
 
 async fn deliver_round(inner: &Inner) -> Result<(), StoreError> {
     let now = SystemTime::now();
-    let expired = inner.store.expire_actions(now).await?;
-    if expired > 0 {
-        metrics::counter!("modbot_actions_expired_total").increment(expired);
-        tracing::info!(
-            count = expired,
-            "actions expired before a bridge carried them out"
-        );
+    let expire_now = {
+        let mut last = inner
+            .last_expiry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let due = last.is_none_or(|at| at.elapsed() >= inner.poll_interval);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    };
+    if expire_now {
+        let expired = inner.store.expire_actions(now).await?;
+        if expired > 0 {
+            metrics::counter!("modbot_actions_expired_total").increment(expired);
+            tracing::info!(
+                count = expired,
+                "actions expired before a bridge carried them out"
+            );
+        }
     }
     let bridges: Vec<Bridge> = inner
         .bridges
@@ -259,20 +276,23 @@ async fn deliver_round(inner: &Inner) -> Result<(), StoreError> {
                     }
                 }
             }
-            for action in inner.store.pending_actions(channel, now, BATCH).await? {
-                if !inner
-                    .store
-                    .claim_action(&action.id, &bridge.bridge_id, now)
-                    .await?
-                {
-                    continue; // another bridge or replica took it
-                }
+            let claimed = inner
+                .store
+                .claim_pending(channel, &bridge.bridge_id, now, BATCH)
+                .await?;
+            let mut claimed = claimed.into_iter();
+            while let Some(action) = claimed.next() {
                 let id = action.id.clone();
-                let mut sent = action;
-                sent.status = super::ActionStatus::Sent;
-                sent.bridge_id.clone_from(&bridge.bridge_id);
-                if bridge.commands_tx.try_send(sent).is_err() {
+                if bridge.commands_tx.try_send(action).is_err() {
+                    // The bridge's queue is full (or it went): give back what it cannot take
+                    // now, for the next round or another bridge.
                     inner.store.unclaim_action(&id, &bridge.bridge_id).await?;
+                    for rest in claimed {
+                        inner
+                            .store
+                            .unclaim_action(&rest.id, &bridge.bridge_id)
+                            .await?;
+                    }
                     break;
                 }
                 metrics::counter!("modbot_actions_sent_total").increment(1);

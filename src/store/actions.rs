@@ -183,26 +183,37 @@ impl Store {
         rows.iter().map(action_from_row).collect()
     }
 
-    /// Pending, unexpired actions of `channel`, oldest first: what a bridge serving it should
-    /// be sent.
-    pub async fn pending_actions(
+    /// Claims up to `limit` pending, unexpired actions of `channel` for `bridge_id` (marking
+    /// them sent to it) and returns them oldest first. One conditional update: an action
+    /// another bridge or replica claimed at the same moment is not returned, so each pending
+    /// action goes to exactly one bridge.
+    pub async fn claim_pending(
         &self,
         channel: &str,
+        bridge_id: &str,
         now: SystemTime,
         limit: u32,
     ) -> Result<Vec<Action>, StoreError> {
         let sql = format!(
-            "SELECT {ACTION_COLUMNS} FROM actions \
-             WHERE channel = $1 AND status = 'pending' AND expires_at > $2 \
-             ORDER BY created_at, id LIMIT $3"
+            "UPDATE actions SET status = 'sent', bridge_id = $2, updated_at = $3 \
+             WHERE status = 'pending' AND channel = $1 AND expires_at > $3 AND id IN \
+             (SELECT id FROM actions WHERE status = 'pending' AND channel = $1 \
+              AND expires_at > $3 ORDER BY created_at, id LIMIT $4) \
+             RETURNING {ACTION_COLUMNS}"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(channel)
+            .bind(bridge_id)
             .bind(unix_millis(now))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(action_from_row).collect()
+        let mut actions = rows
+            .iter()
+            .map(action_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        actions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(actions)
     }
 
     /// Actions sent to `bridge_id` in `channel` that it never answered and that have not
@@ -225,27 +236,6 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(action_from_row).collect()
-    }
-
-    /// Marks a pending action sent to `bridge_id`, if it is still pending and unexpired: the
-    /// claim that makes sure only one bridge (on any replica) is sent it. True when claimed.
-    pub async fn claim_action(
-        &self,
-        id: &str,
-        bridge_id: &str,
-        now: SystemTime,
-    ) -> Result<bool, StoreError> {
-        let now = unix_millis(now);
-        let result = sqlx::query(
-            "UPDATE actions SET status = 'sent', bridge_id = $2, updated_at = $3 \
-             WHERE id = $1 AND status = 'pending' AND expires_at > $3",
-        )
-        .bind(id)
-        .bind(bridge_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() == 1)
     }
 
     /// Gives a claimed action back (its bridge could not take it), so another can be sent it.
