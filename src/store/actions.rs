@@ -517,53 +517,37 @@ pub(super) async fn insert_action(
     conn: &mut sqlx::AnyConnection,
     action: &Action,
 ) -> Result<bool, StoreError> {
-    Ok(!insert_actions(conn, &[action]).await?.is_empty())
-}
-
-/// Inserts actions in one statement, skipping any whose id or idempotency key exists; the ids
-/// of those inserted.
-pub(super) async fn insert_actions(
-    conn: &mut sqlx::AnyConnection,
-    actions: &[&Action],
-) -> Result<Vec<String>, StoreError> {
-    if actions.is_empty() {
-        return Ok(Vec::new());
-    }
     let sql = format!(
-        "INSERT INTO actions ({ACTION_COLUMNS}) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
-        super::placeholders(actions.len(), 23)
+        "INSERT INTO actions ({ACTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING"
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for action in actions {
-        query = query
-            .bind(&action.id)
-            .bind(unix_millis(action.created_at))
-            .bind(unix_millis(action.updated_at))
-            .bind(unix_millis(action.expires_at))
-            .bind(&action.channel)
-            .bind(&action.target_user_id)
-            .bind(&action.target_nick)
-            .bind(action.kind.as_str())
-            .bind(action.duration.map(millis))
-            .bind(&action.reason)
-            .bind(action.source.as_str())
-            .bind(&action.moderator)
-            .bind(&action.message_id)
-            .bind(action.idempotency_key.as_deref())
-            .bind(&action.request_hash)
-            .bind(&action.requested_by)
-            .bind(action.status.as_str())
-            .bind(&action.error)
-            .bind(&action.detail)
-            .bind(&action.bridge_id)
-            .bind(&action.nuke_id)
-            .bind(&action.appeal_id)
-            .bind(&action.reversed_by);
-    }
-    let rows = query.fetch_all(&mut *conn).await?;
-    rows.iter()
-        .map(|row| row.try_get::<String, _>("id").map_err(StoreError::from))
-        .collect()
+    let result = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&action.id)
+        .bind(unix_millis(action.created_at))
+        .bind(unix_millis(action.updated_at))
+        .bind(unix_millis(action.expires_at))
+        .bind(&action.channel)
+        .bind(&action.target_user_id)
+        .bind(&action.target_nick)
+        .bind(action.kind.as_str())
+        .bind(action.duration.map(millis))
+        .bind(&action.reason)
+        .bind(action.source.as_str())
+        .bind(&action.moderator)
+        .bind(&action.message_id)
+        .bind(action.idempotency_key.as_deref())
+        .bind(&action.request_hash)
+        .bind(&action.requested_by)
+        .bind(action.status.as_str())
+        .bind(&action.error)
+        .bind(&action.detail)
+        .bind(&action.bridge_id)
+        .bind(&action.nuke_id)
+        .bind(&action.appeal_id)
+        .bind(&action.reversed_by)
+        .execute(&mut *conn)
+        .await?;
+    Ok(result.rows_affected() == 1)
 }
 
 async fn mark_reversed(

@@ -52,33 +52,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// Most rows in one multi-row insert: well under both backends' limits on bound parameters
-/// (SQLite 32,766; PostgreSQL 65,535) at 23 columns.
-const ROWS_PER_INSERT: usize = 256;
-
-/// Columns of an audit row.
-const AUDIT_COLUMNS: usize = 17;
-
-/// `($1, ..., $columns), ($columns+1, ...), ...` for `rows` rows.
-fn placeholders(rows: usize, columns: usize) -> String {
-    let mut sql = String::with_capacity(rows * columns * 5);
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for column in 0..columns {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('$');
-            sql.push_str(&(row * columns + column + 1).to_string());
-        }
-        sql.push(')');
-    }
-    sql
-}
-
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -295,51 +268,43 @@ impl Store {
     }
 
     /// Writes audit records and the actions that carry them out, all or none. An action
-    /// recorded before (the same message decided again) is kept as it was. Rows go in
-    /// multi-row inserts of [`ROWS_PER_INSERT`]: one statement per row made every notable
-    /// verdict a round trip to SQLite's worker thread.
+    /// recorded before (the same message decided again) is kept as it was.
     pub async fn record_verdicts(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for chunk in records.chunks(ROWS_PER_INSERT) {
-            let sql = format!(
-                "INSERT INTO audit_log (id, decided_at, channel, message_id, user_id, nick, roles, \
-                 text, sent_at, decision, duration_ms, enforced, shadow_decision, reasons, \
-                 model_version, degraded, elapsed_us) VALUES {}",
-                placeholders(chunk.len(), AUDIT_COLUMNS)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for record in chunk {
-                let (message, verdict) = (&record.message, &record.verdict);
-                let degraded: Vec<&str> = verdict.degraded.iter().map(|d| d.as_str()).collect();
-                query = query
-                    .bind(&record.id)
-                    .bind(unix_millis(record.decided_at))
-                    .bind(&message.channel)
-                    .bind(&message.message_id)
-                    .bind(&message.user_id)
-                    .bind(&message.nick)
-                    .bind(to_json(&message.roles))
-                    .bind(&message.text)
-                    .bind(unix_millis(message.sent_at))
-                    .bind(verdict.decision.as_str())
-                    .bind(verdict.duration.map(duration_millis))
-                    .bind(i64::from(verdict.enforced))
-                    .bind(verdict.shadow_decision.as_str())
-                    .bind(to_json(&verdict.reasons))
-                    .bind(&verdict.model_version)
-                    .bind(to_json(&degraded))
-                    .bind(i64::try_from(verdict.elapsed.as_micros()).unwrap_or(i64::MAX));
-            }
-            query.execute(&mut *tx).await?;
-        }
-        let actions: Vec<&crate::actions::Action> =
-            records.iter().filter_map(|r| r.action.as_ref()).collect();
-        for chunk in actions.chunks(ROWS_PER_INSERT) {
-            let inserted = actions::insert_actions(&mut tx, chunk).await?;
-            for action in chunk.iter().filter(|a| inserted.contains(&a.id)) {
+        for record in records {
+            let (message, verdict) = (&record.message, &record.verdict);
+            let degraded: Vec<&str> = verdict.degraded.iter().map(|d| d.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO audit_log (id, decided_at, channel, message_id, user_id, nick, roles, text, \
+                 sent_at, decision, duration_ms, enforced, shadow_decision, reasons, model_version, \
+                 degraded, elapsed_us) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .bind(&record.id)
+            .bind(unix_millis(record.decided_at))
+            .bind(&message.channel)
+            .bind(&message.message_id)
+            .bind(&message.user_id)
+            .bind(&message.nick)
+            .bind(to_json(&message.roles))
+            .bind(&message.text)
+            .bind(unix_millis(message.sent_at))
+            .bind(verdict.decision.as_str())
+            .bind(verdict.duration.map(duration_millis))
+            .bind(i64::from(verdict.enforced))
+            .bind(verdict.shadow_decision.as_str())
+            .bind(to_json(&verdict.reasons))
+            .bind(&verdict.model_version)
+            .bind(to_json(&degraded))
+            .bind(i64::try_from(verdict.elapsed.as_micros()).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+            if let Some(action) = &record.action
+                && actions::insert_action(&mut tx, action).await?
+            {
                 crate::actions::dispatch::count_recorded(action);
             }
         }
@@ -487,12 +452,6 @@ mod tests {
             prepare_sqlite_url("sqlite://x.db?mode=ro").unwrap(),
             "sqlite://x.db?mode=ro"
         );
-    }
-
-    #[test]
-    fn placeholders_number_every_row() {
-        assert_eq!(placeholders(1, 2), "($1, $2)");
-        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
     }
 
     #[test]
