@@ -167,6 +167,72 @@ async fn suite(url: &str) {
         .await
         .expect("an empty batch is a no-op");
 
+    // A large batch, with an action for every other record, goes
+    // in whole; an action recorded before is kept as it was.
+    let big: Vec<AuditRecord> = (0..600)
+        .map(|i| {
+            let record = record(
+                "bulk",
+                &format!("b{i}"),
+                &format!("u{i}"),
+                "FREE NITRO here",
+            );
+            let action = (i % 2 == 0).then(|| {
+                modbot::actions::dispatch::automatic_action(
+                    &record.message,
+                    &record.verdict,
+                    Duration::from_secs(10),
+                    Duration::from_secs(60),
+                )
+                .expect("an enforced timeout acts")
+            });
+            record.with_action(action)
+        })
+        .collect();
+    store.record_verdicts(&big).await.expect("a big batch");
+    let again: Vec<AuditRecord> = big[..2]
+        .iter()
+        .map(|r| {
+            let mut action = r.action.clone();
+            if let Some(action) = &mut action {
+                action.reason = "decided again".into();
+            }
+            AuditRecord::new(r.message.clone(), r.verdict.clone()).with_action(action)
+        })
+        .collect();
+    store
+        .record_verdicts(&again)
+        .await
+        .expect("records again, their actions kept");
+    let bulk = store
+        .audit_log(&AuditQuery {
+            channel: Some("bulk".into()),
+            limit: 10_000,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(bulk.len(), 602);
+    let actions = store
+        .actions(
+            &modbot::actions::ActionFilter {
+                channel: Some("bulk".into()),
+                ..Default::default()
+            },
+            None,
+            10_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(actions.len(), 300);
+    let first = big[0].action.as_ref().unwrap();
+    let stored = store.action(&first.id).await.unwrap().expect("stored");
+    assert_eq!(stored.reason, first.reason, "the first recording stands");
+    assert_eq!(
+        (stored.kind, stored.status, &stored.message_id),
+        (first.kind, first.status, &first.message_id)
+    );
+
     feedback_suite(&store).await;
     store.close().await;
 }
