@@ -25,6 +25,10 @@ use crate::store::{Recorded, Store, StoreError};
 /// Commands queued per bridge before the dispatcher leaves the rest pending for a later round.
 const COMMAND_BUFFER: usize = 256;
 
+/// Least time between two delivery rounds: an action waits at most this long (plus a round)
+/// for its bridge.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(20);
+
 /// Most pending actions of one channel sent in one round.
 const BATCH: u32 = 256;
 
@@ -225,6 +229,11 @@ async fn dispatch_task(inner: Arc<Inner>) {
         if let Err(error) = deliver_round(&inner).await {
             tracing::warn!(%error, "delivering actions failed; retrying at the next poll");
         }
+        // Recording wakes the task after every audit commit, which on a busy stream is
+        // hundreds of times a second; a round is a few database statements on other pool
+        // connections (whose writes make SQLite's other connections drop their page caches),
+        // so rounds are at least this far apart and the wakes in between coalesce into one.
+        tokio::time::sleep(MIN_ROUND_GAP).await;
         tokio::select! {
             () = inner.wake.notified() => {}
             () = tokio::time::sleep(inner.poll_interval) => {}
