@@ -257,6 +257,23 @@ async fn classify_verdicts_are_counted_exactly_by_decision_rule_and_channel() {
     );
     assert_eq!(all.queue_depth, 0, "no model");
     assert_eq!(all.cache_hit_ratio, 0.0);
+    // A dry run is not traffic: it is not counted.
+    server
+        .moderation()
+        .classify(ClassifyRequest {
+            messages: vec![chat_message("dry-1", "tester", "FREE NITRO here")],
+            options: Some(proto::ClassifyOptions {
+                dry_run: true,
+                ..proto::ClassifyOptions::default()
+            }),
+        })
+        .await
+        .expect("a dry run");
+    assert_eq!(
+        stats(&server, GetStatsRequest::default()).await.messages,
+        all.messages
+    );
+
     // Actions and appeals come from the database (every replica's).
     let store = server.store().await;
     let counts = |map: std::collections::BTreeMap<String, u64>| -> HashMap<String, u64> {

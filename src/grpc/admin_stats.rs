@@ -17,27 +17,11 @@ use crate::stats;
 /// them (`Stats.since` says from when); actions and appeals cover all of `since`.
 pub async fn get_stats(app: &App, request: GetStatsRequest) -> Result<Response<Stats>, Status> {
     let now = SystemTime::now();
-    let channel = if request.channel.is_empty() {
-        None
-    } else {
-        Some(convert::bounded_id(request.channel, "channel")?)
-    };
-    let since = match request.since {
-        None => None,
-        Some(ts) => {
-            let since = convert::timestamp(ts).ok_or_else(|| {
-                FieldError::new(
-                    "since",
-                    "is not a valid time (seconds must be within years 1..=9999, nanos within \
-                     0..1e9)",
-                )
-            })?;
-            if since > now {
-                return Err(FieldError::new("since", "is in the future").into());
-            }
-            Some(since)
-        }
-    };
+    let channel = convert::optional_id(request.channel, "channel")?;
+    let since = convert::timestamp_field(request.since, "since")?;
+    if since.is_some_and(|since| since > now) {
+        return Err(FieldError::new("since", "is in the future").into());
+    }
 
     let report = app.stats.report_at(channel.as_deref(), since, now);
     let (actions, appeals) = tokio::try_join!(

@@ -106,7 +106,7 @@ pub fn chat_message(
 
 /// A protobuf timestamp as a time, if it is valid by the well-known type's own rules
 /// (prost would otherwise quietly normalise out-of-range nanos).
-pub(super) fn timestamp(ts: prost_types::Timestamp) -> Option<SystemTime> {
+fn timestamp(ts: prost_types::Timestamp) -> Option<SystemTime> {
     const MIN_SECONDS: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
     const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     let valid =
@@ -122,7 +122,7 @@ fn required_id(value: String, field: &str) -> Result<String, FieldError> {
 }
 
 /// An id of at most [`MAX_ID_BYTES`] without control characters (it may be empty).
-pub(super) fn bounded_id(value: String, field: &str) -> Result<String, FieldError> {
+fn bounded_id(value: String, field: &str) -> Result<String, FieldError> {
     if value.len() > MAX_ID_BYTES {
         return Err(FieldError::new(
             field,

@@ -131,7 +131,10 @@ impl Moderation for ModerationService {
             metrics::counter!("modbot_verdicts_total", "decision" => verdict.decision.as_str())
                 .increment(1);
             verdict.elapsed = elapsed;
-            self.app.stats.record(verdict);
+            // A dry run is an operator trying the rules, not chat traffic: not counted.
+            if !options.dry_run {
+                self.app.stats.record(verdict);
+            }
             if !options.include_normalized_text {
                 verdict.normalized_text.clear();
             }
