@@ -9,10 +9,9 @@ use std::time::{Duration, SystemTime};
 use common::{TestServer, chat_message};
 use modbot::proto::admin_client::AdminClient;
 use modbot::proto::{
-    self, ClassifyRequest, Decision, GetStatsRequest, Hello, ReasonSource, StreamModerateRequest,
+    self, ClassifyRequest, Decision, GetStatsRequest, ReasonSource, StreamModerateRequest,
     chat_event, stream_moderate_request, stream_moderate_response,
 };
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -299,23 +298,7 @@ async fn classify_verdicts_are_counted_exactly_by_decision_rule_and_channel() {
 #[tokio::test]
 async fn stream_verdicts_are_counted_too() {
     let server = TestServer::start(|_| {}).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(StreamModerateRequest {
-        kind: Some(stream_moderate_request::Kind::Hello(Hello {
-            bridge_id: "test-bridge".into(),
-            channels: vec!["destinygg".into()],
-            dialect: "dgg".into(),
-            bot_nick: "modbot".into(),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut responses = server
-        .moderation()
-        .stream_moderate(ReceiverStream::new(rx))
-        .await
-        .expect("the stream opens")
-        .into_inner();
+    let (tx, mut responses) = common::bridge(&server, "test-bridge").await;
     let texts = ["hello chat", "Buy followers, cheap viewers", "what a game"];
     for (i, text) in texts.iter().enumerate() {
         let mut message = chat_message(&format!("e{i}"), &format!("user{i}"), text);

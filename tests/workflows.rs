@@ -7,15 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{PgSchema, TestServer, chat_message};
+use common::{PgSchema, TestServer, bridge, chat_message};
 use modbot::proto::{
-    self, ActionKind, ActionSource, ActionStatus, AppealResolution, ExecuteActionRequest, Hello,
+    self, ActionKind, ActionSource, ActionStatus, AppealResolution, ExecuteActionRequest,
     StreamModerateRequest, StreamModerateResponse, actions_client::ActionsClient,
     admin_client::AdminClient, appeals_client::AppealsClient, stream_moderate_request,
     stream_moderate_response,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
@@ -62,6 +60,16 @@ async fn execute(clients: &mut Clients, request: ExecuteActionRequest) -> proto:
         .expect("an action")
 }
 
+async fn list(clients: &mut Clients, request: proto::ListActionsRequest) -> Vec<proto::Action> {
+    clients
+        .actions
+        .list_actions(request)
+        .await
+        .expect("ListActions")
+        .into_inner()
+        .actions
+}
+
 async fn get(clients: &mut Clients, id: &str) -> proto::Action {
     clients
         .actions
@@ -86,39 +94,6 @@ async fn wait_for(
         assert!(Instant::now() < deadline, "timed out waiting on {action:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A bridge's stream: the sender of its requests and its responses after the welcome.
-async fn bridge(
-    server: &TestServer,
-    bridge_id: &str,
-) -> (
-    mpsc::Sender<StreamModerateRequest>,
-    Streaming<StreamModerateResponse>,
-) {
-    let (tx, rx) = mpsc::channel(64);
-    tx.send(StreamModerateRequest {
-        kind: Some(stream_moderate_request::Kind::Hello(Hello {
-            bridge_id: bridge_id.into(),
-            channels: vec!["destinygg".into()],
-            dialect: "dgg".into(),
-            bot_nick: "modbot".into(),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut responses = server
-        .moderation()
-        .stream_moderate(ReceiverStream::new(rx))
-        .await
-        .expect("the stream opens")
-        .into_inner();
-    let welcome = responses.message().await.unwrap().expect("a welcome");
-    assert!(matches!(
-        welcome.kind,
-        Some(stream_moderate_response::Kind::Welcome(_))
-    ));
-    (tx, responses)
 }
 
 /// The next action command on a bridge's stream (verdicts in between are skipped).
@@ -240,19 +215,17 @@ async fn suite(server: &TestServer) {
         page_token: token,
         ..proto::ListActionsRequest::default()
     };
-    let before: Vec<String> = c
-        .actions
-        .list_actions(proto::ListActionsRequest {
+    let before: Vec<String> = list(
+        &mut c,
+        proto::ListActionsRequest {
             page_size: 500,
             ..page(String::new())
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .actions
-        .into_iter()
-        .map(|a| a.id)
-        .collect();
+        },
+    )
+    .await
+    .into_iter()
+    .map(|a| a.id)
+    .collect();
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
@@ -286,16 +259,14 @@ async fn suite(server: &TestServer) {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().starts_with("page_token: "));
-    let filtered = c
-        .actions
-        .list_actions(proto::ListActionsRequest {
+    let filtered = list(
+        &mut c,
+        proto::ListActionsRequest {
             target_user_id: "bob".into(),
             ..proto::ListActionsRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .actions;
+        },
+    )
+    .await;
     assert_eq!(filtered.len(), 1);
     assert_eq!(filtered[0].id, first.id);
 
@@ -386,16 +357,14 @@ async fn suite(server: &TestServer) {
     assert_eq!(reversal.source, ActionSource::Appeal as i32);
     assert_eq!(reversal.appeal_id, appeal.id);
     assert_eq!(resolved.reversal_action_id, reversal.id);
-    let reversals = c
-        .actions
-        .list_actions(proto::ListActionsRequest {
+    let reversals = list(
+        &mut c,
+        proto::ListActionsRequest {
             source: ActionSource::Appeal as i32,
             ..proto::ListActionsRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .actions;
+        },
+    )
+    .await;
     assert_eq!(
         reversals.len(),
         1,
@@ -695,16 +664,14 @@ async fn enforced_verdicts_become_actions_once() {
         .verdicts
         .remove(0);
     assert_eq!(again.action_id, timed_out.id);
-    let automatic = c
-        .actions
-        .list_actions(proto::ListActionsRequest {
+    let automatic = list(
+        &mut c,
+        proto::ListActionsRequest {
             source: ActionSource::Automod as i32,
             ..proto::ListActionsRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .actions;
+        },
+    )
+    .await;
     assert_eq!(automatic.len(), 2, "{automatic:?}");
     // A dry run creates nothing.
     let dry = server
@@ -961,13 +928,7 @@ async fn moderators_actions_in_chat_join_the_trail_but_the_bots_own_do_not() {
         .unwrap();
     drop(tx);
     while responses.message().await.expect("a clean end").is_some() {}
-    let listed = c
-        .actions
-        .list_actions(proto::ListActionsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .actions;
+    let listed = list(&mut c, proto::ListActionsRequest::default()).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     let recorded = &listed[0];
     assert_eq!(recorded.target_user_id, "troll");

@@ -170,7 +170,7 @@ impl Store {
         let revision: i64 = row.try_get("revision")?;
         let now = unix_millis(SystemTime::now());
         for (id, spec) in rules {
-            write_rule(&mut tx, id, spec, revision, now, by).await?;
+            write_spec(&mut tx, SpecTable::Rules, id, spec, revision, now, by).await?;
             write_history(
                 &mut tx,
                 revision,
@@ -184,7 +184,16 @@ impl Store {
             .await?;
         }
         for (channel, spec) in policies {
-            write_policy(&mut tx, channel, spec, revision, now, by).await?;
+            write_spec(
+                &mut tx,
+                SpecTable::Policies,
+                channel,
+                spec,
+                revision,
+                now,
+                by,
+            )
+            .await?;
             write_history(
                 &mut tx,
                 revision,
@@ -272,7 +281,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let revision = bump(&mut tx).await?;
         let now = unix_millis(SystemTime::now());
-        write_rule(&mut tx, id, spec, revision, now, by).await?;
+        write_spec(&mut tx, SpecTable::Rules, id, spec, revision, now, by).await?;
         write_history(
             &mut tx,
             revision,
@@ -334,7 +343,16 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let revision = bump(&mut tx).await?;
         let now = unix_millis(SystemTime::now());
-        write_policy(&mut tx, channel, spec, revision, now, by).await?;
+        write_spec(
+            &mut tx,
+            SpecTable::Policies,
+            channel,
+            spec,
+            revision,
+            now,
+            by,
+        )
+        .await?;
         write_history(
             &mut tx,
             revision,
@@ -379,51 +397,42 @@ async fn bump(tx: &mut Transaction<'static, Any>) -> Result<i64, StoreError> {
     Ok(revision)
 }
 
-async fn write_rule(
-    tx: &mut Transaction<'static, Any>,
-    id: &str,
-    spec: &str,
-    revision: i64,
-    now: i64,
-    by: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO rules (id, spec, revision, updated_at, updated_by) \
-         VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, revision = excluded.revision, \
-         updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-    )
-    .bind(id)
-    .bind(spec)
-    .bind(revision)
-    .bind(now)
-    .bind(by)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+/// A stored spec's table: `rules` keyed by rule id, `channel_policies` by channel.
+#[derive(Clone, Copy)]
+enum SpecTable {
+    Rules,
+    Policies,
 }
 
-async fn write_policy(
+/// Inserts or replaces one rule's or policy's spec at `revision`.
+async fn write_spec(
     tx: &mut Transaction<'static, Any>,
-    channel: &str,
+    table: SpecTable,
+    key: &str,
     spec: &str,
     revision: i64,
     now: i64,
     by: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO channel_policies (channel, spec, revision, updated_at, updated_by) \
+    let (table, key_column) = match table {
+        SpecTable::Rules => ("rules", "id"),
+        SpecTable::Policies => ("channel_policies", "channel"),
+    };
+    let sql = format!(
+        "INSERT INTO {table} ({key_column}, spec, revision, updated_at, updated_by) \
          VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (channel) DO UPDATE SET spec = excluded.spec, revision = excluded.revision, \
-         updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-    )
-    .bind(channel)
-    .bind(spec)
-    .bind(revision)
-    .bind(now)
-    .bind(by)
-    .execute(&mut **tx)
-    .await?;
+         ON CONFLICT ({key_column}) DO UPDATE SET spec = excluded.spec, \
+         revision = excluded.revision, updated_at = excluded.updated_at, \
+         updated_by = excluded.updated_by"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key)
+        .bind(spec)
+        .bind(revision)
+        .bind(now)
+        .bind(by)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

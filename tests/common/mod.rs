@@ -335,3 +335,44 @@ pub fn chat_message(id: &str, user: &str, text: &str) -> modbot::proto::ChatMess
         }),
     }
 }
+
+/// Opens a bridge's `StreamModerate` stream serving `destinygg` (bot nick `modbot`): the
+/// sender of its requests and its responses after the welcome.
+pub async fn bridge(
+    server: &TestServer,
+    bridge_id: &str,
+) -> (
+    tokio::sync::mpsc::Sender<modbot::proto::StreamModerateRequest>,
+    tonic::Streaming<modbot::proto::StreamModerateResponse>,
+) {
+    use modbot::proto::{
+        Hello, StreamModerateRequest, stream_moderate_request, stream_moderate_response,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tx.send(StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Hello(Hello {
+            bridge_id: bridge_id.into(),
+            channels: vec!["destinygg".into()],
+            dialect: "dgg".into(),
+            bot_nick: "modbot".into(),
+        })),
+    })
+    .await
+    .expect("the stream takes its hello");
+    let mut responses = server
+        .moderation()
+        .stream_moderate(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let welcome = responses
+        .message()
+        .await
+        .expect("a healthy stream")
+        .expect("a welcome");
+    assert!(matches!(
+        welcome.kind,
+        Some(stream_moderate_response::Kind::Welcome(_))
+    ));
+    (tx, responses)
+}
