@@ -47,6 +47,206 @@ pub struct Config {
     pub actions: ActionsConfig,
     /// Who may call: bearer tokens and their roles.
     pub auth: AuthConfig,
+    /// `modbot bridge`: the chat it carries and the server it carries it to.
+    pub bridge: BridgeConfig,
+}
+
+/// `[bridge]`: one chat bridged into modbot (read by `modbot bridge` only).
+///
+/// `Debug` and [`Config::to_redacted_toml`] show the tokens as `***`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// The chat's WebSocket URL (`ws://` or `wss://`).
+    pub chat_url: String,
+    /// `dgg` or `strims`.
+    pub dialect: String,
+    /// The channel modbot knows the chat by; empty for the dialect's name.
+    pub channel: String,
+    /// The bot account's nick.
+    pub bot_nick: String,
+    /// The bot's login token (a secret).
+    pub chat_token: String,
+    /// A file holding the login token.
+    pub chat_token_file: PathBuf,
+    /// The modbot server's URL.
+    pub server_url: String,
+    /// A bearer token for the server (a secret).
+    pub server_token: String,
+    /// A file holding the bearer token.
+    pub server_token_file: PathBuf,
+    /// CA certificates (PEM) for the server's TLS; empty for the system's roots.
+    pub server_ca_file: PathBuf,
+    /// The bridge's stable id; empty for `bridge-CHANNEL`.
+    pub bridge_id: String,
+    /// Chat events held while modbot is unreachable.
+    pub buffer_events: usize,
+    /// How long a command waits for the chat's answer.
+    pub command_timeout_ms: u64,
+    /// The chat's throttle base.
+    pub throttle_base_ms: u64,
+    /// First reconnect delay.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay.
+    pub reconnect_max_ms: u64,
+}
+
+impl std::fmt::Debug for BridgeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.clone();
+        shown.redact();
+        f.debug_struct("BridgeConfig")
+            .field("chat_url", &shown.chat_url)
+            .field("dialect", &shown.dialect)
+            .field("channel", &shown.channel)
+            .field("bot_nick", &shown.bot_nick)
+            .field("chat_token", &shown.chat_token)
+            .field("chat_token_file", &shown.chat_token_file)
+            .field("server_url", &shown.server_url)
+            .field("server_token", &shown.server_token)
+            .field("server_token_file", &shown.server_token_file)
+            .field("server_ca_file", &shown.server_ca_file)
+            .field("bridge_id", &shown.bridge_id)
+            .field("buffer_events", &shown.buffer_events)
+            .field("command_timeout_ms", &shown.command_timeout_ms)
+            .field("throttle_base_ms", &shown.throttle_base_ms)
+            .field("reconnect_min_ms", &shown.reconnect_min_ms)
+            .field("reconnect_max_ms", &shown.reconnect_max_ms)
+            .finish()
+    }
+}
+
+impl BridgeConfig {
+    fn redact(&mut self) {
+        for secret in [&mut self.chat_token, &mut self.server_token] {
+            if !secret.is_empty() {
+                *secret = "***".to_owned();
+            }
+        }
+        self.chat_url = redact_url(&self.chat_url);
+        self.server_url = redact_url(&self.server_url);
+    }
+
+    /// The channel: the configured one or the dialect's name.
+    pub fn channel(&self) -> String {
+        if !self.channel.is_empty() {
+            return self.channel.clone();
+        }
+        match self.dialect.as_str() {
+            "strims" => "strims".to_owned(),
+            _ => "destinygg".to_owned(),
+        }
+    }
+
+    /// The bridge id: the configured one or `bridge-CHANNEL`.
+    pub fn bridge_id(&self) -> String {
+        if self.bridge_id.is_empty() {
+            format!("bridge-{}", self.channel())
+        } else {
+            self.bridge_id.clone()
+        }
+    }
+
+    /// The chat login token: `chat_token`, else the contents of `chat_token_file`, else none.
+    pub fn chat_token(&self) -> Result<Option<String>, ConfigError> {
+        secret(&self.chat_token, &self.chat_token_file, "bridge.chat_token_file")
+    }
+
+    /// The server's bearer token: `server_token`, else `server_token_file`, else none.
+    pub fn server_token(&self) -> Result<Option<String>, ConfigError> {
+        secret(
+            &self.server_token,
+            &self.server_token_file,
+            "bridge.server_token_file",
+        )
+    }
+
+    /// Checks what `modbot bridge` needs; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.chat_url.starts_with("ws://") || self.chat_url.starts_with("wss://")) {
+            return Err(invalid(
+                "bridge.chat_url",
+                format!(
+                    "`{}` is not a ws:// or wss:// URL",
+                    redact_url(&self.chat_url)
+                ),
+            ));
+        }
+        if !matches!(self.dialect.as_str(), "dgg" | "strims") {
+            return Err(invalid(
+                "bridge.dialect",
+                format!("`{}` is neither dgg nor strims", self.dialect),
+            ));
+        }
+        if self.bot_nick.trim().is_empty() {
+            return Err(invalid("bridge.bot_nick", "is required".to_owned()));
+        }
+        if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
+            return Err(invalid(
+                "bridge.server_url",
+                format!(
+                    "`{}` is not an http:// or https:// URL",
+                    redact_url(&self.server_url)
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.buffer_events) {
+            return Err(invalid(
+                "bridge.buffer_events",
+                format!("{} is outside 1..=1000000", self.buffer_events),
+            ));
+        }
+        for (key, value, range) in [
+            ("bridge.command_timeout_ms", self.command_timeout_ms, 100..=60_000),
+            ("bridge.throttle_base_ms", self.throttle_base_ms, 1..=10_000),
+            ("bridge.reconnect_min_ms", self.reconnect_min_ms, 10..=60_000),
+            ("bridge.reconnect_max_ms", self.reconnect_max_ms, 10..=600_000),
+        ] {
+            if !range.contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("{value} is outside {}..={}", range.start(), range.end()),
+                ));
+            }
+        }
+        if self.reconnect_max_ms < self.reconnect_min_ms {
+            return Err(invalid(
+                "bridge.reconnect_max_ms",
+                "is less than bridge.reconnect_min_ms".to_owned(),
+            ));
+        }
+        self.chat_token()?;
+        self.server_token()?;
+        Ok(())
+    }
+}
+
+fn invalid(key: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message,
+    }
+}
+
+/// A secret given inline (from the environment) or in a file; the inline value wins.
+fn secret(inline: &str, file: &Path, file_key: &str) -> Result<Option<String>, ConfigError> {
+    if !inline.trim().is_empty() {
+        return Ok(Some(inline.trim().to_owned()));
+    }
+    if file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        invalid(
+            file_key,
+            format!("cannot read {}: {e}", file.display()),
+        )
+    })?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(invalid(file_key, format!("{} is empty", file.display())));
+    }
+    Ok(Some(text.to_owned()))
 }
 
 /// `[actions]`: how actions reach the chat.
@@ -350,10 +550,6 @@ impl Config {
 
     /// Checks ranges and relations that the types alone do not.
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            key: key.to_owned(),
-            message,
-        };
         if !(1..=1024).contains(&self.grpc.max_messages_per_call) {
             return Err(invalid(
                 "grpc.max_messages_per_call",
@@ -540,6 +736,7 @@ impl Config {
         shown.database.url = redact_url(&shown.database.url);
         shown.redis.url = redact_url(&shown.redis.url);
         shown.auth.tokens = redact_tokens(&shown.auth.tokens);
+        shown.bridge.redact();
         toml::to_string(&shown).expect("a Config always serialises. This is a bug")
     }
 }

@@ -41,6 +41,7 @@
 pub mod actions;
 pub mod app;
 pub mod audit;
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod corpus;

@@ -1,0 +1,93 @@
+//! The bridge's and `replay`'s connection to a modbot server: URL, TLS and bearer token.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::config::BridgeConfig;
+use crate::proto::moderation_client::ModerationClient;
+use crate::proto::{StreamModerateRequest, StreamModerateResponse};
+
+/// How to reach a modbot server.
+#[derive(Clone)]
+pub struct Server {
+    endpoint: Endpoint,
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl Server {
+    /// The server `[bridge]` names: `server_url`, `server_ca_file`, `server_token`.
+    pub fn from_config(bridge: &BridgeConfig) -> anyhow::Result<Self> {
+        let token = bridge.server_token()?;
+        let ca = if bridge.server_ca_file.as_os_str().is_empty() {
+            None
+        } else {
+            Some(std::fs::read(&bridge.server_ca_file).with_context(|| {
+                format!(
+                    "bridge.server_ca_file: cannot read {}",
+                    bridge.server_ca_file.display()
+                )
+            })?)
+        };
+        Self::new(&bridge.server_url, ca.as_deref(), token.as_deref())
+    }
+
+    /// A server at `url` (`http://` or `https://`), trusting `ca_pem` (or the system's roots)
+    /// for TLS, sending `token` as a bearer token.
+    pub fn new(url: &str, ca_pem: Option<&[u8]>, token: Option<&str>) -> anyhow::Result<Self> {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("bridge.server_url: `{url}` is not a URL"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            // A server that vanished without closing (a killed pod, a cut network) is noticed
+            // within half a minute, not at the next TCP timeout.
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        if url.starts_with("https://") {
+            let tls = match ca_pem {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .context("bridge.server_url: TLS configuration")?;
+        }
+        let authorization = token
+            .map(|token| {
+                format!("Bearer {token}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .context("bridge.server_token: must be printable ASCII")
+            })
+            .transpose()?;
+        Ok(Self {
+            endpoint,
+            authorization,
+        })
+    }
+
+    /// Connects.
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        self.endpoint.connect().await
+    }
+
+    /// Opens a `StreamModerate` stream on `channel` carrying `requests`.
+    pub async fn stream_moderate(
+        &self,
+        channel: Channel,
+        requests: impl tokio_stream::Stream<Item = StreamModerateRequest> + Send + 'static,
+    ) -> Result<tonic::Streaming<StreamModerateResponse>, tonic::Status> {
+        let mut request = tonic::Request::new(requests);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        let response = ModerationClient::new(channel)
+            .stream_moderate(request)
+            .await?;
+        Ok(response.into_inner())
+    }
+}
