@@ -1,4 +1,5 @@
-//! The `modbot` command line: `serve`, `migrate`, `config`, `fetch-model`, `train`, `eval`.
+//! The `modbot` command line: `serve`, `migrate`, `config`, `fetch-model`, `train`, `eval`,
+//! `bridge`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,55 @@ enum Command {
     /// Evaluate heads on held-out data next to baselines; compare two heads directories;
     /// check that recorded metrics reproduce.
     Eval(EvalArgs),
+    /// Bridge a destiny.gg or Strims chat into a modbot server: chat events go to its
+    /// StreamModerate, its actions come back as chat commands ([bridge] in the config; the
+    /// login token comes from MODBOT_BRIDGE_CHAT_TOKEN or bridge.chat_token_file).
+    Bridge(BridgeArgs),
+}
+
+/// `modbot bridge`. Each flag is a shorthand for `--set bridge.KEY=VALUE`; the tokens have
+/// no flags (flags show in `ps`).
+#[derive(Debug, Args)]
+struct BridgeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// bridge.chat_url: the chat's WebSocket (wss://chat.destiny.gg/ws, wss://chat.strims.gg/ws).
+    #[arg(long, value_name = "URL")]
+    chat_url: Option<String>,
+    /// bridge.dialect: dgg or strims.
+    #[arg(long, value_name = "DIALECT")]
+    dialect: Option<String>,
+    /// bridge.channel: the channel name modbot knows this chat by.
+    #[arg(long, value_name = "NAME")]
+    channel: Option<String>,
+    /// bridge.bot_nick: the bot account's nick.
+    #[arg(long, value_name = "NICK")]
+    bot_nick: Option<String>,
+    /// bridge.server_url: the modbot server (http:// or https://).
+    #[arg(long, value_name = "URL")]
+    server_url: Option<String>,
+    /// bridge.bridge_id: this bridge's stable id.
+    #[arg(long, value_name = "ID")]
+    bridge_id: Option<String>,
+}
+
+impl BridgeArgs {
+    fn load(&self) -> Result<Loaded, crate::config::ConfigError> {
+        let mut extra = Vec::new();
+        for (key, value) in [
+            ("bridge.chat_url", &self.chat_url),
+            ("bridge.dialect", &self.dialect),
+            ("bridge.channel", &self.channel),
+            ("bridge.bot_nick", &self.bot_nick),
+            ("bridge.server_url", &self.server_url),
+            ("bridge.bridge_id", &self.bridge_id),
+        ] {
+            if let Some(value) = value {
+                extra.push((key.to_owned(), value.clone()));
+            }
+        }
+        self.config.load_with(extra)
+    }
 }
 
 /// Options shared by `train` and `eval`.
@@ -188,7 +238,15 @@ struct ConfigArgs {
 
 impl ConfigArgs {
     fn load(&self) -> Result<Loaded, crate::config::ConfigError> {
-        let mut overrides = Vec::new();
+        self.load_with(Vec::new())
+    }
+
+    /// Loads with `extra` overrides (a subcommand's own shorthands) under the `--set` ones.
+    fn load_with(
+        &self,
+        extra: Vec<(String, String)>,
+    ) -> Result<Loaded, crate::config::ConfigError> {
+        let mut overrides = extra;
         for (key, value) in [
             ("grpc.addr", &self.grpc_addr),
             ("metrics.addr", &self.metrics_addr),
@@ -221,8 +279,13 @@ pub fn main() -> ExitCode {
     | Command::Config(args)
     | Command::FetchModel { config: args, .. }
     | Command::Train(TrainArgs { config: args, .. })
-    | Command::Eval(EvalArgs { config: args, .. })) = &cli.command;
-    let Loaded { config, warnings } = match args.load() {
+    | Command::Eval(EvalArgs { config: args, .. })
+    | Command::Bridge(BridgeArgs { config: args, .. })) = &cli.command;
+    let loaded = match &cli.command {
+        Command::Bridge(bridge) => bridge.load(),
+        _ => args.load(),
+    };
+    let Loaded { config, warnings } = match loaded {
         Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("error: configuration: {error}");
@@ -275,6 +338,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(_) => run_serve(config).await,
+            Command::Bridge(_) => run_bridge(config).await,
             Command::Migrate(_) => run_migrate(config).await,
             Command::Train(args) => {
                 let feedback = load_feedback(&config).await?;
@@ -302,7 +366,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run_serve(config: Config) -> anyhow::Result<()> {
+/// Serves Prometheus metrics on `metrics.addr`, when set.
+fn install_metrics(config: &Config) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
     if let Some(addr) = config.metrics.addr {
@@ -312,6 +377,21 @@ async fn run_serve(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot serve metrics on {addr} (metrics.addr)"))?;
         tracing::info!(%addr, "metrics on /metrics");
     }
+    Ok(())
+}
+
+async fn run_bridge(config: Config) -> anyhow::Result<()> {
+    // Checked before the metrics listener starts, so a mistake is the first thing said.
+    config.bridge.validate()?;
+    install_metrics(&config)?;
+    crate::bridge::run(&config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn run_serve(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+
+    install_metrics(&config)?;
     let addr = config.grpc.addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
