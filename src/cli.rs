@@ -292,6 +292,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Bridge(_) = cli.command
+        && let Err(error) = config.bridge.validate()
+    {
+        eprintln!("error: configuration: {error}");
+        return ExitCode::from(2);
+    }
     if let Command::Config(_) = cli.command {
         print!("{}", config.to_redacted_toml());
         return ExitCode::SUCCESS;
@@ -381,8 +387,6 @@ fn install_metrics(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn run_bridge(config: Config) -> anyhow::Result<()> {
-    // Checked before the metrics listener starts, so a mistake is the first thing said.
-    config.bridge.validate()?;
     install_metrics(&config)?;
     crate::bridge::run(&config, shutdown_signal()).await?;
     Ok(())

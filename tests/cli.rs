@@ -81,6 +81,80 @@ fn config_prints_the_effective_configuration_redacted() {
 }
 
 #[test]
+fn bridge_configuration_errors_exit_2_naming_the_key_and_tokens_stay_secret() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let chat = ["bridge", "--chat-url", "wss://chat.example/ws"];
+    let cases: &[Case] = &[
+        (&["bridge", "--bot-nick", "b"], &[], "bridge.chat_url"),
+        (
+            &[
+                "bridge",
+                "--chat-url",
+                "https://chat.example/ws",
+                "--bot-nick",
+                "b",
+            ],
+            &[],
+            "bridge.chat_url",
+        ),
+        (&chat, &[], "bridge.bot_nick"),
+        (
+            &[
+                chat[0],
+                chat[1],
+                chat[2],
+                "--bot-nick",
+                "b",
+                "--dialect",
+                "irc",
+            ],
+            &[],
+            "bridge.dialect",
+        ),
+        (
+            &[
+                chat[0],
+                chat[1],
+                chat[2],
+                "--bot-nick",
+                "b",
+                "--server-url",
+                "tcp://x",
+            ],
+            &[],
+            "bridge.server_url",
+        ),
+        (
+            &[chat[0], chat[1], chat[2], "--bot-nick", "b"],
+            &[("MODBOT_BRIDGE_CHAT_TOKEN_FILE", "/nonexistent/token")],
+            "bridge.chat_token_file",
+        ),
+        (
+            &[chat[0], chat[1], chat[2], "--bot-nick", "b"],
+            &[("MODBOT_BRIDGE_BUFFER_EVENTS", "0")],
+            "bridge.buffer_events",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let (output, stderr) = run(modbot(args).envs(env.iter().copied()));
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error: configuration") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+    }
+    let (output, stderr) = run(modbot(&["config"])
+        .env("MODBOT_BRIDGE_CHAT_TOKEN", "s3cret-chat-login")
+        .env("MODBOT_BRIDGE_SERVER_TOKEN", "s3cret-bearer-token"));
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+    let printed: toml::Table = stdout.parse().expect("the output is TOML");
+    assert_eq!(printed["bridge"]["chat_token"].as_str(), Some("***"));
+    assert_eq!(printed["bridge"]["server_token"].as_str(), Some("***"));
+}
+
+#[test]
 fn migrate_creates_the_embedded_database() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");

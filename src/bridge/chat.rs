@@ -108,7 +108,10 @@ pub async fn run(
                     backoff.reset();
                 }
                 let delay = backoff.next();
-                tracing::warn!(delay_ms = delay.as_millis() as u64, "chat connection lost: {why}");
+                tracing::warn!(
+                    delay_ms = delay.as_millis() as u64,
+                    "chat connection lost: {why}"
+                );
                 delay
             }
         };
@@ -119,9 +122,8 @@ pub async fn run(
     }
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(options: &ChatOptions) -> Result<Socket, String> {
     let mut request = options

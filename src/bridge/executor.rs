@@ -165,7 +165,10 @@ impl Executor {
         } else if command.target.trim().is_empty() {
             refuse("invalidcommand", "the command names no target".to_owned())
         } else if expires_at.is_some_and(|at| at <= now) {
-            refuse("expired", "the command expired before it could be sent".to_owned())
+            refuse(
+                "expired",
+                "the command expired before it could be sent".to_owned(),
+            )
         } else {
             None
         };
@@ -332,9 +335,7 @@ impl Executor {
 /// The chat command that carries out an action, or why there is none.
 fn chat_command(command: &ActionCommand) -> Result<Command, (String, String)> {
     let nick = command.target.clone();
-    let duration = command
-        .duration
-        .and_then(|d| Duration::try_from(d).ok());
+    let duration = command.duration.and_then(|d| Duration::try_from(d).ok());
     let kind = ActionKind::try_from(command.kind).unwrap_or(ActionKind::Unspecified);
     match kind {
         ActionKind::Hide | ActionKind::Timeout => match duration {
@@ -411,34 +412,73 @@ mod tests {
     fn a_mute_is_sent_in_nanoseconds_and_confirmed_by_its_broadcast() {
         let mut e = executor();
         let t0 = Instant::now();
-        assert_eq!(e.offer(command("a1", ActionKind::Timeout, "Bob", Some(60)), SystemTime::now()), None);
-        assert_eq!(send(&mut e, t0), r#"MUTE {"data":"Bob","duration":60000000000}"#);
+        assert_eq!(
+            e.offer(
+                command("a1", ActionKind::Timeout, "Bob", Some(60)),
+                SystemTime::now()
+            ),
+            None
+        );
+        assert_eq!(
+            send(&mut e, t0),
+            r#"MUTE {"data":"Bob","duration":60000000000}"#
+        );
         // Someone else's mute of Bob, or the bot's mute of someone else, is not the answer.
         assert_eq!(e.on_frame(&broadcast(Moderation::Mute, "Mod", "Bob")), None);
-        assert_eq!(e.on_frame(&broadcast(Moderation::Mute, "modbot", "Carol")), None);
-        assert_eq!(e.on_frame(&broadcast(Moderation::Ban, "modbot", "Bob")), None);
-        let result = e.on_frame(&broadcast(Moderation::Mute, "ModBot", "bob")).unwrap();
+        assert_eq!(
+            e.on_frame(&broadcast(Moderation::Mute, "modbot", "Carol")),
+            None
+        );
+        assert_eq!(
+            e.on_frame(&broadcast(Moderation::Ban, "modbot", "Bob")),
+            None
+        );
+        let result = e
+            .on_frame(&broadcast(Moderation::Mute, "ModBot", "bob"))
+            .unwrap();
         assert!(result.ok, "{result:?}");
         assert_eq!(result.action_id, "a1");
         // Sent again by modbot (its result was lost): answered from memory, not sent again.
-        let again = e.offer(command("a1", ActionKind::Timeout, "Bob", Some(60)), SystemTime::now());
+        let again = e.offer(
+            command("a1", ActionKind::Timeout, "Bob", Some(60)),
+            SystemTime::now(),
+        );
         assert_eq!(again, Some(result));
         let mut reports = Vec::new();
-        assert_eq!(e.poll(t0 + Duration::from_secs(10), SystemTime::now(), &mut reports), Step::Wait(None));
+        assert_eq!(
+            e.poll(
+                t0 + Duration::from_secs(10),
+                SystemTime::now(),
+                &mut reports
+            ),
+            Step::Wait(None)
+        );
     }
 
     #[test]
     fn an_err_fails_the_command_in_flight_with_its_code() {
         let mut e = executor();
-        e.offer(command("a1", ActionKind::Ban, "Admin", None), SystemTime::now());
+        e.offer(
+            command("a1", ActionKind::Ban, "Admin", None),
+            SystemTime::now(),
+        );
         let frame = send(&mut e, Instant::now());
         assert!(frame.starts_with("BAN "), "{frame}");
         assert!(frame.contains(r#""ispermanent":true"#), "{frame}");
-        let result = e.on_frame(&Frame::Err { code: "nopermission".into() }).unwrap();
+        let result = e
+            .on_frame(&Frame::Err {
+                code: "nopermission".into(),
+            })
+            .unwrap();
         assert!(!result.ok);
         assert_eq!(result.error_code, "nopermission");
         // An ERR with nothing in flight belongs to nothing.
-        assert_eq!(e.on_frame(&Frame::Err { code: "notfound".into() }), None);
+        assert_eq!(
+            e.on_frame(&Frame::Err {
+                code: "notfound".into()
+            }),
+            None
+        );
     }
 
     #[test]
@@ -449,7 +489,8 @@ mod tests {
         }
         let t0 = Instant::now();
         send(&mut e, t0);
-        e.on_frame(&broadcast(Moderation::Unmute, "modbot", "a1")).unwrap();
+        e.on_frame(&broadcast(Moderation::Unmute, "modbot", "a1"))
+            .unwrap();
         let mut reports = Vec::new();
         let Step::Wait(Some(next)) = e.poll(t0, SystemTime::now(), &mut reports) else {
             panic!("the next command waits for its slot")
@@ -458,16 +499,29 @@ mod tests {
         let frame = send(&mut e, next);
         assert!(frame.contains("a2"));
         // Throttled: not an outcome; the same command goes again, twice as far apart.
-        assert_eq!(e.on_frame(&Frame::Err { code: "throttled".into() }), None);
+        assert_eq!(
+            e.on_frame(&Frame::Err {
+                code: "throttled".into()
+            }),
+            None
+        );
         assert_eq!(e.pacing_factor(), 2);
         let Step::Wait(Some(retry)) = e.poll(next, SystemTime::now(), &mut reports) else {
             panic!("the retry waits")
         };
-        assert!(retry - next > Duration::from_millis(600), "{:?}", retry - next);
-        assert!(send(&mut e, retry).contains("a2"), "the throttled command goes first");
+        assert!(
+            retry - next > Duration::from_millis(600),
+            "{:?}",
+            retry - next
+        );
+        assert!(
+            send(&mut e, retry).contains("a2"),
+            "the throttled command goes first"
+        );
         assert!(reports.is_empty());
         // After five quiet minutes the factor resets.
-        e.on_frame(&broadcast(Moderation::Unmute, "modbot", "a2")).unwrap();
+        e.on_frame(&broadcast(Moderation::Unmute, "modbot", "a2"))
+            .unwrap();
         let later = retry + Duration::from_secs(301);
         send(&mut e, later);
         assert_eq!(e.pacing_factor(), 1);
@@ -476,22 +530,47 @@ mod tests {
     #[test]
     fn silence_is_noreply_and_a_drop_is_unconfirmed_never_resent() {
         let mut e = executor();
-        e.offer(command("a1", ActionKind::Hide, "Bob", Some(10)), SystemTime::now());
-        e.offer(command("a2", ActionKind::Timeout, "Carol", Some(60)), SystemTime::now());
+        e.offer(
+            command("a1", ActionKind::Hide, "Bob", Some(10)),
+            SystemTime::now(),
+        );
+        e.offer(
+            command("a2", ActionKind::Timeout, "Carol", Some(60)),
+            SystemTime::now(),
+        );
         let t0 = Instant::now();
         send(&mut e, t0);
         let mut reports = Vec::new();
-        assert_eq!(e.poll(t0 + Duration::from_secs(1), SystemTime::now(), &mut reports), Step::Wait(Some(t0 + Duration::from_secs(5))));
+        assert_eq!(
+            e.poll(t0 + Duration::from_secs(1), SystemTime::now(), &mut reports),
+            Step::Wait(Some(t0 + Duration::from_secs(5)))
+        );
         let step = e.poll(t0 + Duration::from_secs(6), SystemTime::now(), &mut reports);
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].error_code, "noreply");
         assert!(matches!(step, Step::Send(ref f) if f.contains("Carol")));
         let dropped = e.disconnected().unwrap();
-        assert_eq!((dropped.action_id.as_str(), dropped.error_code.as_str()), ("a2", "unconfirmed"));
+        assert_eq!(
+            (dropped.action_id.as_str(), dropped.error_code.as_str()),
+            ("a2", "unconfirmed")
+        );
         e.connected();
         // Offered again after the reconnect: the remembered outcome, not a second mute.
-        assert_eq!(e.offer(command("a2", ActionKind::Timeout, "Carol", Some(60)), SystemTime::now()), Some(dropped));
-        assert_eq!(e.poll(t0 + Duration::from_secs(20), SystemTime::now(), &mut reports), Step::Wait(None));
+        assert_eq!(
+            e.offer(
+                command("a2", ActionKind::Timeout, "Carol", Some(60)),
+                SystemTime::now()
+            ),
+            Some(dropped)
+        );
+        assert_eq!(
+            e.poll(
+                t0 + Duration::from_secs(20),
+                SystemTime::now(),
+                &mut reports
+            ),
+            Step::Wait(None)
+        );
     }
 
     #[test]
@@ -516,12 +595,25 @@ mod tests {
     #[test]
     fn what_the_chat_cannot_do_is_refused_at_once() {
         let mut e = executor();
-        let warn = e.offer(command("w", ActionKind::Warn, "Bob", None), SystemTime::now()).unwrap();
+        let warn = e
+            .offer(
+                command("w", ActionKind::Warn, "Bob", None),
+                SystemTime::now(),
+            )
+            .unwrap();
         assert_eq!(warn.error_code, "unsupported");
         let mut other = command("o", ActionKind::Timeout, "Bob", Some(60));
         other.channel = "strims".into();
-        assert_eq!(e.offer(other, SystemTime::now()).unwrap().error_code, "wrongchannel");
-        let no_duration = e.offer(command("d", ActionKind::Timeout, "Bob", None), SystemTime::now()).unwrap();
+        assert_eq!(
+            e.offer(other, SystemTime::now()).unwrap().error_code,
+            "wrongchannel"
+        );
+        let no_duration = e
+            .offer(
+                command("d", ActionKind::Timeout, "Bob", None),
+                SystemTime::now(),
+            )
+            .unwrap();
         assert_eq!(no_duration.error_code, "invalidcommand");
         assert_eq!(e.backlog(), 0);
     }

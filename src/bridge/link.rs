@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use super::Backoff;
 use super::client::Server;
 use super::outbox::Outbox;
-use super::Backoff;
-use crate::proto::{ActionCommand, Hello, StreamModerateRequest, stream_moderate_request, stream_moderate_response};
+use crate::proto::{
+    ActionCommand, Hello, StreamModerateRequest, stream_moderate_request, stream_moderate_response,
+};
 
 /// Requests queued on a stream ahead of HTTP/2 (the outbox holds the rest).
 const STREAM_QUEUE: usize = 256;
@@ -50,7 +52,11 @@ pub async fn run(
                     backoff.reset();
                 }
                 let delay = backoff.next();
-                tracing::warn!(delay_ms = delay.as_millis() as u64, held = outbox.held(), "modbot stream lost: {why}");
+                tracing::warn!(
+                    delay_ms = delay.as_millis() as u64,
+                    held = outbox.held(),
+                    "modbot stream lost: {why}"
+                );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return,

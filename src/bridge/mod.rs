@@ -160,7 +160,10 @@ pub async fn run(
     let _ = link_task.await;
     core.report.events_dropped = outbox.dropped();
     if outbox.held() > 0 {
-        tracing::warn!(held = outbox.held(), "bridge stopped with chat events modbot had not answered");
+        tracing::warn!(
+            held = outbox.held(),
+            "bridge stopped with chat events modbot had not answered"
+        );
     }
     tracing::info!(report = ?core.report, "bridge stopped");
     Ok(core.report)
@@ -372,7 +375,10 @@ mod tests {
         let delays: Vec<Duration> = (0..6).map(|_| backoff.next()).collect();
         for (delay, window) in delays.iter().zip([100u64, 200, 400, 800, 1000, 1000]) {
             let window = Duration::from_millis(window);
-            assert!(*delay >= window / 2 && *delay <= window, "{delay:?} outside the upper half of {window:?}");
+            assert!(
+                *delay >= window / 2 && *delay <= window,
+                "{delay:?} outside the upper half of {window:?}"
+            );
         }
         backoff.reset();
         assert!(backoff.next() <= Duration::from_millis(100));

@@ -173,7 +173,9 @@ mod tests {
     fn popped_id(outbox: &Outbox) -> Option<String> {
         match outbox.pop()?.kind? {
             stream_moderate_request::Kind::Event(e) => message_id(&e).map(str::to_owned),
-            stream_moderate_request::Kind::ActionResult(r) => Some(format!("result:{}", r.action_id)),
+            stream_moderate_request::Kind::ActionResult(r) => {
+                Some(format!("result:{}", r.action_id))
+            }
             stream_moderate_request::Kind::Hello(_) => None,
         }
     }
@@ -190,7 +192,11 @@ mod tests {
             action_id: "a".into(),
             ..Default::default()
         });
-        assert_eq!(popped_id(&outbox).as_deref(), Some("result:a"), "results first");
+        assert_eq!(
+            popped_id(&outbox).as_deref(),
+            Some("result:a"),
+            "results first"
+        );
         assert_eq!(popped_id(&outbox).as_deref(), Some("m3"));
     }
 

@@ -415,7 +415,11 @@ impl Command {
             }
             Self::Unmute { nick } | Self::Unban { nick } => serde_json::json!({"data": nick}),
         };
-        format!("{} {}", self.confirmed_by().event(), Value::to_string(&payload))
+        format!(
+            "{} {}",
+            self.confirmed_by().event(),
+            Value::to_string(&payload)
+        )
     }
 }
 
@@ -544,7 +548,10 @@ mod tests {
         ));
         let huge = format!("MSG {{\"nick\":\"a\",\"data\":\"{}\"}}", "x".repeat(7000));
         assert_eq!(parse(&huge), Err(FrameError::TooLong(huge.len())));
-        assert_eq!(parse_bytes(b"MSG {\"data\":\"\xff\"}"), Err(FrameError::NotUtf8));
+        assert_eq!(
+            parse_bytes(b"MSG {\"data\":\"\xff\"}"),
+            Err(FrameError::NotUtf8)
+        );
         assert_eq!(
             parse("SOMETHINGNEW {}").unwrap(),
             Frame::Other("SOMETHINGNEW".into())
@@ -577,7 +584,11 @@ mod tests {
             reason: "spam".into(),
             duration: None,
         };
-        let (event, payload) = ban.encode().split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())).unwrap();
+        let (event, payload) = ban
+            .encode()
+            .split_once(' ')
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .unwrap();
         assert_eq!(event, "BAN");
         let payload: Value = serde_json::from_str(&payload).unwrap();
         assert_eq!(payload["nick"], "Bob");
@@ -644,7 +655,11 @@ mod tests {
                 _ => {
                     // Insert, sometimes a lot.
                     let at = (next() % bytes.len() as u64) as usize;
-                    let n = if next() % 50 == 0 { 7000 } else { 1 + next() % 8 };
+                    let n = if next() % 50 == 0 {
+                        7000
+                    } else {
+                        1 + next() % 8
+                    };
                     for _ in 0..n {
                         bytes.insert(at, alphabet[(next() % alphabet.len() as u64) as usize]);
                     }
