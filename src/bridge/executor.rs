@@ -108,6 +108,7 @@ pub struct Executor {
     done: lru::LruCache<String, ActionResult>,
     pacing: Pacing,
     connected: bool,
+    stopping: bool,
 }
 
 impl Executor {
@@ -126,6 +127,7 @@ impl Executor {
             done: lru::LruCache::new(NonZeroUsize::new(REMEMBERED).expect("non-zero")),
             pacing,
             connected: false,
+            stopping: false,
         }
     }
 
@@ -147,7 +149,7 @@ impl Executor {
             tracing::info!(action = %command.action_id, "an action already carried out was sent again; answering from memory");
             return Some(result.clone());
         }
-        if self.active.contains(&command.action_id) {
+        if self.stopping || self.active.contains(&command.action_id) {
             return None;
         }
         let expires_at = command
@@ -188,6 +190,15 @@ impl Executor {
                 None
             }
             Err((code, detail)) => Some(self.finish(command.action_id, false, &code, detail)),
+        }
+    }
+
+    /// The bridge is stopping: queued commands are forgotten (never sent, modbot sends them to
+    /// the next bridge) and new ones ignored; only the command in flight still gets its answer.
+    pub fn stop_taking(&mut self) {
+        self.stopping = true;
+        for queued in self.queue.drain(..) {
+            self.active.remove(&queued.action_id);
         }
     }
 
@@ -590,6 +601,46 @@ mod tests {
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].error_code, "expired");
         assert_eq!(e.backlog(), 0);
+    }
+
+    #[test]
+    fn stopping_keeps_only_the_command_in_flight() {
+        let mut e = executor();
+        e.offer(
+            command("a1", ActionKind::Timeout, "Bob", Some(60)),
+            SystemTime::now(),
+        );
+        e.offer(
+            command("a2", ActionKind::Timeout, "Carol", Some(60)),
+            SystemTime::now(),
+        );
+        let t0 = Instant::now();
+        send(&mut e, t0);
+        e.stop_taking();
+        assert_eq!(
+            e.backlog(),
+            1,
+            "a2 was never sent: modbot gives it to the next bridge"
+        );
+        assert_eq!(
+            e.offer(
+                command("a3", ActionKind::Unban, "Dan", None),
+                SystemTime::now()
+            ),
+            None
+        );
+        assert_eq!(e.backlog(), 1);
+        assert!(
+            e.on_frame(&broadcast(Moderation::Mute, "modbot", "Bob"))
+                .unwrap()
+                .ok
+        );
+        let mut reports = Vec::new();
+        assert_eq!(
+            e.poll(t0 + Duration::from_secs(1), SystemTime::now(), &mut reports),
+            Step::Wait(None)
+        );
+        assert!(reports.is_empty());
     }
 
     #[test]

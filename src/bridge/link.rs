@@ -135,7 +135,34 @@ async fn stream(
                     Some(stream_moderate_response::Kind::Welcome(_)) | None => {}
                 }
             }
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => break,
         }
+    }
+    hand_over(tx, responses, outbox).await;
+    Ok(())
+}
+
+/// How long a stopping bridge waits for the server to take its last results.
+const HAND_OVER: Duration = Duration::from_secs(3);
+
+/// Stopping: sends the results still held (so modbot does not send this bridge's finished
+/// actions to the next one), closes the bridge's side and lets the server finish.
+async fn hand_over(
+    tx: mpsc::Sender<StreamModerateRequest>,
+    mut responses: tonic::Streaming<crate::proto::StreamModerateResponse>,
+    outbox: &Outbox,
+) {
+    let handed = async {
+        while let Some(result) = outbox.pop_result() {
+            if tx.send(result).await.is_err() {
+                return;
+            }
+        }
+        drop(tx);
+        // The server answers what it read, then ends the stream.
+        while let Ok(Some(_)) = responses.message().await {}
+    };
+    if tokio::time::timeout(HAND_OVER, handed).await.is_err() {
+        tracing::warn!("the server did not take the bridge's last results in time");
     }
 }

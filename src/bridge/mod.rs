@@ -139,6 +139,7 @@ pub async fn run(
     ));
     let mut core = Core {
         channel: channel.clone(),
+        command_timeout: Duration::from_millis(settings.command_timeout_ms),
         bot_nick: settings.bot_nick.clone(),
         executor: Executor::new(ExecutorOptions {
             channel,
@@ -155,8 +156,8 @@ pub async fn run(
     core.run(signals_rx, commands_rx, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = chat_task.await;
-    // The stream gets a moment to hand over what is held; a bridge stopping with events still
-    // held says so.
+    // The stream hands over the results held (see `link::run`); a bridge stopping with events
+    // still held says so.
     let _ = link_task.await;
     core.report.events_dropped = outbox.dropped();
     if outbox.held() > 0 {
@@ -171,6 +172,7 @@ pub async fn run(
 
 struct Core {
     channel: String,
+    command_timeout: Duration,
     bot_nick: String,
     executor: Executor,
     outbox: Arc<Outbox>,
@@ -189,8 +191,17 @@ impl Core {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        // Once stopping: the command in flight gets its answer (so the next bridge is not
+        // sent an action this one carried out), for at most a command timeout.
+        let mut stopping: Option<Instant> = None;
         loop {
-            let wait = self.pump();
+            let mut wait = self.pump();
+            if let Some(deadline) = stopping {
+                if self.executor.backlog() == 0 || Instant::now() >= deadline {
+                    return;
+                }
+                wait = Some(wait.map_or(deadline, |w| w.min(deadline)));
+            }
             let sleep = async {
                 match wait {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -221,7 +232,10 @@ impl Core {
                     None => return,
                 },
                 () = sleep => {}
-                () = &mut shutdown => return,
+                () = &mut shutdown, if stopping.is_none() => {
+                    self.executor.stop_taking();
+                    stopping = Some(Instant::now() + self.command_timeout);
+                }
             }
         }
     }

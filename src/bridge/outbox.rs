@@ -122,6 +122,14 @@ impl Outbox {
         Some(StreamModerateRequest { kind: Some(kind) })
     }
 
+    /// The next result to send, leaving events (for a bridge that is stopping).
+    pub fn pop_result(&self) -> Option<StreamModerateRequest> {
+        let result = self.lock().results.pop_front()?;
+        Some(StreamModerateRequest {
+            kind: Some(stream_moderate_request::Kind::ActionResult(result)),
+        })
+    }
+
     /// The server answered the message `message_id` (and, answering in order, every message
     /// sent before it).
     pub fn answered(&self, message_id: &str) {
