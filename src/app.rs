@@ -49,6 +49,10 @@ pub struct App {
     pub dispatcher: Dispatcher,
     /// The stored rule set and the revision in force (`Admin` rules and policies).
     pub rules: crate::ruleset::RuleSource,
+    /// Turns true when the server starts shutting down: long-lived streams finish what they
+    /// read and end, so their bridges reconnect (to another replica) instead of being cut at
+    /// the end of the grace period.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -288,7 +292,8 @@ pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
 /// failing with [`ServeError::Store`]) and applies migrations, then seeds an empty database
 /// with the rules file and compiles the stored rule set ([`crate::ruleset`]); health reports
 /// `SERVING` only after that. On shutdown, health turns `NOT_SERVING`, no new connections are
-/// accepted, and in-flight calls get `grpc.shutdown_grace_secs` to finish.
+/// accepted, streams stop reading, answer what they read and end with `UNAVAILABLE`, and
+/// in-flight calls get `grpc.shutdown_grace_secs` to finish.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -337,6 +342,7 @@ pub async fn serve(
         stats: crate::stats::Stats::new(),
         dispatcher: dispatcher.clone(),
         rules: rule_source,
+        stopping: tokio::sync::watch::Sender::new(false),
     });
     let reload = ReloadTask::spawn(Arc::clone(&app));
 
@@ -399,6 +405,7 @@ pub async fn serve(
             health
                 .set_service_status(MODEL_HEALTH_NAME, ServingStatus::NotServing)
                 .await;
+            app.stopping.send_replace(true);
             let _ = stop_tx.send(());
             match tokio::time::timeout(grace, &mut server).await {
                 Ok(result) => result,

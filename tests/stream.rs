@@ -521,3 +521,34 @@ async fn a_client_that_does_not_read_slows_its_own_stream() {
     producer.await.unwrap();
     server.stop().await.expect("clean stop");
 }
+
+/// A server shutting down ends its streams: what it read is answered, then the stream ends
+/// with UNAVAILABLE (so the bridge reconnects elsewhere and resends the rest), and the server
+/// stops without waiting out its grace period on them.
+#[tokio::test]
+async fn shutdown_answers_what_was_read_and_ends_streams_with_unavailable() {
+    let mut server = TestServer::start(|config| config.grpc.shutdown_grace_secs = 30).await;
+    let (tx, mut responses) = open(&server, 64).await;
+    tx.send(say("m1", "alice", "hello there", T0))
+        .await
+        .unwrap();
+    assert_eq!(next_verdict(&mut responses).await.message_id, "m1");
+    server.signal_shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match responses.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => break status,
+            }
+        }
+    });
+    let status = ended
+        .await
+        .expect("the stream ends at shutdown, not after the grace");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    assert!(status.message().contains("shutting down"), "{status}");
+    // The stream no longer holds the server: it stops long before its 30 s grace.
+    server.stop().await.expect("a clean stop");
+    drop(tx);
+}

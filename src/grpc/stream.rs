@@ -130,9 +130,20 @@ impl Session {
                 let this = Arc::clone(&this);
                 async move { this.finish_all(items_rx).await }.in_current_span()
             });
-            this.read(inbound, items_tx).await;
+            let stopping = this.read(inbound, items_tx).await;
             if let Err(error) = finisher.await {
                 tracing::error!(%error, "the stream's decision task failed");
+            }
+            if stopping {
+                // Everything read is answered; the bridge resends the rest to the replica it
+                // reconnects to.
+                let _ = this
+                    .responses_tx
+                    .send(Err(Status::unavailable(
+                        "modbot is shutting down; reconnect and send again what has no verdict",
+                    )))
+                    .await;
+                tracing::info!("stream ended: the server is shutting down");
             }
             drop(registration);
             let _ = forwarder.await;
@@ -142,11 +153,18 @@ impl Session {
     }
 
     /// Stage one: reads requests, checks them and starts their model scoring, in order.
-    async fn read(&self, mut inbound: Streaming<StreamModerateRequest>, items: mpsc::Sender<Item>) {
+    /// Returns true when it stopped because the server is shutting down.
+    async fn read(
+        &self,
+        mut inbound: Streaming<StreamModerateRequest>,
+        items: mpsc::Sender<Item>,
+    ) -> bool {
+        let mut stopping = self.app.stopping.subscribe();
         loop {
             let request = tokio::select! {
                 request = inbound.message() => request,
                 () = items.closed() => break,
+                _ = stopping.wait_for(|stopping| *stopping) => return true,
             };
             match request {
                 Ok(Some(request)) => {
@@ -162,6 +180,7 @@ impl Session {
                 }
             }
         }
+        false
     }
 
     /// Stage two: decides and answers, strictly in the order read.
