@@ -1,0 +1,769 @@
+//! `modbot bridge` end to end: a real modbot server, the protocol-faithful test chat
+//! (tests/chat_server) in both dialects, and the bridge between them, as the binary runs it.
+//!
+//! Spam in the chat becomes a MUTE in nanoseconds and an executed action; a moderator's
+//! ExecuteAction reaches the chat and a refusal (`nopermission`) fails it with that code; the
+//! chat dropping, refreshing or sending garbage and modbot restarting never lose the bridge
+//! or make it act twice; a human moderator's MUTE becomes a feedback example; the buffer
+//! towards an unreachable modbot stays bounded.
+
+mod chat_server;
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chat_server::{ChatClient, ChatServer, Dialect, Moderation};
+use modbot::Config;
+use modbot::bridge::BridgeReport;
+use modbot::proto::{
+    self, ActionKind, ActionSource, ActionStatus, ExecuteActionRequest,
+    actions_client::ActionsClient,
+};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tonic::transport::Channel;
+
+const BOT_TOKEN: &str = "bot-login-token";
+const MOD_TOKEN: &str = "mod-login-token";
+const SPAMMER_TOKEN: &str = "spammer-login-token";
+const USER_TOKEN: &str = "user-login-token";
+
+fn channel_of(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Dgg => "destinygg",
+        Dialect::Strims => "strims",
+    }
+}
+
+/// A chat with the bot (a moderator in both dialects), a human moderator, a spammer, an
+/// ordinary user, a protected user and an admin.
+async fn chat(dialect: Dialect) -> ChatServer {
+    let chat = ChatServer::start(dialect).await;
+    chat.add_user(BOT_TOKEN, "modbot", &["bot", "moderator"]);
+    chat.add_user(MOD_TOKEN, "Mod", &["moderator"]);
+    chat.add_user(SPAMMER_TOKEN, "Spammer", &[]);
+    chat.add_user(USER_TOKEN, "Bob", &["subscriber"]);
+    chat.add_user("protected-login-token", "Shield", &["protected"]);
+    chat.add_user("admin-login-token", "Boss", &["admin"]);
+    chat
+}
+
+/// The bridge's configuration for `chat` and a modbot server at `server`.
+fn bridge_config(chat: &ChatServer, server: SocketAddr) -> Config {
+    let mut config = Config::default();
+    config.metrics.addr = None;
+    let bridge = &mut config.bridge;
+    bridge.chat_url = chat.url.clone();
+    bridge.dialect = match chat.dialect() {
+        Dialect::Dgg => "dgg",
+        Dialect::Strims => "strims",
+    }
+    .into();
+    bridge.bot_nick = "modbot".into();
+    bridge.chat_token = BOT_TOKEN.into();
+    bridge.server_url = format!("http://{server}");
+    bridge.reconnect_min_ms = 50;
+    bridge.reconnect_max_ms = 400;
+    bridge.command_timeout_ms = 3000;
+    config
+}
+
+/// A running bridge.
+struct Bridge {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<BridgeReport>>,
+}
+
+impl Bridge {
+    fn start(config: Config) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            modbot::bridge::run(&config, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) -> BridgeReport {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("the bridge stops promptly")
+            .expect("the bridge does not panic")
+            .expect("the bridge ends cleanly")
+    }
+}
+
+/// A modbot server on `addr` (port 0 for any) with its SQLite file in `data_dir`, so a test
+/// can stop it and start it again where the bridge expects it.
+struct Modbot {
+    addr: SocketAddr,
+    channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), modbot::app::ServeError>>,
+}
+
+impl Modbot {
+    async fn start(addr: SocketAddr, data_dir: &Path) -> Self {
+        let config = common::test_config(data_dir);
+        // The port a stopped server held may take a moment to be free again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "cannot bind {addr}: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let addr = listener.local_addr().expect("bound");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(modbot::serve(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("a URI")
+            .connect_lazy();
+        Self {
+            addr,
+            channel,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn actions(&self) -> ActionsClient<Channel> {
+        ActionsClient::new(self.channel.clone())
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(15), &mut self.task)
+            .await
+            .expect("modbot stops within its grace period")
+            .expect("no panic")
+            .expect("a clean stop");
+    }
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("an address")
+}
+
+fn moderator_action(dialect: Dialect, kind: ActionKind, target: &str) -> ExecuteActionRequest {
+    ExecuteActionRequest {
+        channel: channel_of(dialect).into(),
+        target_user_id: target.into(),
+        kind: kind as i32,
+        duration: matches!(kind, ActionKind::Timeout | ActionKind::Hide).then_some(
+            prost_types::Duration {
+                seconds: 120,
+                nanos: 0,
+            },
+        ),
+        reason: "being rude".into(),
+        source: ActionSource::Moderator as i32,
+        moderator: "Mod".into(),
+        ..ExecuteActionRequest::default()
+    }
+}
+
+async fn execute(modbot: &Modbot, request: ExecuteActionRequest) -> proto::Action {
+    // The first call may race the server's start: retry UNAVAILABLE for a while.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match modbot.actions().execute_action(request.clone()).await {
+            Ok(response) => return response.into_inner().action.expect("an action"),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("ExecuteAction: {status}"),
+        }
+    }
+}
+
+/// Polls GetAction until the action leaves pending/sent, for at most 15 s.
+async fn settled(modbot: &Modbot, id: &str) -> proto::Action {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let action = modbot
+            .actions()
+            .get_action(proto::GetActionRequest { id: id.into() })
+            .await
+            .expect("GetAction")
+            .into_inner();
+        let status = ActionStatus::try_from(action.status).expect("a status");
+        if !matches!(status, ActionStatus::Pending | ActionStatus::Sent) {
+            return action;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "action never settled: {action:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls ListActions for `target` until `done` holds for one, for at most 15 s.
+async fn wait_for_action(
+    modbot: &Modbot,
+    dialect: Dialect,
+    target: &str,
+    done: impl Fn(&proto::Action) -> bool,
+) -> proto::Action {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let actions = modbot
+            .actions()
+            .list_actions(proto::ListActionsRequest {
+                channel: channel_of(dialect).into(),
+                target_user_id: target.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("ListActions")
+            .into_inner()
+            .actions;
+        if let Some(action) = actions.iter().find(|a| done(a)) {
+            return action.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no matching action on {target} among {actions:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn mutes_of<'a>(moderations: &'a [Moderation], target: &str) -> Vec<&'a Moderation> {
+    moderations
+        .iter()
+        .filter(|m| m.target == target && m.event == "MUTE")
+        .collect()
+}
+
+/// Says `lines` as `client`, far enough apart for the chat's throttle (300 ms).
+async fn say_all(client: &mut ChatClient, lines: &[&str]) {
+    for line in lines {
+        client.say(line).await;
+        tokio::time::sleep(Duration::from_millis(340)).await;
+    }
+}
+
+async fn spam_is_muted_and_recorded_executed(dialect: Dialect) {
+    let chat = chat(dialect).await;
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let modbot = Modbot::start(any_port(), data.path()).await;
+    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+    let mut spammer = chat.client(Some(SPAMMER_TOKEN)).await;
+    let mut watcher = chat.client(Some(USER_TOKEN)).await;
+    // The same pitch over and over: the repetition rule warns first, then times out.
+    say_all(
+        &mut spammer,
+        &[
+            "cheap followers and viewers at followers dot shop, best prices in town, use code ONE",
+            "cheap followers and viewers at followers dot shop, best prices in town, use code TWO",
+            "cheap followers and viewers at followers dot shop, best prices in town, use code SIX",
+            "cheap followers and viewers at followers dot shop, best prices in town, use code TEN",
+        ],
+    )
+    .await;
+    let moderations = chat
+        .wait_for_moderations(Duration::from_secs(15), |m| {
+            !mutes_of(m, "Spammer").is_empty()
+        })
+        .await;
+    let mute = mutes_of(&moderations, "Spammer")[0].clone();
+    assert_eq!(mute.moderator, "modbot");
+    let action = wait_for_action(&modbot, dialect, "Spammer", |a| {
+        a.kind == ActionKind::Timeout as i32 && a.source == ActionSource::Automod as i32
+    })
+    .await;
+    let action = settled(&modbot, &action.id).await;
+    assert_eq!(
+        action.status,
+        ActionStatus::Executed as i32,
+        "the chat's broadcast confirms the action: {action:?}"
+    );
+    let duration = action.duration.expect("a timeout has a duration");
+    let expected_ns = u64::try_from(duration.seconds).unwrap() * 1_000_000_000;
+    assert!(duration.seconds >= 60, "{duration:?}");
+    assert_eq!(
+        mute.duration_ns,
+        Some(expected_ns),
+        "MUTE carries the action's duration in nanoseconds"
+    );
+    // The chat broadcast it to everyone; destiny.gg's event says seconds, Strims' nothing.
+    let event = loop {
+        let event = watcher
+            .expect("MUTE", Duration::from_secs(5))
+            .await
+            .expect("the watcher sees the MUTE broadcast");
+        if event["data"] == "Spammer" {
+            break event;
+        }
+    };
+    match dialect {
+        Dialect::Dgg => assert_eq!(event["duration"], duration.seconds),
+        Dialect::Strims => assert!(event.get("duration").is_none(), "{event}"),
+    }
+    assert_eq!(
+        mutes_of(&chat.moderations(), "Spammer").len(),
+        1,
+        "one action, one MUTE"
+    );
+    let report = bridge.stop().await;
+    assert!(report.events >= 4, "{report:?}");
+    assert_eq!(report.events_dropped, 0);
+    modbot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spam_is_muted_in_nanoseconds_dgg() {
+    spam_is_muted_and_recorded_executed(Dialect::Dgg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spam_is_muted_in_nanoseconds_strims() {
+    spam_is_muted_and_recorded_executed(Dialect::Strims).await;
+}
+
+async fn moderator_actions_reach_the_chat(dialect: Dialect) {
+    let chat = chat(dialect).await;
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let modbot = Modbot::start(any_port(), data.path()).await;
+    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+
+    let timeout = execute(
+        &modbot,
+        moderator_action(dialect, ActionKind::Timeout, "Bob"),
+    )
+    .await;
+    let timeout = settled(&modbot, &timeout.id).await;
+    assert_eq!(timeout.status, ActionStatus::Executed as i32, "{timeout:?}");
+    let mutes = chat.moderations();
+    assert_eq!(
+        mutes_of(&mutes, "Bob")[0].duration_ns,
+        Some(120_000_000_000)
+    );
+
+    // A protected user: the chat answers ERR nopermission (an object on destiny.gg, a bare
+    // string on Strims) and the action fails with that code.
+    for target in ["Shield", "Boss"] {
+        let refused = execute(
+            &modbot,
+            moderator_action(dialect, ActionKind::Timeout, target),
+        )
+        .await;
+        let refused = settled(&modbot, &refused.id).await;
+        assert_eq!(refused.status, ActionStatus::Failed as i32, "{refused:?}");
+        assert_eq!(refused.error, "nopermission", "{refused:?}");
+    }
+    // An unknown nick cannot be banned (notfound); a ban with its reason goes through.
+    let unknown = execute(
+        &modbot,
+        moderator_action(dialect, ActionKind::Ban, "Nobody"),
+    )
+    .await;
+    assert_eq!(settled(&modbot, &unknown.id).await.error, "notfound");
+    let ban = execute(
+        &modbot,
+        moderator_action(dialect, ActionKind::Ban, "Spammer"),
+    )
+    .await;
+    assert_eq!(
+        settled(&modbot, &ban.id).await.status,
+        ActionStatus::Executed as i32
+    );
+    let banned = chat
+        .moderations()
+        .into_iter()
+        .find(|m| m.event == "BAN" && m.target == "Spammer")
+        .expect("the BAN reached the chat");
+    assert_eq!(banned.reason.as_deref(), Some("being rude"));
+    assert!(banned.permanent, "no duration is a permanent ban");
+    let unban = execute(
+        &modbot,
+        moderator_action(dialect, ActionKind::Unban, "Spammer"),
+    )
+    .await;
+    assert_eq!(
+        settled(&modbot, &unban.id).await.status,
+        ActionStatus::Executed as i32
+    );
+    // Every command was paced: no `throttled` from the chat.
+    assert!(
+        chat.commands()
+            .iter()
+            .all(|c| c.error.as_deref() != Some("throttled")),
+        "{:?}",
+        chat.commands()
+    );
+    bridge.stop().await;
+    modbot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderator_actions_reach_the_chat_dgg() {
+    moderator_actions_reach_the_chat(Dialect::Dgg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderator_actions_reach_the_chat_strims() {
+    moderator_actions_reach_the_chat(Dialect::Strims).await;
+}
+
+/// The chat drops every connection, then asks for a reconnect: the bridge comes back each
+/// time, actions before and after are carried out exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_drops_and_refreshes_never_act_twice() {
+    let dialect = Dialect::Dgg;
+    let chat = chat(dialect).await;
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let modbot = Modbot::start(any_port(), data.path()).await;
+    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+
+    let first = execute(
+        &modbot,
+        moderator_action(dialect, ActionKind::Timeout, "Bob"),
+    )
+    .await;
+    assert_eq!(
+        settled(&modbot, &first.id).await.status,
+        ActionStatus::Executed as i32
+    );
+    let accepted = chat.accepted_connections();
+    chat.drop_connections();
+    // Recorded while the bridge is away from the chat: carried out once it is back.
+    let second = execute(
+        &modbot,
+        moderator_action(dialect, ActionKind::Timeout, "Spammer"),
+    )
+    .await;
+    assert_eq!(
+        settled(&modbot, &second.id).await.status,
+        ActionStatus::Executed as i32
+    );
+    assert!(
+        chat.accepted_connections() > accepted,
+        "the bridge reconnected"
+    );
+
+    let accepted = chat.accepted_connections();
+    chat.refresh();
+    let third = execute(
+        &modbot,
+        moderator_action(dialect, ActionKind::Unmute, "Bob"),
+    )
+    .await;
+    assert_eq!(
+        settled(&modbot, &third.id).await.status,
+        ActionStatus::Executed as i32
+    );
+    assert!(chat.accepted_connections() > accepted, "REFRESH reconnects");
+
+    // Give any duplicate time to show, then count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let moderations = chat.moderations();
+    assert_eq!(mutes_of(&moderations, "Bob").len(), 1, "{moderations:?}");
+    assert_eq!(
+        mutes_of(&moderations, "Spammer").len(),
+        1,
+        "{moderations:?}"
+    );
+    assert_eq!(
+        moderations.iter().filter(|m| m.event == "UNMUTE").count(),
+        1,
+        "{moderations:?}"
+    );
+    bridge.stop().await;
+    modbot.stop().await;
+}
+
+/// modbot stops while the chat goes on: the bridge holds the chat's messages, reconnects when
+/// modbot is back on the same address, hands them over, and carries out new actions once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbot_restarts_and_the_bridge_resumes() {
+    let dialect = Dialect::Dgg;
+    let chat = chat(dialect).await;
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let modbot = Modbot::start(any_port(), data.path()).await;
+    let addr = modbot.addr;
+    let bridge = Bridge::start(bridge_config(&chat, addr));
+
+    let before = execute(
+        &modbot,
+        moderator_action(dialect, ActionKind::Timeout, "Bob"),
+    )
+    .await;
+    assert_eq!(
+        settled(&modbot, &before.id).await.status,
+        ActionStatus::Executed as i32
+    );
+    modbot.stop().await;
+
+    // Spam while modbot is down: held by the bridge, decided when modbot is back.
+    let mut spammer = chat.client(Some(SPAMMER_TOKEN)).await;
+    say_all(
+        &mut spammer,
+        &[
+            "cheap followers and viewers at followers dot shop, best prices in town, use code ONE",
+            "cheap followers and viewers at followers dot shop, best prices in town, use code TWO",
+            "cheap followers and viewers at followers dot shop, best prices in town, use code SIX",
+        ],
+    )
+    .await;
+    let modbot = Modbot::start(addr, data.path()).await;
+    let spam = wait_for_action(&modbot, dialect, "Spammer", |a| {
+        a.kind == ActionKind::Timeout as i32 && a.source == ActionSource::Automod as i32
+    })
+    .await;
+    assert_eq!(
+        settled(&modbot, &spam.id).await.status,
+        ActionStatus::Executed as i32
+    );
+    let after = execute(
+        &modbot,
+        moderator_action(dialect, ActionKind::Unmute, "Bob"),
+    )
+    .await;
+    assert_eq!(
+        settled(&modbot, &after.id).await.status,
+        ActionStatus::Executed as i32
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let moderations = chat.moderations();
+    assert_eq!(mutes_of(&moderations, "Bob").len(), 1, "{moderations:?}");
+    assert_eq!(
+        mutes_of(&moderations, "Spammer").len(),
+        1,
+        "{moderations:?}"
+    );
+    let report = bridge.stop().await;
+    assert_eq!(report.events_dropped, 0);
+    modbot.stop().await;
+}
+
+/// A human moderator mutes a user in the chat: the bridge streams the MUTE, modbot records
+/// it as an executed moderator action and turns the user's message into a feedback example.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_human_mute_becomes_feedback() {
+    for dialect in [Dialect::Dgg, Dialect::Strims] {
+        let chat = chat(dialect).await;
+        let data = tempfile::tempdir().expect("a temporary directory");
+        let modbot = Modbot::start(any_port(), data.path()).await;
+        let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+        let mut moderator = chat.client(Some(MOD_TOKEN)).await;
+        let mut bob = chat.client(Some(USER_TOKEN)).await;
+        // Let the bridge see (and modbot decide) Bob's message before the mute.
+        bob.say("you are all a bunch of clowns and i hate this stream")
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        moderator
+            .send(
+                "MUTE",
+                serde_json::json!({"data": "Bob", "duration": 600_000_000_000u64}),
+            )
+            .await;
+        let action = wait_for_action(&modbot, dialect, "Bob", |a| {
+            a.source == ActionSource::Moderator as i32
+        })
+        .await;
+        assert_eq!(action.status, ActionStatus::Executed as i32);
+        assert_eq!(action.moderator, "Mod");
+        assert_eq!(action.kind, ActionKind::Timeout as i32);
+        let store = modbot::store::Store::connect(
+            &common::test_config(data.path()).database_url(),
+            &modbot::store::ConnectOptions {
+                max_connections: 1,
+                connect_timeout: Duration::from_secs(2),
+            },
+        )
+        .await
+        .expect("the server's database");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let feedback = loop {
+            let feedback = store.feedback().await.expect("feedback");
+            if !feedback.is_empty() {
+                break feedback;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no feedback example ({dialect:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        assert_eq!(feedback[0].user_id, "Bob");
+        assert!(feedback[0].text.contains("clowns"), "{:?}", feedback[0]);
+        store.close().await;
+        bridge.stop().await;
+        modbot.stop().await;
+    }
+}
+
+/// Garbage from the chat is logged and skipped: the bridge stays connected (or, for a text
+/// frame that is not UTF-8, which breaks the WebSocket itself, reconnects) and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_never_stop_the_bridge() {
+    let dialect = Dialect::Strims;
+    let chat = chat(dialect).await;
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let modbot = Modbot::start(any_port(), data.path()).await;
+    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+    let first = execute(
+        &modbot,
+        moderator_action(dialect, ActionKind::Timeout, "Bob"),
+    )
+    .await;
+    assert_eq!(
+        settled(&modbot, &first.id).await.status,
+        ActionStatus::Executed as i32
+    );
+    let accepted = chat.accepted_connections();
+    for frame in [
+        Message::Binary(vec![0xff, 0x00, 0x42].into()),
+        Message::Text("NOSPACE".into()),
+        Message::Text("MSG {not json".into()),
+        Message::Text(r#"MSG {"nick":"","data":"x"}"#.into()),
+        Message::Text("NEWFANGLED {}".into()),
+        Message::Text("msg {}".into()),
+        Message::Text(format!(r#"MSG {{"nick":"Bob","data":"{}"}}"#, "x".repeat(20_000)).into()),
+        Message::Text(r#"ERR 42"#.into()),
+        Message::Text(r#"MUTE {"nick":"Mod","features":[],"timestamp":1}"#.into()),
+    ] {
+        chat.inject(frame);
+    }
+    let second = execute(
+        &modbot,
+        moderator_action(dialect, ActionKind::Unmute, "Bob"),
+    )
+    .await;
+    assert_eq!(
+        settled(&modbot, &second.id).await.status,
+        ActionStatus::Executed as i32
+    );
+    assert_eq!(
+        chat.accepted_connections(),
+        accepted,
+        "no reconnect for skipped frames"
+    );
+
+    // A text frame whose bytes are not UTF-8 is a WebSocket protocol violation: the
+    // connection ends and the bridge reconnects.
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
+    chat.inject(Message::Frame(Frame::message(
+        vec![b'M', b'S', b'G', b' ', 0xc3, 0x28],
+        OpCode::Data(Data::Text),
+        true,
+    )));
+    let third = execute(
+        &modbot,
+        moderator_action(dialect, ActionKind::Timeout, "Spammer"),
+    )
+    .await;
+    assert_eq!(
+        settled(&modbot, &third.id).await.status,
+        ActionStatus::Executed as i32
+    );
+    bridge.stop().await;
+    modbot.stop().await;
+}
+
+/// modbot unreachable: the chat's events are held up to `buffer_events`, the oldest dropped
+/// and counted; memory stays bounded however long the chat talks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffer_towards_an_unreachable_modbot_is_bounded() {
+    let chat = chat(Dialect::Dgg).await;
+    // A port nothing listens on.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("an address");
+    let mut config = bridge_config(&chat, unused);
+    config.bridge.buffer_events = 3;
+    let bridge = Bridge::start(config);
+    let mut bob = chat.client(Some(USER_TOKEN)).await;
+    let lines: Vec<String> = (0..8)
+        .map(|i| format!("message number {i} of many"))
+        .collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    say_all(&mut bob, &lines).await;
+    let report = bridge.stop().await;
+    assert!(report.events >= 8, "{report:?}");
+    assert_eq!(report.events_dropped, report.events - 3, "{report:?}");
+}
+
+/// Without the `bot` feature the chat throttles the bridge's commands like anyone's. At the
+/// chat's own pace (300 ms) a burst of actions goes through without a single `throttled`; a
+/// bridge set to pace faster than the chat allows gets `throttled`, backs off (doubling) and
+/// still carries every action out exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_paced_and_back_off_when_throttled() {
+    for (throttle_base_ms, expect_throttled) in [(300, false), (50, true)] {
+        let chat = ChatServer::start(Dialect::Dgg).await;
+        chat.add_user(BOT_TOKEN, "modbot", &["moderator"]);
+        let targets = ["t1", "t2", "t3"];
+        for target in targets {
+            chat.add_user(&format!("{target}-login-token"), target, &[]);
+        }
+        let data = tempfile::tempdir().expect("a temporary directory");
+        let modbot = Modbot::start(any_port(), data.path()).await;
+        let mut config = bridge_config(&chat, modbot.addr);
+        config.bridge.throttle_base_ms = throttle_base_ms;
+        let bridge = Bridge::start(config);
+        let mut ids = Vec::new();
+        for target in targets {
+            ids.push(
+                execute(
+                    &modbot,
+                    moderator_action(Dialect::Dgg, ActionKind::Unmute, target),
+                )
+                .await
+                .id,
+            );
+        }
+        for id in &ids {
+            let action = settled(&modbot, id).await;
+            assert_eq!(action.status, ActionStatus::Executed as i32, "{action:?}");
+        }
+        let commands: Vec<_> = chat
+            .commands()
+            .into_iter()
+            .filter(|c| c.nick == "modbot")
+            .collect();
+        let throttled = commands
+            .iter()
+            .filter(|c| c.error.as_deref() == Some("throttled"))
+            .count();
+        assert_eq!(throttled > 0, expect_throttled, "{commands:?}");
+        let moderations = chat.moderations();
+        for target in targets {
+            assert_eq!(
+                moderations.iter().filter(|m| m.target == target).count(),
+                1,
+                "{moderations:?}"
+            );
+        }
+        bridge.stop().await;
+        modbot.stop().await;
+    }
+}
