@@ -149,7 +149,11 @@ impl BridgeConfig {
 
     /// The chat login token: `chat_token`, else the contents of `chat_token_file`, else none.
     pub fn chat_token(&self) -> Result<Option<String>, ConfigError> {
-        secret(&self.chat_token, &self.chat_token_file, "bridge.chat_token_file")
+        secret(
+            &self.chat_token,
+            &self.chat_token_file,
+            "bridge.chat_token_file",
+        )
     }
 
     /// The server's bearer token: `server_token`, else `server_token_file`, else none.
@@ -197,10 +201,22 @@ impl BridgeConfig {
             ));
         }
         for (key, value, range) in [
-            ("bridge.command_timeout_ms", self.command_timeout_ms, 100..=60_000),
+            (
+                "bridge.command_timeout_ms",
+                self.command_timeout_ms,
+                100..=60_000,
+            ),
             ("bridge.throttle_base_ms", self.throttle_base_ms, 1..=10_000),
-            ("bridge.reconnect_min_ms", self.reconnect_min_ms, 10..=60_000),
-            ("bridge.reconnect_max_ms", self.reconnect_max_ms, 10..=600_000),
+            (
+                "bridge.reconnect_min_ms",
+                self.reconnect_min_ms,
+                10..=60_000,
+            ),
+            (
+                "bridge.reconnect_max_ms",
+                self.reconnect_max_ms,
+                10..=600_000,
+            ),
         ] {
             if !range.contains(&value) {
                 return Err(invalid(
@@ -236,12 +252,8 @@ fn secret(inline: &str, file: &Path, file_key: &str) -> Result<Option<String>, C
     if file.as_os_str().is_empty() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        invalid(
-            file_key,
-            format!("cannot read {}: {e}", file.display()),
-        )
-    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| invalid(file_key, format!("cannot read {}: {e}", file.display())))?;
     let text = text.trim();
     if text.is_empty() {
         return Err(invalid(file_key, format!("{} is empty", file.display())));
