@@ -1,4 +1,5 @@
-//! The `modbot` command line: `serve`, `migrate`, `config`, `fetch-model`, `train`, `eval`.
+//! The `modbot` command line: `serve`, `migrate`, `config`, `fetch-model`, `train`, `eval`,
+//! `replay`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,15 @@ enum Command {
     /// Evaluate heads on held-out data next to baselines; compare two heads directories;
     /// check that recorded metrics reproduce.
     Eval(EvalArgs),
+    /// Stream an OverRustle chat log (`[2006-01-02 15:04:05 UTC] nick: message` lines) through
+    /// StreamModerate and print a summary of the verdicts. The server, its token and CA come
+    /// from [bridge] (server_url, server_token, server_ca_file).
+    Replay {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        replay: crate::bridge::replay::ReplayArgs,
+    },
 }
 
 /// Options shared by `train` and `eval`.
@@ -221,7 +231,8 @@ pub fn main() -> ExitCode {
     | Command::Config(args)
     | Command::FetchModel { config: args, .. }
     | Command::Train(TrainArgs { config: args, .. })
-    | Command::Eval(EvalArgs { config: args, .. })) = &cli.command;
+    | Command::Eval(EvalArgs { config: args, .. })
+    | Command::Replay { config: args, .. }) = &cli.command;
     let Loaded { config, warnings } = match args.load() {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -287,6 +298,7 @@ pub fn main() -> ExitCode {
                     Err(anyhow::anyhow!("training failed"))
                 }
             }
+            Command::Replay { replay, .. } => run_replay(&config, &replay).await,
             Command::Config(_) | Command::FetchModel { .. } | Command::Eval(_) => {
                 unreachable!("handled before the runtime starts")
             }
@@ -317,6 +329,27 @@ async fn run_serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr} (grpc.addr)"))?;
     crate::serve(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `modbot replay`: the summary to stdout (text or JSON), logs to stderr.
+async fn run_replay(
+    config: &Config,
+    args: &crate::bridge::replay::ReplayArgs,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+
+    let summary = crate::bridge::replay::run(config, args).await?;
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&summary)?;
+        json.push('\n');
+        json
+    } else {
+        summary.to_string()
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
     Ok(())
 }
 

@@ -2,3 +2,4 @@
 //! modbot's actions carried into the chat.
 
 pub mod client;
+pub mod replay;
