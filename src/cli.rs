@@ -1,5 +1,5 @@
 //! The `modbot` command line: `serve`, `migrate`, `config`, `fetch-model`, `train`, `eval`,
-//! `bridge`.
+//! `bridge`, `replay`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +46,15 @@ enum Command {
     /// StreamModerate, its actions come back as chat commands ([bridge] in the config; the
     /// login token comes from MODBOT_BRIDGE_CHAT_TOKEN or bridge.chat_token_file).
     Bridge(BridgeArgs),
+    /// Stream an OverRustle chat log (`[2006-01-02 15:04:05 UTC] nick: message` lines) through
+    /// StreamModerate and print a summary of the verdicts. The server, its token and CA come
+    /// from [bridge] (server_url, server_token, server_ca_file).
+    Replay {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        replay: crate::bridge::replay::ReplayArgs,
+    },
 }
 
 /// `modbot bridge`. Each flag is a shorthand for `--set bridge.KEY=VALUE`; the tokens have
@@ -280,7 +289,8 @@ pub fn main() -> ExitCode {
     | Command::FetchModel { config: args, .. }
     | Command::Train(TrainArgs { config: args, .. })
     | Command::Eval(EvalArgs { config: args, .. })
-    | Command::Bridge(BridgeArgs { config: args, .. })) = &cli.command;
+    | Command::Bridge(BridgeArgs { config: args, .. })
+    | Command::Replay { config: args, .. }) = &cli.command;
     let loaded = match &cli.command {
         Command::Bridge(bridge) => bridge.load(),
         _ => args.load(),
@@ -357,6 +367,7 @@ pub fn main() -> ExitCode {
                     Err(anyhow::anyhow!("training failed"))
                 }
             }
+            Command::Replay { replay, .. } => run_replay(&config, &replay).await,
             Command::Config(_) | Command::FetchModel { .. } | Command::Eval(_) => {
                 unreachable!("handled before the runtime starts")
             }
@@ -401,6 +412,27 @@ async fn run_serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr} (grpc.addr)"))?;
     crate::serve(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `modbot replay`: the summary to stdout (text or JSON), logs to stderr.
+async fn run_replay(
+    config: &Config,
+    args: &crate::bridge::replay::ReplayArgs,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+
+    let summary = crate::bridge::replay::run(config, args).await?;
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&summary)?;
+        json.push('\n');
+        json
+    } else {
+        summary.to_string()
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
     Ok(())
 }
 

@@ -51,7 +51,8 @@ pub struct Config {
     pub bridge: BridgeConfig,
 }
 
-/// `[bridge]`: one chat bridged into modbot (read by `modbot bridge` only).
+/// `[bridge]`: one chat bridged into modbot (read by `modbot bridge`; `modbot replay` reads
+/// its `server_*` keys).
 ///
 /// `Debug` and [`Config::to_redacted_toml`] show the tokens as `***`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]

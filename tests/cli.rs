@@ -276,3 +276,114 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
         "{rest:?}"
     );
 }
+
+#[test]
+fn replay_fails_clearly_when_the_server_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("chat.log");
+    std::fs::write(&log, "[2017-02-01 20:00:01 UTC] Destiny: hello chat\n").unwrap();
+    let (output, stderr) = run(&mut modbot(&[
+        "replay",
+        log.to_str().unwrap(),
+        "--server-url",
+        "http://127.0.0.1:1",
+    ]));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: cannot connect to the modbot server at http://127.0.0.1:1 (bridge.server_url)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.stdout.is_empty(), "no summary on failure");
+
+    let (output, stderr) = run(&mut modbot(&[
+        "replay",
+        log.to_str().unwrap(),
+        "--server-url",
+        "127.0.0.1:50051",
+    ]));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bridge.server_url: `127.0.0.1:50051` is not an http:// or https:// URL"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn replay_fails_naming_a_missing_file() {
+    let (output, stderr) = run(&mut modbot(&["replay", "missing-file.log"]));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the log missing-file.log"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Bad flags are usage errors (clap's exit code 2).
+    for args in [
+        &["replay", "x.log", "--rate", "fast"][..],
+        &["replay", "x.log", "--rate", "-1"],
+        &["replay", "x.log", "--limit", "0"],
+        &["replay", "x.log", "--dialect", "irc"],
+        &["replay"],
+    ] {
+        let (output, stderr) = run(&mut modbot(args));
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn replay_prints_its_summary_to_stdout_and_logs_to_stderr() {
+    let server = common::TestServer::start(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("chat.log");
+    std::fs::write(
+        &log,
+        "[2017-02-01 20:00:01 UTC] Destiny: hello chat\n\
+         not a log line\n\
+         [2017-02-01 20:00:02 UTC] Loud_Larry: WHY IS NOBODY TALKING ABOUT THE DEBATE\n",
+    )
+    .unwrap();
+    let url = format!("http://{}", server.addr);
+    let log_arg = log.to_str().unwrap().to_owned();
+    for json in [true, false] {
+        let mut args = vec![
+            "replay".to_owned(),
+            log_arg.clone(),
+            "--server-url".to_owned(),
+            url.clone(),
+            "--channel".to_owned(),
+            format!("cli-{json}"),
+        ];
+        if json {
+            args.push("--json".to_owned());
+        }
+        let output = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            modbot(&args).output().expect("run modbot replay")
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(stderr.contains("replaying"), "logs go to stderr: {stderr}");
+        if json {
+            let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+            assert_eq!(summary["messages_sent"], 2, "{stdout}");
+            assert_eq!(summary["verdicts"], 2, "{stdout}");
+            assert_eq!(summary["malformed"]["first"][0]["line"], 2, "{stdout}");
+            assert_eq!(summary["decisions"]["hide"], 1, "{stdout}");
+            assert_eq!(summary["channel"], "cli-true", "{stdout}");
+        } else {
+            assert!(stdout.starts_with("replay of "), "{stdout}");
+            assert!(
+                stdout.contains("decisions         allow 1, hold 0, hide 1"),
+                "{stdout}"
+            );
+        }
+    }
+    server.stop().await.unwrap();
+}

@@ -22,6 +22,7 @@ pub mod executor;
 pub mod link;
 pub mod outbox;
 pub mod protocol;
+pub mod replay;
 
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::sync::Arc;
