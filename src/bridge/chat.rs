@@ -101,13 +101,13 @@ pub async fn run(
             End::Refresh => {
                 tracing::info!("the chat sent REFRESH; reconnecting");
                 backoff.reset();
-                backoff.next()
+                backoff.next_delay()
             }
             End::Lost(why) => {
                 if started.elapsed() >= HEALTHY_AFTER {
                     backoff.reset();
                 }
-                let delay = backoff.next();
+                let delay = backoff.next_delay();
                 tracing::warn!(
                     delay_ms = delay.as_millis() as u64,
                     "chat connection lost: {why}"

@@ -51,7 +51,7 @@ pub async fn run(
                 if started.elapsed() >= HEALTHY_AFTER {
                     backoff.reset();
                 }
-                let delay = backoff.next();
+                let delay = backoff.next_delay();
                 tracing::warn!(
                     delay_ms = delay.as_millis() as u64,
                     held = outbox.held(),

@@ -60,7 +60,7 @@ impl Backoff {
     }
 
     /// The next delay.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let window = self.window;
         self.window = (self.window * 2).min(self.max);
         let half = window / 2;
@@ -387,7 +387,7 @@ mod tests {
     #[test]
     fn backoff_doubles_with_jitter_and_resets() {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
-        let delays: Vec<Duration> = (0..6).map(|_| backoff.next()).collect();
+        let delays: Vec<Duration> = (0..6).map(|_| backoff.next_delay()).collect();
         for (delay, window) in delays.iter().zip([100u64, 200, 400, 800, 1000, 1000]) {
             let window = Duration::from_millis(window);
             assert!(
@@ -396,10 +396,10 @@ mod tests {
             );
         }
         backoff.reset();
-        assert!(backoff.next() <= Duration::from_millis(100));
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
         // Jittered: twenty draws from the same window are not all equal.
         let draws: std::collections::HashSet<Duration> = (0..20)
-            .map(|_| Backoff::new(Duration::from_secs(1), Duration::from_secs(1)).next())
+            .map(|_| Backoff::new(Duration::from_secs(1), Duration::from_secs(1)).next_delay())
             .collect();
         assert!(draws.len() > 1);
     }
