@@ -272,9 +272,26 @@ impl Core {
 
     fn frame(&mut self, frame: Frame) {
         if let Some(result) = self.executor.on_frame(&frame) {
+            if result.error_code == "needlogin" {
+                // The chats accept a bad login as a guest and say so only now.
+                tracing::error!(
+                    bot = %self.bot_nick,
+                    "the chat says the bot is not logged in: check bridge.chat_token"
+                );
+            }
             self.outbox.push_result(result);
         } else if let Frame::Err { code } = &frame {
             tracing::warn!(code, "the chat sent an ERR with no command in flight");
+        }
+        if let Frame::Names { users, .. } = &frame
+            && !users.iter().any(|u| self.is_bot(&u.nick))
+        {
+            tracing::warn!(
+                bot = %self.bot_nick,
+                "the bot's nick is not among the chat's users: the login token may be wrong \
+                 (the chats let a bad login in as a guest), or bridge.bot_nick differs from \
+                 the account's nick"
+            );
         }
         if let Some(kind) = self.event(frame) {
             self.report.events += 1;
