@@ -767,3 +767,85 @@ async fn commands_are_paced_and_back_off_when_throttled() {
         modbot.stop().await;
     }
 }
+
+/// A production-shaped server: TLS with its own CA, and bearer tokens. The bridge trusts the
+/// CA from `bridge.server_ca_file`, presents its `service` token, and carries a moderator's
+/// action out; with a token the server does not know it never gets a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_reaches_a_tls_server_with_its_token() {
+    const SERVICE: &str = "bridge-service-token-0123456789";
+    const MODERATOR: &str = "mod-tools-token-0123456789";
+    let pki = common::Pki::generate();
+    let chat = chat(Dialect::Dgg).await;
+    let server = common::TestServer::start_tls(
+        |config| {
+            pki.serve_tls(config, false);
+            config.auth.tokens = format!("service bridge {SERVICE}; moderator mods {MODERATOR}");
+        },
+        pki.client(),
+    )
+    .await;
+    let mut config = bridge_config(&chat, server.addr);
+    config.bridge.server_url = format!("https://localhost:{}", server.addr.port());
+    config.bridge.server_ca_file = pki.path("ca.pem");
+    config.bridge.server_token = SERVICE.into();
+    let bridge = Bridge::start(config);
+    let mut actions =
+        ActionsClient::with_interceptor(server.channel.clone(), common::bearer(MODERATOR));
+    let action = actions
+        .execute_action(moderator_action(Dialect::Dgg, ActionKind::Timeout, "Bob"))
+        .await
+        .expect("ExecuteAction with the moderator's token")
+        .into_inner()
+        .action
+        .expect("an action");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = actions
+            .get_action(proto::GetActionRequest {
+                id: action.id.clone(),
+            })
+            .await
+            .expect("GetAction")
+            .into_inner();
+        if got.status == ActionStatus::Executed as i32 {
+            assert_eq!(got.bridge_id, "bridge-destinygg");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never executed over TLS: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(mutes_of(&chat.moderations(), "Bob").len(), 1);
+    bridge.stop().await;
+
+    // A token the server does not know: no stream, so a new action is never carried out.
+    let mut config = bridge_config(&chat, server.addr);
+    config.bridge.server_url = format!("https://localhost:{}", server.addr.port());
+    config.bridge.server_ca_file = pki.path("ca.pem");
+    config.bridge.server_token = "not-a-known-token-0123456789".into();
+    let bridge = Bridge::start(config);
+    let refused = actions
+        .execute_action(moderator_action(
+            Dialect::Dgg,
+            ActionKind::Timeout,
+            "Spammer",
+        ))
+        .await
+        .expect("ExecuteAction")
+        .into_inner()
+        .action
+        .expect("an action");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = actions
+        .get_action(proto::GetActionRequest { id: refused.id })
+        .await
+        .expect("GetAction")
+        .into_inner();
+    assert_eq!(got.status, ActionStatus::Pending as i32, "{got:?}");
+    assert!(mutes_of(&chat.moderations(), "Spammer").is_empty());
+    bridge.stop().await;
+    server.stop().await.expect("a clean stop");
+}

@@ -376,3 +376,86 @@ pub async fn bridge(
     ));
     (tx, responses)
 }
+
+/// A CA, a server certificate it signed for localhost / 127.0.0.1, and a client certificate
+/// it signed, written as PEM files.
+pub struct Pki {
+    dir: tempfile::TempDir,
+    /// The CA's certificate.
+    pub ca_pem: String,
+    /// A client certificate the CA signed, and its key.
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+}
+
+impl Pki {
+    pub fn generate() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "modbot test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, "modbot");
+            params.use_authority_key_identifier_extension = true;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["localhost".into(), "127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert_pem, client_key_pem) =
+            leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), server_cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key).unwrap();
+        Self {
+            dir,
+            ca_pem: ca_cert.pem(),
+            client_cert_pem,
+            client_key_pem,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn serve_tls(&self, config: &mut Config, mutual: bool) {
+        config.grpc.tls_cert_file = self.path("server.pem");
+        config.grpc.tls_key_file = self.path("server.key");
+        if mutual {
+            config.grpc.tls_client_ca_file = self.path("ca.pem");
+        }
+    }
+
+    /// A client configuration trusting the CA, for the name in the server's certificate.
+    pub fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .domain_name("localhost")
+    }
+
+    pub fn client_with_certificate(&self) -> ClientTlsConfig {
+        self.client().identity(tonic::transport::Identity::from_pem(
+            &self.client_cert_pem,
+            &self.client_key_pem,
+        ))
+    }
+}
