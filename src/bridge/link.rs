@@ -75,7 +75,7 @@ async fn stream(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     let channel = tokio::select! {
-        channel = server.connect() => channel.map_err(|e| format!("cannot connect: {e}"))?,
+        channel = server.connect() => channel.map_err(|e| format!("cannot connect: {}", causes(&e)))?,
         _ = shutdown.changed() => return Ok(()),
     };
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
@@ -165,4 +165,17 @@ async fn hand_over(
     if tokio::time::timeout(HAND_OVER, handed).await.is_err() {
         tracing::warn!("the server did not take the bridge's last results in time");
     }
+}
+
+/// An error and its causes, `: `-separated (tonic's transport error alone says only
+/// "transport error").
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
