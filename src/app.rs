@@ -383,6 +383,8 @@ pub async fn serve(
         // stream window must stay well below that even for ~100-byte chat events.
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        // Outermost, so calls the auth layer refuses are counted too.
+        .layer(grpc::metrics::MetricsLayer)
         .layer(grpc::auth::AuthLayer::new(credentials))
         .add_routes(grpc::routes(Arc::clone(&app)))
         .add_service(health_service)

@@ -388,7 +388,7 @@ fn install_metrics(config: &Config) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
     if let Some(addr) = config.metrics.addr {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
+        crate::telemetry::prometheus_builder()
             .with_http_listener(addr)
             .install()
             .with_context(|| format!("cannot serve metrics on {addr} (metrics.addr)"))?;

@@ -21,3 +21,21 @@ pub fn init(config: &LogConfig) {
             .try_init(),
     };
 }
+
+/// Bucket bounds (seconds) of every `*_seconds` histogram: from a cached rule-only decision
+/// (tens of microseconds) to a stream's life (minutes).
+pub const SECONDS_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 5.0, 60.0,
+];
+
+/// The Prometheus exporter's builder with modbot's histogram buckets: `*_seconds` metrics are
+/// exported as histograms (so replicas can be aggregated), not as per-process summaries.
+pub fn prometheus_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".to_owned()),
+            &SECONDS_BUCKETS,
+        )
+        .expect("the bucket list is not empty. This is a bug")
+}

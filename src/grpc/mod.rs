@@ -13,6 +13,7 @@ mod admin_stats;
 mod appeals;
 pub mod auth;
 pub mod convert;
+pub mod metrics;
 mod moderation;
 mod rule_spec;
 pub mod status;
