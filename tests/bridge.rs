@@ -197,6 +197,14 @@ async fn execute(modbot: &Modbot, request: ExecuteActionRequest) -> proto::Actio
     }
 }
 
+/// Executes `request` and waits until the chat has carried it out (the action is EXECUTED).
+async fn carried_out(modbot: &Modbot, request: ExecuteActionRequest) -> proto::Action {
+    let action = execute(modbot, request).await;
+    let action = settled(modbot, &action.id).await;
+    assert_eq!(action.status, ActionStatus::Executed as i32, "{action:?}");
+    action
+}
+
 /// Polls GetAction until the action leaves pending/sent, for at most 15 s.
 async fn settled(modbot: &Modbot, id: &str) -> proto::Action {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -349,13 +357,11 @@ async fn moderator_actions_reach_the_chat(dialect: Dialect) {
     let modbot = Modbot::start(any_port(), data.path()).await;
     let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
 
-    let timeout = execute(
+    carried_out(
         &modbot,
         moderator_action(dialect, ActionKind::Timeout, "Bob"),
     )
     .await;
-    let timeout = settled(&modbot, &timeout.id).await;
-    assert_eq!(timeout.status, ActionStatus::Executed as i32, "{timeout:?}");
     let mutes = chat.moderations();
     assert_eq!(
         mutes_of(&mutes, "Bob")[0].duration_ns,
@@ -381,15 +387,11 @@ async fn moderator_actions_reach_the_chat(dialect: Dialect) {
     )
     .await;
     assert_eq!(settled(&modbot, &unknown.id).await.error, "notfound");
-    let ban = execute(
+    carried_out(
         &modbot,
         moderator_action(dialect, ActionKind::Ban, "Spammer"),
     )
     .await;
-    assert_eq!(
-        settled(&modbot, &ban.id).await.status,
-        ActionStatus::Executed as i32
-    );
     let banned = chat
         .moderations()
         .into_iter()
@@ -397,15 +399,11 @@ async fn moderator_actions_reach_the_chat(dialect: Dialect) {
         .expect("the BAN reached the chat");
     assert_eq!(banned.reason.as_deref(), Some("being rude"));
     assert!(banned.permanent, "no duration is a permanent ban");
-    let unban = execute(
+    carried_out(
         &modbot,
         moderator_action(dialect, ActionKind::Unban, "Spammer"),
     )
     .await;
-    assert_eq!(
-        settled(&modbot, &unban.id).await.status,
-        ActionStatus::Executed as i32
-    );
     // Every command was paced: no `throttled` from the chat.
     assert!(
         chat.commands()
@@ -438,27 +436,19 @@ async fn chat_drops_and_refreshes_never_act_twice() {
     let modbot = Modbot::start(any_port(), data.path()).await;
     let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
 
-    let first = execute(
+    carried_out(
         &modbot,
         moderator_action(dialect, ActionKind::Timeout, "Bob"),
     )
     .await;
-    assert_eq!(
-        settled(&modbot, &first.id).await.status,
-        ActionStatus::Executed as i32
-    );
     let accepted = chat.accepted_connections();
     chat.drop_connections();
     // Recorded while the bridge is away from the chat: carried out once it is back.
-    let second = execute(
+    carried_out(
         &modbot,
         moderator_action(dialect, ActionKind::Timeout, "Spammer"),
     )
     .await;
-    assert_eq!(
-        settled(&modbot, &second.id).await.status,
-        ActionStatus::Executed as i32
-    );
     assert!(
         chat.accepted_connections() > accepted,
         "the bridge reconnected"
@@ -466,15 +456,11 @@ async fn chat_drops_and_refreshes_never_act_twice() {
 
     let accepted = chat.accepted_connections();
     chat.refresh();
-    let third = execute(
+    carried_out(
         &modbot,
         moderator_action(dialect, ActionKind::Unmute, "Bob"),
     )
     .await;
-    assert_eq!(
-        settled(&modbot, &third.id).await.status,
-        ActionStatus::Executed as i32
-    );
     assert!(chat.accepted_connections() > accepted, "REFRESH reconnects");
 
     // Give any duplicate time to show, then count.
@@ -506,15 +492,11 @@ async fn modbot_restarts_and_the_bridge_resumes() {
     let addr = modbot.addr;
     let bridge = Bridge::start(bridge_config(&chat, addr));
 
-    let before = execute(
+    carried_out(
         &modbot,
         moderator_action(dialect, ActionKind::Timeout, "Bob"),
     )
     .await;
-    assert_eq!(
-        settled(&modbot, &before.id).await.status,
-        ActionStatus::Executed as i32
-    );
     modbot.stop().await;
 
     // Spam while modbot is down: held by the bridge, decided when modbot is back.
@@ -537,15 +519,11 @@ async fn modbot_restarts_and_the_bridge_resumes() {
         settled(&modbot, &spam.id).await.status,
         ActionStatus::Executed as i32
     );
-    let after = execute(
+    carried_out(
         &modbot,
         moderator_action(dialect, ActionKind::Unmute, "Bob"),
     )
     .await;
-    assert_eq!(
-        settled(&modbot, &after.id).await.status,
-        ActionStatus::Executed as i32
-    );
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let moderations = chat.moderations();
@@ -626,15 +604,11 @@ async fn malformed_frames_never_stop_the_bridge() {
     let data = tempfile::tempdir().expect("a temporary directory");
     let modbot = Modbot::start(any_port(), data.path()).await;
     let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
-    let first = execute(
+    carried_out(
         &modbot,
         moderator_action(dialect, ActionKind::Timeout, "Bob"),
     )
     .await;
-    assert_eq!(
-        settled(&modbot, &first.id).await.status,
-        ActionStatus::Executed as i32
-    );
     let accepted = chat.accepted_connections();
     for frame in [
         Message::Binary(vec![0xff, 0x00, 0x42].into()),
@@ -649,15 +623,11 @@ async fn malformed_frames_never_stop_the_bridge() {
     ] {
         chat.inject(frame);
     }
-    let second = execute(
+    carried_out(
         &modbot,
         moderator_action(dialect, ActionKind::Unmute, "Bob"),
     )
     .await;
-    assert_eq!(
-        settled(&modbot, &second.id).await.status,
-        ActionStatus::Executed as i32
-    );
     assert_eq!(
         chat.accepted_connections(),
         accepted,
@@ -675,15 +645,11 @@ async fn malformed_frames_never_stop_the_bridge() {
         OpCode::Data(Data::Text),
         true,
     )));
-    let third = execute(
+    carried_out(
         &modbot,
         moderator_action(dialect, ActionKind::Timeout, "Spammer"),
     )
     .await;
-    assert_eq!(
-        settled(&modbot, &third.id).await.status,
-        ActionStatus::Executed as i32
-    );
     bridge.stop().await;
     modbot.stop().await;
 }

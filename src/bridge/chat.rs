@@ -21,9 +21,6 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 /// How long connecting (TCP, TLS, upgrade) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection that lasted this long was healthy: the next reconnect starts the backoff over.
-const HEALTHY_AFTER: Duration = Duration::from_secs(10);
-
 /// Largest WebSocket message read. The chats send at most 6,144-byte frames; a larger one is
 /// read whole and skipped as too long, and only a message past this ends the connection.
 const MAX_READ: usize = 1 << 20;
@@ -104,10 +101,7 @@ pub async fn run(
                 backoff.next_delay()
             }
             End::Lost(why) => {
-                if started.elapsed() >= HEALTHY_AFTER {
-                    backoff.reset();
-                }
-                let delay = backoff.next_delay();
+                let delay = backoff.after_loss(started);
                 tracing::warn!(
                     delay_ms = delay.as_millis() as u64,
                     "chat connection lost: {why}"
@@ -115,9 +109,8 @@ pub async fn run(
                 delay
             }
         };
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return,
+        if !super::pause(delay, &mut shutdown).await {
+            return;
         }
     }
 }

@@ -131,6 +131,11 @@ impl Executor {
         }
     }
 
+    /// How long a command waits for its answer.
+    pub fn command_timeout(&self) -> Duration {
+        self.options.command_timeout
+    }
+
     /// Commands queued or in flight.
     pub fn backlog(&self) -> usize {
         self.queue.len() + usize::from(self.in_flight.is_some())

@@ -19,9 +19,6 @@ const STREAM_QUEUE: usize = 256;
 /// How long the server may take to welcome a new stream.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A stream that lasted this long was healthy: the next reconnect starts the backoff over.
-const HEALTHY_AFTER: Duration = Duration::from_secs(10);
-
 /// Runs the stream until `shutdown` turns true, carrying the outbox to modbot and modbot's
 /// commands to `commands`.
 pub async fn run(
@@ -48,18 +45,14 @@ pub async fn run(
         match ended {
             Ok(()) => return,
             Err(why) => {
-                if started.elapsed() >= HEALTHY_AFTER {
-                    backoff.reset();
-                }
-                let delay = backoff.next_delay();
+                let delay = backoff.after_loss(started);
                 tracing::warn!(
                     delay_ms = delay.as_millis() as u64,
                     held = outbox.held(),
                     "modbot stream lost: {why}"
                 );
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return,
+                if !super::pause(delay, &mut shutdown).await {
+                    return;
                 }
             }
         }

@@ -74,6 +74,26 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.window = self.min;
     }
+
+    /// The delay after losing a connection made at `started`: a connection that lasted
+    /// [`HEALTHY_AFTER`] was healthy, so the backoff starts over.
+    pub fn after_loss(&mut self, started: Instant) -> Duration {
+        if started.elapsed() >= HEALTHY_AFTER {
+            self.reset();
+        }
+        self.next_delay()
+    }
+}
+
+/// A connection that lasted this long was healthy: the next reconnect starts the backoff over.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// Waits `delay` before a reconnect; false when the bridge is stopping instead.
+async fn pause(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        _ = shutdown.changed() => false,
+    }
 }
 
 /// What a bridge did, returned when it stops.
@@ -140,7 +160,6 @@ pub async fn run(
     ));
     let mut core = Core {
         channel: channel.clone(),
-        command_timeout: Duration::from_millis(settings.command_timeout_ms),
         bot_nick: settings.bot_nick.clone(),
         executor: Executor::new(ExecutorOptions {
             channel,
@@ -173,7 +192,6 @@ pub async fn run(
 
 struct Core {
     channel: String,
-    command_timeout: Duration,
     bot_nick: String,
     executor: Executor,
     outbox: Arc<Outbox>,
@@ -235,7 +253,7 @@ impl Core {
                 () = sleep => {}
                 () = &mut shutdown, if stopping.is_none() => {
                     self.executor.stop_taking();
-                    stopping = Some(Instant::now() + self.command_timeout);
+                    stopping = Some(Instant::now() + self.executor.command_timeout());
                 }
             }
         }
