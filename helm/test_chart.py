@@ -3,11 +3,16 @@
 
 Helm itself (v4, its Go SDK) comes from the PyPI package helm-python-sdk, which bundles it as
 a shared library: no helm binary and no cluster. The chart is rendered twice, with its default
-values and with helm/ci-values.yaml (every optional part on); each manifest is parsed with
-PyYAML and validated (strict: no unknown fields) against the Kubernetes JSON schemas bundled
-by kubernetes-validate; the ServiceMonitor, a CRD, is checked by hand. Then the objects'
-references to each other are checked, and the ConfigMap's modbot.toml against
-config/modbot.toml. Last, values the chart must refuse are rendered and must fail.
+values, with helm/ci-values.yaml (every optional part on, TLS included) and with two
+variations of it (bridges over plaintext; mutual TLS without bridges); each manifest is
+parsed with PyYAML and validated (strict: no unknown fields) against the Kubernetes JSON
+schemas bundled by kubernetes-validate; the ServiceMonitor and PodMonitor, CRDs, are checked
+by hand. Then the objects' references to each other are checked (selectors against pod
+labels, probe and scrape ports against container ports, config file paths against the
+Secrets mounted there), and the ConfigMap's modbot.toml against config/modbot.toml. The
+Grafana dashboard (helm/modbot/dashboards/modbot.json) must be helm/dashboard.py's output and
+query only metrics README.md documents. Last, values the chart must refuse are rendered and
+must fail.
 
 Run: .venv-helm/bin/python helm/test_chart.py  (requirements: helm/requirements.txt)
 """
@@ -15,6 +20,8 @@ Run: .venv-helm/bin/python helm/test_chart.py  (requirements: helm/requirements.
 from __future__ import annotations
 
 import copy
+import json
+import re
 import sys
 import tomllib
 import unittest
@@ -33,6 +40,7 @@ NAMESPACE = "moderation"
 # newest that kubernetes-validate bundles.
 KUBE_VERSIONS = ("1.27", "1.37")
 BUILTIN_KINDS = {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+DASHBOARD = CHART / "dashboards" / "modbot.json"
 
 
 def load_values(name: str | None) -> dict:
@@ -75,6 +83,48 @@ def check_servicemonitor(test: unittest.TestCase, sm: dict) -> None:
         test.assertRegex(endpoint["interval"], r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
 
 
+def check_podmonitor(test: unittest.TestCase, pm: dict) -> None:
+    """monitoring.coreos.com/v1 PodMonitor: the fields this chart writes, by hand."""
+    test.assertEqual(set(pm), {"apiVersion", "kind", "metadata", "spec"})
+    test.assertEqual(set(pm["metadata"]), {"name", "labels"})
+    spec = pm["spec"]
+    test.assertEqual(set(spec), {"selector", "podMetricsEndpoints"})
+    test.assertTrue(all(isinstance(v, str) for v in spec["selector"]["matchLabels"].values()))
+    for endpoint in spec["podMetricsEndpoints"]:
+        test.assertLessEqual(set(endpoint), {"port", "path", "interval", "scheme", "scrapeTimeout", "relabelings"})
+        test.assertIsInstance(endpoint["port"], str)
+        test.assertTrue(endpoint["path"].startswith("/"))
+        test.assertRegex(endpoint["interval"], r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+        for relabel in endpoint.get("relabelings", []):
+            test.assertLessEqual(set(relabel), {"sourceLabels", "targetLabel", "regex", "replacement", "action", "separator"})
+            test.assertRegex(relabel["targetLabel"], r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+            for label in relabel["sourceLabels"]:
+                test.assertRegex(label, r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def probe_ports(container: dict) -> list[tuple[str, str, object]]:
+    """(probe, handler, port) of a container's probes."""
+    found = []
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        for handler in ("grpc", "httpGet", "tcpSocket"):
+            if handler in container.get(probe, {}):
+                found.append((probe, handler, container[probe][handler]["port"]))
+    return found
+
+
+def secret_file(pod: dict, container: dict, path: str) -> tuple[str, str]:
+    """The (Secret, key) whose file `path` is in `container`, through its mounts and the
+    volume's `items`; fails if the file is not a read-only mounted Secret's."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    file = Path(path)
+    [mount] = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == file.parent]
+    if not mount.get("readOnly"):
+        raise AssertionError(f"{mount['mountPath']} is not mounted read-only")
+    secret = volumes[mount["name"]]["secret"]
+    [item] = [i for i in secret["items"] if i["path"] == file.name]
+    return secret["secretName"], item["key"]
+
+
 def reference_config() -> dict:
     return tomllib.loads((ROOT / "config" / "modbot.toml").read_text())
 
@@ -85,14 +135,27 @@ class ChartCase:
     values_file: str | None = None
     expect_kinds: dict[str, int] = {}
 
+    overrides = None  # a function changing the loaded values, for variations of a file
+
     @classmethod
     def setUpClass(cls) -> None:
         cls.values = load_values(cls.values_file)
+        if cls.overrides is not None:
+            cls.values = copy.deepcopy(cls.values)
+            cls.overrides(cls.values)
         cls.effective = effective_values(cls.values)
         cls.docs = manifests(render(cls.values))
 
     def of_kind(self, kind: str) -> list[dict]:
         return [d for d in self.docs if d["kind"] == kind]
+
+    def config_map(self) -> dict:
+        [configmap] = [c for c in self.of_kind("ConfigMap") if "modbot.toml" in c["data"]]
+        return configmap
+
+    def bridges(self) -> list[dict]:
+        return [d for d in self.of_kind("Deployment")
+                if d["metadata"]["labels"]["app.kubernetes.io/component"] == "bridge"]
 
     def serve(self) -> dict:
         [deployment] = [d for d in self.of_kind("Deployment")
@@ -112,6 +175,10 @@ class ChartCase:
                 if doc["kind"] == "ServiceMonitor":
                     self.assertEqual(doc["apiVersion"], "monitoring.coreos.com/v1")
                     check_servicemonitor(self, body)
+                    continue
+                if doc["kind"] == "PodMonitor":
+                    self.assertEqual(doc["apiVersion"], "monitoring.coreos.com/v1")
+                    check_podmonitor(self, body)
                     continue
                 self.assertIn(doc["kind"], BUILTIN_KINDS)
                 for version in KUBE_VERSIONS:
@@ -143,11 +210,18 @@ class ChartCase:
         self.assertEqual({p["name"] for p in service["spec"]["ports"]}, {"grpc", "metrics"})
         for port in service["spec"]["ports"]:
             self.assertIn(port["targetPort"], port_names)
-        # The probes: native gRPC, on the gRPC container port.
-        for probe in ("livenessProbe", "readinessProbe"):
-            self.assertEqual(set(container[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"}, {"grpc"})
-            self.assertEqual(container[probe]["grpc"]["port"], port_names["grpc"])
-            self.assertIn(container[probe]["grpc"]["service"], ("", "modbot.model"))
+        # The probes: native gRPC on the gRPC container port; with TLS (which the kubelet's gRPC
+        # probe cannot speak) GET /health on the metrics port, and a TCP connect to the gRPC port.
+        expected = ({"livenessProbe": ("httpGet", "metrics"), "readinessProbe": ("tcpSocket", "grpc")}
+                    if self.effective["tls"]["enabled"] else
+                    {"livenessProbe": ("grpc", port_names["grpc"]), "readinessProbe": ("grpc", port_names["grpc"])})
+        for probe, (handler, port) in expected.items():
+            self.assertEqual(set(container[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"}, {handler}, probe)
+            self.assertEqual(container[probe][handler]["port"], port, probe)
+            if handler == "grpc":
+                self.assertIn(container[probe]["grpc"]["service"], ("", "modbot.model"))
+            if handler == "httpGet":
+                self.assertEqual(container[probe]["httpGet"]["path"], "/health")
         env = {e["name"]: e for e in container["env"]}
         self.assertEqual(env["MODBOT_GRPC_ADDR"]["value"], f"0.0.0.0:{port_names['grpc']}")
         self.assertEqual(env["MODBOT_METRICS_ADDR"]["value"], f"0.0.0.0:{port_names['metrics']}")
@@ -163,6 +237,19 @@ class ChartCase:
                 allowed.add((v[part]["existingSecret"], v[part]["key"]))
         for bridge in v["bridges"]:
             allowed.add((bridge["chatTokenSecret"]["name"], bridge["chatTokenSecret"]["key"]))
+        # Secrets mounted as files: the TLS ones only, each named by the values.
+        mountable = set()
+        if v["tls"]["enabled"]:
+            mountable |= {(v["tls"]["existingSecret"], v["tls"]["certKey"]), (v["tls"]["existingSecret"], v["tls"]["keyKey"])}
+            if v["tls"]["clientCA"]["existingSecret"]:
+                mountable.add((v["tls"]["clientCA"]["existingSecret"], v["tls"]["clientCA"]["key"]))
+        if v["tls"]["serverCA"]["existingSecret"]:
+            mountable.add((v["tls"]["serverCA"]["existingSecret"], v["tls"]["serverCA"]["key"]))
+        for deployment in self.of_kind("Deployment"):
+            for volume in deployment["spec"]["template"]["spec"]["volumes"]:
+                if "secret" in volume:
+                    for item in volume["secret"]["items"]:
+                        self.assertIn((volume["secret"]["secretName"], item["key"]), mountable)
         secret_env = {"MODBOT_AUTH_TOKENS", "MODBOT_DATABASE_URL", "MODBOT_REDIS_URL",
                       "MODBOT_BRIDGE_CHAT_TOKEN", "MODBOT_BRIDGE_SERVER_TOKEN"}
         for deployment in self.of_kind("Deployment"):
@@ -180,7 +267,7 @@ class ChartCase:
         self.assertEqual("MODBOT_REDIS_URL" in serve_env, bool(v["redis"]["existingSecret"]))
 
     def test_security_and_volumes(self) -> None:
-        [configmap] = self.of_kind("ConfigMap")
+        configmap = self.config_map()
         for deployment in self.of_kind("Deployment"):
             pod = deployment["spec"]["template"]["spec"]
             self.assertTrue(pod["securityContext"]["runAsNonRoot"])
@@ -205,7 +292,7 @@ class ChartCase:
         self.assertIn("emptyDir", serve_volumes[serve_mounts[data_dir]])
 
     def test_config_toml(self) -> None:
-        [configmap] = self.of_kind("ConfigMap")
+        configmap = self.config_map()
         rendered = tomllib.loads(configmap["data"]["modbot.toml"])
         reference = reference_config()
         self.assertEqual(rendered, self.effective["config"])
@@ -238,9 +325,118 @@ class ChartCase:
                 self.assertIn(endpoint["port"], {p["name"] for p in service["spec"]["ports"]})
         self.assertLessEqual(service["spec"]["selector"].items(), pod_labels.items())
 
+    def test_probe_and_scrape_ports_exist(self) -> None:
+        """Every probe's port is a port of its own container (by name, or by number for gRPC),
+        and every bridge probes GET /health on its metrics port, which is where the bridge's
+        MODBOT_METRICS_ADDR listens."""
+        for deployment in self.of_kind("Deployment"):
+            [container] = deployment["spec"]["template"]["spec"]["containers"]
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            probes = probe_ports(container)
+            self.assertEqual({probe for probe, _, _ in probes}, {"livenessProbe", "readinessProbe"})
+            for probe, handler, port in probes:
+                with self.subTest(deployment=deployment["metadata"]["name"], probe=probe):
+                    if isinstance(port, str):
+                        self.assertIn(port, ports)
+                    else:
+                        self.assertIn(port, ports.values())
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            self.assertEqual(env["MODBOT_METRICS_ADDR"], f"0.0.0.0:{ports['metrics']}")
+        for bridge in self.bridges():
+            [container] = bridge["spec"]["template"]["spec"]["containers"]
+            for probe in ("livenessProbe", "readinessProbe"):
+                self.assertEqual(set(container[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"}, {"httpGet"})
+                self.assertEqual(container[probe]["httpGet"], {"path": "/health", "port": "metrics"})
+            self.assertEqual(container["livenessProbe"]["failureThreshold"],
+                             self.effective["bridge"]["probes"]["liveness"]["failureThreshold"])
+
+    def test_monitors_select_their_pods(self) -> None:
+        """The ServiceMonitor reaches the serve pods' metrics port through the Service; the
+        PodMonitor selects every bridge pod and nothing else, scrapes a port each of them has,
+        and relabels from a pod label they carry."""
+        serve_labels = self.serve()["spec"]["template"]["metadata"]["labels"]
+        [service] = self.of_kind("Service")
+        [serve_container] = self.serve()["spec"]["template"]["spec"]["containers"]
+        serve_ports = {p["name"] for p in serve_container["ports"]}
+        for sm in self.of_kind("ServiceMonitor"):
+            self.assertLessEqual(sm["spec"]["selector"]["matchLabels"].items(), service["metadata"]["labels"].items())
+            for endpoint in sm["spec"]["endpoints"]:
+                [port] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+                self.assertIn(port["targetPort"], serve_ports)
+        self.assertEqual(len(self.of_kind("ServiceMonitor")), int(self.effective["serviceMonitor"]["enabled"]))
+        pod_monitors = self.of_kind("PodMonitor")
+        self.assertEqual(len(pod_monitors), int(self.effective["podMonitor"]["enabled"] and bool(self.effective["bridges"])))
+        for pm in pod_monitors:
+            selector = pm["spec"]["selector"]["matchLabels"]
+            self.assertFalse(selector.items() <= serve_labels.items(), "the PodMonitor selects serve pods")
+            self.assertLessEqual(self.effective["podMonitor"]["labels"].items(), pm["metadata"]["labels"].items())
+            for bridge in self.bridges():
+                labels = bridge["spec"]["template"]["metadata"]["labels"]
+                self.assertLessEqual(selector.items(), labels.items(), bridge["metadata"]["name"])
+                [container] = bridge["spec"]["template"]["spec"]["containers"]
+                meta = {"__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k) for k in labels}
+                for endpoint in pm["spec"]["podMetricsEndpoints"]:
+                    self.assertIn(endpoint["port"], {p["name"] for p in container["ports"]})
+                    for relabel in endpoint.get("relabelings", []):
+                        self.assertLessEqual(set(relabel["sourceLabels"]), meta)
+
+    def test_tls(self) -> None:
+        """TLS on: the config keys name files of the Secrets the values give, mounted read-only
+        and readable by the pod's group; the bridges dial https:// and trust the CA Secret.
+        TLS off: no TLS key set, no Secret mounted."""
+        tls = self.effective["tls"]
+        pod = self.serve()["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        expected = {}
+        if tls["enabled"]:
+            expected["MODBOT_GRPC_TLS_CERT_FILE"] = (tls["existingSecret"], tls["certKey"])
+            expected["MODBOT_GRPC_TLS_KEY_FILE"] = (tls["existingSecret"], tls["keyKey"])
+            if tls["clientCA"]["existingSecret"]:
+                expected["MODBOT_GRPC_TLS_CLIENT_CA_FILE"] = (tls["clientCA"]["existingSecret"], tls["clientCA"]["key"])
+        self.assertEqual({k for k in env if k.startswith("MODBOT_GRPC_TLS_")}, set(expected))
+        for name, secret in expected.items():
+            self.assertEqual(secret_file(pod, container, env[name]), secret, name)
+        bridge_expected = {}
+        if tls["serverCA"]["existingSecret"]:
+            bridge_expected["MODBOT_BRIDGE_SERVER_CA_FILE"] = (tls["serverCA"]["existingSecret"], tls["serverCA"]["key"])
+        for bridge in self.bridges():
+            bridge_pod = bridge["spec"]["template"]["spec"]
+            [bc] = bridge_pod["containers"]
+            benv = {e["name"]: e.get("value") for e in bc["env"]}
+            self.assertEqual({k for k in benv if k.endswith("_FILE")}, set(bridge_expected))
+            for name, secret in bridge_expected.items():
+                self.assertEqual(secret_file(bridge_pod, bc, benv[name]), secret, name)
+            url = bc["args"][bc["args"].index("--server-url") + 1]
+            self.assertTrue(url.startswith("https://" if tls["enabled"] else "http://"), url)
+        for deployment in self.of_kind("Deployment"):
+            spec = deployment["spec"]["template"]["spec"]
+            secrets = [v for v in spec["volumes"] if "secret" in v]
+            if not (tls["enabled"] or tls["serverCA"]["existingSecret"]):
+                self.assertEqual(secrets, [])
+            for volume in secrets:
+                # Root-owned files, readable by the pod's group (fsGroup), by no one else.
+                self.assertEqual(volume["secret"]["defaultMode"], 0o440)
+                self.assertIn("fsGroup", spec["securityContext"])
+                mounts = [m for c in spec["containers"] for m in c["volumeMounts"] if m["name"] == volume["name"]]
+                self.assertTrue(mounts and all(m["readOnly"] for m in mounts))
+                # Not below the ConfigMap's read-only mount, where the kubelet cannot create it.
+                self.assertTrue(all(not m["mountPath"].startswith("/etc/modbot/") for m in mounts))
+
+    def test_dashboard_configmap(self) -> None:
+        maps = [c for c in self.of_kind("ConfigMap") if "modbot.json" in c["data"]]
+        dashboards = self.effective["dashboards"]
+        self.assertEqual(len(maps), int(dashboards["enabled"]))
+        for configmap in maps:
+            self.assertEqual(json.loads(configmap["data"]["modbot.json"]), json.loads(DASHBOARD.read_text()))
+            self.assertLessEqual(dashboards["labels"].items(), configmap["metadata"]["labels"].items())
+            self.assertEqual(configmap["metadata"].get("annotations", {}), dashboards["annotations"])
+            self.assertLess(len(configmap["data"]["modbot.json"]), 1 << 20)  # a ConfigMap's limit is 1 MiB
+
     def test_bridges(self) -> None:
         [service] = self.of_kind("Service")
         grpc_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+        scheme = "https" if self.effective["tls"]["enabled"] else "http"
         bridges = [d for d in self.of_kind("Deployment") if d is not self.serve()]
         self.assertEqual(len(bridges), len(self.effective["bridges"]))
         by_name = {d["metadata"]["labels"]["modbot/bridge"]: d for d in bridges}
@@ -258,7 +454,7 @@ class ChartCase:
             if spec.get("channel"):
                 self.assertEqual(flag("--channel"), spec["channel"])
             if not self.effective["bridge"]["serverUrl"]:
-                self.assertEqual(flag("--server-url"), f"http://{service['metadata']['name']}:{grpc_port}")
+                self.assertEqual(flag("--server-url"), f"{scheme}://{service['metadata']['name']}.{NAMESPACE}.svc:{grpc_port}")
             env = {e["name"] for e in container["env"]}
             self.assertLessEqual({"MODBOT_BRIDGE_CHAT_TOKEN", "MODBOT_BRIDGE_SERVER_TOKEN"}, env)
 
@@ -269,9 +465,214 @@ class DefaultValues(ChartCase, unittest.TestCase):
 
 
 class EverythingOn(ChartCase, unittest.TestCase):
+    """Every optional part on, TLS too (bridges trusting the server's CA)."""
+
     values_file = "ci-values.yaml"
+    expect_kinds = {"ConfigMap": 2, "Deployment": 3, "Service": 1, "PodDisruptionBudget": 1,
+                    "HorizontalPodAutoscaler": 1, "ServiceMonitor": 1, "PodMonitor": 1}
+
+
+def plaintext(values: dict) -> None:
+    values["tls"] = {"enabled": False, "serverCA": {"existingSecret": ""}}
+    values["dashboards"]["enabled"] = False
+
+
+class PlaintextBridges(ChartCase, unittest.TestCase):
+    """The same without TLS: native gRPC probes, bridges on http://."""
+
+    values_file = "ci-values.yaml"
+    overrides = staticmethod(plaintext)
     expect_kinds = {"ConfigMap": 1, "Deployment": 3, "Service": 1, "PodDisruptionBudget": 1,
+                    "HorizontalPodAutoscaler": 1, "ServiceMonitor": 1, "PodMonitor": 1}
+
+
+def mutual_tls(values: dict) -> None:
+    values["bridges"] = []
+    values["tls"]["clientCA"] = {"existingSecret": "ci-client-ca", "key": "ca.pem"}
+    values["tls"]["serverCA"]["existingSecret"] = ""
+
+
+class MutualTLS(ChartCase, unittest.TestCase):
+    """Mutual TLS, which the chart allows only without bridges (they have no client
+    certificate); the PodMonitor is not rendered without bridges."""
+
+    values_file = "ci-values.yaml"
+    overrides = staticmethod(mutual_tls)
+    expect_kinds = {"ConfigMap": 2, "Deployment": 1, "Service": 1, "PodDisruptionBudget": 1,
                     "HorizontalPodAutoscaler": 1, "ServiceMonitor": 1}
+
+
+# Metrics the lead is adding to the Rust code in the same change as this dashboard: README.md's
+# Metrics table will list them. Until it does, they are allowed from here (name: labels).
+NEW_METRICS = {
+    "modbot_verdict_reasons_total": {"kind", "reason", "mode"},
+    "modbot_verdicts_degraded_total": {"component"},
+    "modbot_degraded": {"component"},
+    "modbot_decision_seconds": set(),
+    "modbot_actions_total": {"status"},
+}
+# Labels Prometheus adds to every series (the Prometheus Operator's target labels, the
+# PodMonitor's `bridge`) or that come with a kind of metric (histogram buckets, summaries).
+TARGET_LABELS = {"namespace", "pod", "instance", "job", "service", "container", "endpoint", "bridge"}
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
+                   "unless", "offset", "inf", "nan"}
+
+
+def readme_metrics() -> dict[str, set[str]]:
+    """Metric name -> label names, from README.md: the Metrics table (first column the
+    names, second the labels, their example values in parentheses) and the metric list of
+    the bridge section (`name{label}`)."""
+    text = (ROOT / "README.md").read_text()
+    metrics: dict[str, set[str]] = {}
+    table = text.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| `modbot_") or len(cells) < 3:
+            continue
+        labels = set(re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", cells[1])))
+        for name in re.findall(r"`(modbot_[a-z0-9_]+)`", cells[0]):
+            metrics[name] = labels
+    bridge = text.split("\n## Moderating a chat", 1)[1].split("\n## ", 1)[0]
+    listing = bridge.split("- **Metrics**", 1)[1].split("\n\n", 1)[0]
+    for name, labels in re.findall(r"`(modbot_bridge_[a-z0-9_]+)(?:\{([a-z_,]+)\})?`", listing):
+        metrics[name] = set(filter(None, labels.split(",")))
+    return metrics
+
+
+def promql_names(expr: str) -> tuple[set[str], set[str]]:
+    """(metric names, label names) in a PromQL expression or a Grafana label_values() query.
+    Names: identifiers left once strings, ranges, label matchers and groupings are cut out,
+    that are not functions or keywords, plus `__name__` matchers' alternatives. Labels: those
+    of matchers, of by/without/on/ignoring groupings, and label_values()'s second argument."""
+    labels: set[str] = set()
+    names: set[str] = set()
+    for regex in re.findall(r'__name__\s*=~?\s*"([^"]*)"', expr):
+        names |= set(regex.split("|"))
+    for matchers in re.findall(r"\{([^{}]*)\}", re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)):
+        labels |= {m for m in re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", matchers) if m != "__name__"}
+    for group in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr):
+        labels |= {g.strip() for g in group.split(",") if g.strip()}
+    label_values = re.match(r"^label_values\((.*),\s*([a-zA-Z_][a-zA-Z0-9_]*)\)$", expr.strip())
+    if label_values:
+        labels.add(label_values.group(2))
+        expr = label_values.group(1)
+    bare = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    bare = re.sub(r"\[[^\]]*\]", "", bare)
+    bare = re.sub(r"\{[^}]*\}", "", bare)
+    bare = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", bare)
+    for ident in re.findall(r"(?<![\w.$:])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:])(?!\s*\()", bare):
+        if ident.lower() not in PROMQL_KEYWORDS:
+            names.add(ident)
+    return names, labels
+
+
+def base_name(name: str) -> str:
+    return re.sub(r"_(bucket|sum|count)$", "", name)
+
+
+class Dashboard(unittest.TestCase):
+    """helm/modbot/dashboards/modbot.json: generated, well-formed, and querying only metrics
+    (and labels) modbot documents."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.dashboard = json.loads(DASHBOARD.read_text())
+        cls.documented = readme_metrics()
+        cls.known = {**cls.documented, **NEW_METRICS}
+        cls.queries = [(p["title"], t["expr"]) for p in cls.dashboard["panels"] for t in p.get("targets", [])]
+        cls.queries += [(f"${v['name']}", v["query"]["query"]) for v in cls.dashboard["templating"]["list"]
+                        if v["type"] == "query"]
+
+    def test_readme_parsed(self) -> None:
+        # The parser must keep finding the table and the bridge list (or every check below
+        # would pass vacuously); these are a few names from each.
+        for name in ("modbot_grpc_requests_total", "modbot_model_batch_tokens", "modbot_appeals_resolved_total",
+                     "modbot_bridge_chat_connected", "modbot_bridge_stream_errors_total"):
+            self.assertIn(name, self.documented)
+        self.assertEqual(self.documented["modbot_grpc_requests_total"], {"rpc", "code"})
+        self.assertEqual(self.documented["modbot_bridge_frames_skipped_total"], {"reason"})
+        self.assertGreaterEqual(len(self.documented), 45)
+
+    def test_generated(self) -> None:
+        sys.path.insert(0, str(HERE))
+        try:
+            import dashboard
+        finally:
+            sys.path.remove(str(HERE))
+        self.assertEqual(DASHBOARD.read_text(), dashboard.render(), "stale: run python3 helm/dashboard.py")
+
+    def test_panels(self) -> None:
+        panels = self.dashboard["panels"]
+        ids = [p["id"] for p in panels]
+        self.assertEqual(len(ids), len(set(ids)), "panel ids are not unique")
+        cells = set()
+        for panel in panels:
+            with self.subTest(panel=panel["title"]):
+                pos = panel["gridPos"]
+                self.assertLessEqual(pos["x"] + pos["w"], 24)
+                mine = {(pos["x"] + dx, pos["y"] + dy) for dx in range(pos["w"]) for dy in range(pos["h"])}
+                self.assertFalse(mine & cells, "overlaps another panel")
+                cells |= mine
+                if panel["type"] == "row":
+                    self.assertNotIn("targets", panel)
+                    continue
+                self.assertGreaterEqual(len(panel["targets"]), 1)
+                self.assertEqual(panel["datasource"]["uid"], "${datasource}")
+                ref_ids = [t["refId"] for t in panel["targets"]]
+                self.assertEqual(len(ref_ids), len(set(ref_ids)))
+                for target in panel["targets"]:
+                    self.assertTrue(target["expr"].strip())
+                    self.assertEqual(target["datasource"]["uid"], "${datasource}")
+                    # Scoped to the chosen namespace and pods.
+                    self.assertIn('namespace="$namespace"', target["expr"])
+                    self.assertIn('pod=~"$pod"', target["expr"])
+                    self.assertEqual(target["expr"].count("("), target["expr"].count(")"))
+
+    def test_variables(self) -> None:
+        variables = {v["name"]: v for v in self.dashboard["templating"]["list"]}
+        self.assertEqual((variables["datasource"]["type"], variables["datasource"]["query"]), ("datasource", "prometheus"))
+        for name in ("namespace", "pod"):
+            self.assertEqual(variables[name]["type"], "query")
+            self.assertEqual(variables[name]["datasource"]["uid"], "${datasource}")
+            self.assertTrue(variables[name]["query"]["query"].endswith(f", {name})"))
+        self.assertTrue(variables["pod"]["multi"] and variables["pod"]["includeAll"])
+
+    def test_metric_and_label_names(self) -> None:
+        for title, expr in self.queries:
+            names, labels = promql_names(expr)
+            with self.subTest(panel=title, expr=expr):
+                self.assertTrue(names, "no metric found")
+                allowed_labels = set(TARGET_LABELS)
+                for name in names:
+                    self.assertTrue(base_name(name) in self.known, f"{name} is neither in README.md nor in NEW_METRICS")
+                    allowed_labels |= self.known[base_name(name)]
+                    if name.endswith("_bucket"):
+                        self.assertTrue(base_name(name).endswith("_seconds"), f"{name}: only *_seconds have buckets")
+                        allowed_labels.add("le")
+                self.assertLessEqual(labels, allowed_labels, "a label these metrics do not have")
+                if "histogram_quantile" in expr:
+                    self.assertRegex(expr, r"_bucket\{")
+                    self.assertRegex(expr, r"by \([^)]*\ble\b")
+
+    def test_coverage(self) -> None:
+        used = {base_name(n) for _, expr in self.queries for n in promql_names(expr)[0]}
+        bridge = {n for n in self.documented if n.startswith("modbot_bridge_")}
+        self.assertEqual(bridge - used, set(), "bridge metrics missing from the dashboard")
+        self.assertEqual(set(NEW_METRICS) - used, set())
+        required = {"modbot_grpc_requests_total", "modbot_grpc_request_duration_seconds", "modbot_grpc_requests_in_flight",
+                    "modbot_verdicts_total", "modbot_model_up", "modbot_model_queue_depth", "modbot_model_batch_messages",
+                    "modbot_model_batch_tokens", "modbot_model_inference_seconds", "modbot_model_queue_wait_seconds",
+                    "modbot_model_cache_hit_ratio", "modbot_model_rejected_total", "modbot_actions_sent_total",
+                    "modbot_bridges_connected", "modbot_streams_open", "modbot_audit_write_failures_total"}
+        self.assertEqual(required - used, set())
+
+    def test_promql_parser(self) -> None:
+        # The checker itself must see what it is meant to see.
+        names, labels = promql_names('sum by (rpc, le) (rate(x_bucket{a="b,c", d=~"$e"}[$__rate_interval])) / on (f) y offset 5m')
+        self.assertEqual(names, {"x_bucket", "y"})
+        self.assertEqual(labels, {"rpc", "le", "a", "d", "f"})
+        names, labels = promql_names('label_values({__name__=~"m1|m2", namespace="$namespace"}, pod)')
+        self.assertEqual((names, labels), ({"m1", "m2"}, {"namespace", "pod"}))
 
 
 class Refused(unittest.TestCase):
@@ -301,6 +702,27 @@ class Refused(unittest.TestCase):
 
     def test_no_auth_secret(self) -> None:
         self.refused(lambda v: v["auth"].update(existingSecret=""), "auth.existingSecret is required")
+
+    def test_tls_without_secret(self) -> None:
+        self.refused(lambda v: v["tls"].update(existingSecret=""), "tls.enabled needs tls.existingSecret")
+
+    def test_mutual_tls_with_bridges(self) -> None:
+        self.refused(lambda v: v["tls"]["clientCA"].update(existingSecret="ca"), "cannot present a client certificate")
+
+    def test_client_ca_without_tls(self) -> None:
+        def change(v: dict) -> None:
+            v["bridges"] = []
+            v["tls"].update(enabled=False, clientCA={"existingSecret": "ca", "key": "ca.crt"})
+        self.refused(change, "tls.clientCA needs tls.enabled")
+
+    def test_plaintext_server_url_with_tls(self) -> None:
+        self.refused(lambda v: v["bridge"].update(serverUrl="http://modbot:50051"), "use https://")
+
+    def test_tls_files_in_config(self) -> None:
+        for table, key in (("grpc", "tls_cert_file"), ("grpc", "tls_key_file"), ("grpc", "tls_client_ca_file"),
+                           ("bridge", "server_ca_file")):
+            with self.subTest(key=key):
+                self.refused(lambda v: v["config"][table].update({key: "/x.pem"}), f"config.{table}.{key} is set by the chart")
 
 
 class Lint(unittest.TestCase):

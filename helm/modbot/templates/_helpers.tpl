@@ -66,3 +66,51 @@ valid TOML. Anything else (lists, maps) is not a modbot configuration value.
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* The URL the bridges dial: bridge.serverUrl, else the chart's Service by its namespaced name. */}}
+{{- define "modbot.serverUrl" -}}
+{{- if .Values.bridge.serverUrl -}}
+{{ .Values.bridge.serverUrl }}
+{{- else -}}
+{{ ternary "https" "http" (.Values.tls.enabled | default false) }}://{{ include "modbot.fullname" . }}.{{ .Release.Namespace }}.svc:{{ .Values.ports.grpc }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Where the TLS Secrets are mounted (outside /etc/modbot, the ConfigMap's read-only mount). The
+Secrets' keys are mapped to these fixed file names with `items`, so a missing key stops the
+pod before modbot starts (CreateContainerConfigError naming it).
+*/}}
+{{- define "modbot.tlsDir" -}}/etc/modbot-tls/server{{- end -}}
+{{- define "modbot.clientCADir" -}}/etc/modbot-tls/client-ca{{- end -}}
+{{- define "modbot.serverCADir" -}}/etc/modbot-tls/server-ca{{- end -}}
+
+{{/* Values the chart refuses, checked once (included by the ConfigMap, always rendered). */}}
+{{- define "modbot.validate" -}}
+{{- $grpc := .Values.config.grpc | default dict -}}
+{{- $bridge := .Values.config.bridge | default dict -}}
+{{- range $key := list "tls_cert_file" "tls_key_file" "tls_client_ca_file" -}}
+{{- if hasKey $grpc $key -}}
+{{- fail (printf "config.grpc.%s is set by the chart from `tls` (a mounted Secret)" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if hasKey $bridge "server_ca_file" -}}
+{{- fail "config.bridge.server_ca_file is set by the chart from `tls.serverCA` (a mounted Secret)" -}}
+{{- end -}}
+{{- if .Values.tls.enabled -}}
+{{- if not .Values.tls.existingSecret -}}
+{{- fail "tls.enabled needs tls.existingSecret (a Secret with the server's certificate and key)" -}}
+{{- end -}}
+{{- if and .Values.bridges (hasPrefix "http://" (include "modbot.serverUrl" .)) -}}
+{{- fail "bridge.serverUrl is http:// but tls.enabled serves TLS only: use https://" -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.tls.clientCA.existingSecret -}}
+{{- if not .Values.tls.enabled -}}
+{{- fail "tls.clientCA needs tls.enabled (mutual TLS is TLS first)" -}}
+{{- end -}}
+{{- if .Values.bridges -}}
+{{- fail "tls.clientCA (mutual TLS) with bridges: modbot bridge cannot present a client certificate, the server would refuse it" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
