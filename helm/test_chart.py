@@ -117,12 +117,18 @@ def secret_file(pod: dict, container: dict, path: str) -> tuple[str, str]:
     volume's `items`; fails if the file is not a read-only mounted Secret's."""
     volumes = {v["name"]: v for v in pod["volumes"]}
     file = Path(path)
-    [mount] = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == file.parent]
-    if not mount.get("readOnly"):
-        raise AssertionError(f"{mount['mountPath']} is not mounted read-only")
-    secret = volumes[mount["name"]]["secret"]
-    [item] = [i for i in secret["items"] if i["path"] == file.name]
-    return secret["secretName"], item["key"]
+    mounts = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == file.parent]
+    if len(mounts) != 1:
+        raise AssertionError(f"{path}: {len(mounts)} volumes mounted at {file.parent}")
+    if not mounts[0].get("readOnly"):
+        raise AssertionError(f"{mounts[0]['mountPath']} is not mounted read-only")
+    secret = volumes[mounts[0]["name"]].get("secret")
+    if secret is None:
+        raise AssertionError(f"{path}: the volume at {file.parent} is not a Secret")
+    items = [i for i in secret.get("items", []) if i["path"] == file.name]
+    if len(items) != 1:
+        raise AssertionError(f"{path}: no item of Secret {secret['secretName']} is written to {file.name}")
+    return secret["secretName"], items[0]["key"]
 
 
 def reference_config() -> dict:

@@ -79,7 +79,7 @@ valid TOML. Anything else (lists, maps) is not a modbot configuration value.
 {{/*
 Where the TLS Secrets are mounted (outside /etc/modbot, the ConfigMap's read-only mount). The
 Secrets' keys are mapped to these fixed file names with `items`, so a missing key stops the
-pod before modbot starts (CreateContainerConfigError naming it).
+pod before modbot starts (a FailedMount event naming it).
 */}}
 {{- define "modbot.tlsDir" -}}/etc/modbot-tls/server{{- end -}}
 {{- define "modbot.clientCADir" -}}/etc/modbot-tls/client-ca{{- end -}}
