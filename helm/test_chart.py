@@ -10,8 +10,8 @@ schemas bundled by kubernetes-validate; the ServiceMonitor and PodMonitor, CRDs,
 by hand. Then the objects' references to each other are checked (selectors against pod
 labels, probe and scrape ports against container ports, config file paths against the
 Secrets mounted there), and the ConfigMap's modbot.toml against config/modbot.toml. The
-Grafana dashboard (helm/modbot/dashboards/modbot.json) must be helm/dashboard.py's output and
-query only metrics README.md documents. Last, values the chart must refuse are rendered and
+Grafana dashboard (helm/modbot/dashboards/modbot.json) must be helm/dashboard.py's output, its
+queries must parse (promql-parser) and use only metrics and labels README.md documents. Last, values the chart must refuse are rendered and
 must fail.
 
 Run: .venv-helm/bin/python helm/test_chart.py  (requirements: helm/requirements.txt)
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import helm_python as helm
 import kubernetes_validate
+import promql_parser
 import yaml
 
 HERE = Path(__file__).resolve().parent
@@ -520,8 +521,6 @@ NEW_METRICS = {
 # Labels Prometheus adds to every series (the Prometheus Operator's target labels, the
 # PodMonitor's `bridge`) or that come with a kind of metric (histogram buckets, summaries).
 TARGET_LABELS = {"namespace", "pod", "instance", "job", "service", "container", "endpoint", "bridge"}
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-                   "unless", "offset", "inf", "nan"}
 
 
 def readme_metrics() -> dict[str, set[str]]:
@@ -545,31 +544,67 @@ def readme_metrics() -> dict[str, set[str]]:
     return metrics
 
 
-def promql_names(expr: str) -> tuple[set[str], set[str]]:
-    """(metric names, label names) in a PromQL expression or a Grafana label_values() query.
-    Names: identifiers left once strings, ranges, label matchers and groupings are cut out,
-    that are not functions or keywords, plus `__name__` matchers' alternatives. Labels: those
-    of matchers, of by/without/on/ignoring groupings, and label_values()'s second argument."""
-    labels: set[str] = set()
-    names: set[str] = set()
-    for regex in re.findall(r'__name__\s*=~?\s*"([^"]*)"', expr):
-        names |= set(regex.split("|"))
-    for matchers in re.findall(r"\{([^{}]*)\}", re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)):
-        labels |= {m for m in re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", matchers) if m != "__name__"}
-    for group in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr):
-        labels |= {g.strip() for g in group.split(",") if g.strip()}
-    label_values = re.match(r"^label_values\((.*),\s*([a-zA-Z_][a-zA-Z0-9_]*)\)$", expr.strip())
+# Grafana's interval variables, given a value so that the PromQL parses.
+GRAFANA_INTERVALS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+
+
+def parse_promql(expr: str) -> tuple[object, set[str]]:
+    """A dashboard query parsed by a real PromQL parser (promql-parser, the Rust crate's
+    bindings): the AST, and the label Grafana's label_values(selector, label) asks for."""
+    for variable, duration in GRAFANA_INTERVALS.items():
+        expr = expr.replace(variable, duration)
+    labels = set()
+    label_values = re.fullmatch(r"label_values\((.*),\s*([a-zA-Z_][a-zA-Z0-9_]*)\)", expr.strip(), re.S)
     if label_values:
-        labels.add(label_values.group(2))
         expr = label_values.group(1)
-    bare = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
-    bare = re.sub(r"\[[^\]]*\]", "", bare)
-    bare = re.sub(r"\{[^}]*\}", "", bare)
-    bare = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", bare)
-    for ident in re.findall(r"(?<![\w.$:])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:])(?!\s*\()", bare):
-        if ident.lower() not in PROMQL_KEYWORDS:
-            names.add(ident)
+        labels.add(label_values.group(2))
+    return promql_parser.parse(expr), labels
+
+
+def promql_names(expr: str) -> tuple[set[str], set[str]]:
+    """(metric names, label names) of a query: the selectors' names (a `__name__` matcher's
+    alternatives too), and the labels of matchers, of by/without and on/ignoring/group_*."""
+    ast, labels = parse_promql(expr)
+    names: set[str] = set()
+
+    def visit(node) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            if node.name:
+                names.add(node.name)
+            matchers = list(node.matchers.matchers) + [m for group in node.matchers.or_matchers for m in group]
+            for matcher in matchers:
+                if matcher.name != "__name__":
+                    labels.add(matcher.name)
+                    continue
+                alternatives = matcher.value.split("|")
+                if not all(re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", a) for a in alternatives):
+                    raise ValueError(f"__name__ matcher {matcher.value!r}: only plain names and | are checked")
+                names.update(alternatives)
+        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            labels.update(node.modifier.labels)
+        elif isinstance(node, promql_parser.BinaryExpr) and node.modifier is not None:
+            if node.modifier.matching is not None:
+                labels.update(node.modifier.matching.labels)
+            labels.update(node.modifier.group_labels or [])
+
+    promql_parser.walk(ast, visit)
     return names, labels
+
+
+def quantile_groupings(expr: str) -> list[tuple[set[str], set[str]]]:
+    """For each histogram_quantile() of a query: the labels its argument is summed by, and the
+    metric names under it."""
+    ast, _ = parse_promql(expr)
+    found = []
+
+    def visit(node) -> None:
+        if isinstance(node, promql_parser.Call) and node.func.name == "histogram_quantile":
+            inner = node.args[1]
+            by = set(inner.modifier.labels) if isinstance(inner, promql_parser.AggregateExpr) and inner.modifier else set()
+            found.append((by, promql_names(inner.prettify())[0]))
+
+    promql_parser.walk(ast, visit)
+    return found
 
 
 def base_name(name: str) -> str:
@@ -645,8 +680,11 @@ class Dashboard(unittest.TestCase):
 
     def test_metric_and_label_names(self) -> None:
         for title, expr in self.queries:
-            names, labels = promql_names(expr)
             with self.subTest(panel=title, expr=expr):
+                try:
+                    names, labels = promql_names(expr)
+                except ValueError as error:
+                    self.fail(f"not PromQL: {error}")
                 self.assertTrue(names, "no metric found")
                 allowed_labels = set(TARGET_LABELS)
                 for name in names:
@@ -656,9 +694,9 @@ class Dashboard(unittest.TestCase):
                         self.assertTrue(base_name(name).endswith("_seconds"), f"{name}: only *_seconds have buckets")
                         allowed_labels.add("le")
                 self.assertLessEqual(labels, allowed_labels, "a label these metrics do not have")
-                if "histogram_quantile" in expr:
-                    self.assertRegex(expr, r"_bucket\{")
-                    self.assertRegex(expr, r"by \([^)]*\ble\b")
+                for by, inner in quantile_groupings(expr):
+                    self.assertIn("le", by, "histogram_quantile over a sum that drops `le`")
+                    self.assertTrue(inner and all(n.endswith("_bucket") for n in inner), inner)
 
     def test_coverage(self) -> None:
         used = {base_name(n) for _, expr in self.queries for n in promql_names(expr)[0]}
@@ -673,13 +711,18 @@ class Dashboard(unittest.TestCase):
         self.assertEqual(required - used, set())
 
     def test_promql_parser(self) -> None:
-        # The checker itself must see what it is meant to see.
-        names, labels = promql_names('sum by (rpc, le) (rate(x_bucket{a="b,c", d=~"$e"}[$__rate_interval])) / on (f) y offset 5m')
+        # The checker itself must see what it is meant to see, and refuse what does not parse.
+        names, labels = promql_names('sum by (rpc, le) (rate(x_bucket{a="b,c", d=~"$e"}[$__rate_interval])) '
+                                     '/ on (f) group_left (g) y offset 5m')
         self.assertEqual(names, {"x_bucket", "y"})
-        self.assertEqual(labels, {"rpc", "le", "a", "d", "f"})
+        self.assertEqual(labels, {"rpc", "le", "a", "d", "f", "g"})
         names, labels = promql_names('label_values({__name__=~"m1|m2", namespace="$namespace"}, pod)')
         self.assertEqual((names, labels), ({"m1", "m2"}, {"namespace", "pod"}))
-
+        self.assertEqual(quantile_groupings("histogram_quantile(0.9, sum by (le) (rate(h_bucket[5m])))"),
+                         [({"le"}, {"h_bucket"})])
+        for bad in ("sum(rate(x[5m])", "rate(x[$__nope])", "nosuchfn(x)", "sum by (a) x y"):
+            with self.subTest(bad=bad), self.assertRaises(ValueError):
+                promql_names(bad)
 
 class Refused(unittest.TestCase):
     """Values the chart must refuse to render."""
