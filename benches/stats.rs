@@ -1,5 +1,8 @@
-//! The cost of counting a verdict ([`modbot::stats::Stats::record`]) next to normalising the
-//! same message, on the synthetic chat corpus.
+//! The cost of counting a verdict ([`modbot::stats::Stats::record`]), of its Prometheus
+//! metrics ([`modbot::telemetry::record_verdict`]) and of its `message` span
+//! ([`modbot::telemetry::message_span`], created and entered under a JSON subscriber at
+//! `info`, as `modbot serve --log-format json` runs) next to normalising the same message, on
+//! the synthetic chat corpus.
 //!
 //! ```text
 //! cargo bench --bench stats
@@ -9,8 +12,10 @@
 //! state before timing (so a share of them carry rule reasons, and the channels are the
 //! corpus's), with latencies spread over 50 µs to 20 ms. `stats/record` counts them in order
 //! into one recorder, as `Classify` and streams do; `stats/normalize` normalises the same
-//! messages' texts. Both report elements per second: their ratio is what counting costs
-//! relative to the cheapest other step every message takes.
+//! messages' texts. All report elements per second: their ratio is what counting costs
+//! relative to the cheapest other step every message takes. `stats/metrics` records into a
+//! real Prometheus recorder (installed for this process); `stats/span` writes nothing (no
+//! event is logged inside the span), which is the per-message cost in normal operation.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
@@ -88,6 +93,32 @@ fn bench_stats(c: &mut Criterion) {
         b.iter(|| {
             for verdict in &verdicts {
                 stats.record(black_box(verdict));
+            }
+        })
+    });
+    metrics::set_global_recorder(modbot::telemetry::prometheus_builder().build_recorder())
+        .expect("the only recorder in this process");
+    group.bench_function("metrics", |b| {
+        b.iter(|| {
+            for verdict in &verdicts {
+                modbot::telemetry::record_verdict(black_box(verdict));
+            }
+        })
+    });
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .finish(),
+    )
+    .expect("the only subscriber in this process");
+    group.bench_function("span", |b| {
+        b.iter(|| {
+            for message in &messages {
+                let span = modbot::telemetry::message_span(black_box(message), false);
+                let _entered = span.enter();
             }
         })
     });

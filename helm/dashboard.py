@@ -11,10 +11,8 @@ section). Edit this file, then run it:
 
 Every query selects `namespace="$namespace", pod=~"$pod"`: the labels the Prometheus
 Operator puts on targets found by the chart's ServiceMonitor (serve) and PodMonitor (bridges).
-`*_seconds` metrics are histograms (buckets shared by every replica, so quantiles are taken
-over the sum of all pods' buckets). modbot_model_batch_messages / _tokens are not `_seconds`
-and the exporter renders them as per-process summaries, which cannot be aggregated: the
-dashboard shows their mean (rate of _sum / rate of _count), which is right either way.
+`*_seconds` metrics and the batch sizes are histograms (buckets shared by every replica, so
+quantiles are taken over the sum of all pods' buckets).
 """
 
 from __future__ import annotations
@@ -176,10 +174,12 @@ def build() -> dict:
         (quantile(0.5, "modbot_model_inference_seconds"), "p50"),
         (quantile(0.99, "modbot_model_inference_seconds"), "p99"),
     ], unit="s")
-    b.panel("Mean batch size", [
-        (f'{rate("modbot_model_batch_messages_sum")} / {rate("modbot_model_batch_messages_count")}', "messages"),
-        (f'{rate("modbot_model_batch_tokens_sum")} / {rate("modbot_model_batch_tokens_count")}', "tokens"),
-    ], description="Mean messages and tokens per batch.")
+    b.panel("Batch size p50 / p99", [
+        (quantile(0.5, "modbot_model_batch_messages"), "messages p50"),
+        (quantile(0.99, "modbot_model_batch_messages"), "messages p99"),
+        (quantile(0.5, "modbot_model_batch_tokens"), "tokens p50"),
+        (quantile(0.99, "modbot_model_batch_tokens"), "tokens p99"),
+    ], description="Messages and tokens per model batch.")
     b.panel("Batches per second", [(rate("modbot_model_batch_messages_count", "pod"), "{{pod}}")], unit="ops")
     hits = rate("modbot_model_cache_lookups_total", "", 'result="hit"')
     b.panel("Score cache hit ratio", [
@@ -198,10 +198,9 @@ def build() -> dict:
     b.row("Actions and streams")
     b.panel("Actions by status", [(rate("modbot_actions_total", "status"), "{{status}}")], unit="ops",
             description="Actions by status they reached: pending, recorded, executed, failed, expired.")
-    b.panel("Action commands sent, answers", [
-        (rate("modbot_actions_sent_total"), "sent"),
-        (rate("modbot_actions_answered_total", "status"), "answered {{status}}"),
-        (rate("modbot_actions_expired_total"), "expired"),
+    b.panel("Actions recorded by source, commands sent", [
+        (rate("modbot_actions_recorded_total", "source"), "recorded {{source}}"),
+        (rate("modbot_actions_sent_total"), "commands sent"),
     ], unit="ops")
     b.panel("Bridges connected, streams open", [
         (f"sum(modbot_bridges_connected{sel()})", "bridges connected"),

@@ -13,7 +13,7 @@ use crate::actions::dispatch::Dispatcher;
 use crate::audit::AuditWriter;
 use crate::config::Config;
 use crate::config::ModelConfig;
-use crate::decision::Engine;
+use crate::decision::{Degraded, Engine};
 use crate::grpc;
 use crate::inference::{Description, Limits, ModelBackend, Scorer, Status};
 use crate::model::heads::Heads;
@@ -62,6 +62,15 @@ impl App {
         let grpc = &self.config.grpc;
         let per_message = grpc.max_text_bytes as usize + 16 * 1024;
         (grpc.max_messages_per_call as usize * per_message).max(4 * 1024 * 1024)
+    }
+
+    /// Counts a verdict returned to a caller, once `elapsed` is set: in this replica's
+    /// statistics (`Admin.GetStats`) and in the Prometheus metrics
+    /// ([`crate::telemetry::record_verdict`]). Dry runs are an operator trying the rules, not
+    /// chat traffic, and are not counted.
+    pub fn count_verdict(&self, verdict: &crate::decision::Verdict) {
+        crate::telemetry::record_verdict(verdict);
+        self.stats.record(verdict);
     }
 }
 
@@ -255,7 +264,12 @@ async fn report_model_health(
     mut status: tokio::sync::watch::Receiver<Status>,
 ) {
     loop {
-        let serving = matches!(*status.borrow_and_update(), Status::Ready | Status::NoHeads);
+        let (serving, failed) = match &*status.borrow_and_update() {
+            Status::Ready | Status::NoHeads => (true, false),
+            Status::Off => (false, false),
+            Status::Failed(_) => (false, true),
+        };
+        crate::telemetry::set_degraded(Degraded::Model, failed);
         health
             .set_service_status(
                 MODEL_HEALTH_NAME,
@@ -315,7 +329,9 @@ pub async fn serve(
     }
     let rules_file = crate::ruleset::read_rules_file(&config)?;
     let state = open_state(&config).await?;
+    crate::telemetry::set_degraded(Degraded::UserState, state.is_degraded());
     let store = open_store(&config).await?;
+    crate::telemetry::set_degraded(Degraded::Store, false);
     let (rule_source, rules) = RuleSource::open(store.clone(), &rules_file).await?;
     let grace = config.grpc.shutdown_grace();
     let scorer = open_model(&config.model).await;
@@ -385,6 +401,7 @@ pub async fn serve(
         .initial_connection_window_size(CONNECTION_WINDOW)
         // Outermost, so calls the auth layer refuses are counted too.
         .layer(grpc::metrics::MetricsLayer)
+        .layer(grpc::trace::TraceLayer)
         .layer(grpc::auth::AuthLayer::new(credentials))
         .add_routes(grpc::routes(Arc::clone(&app)))
         .add_service(health_service)

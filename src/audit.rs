@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::actions::dispatch::Dispatcher;
+use crate::decision::Degraded;
 use crate::store::{AuditRecord, Store};
 
 /// Most records committed in one transaction.
@@ -56,6 +57,7 @@ async fn audit_writer_task(
         loop {
             match store.record_verdicts(&batch).await {
                 Ok(()) => {
+                    crate::telemetry::set_degraded(Degraded::Store, false);
                     if batch.iter().any(|r| r.action.is_some()) {
                         dispatcher.wake();
                     }
@@ -70,6 +72,7 @@ async fn audit_writer_task(
                     tracing::error!(%error, count = batch.len(), "audit write failed; records dropped");
                     metrics::counter!("modbot_audit_write_failures_total")
                         .increment(batch.len() as u64);
+                    crate::telemetry::set_degraded(Degraded::Store, true);
                     break;
                 }
             }

@@ -397,6 +397,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// `EnvFilter` directives.
     pub level: String,
+    /// Whether message text is recorded in the `message` span.
+    pub message_text: bool,
 }
 
 /// How log lines are written.

@@ -1,8 +1,22 @@
-//! Logging: `tracing` to standard error, as text or JSON lines.
+//! Logging and metrics helpers: `tracing` to standard error (text or JSON lines), the
+//! Prometheus exporter's histogram buckets, and the metrics every verdict and every degraded
+//! component report.
+//!
+//! Spans (all at `info`, so every warning or error logged inside them carries their fields):
+//! - `grpc{rpc, request_id}` around every call ([`crate::grpc::trace`]); the request id is the
+//!   caller's `x-request-id` or a new one, and is sent back in the response headers;
+//! - `stream{session, bridge}` around a `StreamModerate` session;
+//! - `message{channel, message_id}` around one message's decision ([`crate::moderate`]), with
+//!   `text` only when `log.message_text` is set;
+//! - `model_batch{messages, tokens}` (`debug`) on the model thread, linked by `follows_from`
+//!   to the `message` spans whose texts it scores.
+//!
+//! No message text is logged unless `log.message_text` says so, and no token or password ever.
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::decision::{ChatMessage, Degraded, Verdict};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.level`.
 /// Does nothing if a subscriber is already installed (tests that start several servers).
@@ -29,13 +43,119 @@ pub const SECONDS_BUCKETS: [f64; 16] = [
     1.0, 5.0, 60.0,
 ];
 
-/// The Prometheus exporter's builder with modbot's histogram buckets: `*_seconds` metrics are
-/// exported as histograms (so replicas can be aggregated), not as per-process summaries.
+/// Bucket bounds of `modbot_model_batch_messages` (up to `model.max_batch_messages`' limit).
+pub const BATCH_MESSAGES_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Bucket bounds of `modbot_model_batch_tokens`.
+pub const BATCH_TOKENS_BUCKETS: [f64; 10] = [
+    16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+];
+
+/// The Prometheus exporter's builder with modbot's histogram buckets: every histogram
+/// (`*_seconds`, the model's batch sizes) is exported as a Prometheus histogram, so replicas
+/// can be aggregated, never as a per-process summary.
 pub fn prometheus_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Suffix("_seconds".to_owned()),
-            &SECONDS_BUCKETS,
+    use metrics_exporter_prometheus::Matcher;
+    let buckets: [(Matcher, &[f64]); 3] = [
+        (Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS),
+        (
+            Matcher::Full("modbot_model_batch_messages".to_owned()),
+            &BATCH_MESSAGES_BUCKETS,
+        ),
+        (
+            Matcher::Full("modbot_model_batch_tokens".to_owned()),
+            &BATCH_TOKENS_BUCKETS,
+        ),
+    ];
+    buckets.into_iter().fold(
+        metrics_exporter_prometheus::PrometheusBuilder::new(),
+        |builder, (matcher, bounds)| {
+            builder
+                .set_buckets_for_metric(matcher, bounds)
+                .expect("the bucket lists are not empty. This is a bug")
+        },
+    )
+}
+
+/// Counts one verdict: `modbot_verdicts_total{decision}`, one
+/// `modbot_verdict_reasons_total{kind, reason, mode}` per reason (`kind` is `rule`, `model`,
+/// `escalation` or `policy`; `reason` the rule id, else the label; `mode` `enforce` or
+/// `shadow`), `modbot_verdicts_degraded_total{component}` per degraded component, and the
+/// time from receipt to verdict in `modbot_decision_seconds`. Rule ids are bounded by the rule
+/// set and labels by the heads, so the label sets stay small.
+pub fn record_verdict(verdict: &Verdict) {
+    metrics::counter!("modbot_verdicts_total", "decision" => verdict.decision.as_str())
+        .increment(1);
+    for reason in &verdict.reasons {
+        let id = if reason.rule_id.is_empty() {
+            &reason.label
+        } else {
+            &reason.rule_id
+        };
+        metrics::counter!(
+            "modbot_verdict_reasons_total",
+            "kind" => reason.source.as_str(),
+            "reason" => id.clone(),
+            "mode" => if reason.shadow { "shadow" } else { "enforce" }
         )
-        .expect("the bucket list is not empty. This is a bug")
+        .increment(1);
+    }
+    for component in &verdict.degraded {
+        metrics::counter!("modbot_verdicts_degraded_total", "component" => component.as_str())
+            .increment(1);
+    }
+    metrics::histogram!("modbot_decision_seconds").record(verdict.elapsed.as_secs_f64());
+}
+
+/// Sets the gauge `modbot_degraded{component}`: 1 while `component` is unavailable (the model
+/// failed, Redis is not answering, the last audit write failed), 0 otherwise.
+pub fn set_degraded(component: Degraded, degraded: bool) {
+    metrics::gauge!("modbot_degraded", "component" => component.as_str()).set(if degraded {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// The `message{channel, message_id}` span one message is decided in (both stages: the model
+/// job it queues carries it to the model thread). `text` is recorded only when `with_text`
+/// (`log.message_text`): chat text is personal data and stays out of logs by default.
+pub fn message_span(message: &ChatMessage, with_text: bool) -> tracing::Span {
+    let span = tracing::info_span!(
+        "message",
+        channel = %message.channel,
+        message_id = %message.message_id,
+        text = tracing::field::Empty,
+    );
+    if with_text {
+        span.record("text", message.text.as_str());
+    }
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_histogram_is_exported_with_buckets() {
+        let recorder = prometheus_builder().build_recorder();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!("modbot_model_batch_messages").record(3.0);
+            metrics::histogram!("modbot_model_batch_tokens").record(100.0);
+            metrics::histogram!("modbot_decision_seconds").record(0.002);
+        });
+        let rendered = recorder.handle().render();
+        for line in [
+            "modbot_model_batch_messages_bucket{le=\"2\"} 0",
+            "modbot_model_batch_messages_bucket{le=\"4\"} 1",
+            "modbot_model_batch_tokens_bucket{le=\"128\"} 1",
+            "modbot_decision_seconds_bucket{le=\"0.0025\"} 1",
+        ] {
+            assert!(rendered.lines().any(|l| l == line), "{line}\n{rendered}");
+        }
+        assert!(!rendered.contains("quantile"), "no summaries:\n{rendered}");
+    }
 }

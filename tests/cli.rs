@@ -198,29 +198,32 @@ impl Drop for Server {
     }
 }
 
-#[tokio::test]
-async fn serve_answers_and_stops_gracefully_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let child = modbot(&[
+/// Starts `modbot serve` on free ports with JSON logs, `extra` arguments and `env`; returns
+/// the server, its remaining log lines and its gRPC address (from the "modbot serving" line).
+fn serve_json(
+    dir: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Server, LogLines, String) {
+    let mut args = vec![
         "serve",
         "--grpc-addr",
         "127.0.0.1:0",
         "--metrics-addr",
         "127.0.0.1:0",
         "--data-dir",
-        dir.path().to_str().unwrap(),
+        dir.to_str().unwrap(),
         "--log-format",
         "json",
-        "--model-dir",
-        "",
-    ])
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("start modbot serve");
+    ];
+    args.extend_from_slice(extra);
+    let child = modbot(&args)
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start modbot serve");
     let mut server = Server(child);
     let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
-
-    // The JSON log's "modbot serving" line says where it listens.
     let addr = loop {
         let line = lines.next().expect("modbot logs before it exits").unwrap();
         let event: serde_json::Value =
@@ -229,24 +232,13 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
             break event["addr"].as_str().expect("addr field").to_owned();
         }
     };
-    let mut client = ModerationClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
-    let verdicts = client
-        .classify(ClassifyRequest {
-            messages: vec![chat_message("m1", "spammer", "buy followers here")],
-            options: None,
-        })
-        .await
-        .expect("classify")
-        .into_inner()
-        .verdicts;
-    assert_eq!(verdicts[0].decision, Decision::Hide as i32);
-    assert!(
-        dir.path().join("modbot.db").is_file(),
-        "the SQLite file is created on first run"
-    );
+    (server, lines, addr)
+}
 
+type LogLines = std::io::Lines<BufReader<std::process::ChildStderr>>;
+
+/// Sends SIGTERM; returns the log lines written until the server exited, and its exit status.
+async fn stop(mut server: Server, lines: LogLines) -> (Vec<String>, std::process::ExitStatus) {
     let pid = server.0.id().to_string();
     assert!(
         Command::new("kill")
@@ -266,7 +258,33 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
         .await
         .expect("modbot stops promptly after SIGTERM")
         .unwrap();
-    assert!(status.unwrap().success(), "exit 0 after SIGTERM: {rest:?}");
+    (rest, status.unwrap())
+}
+
+#[tokio::test]
+async fn serve_answers_and_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, lines, addr) = serve_json(dir.path(), &["--model-dir", ""], &[]);
+    let mut client = ModerationClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let verdicts = client
+        .classify(ClassifyRequest {
+            messages: vec![chat_message("m1", "spammer", "buy followers here")],
+            options: None,
+        })
+        .await
+        .expect("classify")
+        .into_inner()
+        .verdicts;
+    assert_eq!(verdicts[0].decision, Decision::Hide as i32);
+    assert!(
+        dir.path().join("modbot.db").is_file(),
+        "the SQLite file is created on first run"
+    );
+
+    let (rest, status) = stop(server, lines).await;
+    assert!(status.success(), "exit 0 after SIGTERM: {rest:?}");
     assert!(
         rest.iter().any(|l| l.contains("SIGTERM received")),
         "{rest:?}"
@@ -275,6 +293,116 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
         rest.iter().any(|l| l.contains("modbot stopped")),
         "{rest:?}"
     );
+}
+
+/// The JSON log of one Classify call at `modbot=debug`, with the model configured but missing
+/// (so each message logs, at debug, that it was decided without the model), `extra`
+/// arguments, and a caller's request id. Returns every line logged after start-up, parsed,
+/// and the request id the response carried.
+async fn classify_logged(extra: &[&str], text: &str) -> (Vec<serde_json::Value>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-model");
+    let mut args = vec![
+        "--model-dir",
+        missing.to_str().unwrap(),
+        "--set",
+        "model.fetch_if_missing=false",
+    ];
+    args.extend_from_slice(extra);
+    let (server, lines, addr) = serve_json(dir.path(), &args, &[("RUST_LOG", "modbot=debug")]);
+    let mut client = ModerationClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let mut request = tonic::Request::new(ClassifyRequest {
+        messages: vec![chat_message("log-m1", "logger", text)],
+        options: None,
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-logging-7".parse().unwrap());
+    let response = client.classify(request).await.expect("classify");
+    let echoed = response
+        .metadata()
+        .get("x-request-id")
+        .expect("the request id comes back")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(response.into_inner().verdicts.len(), 1);
+    // A call without an id of its own gets a new one.
+    let generated = client
+        .classify(ClassifyRequest {
+            messages: vec![chat_message("log-m2", "logger", "hello there")],
+            options: None,
+        })
+        .await
+        .expect("classify");
+    let generated = generated
+        .metadata()
+        .get("x-request-id")
+        .expect("generated id");
+    assert_eq!(generated.len(), 36, "a UUID: {generated:?}");
+    let (rest, status) = stop(server, lines).await;
+    assert!(status.success(), "{rest:?}");
+    let events = rest
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    (events, echoed)
+}
+
+/// The spans of the events logged while deciding `log-m1`.
+fn message_events(events: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    events
+        .iter()
+        .filter(|event| {
+            event["spans"].as_array().is_some_and(|spans| {
+                spans
+                    .iter()
+                    .any(|s| s["name"] == "message" && s["message_id"] == "log-m1")
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn json_logs_carry_request_and_message_ids_but_never_the_text_by_default() {
+    let text = "zebra quartz marker says hello";
+    let (events, echoed) = classify_logged(&[], text).await;
+    assert_eq!(echoed, "req-logging-7", "the caller's id is echoed");
+    let decided = message_events(&events);
+    assert!(
+        !decided.is_empty(),
+        "the debug line about the missing model is logged in the message's span: {events:?}"
+    );
+    for event in &decided {
+        let spans = event["spans"].as_array().unwrap();
+        let grpc = spans
+            .iter()
+            .find(|s| s["name"] == "grpc")
+            .expect("grpc span");
+        assert_eq!(grpc["request_id"], "req-logging-7", "{event}");
+        assert_eq!(grpc["rpc"], "Moderation/Classify", "{event}");
+        let message = spans.iter().find(|s| s["name"] == "message").unwrap();
+        assert_eq!(message["channel"], "destinygg", "{event}");
+        assert!(message.get("text").is_none(), "{event}");
+    }
+    for event in &events {
+        assert!(!event.to_string().contains("zebra quartz"), "{event}");
+    }
+}
+
+#[tokio::test]
+async fn message_text_is_logged_only_when_configured() {
+    let text = "zebra quartz marker says hello";
+    let (events, _) = classify_logged(&["--set", "log.message_text=true"], text).await;
+    let decided = message_events(&events);
+    assert!(!decided.is_empty(), "{events:?}");
+    for event in decided {
+        let spans = event["spans"].as_array().unwrap();
+        let message = spans.iter().find(|s| s["name"] == "message").unwrap();
+        assert_eq!(message["text"], text, "{event}");
+    }
 }
 
 #[test]

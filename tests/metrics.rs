@@ -1,12 +1,29 @@
-//! Per-RPC metrics, read from a Prometheus recorder installed for this test binary alone (the
+//! Metrics, read from a Prometheus recorder installed for this test binary alone (the
 //! recorder is process-global): calls counted by RPC and status when they end, trailers-only
-//! refusals (auth, bad input) and streams included, durations as histograms.
+//! refusals (auth, bad input) and streams included, durations as histograms; verdicts by
+//! decision and reason, degraded verdicts and the degraded gauges, actions by status.
+//!
+//! The tests take turns (`SERIAL`): the degraded gauges belong to the process, and each
+//! server sets them at start.
 
 mod common;
 
 use common::{TestServer, bearer, chat_message};
+use metrics_exporter_prometheus::PrometheusHandle;
 use modbot::proto::moderation_client::ModerationClient;
 use modbot::proto::{ClassifyRequest, StreamModerateRequest};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The recorder of this process, installed by the first test that asks.
+fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        modbot::telemetry::prometheus_builder()
+            .install_recorder()
+            .expect("the only recorder in this process")
+    })
+}
 
 /// The value of the sample line that starts with `prefix` (name and labels), if any.
 fn sample(rendered: &str, prefix: &str) -> Option<f64> {
@@ -19,9 +36,8 @@ fn sample(rendered: &str, prefix: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_are_counted_by_rpc_and_status_with_duration_histograms() {
-    let handle = modbot::telemetry::prometheus_builder()
-        .install_recorder()
-        .expect("the only recorder in this process");
+    let _turn = SERIAL.lock().await;
+    let handle = recorder();
     const TOKEN: &str = "service-token-0123456789";
     let server = TestServer::start(|config| {
         config.auth.tokens = format!("service svc {TOKEN}");
@@ -106,5 +122,118 @@ async fn calls_are_counted_by_rpc_and_status_with_duration_histograms() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    server.stop().await.expect("a clean stop");
+}
+
+/// The value of the sample of `name` whose labels include every one of `labels` (0 when there
+/// is none yet: a counter not yet incremented).
+fn value(rendered: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    rendered
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_reasons_degraded_components_and_actions_are_counted() {
+    let _turn = SERIAL.lock().await;
+    let handle = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    // Redis not listening and the model missing: both degraded from the start.
+    let server = TestServer::start(|config| {
+        config.redis.url = "redis://127.0.0.1:1/0".into();
+        config.model.dir = dir.path().join("no-model");
+        config.model.fetch_if_missing = false;
+    })
+    .await;
+    let before = handle.render();
+    let verdicts = ModerationClient::new(server.channel.clone())
+        .classify(ClassifyRequest {
+            messages: vec![
+                chat_message("m1", "spammer", "buy followers here"),
+                chat_message("m2", "alice", "hello there friends"),
+            ],
+            options: None,
+        })
+        .await
+        .expect("Classify")
+        .into_inner()
+        .verdicts;
+    let hide = &verdicts[0];
+    assert_eq!(hide.decision, modbot::proto::Decision::Hide as i32);
+    let rule = hide.reasons[0].rule_id.clone();
+    assert!(!rule.is_empty(), "{hide:?}");
+    let after = handle.render();
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        value(&after, name, labels) - value(&before, name, labels)
+    };
+    let checks = [
+        (delta("modbot_verdicts_total", &[("decision", "hide")]), 1.0),
+        (
+            delta("modbot_verdicts_total", &[("decision", "allow")]),
+            1.0,
+        ),
+        (
+            delta(
+                "modbot_verdict_reasons_total",
+                &[("kind", "rule"), ("reason", &rule), ("mode", "enforce")],
+            ),
+            1.0,
+        ),
+        (
+            delta(
+                "modbot_verdicts_degraded_total",
+                &[("component", "user_state")],
+            ),
+            2.0,
+        ),
+        (
+            delta("modbot_verdicts_degraded_total", &[("component", "model")]),
+            verdicts
+                .iter()
+                .filter(|v| {
+                    v.degraded
+                        .contains(&(modbot::proto::DegradedComponent::Model as i32))
+                })
+                .count() as f64,
+        ),
+        (delta("modbot_decision_seconds_count", &[]), 2.0),
+        (delta("modbot_actions_total", &[("status", "pending")]), 1.0),
+        (
+            value(&after, "modbot_degraded", &[("component", "user_state")]),
+            1.0,
+        ),
+        (
+            value(&after, "modbot_degraded", &[("component", "store")]),
+            0.0,
+        ),
+        (
+            value(&after, "modbot_degraded", &[("component", "model")]),
+            1.0,
+        ),
+    ];
+    for (i, (got, want)) in checks.iter().enumerate() {
+        assert_eq!(got, want, "check {i}:\n{after}");
+    }
+    assert!(
+        verdicts[1]
+            .degraded
+            .contains(&(modbot::proto::DegradedComponent::Model as i32)),
+        "the harmless message needed the model: {:?}",
+        verdicts[1]
+    );
+    assert!(
+        after.contains("modbot_decision_seconds_bucket{le=\"0.001\"}"),
+        "decision time is a histogram:\n{after}"
+    );
     server.stop().await.expect("a clean stop");
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-use super::{Action, ActionSource, NewAction};
+use super::{Action, ActionSource, ActionStatus, NewAction};
 use crate::store::{Recorded, Store, StoreError};
 
 /// Commands queued per bridge before the dispatcher leaves the rest pending for a later round.
@@ -191,8 +191,7 @@ impl Dispatcher {
         Ok(match answered {
             None => Answered::Unknown,
             Some((action, true)) => {
-                metrics::counter!("modbot_actions_answered_total", "status" => action.status.as_str())
-                    .increment(1);
+                count_status(action.status.as_str(), 1);
                 Answered::Recorded(action)
             }
             // A bridge may repeat its answer (after a reconnect, say): the first one stands.
@@ -213,7 +212,8 @@ pub enum Answered {
     NotSent(Action),
 }
 
-/// Counts a newly recorded action.
+/// Counts a newly recorded action: `modbot_actions_recorded_total{kind, source}`, and its
+/// first status in `modbot_actions_total`.
 pub fn count_recorded(action: &Action) {
     metrics::counter!(
         "modbot_actions_recorded_total",
@@ -221,6 +221,14 @@ pub fn count_recorded(action: &Action) {
         "source" => action.source.as_str()
     )
     .increment(1);
+    count_status(action.status.as_str(), 1);
+}
+
+/// `modbot_actions_total{status}`: actions that reached `status` (`pending` and `recorded`
+/// when recorded, then `executed`, `failed` or `expired`), so the rate of each and the
+/// backlog (pending minus the rest) can be read from one metric.
+fn count_status(status: &'static str, count: u64) {
+    metrics::counter!("modbot_actions_total", "status" => status).increment(count);
 }
 
 /// Delivers pending actions to this replica's bridges and expires old ones, until closed.
@@ -257,7 +265,7 @@ async fn deliver_round(inner: &Inner) -> Result<(), StoreError> {
     if expire_now {
         let expired = inner.store.expire_actions(now).await?;
         if expired > 0 {
-            metrics::counter!("modbot_actions_expired_total").increment(expired);
+            count_status(ActionStatus::Expired.as_str(), expired);
             tracing::info!(
                 count = expired,
                 "actions expired before a bridge carried them out"

@@ -305,8 +305,24 @@ pub fn parse(frame: &str) -> Result<Frame, FrameError> {
 fn json<'a, T: Deserialize<'a>>(payload: &'a str, event: &'static str) -> Result<T, FrameError> {
     serde_json::from_str(payload).map_err(|e| FrameError::Payload {
         event,
-        message: e.to_string(),
+        message: without_quoted_values(&e.to_string()),
     })
+}
+
+/// A JSON error's message without the input it quotes: serde names a mistyped value as
+/// `string "..."`, and that may be chat text, which is logged only when configured. Field
+/// names (in backticks) and positions stay.
+fn without_quoted_values(message: &str) -> String {
+    match (message.find('"'), message.rfind('"')) {
+        (Some(first), Some(last)) if first < last => {
+            format!(
+                "{}(value not shown){}",
+                &message[..first],
+                &message[last + 1..]
+            )
+        }
+        _ => message.to_owned(),
+    }
 }
 
 fn user_event(payload: &str, event: &'static str) -> Result<UserEvent, FrameError> {
@@ -431,6 +447,29 @@ fn nanos(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payload_errors_do_not_quote_the_chat_text() {
+        let secret = "my private words";
+        for frame in [
+            format!(r#"MSG {{"nick":"Bob","features":[],"timestamp":"{secret}","data":"hi"}}"#),
+            format!(r#"MSG {{"nick":"Bob","features":"{secret}","timestamp":1,"data":"hi"}}"#),
+            format!(
+                r#"MUTE {{"nick":"Mod","features":[],"timestamp":1,"data":"x","duration":"{secret}"}}"#
+            ),
+        ] {
+            let error = parse(&frame).unwrap_err();
+            let shown = error.to_string();
+            assert!(matches!(error, FrameError::Payload { .. }), "{shown}");
+            assert!(!shown.contains("private"), "{shown}");
+            assert!(shown.contains("(value not shown)"), "{shown}");
+            assert!(shown.contains("line 1 column"), "{shown}");
+        }
+        let missing = parse(r#"MSG {"features":[],"timestamp":1,"data":"hi"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("`nick`"), "{missing}");
+    }
 
     #[test]
     fn dgg_frames() {

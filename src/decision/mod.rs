@@ -96,6 +96,18 @@ pub enum ReasonSource {
     Policy,
 }
 
+impl ReasonSource {
+    /// The lower-case name used in metrics and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonSource::Rule => "rule",
+            ReasonSource::Model => "model",
+            ReasonSource::Escalation => "escalation",
+            ReasonSource::Policy => "policy",
+        }
+    }
+}
+
 /// A component that was unavailable while deciding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

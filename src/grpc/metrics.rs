@@ -40,7 +40,7 @@ pub struct MetricsService<S> {
 }
 
 /// The label for a request path.
-fn rpc_label(path: &str) -> &str {
+pub(crate) fn rpc_label(path: &str) -> &str {
     const SERVICES: [&str; 4] = [
         "/modbot.v1.",
         "/grpc.health.v1.",

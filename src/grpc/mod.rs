@@ -18,6 +18,7 @@ mod moderation;
 mod rule_spec;
 pub mod status;
 mod stream;
+pub mod trace;
 
 use std::sync::Arc;
 

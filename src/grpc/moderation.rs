@@ -6,6 +6,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::convert::{self, MessageLimits};
 use super::status::FieldError;
@@ -72,21 +73,25 @@ impl Moderation for ModerationService {
         // Every message goes to the model first, so the call's texts share batches; a full
         // model queue refuses the call before anything is decided or remembered.
         let moderator = &self.app.moderator;
+        let with_text = self.app.config.log.message_text;
         let mut consults = Vec::with_capacity(messages.len());
         for message in &messages {
+            let span = crate::telemetry::message_span(message, with_text);
             let consult = moderator
                 .consult(message, Admission::FailFast)
+                .instrument(span.clone())
                 .await
                 .map_err(overloaded)?;
-            consults.push(consult);
+            consults.push((consult, span));
         }
         // Then in order, one after another: a later message of the same user must see the
         // earlier.
         let mut verdicts = Vec::with_capacity(messages.len());
-        for (message, consult) in messages.iter().zip(consults) {
+        for (message, (consult, span)) in messages.iter().zip(consults) {
             verdicts.push(
                 moderator
                     .moderate_with(message, consult, decide, received)
+                    .instrument(span)
                     .await,
             );
         }
@@ -117,23 +122,26 @@ impl Moderation for ModerationService {
                 tracing::error!(%error, count = records.len(), "audit log write failed");
                 metrics::counter!("modbot_audit_write_failures_total")
                     .increment(records.len() as u64);
+                crate::telemetry::set_degraded(Degraded::Store, true);
                 for verdict in verdicts.iter_mut().filter(|v| v.is_notable()) {
                     verdict.degraded.push(Degraded::Store);
                     verdict.action_id = None;
                 }
-            } else if has_actions {
-                self.app.dispatcher.wake();
+            } else {
+                if !records.is_empty() {
+                    crate::telemetry::set_degraded(Degraded::Store, false);
+                }
+                if has_actions {
+                    self.app.dispatcher.wake();
+                }
             }
         }
 
         let elapsed = received.elapsed();
         for verdict in &mut verdicts {
-            metrics::counter!("modbot_verdicts_total", "decision" => verdict.decision.as_str())
-                .increment(1);
             verdict.elapsed = elapsed;
-            // A dry run is an operator trying the rules, not chat traffic: not counted.
             if !options.dry_run {
-                self.app.stats.record(verdict);
+                self.app.count_verdict(verdict);
             }
             if !options.include_normalized_text {
                 verdict.normalized_text.clear();
@@ -171,7 +179,8 @@ impl Moderation for ModerationService {
         };
         let (responses_tx, responses_rx) = mpsc::channel(stream::RESPONSE_BUFFER);
         let session = stream::Session::new(Arc::clone(&self.app), hello, responses_tx);
-        tokio::spawn(session.run(inbound));
+        // In the call's `grpc` span, so the session's `stream` span nests under it.
+        tokio::spawn(session.run(inbound).in_current_span());
         Ok(Response::new(ReceiverStream::new(responses_rx)))
     }
 }

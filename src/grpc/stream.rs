@@ -294,9 +294,17 @@ impl Session {
                         return Item::reject(Code::InvalidArgument, error.to_string(), message_id);
                     }
                 };
+                let span =
+                    crate::telemetry::message_span(&message, self.app.config.log.message_text);
                 // A stream waits for room in the model's queue (pushing back on its bridge)
                 // rather than failing: `Wait` never errs.
-                let consult = match self.app.moderator.consult(&message, Admission::Wait).await {
+                let consult = match self
+                    .app
+                    .moderator
+                    .consult(&message, Admission::Wait)
+                    .instrument(span.clone())
+                    .await
+                {
                     Ok(consult) => consult,
                     Err(overloaded) => {
                         Consult::Model(Pending::Done(Scores::Unavailable(overloaded.to_string())))
@@ -306,6 +314,7 @@ impl Session {
                     message,
                     consult,
                     received,
+                    span,
                 }
             }
             Some(chat_event::Kind::ModeratorAction(action)) => {
@@ -378,14 +387,14 @@ impl Session {
                 message,
                 consult,
                 received,
+                span,
             } => {
                 let mut verdict = self
                     .app
                     .moderator
                     .moderate_with(&message, consult, DecideOptions::default(), received)
+                    .instrument(span)
                     .await;
-                metrics::counter!("modbot_verdicts_total", "decision" => verdict.decision.as_str())
-                    .increment(1);
                 if verdict.is_notable() {
                     let actions = &self.app.config.actions;
                     let action = automatic_action(
@@ -402,7 +411,7 @@ impl Session {
                 }
                 verdict.normalized_text.clear();
                 verdict.elapsed = received.elapsed();
-                self.app.stats.record(&verdict);
+                self.app.count_verdict(&verdict);
                 self.send(stream_moderate_response::Kind::Verdict(verdict.into()))
                     .await
             }
@@ -559,6 +568,8 @@ enum Item {
         message: ChatMessage,
         consult: Consult,
         received: Instant,
+        /// Its `message` span, entered by both stages.
+        span: tracing::Span,
     },
     /// A human moderator's action seen in the chat.
     ModeratorAction {

@@ -455,6 +455,7 @@ impl Scorer {
             enqueued: Instant::now(),
             deadline,
             _slot: permit,
+            span: tracing::Span::current(),
         };
         if running.jobs.send(job).is_err() {
             return Ok(Pending::Done(Scores::Unavailable(

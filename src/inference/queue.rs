@@ -40,6 +40,8 @@ pub struct Job {
     pub deadline: Instant,
     /// Its queue slot, given back when the job is answered or dropped.
     pub _slot: OwnedSemaphorePermit,
+    /// The span it was queued in (the message's), so the batch that scores it can point back.
+    pub span: tracing::Span,
 }
 
 /// The model thread's state.
@@ -143,6 +145,7 @@ impl Worker {
             if job.deadline <= now {
                 metrics::counter!("modbot_model_expired_total").increment(1);
                 if let Some(job) = waiting.pop_front() {
+                    tracing::debug!(parent: &job.span, "dropped unrun: past model.max_wait_ms");
                     let _ = job.reply.send(Err(
                         "the model did not answer within model.max_wait_ms".to_owned(),
                     ));
@@ -189,6 +192,13 @@ impl Worker {
             })
             .collect();
         let tokens: usize = distinct.iter().map(|t| t.tokens.len()).sum();
+        let span = tracing::debug_span!("model_batch", messages = batch.len(), tokens);
+        if !span.is_disabled() {
+            for job in &batch {
+                span.follows_from(&job.span);
+            }
+        }
+        let _entered = span.enter();
         for job in &batch {
             metrics::histogram!("modbot_model_queue_wait_seconds")
                 .record(started.duration_since(job.enqueued).as_secs_f64());

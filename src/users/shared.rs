@@ -3,6 +3,8 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::decision::Degraded;
+
 use super::{
     ChannelMessage, ChannelWindow, MemoryState, Observation, Offence, RedisState, StateConfig,
     StateError, UserHistory,
@@ -221,6 +223,7 @@ impl SharedState {
                 if !was_up {
                     let recovered = std::mem::replace(&mut *lock(), Health::Up) != Health::Up;
                     if recovered {
+                        crate::telemetry::set_degraded(Degraded::UserState, false);
                         tracing::info!(
                             "user state: Redis answers again; per-replica state dropped, shared state resumed"
                         );
@@ -240,6 +243,7 @@ impl SharedState {
                     },
                 ) != Health::Up;
                 if was_up && !was_down {
+                    crate::telemetry::set_degraded(Degraded::UserState, true);
                     tracing::warn!(
                         %error,
                         retry_in = ?retry_interval,
