@@ -1,8 +1,8 @@
 //! The cost of counting a verdict ([`modbot::stats::Stats::record`]), of its Prometheus
 //! metrics ([`modbot::telemetry::record_verdict`]) and of its `message` span
-//! ([`modbot::telemetry::message_span`], created and entered under a JSON subscriber at
-//! `info`, as `modbot serve --log-format json` runs) next to normalising the same message, on
-//! the synthetic chat corpus.
+//! ([`modbot::telemetry::message_span`], created and entered under the JSON subscriber of
+//! `modbot serve --log-format json`, at `info` and at `debug`) next to normalising the same
+//! message, on the synthetic chat corpus.
 //!
 //! ```text
 //! cargo bench --bench stats
@@ -14,7 +14,7 @@
 //! into one recorder, as `Classify` and streams do; `stats/normalize` normalises the same
 //! messages' texts. All report elements per second: their ratio is what counting costs
 //! relative to the cheapest other step every message takes. `stats/metrics` records into a
-//! real Prometheus recorder (installed for this process); `stats/span` writes nothing (no
+//! real Prometheus recorder (installed for this process); `stats/span_*` write nothing (no
 //! event is logged inside the span), which is the per-message cost in normal operation.
 
 use std::hint::black_box;
@@ -105,23 +105,31 @@ fn bench_stats(c: &mut Criterion) {
             }
         })
     });
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::fmt()
-            .json()
-            .with_current_span(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(std::io::sink)
-            .finish(),
-    )
-    .expect("the only subscriber in this process");
-    group.bench_function("span", |b| {
-        b.iter(|| {
-            for message in &messages {
-                let span = modbot::telemetry::message_span(black_box(message), false);
-                let _entered = span.enter();
-            }
-        })
-    });
+    // The message span under the JSON subscriber `modbot serve --log-format json` installs,
+    // at `info` (the default: the span is off) and at `debug` (on).
+    for (name, level) in [
+        ("span_info", tracing::Level::INFO),
+        ("span_debug", tracing::Level::DEBUG),
+    ] {
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .json()
+                .with_current_span(true)
+                .with_max_level(level)
+                .with_writer(std::io::sink)
+                .finish(),
+        );
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    for message in &messages {
+                        let span = modbot::telemetry::message_span(black_box(message), false);
+                        let _entered = span.enter();
+                    }
+                })
+            })
+        });
+    }
     group.bench_function("normalize", |b| {
         b.iter(|| {
             for message in &messages {
