@@ -21,7 +21,7 @@ use crate::bridge::protocol::{self, Command, Frame, FrameError, MAX_FRAME_BYTES,
 use crate::decision::{ChatMessage, ReasonSource};
 use crate::normalize::{EmoteSet, Normalized, TokenKind, normalize as fold};
 use crate::rules::spec::{PolicySpec, RuleSpec};
-use crate::rules::{Context, DEFAULT_POLICY, DEFAULT_RULES, Document, KINDS, RuleSet, RulesError};
+use crate::rules::{Context, DEFAULT_POLICY, Document, KINDS, RuleSet, RulesError};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::users::{ChannelMessage, ChannelWindow, RecentMessage, UserHistory};

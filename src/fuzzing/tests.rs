@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::corpus::{Rng, generate};
+use crate::rules::DEFAULT_RULES;
 
 type Target = fn(&[u8]);
 
