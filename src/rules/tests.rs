@@ -390,8 +390,7 @@ fn repetition_of_own_messages() {
 /// Windows reach back from the message's time without overflowing: a window of any length
 /// (`window_secs` is a `u64`) at the earliest time a caller may send (0001-01-01) counts every
 /// earlier message (found writing the `fuzzing::rules` target; it panicked in debug builds
-/// and, wrapped in release,
-/// counted none).
+/// and, wrapped in release, counted none).
 #[test]
 fn windows_longer_than_time_itself() {
     const YEAR_ONE_MS: i64 = -62_135_596_800_000;
