@@ -47,6 +47,8 @@ pub mod config;
 pub mod corpus;
 pub mod decision;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod inference;
 pub mod model;

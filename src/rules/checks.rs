@@ -194,7 +194,7 @@ impl LinkCheck {
             }
             if self.max_repeats > 0 {
                 let canonical = canonical_link(link);
-                let since = ctx.now_ms - millis(self.repeat_window);
+                let since = ctx.now_ms.saturating_sub(millis(self.repeat_window));
                 let earlier = ctx
                     .history
                     .recent
@@ -385,7 +385,7 @@ impl RepetitionCheck {
         if profile.chars() < self.min_length {
             return None;
         }
-        let since = ctx.now_ms - millis(self.window);
+        let since = ctx.now_ms.saturating_sub(millis(self.window));
         let candidates = ctx
             .history
             .recent
@@ -457,7 +457,7 @@ pub struct RateCheck {
 
 impl RateCheck {
     fn check(&self, ctx: &Context<'_>) -> Option<Hit> {
-        let since = ctx.now_ms - millis(self.window);
+        let since = ctx.now_ms.saturating_sub(millis(self.window));
         let earlier = ctx
             .history
             .message_times_ms

@@ -387,6 +387,43 @@ fn repetition_of_own_messages() {
     assert!(reason.score >= 0.9);
 }
 
+/// Windows reach back from the message's time without overflowing: a window of any length
+/// (`window_secs` is a `u64`) at the earliest time a caller may send (0001-01-01) counts every
+/// earlier message (found writing the `fuzzing::rules` target; it panicked in debug builds
+/// and, wrapped in release, counted none).
+#[test]
+fn windows_longer_than_time_itself() {
+    const YEAR_ONE_MS: i64 = -62_135_596_800_000;
+    let rules = [
+        "kind = \"repetition\"\n[rule.params]\nmin_similarity = 0.9\nwindow_secs = 9223372036854775807",
+        "kind = \"link\"\n[rule.params]\nmax_repeats = 2\nrepeat_window_secs = 9223372036854775807",
+    ];
+    let text = "buy my course at bit.ly/course";
+    for rule in rules {
+        let set = one_rule(rule);
+        let message = message(text);
+        let policy = set.policy(&message.channel);
+        let normalized = normalize(text, &policy.emotes);
+        let history = UserHistory {
+            recent: vec![Arc::new(RecentMessage {
+                message_id: "m0".into(),
+                text: normalized.text.clone(),
+                at_ms: YEAR_ONE_MS,
+            })],
+            message_times_ms: vec![YEAR_ONE_MS],
+            ..UserHistory::default()
+        };
+        let ctx = Context {
+            normalized: &normalized,
+            history: &history,
+            channel_recent: &ChannelWindow::default(),
+            now_ms: YEAR_ONE_MS,
+        };
+        let reasons = set.evaluate(&message, policy, &ctx);
+        assert_eq!(reasons.len(), 1, "{rule}: {reasons:?}");
+    }
+}
+
 #[test]
 fn copypasta_across_users() {
     let set = one_rule(

@@ -1,0 +1,4 @@
+//! `cargo fuzz run normalize`: the checks live in `modbot::fuzzing::normalize` (also run by `cargo test`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| modbot::fuzzing::normalize(data));
