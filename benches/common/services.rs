@@ -189,7 +189,7 @@ pub fn scrape_metric(addr: SocketAddr, name: &str) -> f64 {
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |sum, v| sum + v)
 }
 
 /// GET /metrics over plain HTTP/1.0.
