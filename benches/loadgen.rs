@@ -26,11 +26,15 @@ use std::time::{Duration, Instant};
 
 use modbot::proto::moderation_client::ModerationClient;
 use modbot::proto::{
-    ChatEvent, ChatMessage, Hello, StreamModerateRequest, chat_event, stream_moderate_request,
+    ChatEvent, Hello, StreamModerateRequest, chat_event, stream_moderate_request,
     stream_moderate_response,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+
+#[path = "common/load.rs"]
+mod load;
+use load::percentile;
 
 /// The same allocator as the `modbot` binary, so the numbers are the server's.
 #[global_allocator]
@@ -173,8 +177,7 @@ impl StreamResult {
     }
 
     fn verdict(&mut self, verdict: &modbot::proto::Verdict, latency: Duration) {
-        self.latencies_us
-            .push(latency.as_micros().min(u32::MAX as u128) as u32);
+        self.latencies_us.push(load::micros(latency));
         *self.decisions.entry(verdict.decision).or_default() += 1;
         self.degraded += u64::from(!verdict.degraded.is_empty());
         self.scored += u64::from(!verdict.model_version.is_empty());
@@ -317,37 +320,6 @@ async fn run_stream(
     result
 }
 
-async fn wait_until_serving(addr: &str) {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::health_client::HealthClient;
-    for _ in 0..600 {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(addr.to_owned())
-            .expect("a valid address")
-            .connect()
-            .await
-            && let Ok(answer) = HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-            && answer.into_inner().status == ServingStatus::Serving as i32
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the server at {addr} did not become SERVING within 30 s");
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    f64::from(sorted[index]) / 1000.0
-}
-
 fn main() {
     let args = parse_args();
     let (addr, _dir) = match &args.addr {
@@ -361,27 +333,21 @@ fn main() {
     // Build every request before the clock starts.
     let corpus = modbot::corpus::generate(42, args.events);
     let mut per_stream: Vec<Vec<StreamModerateRequest>> = vec![Vec::new(); args.streams];
-    let base_ms = 1_700_000_000_000i64;
+    let base_ms = 1_700_000_000_000u64;
     for (i, message) in corpus.into_iter().enumerate() {
         let stream = i % args.streams;
         let channel = format!("channel-{stream}");
         // Each stream is one busy chat: ten messages a second.
-        let at_ms = base_ms + (i / args.streams) as i64 * 100;
+        let at_ms = base_ms + (i / args.streams) as u64 * 100;
         per_stream[stream].push(StreamModerateRequest {
             kind: Some(stream_moderate_request::Kind::Event(ChatEvent {
                 channel: channel.clone(),
-                kind: Some(chat_event::Kind::Message(ChatMessage {
-                    channel,
-                    message_id: String::new(),
-                    user_id: message.user_id,
-                    nick: message.nick,
-                    roles: message.roles,
-                    text: message.text,
-                    sent_at: Some(prost_types::Timestamp {
-                        seconds: at_ms / 1000,
-                        nanos: ((at_ms % 1000) * 1_000_000) as i32,
-                    }),
-                })),
+                kind: Some(chat_event::Kind::Message(load::chat_message(
+                    &message,
+                    &channel,
+                    String::new(),
+                    std::time::UNIX_EPOCH + Duration::from_millis(at_ms),
+                ))),
             })),
         });
     }
@@ -406,7 +372,9 @@ fn main() {
         .expect("client runtime");
     // The in-process server binds before it has loaded its rules, store and model: start the
     // clock only once its health says SERVING, or the first calls measure its start-up.
-    runtime.block_on(wait_until_serving(&addr));
+    runtime
+        .block_on(load::wait_until_serving(&addr, Duration::from_secs(30)))
+        .unwrap_or_else(|error| panic!("{error}"));
     let pace = (args.rate > 0.0).then(|| Duration::from_secs_f64(args.streams as f64 / args.rate));
     let (elapsed, results) = runtime.block_on(async {
         let start = Instant::now();

@@ -418,6 +418,13 @@ impl Scorer {
             return Ok(Pending::Done(Scores::Scored(scores)));
         }
         let deadline = Instant::now() + self.limits.max_wait;
+        // A caller that can retry is refused when the model could not get through the queue
+        // ahead of it within max_wait at its recent pace, however many slots are free: it
+        // would only wait out max_wait and be decided without scores.
+        if admission == Admission::FailFast && self.drain_time(running) >= self.limits.max_wait {
+            metrics::counter!("modbot_model_rejected_total").increment(1);
+            return Err(self.overloaded(running));
+        }
         let permit = match Arc::clone(&running.slots).try_acquire_owned() {
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => unreachable!("the slots are never closed"),
@@ -470,14 +477,21 @@ impl Scorer {
         Ok(self.submit(text, admission).await?.wait().await)
     }
 
+    /// The time the model needs for the queue ahead, at its recent pace.
+    fn drain_time(&self, running: &Running) -> Duration {
+        let queued = self.limits.max_queue - running.slots.available_permits();
+        let per_message = running.nanos_per_message.load(Ordering::Relaxed);
+        Duration::from_nanos(per_message.saturating_mul(queued as u64))
+    }
+
     fn overloaded(&self, running: &Running) -> Overloaded {
         let queued = self.limits.max_queue - running.slots.available_permits();
-        // The time the model needs for the queue ahead, at its recent pace; at least 10 ms.
-        let per_message = running.nanos_per_message.load(Ordering::Relaxed);
-        let drain = Duration::from_nanos(per_message.saturating_mul(queued as u64));
         Overloaded {
             queued,
-            retry_after: drain.clamp(Duration::from_millis(10), Duration::from_secs(5)),
+            // At least 10 ms.
+            retry_after: self
+                .drain_time(running)
+                .clamp(Duration::from_millis(10), Duration::from_secs(5)),
         }
     }
 }

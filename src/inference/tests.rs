@@ -16,6 +16,8 @@ struct Scripted {
     entered_changed: Condvar,
     fail: Mutex<Option<&'static str>>,
     panic: Mutex<bool>,
+    /// Time `score` takes per message.
+    per_message: Mutex<Duration>,
 }
 
 impl Scripted {
@@ -66,6 +68,7 @@ impl Backend for Scripted {
             held = self.opened.wait(held).unwrap();
         }
         drop(held);
+        std::thread::sleep(*self.per_message.lock().unwrap() * batch.len() as u32);
         self.batches
             .lock()
             .unwrap()
@@ -229,6 +232,77 @@ async fn jobs_whose_caller_has_gone_are_skipped() {
     let ran: Vec<String> = backend.batches().into_iter().flatten().collect();
     assert!(!ran.contains(&"gone".to_owned()), "{ran:?}");
     assert!(ran.contains(&"kept".to_owned()));
+}
+
+#[tokio::test]
+async fn a_queue_the_model_cannot_drain_within_max_wait_fails_fast() {
+    let backend = Arc::new(Scripted::default());
+    *backend.per_message.lock().unwrap() = Duration::from_millis(50);
+    let scorer = scorer(
+        &backend,
+        Limits {
+            max_wait: Duration::from_millis(200),
+            ..limits()
+        },
+    );
+    // The model's pace: 50 ms a message; four queued take 200 ms, max_wait. The queue
+    // (16 slots) has room, yet a caller that can retry is refused; a stream still queues.
+    scorer.score("warm", Admission::FailFast).await.unwrap();
+    // (The model thread lets go of a job's slot just after answering it.)
+    while scorer.queued() > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let _pending = queue_behind_a_held_batch(&backend, &scorer, &["a", "b", "c"]).await;
+    assert_eq!(scorer.queued(), 4);
+    let overloaded = scorer
+        .submit("d", Admission::FailFast)
+        .await
+        .expect_err("the model is 200 ms behind");
+    assert_eq!(overloaded.queued, 4);
+    assert!(overloaded.retry_after >= Duration::from_millis(200));
+    assert!(scorer.submit("e", Admission::Wait).await.is_ok());
+    backend.release();
+}
+
+#[tokio::test]
+async fn jobs_that_cannot_be_answered_in_time_are_not_run() {
+    let backend = Arc::new(Scripted::default());
+    *backend.per_message.lock().unwrap() = Duration::from_millis(200);
+    let scorer = scorer(
+        &backend,
+        Limits {
+            max_wait: Duration::from_secs(1),
+            ..limits()
+        },
+    );
+    // "late" queues behind a batch that takes 0.8 s (held 0.6 s, then 200 ms of model
+    // time): when the model is free again "late" has 200 ms left, less than the last batch
+    // took, so it is answered at once and not run. "soon", queued 0.6 s later behind it, is
+    // the last job waiting and has time: it runs.
+    let mut pending = queue_behind_a_held_batch(&backend, &scorer, &["late"]).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    pending.push(scorer.submit("soon", Admission::FailFast).await.unwrap());
+    backend.release();
+    let mut answers = Vec::new();
+    for p in pending {
+        answers.push(p.wait().await);
+    }
+    assert!(
+        matches!(&answers[1], Scores::Unavailable(why) if why.contains("max_wait_ms")),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(scored(&answers[2]), 4.0);
+    let ran: Vec<String> = backend.batches().into_iter().flatten().collect();
+    assert!(
+        !ran.contains(&"late".to_owned()),
+        "ran a job that could not finish before its deadline: {ran:?}"
+    );
+    // After such a slow batch a lone job still runs (and corrects the estimate).
+    assert_eq!(
+        scored(&scorer.score("again", Admission::FailFast).await.unwrap()),
+        5.0
+    );
 }
 
 #[tokio::test]
