@@ -168,6 +168,9 @@ fn main() {
         .unwrap_or_else(|e| panic!("{e} (run `cargo run --release -- fetch-model` first)"));
     let candle = (args.candle_max_batch > 0)
         .then(|| Encoder::load_with(&dir, &Device::Cpu, Backend::Candle).expect("candle loads"));
+    // The int8 packed forward, when this CPU runs it (AVX-512 VNNI).
+    let int8 = Some(Encoder::load_with(&dir, &Device::Cpu, Backend::Int8).expect("int8 loads"))
+        .filter(Encoder::is_int8);
     let texts: Vec<String> = modbot::corpus::generate(42, args.lines)
         .into_iter()
         .map(|m| m.text)
@@ -195,6 +198,10 @@ fn main() {
         measure(candle, &texts, &arrival[..texts.len().min(256)], 32);
     }
     measure(&encoder, &texts, &arrival[..texts.len().min(256)], 32);
+    if let Some(int8) = &int8 {
+        measure(int8, &texts, &arrival[..texts.len().min(256)], 32);
+        agreement(&encoder, int8, &texts);
+    }
 
     println!(
         "encoder: all-MiniLM-L6-v2, {} lines of {mean_tokens:.1} tokens on average, rayon threads {}, \
@@ -205,10 +212,19 @@ fn main() {
         load_average(),
     );
     println!(
-        "{:>6}  {:>14}  {:>14}  {:>14}  {:>14}  {:>13}",
-        "batch", "candle arr/s", "candle sort/s", "packed arr/s", "packed sort/s", "packed GFLOP/s"
+        "{:>6}  {:>14}  {:>14}  {:>14}  {:>14}  {:>13}  {:>12}  {:>12}  {:>10}",
+        "batch",
+        "candle arr/s",
+        "candle sort/s",
+        "packed arr/s",
+        "packed sort/s",
+        "packed GFLOP/s",
+        "int8 arr/s",
+        "int8 sort/s",
+        "int8/f32"
     );
     let mut best = (0.0f64, 0usize, "");
+    let mut best_int8 = (0.0f64, 0usize, "");
     for &size in &args.batches {
         let (candle_in_order, candle_by_length) = match &candle {
             Some(candle) if size <= args.candle_max_batch => {
@@ -226,8 +242,22 @@ fn main() {
             }
         }
         let gflops = total_flops / (texts.len() as f64 / in_order.max(by_length)) / 1e9;
+        let (int8_in_order, int8_by_length, ratio) = match &int8 {
+            Some(int8) => {
+                let a = measure(int8, &texts, &arrival, size);
+                let s = measure(int8, &texts, &sorted, size);
+                for (rate, order) in [(a, "arrival"), (s, "sorted")] {
+                    if rate > best_int8.0 {
+                        best_int8 = (rate, size, order);
+                    }
+                }
+                let ratio = a.max(s) / in_order.max(by_length);
+                (format!("{a:.1}"), format!("{s:.1}"), format!("{ratio:.2}x"))
+            }
+            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+        };
         println!(
-            "{size:>6}  {candle_in_order:>14}  {candle_by_length:>14}  {in_order:>14.1}  {by_length:>14.1}  {gflops:>13.1}"
+            "{size:>6}  {candle_in_order:>14}  {candle_by_length:>14}  {in_order:>14.1}  {by_length:>14.1}  {gflops:>13.1}  {int8_in_order:>12}  {int8_by_length:>12}  {ratio:>10}"
         );
     }
     println!(
@@ -236,6 +266,94 @@ fn main() {
         best.1,
         best.2,
         load_average()
+    );
+    if int8.is_some() {
+        println!(
+            "int8 best: {:.1} messages/s (batch {}, {}) = {:.2}x packed f32's best",
+            best_int8.0,
+            best_int8.1,
+            best_int8.2,
+            best_int8.0 / best.0
+        );
+    }
+}
+
+/// How close the int8 embeddings are to the f32 ones, on the normalised lines (what the server
+/// embeds): cosine (both are unit vectors), how often a line's nearest neighbour among the
+/// first 500 is the same, and, with the committed heads (`models/heads`), how often a label's
+/// decision (probability at or above its threshold) differs and by how much a probability
+/// moves.
+fn agreement(f32_encoder: &Encoder, int8: &Encoder, texts: &[String]) {
+    use modbot::model::heads::Heads;
+    use modbot::normalize::{EmoteSet, normalize};
+    let emotes = EmoteSet::new(modbot::corpus::default_emotes());
+    let normalized: Vec<String> = texts.iter().map(|t| normalize(t, &emotes).text).collect();
+    let embed = |e: &Encoder| -> Vec<Vec<f32>> {
+        normalized
+            .chunks(128)
+            .flat_map(|c| {
+                let batch: Vec<&str> = c.iter().map(String::as_str).collect();
+                e.embed(&batch).expect("embed")
+            })
+            .collect()
+    };
+    let (a, b) = (embed(f32_encoder), embed(int8));
+    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
+    let mut cos: Vec<f32> = a.iter().zip(&b).map(|(x, y)| dot(x, y)).collect();
+    cos.sort_by(f32::total_cmp);
+    let n = a.len().min(500);
+    let nearest = |v: &[Vec<f32>], i: usize| {
+        (0..n)
+            .filter(|&j| j != i && normalized[j] != normalized[i])
+            .max_by(|&p, &q| dot(&v[i], &v[p]).total_cmp(&dot(&v[i], &v[q])))
+    };
+    let same = (0..n).filter(|&i| nearest(&a, i) == nearest(&b, i)).count();
+    println!(
+        "int8 vs f32 embeddings over {} lines: cosine min {:.4}, p1 {:.4}, median {:.5}; \
+         same nearest neighbour {same}/{n}",
+        cos.len(),
+        cos[0],
+        cos[cos.len() / 100],
+        cos[cos.len() / 2],
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/heads");
+    let Ok(heads) = Heads::load(&dir, f32_encoder.dim()) else {
+        println!("int8 vs f32 heads: no heads in {}", dir.display());
+        return;
+    };
+    let labels = heads.label_names();
+    let thresholds: Vec<f64> = labels
+        .iter()
+        .map(|l| heads.threshold(l).unwrap_or(0.5))
+        .collect();
+    let (mut flips, mut positives, mut worst) = (vec![0usize; labels.len()], 0usize, 0f32);
+    for ((text, x), y) in normalized.iter().zip(&a).zip(&b) {
+        let lexical = heads.lexical(text);
+        let (p, q) = (heads.score(x, &lexical), heads.score(y, &lexical));
+        for (l, ((p, q), t)) in p.iter().zip(&q).zip(&thresholds).enumerate() {
+            worst = worst.max((p - q).abs());
+            let (on_p, on_q) = (f64::from(*p) >= *t, f64::from(*q) >= *t);
+            positives += usize::from(on_p);
+            flips[l] += usize::from(on_p != on_q);
+        }
+    }
+    let flipped: Vec<String> = labels
+        .iter()
+        .zip(&flips)
+        .filter(|(_, f)| **f > 0)
+        .map(|(l, f)| format!("{l} {f}"))
+        .collect();
+    println!(
+        "int8 vs f32 heads ({} labels x {} lines, {positives} f32 positives): {} decisions \
+         differ ({}), largest probability change {worst:.4}",
+        labels.len(),
+        a.len(),
+        flips.iter().sum::<usize>(),
+        if flipped.is_empty() {
+            "none".to_owned()
+        } else {
+            flipped.join(", ")
+        },
     );
 }
 

@@ -4,7 +4,10 @@
 //!
 //! ```text
 //! cargo bench --bench soak -- SCENARIO [--rate R] [--secs S] [--streams N] [--spread N]
-//!   load         R msgs/s (833) through N (4) StreamModerate streams for S s (600), model on
+//!                                       [--set KEY=VALUE ...]
+//!   load         R msgs/s (833) through N (4) StreamModerate streams for S s (600), model on;
+//!                `--set` passes server settings (e.g. model.precision=int8); the server's
+//!                users in memory and score cache entries are sampled beside its RSS
 //!   overload     unary Classify beyond capacity: RESOURCE_EXHAUSTED fast, then recovery
 //!   redis-fault  a private Redis killed at S/3 and restarted at 2S/3 (S: 30)
 //!   pg-restart   a private PostgreSQL cluster restarted at S/2 (S: 30), with ExecuteAction
@@ -82,6 +85,8 @@ struct Args {
     secs: Option<f64>,
     streams: usize,
     spread: usize,
+    /// `--set KEY=VALUE` for the `load` scenario's server.
+    sets: Vec<(String, String)>,
 }
 
 fn parse_args() -> Args {
@@ -91,6 +96,7 @@ fn parse_args() -> Args {
         secs: None,
         streams: 4,
         spread: 10,
+        sets: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -106,6 +112,13 @@ fn parse_args() -> Args {
             }
             "--spread" => {
                 args.spread = value().parse().unwrap_or_else(|_| usage("--spread N"));
+            }
+            "--set" => {
+                let pair = value();
+                let (key, value) = pair
+                    .split_once('=')
+                    .unwrap_or_else(|| usage("--set KEY=VALUE"));
+                args.sets.push((key.to_owned(), value.to_owned()));
             }
             // `cargo bench` passes --bench to every bench binary.
             "--bench" => {}
@@ -124,7 +137,8 @@ fn parse_args() -> Args {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "soak: {problem}\nusage: cargo bench --bench soak -- \
-         load|overload|redis-fault|pg-restart|model-fault|bridge-cut|smoke [--rate R] [--secs S] [--streams N] [--spread N]"
+         load|overload|redis-fault|pg-restart|model-fault|bridge-cut|smoke [--rate R] [--secs S] [--streams N] [--spread N] \
+         [--set KEY=VALUE ...]"
     );
     std::process::exit(2)
 }
@@ -193,6 +207,7 @@ fn main() {
         "load" => run("load", &|| {
             rt.block_on(load_scenario(
                 &model_dir,
+                &args.sets,
                 &corpus,
                 plan("load", secs(600.0)),
             ))
@@ -222,7 +237,12 @@ fn main() {
         }),
         "smoke" => {
             run("load (smoke)", &|| {
-                rt.block_on(load_scenario(&model_dir, &corpus, plan("load", secs(45.0))))
+                rt.block_on(load_scenario(
+                    &model_dir,
+                    &[],
+                    &corpus,
+                    plan("load", secs(45.0)),
+                ))
             });
             run("overload (smoke)", &|| {
                 rt.block_on(overload_scenario(&model_dir, &corpus, 6.0))
@@ -791,10 +811,18 @@ fn window(outcomes: &[StreamOutcome], from_ms: u32, to_ms: u32, flags: u16) -> (
 // ---------------------------------------------------------------------------------------------
 // RSS
 
-/// Samples a process's RSS once a second on a thread of its own.
+/// Samples a process's RSS once a second on a thread of its own (and, if asked, what it holds
+/// in its bounded memory, every 10 s).
 struct RssSampler {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Vec<u64>>,
+    working_set: Option<WorkingSet>,
+}
+
+/// `modbot_users_in_memory` and `modbot_model_cache_entries` scraped every 10 s.
+struct WorkingSet {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(f64, f64)>>,
 }
 
 impl RssSampler {
@@ -813,7 +841,37 @@ impl RssSampler {
                 samples
             }
         });
-        Self { stop, thread }
+        Self {
+            stop,
+            thread,
+            working_set: None,
+        }
+    }
+
+    /// Also scrapes the server's users in memory and score cache entries every 10 s.
+    fn with_working_set(mut self, metrics: std::net::SocketAddr) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                let mut samples = Vec::new();
+                'run: while !stop.load(Ordering::Relaxed) {
+                    samples.push((
+                        services::scrape_metric(metrics, "modbot_users_in_memory"),
+                        services::scrape_metric(metrics, "modbot_model_cache_entries"),
+                    ));
+                    for _ in 0..10 {
+                        if stop.load(Ordering::Relaxed) {
+                            break 'run;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+                samples
+            }
+        });
+        self.working_set = Some(WorkingSet { stop, thread });
+        self
     }
 
     /// Stops and reports (first 20% mean, last 20% mean, max, the thirds' means) in MiB,
@@ -821,6 +879,25 @@ impl RssSampler {
     fn finish(self) -> (f64, f64, f64, [f64; 3]) {
         self.stop.store(true, Ordering::Relaxed);
         let samples = self.thread.join().unwrap_or_default();
+        if let Some(working_set) = self.working_set {
+            working_set.stop.store(true, Ordering::Relaxed);
+            let held = working_set.thread.join().unwrap_or_default();
+            let every = (held.len() / 10).max(1);
+            let trace = |pick: fn(&(f64, f64)) -> f64| {
+                held.iter()
+                    .step_by(every)
+                    .map(|s| format!("{:.0}", pick(s)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            println!(
+                "  held in memory ({} samples, every 10 s; every {every}th): users {}; score \
+                 cache entries {}",
+                held.len(),
+                trace(|s| s.0),
+                trace(|s| s.1)
+            );
+        }
         let mib = |kib: u64| kib as f64 / 1024.0;
         let fifth = (samples.len() / 5).max(1);
         let mean = |s: &[u64]| s.iter().map(|&k| mib(k)).sum::<f64>() / s.len().max(1) as f64;
@@ -854,11 +931,18 @@ impl RssSampler {
 
 async fn load_scenario(
     model_dir: &std::path::Path,
+    sets: &[(String, String)],
     corpus: &Arc<Vec<CorpusMessage>>,
     plan: Plan,
 ) -> Result<Checks, String> {
-    let server = start_server(&model_on(model_dir)).await?;
-    let rss = RssSampler::start(server.pid());
+    let mut options = model_on(model_dir);
+    options.sets.extend_from_slice(sets);
+    if !sets.is_empty() {
+        let shown: Vec<String> = sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("  server settings: {}", shown.join(" "));
+    }
+    let server = start_server(&options).await?;
+    let rss = RssSampler::start(server.pid()).with_working_set(server.metrics);
     let start = Instant::now();
     let outcomes = drive_streams(&server.addr, &plan, corpus, start).await;
     let (first, last, _max, thirds) = rss.finish();

@@ -186,6 +186,11 @@ def build() -> dict:
         (hits + " / " + rate("modbot_model_cache_lookups_total"), "window"),
         (f"max by (pod) (modbot_model_cache_hit_ratio{sel()})", "{{pod}} since start"),
     ], unit="percentunit", max_=1)
+    b.panel("Held in memory", [
+        (f"max by (pod) (modbot_users_in_memory{sel()})", "users {{pod}}"),
+        (f"max by (pod) (modbot_model_cache_entries{sel()})", "cached texts {{pod}}"),
+    ], description="Users' state and score cache entries each replica holds; both are bounded "
+                   "(state.max_users, model.cache_entries), so they level off under load.")
     b.panel("Dropped and failed", [
         (rate("modbot_model_rejected_total"), "rejected (queue full)"),
         (rate("modbot_model_expired_total"), "expired"),

@@ -12,12 +12,12 @@ use tonic_health::server::HealthReporter;
 use crate::actions::dispatch::Dispatcher;
 use crate::audit::AuditWriter;
 use crate::config::Config;
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, ModelPrecision};
 use crate::decision::{Degraded, Engine};
 use crate::grpc;
 use crate::inference::{Description, Limits, ModelBackend, Scorer, Status};
 use crate::model::heads::Heads;
-use crate::model::{Encoder, fetch, parse_device};
+use crate::model::{Backend, Encoder, fetch, parse_device};
 use crate::moderate::Moderator;
 use crate::rules::RulesError;
 use crate::ruleset::{ReloadTask, RuleSource};
@@ -192,7 +192,11 @@ fn load_model(config: &ModelConfig) -> Scorer {
             return model_failed(format!("device {}: {error}", spec.name()), description);
         }
     };
-    let encoder = match Encoder::load(dir, &device) {
+    let backend = match config.precision {
+        ModelPrecision::F32 => Backend::Auto,
+        ModelPrecision::Int8 => Backend::Int8,
+    };
+    let encoder = match Encoder::load_with(dir, &device, backend) {
         Ok(encoder) => encoder,
         Err(error) => {
             return model_failed(
@@ -219,7 +223,9 @@ fn load_model(config: &ModelConfig) -> Scorer {
         Ok(hash) => hash,
         Err(error) => return model_failed(error.to_string(), description),
     };
-    description.version = format!("{}@{}", description.encoder, &hash[..12]);
+    // Int8 scores differ from f32 ones a little: the version says which produced a verdict.
+    let precision = if encoder.is_int8() { "/int8" } else { "" };
+    description.version = format!("{}@{}{precision}", description.encoder, &hash[..12]);
     let heads = match Heads::load(&config.heads_dir, encoder.dim()) {
         Ok(heads) => heads,
         Err(error) => {

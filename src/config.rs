@@ -368,6 +368,8 @@ pub struct ModelConfig {
     pub heads_dir: PathBuf,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// The encoder's arithmetic on the CPU.
+    pub precision: ModelPrecision,
     /// Most messages in one batch.
     pub max_batch_messages: u32,
     /// Most tokens in one batch (a message longer than this runs alone).
@@ -399,6 +401,16 @@ pub struct LogConfig {
     pub level: String,
     /// Whether message text is recorded in the `message` span.
     pub message_text: bool,
+}
+
+/// The arithmetic of the encoder's linear layers (`model.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelPrecision {
+    /// f32 throughout.
+    F32,
+    /// Int8 linear layers on a CPU with AVX-512 VNNI (f32 elsewhere, logged).
+    Int8,
 }
 
 /// How log lines are written.

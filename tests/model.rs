@@ -340,3 +340,87 @@ fn token_ids_outside_the_vocabulary_are_an_error_not_a_panic() {
         .expect_err("longer than the position table");
     assert!(matches!(error, ModelError::Input(_)), "{error}");
 }
+
+/// The default model with int8 linear layers, or `None` when this CPU cannot run them (then the
+/// load must have fallen back to f32, which is checked).
+fn int8_encoder() -> Option<Encoder> {
+    let encoder = Encoder::load_with(&model_dir(), &Device::Cpu, Backend::Int8)
+        .expect("the default model loads in int8");
+    if encoder.is_int8() {
+        assert!(
+            encoder.backend().ends_with("+int8"),
+            "{}",
+            encoder.backend()
+        );
+        Some(encoder)
+    } else {
+        assert!(!encoder.backend().contains("int8"), "{}", encoder.backend());
+        eprintln!("SKIPPED: this CPU lacks AVX-512 VNNI; int8 fell back to f32");
+        None
+    }
+}
+
+#[test]
+fn the_int8_forward_pass_stays_close_to_f32() {
+    let Some(f32_encoder) = encoder("the_int8_forward_pass_stays_close_to_f32") else {
+        return;
+    };
+    let Some(int8) = int8_encoder() else {
+        return;
+    };
+    let batch = chat_batch(&f32_encoder);
+    let exact = f32_encoder.embed_tokens(&batch).unwrap();
+    let approx = int8.embed_tokens(&batch).unwrap();
+    let mut cosines: Vec<f64> = exact
+        .iter()
+        .zip(&approx)
+        .map(|(a, b)| cosine(a, b))
+        .collect();
+    for (tokens, cos) in batch.iter().zip(&cosines) {
+        assert!(*cos >= 0.99, "{} tokens: int8 cosine {cos}", tokens.len());
+    }
+    cosines.sort_by(f64::total_cmp);
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+    assert!(mean >= 0.997, "mean int8 cosine {mean}");
+    // What the heads see: which of the other lines is nearest must (nearly) never change.
+    let nearest = |v: &[Vec<f32>], i: usize| {
+        (0..v.len())
+            .filter(|&j| j != i && batch[j] != batch[i])
+            .max_by(|&p, &q| cosine(&v[i], &v[p]).total_cmp(&cosine(&v[i], &v[q])))
+    };
+    let moved = (0..batch.len())
+        .filter(|&i| nearest(&exact, i) != nearest(&approx, i))
+        .count();
+    assert!(
+        moved * 10 <= batch.len(),
+        "{moved} of {} lines changed nearest neighbour",
+        batch.len()
+    );
+    eprintln!(
+        "int8 vs f32 over {} lines: worst cosine {}, mean {mean}, nearest neighbour changed {moved}",
+        batch.len(),
+        cosines[0]
+    );
+}
+
+#[test]
+fn int8_embeddings_do_not_depend_on_the_batch_at_all() {
+    if encoder("int8_embeddings_do_not_depend_on_the_batch_at_all").is_none() {
+        return;
+    }
+    let Some(int8) = int8_encoder() else {
+        return;
+    };
+    // Activations are quantised per token and the sums are exact integers, so a line's
+    // embedding is the same bits alone, in a batch, and among other neighbours.
+    let batch = chat_batch(&int8);
+    let together = int8.embed_tokens(&batch).unwrap();
+    let reversed: Vec<Vec<u32>> = batch.iter().rev().cloned().collect();
+    let mut backwards = int8.embed_tokens(&reversed).unwrap();
+    backwards.reverse();
+    for ((tokens, in_batch), in_reverse) in batch.iter().zip(&together).zip(&backwards) {
+        let alone = &int8.embed_tokens(std::slice::from_ref(tokens)).unwrap()[0];
+        assert_eq!(in_batch, alone, "{} tokens alone", tokens.len());
+        assert_eq!(in_batch, in_reverse, "{} tokens reversed", tokens.len());
+    }
+}

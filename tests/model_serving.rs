@@ -513,3 +513,74 @@ async fn a_full_model_queue_refuses_classify_with_a_retry_hint_and_remembers_not
     assert!(logged.is_empty(), "{logged:?}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn int8_precision_serves_the_committed_heads_and_says_so_in_the_version() {
+    let Some(model) = model_dir("int8_precision_serves_the_committed_heads") else {
+        return;
+    };
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/heads");
+    let lines = [
+        "you are a braindead moron and everyone here hates you",
+        "thanks for the stream, see you all tomorrow",
+        "BUY CHEAP FOLLOWERS NOW at followers dot shop",
+    ];
+    let mut scores = Vec::new();
+    for precision in [
+        modbot::config::ModelPrecision::F32,
+        modbot::config::ModelPrecision::Int8,
+    ] {
+        let server = start_with_model(&model, &committed, |config| {
+            config.model.precision = precision;
+        })
+        .await;
+        let info = model_info(&server).await;
+        assert!(info.loaded && info.status_detail.is_empty(), "{info:?}");
+        // A CPU without AVX-512 VNNI runs f32 whatever was asked, and the version says so.
+        let int8 =
+            precision == modbot::config::ModelPrecision::Int8 && modbot::model::int8::supported();
+        assert_eq!(
+            info.version.contains("/int8+heads@"),
+            int8,
+            "{}",
+            info.version
+        );
+        let verdicts = server
+            .moderation()
+            .classify(classify(&lines))
+            .await
+            .unwrap()
+            .into_inner()
+            .verdicts;
+        assert_eq!(
+            verdicts[0].decision,
+            Decision::Hide as i32,
+            "{:?}",
+            verdicts[0]
+        );
+        assert_eq!(
+            verdicts[1].decision,
+            Decision::Allow as i32,
+            "{:?}",
+            verdicts[1]
+        );
+        for verdict in &verdicts {
+            assert_eq!(verdict.model_version, info.version);
+        }
+        scores.push(verdicts.into_iter().map(|v| v.scores).collect::<Vec<_>>());
+        server.stop().await.unwrap();
+    }
+    // The same labels, and probabilities that int8 moved only a little.
+    for (f32_scores, int8_scores) in scores[0].iter().zip(&scores[1]) {
+        let labels = |scores: &std::collections::HashMap<String, f64>| {
+            let mut labels: Vec<String> = scores.keys().cloned().collect();
+            labels.sort();
+            labels
+        };
+        assert_eq!(labels(f32_scores), labels(int8_scores));
+        for (label, p) in f32_scores {
+            let q = int8_scores[label];
+            assert!((p - q).abs() < 0.1, "{label}: f32 {p}, int8 {q}");
+        }
+    }
+}

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use super::{Action, ActionSource, ActionStatus, NewAction};
-use crate::store::{Recorded, Store, StoreError};
+use crate::store::{ActionAnswer, Recorded, Store, StoreError};
 
 /// Commands queued per bridge before the dispatcher leaves the rest pending for a later round.
 const COMMAND_BUFFER: usize = 256;
@@ -174,30 +174,34 @@ impl Dispatcher {
         )
     }
 
-    /// Records `bridge_id`'s answer to a command it was sent.
+    /// Records a bridge's answers to the commands it was sent, in one database transaction;
+    /// what became of each, in order.
     pub async fn answer(
         &self,
-        action_id: &str,
         bridge_id: &str,
-        ok: bool,
-        error: &str,
-        detail: &str,
-    ) -> Result<Answered, StoreError> {
-        let answered = self
+        answers: &[ActionAnswer<'_>],
+    ) -> Result<Vec<Answered>, StoreError> {
+        let outcomes = self
             .inner
             .store
-            .answer_action(action_id, bridge_id, ok, error, detail, SystemTime::now())
+            .answer_actions(bridge_id, answers, SystemTime::now())
             .await?;
-        Ok(match answered {
-            None => Answered::Unknown,
-            Some((action, true)) => {
-                count_status(action.status.as_str(), 1);
-                Answered::Recorded(action)
-            }
-            // A bridge may repeat its answer (after a reconnect, say): the first one stands.
-            Some((action, false)) if action.bridge_id == bridge_id => Answered::Recorded(action),
-            Some((action, false)) => Answered::NotSent(action),
-        })
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                None => Answered::Unknown,
+                Some((action, true)) => {
+                    count_status(action.status.as_str(), 1);
+                    Answered::Recorded(action)
+                }
+                // A bridge may repeat its answer (after a reconnect, say): the first one
+                // stands.
+                Some((action, false)) if action.bridge_id == bridge_id => {
+                    Answered::Recorded(action)
+                }
+                Some((action, false)) => Answered::NotSent(action),
+            })
+            .collect())
     }
 }
 

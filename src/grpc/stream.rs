@@ -8,7 +8,9 @@
 //! pipeline fills, the reader stops reading, and HTTP/2 flow control pushes back on the
 //! client: a slow client slows its own stream instead of growing the server's memory. Messages
 //! are decided one after another in the order received, so a channel carried by one stream
-//! sees a consistent history.
+//! sees a consistent history. The bridge's `ActionResult`s go to a third task, answered in the
+//! order received but beside the messages: each is a database write, and hundreds a second of
+//! them (a busy chat's timeouts) must not hold up the decisions.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -29,7 +31,7 @@ use crate::proto::{
     ActionKind, ActionResult, ChatEvent, Hello, StreamError, StreamModerateRequest,
     StreamModerateResponse, Welcome, chat_event, stream_moderate_request, stream_moderate_response,
 };
-use crate::store::AuditRecord;
+use crate::store::{ActionAnswer, AuditRecord};
 
 /// Responses buffered per stream before the session waits for the client.
 pub const RESPONSE_BUFFER: usize = 1024;
@@ -123,16 +125,24 @@ impl Session {
                 forward_commands(commands_rx, self.responses_tx.clone()).in_current_span(),
             );
             let (items_tx, items_rx) = mpsc::channel(PIPELINE);
-            // The stages run as two tasks, so a busy stream's reading and deciding use both
-            // of the runtime's threads.
+            let (results_tx, results_rx) = mpsc::channel(PIPELINE);
+            // The stages run as tasks, so a busy stream's reading and deciding use both of
+            // the runtime's threads.
             let this = Arc::new(self);
             let finisher = tokio::spawn({
                 let this = Arc::clone(&this);
                 async move { this.finish_all(items_rx).await }.in_current_span()
             });
-            let stopping = this.read(inbound, items_tx).await;
+            let answerer = tokio::spawn({
+                let this = Arc::clone(&this);
+                async move { this.answer_all(results_rx).await }.in_current_span()
+            });
+            let stopping = this.read(inbound, items_tx, results_tx).await;
             if let Err(error) = finisher.await {
                 tracing::error!(%error, "the stream's decision task failed");
+            }
+            if let Err(error) = answerer.await {
+                tracing::error!(%error, "the stream's action result task failed");
             }
             if stopping {
                 // Everything read is answered; the bridge resends the rest to the replica it
@@ -152,12 +162,14 @@ impl Session {
         tracing::info!("stream closed");
     }
 
-    /// Stage one: reads requests, checks them and starts their model scoring, in order.
-    /// Returns true when it stopped because the server is shutting down.
+    /// Stage one: reads requests, checks them and starts their model scoring, in order; action
+    /// results go to their own task. Returns true when it stopped because the server is
+    /// shutting down.
     async fn read(
         &self,
         mut inbound: Streaming<StreamModerateRequest>,
         items: mpsc::Sender<Item>,
+        results: mpsc::Sender<ActionResult>,
     ) -> bool {
         let mut stopping = self.app.stopping.subscribe();
         loop {
@@ -168,8 +180,11 @@ impl Session {
             };
             match request {
                 Ok(Some(request)) => {
-                    let item = self.prepare(request).await;
-                    if items.send(item).await.is_err() {
+                    let sent = match self.prepare(request).await {
+                        Item::ActionResult(result) => results.send(result).await.is_ok(),
+                        item => items.send(item).await.is_ok(),
+                    };
+                    if !sent {
                         break;
                     }
                 }
@@ -195,6 +210,77 @@ impl Session {
                 break;
             }
         }
+    }
+
+    /// Answers the bridge's action results, in the order read: whatever has queued up is
+    /// recorded in one database transaction.
+    async fn answer_all(&self, mut results: mpsc::Receiver<ActionResult>) {
+        let mut batch = Vec::with_capacity(PIPELINE);
+        loop {
+            let received = tokio::select! {
+                received = results.recv_many(&mut batch, PIPELINE) => received,
+                () = self.responses_tx.closed() => 0,
+            };
+            if received == 0 || !self.answer_results(&batch).await {
+                break;
+            }
+            batch.clear();
+        }
+    }
+
+    /// Checks and records action results; the refused ones are answered in-band, in order.
+    /// False when the client has gone.
+    async fn answer_results(&self, results: &[ActionResult]) -> bool {
+        let checked: Vec<Result<ActionAnswer<'_>, String>> =
+            results.iter().map(check_result).collect();
+        let answers: Vec<ActionAnswer<'_>> = checked
+            .iter()
+            .filter_map(|c| c.as_ref().ok())
+            .copied()
+            .collect();
+        let mut answered = if answers.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.app
+                .dispatcher
+                .answer(&self.hello.bridge_id, &answers)
+                .await
+        };
+        if let Err(error) = &answered {
+            tracing::warn!(%error, count = answers.len(), "cannot record action results");
+        }
+        let mut outcomes = answered.as_mut().map(|o| o.drain(..));
+        for (result, checked) in results.iter().zip(&checked) {
+            let (code, message) = match checked {
+                Err(message) => (Code::InvalidArgument, message.clone()),
+                Ok(_) => match outcomes.as_mut().map(Iterator::next) {
+                    Ok(Some(Answered::Recorded(_))) => continue,
+                    Ok(Some(Answered::Unknown)) => (
+                        Code::NotFound,
+                        format!("action_result.action_id: no action `{}`", result.action_id),
+                    ),
+                    Ok(Some(Answered::NotSent(_))) => (
+                        Code::FailedPrecondition,
+                        format!(
+                            "action_result.action_id: action `{}` was not sent to this bridge",
+                            result.action_id
+                        ),
+                    ),
+                    Ok(None) | Err(_) => (
+                        Code::Unavailable,
+                        format!(
+                            "action_result: the database is unavailable; send the result for \
+                             `{}` again",
+                            result.action_id
+                        ),
+                    ),
+                },
+            };
+            if !self.reject(code, message, String::new()).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Sends a response; false when the client has gone.
@@ -225,35 +311,9 @@ impl Session {
                 "hello: already sent".to_owned(),
                 String::new(),
             ),
-            Some(stream_moderate_request::Kind::ActionResult(result)) => {
-                if result.action_id.trim().is_empty() {
-                    Item::reject(
-                        Code::InvalidArgument,
-                        "action_result.action_id: is required".to_owned(),
-                        String::new(),
-                    )
-                } else if !result.ok && result.error_code.trim().is_empty() {
-                    Item::reject(
-                        Code::InvalidArgument,
-                        "action_result.error_code: is required when ok is false".to_owned(),
-                        String::new(),
-                    )
-                } else if result.error_code.len() > convert::MAX_ID_BYTES
-                    || result.detail.len() > MAX_DETAIL_BYTES
-                {
-                    Item::reject(
-                        Code::InvalidArgument,
-                        format!(
-                            "action_result: error_code is at most {} bytes and detail at most \
-                             {MAX_DETAIL_BYTES}",
-                            convert::MAX_ID_BYTES
-                        ),
-                        String::new(),
-                    )
-                } else {
-                    Item::ActionResult(result)
-                }
-            }
+            // Checked by the task that answers them (`answer_results`), so that its in-band
+            // errors keep their order.
+            Some(stream_moderate_request::Kind::ActionResult(result)) => Item::ActionResult(result),
             None => Item::reject(
                 Code::InvalidArgument,
                 "kind: is required".to_owned(),
@@ -415,42 +475,7 @@ impl Session {
                 self.send(stream_moderate_response::Kind::Verdict(verdict.into()))
                     .await
             }
-            Item::ActionResult(result) => {
-                let answered = self
-                    .app
-                    .dispatcher
-                    .answer(
-                        &result.action_id,
-                        &self.hello.bridge_id,
-                        result.ok,
-                        &result.error_code,
-                        &result.detail,
-                    )
-                    .await;
-                let (code, message) = match answered {
-                    Ok(Answered::Recorded(_)) => return true,
-                    Ok(Answered::Unknown) => (
-                        Code::NotFound,
-                        format!("action_result.action_id: no action `{}`", result.action_id),
-                    ),
-                    Ok(Answered::NotSent(_)) => (
-                        Code::FailedPrecondition,
-                        format!(
-                            "action_result.action_id: action `{}` was not sent to this bridge",
-                            result.action_id
-                        ),
-                    ),
-                    Err(error) => {
-                        tracing::warn!(%error, action = %result.action_id, "cannot record an action's result");
-                        (
-                            Code::Unavailable,
-                            "action_result: the database is unavailable; send the result again"
-                                .to_owned(),
-                        )
-                    }
-                };
-                self.reject(code, message, String::new()).await
-            }
+            Item::ActionResult(result) => self.answer_results(std::slice::from_ref(&result)).await,
             Item::ModeratorAction {
                 channel,
                 moderator,
@@ -562,6 +587,29 @@ async fn forward_commands(
 
 /// One request, checked and (for a message) on its way through the model, waiting for its
 /// turn to be decided.
+/// An action result's answer, or why it is refused (a message naming the field).
+fn check_result(result: &ActionResult) -> Result<ActionAnswer<'_>, String> {
+    if result.action_id.trim().is_empty() {
+        Err("action_result.action_id: is required".to_owned())
+    } else if !result.ok && result.error_code.trim().is_empty() {
+        Err("action_result.error_code: is required when ok is false".to_owned())
+    } else if result.error_code.len() > convert::MAX_ID_BYTES
+        || result.detail.len() > MAX_DETAIL_BYTES
+    {
+        Err(format!(
+            "action_result: error_code is at most {} bytes and detail at most {MAX_DETAIL_BYTES}",
+            convert::MAX_ID_BYTES
+        ))
+    } else {
+        Ok(ActionAnswer {
+            id: &result.action_id,
+            ok: result.ok,
+            error: &result.error_code,
+            detail: &result.detail,
+        })
+    }
+}
+
 enum Item {
     /// A chat message to decide.
     Message {

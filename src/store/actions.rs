@@ -56,6 +56,19 @@ impl Store {
     }
 }
 
+/// A bridge's answer to one action command ([`Store::answer_actions`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ActionAnswer<'a> {
+    /// The action.
+    pub id: &'a str,
+    /// Carried out.
+    pub ok: bool,
+    /// The chat's error code when not.
+    pub error: &'a str,
+    /// What the chat said.
+    pub detail: &'a str,
+}
+
 const ACTION_COLUMNS: &str = "id, created_at, updated_at, expires_at, channel, target_user_id, \
      target_nick, kind, duration_ms, reason, source, moderator, message_id, idempotency_key, \
      request_hash, requested_by, status, error, detail, bridge_id, nuke_id, appeal_id, reversed_by";
@@ -251,36 +264,55 @@ impl Store {
         Ok(())
     }
 
-    /// Records the chat's answer to an action sent to `bridge_id`: executed, or failed with the
-    /// chat's error code. An answer counts even after the action expired (the chat is the
-    /// truth), but never changes an action already answered, nor one sent to another bridge.
-    /// `None` for an unknown id; otherwise the action as it is now and whether this answer
-    /// changed it.
-    pub async fn answer_action(
+    /// Records the chat's answers to actions sent to `bridge_id`, in one transaction: executed,
+    /// or failed with the chat's error code. An answer counts even after the action expired
+    /// (the chat is the truth), but never changes an action already answered, nor one sent to
+    /// another bridge. Per answer, in order: `None` for an unknown id, otherwise the action as
+    /// it is now and whether this answer changed it.
+    ///
+    /// One transaction for many answers because a busy chat answers hundreds of commands a
+    /// second, and on SQLite every write transaction takes the one write lock: one each would
+    /// queue the streams' answers behind each other and behind the audit writer.
+    pub async fn answer_actions(
         &self,
-        id: &str,
         bridge_id: &str,
-        ok: bool,
-        error: &str,
-        detail: &str,
+        answers: &[ActionAnswer<'_>],
         now: SystemTime,
-    ) -> Result<Option<(Action, bool)>, StoreError> {
-        let result = sqlx::query(
+    ) -> Result<Vec<Option<(Action, bool)>>, StoreError> {
+        let update = format!(
             "UPDATE actions SET status = $2, error = $3, detail = $4, updated_at = $5 \
-             WHERE id = $1 AND bridge_id = $6 AND status IN ('sent', 'expired')",
-        )
-        .bind(id)
-        .bind(if ok { "executed" } else { "failed" })
-        .bind(if ok { "" } else { error })
-        .bind(detail)
-        .bind(unix_millis(now))
-        .bind(bridge_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(self
-            .action(id)
-            .await?
-            .map(|action| (action, result.rows_affected() == 1)))
+             WHERE id = $1 AND bridge_id = $6 AND status IN ('sent', 'expired') \
+             RETURNING {ACTION_COLUMNS}"
+        );
+        let select = format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1");
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let changed = sqlx::query(sqlx::AssertSqlSafe(update.clone()))
+                .bind(answer.id)
+                .bind(if answer.ok { "executed" } else { "failed" })
+                .bind(if answer.ok { "" } else { answer.error })
+                .bind(answer.detail)
+                .bind(unix_millis(now))
+                .bind(bridge_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let outcome = match changed {
+                Some(row) => Some((action_from_row(&row)?, true)),
+                // Unknown, already answered, or sent elsewhere: the action as it is, if any.
+                None => sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+                    .bind(answer.id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .as_ref()
+                    .map(action_from_row)
+                    .transpose()?
+                    .map(|action| (action, false)),
+            };
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 
     /// Marks every pending or sent action whose time is up as expired; how many.

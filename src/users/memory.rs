@@ -187,16 +187,23 @@ impl MemoryState {
         for shard in &self.channel_shards {
             lock(shard).sweep(now_ms, idle_ms);
         }
-        self.user_shards
+        let forgotten: usize = self
+            .user_shards
             .iter()
             .map(|shard| lock(shard).sweep(now_ms, idle_ms))
-            .sum()
+            .sum();
+        if forgotten > 0 {
+            users_in_memory_changed(-(forgotten as f64));
+        }
+        forgotten
     }
 
     /// Forgets everything (used by [`super::SharedState`] when Redis is back).
     pub fn clear(&self) {
         for shard in &self.user_shards {
-            lock(shard).users = HashTable::new();
+            let mut shard = lock(shard);
+            users_in_memory_changed(-(shard.users.len() as f64));
+            shard.users = HashTable::new();
         }
         for shard in &self.channel_shards {
             lock(shard).channels = HashMap::new();
@@ -332,6 +339,7 @@ impl UserShard {
         hasher: &DefaultHashBuilder,
     ) -> &mut UserEntry {
         let idle_ms = config.idle_ttl_ms();
+        let held_before = self.users.len();
         if now_ms >= self.next_sweep_ms {
             self.next_sweep_ms = now_ms.saturating_add(SWEEP_INTERVAL_MS);
             self.sweep(now_ms, idle_ms);
@@ -340,10 +348,19 @@ impl UserShard {
         if self.users.len() >= self.capacity && self.users.find(hash, is_user).is_none() {
             self.evict_least_recently_seen(now_ms, idle_ms);
         }
+        let removed = held_before - self.users.len();
         let rehash = |slot: &UserSlot| hasher.hash_one((slot.channel(), slot.user_id()));
         let slot = match self.users.entry(hash, is_user, rehash) {
-            Entry::Occupied(occupied) => occupied.into_mut(),
+            Entry::Occupied(occupied) => {
+                if removed > 0 {
+                    users_in_memory_changed(-(removed as f64));
+                }
+                occupied.into_mut()
+            }
             Entry::Vacant(vacant) => {
+                if removed != 1 {
+                    users_in_memory_changed(1.0 - removed as f64);
+                }
                 let mut key = String::with_capacity(channel.len() + user_id.len());
                 key.push_str(channel);
                 key.push_str(user_id);
@@ -404,6 +421,18 @@ impl UserShard {
             }
         });
     }
+}
+
+impl Drop for MemoryState {
+    fn drop(&mut self) {
+        users_in_memory_changed(-(self.len() as f64));
+    }
+}
+
+/// Moves the `modbot_users_in_memory` gauge by `delta` (users added minus users forgotten, by
+/// every in-memory state of the process: the server has one).
+fn users_in_memory_changed(delta: f64) {
+    metrics::gauge!("modbot_users_in_memory").increment(delta);
 }
 
 /// One user in one channel.
