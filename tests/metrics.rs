@@ -242,3 +242,48 @@ async fn verdicts_reasons_degraded_components_and_actions_are_counted() {
     );
     server.stop().await.expect("a clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_in_memory_follow_the_users_held() {
+    use modbot::users::{MemoryState, Observation, StateConfig};
+    let _turn = SERIAL.lock().await;
+    let handle = recorder();
+    let users = || sample(&handle.render(), "modbot_users_in_memory ").unwrap_or(0.0);
+    let before = users();
+    let config = StateConfig {
+        max_users: 64,
+        idle_ttl: std::time::Duration::from_secs(60),
+        ..StateConfig::default()
+    };
+    let state = MemoryState::new(config);
+    let observe = |user: usize, at_ms: i64| {
+        let user_id = format!("u{user}");
+        let _ = state.observe(&Observation {
+            channel: "destinygg",
+            user_id: &user_id,
+            message_id: &format!("m{user}-{at_ms}"),
+            text: "hello chat",
+            at_ms,
+        });
+    };
+    let t0 = 1_700_000_000_000;
+    for user in 0..10 {
+        observe(user, t0);
+        observe(user, t0 + 1); // a user seen again is not counted again
+    }
+    assert_eq!(users() - before, 10.0);
+    // Past the bound, the least recently seen go: the gauge stays at what is held.
+    for user in 10..500 {
+        observe(user, t0 + 2 + user as i64);
+    }
+    assert_eq!(users() - before, state.len() as f64);
+    assert!(state.len() <= 64, "{}", state.len());
+    // Expired users are forgotten by a sweep, and a dropped state takes its users with it.
+    let forgotten = state.sweep(t0 + 10 * 60 * 1000);
+    assert!(forgotten > 0);
+    assert_eq!(users() - before, state.len() as f64);
+    observe(1, t0 + 10 * 60 * 1000);
+    assert_eq!(users() - before, state.len() as f64);
+    drop(state);
+    assert_eq!(users() - before, 0.0);
+}

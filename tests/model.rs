@@ -342,10 +342,14 @@ fn token_ids_outside_the_vocabulary_are_an_error_not_a_panic() {
 }
 
 /// The default model with int8 linear layers, or `None` when this CPU cannot run them (then the
-/// load must have fallen back to f32, which is checked).
-fn int8_encoder() -> Option<Encoder> {
-    let encoder = Encoder::load_with(&model_dir(), &Device::Cpu, Backend::Int8)
-        .expect("the default model loads in int8");
+/// load must have fallen back to f32, which is checked). Loaded once for the tests that use it:
+/// its calibration is slow in a debug build.
+fn int8_encoder() -> Option<&'static Encoder> {
+    static INT8: std::sync::OnceLock<Encoder> = std::sync::OnceLock::new();
+    let encoder = INT8.get_or_init(|| {
+        Encoder::load_with(&model_dir(), &Device::Cpu, Backend::Int8)
+            .expect("the default model loads in int8")
+    });
     if encoder.is_int8() {
         assert!(
             encoder.backend().ends_with("+int8"),
@@ -418,9 +422,14 @@ fn int8_embeddings_do_not_depend_on_the_batch_at_all() {
     let reversed: Vec<Vec<u32>> = batch.iter().rev().cloned().collect();
     let mut backwards = int8.embed_tokens(&reversed).unwrap();
     backwards.reverse();
-    for ((tokens, in_batch), in_reverse) in batch.iter().zip(&together).zip(&backwards) {
-        let alone = &int8.embed_tokens(std::slice::from_ref(tokens)).unwrap()[0];
-        assert_eq!(in_batch, alone, "{} tokens alone", tokens.len());
+    for (i, ((tokens, in_batch), in_reverse)) in
+        batch.iter().zip(&together).zip(&backwards).enumerate()
+    {
         assert_eq!(in_batch, in_reverse, "{} tokens reversed", tokens.len());
+        // Alone: every fifth line, and the longest (a debug build's int8 kernel is slow).
+        if i % 5 == 0 || tokens.len() == 256 {
+            let alone = &int8.embed_tokens(std::slice::from_ref(tokens)).unwrap()[0];
+            assert_eq!(in_batch, alone, "{} tokens alone", tokens.len());
+        }
     }
 }

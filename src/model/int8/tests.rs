@@ -171,7 +171,7 @@ fn smoothing_rescues_channels_next_to_an_outlier_channel() {
     }
     let mut x = rng.vec(rows * k, 1.0);
     for row in x.chunks_exact_mut(k) {
-        row[7] = 60.0 + row[7];
+        row[7] += 60.0;
     }
     let want = exact(&x, rows, k, &w, n);
     let error = |smooth: &[f32]| {
