@@ -417,7 +417,7 @@ fn int8_embeddings_do_not_depend_on_the_batch_at_all() {
     };
     // Activations are quantised per token and the sums are exact integers, so a line's
     // embedding is the same bits alone, in a batch, and among other neighbours.
-    let batch = chat_batch(&int8);
+    let batch = chat_batch(int8);
     let together = int8.embed_tokens(&batch).unwrap();
     let reversed: Vec<Vec<u32>> = batch.iter().rev().cloned().collect();
     let mut backwards = int8.embed_tokens(&reversed).unwrap();
