@@ -17,6 +17,11 @@ use crate::store::Recorded;
 
 /// The longest mute the chats accept (a longer one is a protocol error there).
 pub const MAX_MUTE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// The longest timed ban: a year. Longer is what a permanent ban is for, and an unbounded one
+/// would overflow the chat's nanosecond durations (destiny.gg's are 64-bit) and the store's
+/// expiry arithmetic.
+pub const MAX_BAN: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Longest reason, in characters.
 const MAX_REASON_CHARS: usize = 500;
 /// Page size when none is asked for.
@@ -127,10 +132,10 @@ fn new_action(
         }
         actions::ActionKind::Ban => match duration {
             None => None,
-            Some(d) if d < Duration::from_secs(1) => {
+            Some(d) if d < Duration::from_secs(1) || d > MAX_BAN => {
                 return Err(FieldError::new(
                     "duration",
-                    "must be at least 1 second (leave it unset for a permanent ban)",
+                    "must be 1 second to 365 days (leave it unset for a permanent ban)",
                 ));
             }
             Some(d) => Some(d),
@@ -422,9 +427,28 @@ mod tests {
         check(
             ExecuteActionRequest {
                 reason: "x".repeat(501),
-                ..valid
+                ..valid.clone()
             },
             "reason",
+        );
+        check(
+            ExecuteActionRequest {
+                reason: "spam\u{0}".into(),
+                ..valid.clone()
+            },
+            "reason",
+        );
+        check(
+            ExecuteActionRequest {
+                kind: crate::proto::ActionKind::Ban as i32,
+                duration: Some(prost_types::Duration {
+                    seconds: 366 * 86_400,
+                    nanos: 0,
+                }),
+                reason: "scam links".into(),
+                ..valid
+            },
+            "duration",
         );
     }
 }

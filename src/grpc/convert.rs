@@ -343,13 +343,24 @@ pub fn optional_id(value: String, field: &str) -> Result<Option<String>, FieldEr
     }
 }
 
-/// Free text (a reason, a note, an appeal's statement) of at most `max_chars` characters.
+/// Free text (a reason, a note, an appeal's statement) of at most `max_chars` characters, with
+/// no control characters but line breaks and tabs: a NUL cannot be stored by PostgreSQL, and
+/// the others would reach a chat or a moderator's screen as they are.
 pub fn text_field(value: String, field: &str, max_chars: usize) -> Result<String, FieldError> {
     let chars = value.chars().count();
     if chars > max_chars {
         return Err(FieldError::new(
             field,
             format!("{chars} characters exceed the limit of {max_chars}"),
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters (line breaks and tabs are allowed)",
         ));
     }
     Ok(value)
