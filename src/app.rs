@@ -107,6 +107,8 @@ pub async fn open_state(config: &Config) -> Result<SharedState, StateError> {
         history_per_channel: state.history_per_channel as usize,
         idle_ttl: std::time::Duration::from_secs(state.idle_ttl_secs),
         max_users: state.max_users as usize,
+        max_user_bytes: usize::try_from(state.max_user_bytes).unwrap_or(usize::MAX),
+        max_channel_bytes: usize::try_from(state.max_channel_bytes).unwrap_or(usize::MAX),
         cooled_down_heat: crate::decision::escalation::COOLED_HEAT,
         ..StateConfig::default()
     };

@@ -457,6 +457,10 @@ pub struct StateConfig {
     pub idle_ttl_secs: u64,
     /// Most users held in memory.
     pub max_users: u32,
+    /// Most bytes the in-memory users may hold.
+    pub max_user_bytes: u64,
+    /// Most bytes the in-memory channel histories may hold.
+    pub max_channel_bytes: u64,
 }
 
 /// Why a configuration could not be loaded. Every variant names the key or file at fault.
@@ -686,6 +690,18 @@ impl Config {
         }
         if self.state.max_users == 0 {
             return Err(invalid("state.max_users", "must be at least 1".to_owned()));
+        }
+        // A budget below a megabyte would evict users (channels) on nearly every message.
+        for (key, bytes) in [
+            ("state.max_user_bytes", self.state.max_user_bytes),
+            ("state.max_channel_bytes", self.state.max_channel_bytes),
+        ] {
+            if bytes < 1 << 20 {
+                return Err(invalid(
+                    key,
+                    format!("{bytes} is below the smallest budget, 1048576 (1 MiB)"),
+                ));
+            }
         }
         let actions = &self.actions;
         if !(1..=7 * 86_400).contains(&actions.pending_ttl_secs) {

@@ -7,6 +7,7 @@
 //! state fatter is noticed. Run with `--nocapture` to see the numbers.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use modbot::users::{MemoryState, Observation, StateConfig};
@@ -70,8 +71,14 @@ fn text(i: usize) -> String {
         .join(" ")
 }
 
+/// The tests of this binary measure the whole process's heap, so they take turns.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 #[test]
 fn memory_per_active_user() {
+    let _turn = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     const USERS: usize = 100_000;
     const MESSAGES_PER_USER: usize = 10;
     let config = StateConfig::default(); // rings of 10 messages and 16 times per user
@@ -116,5 +123,70 @@ fn memory_per_active_user() {
     );
     // The bound is the measured value (about 1.7 KB) with some room; see the module doc.
     assert!(per_user < 2_200.0, "{per_user:.0} bytes per user");
+    drop(state);
+}
+
+#[test]
+fn worst_case_texts_stay_within_the_byte_budgets() {
+    let _turn = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    const USERS: usize = 20_000;
+    const CHANNELS: usize = 400;
+    const MESSAGES_PER_USER: usize = 10;
+    let config = StateConfig {
+        max_users: 1_000_000,
+        max_channels: 100_000,
+        max_user_bytes: 8 << 20,
+        max_channel_bytes: 4 << 20,
+        ..StateConfig::default()
+    };
+    // The longest text a message can normalise to (the largest `grpc.max_text_bytes` at the
+    // normaliser's largest expansion) and ids of the longest length the API accepts.
+    let text = "\u{00e9}".repeat(modbot::normalize::MAX_EXPANSION * 65_536 / 2);
+    let long_id = |prefix: &str, i: usize| format!("{prefix}{i:0>250}");
+    let user_ids: Vec<String> = (0..USERS).map(|u| long_id("u", u)).collect();
+    let channels: Vec<String> = (0..CHANNELS).map(|c| long_id("c", c)).collect();
+
+    let live_before = LIVE.load(Ordering::Relaxed);
+    let state = MemoryState::new(config.clone());
+    for round in 0..MESSAGES_PER_USER {
+        for (u, user_id) in user_ids.iter().enumerate() {
+            let message_id = long_id("m", round * USERS + u);
+            let obs = Observation {
+                channel: &channels[u % CHANNELS],
+                user_id,
+                message_id: &message_id,
+                text: &text,
+                at_ms: 1_700_000_000_000 + (round * USERS + u) as i64,
+            };
+            let _ = state.observe(&obs);
+        }
+        let (users, channels) = state.bytes();
+        assert!(users <= config.max_user_bytes, "users hold {users} bytes");
+        assert!(
+            channels <= config.max_channel_bytes,
+            "channels hold {channels} bytes"
+        );
+    }
+    let live = (LIVE.load(Ordering::Relaxed) - live_before) as usize;
+    let (users, channels) = state.bytes();
+    let budget = config.max_user_bytes + config.max_channel_bytes;
+    println!(
+        "worst case: {} users and {} bytes counted for users, {channels} for channels; \
+         heap {live} bytes against budgets of {budget}",
+        state.len(),
+        users
+    );
+    // What the budgets count is what the heap holds, but for the hash tables' spare room
+    // (they grow by doubling and do not shrink), the shards themselves and allocator rounding.
+    assert!(
+        live <= budget + budget / 4,
+        "{live} bytes on the heap for budgets of {budget}"
+    );
+    assert!(
+        state.len() < USERS,
+        "the budget, not the count, evicted users"
+    );
     drop(state);
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, TryAcquireError, oneshot, watch};
 
-pub use self::cache::ScoreCache;
+pub use self::cache::{ScoreCache, TextKey};
 use self::queue::Job;
 use crate::model::heads::Heads;
 use crate::model::{Encoder, ModelError};
@@ -412,8 +412,9 @@ impl Scorer {
                 _ => Scores::NotScored,
             }));
         };
-        if let Some(cache) = &running.cache
-            && let Some(scores) = cache.get(text)
+        let key = running.cache.as_ref().map(|_| TextKey::of(text));
+        if let (Some(cache), Some(key)) = (&running.cache, &key)
+            && let Some(scores) = cache.get(key)
         {
             return Ok(Pending::Done(Scores::Scored(scores)));
         }
@@ -455,7 +456,7 @@ impl Scorer {
         let lexical = running.backend.lexical(text);
         let (reply_tx, reply) = oneshot::channel();
         let job = Job {
-            key: running.cache.as_ref().map(|_| Box::from(text)),
+            key,
             tokens,
             lexical,
             reply: reply_tx,

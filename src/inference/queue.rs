@@ -26,8 +26,8 @@ const FAILURES_TO_FAIL: u32 = 3;
 
 /// One text waiting for the model.
 pub struct Job {
-    /// Its cache key (the normalised text), when there is a cache.
-    pub key: Option<Box<str>>,
+    /// Its cache key (a digest of the normalised text), when there is a cache.
+    pub key: Option<super::cache::TextKey>,
     /// Its tokens.
     pub tokens: Vec<u32>,
     /// Its lexical inputs.

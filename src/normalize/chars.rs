@@ -65,6 +65,15 @@ pub(super) fn stat_class(c: char) -> StatClass {
     }
 }
 
+/// Most characters that one character's compatibility form may fold into. A few characters
+/// decompose into whole phrases: U+FDFA (ARABIC LIGATURE SALLALLAHOU ALAYHE WASALLAM) into 18
+/// characters, 33 bytes from 3, so a message of them would grow elevenfold and everything that
+/// holds folded text (rules, the score cache, user state) would pay for it. A character whose
+/// form is longer than this is kept as itself: the ones that are (phrase ligatures, squared
+/// katakana words) spell nothing Latin that an evasion could hide, so rules lose nothing, and
+/// folded text stays within [`super::MAX_EXPANSION`] times the original's bytes.
+pub(super) const MAX_FOLDED_CHARS: usize = 4;
+
 /// Folds one visible, non-mark character of the original and hands the result to `emit`, one
 /// character at a time: compatibility decomposition (NFKD, which is NFKC followed by NFD), marks
 /// dropped, lower-cased, typographic quotes and dashes made ASCII. Each character comes with
@@ -80,6 +89,13 @@ pub(super) fn fold_char(c: char, mut emit: impl FnMut(char, Option<&'static str>
         return;
     }
     if ('\u{AC00}'..='\u{D7A3}').contains(&c) {
+        emit(c, None);
+        return;
+    }
+    let mut folded_len = 0;
+    decompose_compatible(c, |_| folded_len += 1);
+    if folded_len > MAX_FOLDED_CHARS {
+        // A phrase ligature, kept as the one character it is (see `MAX_FOLDED_CHARS`).
         emit(c, None);
         return;
     }

@@ -181,6 +181,12 @@ pub struct TextStats {
     pub words: u32,
 }
 
+/// The folded text of a message is at most this many times its original's bytes, whatever the
+/// message (a test checks every character). Compatibility forms are what could grow a text:
+/// one of more than four characters is not used (see `chars::MAX_FOLDED_CHARS`), which keeps
+/// U+FDFA's 18 characters from turning 4 KiB of chat into 45.
+pub const MAX_EXPANSION: usize = 4;
+
 /// Normalises one chat message. `emotes` are the channel's emotes; pass an empty set (or
 /// `EmoteSet::default()`) to fold a configured phrase the same way as messages.
 pub fn normalize<'a>(text: &'a str, emotes: &EmoteSet) -> Normalized<'a> {

@@ -28,6 +28,12 @@ fn check_invariants(n: &Normalized<'_>) {
     );
     assert!(n.origin[..n.text.len()].iter().all(|&o| o < chars));
     assert_eq!(n.stats.chars, chars);
+    assert!(
+        n.text.len() <= MAX_EXPANSION * n.original.len(),
+        "{} bytes folded from {}",
+        n.text.len(),
+        n.original.len()
+    );
     assert!(!n.text.starts_with(' ') && !n.text.ends_with(' ') && !n.text.contains("  "));
     let mut previous_end = 0;
     for token in &n.tokens {
@@ -486,4 +492,42 @@ fn never_panics_on_adversarial_input() {
         // Folding is deterministic.
         assert_eq!(normalize(input, &emotes), n);
     }
+}
+
+#[test]
+fn no_character_folds_into_more_than_max_expansion_times_its_bytes() {
+    // Every scalar value alone, inside a word and as a word of its own: the per-character
+    // bound is what bounds every text (later steps only join, squeeze or drop).
+    let emotes = EmoteSet::default();
+    let mut worst = (0.0f64, '\0');
+    for c in (0..=0x10_FFFFu32).filter_map(char::from_u32) {
+        let alone = c.to_string();
+        // A character that does not grow alone is tried in words only if it is a letter or a
+        // symbol that words can hold (a leet symbol); the sweep stays a few seconds.
+        let grows = normalize(&alone, &emotes).text.len() > alone.len();
+        let contexts = if grows || c.is_ascii() {
+            vec![format!("a{c}b"), format!("{c}{c} x")]
+        } else {
+            Vec::new()
+        };
+        for text in std::iter::once(alone).chain(contexts) {
+            let n = normalize(&text, &emotes);
+            let ratio = n.text.len() as f64 / text.len() as f64;
+            if ratio > worst.0 {
+                worst = (ratio, c);
+            }
+            assert!(
+                n.text.len() <= MAX_EXPANSION * text.len(),
+                "U+{:04X} folds {text:?} into {} bytes",
+                c as u32,
+                n.text.len()
+            );
+        }
+    }
+    eprintln!(
+        "largest expansion: {:.2}x, U+{:04X}",
+        worst.0, worst.1 as u32
+    );
+    // The phrase ligature that once grew elevenfold is kept as itself.
+    check("\u{FDFA}", "\u{FDFA}");
 }

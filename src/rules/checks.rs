@@ -10,6 +10,7 @@ use super::profanity::ProfanityCheck;
 use super::similarity::Profile;
 use crate::decision::Evidence;
 use crate::normalize::{Token, TokenKind};
+use crate::users::remembered_text;
 
 /// What a check found.
 #[derive(Debug, Clone, PartialEq)]
@@ -376,7 +377,8 @@ pub struct RepetitionCheck {
 
 impl RepetitionCheck {
     fn check(&self, ctx: &Context<'_>) -> Option<Hit> {
-        let text = ctx.normalized.text.as_str();
+        // The part user state remembers, so a long message compares like with like.
+        let text = remembered_text(ctx.normalized.text.as_str());
         // Bytes bound characters from above: short messages stop here without counting.
         if text.len() < self.min_length || !has_content(ctx) {
             return None;
@@ -418,7 +420,8 @@ pub struct CopypastaCheck {
 
 impl CopypastaCheck {
     fn check(&self, ctx: &Context<'_>) -> Option<Hit> {
-        let text = ctx.normalized.text.as_str();
+        // The part user state remembers, so a long message compares like with like.
+        let text = remembered_text(ctx.normalized.text.as_str());
         // Bytes bound characters from above: most messages are short and stop here.
         if text.len() < self.min_length.max(1) {
             return None;

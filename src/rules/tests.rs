@@ -330,6 +330,23 @@ fn char_floods_and_zalgo() {
 }
 
 #[test]
+fn a_long_message_repeated_matches_what_state_remembered_of_it() {
+    // User state keeps only the first `REMEMBERED_TEXT_BYTES` of a text; the rule compares
+    // the same prefix of the new message, so a flood of a long line is still a repeat.
+    let set = one_rule(
+        "kind = \"repetition\"\n[rule.params]\nmin_similarity = 0.95\nlast_messages = 3\nmin_length = 8",
+    );
+    let long = "buy my course at my website ".repeat(200);
+    let remembered = crate::users::remembered_text(&long);
+    assert!(remembered.len() <= crate::users::REMEMBERED_TEXT_BYTES);
+    let history = UserHistory {
+        recent: recent(&[remembered]),
+        ..UserHistory::default()
+    };
+    check_with(&set, &long, &history, &ChannelWindow::default(), Some(""));
+}
+
+#[test]
 fn repetition_of_own_messages() {
     let set = one_rule(
         "kind = \"repetition\"\n[rule.params]\nmin_similarity = 0.9\nlast_messages = 3\nmin_length = 8",

@@ -66,10 +66,20 @@ impl MemoryState {
         };
         Self {
             user_shards: (0..user_shards)
-                .map(|_| Mutex::new(UserShard::new(max_users / user_shards)))
+                .map(|_| {
+                    Mutex::new(UserShard::new(
+                        max_users / user_shards,
+                        config.max_user_bytes / user_shards,
+                    ))
+                })
                 .collect(),
             channel_shards: (0..channel_shards)
-                .map(|_| Mutex::new(ChannelShard::new(max_channels / channel_shards)))
+                .map(|_| {
+                    Mutex::new(ChannelShard::new(
+                        max_channels / channel_shards,
+                        config.max_channel_bytes / channel_shards,
+                    ))
+                })
                 .collect(),
             hasher: DefaultHashBuilder::default(),
             config,
@@ -87,20 +97,27 @@ impl MemoryState {
         let recent = (self.config.recent_per_user > 0).then(|| {
             Arc::new(RecentMessage {
                 message_id: obs.message_id.to_owned(),
-                text: obs.text.to_owned(),
+                text: super::remembered_text(obs.text).to_owned(),
                 at_ms: obs.at_ms,
             })
         });
         let said = (self.config.kept_per_channel() > 0).then(|| ChannelMessage {
             user_id: obs.user_id.to_owned(),
             message_id: obs.message_id.to_owned(),
-            text: obs.text.to_owned(),
+            text: super::remembered_text(obs.text).to_owned(),
             at_ms: obs.at_ms,
         });
 
         let hash = self.hash(obs.channel, obs.user_id);
-        let history =
-            lock(self.user_shard(hash)).observe(hash, obs, recent, &self.config, &self.hasher);
+        let history = {
+            let mut shard = lock(self.user_shard(hash));
+            let history = shard.observe(hash, obs, recent, &self.config, &self.hasher);
+            let evicted = shard.evict_over_budget(|slot| slot.is(obs.channel, obs.user_id));
+            if evicted > 0 {
+                users_in_memory_changed(-(evicted as f64));
+            }
+            history
+        };
         let others = match said {
             Some(said) => {
                 lock(self.channel_shard(obs.channel)).observe(obs.channel, said, &self.config)
@@ -179,6 +196,18 @@ impl MemoryState {
         self.len() == 0
     }
 
+    /// Bytes held by users and by channel histories, as counted against
+    /// [`StateConfig::max_user_bytes`] and [`StateConfig::max_channel_bytes`].
+    pub fn bytes(&self) -> (usize, usize) {
+        let users = self.user_shards.iter().map(|shard| lock(shard).bytes).sum();
+        let channels = self
+            .channel_shards
+            .iter()
+            .map(|shard| lock(shard).bytes)
+            .sum();
+        (users, channels)
+    }
+
     /// Forgets every expired user and idle channel as of `now_ms` now (observing does this by
     /// itself, a shard at a time, every minute of the callers' clock) and returns how many
     /// users were forgotten.
@@ -204,9 +233,12 @@ impl MemoryState {
             let mut shard = lock(shard);
             users_in_memory_changed(-(shard.users.len() as f64));
             shard.users = HashTable::new();
+            shard.bytes = 0;
         }
         for shard in &self.channel_shards {
-            lock(shard).channels = HashMap::new();
+            let mut shard = lock(shard);
+            shard.channels = HashMap::new();
+            shard.bytes = 0;
         }
     }
 
@@ -274,9 +306,18 @@ struct UserShard {
     users: HashTable<UserSlot>,
     /// Most users this shard holds.
     capacity: usize,
+    /// Bytes its users hold (the sum of [`UserSlot::bytes`]), kept up to date by every change.
+    bytes: usize,
+    /// Most bytes this shard holds.
+    max_bytes: usize,
     /// Callers' time at which this shard next sweeps out expired users.
     next_sweep_ms: i64,
 }
+
+/// What a hash table slot and an `Arc`'s counts cost beyond the values they hold, in bytes:
+/// part of the estimate that byte budgets are kept by (allocator rounding is not counted).
+const TABLE_SLOT_OVERHEAD: usize = 8;
+const ARC_COUNTS: usize = 16;
 
 /// A user's entry with its key.
 #[derive(Debug)]
@@ -303,13 +344,20 @@ impl UserSlot {
             && self.key.starts_with(channel)
             && self.key.ends_with(user_id)
     }
+
+    /// The bytes this user holds: the slot, its key and its entry's buffers.
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + TABLE_SLOT_OVERHEAD + self.key.len() + self.entry.bytes()
+    }
 }
 
 impl UserShard {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             users: HashTable::new(),
             capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes,
             next_sweep_ms: i64::MIN,
         }
     }
@@ -324,8 +372,64 @@ impl UserShard {
     ) -> UserHistory {
         let entry = self.entry(hash, obs.channel, obs.user_id, obs.at_ms, config, hasher);
         let before = entry.history();
+        let bytes_before = entry.bytes();
         entry.observe(obs.at_ms, recent);
+        let bytes_after = entry.bytes();
+        self.bytes = self.bytes + bytes_after - bytes_before;
         before
+    }
+
+    /// Evicts the least recently seen users (never one that `keep` matches: the user just
+    /// observed) until the shard is an eighth under its byte budget, if it is over it; returns
+    /// how many went. Freeing a batch, as [`Self::evict_least_recently_seen`] does for counts,
+    /// keeps the sort's cost to a few entry visits per message however long a flood lasts.
+    fn evict_over_budget(&mut self, keep: impl Fn(&UserSlot) -> bool) -> usize {
+        if self.bytes <= self.max_bytes {
+            return 0;
+        }
+        let target = self.max_bytes - self.max_bytes / 8;
+        let mut candidates: Vec<(i64, usize)> = self
+            .users
+            .iter()
+            .filter(|slot| !keep(slot))
+            .map(|slot| (slot.entry.last_active_ms(), slot.bytes()))
+            .collect();
+        candidates.sort_unstable_by_key(|&(at, _)| at);
+        let mut excess = self.bytes.saturating_sub(target);
+        let mut cutoff = None;
+        let mut at_cutoff = 0usize;
+        for &(at, bytes) in &candidates {
+            if excess == 0 {
+                break;
+            }
+            if cutoff == Some(at) {
+                at_cutoff += 1;
+            } else {
+                cutoff = Some(at);
+                at_cutoff = 1;
+            }
+            excess = excess.saturating_sub(bytes);
+        }
+        let Some(cutoff) = cutoff else {
+            return 0;
+        };
+        let before = self.users.len();
+        let mut freed = 0;
+        self.users.retain(|slot| {
+            let at = slot.entry.last_active_ms();
+            let evict = !keep(slot)
+                && (at < cutoff
+                    || (at == cutoff && at_cutoff > 0 && {
+                        at_cutoff -= 1;
+                        true
+                    }));
+            if evict {
+                freed += slot.bytes();
+            }
+            !evict
+        });
+        self.bytes -= freed;
+        before - self.users.len()
     }
 
     /// The user's entry, created if new (evicting if full) or reset if expired by `now_ms`.
@@ -364,17 +468,21 @@ impl UserShard {
                 let mut key = String::with_capacity(channel.len() + user_id.len());
                 key.push_str(channel);
                 key.push_str(user_id);
-                vacant
+                let slot = vacant
                     .insert(UserSlot {
                         key: key.into_boxed_str(),
                         channel_len: channel.len(),
                         entry: UserEntry::new(config),
                     })
-                    .into_mut()
+                    .into_mut();
+                self.bytes += slot.bytes();
+                slot
             }
         };
         if slot.entry.is_expired(now_ms, idle_ms) {
+            let old = slot.entry.bytes();
             slot.entry = UserEntry::new(config);
+            self.bytes = self.bytes + slot.entry.bytes() - old;
         }
         &mut slot.entry
     }
@@ -382,8 +490,15 @@ impl UserShard {
     /// Removes users expired by `now_ms`; returns how many.
     fn sweep(&mut self, now_ms: i64, idle_ms: i64) -> usize {
         let before = self.users.len();
-        self.users
-            .retain(|slot| !slot.entry.is_expired(now_ms, idle_ms));
+        let mut freed = 0;
+        self.users.retain(|slot| {
+            let expired = slot.entry.is_expired(now_ms, idle_ms);
+            if expired {
+                freed += slot.bytes();
+            }
+            !expired
+        });
+        self.bytes -= freed;
         before - self.users.len()
     }
 
@@ -409,17 +524,23 @@ impl UserShard {
         // Everyone older than the cutoff goes, and of those exactly at it, as many as needed.
         let older = activity.iter().filter(|&&at| at < cutoff).count();
         let mut at_cutoff_to_evict = evict - older;
+        let mut freed = 0;
         self.users.retain(|slot| {
             let at = slot.entry.last_active_ms();
-            if at < cutoff {
+            let keep = if at < cutoff {
                 false
             } else if at == cutoff && at_cutoff_to_evict > 0 {
                 at_cutoff_to_evict -= 1;
                 false
             } else {
                 true
+            };
+            if !keep {
+                freed += slot.bytes();
             }
+            keep
         });
+        self.bytes -= freed;
     }
 }
 
@@ -513,6 +634,19 @@ impl UserEntry {
         );
     }
 
+    /// The bytes its buffers hold: the rings' slots, and each recent message's id and text.
+    fn bytes(&self) -> usize {
+        let recent: usize = self
+            .recent
+            .items
+            .iter()
+            .map(|m| ARC_COUNTS + recent_message_bytes(m))
+            .sum();
+        recent
+            + self.recent.items.capacity() * std::mem::size_of::<Arc<RecentMessage>>()
+            + self.times.items.capacity() * std::mem::size_of::<i64>()
+    }
+
     /// The latest message or heat update.
     fn last_active_ms(&self) -> i64 {
         self.last_seen_ms.unwrap_or(i64::MIN).max(self.heat_at_ms)
@@ -532,6 +666,10 @@ struct ChannelShard {
     channels: HashMap<Box<str>, ChannelRing>,
     /// Most channels this shard holds.
     capacity: usize,
+    /// Bytes its channels hold (names, blocks and messages), kept up to date by every change.
+    bytes: usize,
+    /// Most bytes this shard holds.
+    max_bytes: usize,
     /// Callers' time at which this shard next drops idle channels.
     next_sweep_ms: i64,
 }
@@ -549,13 +687,17 @@ struct ChannelRing {
     next_index: u64,
     /// Latest message time.
     last_ms: i64,
+    /// Bytes its blocks and their messages hold.
+    bytes: usize,
 }
 
 impl ChannelShard {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             channels: HashMap::new(),
             capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes,
             next_sweep_ms: i64::MIN,
         }
     }
@@ -571,43 +713,64 @@ impl ChannelShard {
             self.next_sweep_ms = said.at_ms.saturating_add(SWEEP_INTERVAL_MS);
             self.sweep(said.at_ms, config.idle_ttl_ms());
         }
-        let ring = match self.channels.get_mut(channel) {
-            Some(ring) => ring,
-            None => {
-                if self.channels.len() >= self.capacity {
-                    self.evict_least_recently_active();
-                }
-                self.channels
-                    .entry(channel.into())
-                    .or_insert_with(|| ChannelRing {
-                        blocks: VecDeque::new(),
-                        first_index: 0,
-                        next_index: 0,
-                        last_ms: i64::MIN,
-                    })
-            }
-        };
-        ring.push(
+        let is_new = !self.channels.contains_key(channel);
+        if is_new && self.channels.len() >= self.capacity {
+            self.evict_least_recently_active(None);
+        }
+        if is_new {
+            // The ring starts out holding its own entry's bytes, so forgetting it frees them.
+            self.bytes += channel_entry_bytes(channel);
+        }
+        let ring = self
+            .channels
+            .entry(channel.into())
+            .or_insert_with(|| ChannelRing {
+                blocks: VecDeque::new(),
+                first_index: 0,
+                next_index: 0,
+                last_ms: i64::MIN,
+                bytes: channel_entry_bytes(channel),
+            });
+        let before = ring.bytes;
+        let window = ring.push(
             said,
             config.recent_per_channel as u64,
             config.kept_per_channel() as u64,
-        )
+        );
+        self.bytes = self.bytes + ring.bytes - before;
+        // Over the byte budget, the least recently active other channels go, one at a time
+        // (each holds at most `kept_per_channel` messages, so this is a handful of them).
+        while self.bytes > self.max_bytes && self.channels.len() > 1 {
+            self.evict_least_recently_active(Some(channel));
+        }
+        window
     }
 
-    fn evict_least_recently_active(&mut self) {
+    /// Forgets the channel with the oldest last message, other than `keep`.
+    fn evict_least_recently_active(&mut self, keep: Option<&str>) {
         let oldest = self
             .channels
             .iter()
+            .filter(|(name, _)| Some(&***name) != keep)
             .min_by_key(|(_, ring)| ring.last_ms)
             .map(|(name, _)| name.clone());
-        if let Some(oldest) = oldest {
-            self.channels.remove(&oldest);
+        if let Some(oldest) = oldest
+            && let Some(ring) = self.channels.remove(&oldest)
+        {
+            self.bytes -= ring.bytes;
         }
     }
 
     fn sweep(&mut self, now_ms: i64, idle_ms: i64) {
-        self.channels
-            .retain(|_, ring| now_ms.saturating_sub(ring.last_ms) < idle_ms);
+        let mut freed = 0;
+        self.channels.retain(|_, ring| {
+            let keep = now_ms.saturating_sub(ring.last_ms) < idle_ms;
+            if !keep {
+                freed += ring.bytes;
+            }
+            keep
+        });
+        self.bytes -= freed;
     }
 }
 
@@ -624,7 +787,9 @@ impl ChannelRing {
         if block == self.blocks.len() {
             self.blocks
                 .push_back((0..BLOCK_SIZE).map(|_| OnceLock::new()).collect());
+            self.bytes += BLOCK_BYTES;
         }
+        self.bytes += channel_message_bytes(&said);
         // A fresh slot: `set` cannot find it full.
         let _ = self.blocks[block][(offset % BLOCK) as usize].set(said);
         self.next_index += 1;
@@ -635,7 +800,14 @@ impl ChannelRing {
 
         let keep_from = self.next_index.saturating_sub(keep.max(capacity));
         while self.first_index + BLOCK <= keep_from {
-            self.blocks.pop_front();
+            if let Some(dropped) = self.blocks.pop_front() {
+                let messages: usize = dropped
+                    .iter()
+                    .filter_map(OnceLock::get)
+                    .map(channel_message_bytes)
+                    .sum();
+                self.bytes -= BLOCK_BYTES + messages;
+            }
             self.first_index += BLOCK;
         }
         window
@@ -661,5 +833,103 @@ impl ChannelRing {
             end,
             observer,
         }
+    }
+}
+
+/// The bytes a recent message's strings hold (its `Arc` counted by the caller).
+fn recent_message_bytes(message: &RecentMessage) -> usize {
+    std::mem::size_of::<RecentMessage>() + message.message_id.capacity() + message.text.capacity()
+}
+
+/// The bytes a channel message's strings hold (its slot is part of [`BLOCK_BYTES`]).
+fn channel_message_bytes(message: &ChannelMessage) -> usize {
+    message.user_id.capacity() + message.message_id.capacity() + message.text.capacity()
+}
+
+/// A block of a channel's ring: its slots, the `Arc`'s counts and the ring's pointer to it.
+const BLOCK_BYTES: usize = BLOCK_SIZE * std::mem::size_of::<OnceLock<ChannelMessage>>()
+    + ARC_COUNTS
+    + std::mem::size_of::<MessageBlock>();
+
+/// A channel's entry in its shard's map before any block: the name and the ring.
+fn channel_entry_bytes(channel: &str) -> usize {
+    channel.len() + std::mem::size_of::<ChannelRing>() + std::mem::size_of::<Box<str>>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes every shard holds, counted from scratch.
+    fn recount(state: &MemoryState) -> (usize, usize) {
+        let users = state
+            .user_shards
+            .iter()
+            .map(|shard| lock(shard).users.iter().map(UserSlot::bytes).sum::<usize>())
+            .sum();
+        let channels = state
+            .channel_shards
+            .iter()
+            .map(|shard| {
+                lock(shard)
+                    .channels
+                    .values()
+                    .map(|ring| ring.bytes)
+                    .sum::<usize>()
+            })
+            .sum();
+        (users, channels)
+    }
+
+    #[test]
+    fn byte_counts_follow_every_change() {
+        let config = StateConfig {
+            recent_per_user: 3,
+            recent_per_channel: 5,
+            history_per_channel: 40,
+            max_users: 50,
+            max_channels: 4,
+            max_user_bytes: 64 << 10,
+            max_channel_bytes: 32 << 10,
+            idle_ttl: std::time::Duration::from_secs(60),
+            ..StateConfig::default()
+        };
+        let state = MemoryState::new(config.clone());
+        let mut rng = crate::corpus::Rng(7);
+        let mut now = 1_700_000_000_000i64;
+        for i in 0..5_000 {
+            // Users come and go (count and byte evictions), texts short and long, channels
+            // more than fit, and now and then a jump in time (expiry, sweeps).
+            now += if i % 997 == 0 { 120_000 } else { 10 };
+            let user = format!("u{}", rng.below(200));
+            let channel = format!("c{}", rng.below(7));
+            let text = "é".repeat(rng.below(900));
+            let id = format!("m{i}");
+            let obs = Observation {
+                channel: &channel,
+                user_id: &user,
+                message_id: &id,
+                text: &text,
+                at_ms: now,
+            };
+            let _ = state.observe(&obs);
+            if i % 13 == 0 {
+                let offence = crate::users::Offence {
+                    heat: 1.0,
+                    half_life: std::time::Duration::from_secs(600),
+                    escalates: true,
+                    at_ms: now,
+                };
+                let _ = state.record_offence(&channel, &user, &offence);
+            }
+            if i % 1_000 == 999 {
+                state.sweep(now);
+            }
+            assert_eq!(state.bytes(), recount(&state), "after message {i}");
+            let (users, channels) = state.bytes();
+            assert!(users <= config.max_user_bytes && channels <= config.max_channel_bytes);
+        }
+        state.clear();
+        assert_eq!(state.bytes(), (0, 0));
     }
 }

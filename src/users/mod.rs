@@ -63,6 +63,14 @@ pub struct StateConfig {
     /// Most channels the in-process backend keeps a recent-message window for; past it the
     /// least recently active channels are evicted. Redis is bounded by its TTLs instead.
     pub max_channels: usize,
+    /// Most bytes the in-process backend's users may hold (their keys, recent messages and
+    /// times, counted by [`memory::user_bytes`]); past it the least recently seen are evicted,
+    /// as for [`Self::max_users`]. Counts alone do not bound memory: a user's recent messages
+    /// can be a few bytes or [`REMEMBERED_TEXT_BYTES`] each.
+    pub max_user_bytes: usize,
+    /// Most bytes the in-process backend's channel histories may hold; past it the least
+    /// recently active channels are evicted.
+    pub max_channel_bytes: usize,
     /// An offence recorded when the user's decayed heat is below this starts a new heat
     /// episode: the escalation step goes back to 0 first. With offences adding heat 1.0, the
     /// default 0.125 means "three half-lives after a single offence".
@@ -86,6 +94,8 @@ impl Default for StateConfig {
             // A busy channel's history (500 messages) takes about 95 KB: 2,000 channels bound
             // the in-process windows near 190 MB.
             max_channels: 2_000,
+            max_user_bytes: 256 << 20,
+            max_channel_bytes: 128 << 20,
             cooled_down_heat: 0.125,
             redis_timeout: Duration::from_millis(250),
             redis_retry_interval: Duration::from_secs(1),
@@ -106,6 +116,27 @@ impl StateConfig {
     }
 }
 
+/// Most bytes of a message's normalised text that user state remembers (a user's recent
+/// messages, a channel's history, on both backends): longer texts are cut on a character
+/// boundary. Chat lines are far shorter (destiny.gg allows 512 characters), so only floods
+/// are cut, and the similarity rules compare the same prefix of the new message
+/// ([`remembered_text`]), so a repeated long message still matches itself exactly. `Nuke`
+/// sees only this prefix of each message.
+pub const REMEMBERED_TEXT_BYTES: usize = 1024;
+
+/// The part of `text` that user state remembers: its first [`REMEMBERED_TEXT_BYTES`] bytes,
+/// cut back to a character boundary.
+pub fn remembered_text(text: &str) -> &str {
+    if text.len() <= REMEMBERED_TEXT_BYTES {
+        return text;
+    }
+    let mut end = REMEMBERED_TEXT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// One chat message as the state sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Observation<'a> {
@@ -115,7 +146,7 @@ pub struct Observation<'a> {
     pub user_id: &'a str,
     /// Its id (kept so evidence can point at an earlier message).
     pub message_id: &'a str,
-    /// The normalised text.
+    /// The normalised text (the backends remember its [`remembered_text`]).
     pub text: &'a str,
     /// When it was sent, Unix milliseconds. This is the state's only clock (expiry included),
     /// so it should be one the server trusts: its own receive time, or the message's time
@@ -573,6 +604,18 @@ fn decay(heat: f64, at_ms: i64, now_ms: i64, half_life_ms: i64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_text_is_cut_on_a_character_boundary() {
+        assert_eq!(remembered_text("short"), "short");
+        let exact = "a".repeat(REMEMBERED_TEXT_BYTES);
+        assert_eq!(remembered_text(&exact), exact);
+        // Three-byte characters do not divide 1024: the cut falls back to the last whole one.
+        let wide = "\u{20AC}".repeat(REMEMBERED_TEXT_BYTES);
+        let cut = remembered_text(&wide);
+        assert_eq!(cut.len(), REMEMBERED_TEXT_BYTES / 3 * 3);
+        assert!(wide.starts_with(cut));
+    }
 
     #[test]
     fn decay_halves_per_half_life() {

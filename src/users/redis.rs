@@ -410,7 +410,7 @@ fn encode_recent(obs: &Observation<'_>) -> String {
         obs.at_ms,
         obs.message_id.len(),
         obs.message_id,
-        obs.text
+        super::remembered_text(obs.text)
     )
 }
 
@@ -423,7 +423,7 @@ fn encode_channel(obs: &Observation<'_>) -> String {
         obs.user_id,
         obs.message_id.len(),
         obs.message_id,
-        obs.text
+        super::remembered_text(obs.text)
     )
 }
 
