@@ -19,7 +19,7 @@ use crate::normalize::{EmoteSet, normalize};
 
 /// Bumped whenever normalisation changes what the model sees, so cached embeddings of the old
 /// normal form are not reused.
-pub const NORMALIZE_VERSION: &str = "normalize-1";
+pub const NORMALIZE_VERSION: &str = "normalize-2";
 
 /// Most texts in one encoder batch.
 const BATCH_TEXTS: usize = 64;
