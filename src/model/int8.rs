@@ -39,6 +39,25 @@ const ROW_BLOCK: usize = 96;
 /// Rows per task of the activation quantisation.
 const QUANT_ROWS: usize = 32;
 
+/// What this CPU has of the features the int8 kernels need, for messages that say why they
+/// did not run (`avx512f yes, avx512bw yes, avx512vnni no`).
+pub fn cpu_features() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let yes = |on: bool| if on { "yes" } else { "no" };
+        format!(
+            "avx512f {}, avx512bw {}, avx512vnni {}",
+            yes(is_x86_feature_detected!("avx512f")),
+            yes(is_x86_feature_detected!("avx512bw")),
+            yes(is_x86_feature_detected!("avx512vnni"))
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        "not an x86-64 CPU".to_owned()
+    }
+}
+
 /// Whether this CPU runs the int8 kernels (AVX-512 F and BW, and VNNI).
 pub fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]

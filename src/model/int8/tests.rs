@@ -39,7 +39,13 @@ fn require_kernels() -> bool {
     if supported() {
         return true;
     }
-    eprintln!("SKIPPED: this CPU lacks AVX-512 VNNI; only the scalar reference was tested");
+    // Not silent: the kernels cannot run here, and the server falls back to f32 (checked by
+    // `tests/model.rs` against the real model); what this machine did test is the reference.
+    eprintln!(
+        "SKIPPED (CPU): the int8 kernel needs AVX-512 F, BW and VNNI ({}); only its scalar \
+         reference was run",
+        super::cpu_features()
+    );
     false
 }
 
