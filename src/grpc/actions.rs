@@ -123,6 +123,20 @@ fn new_action(
         .ok_or_else(|| FieldError::new("kind", "is required (hide, warn, timeout, ban, ...)"))?;
     let source =
         action_source(request.source).ok_or_else(|| FieldError::new("source", "is required"))?;
+    // The server's own sources mark what it decided itself (verdicts, nukes, overturned
+    // appeals): a caller claiming one would pass its action off as modbot's.
+    if !matches!(
+        source,
+        actions::ActionSource::Moderator | actions::ActionSource::Api
+    ) {
+        return Err(FieldError::new(
+            "source",
+            format!(
+                "`{}` is set by the server only; a caller's action is MODERATOR or API",
+                source.as_str()
+            ),
+        ));
+    }
     let duration = duration_field(request.duration, "duration")?;
     let duration = match kind {
         actions::ActionKind::Hide | actions::ActionKind::Timeout => {
