@@ -213,7 +213,12 @@ async fn verdicts_reasons_degraded_components_and_actions_are_counted() {
                 .count() as f64,
         ),
         (delta("modbot_decision_seconds_count", &[]), 2.0),
-        (delta("modbot_actions_total", &[("status", "pending")]), 1.0),
+        // A Classify verdict's hide is recorded, not sent (the default `classify_actions`).
+        (
+            delta("modbot_actions_total", &[("status", "recorded")]),
+            1.0,
+        ),
+        (delta("modbot_actions_total", &[("status", "pending")]), 0.0),
         (
             value(&after, "modbot_degraded", &[("component", "user_state")]),
             1.0,
