@@ -493,7 +493,16 @@ async fn only_a_bridge_reports_moderators_actions_and_requested_by_is_the_creden
     assert!(!verdict.action_id.is_empty(), "{verdict:?}");
     drop(tx);
     while responses.message().await.expect("a clean end").is_some() {}
-    let recorded = actions(&server).await;
+    // The verdict's action is written by the audit writer, possibly after the stream ended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let recorded = loop {
+        let recorded = actions(&server).await;
+        if recorded.len() >= 2 {
+            break recorded;
+        }
+        assert!(std::time::Instant::now() < deadline, "{recorded:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(recorded.len(), 2, "{recorded:?}");
     for action in &recorded {
         assert_eq!(action.requested_by, "dgg-bridge", "{action:?}");
@@ -573,7 +582,16 @@ async fn a_classifier_cannot_take_over_a_bridges_action_by_its_message_id() {
     };
     assert!(!verdict.action_id.is_empty(), "{verdict:?}");
     assert_ne!(verdict.action_id, classified.action_id);
-    let recorded = actions(&server).await;
+    // A stream's verdict may arrive before the audit writer has stored its action: polled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let recorded = loop {
+        let recorded = actions(&server).await;
+        if recorded.iter().any(|a| a.id == verdict.action_id) {
+            break recorded;
+        }
+        assert!(std::time::Instant::now() < deadline, "{recorded:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let status = |id: &str| recorded.iter().find(|a| a.id == id).unwrap().status;
     assert_eq!(
         status(&classified.action_id),
