@@ -169,6 +169,21 @@ async fn suite(server: &TestServer) {
             "{status:?}"
         );
     }
+    // Nor the keys the server gives its own actions.
+    for key in ["appeal:a1:reversal", "nuke:n1:bob", "aegis:n1:bob"] {
+        let status = c
+            .actions
+            .execute_action(timeout("bob", key))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{key}");
+        assert!(
+            status
+                .message()
+                .starts_with("idempotency_key: keys starting with"),
+            "{status:?}"
+        );
+    }
     let listed = c
         .actions
         .list_actions(proto::ListActionsRequest::default())
