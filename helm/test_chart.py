@@ -244,6 +244,8 @@ class ChartCase:
                 allowed.add((v[part]["existingSecret"], v[part]["key"]))
         for bridge in v["bridges"]:
             allowed.add((bridge["chatTokenSecret"]["name"], bridge["chatTokenSecret"]["key"]))
+            if bridge.get("serverTokenSecret"):
+                allowed.add((bridge["serverTokenSecret"]["name"], bridge["serverTokenSecret"]["key"]))
         # Secrets mounted as files: the TLS ones only, each named by the values.
         mountable = set()
         if v["tls"]["enabled"]:
@@ -464,6 +466,17 @@ class ChartCase:
                 self.assertEqual(flag("--server-url"), f"{scheme}://{service['metadata']['name']}.{NAMESPACE}.svc:{grpc_port}")
             env = {e["name"] for e in container["env"]}
             self.assertLessEqual({"MODBOT_BRIDGE_CHAT_TOKEN", "MODBOT_BRIDGE_SERVER_TOKEN"}, env)
+            # The server token: the bridge's own, else the shared one; the binding its auth.tokens
+            # entry needs is the bridge id and channel the bridge is started with.
+            server_token = next(e for e in container["env"] if e["name"] == "MODBOT_BRIDGE_SERVER_TOKEN")
+            wanted = spec.get("serverTokenSecret") or self.effective["bridgeServerToken"]
+            ref = server_token["valueFrom"]["secretKeyRef"]
+            self.assertEqual((ref["name"], ref["key"]), (wanted["name"], wanted["key"]))
+            channel = spec.get("channel") or {"dgg": "destinygg", "strims": "strims"}[spec["dialect"]]
+            bridge_id = spec.get("bridgeId") or f"bridge-{channel}"
+            self.assertEqual(flag("--bridge-id"), bridge_id)
+            annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+            self.assertEqual(annotations["modbot/token-binding"], f"bridge_ids={bridge_id} channels={channel}")
 
 
 class DefaultValues(ChartCase, unittest.TestCase):

@@ -944,8 +944,13 @@ pub const MIN_TOKEN_BYTES: usize = 16;
 /// A role a token may hold. Which RPCs each role may call is the table in `grpc::auth`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// Backends and the chat bridge: `Moderation` (and `Admin.GetModelInfo`).
-    Service,
+    /// A backend deciding messages with `Moderation.Classify` (and `Admin.GetModelInfo`). It
+    /// carries out the verdicts in its own system: no action is sent to a chat for it unless
+    /// the channel's policy says so (`classify_actions = "send"`).
+    Classifier,
+    /// A chat bridge: `Moderation.StreamModerate` (and `Admin.GetModelInfo`), as the bridge ids
+    /// and for the channels its entry is bound to ([`BridgeBinding`]).
+    Bridge,
     /// Moderator tools: actions, appeals (resolving them too), nukes, stats, users, reading
     /// rules and policy.
     Moderator,
@@ -957,12 +962,19 @@ pub enum Role {
 
 impl Role {
     /// Every role, in the order they are listed in messages.
-    pub const ALL: [Role; 4] = [Role::Service, Role::Moderator, Role::Admin, Role::Appeals];
+    pub const ALL: [Role; 5] = [
+        Role::Classifier,
+        Role::Bridge,
+        Role::Moderator,
+        Role::Admin,
+        Role::Appeals,
+    ];
 
     /// The role's name in token entries and messages.
     pub fn name(self) -> &'static str {
         match self {
-            Role::Service => "service",
+            Role::Classifier => "classifier",
+            Role::Bridge => "bridge",
             Role::Moderator => "moderator",
             Role::Admin => "admin",
             Role::Appeals => "appeals",
@@ -1044,17 +1056,49 @@ pub struct Credential {
     pub name: String,
     /// What the token may do.
     pub roles: Roles,
+    /// For a `bridge` credential, the bridge ids and channels it may register as.
+    pub binding: Option<std::sync::Arc<BridgeBinding>>,
     digest: [u8; 32],
 }
 
+/// What a `bridge` credential may register as on `StreamModerate`: a hello must name one of
+/// these bridge ids and only these channels. Written after the token in its entry:
+/// `bridge NAME TOKEN bridge_ids=dgg-1 channels=destinygg,strims`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeBinding {
+    /// The bridge ids (`hello.bridge_id`) the credential may use.
+    pub bridge_ids: Vec<String>,
+    /// The channels (`hello.channels`) it may serve.
+    pub channels: Vec<String>,
+}
+
+impl BridgeBinding {
+    /// Whether a hello may name `bridge_id`.
+    pub fn allows_bridge_id(&self, bridge_id: &str) -> bool {
+        self.bridge_ids.iter().any(|id| id == bridge_id)
+    }
+
+    /// Whether a hello may name `channel`.
+    pub fn allows_channel(&self, channel: &str) -> bool {
+        self.channels.iter().any(|c| c == channel)
+    }
+}
+
 impl Credential {
-    /// A credential for `token`.
+    /// A credential for `token`, bound to nothing (see [`Credential::bound`]).
     pub fn new(name: impl Into<String>, roles: Roles, token: &[u8]) -> Self {
         Self {
             name: name.into(),
             roles,
+            binding: None,
             digest: token_digest(token),
         }
+    }
+
+    /// This credential, bound to `binding`.
+    pub fn bound(mut self, binding: BridgeBinding) -> Self {
+        self.binding = Some(std::sync::Arc::new(binding));
+        self
     }
 
     /// SHA-256 of the token.
@@ -1068,6 +1112,7 @@ impl std::fmt::Debug for Credential {
         f.debug_struct("Credential")
             .field("name", &self.name)
             .field("roles", &self.roles)
+            .field("binding", &self.binding)
             .finish_non_exhaustive()
     }
 }
@@ -1137,13 +1182,20 @@ impl AuthConfig {
     }
 }
 
-/// Parses `ROLES NAME TOKEN`. Messages never quote the token, nor any field that could be a
-/// misplaced one.
+/// The qualifiers a token entry may have after its token (only `bridge` entries have them).
+const QUALIFIERS: [&str; 2] = ["bridge_ids", "channels"];
+
+/// Longest bridge id or channel in a binding, in bytes (as the API's ids).
+const MAX_BINDING_ID_BYTES: usize = 256;
+
+/// Parses `ROLES NAME TOKEN [bridge_ids=ID,... channels=CHANNEL,...]`. Messages never quote the
+/// token, nor any field that could be a misplaced one.
 fn parse_token_entry(entry: &str) -> Result<Credential, String> {
     let fields: Vec<&str> = entry.split_whitespace().collect();
-    let [roles, name, token] = fields[..] else {
+    let [roles, name, token, ref qualifiers @ ..] = fields[..] else {
         return Err(format!(
-            "expected `ROLES NAME TOKEN` (roles comma-separated), found {} fields",
+            "expected `ROLES NAME TOKEN` (roles comma-separated; a bridge's binding after the \
+             token), found {} fields",
             fields.len()
         ));
     };
@@ -1152,6 +1204,17 @@ fn parse_token_entry(entry: &str) -> Result<Credential, String> {
     for role in roles.split(',') {
         match Role::from_name(role) {
             Some(role) => set = set.with(role),
+            // The role before the split into classifier and bridge: refused rather than kept
+            // as an alias, since its power (any bridge id, any channel) is what was removed.
+            None if role == "service" => {
+                return Err(
+                    "the role `service` no longer exists: use `classifier` for a \
+                     backend that calls Classify, or `bridge` bound to its bridge ids and \
+                     channels for a chat bridge (`bridge NAME TOKEN bridge_ids=ID \
+                     channels=CHANNEL,...`)"
+                        .to_owned(),
+                );
+            }
             // A field as long as a token may be one written in the wrong place: not quoted.
             None if role.len() >= MIN_TOKEN_BYTES => {
                 return Err(format!(
@@ -1171,7 +1234,73 @@ fn parse_token_entry(entry: &str) -> Result<Credential, String> {
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("the token (third field) has characters other than printable ASCII".to_owned());
     }
-    Ok(Credential::new(name, set, token.as_bytes()))
+    let credential = Credential::new(name, set, token.as_bytes());
+    let binding = parse_binding(qualifiers)?;
+    match (set.contains(Role::Bridge), binding) {
+        (true, Some(binding)) => Ok(credential.bound(binding)),
+        (false, None) => Ok(credential),
+        (true, None) => Err(
+            "a `bridge` entry is bound to its bridge ids and channels: add \
+             `bridge_ids=ID[,ID...] channels=CHANNEL[,CHANNEL...]` after the token"
+                .to_owned(),
+        ),
+        (false, Some(_)) => Err(
+            "bridge_ids= and channels= bind a `bridge` entry; this entry has no bridge role"
+                .to_owned(),
+        ),
+    }
+}
+
+/// The binding written after a token (`None` for no qualifiers at all). Fields are named by
+/// position or by their known key, never quoted: a token written in the wrong place could be
+/// one of them.
+fn parse_binding(qualifiers: &[&str]) -> Result<Option<BridgeBinding>, String> {
+    if qualifiers.is_empty() {
+        return Ok(None);
+    }
+    let mut bridge_ids = None;
+    let mut channels = None;
+    for (i, field) in qualifiers.iter().enumerate() {
+        let position = i + 4;
+        let Some((key, value)) = field
+            .split_once('=')
+            .filter(|(key, _)| QUALIFIERS.contains(key))
+        else {
+            return Err(format!(
+                "field {position} is not `bridge_ids=...` or `channels=...` (expected `ROLES NAME \
+                 TOKEN`, then for a bridge `bridge_ids=ID[,ID...] channels=CHANNEL[,CHANNEL...]`)"
+            ));
+        };
+        let slot = if key == "bridge_ids" {
+            &mut bridge_ids
+        } else {
+            &mut channels
+        };
+        if slot.is_some() {
+            return Err(format!("`{key}=` is given twice"));
+        }
+        let mut list: Vec<String> = Vec::new();
+        for item in value.split(',') {
+            if item.is_empty() || item.len() > MAX_BINDING_ID_BYTES {
+                return Err(format!(
+                    "`{key}=` is a comma-separated list of names of 1 to \
+                     {MAX_BINDING_ID_BYTES} bytes"
+                ));
+            }
+            if !list.iter().any(|seen| seen == item) {
+                list.push(item.to_owned());
+            }
+        }
+        *slot = Some(list);
+    }
+    match (bridge_ids, channels) {
+        (Some(bridge_ids), Some(channels)) => Ok(Some(BridgeBinding {
+            bridge_ids,
+            channels,
+        })),
+        (None, _) => Err("a bridge binding needs `bridge_ids=` as well".to_owned()),
+        (_, None) => Err("a bridge binding needs `channels=` as well".to_owned()),
+    }
 }
 
 /// `auth.tokens` with every token replaced by `***` (entries that do not parse are hidden
@@ -1183,7 +1312,19 @@ pub fn redact_tokens(tokens: &str) -> String {
         .filter(|entry| !entry.is_empty())
         .map(
             |entry| match entry.split_whitespace().collect::<Vec<_>>()[..] {
-                [roles, name, _] => format!("{roles} {name} ***"),
+                [roles, name, _, ref qualifiers @ ..]
+                    if qualifiers.iter().all(|q| {
+                        q.split_once('=')
+                            .is_some_and(|(key, _)| QUALIFIERS.contains(&key))
+                    }) =>
+                {
+                    let mut shown = format!("{roles} {name} ***");
+                    for qualifier in qualifiers {
+                        shown.push(' ');
+                        shown.push_str(qualifier);
+                    }
+                    shown
+                }
                 _ => "***".to_owned(),
             },
         )

@@ -469,6 +469,7 @@ fn policy(channel: &str) -> proto::Policy {
             heat_half_life: Some(seconds(900)),
         }),
         model_enabled: true,
+        classify_actions: proto::ClassifyActions::Send as i32,
         ..proto::Policy::default()
     }
 }
@@ -793,6 +794,10 @@ async fn bad_input_writes_nothing(db: &Db) {
             bad_policy(|p| p.exempt_roles.push("r".repeat(65))),
             "policy.exempt_roles[1]: must be 1 to 64 bytes",
         ),
+        (
+            bad_policy(|p| p.classify_actions = 9),
+            "policy.classify_actions: 9 is not a ClassifyActions value",
+        ),
     ];
     for (policy, expected) in policy_cases {
         let error = admin
@@ -881,6 +886,11 @@ async fn policies_round_trip(db: &Db) {
     assert_eq!(escalation.first_timeout, Some(seconds(60)));
     assert_eq!(escalation.max_timeout, Some(seconds(86_400)));
     assert!(default.emotes.contains(&"PepeLaugh".to_owned()));
+    assert_eq!(
+        default.classify_actions,
+        proto::ClassifyActions::Record as i32,
+        "Classify verdicts are recorded, not sent, by default"
+    );
     let star = admin.get_policy(get("*")).await.unwrap().into_inner();
     assert!(star.is_default);
     assert_eq!(star.channel, "*");
@@ -926,6 +936,18 @@ async fn policies_round_trip(db: &Db) {
     assert_eq!(set.revision, 3);
     assert_eq!(comparable(set), off);
 
+    // Unspecified is the default, RECORD.
+    let mut unspecified = policy("strims");
+    unspecified.classify_actions = proto::ClassifyActions::Unspecified as i32;
+    let set = admin
+        .set_policy(SetPolicyRequest {
+            policy: Some(unspecified),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.classify_actions, proto::ClassifyActions::Record as i32);
+
     // The default policy itself.
     let mut new_default = policy("*");
     new_default.label_actions.clear();
@@ -943,7 +965,7 @@ async fn policies_round_trip(db: &Db) {
         .unwrap()
         .into_inner();
     assert!(default.is_default && !default.model_enabled);
-    assert_eq!(default.revision, 4);
+    assert_eq!(default.revision, 5);
     assert_eq!(default.escalation.unwrap().first_timeout, Some(seconds(30)));
     let history = server.store().await.ruleset_history().await.unwrap();
     let last = history.last().unwrap();
@@ -954,7 +976,7 @@ async fn policies_round_trip(db: &Db) {
             last.target_id.as_str(),
             last.change
         ),
-        (4, ChangeTarget::Policy, "*", Change::Upsert)
+        (5, ChangeTarget::Policy, "*", Change::Upsert)
     );
     server.stop().await.expect("clean stop");
 }

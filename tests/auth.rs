@@ -7,35 +7,43 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Pki, TestServer, bearer, chat_message};
+use common::{Pki, TestServer, bearer, chat_message, open_stream};
 use modbot::Config;
-use modbot::proto::ClassifyRequest;
+use modbot::proto::actions_client::ActionsClient;
 use modbot::proto::moderation_client::ModerationClient;
+use modbot::proto::{
+    self, ClassifyRequest, StreamModerateRequest, stream_moderate_request, stream_moderate_response,
+};
 use prost::Message as _;
 use tonic::Code;
 use tonic::transport::{Channel, ClientTlsConfig, Identity};
 
 /// One token per role, and one holding two.
 const TOKENS: &[(&str, &str, &str)] = &[
-    ("service", "backend", "service-secret-5f2a9c81d4e7"),
+    ("classifier", "backend", "classifier-secret-5f2a9c81d4e7"),
+    ("bridge", "dgg-bridge", "bridge-secret-c70d2e9a41b6"),
     ("moderator", "mod-tools", "moderator-secret-0b6e13f2a8"),
     ("admin", "ops", "admin-secret-7d41c0e99b3f"),
     ("appeals", "site", "appeals-secret-a3c8e5d17f20"),
     (
-        "service,appeals",
+        "classifier,appeals",
         "site-backend",
         "both-secret-91e4b7c2d06a",
     ),
 ];
 
+/// What the bridge token of [`TOKENS`] is bound to.
+const BRIDGE_BINDING: &str = "bridge_ids=dgg-1,dgg-2 channels=destinygg,strims";
+const BRIDGE_TOKEN: &str = "bridge-secret-c70d2e9a41b6";
+const CLASSIFIER_TOKEN: &str = "classifier-secret-5f2a9c81d4e7";
+const MODERATOR_TOKEN: &str = "moderator-secret-0b6e13f2a8";
+const ADMIN_TOKEN: &str = "admin-secret-7d41c0e99b3f";
+
 /// Who may call what, written out here independently of the server's table: every method of
 /// `modbot.v1` with the roles that may call it (`admin` may call everything).
 const TABLE: &[(&str, &[&str])] = &[
-    ("/modbot.v1.Moderation/Classify", &["service", "admin"]),
-    (
-        "/modbot.v1.Moderation/StreamModerate",
-        &["service", "admin"],
-    ),
+    ("/modbot.v1.Moderation/Classify", &["classifier", "admin"]),
+    ("/modbot.v1.Moderation/StreamModerate", &["bridge", "admin"]),
     ("/modbot.v1.Actions/ExecuteAction", &["moderator", "admin"]),
     ("/modbot.v1.Actions/GetAction", &["moderator", "admin"]),
     ("/modbot.v1.Actions/ListActions", &["moderator", "admin"]),
@@ -63,14 +71,20 @@ const TABLE: &[(&str, &[&str])] = &[
     ("/modbot.v1.Admin/Aegis", &["moderator", "admin"]),
     (
         "/modbot.v1.Admin/GetModelInfo",
-        &["moderator", "service", "admin"],
+        &["classifier", "bridge", "moderator", "admin"],
     ),
 ];
 
 fn inline_tokens() -> String {
     TOKENS
         .iter()
-        .map(|(roles, name, token)| format!("{roles} {name} {token}"))
+        .map(|(roles, name, token)| {
+            if roles.contains("bridge") {
+                format!("{roles} {name} {token} {BRIDGE_BINDING}")
+            } else {
+                format!("{roles} {name} {token}")
+            }
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -185,16 +199,19 @@ async fn calls_without_a_valid_token_are_unauthenticated() {
         (Some("Bearer"), "invalid bearer token"),
         (Some("Bearer "), "invalid bearer token"),
         (
-            Some("Basic service-secret-5f2a9c81d4e7"),
-            "invalid bearer token",
-        ),
-        (Some("service-secret-5f2a9c81d4e7"), "invalid bearer token"),
-        (
-            Some("Bearer service-secret-5f2a9c81d4e8"),
+            Some("Basic classifier-secret-5f2a9c81d4e7"),
             "invalid bearer token",
         ),
         (
-            Some("Bearer service-secret-5f2a9c81d4e7x"),
+            Some("classifier-secret-5f2a9c81d4e7"),
+            "invalid bearer token",
+        ),
+        (
+            Some("Bearer classifier-secret-5f2a9c81d4e8"),
+            "invalid bearer token",
+        ),
+        (
+            Some("Bearer classifier-secret-5f2a9c81d4e7x"),
             "invalid bearer token",
         ),
         (
@@ -214,7 +231,7 @@ async fn calls_without_a_valid_token_are_unauthenticated() {
     let status = call(
         &server.channel,
         classify,
-        Some("bearer service-secret-5f2a9c81d4e7"),
+        Some("bearer classifier-secret-5f2a9c81d4e7"),
     )
     .await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -268,7 +285,7 @@ async fn a_generated_client_with_a_token_classifies() {
             options: None,
         })
         .await
-        .expect("the service token may classify")
+        .expect("the classifier token may classify")
         .into_inner();
     assert_eq!(response.verdicts.len(), 1);
     let refused = server
@@ -311,6 +328,283 @@ async fn serve_refuses_a_non_loopback_socket_without_tokens() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Scoped credentials: bridges bound to their ids and channels, who is recorded as asking
+
+/// A chat event carrying a human moderator's timeout of `target` in `destinygg`.
+fn moderator_action(target: &str, at_seconds: i64) -> StreamModerateRequest {
+    StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Event(proto::ChatEvent {
+            channel: "destinygg".into(),
+            kind: Some(proto::chat_event::Kind::ModeratorAction(
+                proto::ModeratorAction {
+                    moderator: "HumanMod".into(),
+                    target: target.into(),
+                    kind: proto::ActionKind::Timeout as i32,
+                    duration: Some(prost_types::Duration {
+                        seconds: 300,
+                        nanos: 0,
+                    }),
+                    at: Some(prost_types::Timestamp {
+                        seconds: at_seconds,
+                        nanos: 0,
+                    }),
+                },
+            )),
+        })),
+    }
+}
+
+/// A chat event carrying `message`.
+fn message_event(message: proto::ChatMessage) -> StreamModerateRequest {
+    StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Event(proto::ChatEvent {
+            channel: message.channel.clone(),
+            kind: Some(proto::chat_event::Kind::Message(message)),
+        })),
+    }
+}
+
+/// The next response that is not an action command.
+async fn next_answer(
+    responses: &mut tonic::Streaming<proto::StreamModerateResponse>,
+) -> stream_moderate_response::Kind {
+    loop {
+        let response = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .expect("an answer within 10 s")
+            .expect("a healthy stream")
+            .expect("the stream goes on");
+        match response.kind.expect("a kind") {
+            stream_moderate_response::Kind::Command(_) => {}
+            kind => return kind,
+        }
+    }
+}
+
+/// The actions recorded so far, newest first, as the moderator token reads them.
+async fn actions(server: &TestServer) -> Vec<proto::Action> {
+    ActionsClient::with_interceptor(server.channel.clone(), bearer(MODERATOR_TOKEN))
+        .list_actions(proto::ListActionsRequest::default())
+        .await
+        .expect("ListActions")
+        .into_inner()
+        .actions
+}
+
+#[tokio::test]
+async fn a_bridge_credential_registers_only_as_its_bridge_ids_and_channels() {
+    let server = server_with_tokens().await;
+    // Within the binding: any of its bridge ids, any subset of its channels.
+    for (bridge_id, channels) in [
+        ("dgg-1", &["destinygg"][..]),
+        ("dgg-2", &["strims", "destinygg"][..]),
+    ] {
+        open_stream(&server, Some(BRIDGE_TOKEN), bridge_id, channels)
+            .await
+            .unwrap_or_else(|status| panic!("{bridge_id} {channels:?}: {status:?}"));
+    }
+    // Outside it: PERMISSION_DENIED naming the field and the value refused.
+    // (bridge id, channels, the message's start, what else it names)
+    let cases: &[(&str, &[&str], &str, &str)] = &[
+        (
+            "real-bridge",
+            &["destinygg"],
+            "hello.bridge_id: `real-bridge` is not a bridge id the credential `dgg-bridge`",
+            "dgg-1, dgg-2",
+        ),
+        (
+            "dgg-1",
+            &["destinygg", "victim-channel"],
+            "hello.channels[1]: `victim-channel` is not a channel the credential `dgg-bridge`",
+            "destinygg, strims",
+        ),
+    ];
+    for (bridge_id, channels, start, names) in cases {
+        let status = open_stream(&server, Some(BRIDGE_TOKEN), bridge_id, channels)
+            .await
+            .expect_err("outside the binding");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().starts_with(start), "{status:?}");
+        assert!(status.message().contains(names), "{status:?}");
+        assert_no_token_in(&status);
+    }
+    // A classifier may not stream at all; the role table refuses it before any hello is read.
+    let status = open_stream(&server, Some(CLASSIFIER_TOKEN), "dgg-1", &["destinygg"])
+        .await
+        .expect_err("a classifier is no bridge");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("bridge, admin"), "{status:?}");
+    // admin is bound to nothing.
+    open_stream(&server, Some(ADMIN_TOKEN), "anything", &["anywhere"])
+        .await
+        .expect("admin may register as any bridge");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn only_a_bridge_reports_moderators_actions_and_requested_by_is_the_credential() {
+    let server = server_with_tokens().await;
+    // From admin (not a bridge): refused in-band, the stream goes on, nothing is recorded.
+    let (tx, mut responses) = open_stream(&server, Some(ADMIN_TOKEN), "dgg-1", &["destinygg"])
+        .await
+        .expect("admin streams");
+    tx.send(moderator_action("forged-victim", 1_700_000_000))
+        .await
+        .unwrap();
+    let stream_moderate_response::Kind::Error(error) = next_answer(&mut responses).await else {
+        panic!("expected an in-band error");
+    };
+    assert_eq!(error.code, Code::PermissionDenied as i32, "{error:?}");
+    assert!(
+        error
+            .message
+            .starts_with("event.moderator_action: the credential `ops` is not a bridge's"),
+        "{error:?}"
+    );
+    tx.send(message_event(chat_message("a1", "alice", "hello chat")))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_answer(&mut responses).await,
+        stream_moderate_response::Kind::Verdict(_)
+    ));
+    drop(tx);
+    while responses.message().await.expect("a clean end").is_some() {}
+    assert!(actions(&server).await.is_empty());
+
+    // From the bridge: recorded as asked for by the credential, seen by the bound bridge id;
+    // the bridge's automatic actions too.
+    let (tx, mut responses) = open_stream(&server, Some(BRIDGE_TOKEN), "dgg-2", &["destinygg"])
+        .await
+        .expect("the bridge streams");
+    tx.send(moderator_action("troll", 1_700_000_000))
+        .await
+        .unwrap();
+    tx.send(message_event(chat_message(
+        "b1",
+        "scammer",
+        "FREE NITRO at scam dot link",
+    )))
+    .await
+    .unwrap();
+    let stream_moderate_response::Kind::Verdict(verdict) = next_answer(&mut responses).await else {
+        panic!("expected a verdict");
+    };
+    assert!(!verdict.action_id.is_empty(), "{verdict:?}");
+    drop(tx);
+    while responses.message().await.expect("a clean end").is_some() {}
+    // The verdict's action is written by the audit writer, possibly after the stream ended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let recorded = loop {
+        let recorded = actions(&server).await;
+        if recorded.len() >= 2 {
+            break recorded;
+        }
+        assert!(std::time::Instant::now() < deadline, "{recorded:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    for action in &recorded {
+        assert_eq!(action.requested_by, "dgg-bridge", "{action:?}");
+    }
+    let human = recorded
+        .iter()
+        .find(|a| a.target_user_id == "troll")
+        .unwrap();
+    assert_eq!(human.bridge_id, "dgg-2");
+
+    // Classify and ExecuteAction: the caller's credential, whatever the request says.
+    let verdict =
+        ModerationClient::with_interceptor(server.channel.clone(), bearer(CLASSIFIER_TOKEN))
+            .classify(ClassifyRequest {
+                messages: vec![chat_message("c1", "spammer", "FREE NITRO at scam dot link")],
+                options: None,
+            })
+            .await
+            .expect("Classify")
+            .into_inner()
+            .verdicts
+            .remove(0);
+    let executed = ActionsClient::with_interceptor(server.channel.clone(), bearer(MODERATOR_TOKEN))
+        .execute_action(proto::ExecuteActionRequest {
+            channel: "destinygg".into(),
+            target_user_id: "bob".into(),
+            kind: proto::ActionKind::Warn as i32,
+            reason: "rude".into(),
+            source: proto::ActionSource::Api as i32,
+            ..proto::ExecuteActionRequest::default()
+        })
+        .await
+        .expect("ExecuteAction")
+        .into_inner()
+        .action
+        .unwrap();
+    assert_eq!(executed.requested_by, "mod-tools");
+    let recorded = actions(&server).await;
+    let classified = recorded
+        .iter()
+        .find(|a| a.id == verdict.action_id)
+        .expect("the verdict's action");
+    assert_eq!(classified.requested_by, "backend");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_classifier_cannot_take_over_a_bridges_action_by_its_message_id() {
+    let server = server_with_tokens().await;
+    let (tx, mut responses) = open_stream(&server, Some(BRIDGE_TOKEN), "dgg-1", &["destinygg"])
+        .await
+        .expect("the bridge streams");
+    // The classifier decides the message id the bridge's next message will carry, first: its
+    // action is recorded (the channel's default policy) and must not stand in for the
+    // bridge's.
+    let text = "FREE NITRO at scam dot link";
+    let classified =
+        ModerationClient::with_interceptor(server.channel.clone(), bearer(CLASSIFIER_TOKEN))
+            .classify(ClassifyRequest {
+                messages: vec![chat_message("next-id", "victim", text)],
+                options: None,
+            })
+            .await
+            .expect("Classify")
+            .into_inner()
+            .verdicts
+            .remove(0);
+    assert!(!classified.action_id.is_empty());
+    tx.send(message_event(chat_message("next-id", "victim", text)))
+        .await
+        .unwrap();
+    let verdict = loop {
+        let response = responses.message().await.unwrap().unwrap();
+        if let Some(stream_moderate_response::Kind::Verdict(verdict)) = response.kind {
+            break verdict;
+        }
+    };
+    assert!(!verdict.action_id.is_empty(), "{verdict:?}");
+    assert_ne!(verdict.action_id, classified.action_id);
+    // A stream's verdict may arrive before the audit writer has stored its action: polled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let recorded = loop {
+        let recorded = actions(&server).await;
+        if recorded.iter().any(|a| a.id == verdict.action_id) {
+            break recorded;
+        }
+        assert!(std::time::Instant::now() < deadline, "{recorded:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let status = |id: &str| recorded.iter().find(|a| a.id == id).unwrap().status;
+    assert_eq!(
+        status(&classified.action_id),
+        proto::ActionStatus::Recorded as i32
+    );
+    assert_ne!(
+        status(&verdict.action_id),
+        proto::ActionStatus::Recorded as i32
+    );
+    server.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Configuration
 
 fn load(env: &[(&str, &str)], sets: &[(&str, &str)]) -> Result<Config, String> {
@@ -335,7 +629,7 @@ fn only_loopback_may_run_without_tokens() {
             error.contains("`auth.tokens`") && error.contains(addr),
             "{addr}: {error}"
         );
-        let token = "service backend service-secret-5f2a9c81d4e7";
+        let token = "classifier backend classifier-secret-5f2a9c81d4e7";
         load(&[("MODBOT_AUTH_TOKENS", token)], &[("grpc.addr", addr)])
             .unwrap_or_else(|e| panic!("{addr} with a token: {e}"));
     }
@@ -346,7 +640,7 @@ fn token_errors_name_the_entry_and_never_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens");
     let secret = "s3cr3t-t0ken-do-not-print";
-    let good = format!("# who may call\n\nservice backend {secret}-a\n");
+    let good = format!("# who may call\n\nclassifier backend {secret}-a\n");
     // (second part of the file, the line named, what the message says)
     let cases: &[(String, usize, &str)] = &[
         (
@@ -358,7 +652,54 @@ fn token_errors_name_the_entry_and_never_the_token() {
         (
             format!("moderator mod-tools {secret} extra"),
             4,
-            "found 4 fields",
+            "field 4 is not `bridge_ids=...`",
+        ),
+        // A token in a binding's place is not quoted either, even around a `=`.
+        (
+            format!("bridge b {secret}-j {secret}=x channels=c"),
+            4,
+            "field 4 is not `bridge_ids=...`",
+        ),
+        // The old unscoped role is refused, naming the roles that replace it.
+        (
+            format!("service backend2 {secret}-d"),
+            4,
+            "the role `service` no longer exists: use `classifier`",
+        ),
+        (
+            format!("bridge b {secret}-e"),
+            4,
+            "is bound to its bridge ids",
+        ),
+        (
+            format!("moderator m {secret}-f bridge_ids=x channels=y"),
+            4,
+            "this entry has no bridge role",
+        ),
+        (
+            format!("bridge b {secret}-g bridge_ids=x"),
+            4,
+            "needs `channels=` as well",
+        ),
+        (
+            format!("bridge b {secret}-h channels=x"),
+            4,
+            "needs `bridge_ids=` as well",
+        ),
+        (
+            format!("bridge b {secret}-i bridge_ids=x bridge_ids=y channels=c"),
+            4,
+            "`bridge_ids=` is given twice",
+        ),
+        (
+            format!("bridge b {secret}-k bridge_ids=,x channels=c"),
+            4,
+            "`bridge_ids=` is a comma-separated list",
+        ),
+        (
+            format!("bridge b {secret}-l bridge_ids=x channels="),
+            4,
+            "`channels=` is a comma-separated list",
         ),
         (secret.to_owned(), 4, "found 1 fields"),
         // A line in the wrong order: the token, in the roles' place, is not quoted.
@@ -405,7 +746,7 @@ fn token_errors_name_the_entry_and_never_the_token() {
 
     // Inline entries are named by their position; names are unique across both sources.
     std::fs::write(&path, &good).unwrap();
-    let inline = format!("admin ops {secret}-x;  ; service backend {secret}-y");
+    let inline = format!("admin ops {secret}-x;  ; classifier backend {secret}-y");
     let error = load(
         &[
             ("MODBOT_AUTH_TOKENS_FILE", path.to_str().unwrap()),
@@ -450,14 +791,20 @@ fn token_errors_name_the_entry_and_never_the_token() {
 #[test]
 fn tokens_are_redacted_in_the_printed_configuration() {
     let secret = "s3cr3t-t0ken-do-not-print";
-    let tokens = format!("service backend {secret}-1; moderator,appeals mod-tools {secret}-2");
+    let tokens = format!(
+        "classifier backend {secret}-1; moderator,appeals mod-tools {secret}-2; \
+         bridge dgg {secret}-3 bridge_ids=dgg-1 channels=destinygg,strims"
+    );
     let config = load(&[("MODBOT_AUTH_TOKENS", &tokens)], &[]).unwrap();
     let shown = config.to_redacted_toml();
     assert!(!shown.contains(secret), "{shown}");
     let printed: toml::Table = shown.parse().unwrap();
     assert_eq!(
         printed["auth"]["tokens"].as_str(),
-        Some("service backend ***; moderator,appeals mod-tools ***")
+        Some(
+            "classifier backend ***; moderator,appeals mod-tools ***; \
+             bridge dgg *** bridge_ids=dgg-1 channels=destinygg,strims"
+        )
     );
     let debug = format!("{config:?}");
     assert!(!debug.contains(secret), "{debug}");

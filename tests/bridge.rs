@@ -735,7 +735,8 @@ async fn commands_are_paced_and_back_off_when_throttled() {
 }
 
 /// A production-shaped server: TLS with its own CA, and bearer tokens. The bridge trusts the
-/// CA from `bridge.server_ca_file`, presents its `service` token, and carries a moderator's
+/// CA from `bridge.server_ca_file`, presents its `bridge` token (bound to its id and channel),
+/// and carries a moderator's
 /// action out; with a token the server does not know it never gets a stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_reaches_a_tls_server_with_its_token() {
@@ -746,7 +747,10 @@ async fn the_bridge_reaches_a_tls_server_with_its_token() {
     let server = common::TestServer::start_tls(
         |config| {
             pki.serve_tls(config, false);
-            config.auth.tokens = format!("service bridge {SERVICE}; moderator mods {MODERATOR}");
+            config.auth.tokens = format!(
+                "bridge bridge {SERVICE} bridge_ids=bridge-destinygg channels=destinygg; \
+                 moderator mods {MODERATOR}"
+            );
         },
         pki.client(),
     )

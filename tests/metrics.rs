@@ -42,7 +42,8 @@ async fn calls_are_counted_by_rpc_and_status_with_duration_histograms() {
     let before = handle.render();
     const TOKEN: &str = "service-token-0123456789";
     let server = TestServer::start(|config| {
-        config.auth.tokens = format!("service svc {TOKEN}");
+        config.auth.tokens =
+            format!("classifier,bridge svc {TOKEN} bridge_ids=b1 channels=destinygg");
     })
     .await;
     let mut client = ModerationClient::with_interceptor(server.channel.clone(), bearer(TOKEN));
@@ -212,7 +213,12 @@ async fn verdicts_reasons_degraded_components_and_actions_are_counted() {
                 .count() as f64,
         ),
         (delta("modbot_decision_seconds_count", &[]), 2.0),
-        (delta("modbot_actions_total", &[("status", "pending")]), 1.0),
+        // A Classify verdict's hide is recorded, not sent (the default `classify_actions`).
+        (
+            delta("modbot_actions_total", &[("status", "recorded")]),
+            1.0,
+        ),
+        (delta("modbot_actions_total", &[("status", "pending")]), 0.0),
         (
             value(&after, "modbot_degraded", &[("component", "user_state")]),
             1.0,
@@ -286,4 +292,95 @@ async fn users_in_memory_follow_the_users_held() {
     assert_eq!(users() - before, state.len() as f64);
     drop(state);
     assert_eq!(users() - before, 0.0);
+}
+
+/// The label values of `rpc` in the rendered metrics.
+fn rpc_labels(rendered: &str) -> std::collections::BTreeSet<String> {
+    rendered
+        .lines()
+        .filter(|line| line.starts_with("modbot_grpc_"))
+        .filter_map(|line| line.split("rpc=\"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_paths_add_no_label_sets() {
+    let _turn = SERIAL.lock().await;
+    let handle = recorder();
+    let server = TestServer::start(|config| {
+        config.auth.tokens = "admin ops admin-token-0123456789".into();
+    })
+    .await;
+    // The label sets before the junk, after one call of a real method (so its labels exist).
+    ModerationClient::new(server.channel.clone())
+        .classify(ClassifyRequest::default())
+        .await
+        .expect_err("no token");
+    // (series of known methods, series of `unknown`)
+    let series = |rendered: &str| {
+        let lines = rendered
+            .lines()
+            .filter(|line| line.starts_with("modbot_grpc_"));
+        let unknown = lines
+            .clone()
+            .filter(|line| line.contains("rpc=\"unknown\""))
+            .count();
+        (lines.count() - unknown, unknown)
+    };
+    let before = handle.render();
+    // Thousands of unauthenticated calls of paths the server does not serve, in modbot's
+    // package and others', each well-formed `/package.Service/Method`.
+    const JUNK: usize = 3000;
+    let mut grpc = tonic::client::Grpc::new(server.channel.clone());
+    for i in 0..JUNK {
+        let path = match i % 3 {
+            0 => format!("/modbot.v1.Moderation/Junk{i}"),
+            1 => format!("/modbot.v1.Junk{i}/Classify"),
+            _ => format!("/grpc.health.v1.Health{i}/Check"),
+        };
+        grpc.ready().await.expect("the channel is ready");
+        let status = grpc
+            .unary(
+                tonic::Request::new(()),
+                http::uri::PathAndQuery::try_from(path.as_str()).unwrap(),
+                tonic_prost::ProstCodec::<(), ()>::default(),
+            )
+            .await
+            .expect_err("junk is refused");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{path}");
+    }
+    // Every junk call is counted under `unknown`; none made a label set of its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let after = loop {
+        let after = handle.render();
+        let junk = value(&after, "modbot_grpc_requests_total", &[("rpc", "unknown")])
+            - value(&before, "modbot_grpc_requests_total", &[("rpc", "unknown")]);
+        if junk == JUNK as f64 {
+            break after;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{junk} of {JUNK} junk calls counted as unknown"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let new_labels: Vec<String> = rpc_labels(&after)
+        .difference(&rpc_labels(&before))
+        .cloned()
+        .collect();
+    assert!(
+        new_labels.iter().all(|label| label == "unknown"),
+        "junk made labels: {new_labels:?}"
+    );
+    // Known methods' series are as they were; `unknown` has one counter, one gauge and one
+    // histogram (its buckets, sum and count), not thousands.
+    let ((known_before, _), (known_after, unknown_after)) = (series(&before), series(&after));
+    assert_eq!(known_after, known_before);
+    assert!(
+        unknown_after <= 40,
+        "{unknown_after} series of `unknown` after {JUNK} junk calls"
+    );
+    server.stop().await.expect("a clean stop");
 }

@@ -277,11 +277,13 @@ async fn a_generated_log_with_a_limit_and_pacing() {
 async fn the_token_comes_from_the_bridge_table() {
     const TOKEN: &str = "replay-test-token-0123456789abcdef";
     let server = TestServer::start(|config| {
-        config.auth.tokens = format!("service replayer {TOKEN}");
+        config.auth.tokens =
+            format!("bridge replayer {TOKEN} bridge_ids=replay-test channels=replay");
     })
     .await;
     let log = write_log(&LOG[..4]);
-    let args = args_for(&server, log.path());
+    let mut args = args_for(&server, log.path());
+    args.bridge_id = Some("replay-test".to_owned());
 
     let mut config = server.config.clone();
     let error = replay::run(&config, &args).await.unwrap_err();

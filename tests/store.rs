@@ -181,6 +181,7 @@ async fn suite(url: &str) {
                 modbot::actions::dispatch::automatic_action(
                     &record.message,
                     &record.verdict,
+                    "bridge-creds",
                     Duration::from_secs(10),
                     Duration::from_secs(60),
                 )
@@ -306,6 +307,118 @@ async fn postgres_store() {
         return;
     };
     suite(&schema.url).await;
+    schema.drop().await;
+}
+
+/// Migration 5 scopes idempotency keys per credential: the actions and appeals of a database
+/// made by the migrations before it survive it (SQLite rebuilds the table), and then one key
+/// serves two credentials.
+async fn idempotency_keys_per_credential_migration(url: &str) {
+    use modbot::actions::{ActionKind, ActionSource, Appeal, AppealStatus, NewAction};
+    use modbot::store::{Filed, Recorded};
+    let store = Store::connect(url, &options()).await.expect("connect");
+    store.migrate_up_to(4).await.expect("migrations 1 to 4");
+    let action = |id: &str, by: &str, target: &str| {
+        NewAction {
+            channel: "destinygg".into(),
+            target_user_id: target.into(),
+            target_nick: target.into(),
+            kind: ActionKind::Timeout,
+            duration: Some(Duration::from_secs(60)),
+            reason: "rude".into(),
+            source: ActionSource::Moderator,
+            moderator: "mod".into(),
+            message_id: String::new(),
+            idempotency_key: Some("shared-key".into()),
+            requested_by: by.into(),
+        }
+        .into_action(id.into(), SystemTime::now(), Duration::from_secs(60))
+    };
+    let before = action("a-before", "tool-one", "bob");
+    assert!(matches!(
+        store.record_action(&before).await.unwrap(),
+        Recorded::New(_)
+    ));
+    let appeal = Appeal {
+        id: "appeal-1".into(),
+        action_id: before.id.clone(),
+        channel: "destinygg".into(),
+        user_id: "bob".into(),
+        text: "sorry".into(),
+        status: AppealStatus::Open,
+        moderator: String::new(),
+        note: String::new(),
+        created_at: SystemTime::now(),
+        resolved_at: None,
+        reversal_action_id: String::new(),
+    };
+    store.file_appeal(&appeal).await.expect("an appeal");
+
+    store.migrate().await.expect("migration 5");
+    let kept = store
+        .action(&before.id)
+        .await
+        .unwrap()
+        .expect("the action is kept");
+    assert_eq!(
+        (
+            kept.requested_by.as_str(),
+            kept.idempotency_key.as_deref(),
+            kept.reason.as_str()
+        ),
+        ("tool-one", Some("shared-key"), "rude")
+    );
+    assert_eq!(
+        store.appeal(&appeal.id).await.unwrap().map(|a| a.action_id),
+        Some(before.id.clone())
+    );
+    // After: one key, two credentials, two actions; each credential's retry finds its own.
+    let other = action("a-two", "tool-two", "bob");
+    assert!(matches!(
+        store.record_action(&other).await.unwrap(),
+        Recorded::New(_)
+    ));
+    match store
+        .record_action(&action("a-retry", "tool-one", "bob"))
+        .await
+        .unwrap()
+    {
+        Recorded::Replayed(first) => assert_eq!(first.id, before.id),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        store
+            .record_action(&action("a-conflict", "tool-two", "carol"))
+            .await
+            .unwrap(),
+        Recorded::Conflict(_)
+    ));
+    // The appeal's reference still holds: an appeal of a missing action is refused.
+    let orphan = Appeal {
+        id: "appeal-2".into(),
+        action_id: "no-such-action".into(),
+        ..appeal
+    };
+    assert!(matches!(
+        store.file_appeal(&orphan).await.unwrap(),
+        Filed::NoAction
+    ));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_per_credential_migration_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/modbot.db", dir.path().display());
+    idempotency_keys_per_credential_migration(&url).await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_per_credential_migration_on_postgres() {
+    let Some(schema) = PgSchema::create("idempotency_migration").await else {
+        return;
+    };
+    idempotency_keys_per_credential_migration(&schema.url).await;
     schema.drop().await;
 }
 

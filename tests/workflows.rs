@@ -149,6 +149,48 @@ async fn suite(server: &TestServer) {
         .unwrap()
         .into_inner();
     assert!(listed.actions.is_empty(), "{listed:?}");
+    // The server's own sources cannot be claimed by a caller.
+    for source in [
+        ActionSource::Automod,
+        ActionSource::Nuke,
+        ActionSource::Appeal,
+    ] {
+        let status = c
+            .actions
+            .execute_action(ExecuteActionRequest {
+                source: source as i32,
+                ..timeout("bob", "k-source")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{source:?}");
+        assert!(
+            status.message().starts_with("source: `") && status.message().contains("server only"),
+            "{status:?}"
+        );
+    }
+    // Nor the keys the server gives its own actions.
+    for key in ["appeal:a1:reversal", "nuke:n1:bob", "aegis:n1:bob"] {
+        let status = c
+            .actions
+            .execute_action(timeout("bob", key))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{key}");
+        assert!(
+            status
+                .message()
+                .starts_with("idempotency_key: keys starting with"),
+            "{status:?}"
+        );
+    }
+    let listed = c
+        .actions
+        .list_actions(proto::ListActionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.actions.is_empty(), "{listed:?}");
 
     // A retried call returns the first action; a different request under the key is refused.
     let first = c
@@ -616,10 +658,181 @@ async fn actions_no_bridge_carries_out_expire() {
     server.stop().await.unwrap();
 }
 
+/// Gives `channel` a policy of its own: the default one with `classify_actions` set.
+async fn set_classify_actions(
+    clients: &mut Clients,
+    channel: &str,
+    classify_actions: proto::ClassifyActions,
+) {
+    let mut policy = clients
+        .admin
+        .get_policy(proto::GetPolicyRequest {
+            channel: channel.into(),
+        })
+        .await
+        .expect("GetPolicy")
+        .into_inner();
+    policy.classify_actions = classify_actions as i32;
+    let set = clients
+        .admin
+        .set_policy(proto::SetPolicyRequest {
+            policy: Some(policy),
+        })
+        .await
+        .expect("SetPolicy")
+        .into_inner();
+    assert_eq!(set.classify_actions, classify_actions as i32);
+}
+
+#[tokio::test]
+async fn classify_verdicts_are_recorded_unless_the_channel_sends_them() {
+    let server = TestServer::start(|_| {}).await;
+    let mut c = clients(&server);
+    let (_tx, mut responses) = bridge(&server, "bridge-policy").await;
+    let classify = |id: &str, channel: &str| {
+        let mut message = chat_message(id, "scammer", "FREE NITRO at scam dot link");
+        message.channel = channel.into();
+        proto::ClassifyRequest {
+            messages: vec![message],
+            options: None,
+        }
+    };
+    let decide = |request| {
+        let mut moderation = server.moderation();
+        async move {
+            moderation
+                .classify(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .verdicts
+                .remove(0)
+        }
+    };
+    // The first offence is a warning (recorded whatever the policy); the second a timeout.
+    decide(classify("p1", "destinygg")).await;
+    let kept = decide(classify("p2", "destinygg")).await;
+    let kept = get(&mut c, &kept.action_id).await;
+    assert_eq!(kept.kind, ActionKind::Timeout as i32);
+    assert_eq!(
+        kept.status,
+        ActionStatus::Recorded as i32,
+        "by default the caller enforces: recorded, never pending (so never expiring either)"
+    );
+    // It is never offered to the bridge: the next command it gets is a later action's.
+    let later = execute(&mut c, timeout("bob", "after-the-verdict")).await;
+    assert_eq!(next_command(&mut responses).await.action_id, later.id);
+    assert_eq!(
+        get(&mut c, &kept.id).await.status,
+        ActionStatus::Recorded as i32
+    );
+    // modbot never sent it, so overturning it sends no reversal to the chat either.
+    let appeal = c
+        .appeals
+        .file_appeal(proto::FileAppealRequest {
+            action_id: kept.id.clone(),
+            user_id: "scammer".into(),
+            text: "not me".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let resolved = c
+        .appeals
+        .resolve_appeal(proto::ResolveAppealRequest {
+            id: appeal.id,
+            resolution: AppealResolution::Overturn as i32,
+            moderator: "mod".into(),
+            note: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resolved.reversal.is_none(), "{resolved:?}");
+
+    // A channel whose policy sends them: pending, and carried to the bridge.
+    set_classify_actions(&mut c, "destinygg", proto::ClassifyActions::Send).await;
+    let sent = decide(classify("p3", "destinygg")).await;
+    assert_eq!(next_command(&mut responses).await.action_id, sent.action_id);
+    assert_eq!(
+        get(&mut c, &sent.action_id).await.status,
+        ActionStatus::Sent as i32
+    );
+    server.stop().await.unwrap();
+}
+
+/// Two moderator credentials using one idempotency key make two actions; each gets its own
+/// back when it retries.
+async fn idempotency_keys_are_per_credential(database_url: Option<String>) {
+    const ONE: &str = "moderator-one-secret-0123456789";
+    const TWO: &str = "moderator-two-secret-0123456789";
+    let server = TestServer::start(move |config| {
+        config.auth.tokens = format!("moderator tool-one {ONE}; moderator tool-two {TWO}");
+        if let Some(url) = database_url {
+            config.database.url = url;
+        }
+    })
+    .await;
+    let client = |token: &'static str| {
+        ActionsClient::with_interceptor(server.channel.clone(), common::bearer(token))
+    };
+    let (mut one, mut two) = (client(ONE), client(TWO));
+    let first = one
+        .execute_action(timeout("bob", "shared-key"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    let first = first.action.unwrap();
+    assert_eq!(first.requested_by, "tool-one");
+    // The same key from another credential: a new action, not the first one handed over.
+    let other = two
+        .execute_action(timeout("bob", "shared-key"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!other.replayed, "{other:?}");
+    let other = other.action.unwrap();
+    assert_ne!(other.id, first.id);
+    assert_eq!(other.requested_by, "tool-two");
+    // Each credential's retry returns its own.
+    for (client, expected) in [(&mut one, &first), (&mut two, &other)] {
+        let again = client
+            .execute_action(timeout("bob", "shared-key"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(again.replayed);
+        assert_eq!(again.action.unwrap().id, expected.id);
+    }
+    // Within one credential a different request under the key is still refused.
+    let status = two
+        .execute_action(timeout("carol", "shared-key"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_per_credential_on_sqlite() {
+    idempotency_keys_are_per_credential(None).await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_per_credential_on_postgres() {
+    let Some(schema) = PgSchema::create("idempotency_keys_are_per_credential").await else {
+        return;
+    };
+    idempotency_keys_are_per_credential(Some(schema.url.clone())).await;
+    schema.drop().await;
+}
+
 #[tokio::test]
 async fn enforced_verdicts_become_actions_once() {
     let server = TestServer::start(|_| {}).await;
     let mut c = clients(&server);
+    set_classify_actions(&mut c, "destinygg", proto::ClassifyActions::Send).await;
     let (_tx, mut responses) = bridge(&server, "bridge-auto").await;
     let classify = |id: &str| {
         let mut message = chat_message(id, "scammer", "FREE NITRO at scam dot link");

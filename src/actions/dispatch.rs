@@ -323,11 +323,15 @@ async fn deliver_round(inner: &Inner) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The action that carries out an enforced verdict, if it acts on the user: its id is derived
-/// from the channel and message, so deciding the same message again never acts twice.
+/// The action that carries out an enforced verdict, if it acts on the user, recorded as asked
+/// for by the credential `requested_by` (empty without tokens). Its id is derived from the
+/// credential, channel and message, so the same caller deciding the same message again never
+/// acts twice, and one caller cannot take over another's action by guessing its message id
+/// (a classifier's recorded action would otherwise stand in for the bridge's).
 pub fn automatic_action(
     message: &crate::decision::ChatMessage,
     verdict: &crate::decision::Verdict,
+    requested_by: &str,
     hide_duration: Duration,
     pending_ttl: Duration,
 ) -> Option<Action> {
@@ -356,8 +360,19 @@ pub fn automatic_action(
         moderator: String::new(),
         message_id: message.message_id.clone(),
         idempotency_key: None,
-        requested_by: String::new(),
+        requested_by: requested_by.to_owned(),
     };
-    let id = super::derived_id(&["automod", &message.channel, &message.message_id]);
+    // Without tokens the id is derived as before credentials were part of it, so a server
+    // upgraded in place records a replayed message once.
+    let id = if requested_by.is_empty() {
+        super::derived_id(&["automod", &message.channel, &message.message_id])
+    } else {
+        super::derived_id(&[
+            "automod",
+            requested_by,
+            &message.channel,
+            &message.message_id,
+        ])
+    };
     Some(new.into_action(id, SystemTime::now(), pending_ttl))
 }

@@ -146,8 +146,11 @@ pub enum ActionStatus {
     Failed,
     /// No bridge carried it out in time.
     Expired,
-    /// Nothing to carry out in the chat (a warning), or already carried out there (a human
-    /// moderator's action seen on a stream is recorded as executed instead).
+    /// Nothing to carry out in the chat (a warning), or left to the caller: a `Classify`
+    /// verdict's action in a channel whose policy records them (`classify_actions = "record"`,
+    /// the default), which the backend enforces in its own system. Never sent, never expires;
+    /// an overturned appeal of it sends no reversal. (A human moderator's action seen on a
+    /// stream is recorded as executed instead.)
     Recorded,
 }
 

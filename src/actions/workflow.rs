@@ -178,8 +178,11 @@ pub async fn resolve_appeal(
                 id: appeal.id.clone(),
                 message: format!("its action `{}` is missing", appeal.action_id),
             })?;
+        // A recorded action never reached the chat through modbot (a Classify verdict the
+        // caller enforces itself): there is nothing for modbot to undo there.
         if let Some(kind) = action.kind.reversal()
             && action.reversed_by.is_empty()
+            && action.status != ActionStatus::Recorded
         {
             let mut undo = NewAction {
                 channel: action.channel.clone(),

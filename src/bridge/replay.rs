@@ -91,6 +91,11 @@ pub struct ReplayArgs {
     /// The server (default: bridge.server_url); token and CA come from [bridge].
     #[arg(long, value_name = "URL")]
     pub server_url: Option<String>,
+    /// The hello's bridge id (default: `replay-<uuid>`, new each run). A server with tokens
+    /// needs a `bridge` token bound to it and the channel, e.g.
+    /// `bridge replayer TOKEN bridge_ids=replay channels=replay`.
+    #[arg(long, value_name = "ID")]
+    pub bridge_id: Option<String>,
 }
 
 impl ReplayArgs {
@@ -104,6 +109,7 @@ impl ReplayArgs {
             rate: 0.0,
             json: false,
             server_url: None,
+            bridge_id: None,
         }
     }
 }
@@ -959,7 +965,10 @@ pub async fn run(config: &crate::Config, args: &ReplayArgs) -> anyhow::Result<Su
         ))
     })?;
 
-    let bridge_id = format!("replay-{}", uuid::Uuid::now_v7());
+    let bridge_id = args
+        .bridge_id
+        .clone()
+        .unwrap_or_else(|| format!("replay-{}", uuid::Uuid::now_v7()));
     let header = Header {
         file: args.file.display().to_string(),
         channel: args.channel.clone(),

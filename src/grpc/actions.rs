@@ -123,6 +123,20 @@ fn new_action(
         .ok_or_else(|| FieldError::new("kind", "is required (hide, warn, timeout, ban, ...)"))?;
     let source =
         action_source(request.source).ok_or_else(|| FieldError::new("source", "is required"))?;
+    // The server's own sources mark what it decided itself (verdicts, nukes, overturned
+    // appeals): a caller claiming one would pass its action off as modbot's.
+    if !matches!(
+        source,
+        actions::ActionSource::Moderator | actions::ActionSource::Api
+    ) {
+        return Err(FieldError::new(
+            "source",
+            format!(
+                "`{}` is set by the server only; a caller's action is MODERATOR or API",
+                source.as_str()
+            ),
+        ));
+    }
     let duration = duration_field(request.duration, "duration")?;
     let duration = match kind {
         actions::ActionKind::Hide | actions::ActionKind::Timeout => {
@@ -174,9 +188,28 @@ fn new_action(
         source,
         moderator,
         message_id: optional_id(request.message_id, "message_id")?.unwrap_or_default(),
-        idempotency_key: optional_id(request.idempotency_key, "idempotency_key")?,
+        idempotency_key: caller_key(request.idempotency_key)?,
         requested_by,
     })
+}
+
+/// Prefixes of the idempotency keys the server gives the actions it makes itself (appeal
+/// reversals, nuke mutes, aegis unmutes; `actions::workflow`).
+const SERVER_KEY_PREFIXES: [&str; 3] = ["appeal:", "nuke:", "aegis:"];
+
+/// A caller's idempotency key: an optional id, not one of the server's own, which a caller
+/// could otherwise take first to keep a reversal or unmute of its credential from being made.
+fn caller_key(key: String) -> Result<Option<String>, FieldError> {
+    let key = optional_id(key, "idempotency_key")?;
+    if let Some(key) = &key
+        && let Some(prefix) = SERVER_KEY_PREFIXES.iter().find(|p| key.starts_with(*p))
+    {
+        return Err(FieldError::new(
+            "idempotency_key",
+            format!("keys starting with `{prefix}` are the server's own"),
+        ));
+    }
+    Ok(key)
 }
 
 /// A mute's duration: at least a second, at most [`MAX_MUTE`].

@@ -9,6 +9,10 @@
 //! extensions, for handlers to record who asked. Health and reflection are open; a
 //! `modbot.v1` method missing from the table is denied to everyone (default deny).
 //!
+//! A `bridge` credential is further bound to bridge ids and channels: [`check_hello`] refuses
+//! a `StreamModerate` hello outside them, and only a bridge credential (or, without tokens,
+//! anyone) may report moderators' actions seen in chat ([`Principal::reports_chat_actions`]).
+//!
 //! Tokens are never logged and never appear in a status: messages name the method, the roles
 //! and the token's *name*.
 
@@ -21,14 +25,67 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Code, Status};
 
-use crate::config::{Credential, GrpcConfig, Role, Roles, token_digest};
+use crate::config::{BridgeBinding, Credential, GrpcConfig, Role, Roles, token_digest};
+use crate::proto::Hello;
 
-/// Who made a request: the name of the token it carried. Handlers read it from the request's
-/// extensions to record who asked for an action.
+/// Who made a request: the token it carried, by name, with what it may do. Handlers read it
+/// from the request's extensions to record who asked for an action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The token's name (never the token itself).
     pub name: String,
+    /// The token's roles.
+    pub roles: Roles,
+    /// For a `bridge` credential, what it may register as.
+    pub binding: Option<Arc<BridgeBinding>>,
+}
+
+impl Principal {
+    /// Whether this caller may report moderators' actions seen in chat (`ModeratorAction`
+    /// events, which record human actions and training labels): only a bridge may.
+    pub fn reports_chat_actions(&self) -> bool {
+        self.roles.contains(Role::Bridge)
+    }
+}
+
+/// Whether the caller may report moderators' actions seen in chat: a bridge, or anyone on a
+/// server without tokens.
+pub fn may_report_chat_actions(principal: Option<&Principal>) -> bool {
+    principal.is_none_or(Principal::reports_chat_actions)
+}
+
+/// Checks a `StreamModerate` hello against the caller's binding: a bridge credential may name
+/// only its bridge ids and channels (`PERMISSION_DENIED` naming the refused field and value).
+/// Without tokens (`None`) and for unbound callers (`admin`) every hello passes.
+pub fn check_hello(principal: Option<&Principal>, hello: &Hello) -> Result<(), Status> {
+    let Some(principal) = principal else {
+        return Ok(());
+    };
+    let Some(binding) = &principal.binding else {
+        return Ok(());
+    };
+    if !binding.allows_bridge_id(&hello.bridge_id) {
+        return Err(Status::permission_denied(format!(
+            "hello.bridge_id: `{}` is not a bridge id the credential `{}` is bound to ({})",
+            hello.bridge_id,
+            principal.name,
+            binding.bridge_ids.join(", ")
+        )));
+    }
+    if let Some((i, channel)) = hello
+        .channels
+        .iter()
+        .enumerate()
+        .find(|(_, channel)| !binding.allows_channel(channel))
+    {
+        return Err(Status::permission_denied(format!(
+            "hello.channels[{i}]: `{channel}` is not a channel the credential `{}` is bound to \
+             ({})",
+            principal.name,
+            binding.channels.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// The name of the credential that made `request`, or empty when the server runs without
@@ -64,12 +121,13 @@ const OPEN_SERVICES: &[&str] = &[
 /// `admin`, so a new RPC stays closed until it is given its roles here (the tests check that
 /// every method of the descriptor set is).
 pub fn access(path: &str) -> Access {
-    use Role::{Appeals, Moderator, Service};
+    use Role::{Appeals, Bridge, Classifier, Moderator};
     if OPEN_SERVICES.iter().any(|prefix| path.starts_with(prefix)) {
         return Access::Open;
     }
     let roles: &[Role] = match path {
-        "/modbot.v1.Moderation/Classify" | "/modbot.v1.Moderation/StreamModerate" => &[Service],
+        "/modbot.v1.Moderation/Classify" => &[Classifier],
+        "/modbot.v1.Moderation/StreamModerate" => &[Bridge],
 
         "/modbot.v1.Actions/ExecuteAction"
         | "/modbot.v1.Actions/GetAction"
@@ -86,7 +144,7 @@ pub fn access(path: &str) -> Access {
         | "/modbot.v1.Admin/GetUser"
         | "/modbot.v1.Admin/Nuke"
         | "/modbot.v1.Admin/Aegis" => &[Moderator],
-        "/modbot.v1.Admin/GetModelInfo" => &[Moderator, Service],
+        "/modbot.v1.Admin/GetModelInfo" => &[Classifier, Bridge, Moderator],
         "/modbot.v1.Admin/UpsertRule"
         | "/modbot.v1.Admin/DeleteRule"
         | "/modbot.v1.Admin/SetPolicy" => &[],
@@ -142,6 +200,8 @@ impl Authenticator {
         }
         Ok(Some(Principal {
             name: credential.name.clone(),
+            roles: credential.roles,
+            binding: credential.binding.clone(),
         }))
     }
 
@@ -391,7 +451,7 @@ mod tests {
         Authenticator::new(vec![
             Credential::new(
                 "backend",
-                Roles::of(&[Role::Service]),
+                Roles::of(&[Role::Classifier]),
                 b"service-token-0123456789",
             ),
             Credential::new(
@@ -579,6 +639,52 @@ mod tests {
                 .message()
                 .contains("`mod-tools` has: moderator, appeals")
         );
+    }
+
+    fn hello(bridge_id: &str, channels: &[&str]) -> Hello {
+        Hello {
+            bridge_id: bridge_id.into(),
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            ..Hello::default()
+        }
+    }
+
+    #[test]
+    fn a_hello_is_checked_against_the_binding() {
+        let bridge = Principal {
+            name: "dgg".into(),
+            roles: Roles::of(&[Role::Bridge]),
+            binding: Some(Arc::new(BridgeBinding {
+                bridge_ids: vec!["b1".into(), "b2".into()],
+                channels: vec!["destinygg".into(), "strims".into()],
+            })),
+        };
+        let admin = Principal {
+            name: "ops".into(),
+            roles: Roles::of(&[Role::Admin]),
+            binding: None,
+        };
+        assert!(check_hello(Some(&bridge), &hello("b2", &["strims", "destinygg"])).is_ok());
+        assert!(check_hello(Some(&admin), &hello("x", &["y"])).is_ok());
+        assert!(check_hello(None, &hello("x", &["y"])).is_ok());
+        let refused = check_hello(Some(&bridge), &hello("b3", &["strims"])).unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(
+            refused.message().starts_with("hello.bridge_id: `b3`"),
+            "{refused:?}"
+        );
+        let refused =
+            check_hello(Some(&bridge), &hello("b1", &["destinygg", "elsewhere"])).unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(
+            refused
+                .message()
+                .starts_with("hello.channels[1]: `elsewhere`"),
+            "{refused:?}"
+        );
+        assert!(may_report_chat_actions(Some(&bridge)));
+        assert!(!may_report_chat_actions(Some(&admin)));
+        assert!(may_report_chat_actions(None));
     }
 
     #[test]

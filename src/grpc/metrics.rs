@@ -10,16 +10,18 @@
 //! A gRPC status travels in the response headers when the call fails before any message
 //! ("trailers-only"), otherwise in the trailers after the last message, so the response body
 //! is wrapped to read it there. A response that ends without a status (the client went away)
-//! is counted as `cancelled`. `rpc` is `Service/Method` for modbot's, health's and
-//! reflection's services and `unknown` for anything else, so a scanner cannot grow the label
-//! set.
+//! is counted as `cancelled`. `rpc` is `Service/Method` for the methods of modbot's, health's
+//! and reflection's services (read from their descriptor sets) and `unknown` for any other
+//! path, so a scanner cannot grow the label set.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http_body::{Body, Frame, SizeHint};
+use prost::Message as _;
 
 /// The layer.
 #[derive(Clone, Copy, Debug, Default)]
@@ -39,27 +41,43 @@ pub struct MetricsService<S> {
     inner: S,
 }
 
-/// The label for a request path.
-pub(crate) fn rpc_label(path: &str) -> &str {
-    const SERVICES: [&str; 4] = [
-        "/modbot.v1.",
-        "/grpc.health.v1.",
-        "/grpc.reflection.v1.",
-        "/grpc.reflection.v1alpha.",
-    ];
-    for prefix in SERVICES {
-        if let Some(rest) = path.strip_prefix(prefix)
-            && let Some((service, method)) = rest.split_once('/')
-            && !service.is_empty()
-            && !method.is_empty()
-            && !method.contains('/')
-            && rest.len() <= 128
-        {
-            return rest;
-        }
-    }
-    "unknown"
+/// The label for a request path: `Service/Method` for a method the server serves, `unknown`
+/// for any other path. The metrics layer runs before authentication, so anything else would
+/// let an unauthenticated client make a new label set (never dropped) with every junk path.
+pub(crate) fn rpc_label(path: &str) -> &'static str {
+    KNOWN_METHODS.get(path).map_or("unknown", String::as_str)
 }
+
+/// Every method the server serves, `/package.Service/Method` → `Service/Method`, read once
+/// from the descriptor sets the server is built from (modbot's, health's and reflection's), so
+/// a new RPC is labelled without a second list to keep in step.
+static KNOWN_METHODS: std::sync::LazyLock<HashMap<String, String>> =
+    std::sync::LazyLock::new(|| {
+        let mut methods = HashMap::new();
+        for encoded in [
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ] {
+            let set = prost_types::FileDescriptorSet::decode(encoded)
+                .expect("a compiled-in descriptor set decodes. This is a bug");
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        let label = format!("{}/{}", service.name(), method.name());
+                        let path = if file.package().is_empty() {
+                            format!("/{label}")
+                        } else {
+                            format!("/{}.{label}", file.package())
+                        };
+                        methods.insert(path, label);
+                    }
+                }
+            }
+        }
+        methods
+    });
 
 /// A gRPC status code's name in snake case.
 fn code_name(code: i32) -> &'static str {
@@ -93,17 +111,17 @@ fn status_of(headers: &http::HeaderMap) -> Option<i32> {
 
 /// One call being measured; records itself once, when it learns its status or is dropped.
 struct Call {
-    rpc: String,
+    rpc: &'static str,
     started: Instant,
     code: Option<i32>,
     done: bool,
 }
 
 impl Call {
-    fn new(rpc: &str) -> Self {
-        metrics::gauge!("modbot_grpc_requests_in_flight", "rpc" => rpc.to_owned()).increment(1.0);
+    fn new(rpc: &'static str) -> Self {
+        metrics::gauge!("modbot_grpc_requests_in_flight", "rpc" => rpc).increment(1.0);
         Self {
-            rpc: rpc.to_owned(),
+            rpc,
             started: Instant::now(),
             code: None,
             done: false,
@@ -116,11 +134,11 @@ impl Call {
         }
         self.done = true;
         let code = code_name(self.code.unwrap_or(tonic::Code::Cancelled as i32));
-        metrics::counter!("modbot_grpc_requests_total", "rpc" => self.rpc.clone(), "code" => code)
+        metrics::counter!("modbot_grpc_requests_total", "rpc" => self.rpc, "code" => code)
             .increment(1);
-        metrics::histogram!("modbot_grpc_request_duration_seconds", "rpc" => self.rpc.clone())
+        metrics::histogram!("modbot_grpc_request_duration_seconds", "rpc" => self.rpc)
             .record(self.started.elapsed().as_secs_f64());
-        metrics::gauge!("modbot_grpc_requests_in_flight", "rpc" => self.rpc.clone()).decrement(1.0);
+        metrics::gauge!("modbot_grpc_requests_in_flight", "rpc" => self.rpc).decrement(1.0);
     }
 }
 
@@ -209,7 +227,7 @@ impl<B: Default> Default for MetricsBody<B> {
         Self {
             inner: B::default(),
             call: Call {
-                rpc: String::new(),
+                rpc: "",
                 started: Instant::now(),
                 code: None,
                 done: true,
@@ -229,7 +247,16 @@ mod tests {
             "Moderation/Classify"
         );
         assert_eq!(rpc_label("/grpc.health.v1.Health/Check"), "Health/Check");
+        assert_eq!(rpc_label("/grpc.health.v1.Health/Watch"), "Health/Watch");
+        assert_eq!(
+            rpc_label("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            "ServerReflection/ServerReflectionInfo"
+        );
+        assert_eq!(rpc_label("/modbot.v1.Admin/SetPolicy"), "Admin/SetPolicy");
         assert_eq!(rpc_label("/evil.v1.X/Y"), "unknown");
+        // Well-formed paths of modbot's package that name no method it serves.
+        assert_eq!(rpc_label("/modbot.v1.Moderation/Nope"), "unknown");
+        assert_eq!(rpc_label("/modbot.v1.Junk123/Classify"), "unknown");
         assert_eq!(rpc_label("/modbot.v1.Moderation/a/b"), "unknown");
         assert_eq!(rpc_label("/modbot.v1./x"), "unknown");
         assert_eq!(

@@ -8,9 +8,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use super::auth::{Principal, check_hello};
 use super::convert::{self, MessageLimits};
 use super::status::FieldError;
 use super::stream;
+use crate::actions::ActionStatus;
 use crate::actions::dispatch::automatic_action;
 use crate::app::App;
 use crate::decision::{DecideOptions, Degraded};
@@ -20,6 +22,7 @@ use crate::proto::{
     ClassifyRequest, ClassifyResponse, StreamModerateRequest, StreamModerateResponse,
     stream_moderate_request,
 };
+use crate::rules::ClassifyActions;
 use crate::store::AuditRecord;
 
 /// Decides chat messages.
@@ -42,6 +45,7 @@ impl Moderation for ModerationService {
         request: Request<ClassifyRequest>,
     ) -> Result<Response<ClassifyResponse>, Status> {
         let received = Instant::now();
+        let requested_by = super::auth::principal_name(&request);
         let request = request.into_inner();
         let options = request.options.unwrap_or_default();
         let limit = self.app.config.grpc.max_messages_per_call as usize;
@@ -98,24 +102,37 @@ impl Moderation for ModerationService {
 
         if !options.dry_run {
             // Enforced verdicts that act on the user become actions, recorded with the audit
-            // records in one transaction; the dispatcher then carries them to the bridge.
+            // records in one transaction. Whether the dispatcher then carries one to the bridge
+            // is the channel's policy: by default the caller enforces its verdicts in its own
+            // system and the action is only recorded (status `recorded`, never pending, so it
+            // neither reaches a chat nor expires).
             let actions = &self.app.config.actions;
+            let engine = self.app.moderator.engine();
             let mut records = Vec::new();
             for (message, verdict) in messages.iter().zip(verdicts.iter_mut()) {
                 if !verdict.is_notable() {
                     continue;
                 }
-                let action = automatic_action(
+                let mut action = automatic_action(
                     message,
                     verdict,
+                    &requested_by,
                     actions.hide_duration(),
                     actions.pending_ttl(),
                 );
+                if let Some(action) = &mut action
+                    && engine.rules().policy(&message.channel).classify_actions
+                        == ClassifyActions::Record
+                {
+                    action.status = ActionStatus::Recorded;
+                }
                 verdict.action_id = action.as_ref().map(|a| a.id.clone());
                 records
                     .push(AuditRecord::new(message.clone(), verdict.clone()).with_action(action));
             }
-            let has_actions = records.iter().any(|r| r.action.is_some());
+            let has_actions = records
+                .iter()
+                .any(|r| r.action.as_ref().is_some_and(|a| a.status.is_open()));
             if let Err(error) = self.app.store.record_verdicts(&records).await {
                 // The decision stands: a caller waiting to show a message needs it more than
                 // the audit log needs the row. The verdict says what was lost.
@@ -161,11 +178,18 @@ impl Moderation for ModerationService {
         &self,
         request: Request<Streaming<StreamModerateRequest>>,
     ) -> Result<Response<Self::StreamModerateStream>, Status> {
+        let principal = request.extensions().get::<Principal>().cloned();
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(StreamModerateRequest {
                 kind: Some(stream_moderate_request::Kind::Hello(hello)),
-            }) => stream::validate_hello(hello)?,
+            }) => {
+                let hello = stream::validate_hello(hello)?;
+                // A bridge credential registers only as the bridge ids and for the channels
+                // it is bound to: another's would receive and answer that bridge's actions.
+                check_hello(principal.as_ref(), &hello)?;
+                hello
+            }
             Some(_) => {
                 return Err(FieldError::new(
                     "kind",
@@ -178,7 +202,7 @@ impl Moderation for ModerationService {
             }
         };
         let (responses_tx, responses_rx) = mpsc::channel(stream::RESPONSE_BUFFER);
-        let session = stream::Session::new(Arc::clone(&self.app), hello, responses_tx);
+        let session = stream::Session::new(Arc::clone(&self.app), hello, principal, responses_tx);
         // In the call's `grpc` span, so the session's `stream` span nests under it.
         tokio::spawn(session.run(inbound).in_current_span());
         Ok(Response::new(ReceiverStream::new(responses_rx)))

@@ -21,6 +21,7 @@ use super::convert::{MAX_ID_BYTES, MAX_ROLE_BYTES, MAX_ROLES};
 use super::status::FieldError;
 use crate::decision::Decision;
 use crate::proto;
+use crate::rules::ClassifyActions;
 use crate::rules::spec::{EscalationSpec, ModelLabelSpec, ModelPolicySpec, RuleParams};
 use crate::rules::spec::{PolicySpec, RuleSpec};
 use crate::rules::{Mode, PhraseSyntax, RulesError};
@@ -687,12 +688,28 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
         };
         labels.insert(label, spec);
     }
+    let classify_actions = match proto::ClassifyActions::try_from(policy.classify_actions) {
+        Ok(proto::ClassifyActions::Unspecified | proto::ClassifyActions::Record) => {
+            ClassifyActions::Record
+        }
+        Ok(proto::ClassifyActions::Send) => ClassifyActions::Send,
+        Err(_) => {
+            return Err(FieldError::new(
+                "policy.classify_actions",
+                format!(
+                    "{} is not a ClassifyActions value (RECORD or SEND)",
+                    policy.classify_actions
+                ),
+            ));
+        }
+    };
     Ok((
         policy.channel,
         PolicySpec {
             shadow: policy.shadow,
             exempt_roles,
             emotes,
+            classify_actions,
             escalation,
             model: ModelPolicySpec { labels },
         },
@@ -762,6 +779,11 @@ pub fn policy_to_proto(
         updated_at: Some(timestamp(updated_at)),
         is_default,
         revision,
+        classify_actions: match spec.classify_actions {
+            ClassifyActions::Record => proto::ClassifyActions::Record,
+            ClassifyActions::Send => proto::ClassifyActions::Send,
+        }
+        .into(),
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tonic::{Code, Status, Streaming};
 use tracing::Instrument;
 
+use super::auth::{self, Principal};
 use super::convert::{self, MessageLimits};
 use super::status::FieldError;
 use crate::actions;
@@ -82,17 +83,25 @@ pub fn validate_hello(hello: Hello) -> Result<Hello, FieldError> {
 pub struct Session {
     app: Arc<App>,
     hello: Hello,
+    /// Who opened the stream (`None` without tokens), its hello checked against its binding.
+    principal: Option<Principal>,
     responses_tx: Responses,
     limits: MessageLimits,
 }
 
 impl Session {
-    /// A session for a validated hello.
-    pub fn new(app: Arc<App>, hello: Hello, responses_tx: Responses) -> Self {
+    /// A session for a validated hello, opened by `principal` (see [`auth::check_hello`]).
+    pub fn new(
+        app: Arc<App>,
+        hello: Hello,
+        principal: Option<Principal>,
+        responses_tx: Responses,
+    ) -> Self {
         let limits = MessageLimits::from_config(&app.config);
         Self {
             app,
             hello,
+            principal,
             responses_tx,
             limits,
         }
@@ -377,6 +386,20 @@ impl Session {
                     span,
                 }
             }
+            Some(chat_event::Kind::ModeratorAction(_))
+                if !auth::may_report_chat_actions(self.principal.as_ref()) =>
+            {
+                // They write human actions and training labels: only a bridge's word counts.
+                Item::reject(
+                    Code::PermissionDenied,
+                    format!(
+                        "event.moderator_action: the credential `{}` is not a bridge's; only a \
+                         bridge reports moderators' actions",
+                        self.requested_by()
+                    ),
+                    String::new(),
+                )
+            }
             Some(chat_event::Kind::ModeratorAction(action)) => {
                 let decision = match ActionKind::try_from(action.kind) {
                     Ok(ActionKind::Timeout) => Some(Decision::Timeout),
@@ -460,6 +483,7 @@ impl Session {
                     let action = automatic_action(
                         &message,
                         &verdict,
+                        self.requested_by(),
                         actions.hide_duration(),
                         actions.pending_ttl(),
                     );
@@ -519,6 +543,12 @@ impl Session {
 }
 
 impl Session {
+    /// The name of the credential that opened the stream (empty without tokens): who asked
+    /// for its actions.
+    fn requested_by(&self) -> &str {
+        self.principal.as_ref().map_or("", |p| p.name.as_str())
+    }
+
     /// Records a human moderator's action seen in the chat as an executed action, so the
     /// audit trail of actions is one table. Its id is derived from what happened, so a bridge
     /// that replays its chat after a reconnect records it once. A lost record is logged and
@@ -545,10 +575,12 @@ impl Session {
             moderator: moderator.to_owned(),
             message_id: String::new(),
             idempotency_key: None,
-            requested_by: self.hello.bridge_id.clone(),
+            requested_by: self.requested_by().to_owned(),
         }
         .into_action(id, at, std::time::Duration::ZERO);
         action.status = actions::ActionStatus::Executed;
+        // The bridge that saw it: checked against the credential's binding at the hello.
+        action.bridge_id.clone_from(&self.hello.bridge_id);
         match self.app.store.record_action(&action).await {
             Ok(crate::store::Recorded::New(action)) => actions::dispatch::count_recorded(&action),
             Ok(_) => {}

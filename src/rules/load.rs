@@ -509,6 +509,7 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
     Ok(Policy {
         model,
         shadow: config.shadow,
+        classify_actions: config.classify_actions,
         exempt_roles: lower(&config.exempt_roles),
         emotes: EmoteSet::new(config.emotes.iter().cloned()),
         escalation: Escalation {

@@ -42,6 +42,19 @@ pub enum Mode {
     Disabled,
 }
 
+/// Whether a `Classify` verdict's action reaches the chat (`[policy] classify_actions`). Stream
+/// verdicts are always carried out by the bridge that sent the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassifyActions {
+    /// Recorded only (status `recorded`): the backend that called `Classify` enforces its
+    /// verdicts in its own system.
+    #[default]
+    Record,
+    /// Recorded and sent to the bridge serving the channel, as a stream verdict's is.
+    Send,
+}
+
 /// How repeat offences escalate in a channel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Escalation {
@@ -62,6 +75,8 @@ pub struct Escalation {
 pub struct Policy {
     /// Observe only: nothing is enforced.
     pub shadow: bool,
+    /// Whether a `Classify` verdict's action is sent to the chat.
+    pub classify_actions: ClassifyActions,
     /// Users with these roles skip every rule.
     pub exempt_roles: Vec<String>,
     /// The channel's emotes.

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::Mode;
 use super::phrase::PhraseSyntax;
+use super::{ClassifyActions, Mode};
 use crate::decision::Decision;
 
 /// One rule as a rules file writes it (`[[rule]]`), its kind's parameters still a table (see
@@ -56,6 +56,10 @@ pub struct PolicySpec {
     pub exempt_roles: Vec<String>,
     /// The channel's emote names.
     pub emotes: Vec<String>,
+    /// Whether a `Classify` verdict's action is sent to the chat (default: recorded only).
+    /// Before the escalation table, because TOML writes values before tables.
+    #[serde(default)]
+    pub classify_actions: ClassifyActions,
     /// Escalation for repeat offenders.
     pub escalation: EscalationSpec,
     /// What the model's labels do.

@@ -114,7 +114,8 @@ pub enum Resolved {
 
 impl Store {
     /// Records an action, unless its idempotency key (or, without one, its id) was recorded
-    /// before: then the first action comes back instead. Atomic on both backends
+    /// before by the same credential (`requested_by`: keys are scoped per credential): then
+    /// the first action comes back instead. Atomic on both backends
     /// (`INSERT ... ON CONFLICT DO NOTHING`), so concurrent calls with one key record one
     /// action.
     pub async fn record_action(&self, action: &Action) -> Result<Recorded, StoreError> {
@@ -125,9 +126,12 @@ impl Store {
         }
         let existing = match &action.idempotency_key {
             Some(key) => {
-                let sql =
-                    format!("SELECT {ACTION_COLUMNS} FROM actions WHERE idempotency_key = $1");
+                let sql = format!(
+                    "SELECT {ACTION_COLUMNS} FROM actions \
+                     WHERE requested_by = $1 AND idempotency_key = $2"
+                );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(&action.requested_by)
                     .bind(key)
                     .fetch_optional(&mut *conn)
                     .await?

@@ -28,27 +28,54 @@ pub use self::rules::{
 use crate::config::redact_url;
 use crate::decision::{ChatMessage, Decision, Degraded, Verdict};
 
+/// A migration's SQL: one portable file, or one per backend where they must differ.
+enum MigrationSql {
+    Portable(&'static str),
+    PerBackend {
+        sqlite: &'static str,
+        postgres: &'static str,
+    },
+}
+
+impl MigrationSql {
+    fn for_backend(&self, backend: Backend) -> &'static str {
+        match (self, backend) {
+            (Self::Portable(sql), _) => sql,
+            (Self::PerBackend { sqlite, .. }, Backend::Sqlite) => sqlite,
+            (Self::PerBackend { postgres, .. }, Backend::Postgres) => postgres,
+        }
+    }
+}
+
 /// The migrations, in order, compiled into the binary.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+const MIGRATIONS: &[(i64, &str, MigrationSql)] = &[
     (
         1,
         "audit log",
-        include_str!("../../migrations/0001_audit_log.sql"),
+        MigrationSql::Portable(include_str!("../../migrations/0001_audit_log.sql")),
     ),
     (
         2,
         "feedback",
-        include_str!("../../migrations/0002_feedback.sql"),
+        MigrationSql::Portable(include_str!("../../migrations/0002_feedback.sql")),
     ),
     (
         3,
         "actions, appeals and nukes",
-        include_str!("../../migrations/0003_actions_appeals.sql"),
+        MigrationSql::Portable(include_str!("../../migrations/0003_actions_appeals.sql")),
     ),
     (
         4,
         "rules and channel policies",
-        include_str!("../../migrations/0004_rules.sql"),
+        MigrationSql::Portable(include_str!("../../migrations/0004_rules.sql")),
+    ),
+    (
+        5,
+        "idempotency keys per credential",
+        MigrationSql::PerBackend {
+            sqlite: include_str!("../../migrations/0005_idempotency_per_credential.sqlite.sql"),
+            postgres: include_str!("../../migrations/0005_idempotency_per_credential.postgres.sql"),
+        },
     ),
 ];
 
@@ -233,14 +260,22 @@ impl Store {
 
     /// Applies every migration not yet applied.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrate_up_to(i64::MAX).await
+    }
+
+    /// Applies the migrations not yet applied up to `version`: for tests of a migration on a
+    /// database made by the ones before it.
+    #[doc(hidden)]
+    pub async fn migrate_up_to(&self, version: i64) -> Result<(), StoreError> {
         let migrations = MIGRATIONS
             .iter()
-            .map(|&(version, description, sql)| {
+            .filter(|(number, _, _)| *number <= version)
+            .map(|(version, description, sql)| {
                 Migration::new(
-                    version,
-                    Cow::Borrowed(description),
+                    *version,
+                    Cow::Borrowed(*description),
                     MigrationType::Simple,
-                    sql.into_sql_str(),
+                    sql.for_backend(self.backend).into_sql_str(),
                     false,
                 )
             })

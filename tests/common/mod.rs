@@ -345,6 +345,26 @@ pub async fn bridge(
     tokio::sync::mpsc::Sender<modbot::proto::StreamModerateRequest>,
     tonic::Streaming<modbot::proto::StreamModerateResponse>,
 ) {
+    open_stream(server, None, bridge_id, &["destinygg"])
+        .await
+        .expect("the stream opens")
+}
+
+/// Opens a `StreamModerate` stream with `token` (none: no `authorization` header) and a hello
+/// for `bridge_id` and `channels` (bot nick `modbot`): the sender of its requests and its
+/// responses after the welcome, or how the call was refused.
+pub async fn open_stream(
+    server: &TestServer,
+    token: Option<&str>,
+    bridge_id: &str,
+    channels: &[&str],
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<modbot::proto::StreamModerateRequest>,
+        tonic::Streaming<modbot::proto::StreamModerateResponse>,
+    ),
+    tonic::Status,
+> {
     use modbot::proto::{
         Hello, StreamModerateRequest, stream_moderate_request, stream_moderate_response,
     };
@@ -352,29 +372,31 @@ pub async fn bridge(
     tx.send(StreamModerateRequest {
         kind: Some(stream_moderate_request::Kind::Hello(Hello {
             bridge_id: bridge_id.into(),
-            channels: vec!["destinygg".into()],
+            channels: channels.iter().map(|c| c.to_string()).collect(),
             dialect: "dgg".into(),
             bot_nick: "modbot".into(),
         })),
     })
     .await
     .expect("the stream takes its hello");
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("an ASCII token"),
+        );
+    }
     let mut responses = server
         .moderation()
-        .stream_moderate(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("the stream opens")
+        .stream_moderate(request)
+        .await?
         .into_inner();
-    let welcome = responses
-        .message()
-        .await
-        .expect("a healthy stream")
-        .expect("a welcome");
+    let welcome = responses.message().await?.expect("a welcome");
     assert!(matches!(
         welcome.kind,
         Some(stream_moderate_response::Kind::Welcome(_))
     ));
-    (tx, responses)
+    Ok((tx, responses))
 }
 
 /// A CA, a server certificate it signed for localhost / 127.0.0.1, and a client certificate
