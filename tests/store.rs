@@ -777,32 +777,54 @@ async fn sqlite_space_is_reclaimed_after_retention() {
     store.close().await;
 }
 
-/// A file made before incremental auto_vacuum (or by another program) is switched once, at
-/// connect.
+/// An SQLite file as a program other than modbot (or modbot before incremental auto_vacuum)
+/// leaves it, holding `bytes` of data.
+async fn old_sqlite_file(path: &std::path::Path, bytes: usize) -> String {
+    use sqlx::Connection as _;
+    let url = format!("sqlite://{}", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE old_data (x BLOB)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO old_data VALUES (zeroblob($1))")
+        .bind(bytes as i64)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, 0, "SQLite's default: no auto_vacuum");
+    conn.close().await.unwrap();
+    url
+}
+
+/// A file made before incremental auto_vacuum is switched once, at connect; a large one is
+/// left to `modbot migrate` (`use_incremental_vacuum(None)`), since its VACUUM would hold up
+/// the server's start.
 #[tokio::test]
 async fn existing_sqlite_files_switch_to_incremental_vacuum() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("old.db");
-    let url = format!("sqlite://{}", path.display());
-    {
-        use sqlx::Connection as _;
-        let mut conn = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
-            .await
-            .unwrap();
-        sqlx::query("CREATE TABLE old_data (x TEXT)")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(mode, 0, "SQLite's default: no auto_vacuum");
-        conn.close().await.unwrap();
-    }
+    let url = old_sqlite_file(&dir.path().join("small.db"), 100_000).await;
     let store = Store::connect(&url, &options()).await.unwrap();
     assert_eq!(store.sqlite_auto_vacuum().await.unwrap(), Some(2));
     store.migrate().await.expect("migrates after the switch");
+    store.close().await;
+
+    let large = modbot::store::VACUUM_AT_CONNECT_MAX_BYTES as usize + (1 << 20);
+    let url = old_sqlite_file(&dir.path().join("large.db"), large).await;
+    let store = Store::connect(&url, &options()).await.unwrap();
+    assert_eq!(
+        store.sqlite_auto_vacuum().await.unwrap(),
+        Some(0),
+        "not at connect"
+    );
+    store.use_incremental_vacuum(None).await.unwrap();
+    assert_eq!(store.sqlite_auto_vacuum().await.unwrap(), Some(2));
     store.close().await;
 }
 

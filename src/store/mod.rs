@@ -22,7 +22,7 @@ mod rules;
 
 pub use self::actions::{ActionAnswer, Filed, Recorded, Resolved};
 pub use self::feedback::{Feedback, FeedbackSource};
-pub use self::retention::{RetentionTable, SqlitePages};
+pub use self::retention::{RetentionTable, SqlitePages, VACUUM_AT_CONNECT_MAX_BYTES};
 pub use self::rules::{
     Change, ChangeTarget, HistoryEntry, StoredPolicy, StoredRule, StoredRuleSet,
 };
@@ -236,7 +236,9 @@ impl Store {
                 Ok(pool) => {
                     let store = Self { pool, backend };
                     if backend == Backend::Sqlite {
-                        store.use_incremental_vacuum().await?;
+                        store
+                            .use_incremental_vacuum(Some(retention::VACUUM_AT_CONNECT_MAX_BYTES))
+                            .await?;
                     }
                     return Ok(store);
                 }

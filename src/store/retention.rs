@@ -13,6 +13,10 @@ use sqlx::Row;
 
 use super::{Backend, Store, StoreError, unix_millis};
 
+/// Largest SQLite file [`Store::connect`] switches to incremental `auto_vacuum` (a `VACUUM`
+/// copies the file: about a second per 64 MiB on a small machine's disk).
+pub const VACUUM_AT_CONNECT_MAX_BYTES: u64 = 64 << 20;
+
 /// A table the retention task deletes from (the label of `modbot_retention_deleted_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RetentionTable {
@@ -263,12 +267,32 @@ impl Store {
     /// can shrink it. The mode is stored in the file and takes effect on an existing file only
     /// through a `VACUUM`, which rewrites it: once, the first time a file made before this mode
     /// (or by another program) is opened. On a new, empty file that costs nothing.
-    pub(super) async fn use_incremental_vacuum(&self) -> Result<(), StoreError> {
-        if self.sqlite_auto_vacuum().await? == Some(2) {
+    ///
+    /// A `VACUUM` holds the file's write lock while it copies the whole file, so a file larger
+    /// than `max_bytes` is left as it is, with a warning: [`Store::connect`] passes
+    /// [`VACUUM_AT_CONNECT_MAX_BYTES`] (a server would otherwise start, or fail its liveness
+    /// probe, only after copying a large file), `modbot migrate` no limit. Never fails for the
+    /// `VACUUM` itself: without it the file works as before and only keeps its size.
+    pub async fn use_incremental_vacuum(&self, max_bytes: Option<u64>) -> Result<(), StoreError> {
+        if self.sqlite_auto_vacuum().await? != Some(0) {
+            // PostgreSQL, or already incremental (2) or full (1, which also shrinks the file).
             return Ok(());
         }
-        // One connection: the pragma is per connection until the VACUUM writes it into the
-        // file.
+        let pages = self.sqlite_pages().await?.map_or(0, |p| p.page_count);
+        let page_size: i64 = sqlx::query("PRAGMA page_size")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let bytes = pages.saturating_mul(page_size.max(0).unsigned_abs());
+        if max_bytes.is_some_and(|max| bytes > max) {
+            tracing::warn!(
+                bytes,
+                "the SQLite file does not give deleted records' space back yet: switching it \
+                 (one VACUUM, which copies the file) is left to `modbot migrate`, run once while \
+                 the server is stopped"
+            );
+            return Ok(());
+        }
         let mut conn = self.pool.acquire().await?;
         let started = std::time::Instant::now();
         sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
