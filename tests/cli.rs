@@ -506,6 +506,22 @@ fn replay_fails_clearly_when_the_server_is_unreachable() {
         stderr.contains("bridge.server_url: `127.0.0.1:50051` is not an http:// or https:// URL"),
         "{stderr}"
     );
+
+    // Neither refusal nor a failed connection shows a password in the URL.
+    for url in [
+        "tcp://replay:s3cret@127.0.0.1:1",
+        "http://replay:s3cret@127.0.0.1:1/?token=s3cret",
+    ] {
+        let (output, stderr) = run(&mut modbot(&[
+            "replay",
+            log.to_str().unwrap(),
+            "--server-url",
+            url,
+        ]));
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("replay:***@127.0.0.1:1"), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
 }
 
 #[test]
