@@ -40,7 +40,9 @@ NAMESPACE = "moderation"
 # The oldest Kubernetes the chart is meant for (native gRPC probes are GA since 1.27) and the
 # newest that kubernetes-validate bundles.
 KUBE_VERSIONS = ("1.27", "1.37")
-BUILTIN_KINDS = {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+BUILTIN_KINDS = {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+                 "PersistentVolumeClaim"}
+NOTES = "modbot/templates/NOTES.txt"
 DASHBOARD = CHART / "dashboards" / "modbot.json"
 
 
@@ -56,6 +58,8 @@ def render(values: dict | None) -> dict[str, str]:
 def manifests(rendered: dict[str, str]) -> list[dict]:
     docs = []
     for path, text in sorted(rendered.items()):
+        if path == NOTES:  # what `helm install` prints, not a manifest
+            continue
         for doc in yaml.safe_load_all(text):
             if doc is not None:
                 doc.setdefault("__source", path)
@@ -151,7 +155,8 @@ class ChartCase:
             cls.values = copy.deepcopy(cls.values)
             cls.overrides(cls.values)
         cls.effective = effective_values(cls.values)
-        cls.docs = manifests(render(cls.values))
+        cls.rendered = render(cls.values)
+        cls.docs = manifests(cls.rendered)
 
     def of_kind(self, kind: str) -> list[dict]:
         return [d for d in self.docs if d["kind"] == kind]
@@ -298,7 +303,54 @@ class ChartCase:
         serve_mounts = {m["mountPath"]: m["name"] for m in self.serve()["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
         serve_volumes = {vol["name"]: vol for vol in self.serve()["spec"]["template"]["spec"]["volumes"]}
         data_dir = tomllib.loads(configmap["data"]["modbot.toml"])["data_dir"]
-        self.assertIn("emptyDir", serve_volumes[serve_mounts[data_dir]])
+        persistence = self.effective["persistence"]
+        claims = self.of_kind("PersistentVolumeClaim")
+        if persistence["enabled"]:
+            claim = serve_volumes[serve_mounts[data_dir]]["persistentVolumeClaim"]["claimName"]
+            if persistence["existingClaim"]:
+                self.assertEqual(claim, persistence["existingClaim"])
+                self.assertEqual(claims, [])
+            else:
+                [pvc] = claims
+                self.assertEqual(pvc["metadata"]["name"], claim)
+                self.assertEqual(pvc["spec"]["resources"]["requests"]["storage"], persistence["size"])
+                self.assertEqual(pvc["metadata"].get("annotations", {}).get("helm.sh/resource-policy"),
+                                 "keep" if persistence["keepOnUninstall"] else None)
+            # A ReadWriteOnce claim and one SQLite writer: never two pods at once.
+            self.assertEqual(self.serve()["spec"]["strategy"], {"type": "Recreate"})
+        else:
+            self.assertIn("emptyDir", serve_volumes[serve_mounts[data_dir]])
+            self.assertEqual(claims, [])
+
+    def shutdown_grace(self) -> int:
+        """config.grpc.shutdown_grace_secs as the pods read it: the ConfigMap's, else modbot's
+        built-in default (config/modbot.toml)."""
+        rendered = tomllib.loads(self.config_map()["data"]["modbot.toml"])
+        return rendered.get("grpc", {}).get("shutdown_grace_secs", reference_config()["grpc"]["shutdown_grace_secs"])
+
+    def test_termination_grace_exceeds_shutdown_grace(self) -> None:
+        """modbot's shutdown fits in its grace (tests/shutdown.rs); the kubelet must not kill it
+        before: the pod's period is the grace plus the margin, or a larger number given."""
+        pod = self.serve()["spec"]["template"]["spec"]
+        period = pod["terminationGracePeriodSeconds"]
+        grace = self.shutdown_grace()
+        self.assertIsInstance(period, int)
+        self.assertGreater(period, grace)
+        if self.effective["terminationGracePeriodSeconds"] in ("", None):
+            self.assertEqual(period, grace + self.effective["terminationGraceMarginSeconds"])
+        else:
+            self.assertEqual(period, self.effective["terminationGracePeriodSeconds"])
+        env = {e["name"] for e in pod["containers"][0]["env"]}
+        self.assertNotIn("MODBOT_GRPC_SHUTDOWN_GRACE_SECS", env)
+        self.assertIn(f"({grace} s)", self.rendered[NOTES])
+        self.assertIn(f"terminationGracePeriodSeconds is {period} s", self.rendered[NOTES])
+
+    def test_notes_warn_of_sqlite_on_an_emptydir(self) -> None:
+        notes = self.rendered[NOTES]
+        ephemeral = not self.effective["database"]["existingSecret"] and not self.effective["persistence"]["enabled"]
+        self.assertEqual("WARNING" in notes, ephemeral, notes)
+        if ephemeral:
+            self.assertIn("persistence.enabled=true", notes)
 
     def test_config_toml(self) -> None:
         configmap = self.config_map()
@@ -520,6 +572,37 @@ class MutualTLS(ChartCase, unittest.TestCase):
     overrides = staticmethod(mutual_tls)
     expect_kinds = {"ConfigMap": 2, "Deployment": 1, "Service": 1, "PodDisruptionBudget": 1,
                     "HorizontalPodAutoscaler": 1, "ServiceMonitor": 1}
+
+
+def persistent_sqlite(values: dict) -> None:
+    values["persistence"] = {"enabled": True, "size": "20Gi", "storageClass": "fast-ssd"}
+    values["config"] = {"grpc": {"shutdown_grace_secs": 45}}
+    values["terminationGracePeriodSeconds"] = 60
+
+
+class PersistentSqlite(ChartCase, unittest.TestCase):
+    """The default values with SQLite on a PersistentVolumeClaim, a longer shutdown grace and
+    a termination grace period given by hand."""
+
+    overrides = staticmethod(persistent_sqlite)
+    expect_kinds = {"ConfigMap": 1, "Deployment": 1, "Service": 1, "PodDisruptionBudget": 1,
+                    "PersistentVolumeClaim": 1}
+
+    def test_claim(self) -> None:
+        [pvc] = self.of_kind("PersistentVolumeClaim")
+        self.assertEqual(pvc["spec"]["storageClassName"], "fast-ssd")
+        self.assertEqual(pvc["spec"]["accessModes"], ["ReadWriteOnce"])
+
+
+def existing_claim(values: dict) -> None:
+    values["persistence"] = {"enabled": True, "existingClaim": "my-modbot-data"}
+
+
+class ExistingClaim(ChartCase, unittest.TestCase):
+    """SQLite on a claim the operator made: the chart makes none."""
+
+    overrides = staticmethod(existing_claim)
+    expect_kinds = {"ConfigMap": 1, "Deployment": 1, "Service": 1, "PodDisruptionBudget": 1}
 
 
 # The histograms telemetry::prometheus_builder gives buckets: every *_seconds metric and these.
@@ -776,6 +859,17 @@ class Refused(unittest.TestCase):
 
     def test_plaintext_server_url_with_tls(self) -> None:
         self.refused(lambda v: v["bridge"].update(serverUrl="http://modbot:50051"), "use https://")
+
+    def test_termination_grace_not_longer_than_shutdown_grace(self) -> None:
+        # ci-values.yaml's shutdown grace is 20 s.
+        for period in (20, 5):
+            with self.subTest(period=period):
+                self.refused(lambda v: v.update(terminationGracePeriodSeconds=period),
+                             "must be longer than config.grpc.shutdown_grace_secs (20)")
+
+    def test_shutdown_grace_through_extra_env(self) -> None:
+        self.refused(lambda v: v["extraEnv"].append({"name": "MODBOT_GRPC_SHUTDOWN_GRACE_SECS", "value": "99"}),
+                     "set config.grpc.shutdown_grace_secs instead")
 
     def test_tls_files_in_config(self) -> None:
         for table, key in (("grpc", "tls_cert_file"), ("grpc", "tls_key_file"), ("grpc", "tls_client_ca_file"),

@@ -19,6 +19,7 @@ use crate::inference::{Description, Limits, ModelBackend, Scorer, Status};
 use crate::model::heads::Heads;
 use crate::model::{Backend, Encoder, fetch, parse_device};
 use crate::moderate::Moderator;
+use crate::retention::{RetentionPolicy, RetentionTask};
 use crate::rules::RulesError;
 use crate::ruleset::{ReloadTask, RuleSource};
 use crate::store::{ConnectOptions, Store, StoreError};
@@ -314,8 +315,10 @@ pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
 /// failing with [`ServeError::Store`]) and applies migrations, then seeds an empty database
 /// with the rules file and compiles the stored rule set ([`crate::ruleset`]); health reports
 /// `SERVING` only after that. On shutdown, health turns `NOT_SERVING`, no new connections are
-/// accepted, streams stop reading, answer what they read and end with `UNAVAILABLE`, and
-/// in-flight calls get `grpc.shutdown_grace_secs` to finish.
+/// accepted, streams stop reading, answer what they read and end with `UNAVAILABLE`. The
+/// whole shutdown fits in `grpc.shutdown_grace_secs`: in-flight calls get all of it but a
+/// reserve (a quarter, at most 5 s), and the audit writer, the background tasks and the database
+/// pool share what is left until the same deadline.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -369,6 +372,11 @@ pub async fn serve(
         stopping: tokio::sync::watch::Sender::new(false),
     });
     let reload = ReloadTask::spawn(Arc::clone(&app));
+    let retention = RetentionTask::spawn(
+        store.clone(),
+        RetentionPolicy::from_config(&app.config.retention),
+        app.config.retention.interval(),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
@@ -423,9 +431,16 @@ pub async fn serve(
     let mut server = Box::pin(server);
     tracing::info!(addr = %local_addr, database = ?store.backend(), "modbot serving");
 
+    // One budget for the whole shutdown, from the signal to the return: every step below
+    // waits until the same deadline at most, so the process exits within
+    // `grpc.shutdown_grace_secs` (plus the moment it takes to drop what is left) and the pod's
+    // termination grace period, which is longer, never ends in a SIGKILL.
+    let mut deadline = None;
     let result = tokio::select! {
         result = &mut server => result,
         () = shutdown => {
+            let signalled = tokio::time::Instant::now();
+            deadline = Some(signalled + grace);
             tracing::info!(?grace, "shutting down: finishing in-flight calls");
             set_health(&health, ServingStatus::NotServing).await;
             model_health.abort();
@@ -434,35 +449,85 @@ pub async fn serve(
                 .await;
             app.stopping.send_replace(true);
             let _ = stop_tx.send(());
-            match tokio::time::timeout(grace, &mut server).await {
+            match tokio::time::timeout_at(signalled + calls_share(grace), &mut server).await {
                 Ok(result) => result,
                 Err(_) => {
-                    tracing::warn!("shutdown grace period over; dropping the calls still running");
+                    tracing::warn!("shutdown: in-flight calls out of time; dropping those still running");
                     Ok(())
                 }
             }
         }
     };
-    // Streams still running past the grace period hold the last writers: let go of ours and
-    // give the writer the same grace to drain what was queued.
+    // The server failed by itself: the same budget for the rest, from now.
+    let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + grace);
+    // Streams still running past their share of the grace hold the last writers: let go of
+    // ours and give the writer the rest of the budget to drain what was queued.
     drop(server);
-    reload.stop().await;
+    retention.stop(deadline).await;
+    if tokio::time::timeout_at(deadline, reload.stop())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: the rules reload task is still busy at the deadline");
+    }
     drop(app);
-    if tokio::time::timeout(grace, audit_task).await.is_err() {
+    let mut audit_task = audit_task;
+    if tokio::time::timeout_at(deadline, &mut audit_task)
+        .await
+        .is_err()
+    {
+        audit_task.abort();
         tracing::warn!(
-            "audit writer still busy after the grace period; queued records may be lost"
+            "shutdown: the audit writer is still busy at the deadline; queued records are lost"
         );
     }
     dispatcher.close();
-    let _ = dispatch_task.await;
-    store.close().await;
+    let mut dispatch_task = dispatch_task;
+    if tokio::time::timeout_at(deadline, &mut dispatch_task)
+        .await
+        .is_err()
+    {
+        dispatch_task.abort();
+        tracing::warn!("shutdown: action delivery is still busy at the deadline");
+    }
+    if tokio::time::timeout_at(deadline, store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: database connections still in use at the deadline; dropped");
+    }
     tracing::info!("modbot stopped");
     Ok(result?)
+}
+
+/// The part of the shutdown grace that in-flight calls get: all but a reserve for writing
+/// what they decided (a quarter of the grace, at most 5 s), so a call that runs to the end of
+/// its share still has its audit records written within the grace.
+fn calls_share(grace: std::time::Duration) -> std::time::Duration {
+    grace - (grace / 4).min(std::time::Duration::from_secs(5))
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     for name in grpc::SERVICE_NAMES {
         health.set_service_status(*name, status).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::calls_share;
+
+    #[test]
+    fn calls_leave_a_quarter_of_the_grace_at_most_5_s_for_the_writers() {
+        for (grace, share) in [(1_000, 750), (2_000, 1_500), (30_000, 25_000), (0, 0)] {
+            assert_eq!(
+                calls_share(Duration::from_millis(grace)),
+                Duration::from_millis(share),
+                "{grace} ms"
+            );
+        }
     }
 }

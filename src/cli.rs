@@ -522,6 +522,9 @@ fn run_eval(config: &Config, args: &EvalArgs) -> ExitCode {
 
 async fn run_migrate(config: Config) -> anyhow::Result<()> {
     let store = crate::app::open_store(&config).await?;
+    // Whatever the file's size: the server, which must start quickly, leaves large files to
+    // this command.
+    store.use_incremental_vacuum(None).await?;
     tracing::info!(backend = ?store.backend(), "migrations applied");
     store.close().await;
     Ok(())

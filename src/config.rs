@@ -49,6 +49,46 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `modbot bridge`: the chat it carries and the server it carries it to.
     pub bridge: BridgeConfig,
+    /// How long stored records are kept.
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: how long each kind of stored record is kept (0 days: forever), and how the
+/// retention task deletes the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Audit records (verdicts and the message text they are about).
+    pub audit_days: u32,
+    /// Actions, with their resolved appeals, and nukes once none of their actions is left.
+    pub actions_days: u32,
+    /// Feedback examples (training labels, with normalised message text).
+    pub feedback_days: u32,
+    /// The rule set's change history (the latest revision is always kept).
+    pub rule_history_days: u32,
+    /// How often the retention task runs a pass.
+    pub interval_secs: u64,
+    /// Most rows one delete statement removes.
+    pub batch_rows: u32,
+}
+
+impl RetentionConfig {
+    /// How often a pass runs.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_secs)
+    }
+
+    /// Whether anything is ever deleted.
+    pub fn enabled(&self) -> bool {
+        [
+            self.audit_days,
+            self.actions_days,
+            self.feedback_days,
+            self.rule_history_days,
+        ]
+        .iter()
+        .any(|days| *days > 0)
+    }
 }
 
 /// `[bridge]`: one chat bridged into modbot (read by `modbot bridge`; `modbot replay` reads
@@ -334,7 +374,9 @@ pub struct MetricsConfig {
 }
 
 /// `[database]`: where records are kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` shows the URL through [`redact_url`]: a PostgreSQL URL may carry a password.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://...` or `postgres://...`; empty for the embedded SQLite file.
@@ -345,14 +387,35 @@ pub struct DatabaseConfig {
     pub connect_timeout_secs: u64,
 }
 
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .finish()
+    }
+}
+
 /// `[redis]`: shared user state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` shows the URL through [`redact_url`]: a Redis URL may carry a password.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://...`; empty keeps user state in-process.
     pub url: String,
     /// Prefix of every key modbot writes.
     pub key_prefix: String,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
 }
 
 /// `[model]`: the transformer model.
@@ -731,6 +794,32 @@ impl Config {
                 format!("{} is outside 100..=60000", self.rules.reload_interval_ms),
             ));
         }
+        let retention = &self.retention;
+        for (key, days) in [
+            ("retention.audit_days", retention.audit_days),
+            ("retention.actions_days", retention.actions_days),
+            ("retention.feedback_days", retention.feedback_days),
+            ("retention.rule_history_days", retention.rule_history_days),
+        ] {
+            if days > 36_500 {
+                return Err(invalid(
+                    key,
+                    format!("{days} is above 36500 (100 years; 0 keeps records forever)"),
+                ));
+            }
+        }
+        if !(1..=86_400).contains(&retention.interval_secs) {
+            return Err(invalid(
+                "retention.interval_secs",
+                format!("{} is outside 1..=86400", retention.interval_secs),
+            ));
+        }
+        if !(1..=10_000).contains(&retention.batch_rows) {
+            return Err(invalid(
+                "retention.batch_rows",
+                format!("{} is outside 1..=10000", retention.batch_rows),
+            ));
+        }
         self.validate_tls()?;
         // Reads auth.tokens_file: which tokens exist decides whether grpc.addr is allowed.
         if self.auth.credentials()?.is_empty() {
@@ -871,26 +960,92 @@ fn merge(base: &mut Table, layer: Table) {
     }
 }
 
-/// Replaces the password of a URL (`scheme://user:password@host`) with `***`.
+/// A URL as it may be shown (in `modbot config`, errors and logs): every password in it
+/// replaced by `***`.
+///
+/// Covers the password of the user information (`postgres://user:PASS@host`,
+/// `redis://:PASS@host`, `rediss://user:PASS@host`) and every query parameter that carries a
+/// secret ([`is_secret_parameter`]: `?password=`, `&sslpassword=`, `?token=`, ...). A password
+/// written without percent-encoding may itself contain `@` or `/`: the user information is
+/// taken to end at the last `@` before the query, so such a password is hidden whole rather
+/// than cut at its first `/`.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
+    let (before_query, query) = match url.find(['?', '#']) {
+        Some(at) => url.split_at(at),
+        None => (url, ""),
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
+    let mut shown = match before_query.find("://") {
+        Some(scheme_end) => {
+            let rest = &before_query[scheme_end + 3..];
+            match rest.rfind('@') {
+                Some(at) => match rest[..at].find(':') {
+                    Some(colon) => format!(
+                        "{}://{}:***{}",
+                        &before_query[..scheme_end],
+                        &rest[..colon],
+                        &rest[at..]
+                    ),
+                    None => before_query.to_owned(),
+                },
+                None => before_query.to_owned(),
+            }
+        }
+        None => before_query.to_owned(),
     };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}://{}:***{}",
-            &url[..scheme_end],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
+    shown.push_str(&redact_query(query));
+    shown
+}
+
+/// `?a=1&password=x#frag` with each secret parameter's value replaced by `***`.
+fn redact_query(query: &str) -> String {
+    let Some(lead) = query.chars().next() else {
+        return String::new();
+    };
+    let (body, fragment) = match query[1..].find('#') {
+        Some(at) if lead == '?' => query[1..].split_at(at),
+        _ => (&query[1..], ""),
+    };
+    let body = body
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if is_secret_parameter(key) => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    format!("{lead}{body}{fragment}")
+}
+
+/// Whether a URL query parameter's value is a secret: its name (percent-decoded, any case)
+/// says password, secret or token (`password`, `sslpassword`, `passwd`, `pwd`, `token`,
+/// `auth_token`, `secret`, ...). Wider than any one driver's list on purpose: hiding a value
+/// that was not secret costs nothing.
+pub fn is_secret_parameter(key: &str) -> bool {
+    let key = percent_decode(key).to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "auth"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// `%XX` escapes decoded (anything else, malformed escapes too, kept as it is).
+pub(crate) fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
     }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn empty_as_none<'de, D: Deserializer<'de>>(de: D) -> Result<Option<SocketAddr>, D::Error> {
@@ -1491,6 +1646,30 @@ mod tests {
                 "redis.url",
             ),
             (Some("not toml ="), &[], &[], "not valid TOML"),
+            (
+                None,
+                &[("MODBOT_RETENTION_AUDIT_DAYS", "36501")],
+                &[],
+                "`retention.audit_days`: 36501 is above 36500",
+            ),
+            (
+                None,
+                &[],
+                &[("retention.interval_secs", "0")],
+                "retention.interval_secs",
+            ),
+            (
+                None,
+                &[],
+                &[("retention.batch_rows", "10001")],
+                "retention.batch_rows",
+            ),
+            (
+                None,
+                &[],
+                &[("retention.feedback_days", "-1")],
+                "retention.feedback_days",
+            ),
         ];
         for (file, env, sets, expected) in cases {
             let message = error(*file, env, sets);
@@ -1553,5 +1732,92 @@ mod tests {
         let shown = config.to_redacted_toml();
         assert!(!shown.contains("hunter2"));
         assert!(shown.contains("modbot:***@db"));
+    }
+
+    #[test]
+    fn every_password_form_in_a_url_is_redacted() {
+        // (URL, as shown): each secret is spelled `s3cret...` so one check covers them all.
+        let cases = [
+            (
+                "postgres://modbot:s3cret1@db:5432/modbot?sslmode=require",
+                "postgres://modbot:***@db:5432/modbot?sslmode=require",
+            ),
+            (
+                "postgres://modbot@db/modbot?password=s3cret2",
+                "postgres://modbot@db/modbot?password=***",
+            ),
+            (
+                "postgresql://db/modbot?user=modbot&password=s3cret3&sslmode=verify-full",
+                "postgresql://db/modbot?user=modbot&password=***&sslmode=verify-full",
+            ),
+            (
+                "postgres://u:s3cret4@db/x?sslkey=/k.pem&sslpassword=s3cret5",
+                "postgres://u:***@db/x?sslkey=/k.pem&sslpassword=***",
+            ),
+            (
+                "postgres://db/x?PassWord=s3cret6&pass%77ord=s3cret7",
+                "postgres://db/x?PassWord=***&pass%77ord=***",
+            ),
+            ("redis://:s3cret8@cache:6379/0", "redis://:***@cache:6379/0"),
+            (
+                "rediss://default:s3cret9@cache:6380",
+                "rediss://default:***@cache:6380",
+            ),
+            // Not percent-encoded, a password may hold `@` and `/`: hidden whole.
+            (
+                "postgres://modbot:s3cret/10@x@db/modbot",
+                "postgres://modbot:***@db/modbot",
+            ),
+            (
+                "wss://chat.example/ws?token=s3cret11#top",
+                "wss://chat.example/ws?token=***#top",
+            ),
+            (
+                "sqlite://data/modbot.db?mode=rwc",
+                "sqlite://data/modbot.db?mode=rwc",
+            ),
+            ("postgres://modbot@db/x", "postgres://modbot@db/x"),
+            ("", ""),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+            assert!(!redact_url(url).contains("s3cret"), "{url}");
+        }
+    }
+
+    /// Every secret a configuration can hold, set at once.
+    fn config_with_secrets() -> Config {
+        let mut config = Config::default();
+        config.database.url =
+            "postgres://modbot:s3cret-db@db/modbot?sslpassword=s3cret-key&password=s3cret-q".into();
+        config.redis.url = "redis://:s3cret-redis@cache:6379/0".into();
+        config.auth.tokens =
+            "admin ops s3cret-admin-token-0123; service bridge s3cret-svc-0123456".into();
+        config.bridge.chat_token = "s3cret-chat".into();
+        config.bridge.server_token = "s3cret-bearer".into();
+        config.bridge.chat_url = "wss://chat.example/ws?token=s3cret-chat-url".into();
+        config.bridge.server_url = "https://bridge:s3cret-basic@modbot:50051".into();
+        config
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let config = config_with_secrets();
+        for shown in [
+            format!("{config:?}"),
+            format!("{config:#?}"),
+            format!("{:?}", config.database),
+            format!("{:?}", config.redis),
+            format!("{:?}", config.auth),
+            format!("{:?}", config.bridge),
+            config.to_redacted_toml(),
+        ] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        let shown = format!("{config:?}");
+        // What is not secret is still there.
+        assert!(shown.contains("modbot:***@db/modbot"), "{shown}");
+        assert!(shown.contains("admin ops ***"), "{shown}");
+        assert!(shown.contains("max_connections: 8"), "{shown}");
     }
 }

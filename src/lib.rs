@@ -22,6 +22,7 @@
 //! - [`moderate`]: the per-message pipeline: normalise, consult the model, user history, decide,
 //!   record.
 //! - [`audit`]: the batching writer of streams' audit records.
+//! - [`retention`]: the task that deletes stored records past their time.
 //! - [`users`]: per-channel, per-user state (recent messages, message times, offence heat,
 //!   escalation, reputation), in-process or in Redis shared by replicas, with a degraded
 //!   per-replica fallback ([`users::SharedState`]).
@@ -55,6 +56,7 @@ pub mod model;
 pub mod moderate;
 pub mod normalize;
 pub mod proto;
+pub mod retention;
 pub mod rules;
 pub mod ruleset;
 pub mod stats;

@@ -80,6 +80,43 @@ fn config_prints_the_effective_configuration_redacted() {
     assert!(!stdout.contains("hunter2"));
 }
 
+/// Every place a secret can be given, each secret spelled `s3cret...`.
+const SECRET_ENV: &[(&str, &str)] = &[
+    (
+        "MODBOT_DATABASE_URL",
+        "postgres://modbot:s3cret-userinfo@127.0.0.1:1/modbot?password=s3cret-query&sslpassword=s3cret-key",
+    ),
+    ("MODBOT_REDIS_URL", "redis://:s3cret-redis@127.0.0.1:1/0"),
+    (
+        "MODBOT_AUTH_TOKENS",
+        "admin ops s3cret-admin-0123456789; service bridge s3cret-service-012345",
+    ),
+    ("MODBOT_BRIDGE_CHAT_TOKEN", "s3cret-chat-login"),
+    ("MODBOT_BRIDGE_SERVER_TOKEN", "s3cret-bearer-token"),
+    (
+        "MODBOT_BRIDGE_CHAT_URL",
+        "wss://chat.example/ws?token=s3cret-in-url",
+    ),
+];
+
+#[test]
+fn config_never_prints_a_secret() {
+    let (output, stderr) = run(modbot(&["config"]).envs(SECRET_ENV.iter().copied()));
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    let printed: toml::Table = stdout.parse().expect("the output is TOML");
+    assert_eq!(
+        printed["database"]["url"].as_str(),
+        Some("postgres://modbot:***@127.0.0.1:1/modbot?password=***&sslpassword=***")
+    );
+    assert_eq!(
+        printed["redis"]["url"].as_str(),
+        Some("redis://:***@127.0.0.1:1/0")
+    );
+}
+
 #[test]
 fn bridge_configuration_errors_exit_2_naming_the_key_and_tokens_stay_secret() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
@@ -165,6 +202,38 @@ fn migrate_creates_the_embedded_database() {
     ]));
     assert!(output.status.success(), "{stderr}");
     assert!(data_dir.join("modbot.db").is_file(), "{stderr}");
+}
+
+/// A database that cannot be reached, with passwords in every form in its URL: neither the
+/// error nor any log line (the driver's own warnings included) shows one.
+#[test]
+fn an_unreachable_database_never_prints_its_password() {
+    let (output, stderr) = run(modbot(&[
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "",
+        "--model-dir",
+        "",
+        "--set",
+        "database.connect_timeout_secs=1",
+        "--set",
+        "log.level=trace",
+    ])
+    .envs(SECRET_ENV.iter().copied()));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stderr.contains("cannot connect to the database at postgres://modbot:***@127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sslpassword"),
+        "the ignored parameter is named: {stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(!stdout.contains("s3cret"), "{stdout}");
 }
 
 #[test]
@@ -437,6 +506,22 @@ fn replay_fails_clearly_when_the_server_is_unreachable() {
         stderr.contains("bridge.server_url: `127.0.0.1:50051` is not an http:// or https:// URL"),
         "{stderr}"
     );
+
+    // Neither refusal nor a failed connection shows a password in the URL.
+    for url in [
+        "tcp://replay:s3cret@127.0.0.1:1",
+        "http://replay:s3cret@127.0.0.1:1/?token=s3cret",
+    ] {
+        let (output, stderr) = run(&mut modbot(&[
+            "replay",
+            log.to_str().unwrap(),
+            "--server-url",
+            url,
+        ]));
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("replay:***@127.0.0.1:1"), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
 }
 
 #[test]

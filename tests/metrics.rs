@@ -384,3 +384,76 @@ async fn junk_paths_add_no_label_sets() {
     );
     server.stop().await.expect("a clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletions_are_counted_by_table() {
+    use std::time::{Duration, SystemTime};
+
+    use modbot::retention::{RetentionPolicy, run_pass};
+    use modbot::store::{ConnectOptions, Feedback, FeedbackSource, Store};
+    let _turn = SERIAL.lock().await;
+    let handle = recorder();
+    let deleted = |table: &str| {
+        value(
+            &handle.render(),
+            "modbot_retention_deleted_total",
+            &[("table", table)],
+        )
+    };
+    let before = (deleted("feedback"), deleted("ruleset_history"));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(
+        &format!("sqlite://{}/modbot.db", dir.path().display()),
+        &ConnectOptions {
+            max_connections: 2,
+            connect_timeout: Duration::from_secs(2),
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let now = SystemTime::now() + Duration::from_secs(100 * 86_400);
+    for id in ["f1", "f2"] {
+        let example = Feedback {
+            id: id.into(),
+            created_at: SystemTime::now(),
+            channel: "c".into(),
+            user_id: "u".into(),
+            message_id: id.into(),
+            text: "text".into(),
+            label: "toxicity/insult".into(),
+            positive: true,
+            source: FeedbackSource::ModeratorAction,
+            actor: "mod".into(),
+            action: "timeout".into(),
+        };
+        assert!(store.record_feedback(&example).await.unwrap());
+    }
+    let spec = |id: &str| format!("id = \"{id}\"\n");
+    store
+        .seed_ruleset(
+            &[("r1".into(), spec("r1")), ("r2".into(), spec("r2"))],
+            &[],
+            "seed",
+        )
+        .await
+        .unwrap();
+    store.upsert_rule("r3", &spec("r3"), "admin").await.unwrap();
+    let keep = Some(Duration::from_secs(30 * 86_400));
+    let policy = RetentionPolicy {
+        audit: keep,
+        actions: keep,
+        feedback: keep,
+        rule_history: keep,
+        batch_rows: 10,
+    };
+    let running = tokio::sync::watch::channel(false).1;
+    run_pass(&store, &policy, now, &running).await.unwrap();
+    assert_eq!(deleted("feedback") - before.0, 2.0);
+    assert_eq!(
+        deleted("ruleset_history") - before.1,
+        2.0,
+        "the seed's two rows; the latest revision stays"
+    );
+    store.close().await;
+}

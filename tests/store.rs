@@ -5,13 +5,20 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::PgSchema;
+use modbot::actions::{
+    Action, ActionFilter, ActionKind, ActionSource, ActionStatus, Appeal, AppealFilter,
+    AppealStatus, Nuke,
+};
 use modbot::decision::{ChatMessage, DecideOptions, Decision, Degraded, Engine, Inputs};
 use modbot::normalize::normalize;
+use modbot::retention::{Deleted, RetentionPolicy, RetentionTask, run_pass};
 use modbot::rules::RuleSet;
 use modbot::store::{
-    AuditQuery, AuditRecord, ConnectOptions, Feedback, FeedbackSource, Store, StoreError,
+    AuditQuery, AuditRecord, ConnectOptions, Feedback, FeedbackSource, Filed, Recorded, Store,
+    StoreError,
 };
 use modbot::users::UserHistory;
+use tokio::sync::watch;
 
 fn options() -> ConnectOptions {
     ConnectOptions {
@@ -455,4 +462,522 @@ async fn unsupported_urls_are_refused() {
         .await
         .expect_err("mysql is not supported");
     assert!(matches!(error, StoreError::UnsupportedUrl(_)), "{error:?}");
+}
+
+// Retention: what is deleted, what must stay, on both backends.
+
+const DAY_MS: i64 = 86_400_000;
+/// The "now" of the retention tests: a fixed time, so records' ages are exact.
+const NOW_MS: i64 = 1_800_000_000_000;
+
+fn at(ms: i64) -> SystemTime {
+    modbot::store::from_unix_millis(ms)
+}
+
+/// A moderator's action in channel `c`, recorded `age_days` before [`NOW_MS`].
+fn stored_action(
+    id: &str,
+    kind: ActionKind,
+    duration: Option<Duration>,
+    status: ActionStatus,
+    age_days: i64,
+) -> Action {
+    let created_at = at(NOW_MS - age_days * DAY_MS);
+    Action {
+        id: id.into(),
+        channel: "c".into(),
+        target_user_id: format!("user-{id}"),
+        target_nick: format!("nick-{id}"),
+        kind,
+        duration,
+        reason: "test".into(),
+        source: ActionSource::Moderator,
+        moderator: "mod".into(),
+        message_id: format!("m-{id}"),
+        idempotency_key: None,
+        request_hash: String::new(),
+        requested_by: "test".into(),
+        status,
+        error: String::new(),
+        detail: String::new(),
+        bridge_id: String::new(),
+        nuke_id: String::new(),
+        appeal_id: String::new(),
+        reversed_by: String::new(),
+        created_at,
+        updated_at: created_at,
+        expires_at: created_at + Duration::from_secs(300),
+    }
+}
+
+fn appeal(id: &str, action: &Action, status: AppealStatus) -> Appeal {
+    Appeal {
+        id: id.into(),
+        action_id: action.id.clone(),
+        channel: action.channel.clone(),
+        user_id: action.target_user_id.clone(),
+        text: "it was a joke".into(),
+        status,
+        moderator: String::new(),
+        note: String::new(),
+        created_at: action.created_at + Duration::from_secs(60),
+        resolved_at: (status != AppealStatus::Open)
+            .then(|| action.created_at + Duration::from_secs(120)),
+        reversal_action_id: String::new(),
+    }
+}
+
+fn policy(days: u64, batch_rows: u32) -> RetentionPolicy {
+    let keep = Some(Duration::from_secs(days * 86_400));
+    RetentionPolicy {
+        audit: keep,
+        actions: keep,
+        feedback: keep,
+        rule_history: keep,
+        batch_rows,
+    }
+}
+
+async fn retention_suite(url: &str) {
+    let store = Store::connect(url, &options()).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let running = watch::channel(false).1;
+
+    // Audit records: three past 30 days, one within, one past but about a message whose
+    // action is under an open appeal.
+    let audit = |id: &str, age_days: i64| {
+        let mut record = record("c", id, "alice", "FREE NITRO here");
+        record.decided_at = at(NOW_MS - age_days * DAY_MS);
+        record
+    };
+    store
+        .record_verdicts(&[
+            audit("m-old1", 40),
+            audit("m-old2", 40),
+            audit("m-old3", 31),
+            audit("m-new", 10),
+            audit("m-open", 40),
+        ])
+        .await
+        .unwrap();
+
+    let mute = Some(Duration::from_secs(600));
+    let mut reversed = stored_action(
+        "ban-reversed",
+        ActionKind::Ban,
+        None,
+        ActionStatus::Executed,
+        40,
+    );
+    reversed.reversed_by = "unban-1".into();
+    let actions = [
+        stored_action(
+            "executed",
+            ActionKind::Timeout,
+            mute,
+            ActionStatus::Executed,
+            40,
+        ),
+        stored_action(
+            "pending",
+            ActionKind::Timeout,
+            mute,
+            ActionStatus::Pending,
+            40,
+        ),
+        stored_action("sent", ActionKind::Timeout, mute, ActionStatus::Sent, 40),
+        stored_action(
+            "open",
+            ActionKind::Timeout,
+            mute,
+            ActionStatus::Executed,
+            40,
+        ),
+        stored_action(
+            "upheld",
+            ActionKind::Timeout,
+            mute,
+            ActionStatus::Executed,
+            40,
+        ),
+        stored_action("ban", ActionKind::Ban, None, ActionStatus::Executed, 40),
+        reversed,
+        stored_action(
+            "ban-failed",
+            ActionKind::Ban,
+            None,
+            ActionStatus::Failed,
+            40,
+        ),
+        // A 60-day ban made 40 days ago is in force for 20 more days.
+        stored_action(
+            "ban-60d",
+            ActionKind::Ban,
+            Some(Duration::from_secs(60 * 86_400)),
+            ActionStatus::Executed,
+            40,
+        ),
+        stored_action("new", ActionKind::Timeout, mute, ActionStatus::Executed, 10),
+    ];
+    for action in &actions {
+        assert!(matches!(
+            store.record_action(action).await.unwrap(),
+            Recorded::New(_)
+        ));
+    }
+    for (id, action, status) in [
+        ("appeal-open", &actions[3], AppealStatus::Open),
+        ("appeal-upheld", &actions[4], AppealStatus::Upheld),
+    ] {
+        assert_eq!(
+            store
+                .file_appeal(&appeal(id, action, status))
+                .await
+                .unwrap(),
+            Filed::Done
+        );
+    }
+    // Nukes: one whose mute is done (both go), one whose mute still waits (both stay).
+    let nuke = |id: &str| Nuke {
+        id: id.into(),
+        created_at: at(NOW_MS - 40 * DAY_MS),
+        channel: "c".into(),
+        pattern: "spam".into(),
+        regex: false,
+        window: Duration::from_secs(60),
+        duration: Duration::from_secs(60),
+        moderator: "mod".into(),
+        reason: "raid".into(),
+        targets: vec!["raider".into()],
+        undone_at: None,
+        undone_by: String::new(),
+    };
+    for (id, status) in [
+        ("nuke-done", ActionStatus::Executed),
+        ("nuke-waiting", ActionStatus::Pending),
+    ] {
+        let mut mute = stored_action(
+            &format!("{id}-mute"),
+            ActionKind::Timeout,
+            Some(Duration::from_secs(60)),
+            status,
+            40,
+        );
+        mute.nuke_id = id.into();
+        store.record_nuke(&nuke(id), &[mute]).await.unwrap();
+    }
+    let feedback = |id: &str, age_days: i64| Feedback {
+        id: id.into(),
+        created_at: at(NOW_MS - age_days * DAY_MS),
+        channel: "c".into(),
+        user_id: "mallory".into(),
+        message_id: format!("m-{id}"),
+        text: "you are a clown".into(),
+        label: "toxicity/insult".into(),
+        positive: true,
+        source: FeedbackSource::ModeratorAction,
+        actor: "mod".into(),
+        action: "timeout".into(),
+    };
+    for f in [feedback("f-old", 40), feedback("f-new", 10)] {
+        assert!(store.record_feedback(&f).await.unwrap());
+    }
+
+    // Nothing is deleted when every retention is 0 (forever), or when the pass is stopped.
+    let forever = RetentionPolicy::from_config(&modbot::config::RetentionConfig {
+        audit_days: 0,
+        actions_days: 0,
+        feedback_days: 0,
+        rule_history_days: 0,
+        interval_secs: 60,
+        batch_rows: 2,
+    });
+    let far_future = at(NOW_MS + 100_000 * DAY_MS);
+    assert_eq!(
+        run_pass(&store, &forever, far_future, &running)
+            .await
+            .unwrap(),
+        Deleted::default()
+    );
+    let stopped = watch::channel(true).1;
+    assert_eq!(
+        run_pass(&store, &policy(30, 2), at(NOW_MS), &stopped)
+            .await
+            .unwrap(),
+        Deleted::default()
+    );
+
+    // Batches of 2: three audit records need two batches, five actions three.
+    let deleted = run_pass(&store, &policy(30, 2), at(NOW_MS), &running)
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted,
+        Deleted {
+            audit_log: 3,
+            actions: 5,
+            appeals: 1,
+            nukes: 1,
+            feedback: 1,
+            rule_history: 0,
+        }
+    );
+    let all = AuditQuery {
+        limit: 100,
+        ..AuditQuery::default()
+    };
+    let mut left: Vec<String> = store
+        .audit_log(&all)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.message.message_id)
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["m-new", "m-open"],
+        "the appealed message's record stays"
+    );
+    let mut kept: Vec<String> = store
+        .actions(&ActionFilter::default(), None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [
+            "ban",
+            "ban-60d",
+            "new",
+            "nuke-waiting-mute",
+            "open",
+            "pending",
+            "sent"
+        ]
+    );
+    let appeals: Vec<String> = store
+        .appeals(&AppealFilter::default(), None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(appeals, ["appeal-open"]);
+    assert!(store.nuke("c", Some("nuke-done")).await.unwrap().is_none());
+    assert!(
+        store
+            .nuke("c", Some("nuke-waiting"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let ids: Vec<String> = store
+        .feedback()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(ids, ["f-new"]);
+
+    // A second pass at the same time finds nothing more.
+    assert_eq!(
+        run_pass(&store, &policy(30, 2), at(NOW_MS), &running)
+            .await
+            .unwrap(),
+        Deleted::default()
+    );
+
+    // The rule history: written now (its times are the clock's), so aged by moving `now`.
+    // The seed is revision 1 (one row per rule and policy), then two changes.
+    let spec = |id: &str| format!("id = \"{id}\"\nkind = \"phrase\"\nphrases = [\"x\"]\n");
+    store
+        .seed_ruleset(
+            &[("r1".into(), spec("r1")), ("r2".into(), spec("r2"))],
+            &[("*".into(), "[policy]\n".into())],
+            "seed",
+        )
+        .await
+        .unwrap()
+        .expect("seeded");
+    store.upsert_rule("r3", &spec("r3"), "admin").await.unwrap();
+    store.upsert_rule("r3", &spec("r3"), "admin").await.unwrap();
+    let revisions = |history: Vec<modbot::store::HistoryEntry>| {
+        history.into_iter().map(|h| h.revision).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        revisions(store.ruleset_history().await.unwrap()),
+        [1, 1, 1, 2, 3]
+    );
+    let soon = SystemTime::now() + Duration::from_secs(86_400);
+    assert_eq!(
+        run_pass(&store, &policy(30, 1), soon, &running)
+            .await
+            .unwrap()
+            .rule_history,
+        0
+    );
+    let later = SystemTime::now() + Duration::from_secs(40 * 86_400);
+    let deleted = run_pass(&store, &policy(30, 1), later, &running)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rule_history, 4, "revisions 1 and 2, one per batch");
+    assert_eq!(
+        revisions(store.ruleset_history().await.unwrap()),
+        [3],
+        "the latest revision is kept however old"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    retention_suite(&format!("sqlite://{}/modbot.db", dir.path().display())).await;
+}
+
+#[tokio::test]
+async fn postgres_retention() {
+    let Some(schema) = PgSchema::create("postgres_retention").await else {
+        return;
+    };
+    retention_suite(&schema.url).await;
+    schema.drop().await;
+}
+
+/// Deleted rows' pages go back to the file system: the file shrinks, no free pages are left.
+#[tokio::test]
+async fn sqlite_space_is_reclaimed_after_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(
+        &format!("sqlite://{}/modbot.db", dir.path().display()),
+        &options(),
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.sqlite_auto_vacuum().await.unwrap(), Some(2));
+    // One decided record, copied: deciding 2000 messages would only slow the test down.
+    let mut template = record("c", "m", "alice", &"FREE NITRO here ".repeat(64));
+    template.decided_at = at(NOW_MS - 100 * DAY_MS);
+    for batch in 0..10 {
+        let records: Vec<AuditRecord> = (0..200)
+            .map(|i| {
+                let mut r = template.clone();
+                r.id = format!("r{batch}-{i}");
+                r.message.message_id = format!("m{batch}-{i}");
+                r
+            })
+            .collect();
+        store.record_verdicts(&records).await.unwrap();
+    }
+    let full = store.sqlite_pages().await.unwrap().expect("SQLite");
+    let running = watch::channel(false).1;
+    let deleted = run_pass(&store, &policy(30, 500), at(NOW_MS), &running)
+        .await
+        .unwrap();
+    assert_eq!(deleted.audit_log, 2000);
+    let after = store.sqlite_pages().await.unwrap().expect("SQLite");
+    assert_eq!(after.freelist_count, 0, "{after:?}");
+    assert!(
+        after.page_count * 4 < full.page_count,
+        "the file shrank: {full:?} -> {after:?}"
+    );
+    store.close().await;
+}
+
+/// An SQLite file as a program other than modbot (or modbot before incremental auto_vacuum)
+/// leaves it, holding `bytes` of data.
+async fn old_sqlite_file(path: &std::path::Path, bytes: usize) -> String {
+    use sqlx::Connection as _;
+    let url = format!("sqlite://{}", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE old_data (x BLOB)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO old_data VALUES (zeroblob($1))")
+        .bind(bytes as i64)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, 0, "SQLite's default: no auto_vacuum");
+    conn.close().await.unwrap();
+    url
+}
+
+/// A file made before incremental auto_vacuum is switched once, at connect; a large one is
+/// left to `modbot migrate` (`use_incremental_vacuum(None)`), since its VACUUM would hold up
+/// the server's start.
+#[tokio::test]
+async fn existing_sqlite_files_switch_to_incremental_vacuum() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = old_sqlite_file(&dir.path().join("small.db"), 100_000).await;
+    let store = Store::connect(&url, &options()).await.unwrap();
+    assert_eq!(store.sqlite_auto_vacuum().await.unwrap(), Some(2));
+    store.migrate().await.expect("migrates after the switch");
+    store.close().await;
+
+    let large = modbot::store::VACUUM_AT_CONNECT_MAX_BYTES as usize + (1 << 20);
+    let url = old_sqlite_file(&dir.path().join("large.db"), large).await;
+    let store = Store::connect(&url, &options()).await.unwrap();
+    assert_eq!(
+        store.sqlite_auto_vacuum().await.unwrap(),
+        Some(0),
+        "not at connect"
+    );
+    store.use_incremental_vacuum(None).await.unwrap();
+    assert_eq!(store.sqlite_auto_vacuum().await.unwrap(), Some(2));
+    store.close().await;
+}
+
+/// The task runs a pass at once, reports it, and stops when asked.
+#[tokio::test]
+async fn retention_task_runs_at_start_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(
+        &format!("sqlite://{}/modbot.db", dir.path().display()),
+        &options(),
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let mut old = record("c", "m-old", "alice", "FREE NITRO here");
+    old.decided_at = SystemTime::now() - Duration::from_secs(100 * 86_400);
+    store
+        .record_verdicts(&[old, record("c", "m-new", "alice", "FREE NITRO here")])
+        .await
+        .unwrap();
+    let task = RetentionTask::spawn(store.clone(), policy(30, 100), Duration::from_secs(3600));
+    let mut passes = task.passes();
+    passes.changed().await.expect("a first pass");
+    let left: Vec<String> = store
+        .audit_log(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.message.message_id)
+        .collect();
+    assert_eq!(left, ["m-new"]);
+    let started = Instant::now();
+    task.stop(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "stops at once between passes"
+    );
+    store.close().await;
 }

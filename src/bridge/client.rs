@@ -38,7 +38,12 @@ impl Server {
     /// for TLS, sending `token` as a bearer token.
     pub fn new(url: &str, ca_pem: Option<&[u8]>, token: Option<&str>) -> anyhow::Result<Self> {
         let mut endpoint = Endpoint::from_shared(url.to_owned())
-            .with_context(|| format!("bridge.server_url: `{url}` is not a URL"))?
+            .with_context(|| {
+                format!(
+                    "bridge.server_url: `{}` is not a URL",
+                    crate::config::redact_url(url)
+                )
+            })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             // A server that vanished without closing (a killed pod, a cut network) is noticed

@@ -954,7 +954,7 @@ pub async fn run(config: &crate::Config, args: &ReplayArgs) -> anyhow::Result<Su
     if let Some(url) = &args.server_url {
         bridge.server_url.clone_from(url);
     }
-    let url = bridge.server_url.clone();
+    let url = crate::config::redact_url(&bridge.server_url);
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         bail!("bridge.server_url: `{url}` is not an http:// or https:// URL");
     }

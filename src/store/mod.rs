@@ -17,10 +17,12 @@ use sqlx::{AnyPool, Row, SqlSafeStr};
 
 mod actions;
 mod feedback;
+mod retention;
 mod rules;
 
 pub use self::actions::{ActionAnswer, Filed, Recorded, Resolved};
 pub use self::feedback::{Feedback, FeedbackSource};
+pub use self::retention::{RetentionTable, SqlitePages, VACUUM_AT_CONNECT_MAX_BYTES};
 pub use self::rules::{
     Change, ChangeTarget, HistoryEntry, StoredPolicy, StoredRule, StoredRuleSet,
 };
@@ -76,6 +78,11 @@ const MIGRATIONS: &[(i64, &str, MigrationSql)] = &[
             sqlite: include_str!("../../migrations/0005_idempotency_per_credential.sqlite.sql"),
             postgres: include_str!("../../migrations/0005_idempotency_per_credential.postgres.sql"),
         },
+    ),
+    (
+        6,
+        "retention",
+        MigrationSql::Portable(include_str!("../../migrations/0006_retention.sql")),
     ),
 ];
 
@@ -213,7 +220,19 @@ impl Store {
             Backend::from_url(url).ok_or_else(|| StoreError::UnsupportedUrl(redact_url(url)))?;
         let url = match backend {
             Backend::Sqlite => prepare_sqlite_url(url)?,
-            Backend::Postgres => url.to_owned(),
+            Backend::Postgres => {
+                let (url, ignored) = postgres_url_for_driver(url);
+                for key in ignored {
+                    // The driver would log the parameter's value with its own warning (an
+                    // `sslpassword` in clear): it is dropped here and only its name shown.
+                    tracing::warn!(
+                        %key,
+                        "database.url: ignoring a connect parameter the PostgreSQL driver does \
+                         not support (value not shown)"
+                    );
+                }
+                url
+            }
         };
 
         let deadline = Instant::now() + options.connect_timeout;
@@ -241,7 +260,15 @@ impl Store {
                 .connect(&url)
                 .await;
             match attempt {
-                Ok(pool) => return Ok(Self { pool, backend }),
+                Ok(pool) => {
+                    let store = Self { pool, backend };
+                    if backend == Backend::Sqlite {
+                        store
+                            .use_incremental_vacuum(Some(retention::VACUUM_AT_CONNECT_MAX_BYTES))
+                            .await?;
+                    }
+                    return Ok(store);
+                }
                 Err(source) if Instant::now() + backoff >= deadline => {
                     return Err(StoreError::Connect {
                         url: redact_url(&url),
@@ -422,6 +449,59 @@ fn audit_record_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
     })
 }
 
+/// Connect parameters sqlx's PostgreSQL driver reads from a URL's query. It logs any other
+/// parameter at WARN *with its value*, which for `sslpassword` (which it does not support) is
+/// a password in the log.
+const POSTGRES_URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// A PostgreSQL URL without the query parameters the driver does not read, and the names of
+/// those dropped (never their values).
+fn postgres_url_for_driver(url: &str) -> (String, Vec<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), Vec::new());
+    };
+    let (query, fragment) = query.split_once('#').unwrap_or((query, ""));
+    let mut kept = Vec::new();
+    let mut ignored = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let key = crate::config::percent_decode(pair.split_once('=').map_or(pair, |(k, _)| k));
+        if POSTGRES_URL_PARAMETERS.contains(&key.as_str()) || key.starts_with("options[") {
+            kept.push(pair);
+        } else {
+            ignored.push(key);
+        }
+    }
+    let mut url = base.to_owned();
+    if !kept.is_empty() {
+        url.push('?');
+        url.push_str(&kept.join("&"));
+    }
+    if !fragment.is_empty() {
+        url.push('#');
+        url.push_str(fragment);
+    }
+    (url, ignored)
+}
+
 /// Adds `mode=rwc` (create if missing) to an SQLite URL and creates the file's directory.
 fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
@@ -486,6 +566,26 @@ mod tests {
         assert_eq!(
             prepare_sqlite_url("sqlite://x.db?mode=ro").unwrap(),
             "sqlite://x.db?mode=ro"
+        );
+    }
+
+    #[test]
+    fn postgres_urls_lose_the_parameters_the_driver_would_log() {
+        let (url, ignored) = postgres_url_for_driver(
+            "postgres://u:p@h/db?sslmode=require&sslpassword=s3cret&options=-c%20x%3Dy&pass%77ord=p2&Bogus=1",
+        );
+        assert_eq!(
+            url,
+            "postgres://u:p@h/db?sslmode=require&options=-c%20x%3Dy&pass%77ord=p2"
+        );
+        assert_eq!(ignored, ["sslpassword", "Bogus"]);
+        assert_eq!(
+            postgres_url_for_driver("postgres://h/db?sslpassword=x"),
+            ("postgres://h/db".to_owned(), vec!["sslpassword".to_owned()])
+        );
+        assert_eq!(
+            postgres_url_for_driver("postgres://h/db").0,
+            "postgres://h/db"
         );
     }
 

@@ -85,8 +85,53 @@ pod before modbot starts (a FailedMount event naming it).
 {{- define "modbot.clientCADir" -}}/etc/modbot-tls/client-ca{{- end -}}
 {{- define "modbot.serverCADir" -}}/etc/modbot-tls/server-ca{{- end -}}
 
+{{/*
+modbot's shutdown grace (config.grpc.shutdown_grace_secs): the value in `config`, else modbot's
+built-in default (config/modbot.toml; helm/test_chart.py checks that the two agree).
+*/}}
+{{- define "modbot.shutdownGraceSecs" -}}
+{{- $grpc := .Values.config.grpc | default dict -}}
+{{- if hasKey $grpc "shutdown_grace_secs" -}}
+{{ int64 $grpc.shutdown_grace_secs }}
+{{- else -}}
+30
+{{- end -}}
+{{- end -}}
+
+{{/* The serve pods' termination grace period: longer than the shutdown grace, always. */}}
+{{- define "modbot.terminationGracePeriodSeconds" -}}
+{{- $grace := include "modbot.shutdownGraceSecs" . | int64 -}}
+{{- $set := .Values.terminationGracePeriodSeconds -}}
+{{- if or (kindIs "float64" $set) (kindIs "int" $set) (kindIs "int64" $set) (and (kindIs "string" $set) (ne $set "")) -}}
+{{- if le (int64 $set) $grace -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be longer than config.grpc.shutdown_grace_secs (%d): the kubelet would kill modbot before its shutdown ends" (int64 $set) $grace) -}}
+{{- end -}}
+{{ int64 $set }}
+{{- else -}}
+{{- if lt (int64 .Values.terminationGraceMarginSeconds) 1 -}}
+{{- fail "terminationGraceMarginSeconds must be at least 1" -}}
+{{- end -}}
+{{ add $grace (int64 .Values.terminationGraceMarginSeconds) }}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the embedded SQLite database is in use (no PostgreSQL Secret). */}}
+{{- define "modbot.sqlite" -}}
+{{- if not .Values.database.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/* The claim data_dir is on, with `persistence`. */}}
+{{- define "modbot.dataClaim" -}}
+{{- .Values.persistence.existingClaim | default (printf "%s-data" (include "modbot.fullname" .)) -}}
+{{- end -}}
+
 {{/* Values the chart refuses, checked once (included by the ConfigMap, always rendered). */}}
 {{- define "modbot.validate" -}}
+{{- range .Values.extraEnv -}}
+{{- if eq .name "MODBOT_GRPC_SHUTDOWN_GRACE_SECS" -}}
+{{- fail "extraEnv: set config.grpc.shutdown_grace_secs instead of MODBOT_GRPC_SHUTDOWN_GRACE_SECS (the chart derives terminationGracePeriodSeconds from it)" -}}
+{{- end -}}
+{{- end -}}
 {{- $grpc := .Values.config.grpc | default dict -}}
 {{- $bridge := .Values.config.bridge | default dict -}}
 {{- range $key := list "tls_cert_file" "tls_key_file" "tls_client_ca_file" -}}

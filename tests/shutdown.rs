@@ -1,0 +1,108 @@
+//! Shutdown fits one grace budget: from the signal to `serve`'s return takes at most
+//! `grpc.shutdown_grace_secs` (and a moment), whatever is stuck, so the pod's longer
+//! termination grace period never ends in a SIGKILL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, chat_message};
+use modbot::proto::{
+    ChatEvent, ClassifyRequest, StreamModerateRequest, chat_event, stream_moderate_request,
+    stream_moderate_response,
+};
+use sqlx::Connection as _;
+
+fn say(id: &str, user: &str, text: &str) -> StreamModerateRequest {
+    let mut message = chat_message(id, user, text);
+    message.channel.clear(); // taken from the event
+    StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Event(ChatEvent {
+            channel: "destinygg".into(),
+            kind: Some(chat_event::Kind::Message(message)),
+        })),
+    }
+}
+
+/// The database stops answering writes (another connection holds SQLite's write lock for the
+/// whole test: every write waits out the 5 s busy timeout, and the audit writer retries), with
+/// a record queued for the audit writer, a `Classify` call that writes its own records in
+/// flight, and a stream the client never closes. Before, the server's grace and then the
+/// audit writer's each took the whole grace, and delivery and the pool's close were not
+/// bounded at all.
+#[tokio::test]
+async fn shutdown_fits_the_grace_when_the_store_does_not_answer() {
+    let grace = Duration::from_secs(2);
+    let server = TestServer::start(|config| {
+        config.grpc.shutdown_grace_secs = grace.as_secs();
+    })
+    .await;
+    let file = server.config.data_dir.join("modbot.db");
+    let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .expect("open the server's database");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .expect("take the write lock");
+
+    // A message the audit log must record (a scam phrase), then one it need not: the second's
+    // verdict says the stream has handed the first to the audit writer.
+    let (requests, mut responses) = common::bridge(&server, "shutdown-bridge").await;
+    for request in [
+        say("m1", "spammer", "FREE NITRO here"),
+        say("m2", "regular", "good game everyone"),
+    ] {
+        requests.send(request).await.expect("the stream is open");
+    }
+    let answered = async {
+        while let Some(response) = responses.message().await.expect("a healthy stream") {
+            if let Some(stream_moderate_response::Kind::Verdict(verdict)) = response.kind
+                && verdict.message_id == "m2"
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), answered)
+        .await
+        .expect("the stream answers while the writes wait");
+
+    let mut client = server.moderation();
+    let classify = tokio::spawn(async move {
+        client
+            .classify(ClassifyRequest {
+                messages: vec![chat_message("m3", "spammer2", "FREE NITRO here")],
+                options: None,
+            })
+            .await
+    });
+    // Let the call reach the server (its handler then waits on the write lock).
+    tokio::task::yield_now().await;
+
+    let started = Instant::now();
+    let result = server.stop().await;
+    let elapsed = started.elapsed();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(
+        elapsed < grace + Duration::from_secs(1),
+        "shutdown took {elapsed:?} with a grace of {grace:?}"
+    );
+    drop(requests);
+    classify.abort();
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+}
+
+/// With nothing stuck, shutdown does not wait for the grace at all.
+#[tokio::test]
+async fn shutdown_is_prompt_when_nothing_is_stuck() {
+    let server = TestServer::start(|config| config.grpc.shutdown_grace_secs = 10).await;
+    let (_requests, _responses) = common::bridge(&server, "idle-bridge").await;
+    let started = Instant::now();
+    server.stop().await.expect("a clean stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
