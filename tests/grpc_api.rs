@@ -224,9 +224,10 @@ async fn a_panic_deciding_one_message_degrades_only_that_verdict() {
     for (call, middle) in calls.iter().enumerate() {
         let verdicts = client
             .classify(classify(vec![
-                chat_message(&format!("a{call}"), "alice", "great stream today"),
-                chat_message(&format!("b{call}"), "bob", middle),
-                chat_message(&format!("c{call}"), "carol", "buy followers now"),
+                // Users of their own in each call, so the repetition rule stays out of it.
+                chat_message(&format!("a{call}"), &format!("alice{call}"), "great stream"),
+                chat_message(&format!("b{call}"), &format!("bob{call}"), middle),
+                chat_message(&format!("c{call}"), &format!("carol{call}"), "buy followers"),
             ]))
             .await
             .expect("the call succeeds")
@@ -234,7 +235,7 @@ async fn a_panic_deciding_one_message_degrades_only_that_verdict() {
             .verdicts;
         assert_eq!(verdicts.len(), 3, "one verdict per message");
         let (first, panicked, last) = (&verdicts[0], &verdicts[1], &verdicts[2]);
-        assert_eq!(first.decision, Decision::Allow as i32);
+        assert_eq!(first.decision, Decision::Allow as i32, "{first:?}");
         assert!(first.degraded.is_empty(), "{first:?}");
         assert_eq!(last.decision, Decision::Hide as i32);
         assert_eq!(last.reasons[0].rule_id, "view-botting-ads");
