@@ -227,7 +227,11 @@ async fn a_panic_deciding_one_message_degrades_only_that_verdict() {
                 // Users of their own in each call, so the repetition rule stays out of it.
                 chat_message(&format!("a{call}"), &format!("alice{call}"), "great stream"),
                 chat_message(&format!("b{call}"), &format!("bob{call}"), middle),
-                chat_message(&format!("c{call}"), &format!("carol{call}"), "buy followers"),
+                chat_message(
+                    &format!("c{call}"),
+                    &format!("carol{call}"),
+                    "buy followers",
+                ),
             ]))
             .await
             .expect("the call succeeds")

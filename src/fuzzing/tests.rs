@@ -102,10 +102,12 @@ fn mutate(rng: &mut Rng, seeds: &[(PathBuf, Vec<u8>)], alphabet: &[u8]) -> Vec<u
     bytes
 }
 
+/// Bytes the mutations insert: TOML, JSON and regex syntax, and awkward UTF-8.
+const ALPHABET: &[u8] =
+    b" \t\n{}[]\":,=.\\0123456789-+*?$@!#'aAzZ_/|()\xc3\xa9\xe2\x80\x8b\xcc\x81\xff\x00";
+
 #[test]
 fn deterministic_sweep() {
-    const ALPHABET: &[u8] =
-        b" \t\n{}[]\":,=.\\0123456789-+*?$@!#'aAzZ_/|()\xc3\xa9\xe2\x80\x8b\xcc\x81\xff\x00";
     let mut rng = Rng(0xF022_5EED);
     // Rules inputs compile regexes and TOML: fewer of them, to keep the debug build quick.
     for &(name, target, count) in &[
@@ -165,6 +167,38 @@ fn stream_events_property_holds_for_random_scripts() {
         let input: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         run(stream_events, "stream_events", &input);
     }
+}
+
+/// One target swept for a stated time (mutated seeds and random bytes, as in
+/// [`deterministic_sweep`]), for a figure of executions where cargo-fuzz cannot run:
+/// `MODBOT_SWEEP_TARGET=rule_match MODBOT_SWEEP_SECS=300 cargo test --lib sweep_for_a_while --
+/// --ignored --nocapture`. Not coverage-guided.
+#[test]
+#[ignore = "runs for minutes; run by hand"]
+fn sweep_for_a_while() {
+    let name = std::env::var("MODBOT_SWEEP_TARGET").unwrap_or_else(|_| "rule_match".to_owned());
+    let secs: u64 = std::env::var("MODBOT_SWEEP_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let &(_, target) = TARGETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no target {name}"));
+    let seeds = inputs("seeds", &name);
+    let mut rng = Rng(0x5EED_F0F0_1234);
+    let started = std::time::Instant::now();
+    let mut runs = 0u64;
+    while started.elapsed() < std::time::Duration::from_secs(secs) {
+        let input = mutate(&mut rng, &seeds, ALPHABET);
+        run(target, &name, &input);
+        runs += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{name}: {runs} inputs in {elapsed:.0} s ({:.0}/s), no failure",
+        runs as f64 / elapsed
+    );
 }
 
 /// Writes the seed corpus (`fuzz/seeds/`) from the built-in sources: real chat lines from
