@@ -349,6 +349,10 @@ mod tests {
     use crate::users::StateConfig;
 
     fn moderator() -> Moderator {
+        moderator_with(Scorer::idle(Status::Off, Description::default()))
+    }
+
+    fn moderator_with(scorer: Scorer) -> Moderator {
         let rules = format!(
             "{DEFAULT_RULES}\n[[rule]]\nid = \"fault\"\nkind = \"phrase\"\naction = \"ban\"\n\
              [rule.params]\nphrases = [\"{}\"]\n",
@@ -357,7 +361,7 @@ mod tests {
         Moderator::new(
             Engine::new(RuleSet::parse(&rules, "test").unwrap()),
             SharedState::memory(StateConfig::default()),
-            Scorer::idle(Status::Off, Description::default()),
+            scorer,
         )
     }
 
@@ -415,5 +419,27 @@ mod tests {
         assert_eq!(fine.degraded, []);
         let last = fine.reasons.last().map(|r| r.rule_id.as_str());
         assert_eq!(last, Some("scam-giveaway"));
+    }
+
+    /// Stage one (run ahead, for the model) meets the same panic first: it leaves the message
+    /// to stage two, which reports it once and holds the message.
+    #[tokio::test]
+    async fn a_panic_in_stage_one_is_left_to_stage_two() {
+        // A model that failed to load is still wanted (its verdicts say degraded), so stage
+        // one normalises and runs the rules without history.
+        let scorer = Scorer::idle(Status::Failed("no model".into()), Description::default());
+        let moderator = moderator_with(scorer);
+        for text in [crate::fault::PANIC_TEXT, crate::fault::PANIC_PHRASE] {
+            let message = message("u", text, text);
+            let consult = moderator.consult(&message, Admission::FailFast).await;
+            let consult = consult.expect("no queue to be full");
+            let verdict = moderator
+                .moderate_with(&message, consult, DecideOptions::default(), Instant::now())
+                .await;
+            assert!(
+                verdict.degraded.contains(&Degraded::Decision),
+                "{verdict:?}"
+            );
+        }
     }
 }
