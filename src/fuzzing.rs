@@ -1,4 +1,5 @@
-//! Fuzz targets for the three parsers of untrusted input, as plain functions of bytes.
+//! Fuzz targets for the parsers of untrusted input and the per-message pipeline, as plain
+//! functions of bytes.
 //!
 //! Each function takes whatever bytes a fuzzer (or a test) hands it, feeds them to one parser
 //! and asserts what that parser's documentation promises, panicking on a violation. They live
@@ -11,14 +12,22 @@
 //!   bytes, through [`crate::rules::Document`], [`RuleSet::compile`] and the specs' `validate`;
 //!   a rule set that compiles then decides a few messages.
 //! - [`chat_frame`]: a chat WebSocket frame through [`crate::bridge::protocol::parse_bytes`].
+//! - [`rule_match`]: a phrase rule (literal, wildcard or regex phrases, capture groups and all)
+//!   × messages through the phrase compiler and matcher, every hit checked against each phrase
+//!   alone.
+//! - [`stream_events`]: a sequence of a stream's events (messages from a few users in a few
+//!   channels, moderator actions, presence) through [`crate::moderate::Moderator`] with the
+//!   built-in rules and in-memory user state.
 //!
-//! No target does I/O, keeps state between calls or depends on anything but its input.
+//! No target does I/O, keeps state between calls or depends on anything but its input (the
+//! stream target shares the compiled built-in rules, which are immutable).
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bridge::protocol::{self, Command, Frame, FrameError, MAX_FRAME_BYTES, Moderation};
-use crate::decision::{ChatMessage, ReasonSource};
+use crate::decision::{ChatMessage, DecideOptions, Decision, Engine, Reason, ReasonSource};
 use crate::normalize::{EmoteSet, Normalized, TokenKind, normalize as fold};
 use crate::rules::spec::{PolicySpec, RuleSpec};
 use crate::rules::{Context, DEFAULT_POLICY, Document, KINDS, RuleSet, RulesError};
@@ -782,7 +791,9 @@ fn decide(set: &RuleSet, extra: &str) {
             channel_recent: &channel,
             now_ms,
         };
-        let reasons = set.evaluate(&message, policy, &ctx);
+        let evaluation = set.evaluate(&message, policy, &ctx);
+        assert_eq!(evaluation.failed, [], "no rule panics on {text:?}");
+        let reasons = evaluation.reasons;
         let chars = text.chars().count() as u32;
         let mut previous = None;
         for reason in &reasons {
@@ -814,6 +825,631 @@ fn decide(set: &RuleSet, extra: &str) {
             "{harshest:?} without history, {enforced:?} with it"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rule match
+
+/// Pieces regex phrases are built from (words the messages use, classes, anchors, flags),
+/// each with a text it matches.
+const REGEX_ATOMS: &[(&str, &str)] = &[
+    ("free", "free"),
+    ("nitro", "nitro"),
+    ("spam", "spam"),
+    ("word", "word"),
+    ("a", "a"),
+    ("b", "b"),
+    ("x", "x"),
+    (" ", " "),
+    ("\\w", "w"),
+    ("\\w+", "word"),
+    ("\\d", "7"),
+    ("[a-z]", "q"),
+    ("[^ ]", "x"),
+    (".", "z"),
+    ("\\b", ""),
+    ("^", ""),
+    ("$", ""),
+    ("\\s", " "),
+    ("é", "é"),
+    ("(?i)", ""),
+    ("(?-i:A)", "A"),
+    ("\\p{L}", "l"),
+    ("[0-9]{2,3}", "42"),
+    ("\\.", "."),
+];
+/// Group names, few so that phrases share them.
+const GROUP_NAMES: &[&str] = &["w", "x", "name", "n1"];
+/// Words literal and wildcard phrases and messages are made of.
+const PHRASE_WORDS: &[&str] = &[
+    "free",
+    "nitro",
+    "free nitro",
+    "spam",
+    "word",
+    "spamword",
+    "cheap",
+    "viewbot",
+    "a",
+    "x",
+    "é",
+    "123",
+    "discord.gg",
+    "!!",
+    "@user",
+    "ｆｒｅｅ",
+    "fr3e",
+    "s c a m",
+    "scam",
+    "kys",
+];
+/// What messages are made of besides [`PHRASE_WORDS`].
+const MESSAGE_WORDS: &[&str] = &[
+    "FREE NITRO",
+    "fr\u{200b}ee",
+    "n1tr0",
+    "spamwordspam",
+    "xyz",
+    "qrst",
+    "a b c",
+    "https://x.com",
+    "viewbotting",
+    "ab",
+    "aXb",
+    " ",
+    "\u{FDFA}",
+    "z\u{0301}\u{0302}",
+    "Kappa",
+    "2024",
+];
+
+/// A regex from [`REGEX_ATOMS`] with groups (plain, named, non-capturing), alternations,
+/// repetitions and now and then look-around (which must be refused) or raw bytes, and a text
+/// it is meant to match (the messages are made of such texts; normalisation, anchors and raw
+/// bytes make some of them miss, which is fine).
+fn regex_phrase(b: &mut Bytes<'_>, depth: u32) -> (String, String) {
+    let mut out = String::new();
+    let mut witness = String::new();
+    let mut last = String::new();
+    for _ in 0..1 + b.below(4) {
+        let nested = depth < 4;
+        let (piece, text) = match b.below(14) {
+            // Atoms (classes, anchors) less often than words: a phrase that matches anywhere
+            // always wins, and the phrases after it would never be named.
+            0..=1 => {
+                let (atom, text) = b.pick(REGEX_ATOMS);
+                (atom.to_owned(), text.to_owned())
+            }
+            5 | 6 if nested => {
+                let (inner, text) = regex_phrase(b, depth + 1);
+                (format!("({inner})"), text)
+            }
+            7 if nested => {
+                let open = if b.chance(128) { "(?P<" } else { "(?<" };
+                let name = b.pick(GROUP_NAMES);
+                let (inner, text) = regex_phrase(b, depth + 1);
+                (format!("{open}{name}>{inner})"), text)
+            }
+            8 if nested => {
+                let (inner, text) = regex_phrase(b, depth + 1);
+                (format!("(?:{inner})"), text)
+            }
+            9 if nested => {
+                let (left, left_text) = regex_phrase(b, depth + 1);
+                let (right, right_text) = regex_phrase(b, depth + 1);
+                let text = if b.chance(128) { left_text } else { right_text };
+                (format!("{left}|{right}"), text)
+            }
+            10 | 11 if !out.is_empty() => {
+                let quantifier = b.pick(&["*", "+", "?", "{1,3}", "*?", "{2}"]);
+                // The last piece once more for `{2}`; once is a match for the others.
+                let text = if quantifier == "{2}" {
+                    last.clone()
+                } else {
+                    String::new()
+                };
+                (quantifier.to_owned(), text)
+            }
+            12 if b.chance(64) => {
+                let look = b.pick(&["(?=x)", "(?!x)", "(?<=x)", "(?<!x)"]);
+                (look.to_owned(), String::new())
+            }
+            13 => {
+                let raw = b.text(6);
+                (raw.clone(), raw)
+            }
+            _ => {
+                let word = b.pick(PHRASE_WORDS);
+                (word.to_owned(), word.to_owned())
+            }
+        };
+        out.push_str(&piece);
+        witness.push_str(&text);
+        last = text;
+    }
+    (out, witness)
+}
+
+/// A literal or wildcard phrase (words, now and then with `*` or `?`, or raw bytes) and a
+/// text it is meant to match.
+fn plain_phrase(b: &mut Bytes<'_>) -> (String, String) {
+    if b.chance(24) {
+        let raw = b.text(12);
+        return (raw.clone(), raw);
+    }
+    let mut out = String::new();
+    let mut witness = String::new();
+    for i in 0..1 + b.below(3) {
+        if i > 0 {
+            out.push(' ');
+            witness.push(' ');
+        }
+        let word = b.pick(PHRASE_WORDS);
+        out.push_str(word);
+        witness.push_str(word);
+        if b.chance(48) {
+            let (wildcard, text) = b.pick(&[('*', "xy"), ('?', "q")]);
+            out.push(wildcard);
+            witness.push_str(text);
+        }
+    }
+    (out, witness)
+}
+
+/// A message of texts the phrases are meant to match, phrase words, message words and now
+/// and then raw bytes.
+fn message_text(b: &mut Bytes<'_>, witnesses: &[String]) -> String {
+    let mut out = String::new();
+    for _ in 0..b.below(7) {
+        match b.below(10) {
+            0..=2 => out.push_str(&witnesses[b.below(witnesses.len())]),
+            3..=5 => out.push_str(b.pick(PHRASE_WORDS)),
+            6..=7 => out.push_str(b.pick(MESSAGE_WORDS)),
+            _ => out.push_str(&b.text(12)),
+        }
+        if b.chance(200) {
+            out.push(' ');
+        }
+    }
+    out
+}
+
+type PhraseSpec = (&'static str, bool, Vec<String>, Vec<String>);
+
+/// The written form of [`rule_match`]'s input.
+fn written_spec(rest: &[u8]) -> PhraseSpec {
+    let text = String::from_utf8_lossy(rest);
+    let (head, tail) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let first = lines.next().unwrap_or_default();
+    let syntax = ["literal", "wildcard", "regex"]
+        .into_iter()
+        .find(|s| first.starts_with(s))
+        .unwrap_or("regex");
+    let anywhere = first.ends_with(" anywhere");
+    let phrases = lines.take(8).map(str::to_owned).collect();
+    let messages = tail.lines().take(8).map(str::to_owned).collect();
+    (syntax, anywhere, phrases, messages)
+}
+
+/// The built form of [`rule_match`]'s input.
+fn built_spec(rest: &[u8]) -> PhraseSpec {
+    let mut b = Bytes(rest);
+    let syntax = b.pick(&["regex", "regex", "regex", "literal", "wildcard"]);
+    let anywhere = b.chance(64);
+    let (phrases, witnesses): (Vec<String>, Vec<String>) = (0..1 + b.below(6))
+        .map(|_| {
+            if syntax != "regex" {
+                plain_phrase(&mut b)
+            } else if b.chance(160) {
+                // A group of its own up front, the shape that once broke the lookup.
+                let (group, group_text) = regex_phrase(&mut b, 3);
+                let (rest, rest_text) = regex_phrase(&mut b, 1);
+                (format!("({group}){rest}"), group_text + &rest_text)
+            } else {
+                regex_phrase(&mut b, 0)
+            }
+        })
+        .unzip();
+    let messages = (0..1 + b.below(4))
+        .map(|_| message_text(&mut b, &witnesses))
+        .collect();
+    (syntax, anywhere, phrases, messages)
+}
+
+/// A rule set of one phrase rule (id `r`) under a plain policy.
+fn phrase_rule(phrases: &[String], syntax: &str, anywhere: bool) -> Result<RuleSet, RulesError> {
+    let list: Vec<String> = phrases.iter().map(|p| quoted(p)).collect();
+    let text = format!(
+        "[policy]\n{}[[rule]]\nid = \"r\"\nkind = \"phrase\"\naction = \"hide\"\n\
+         [rule.params]\nphrases = [{}]\nsyntax = {}\nanywhere = {anywhere}\n",
+        nest(POLICY_BODY, "policy"),
+        list.join(", "),
+        quoted(syntax),
+    );
+    RuleSet::parse(&text, "fuzz")
+}
+
+/// The one reason a one-rule set gives `text` (no history), if it fires; no rule may panic.
+fn phrase_hit(set: &RuleSet, text: &str) -> Option<Reason> {
+    let message = ChatMessage {
+        channel: "destinygg".into(),
+        message_id: "m".into(),
+        user_id: "u".into(),
+        nick: "u".into(),
+        roles: vec![],
+        text: text.into(),
+        sent_at: UNIX_EPOCH,
+    };
+    let policy = set.policy(&message.channel);
+    let normalized = fold(text, &policy.emotes);
+    let history = UserHistory::default();
+    let channel = ChannelWindow::default();
+    let ctx = Context {
+        normalized: &normalized,
+        history: &history,
+        channel_recent: &channel,
+        now_ms: 0,
+    };
+    let evaluation = set.evaluate(&message, policy, &ctx);
+    assert_eq!(evaluation.failed, [], "no rule panics on {text:?}");
+    let mut reasons = evaluation.reasons;
+    assert!(reasons.len() <= 1, "one rule, one reason: {reasons:?}");
+    let reason = reasons.pop()?;
+    let span = reason.evidence.span.expect("a phrase hit has a span");
+    assert!(span.start <= span.end && span.end as usize <= text.chars().count());
+    assert_eq!(reason.evidence.matched_text, normalized.original_text(span));
+    Some(reason)
+}
+
+/// A phrase rule × messages, from the bytes: the first byte picks how.
+///
+/// - Written (the first byte a multiple of 4): the rest is text, the syntax on the first line
+///   (`regex`, `literal` or `wildcard`, then ` anywhere` for that flag), one phrase per line,
+///   a blank line, one message per line. Seeds and regressions are written this way.
+/// - Built: up to six phrases (literal, wildcard or regex: groups, named groups with names
+///   shared between phrases, nested alternations, repetitions, look-around, raw bytes) × up
+///   to four messages made of the same words.
+///
+/// Asserts: no panic, and no rule reported as panicked; a rule that does not compile says so
+/// at `params.phrases` or `params.phrases[i]`; every phrase of a rule that compiles compiles
+/// alone; and the combined matcher agrees with each phrase alone: it fires exactly when some
+/// phrase alone fires, the phrase its evidence names fires alone with the same span and text,
+/// and no phrase alone matches earlier in the text.
+pub fn rule_match(data: &[u8]) {
+    check_rule_match(data);
+}
+
+/// What one [`rule_match`] input exercised, so the property test can check that its inputs
+/// are not all refused or silent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct RuleMatchOutcome {
+    /// The rule compiled.
+    compiled: bool,
+    /// Messages it fired on.
+    hits: usize,
+    /// Of those, hits naming a phrase after one with a group of its own: what the old
+    /// group-counting lookup got wrong.
+    hits_after_groups: usize,
+}
+
+fn check_rule_match(data: &[u8]) -> RuleMatchOutcome {
+    let mut outcome = RuleMatchOutcome::default();
+    let Some((&selector, rest)) = data.split_first() else {
+        return outcome;
+    };
+    let (syntax, anywhere, phrases, messages) = if selector % 4 == 0 {
+        written_spec(rest)
+    } else {
+        built_spec(rest)
+    };
+    let set = match phrase_rule(&phrases, syntax, anywhere) {
+        Ok(set) => set,
+        Err(error) => {
+            check_error(&error);
+            assert!(
+                error.place.contains("params.phrases"),
+                "a phrase error names the phrase: {error:?}"
+            );
+            return outcome;
+        }
+    };
+    outcome.compiled = true;
+    let alone: Vec<RuleSet> = phrases
+        .iter()
+        .map(|phrase| {
+            phrase_rule(std::slice::from_ref(phrase), syntax, anywhere).unwrap_or_else(|e| {
+                panic!("{phrase:?} compiles among {phrases:?} but not alone: {e}")
+            })
+        })
+        .collect();
+    for text in &messages {
+        let hits: Vec<Option<Reason>> = alone.iter().map(|set| phrase_hit(set, text)).collect();
+        let Some(reason) = phrase_hit(&set, text) else {
+            for (phrase, hit) in phrases.iter().zip(&hits) {
+                assert!(
+                    hit.is_none(),
+                    "{phrase:?} matches {text:?} alone but not among {phrases:?}"
+                );
+            }
+            continue;
+        };
+        let named = &reason.evidence.pattern;
+        let index = phrases
+            .iter()
+            .position(|p| p == named)
+            .unwrap_or_else(|| panic!("the evidence names {named:?}, not one of {phrases:?}"));
+        assert!(reason.evidence.detail.contains(named.as_str()));
+        outcome.hits += 1;
+        if phrases[..index].iter().any(|p| p.contains('(')) {
+            outcome.hits_after_groups += 1;
+        }
+        let own = hits[index].as_ref().unwrap_or_else(|| {
+            panic!("{text:?}: the evidence names {named:?}, which alone does not match")
+        });
+        assert_eq!(
+            (own.evidence.span, &own.evidence.matched_text),
+            (reason.evidence.span, &reason.evidence.matched_text),
+            "{text:?}: {named:?} alone matches elsewhere"
+        );
+        let start = reason.evidence.span.map(|s| s.start);
+        for (phrase, hit) in phrases.iter().zip(&hits) {
+            if let Some(hit) = hit {
+                assert!(
+                    hit.evidence.span.map(|s| s.start) >= start,
+                    "{text:?}: {phrase:?} matches before the reported {named:?}"
+                );
+            }
+        }
+    }
+    outcome
+}
+
+// ---------------------------------------------------------------------------------------------
+// stream events
+
+/// Users of [`stream_events`]' chats; `mod` has the moderator role the built-in policy exempts.
+const USERS: &[&str] = &["alice", "bob", "carol", "mod"];
+/// Its channels.
+const CHANNELS: &[&str] = &["destinygg", "strims", "other"];
+/// Chat lines that fire the built-in rules (or nearly), and some that stress the normaliser.
+const CHAT: &[&str] = &[
+    "hello chat PepeLaugh",
+    "FREE NITRO at https://discord.gg/abc",
+    "buy followers now",
+    "viewbotting services",
+    "PepeLaugh PepeLaugh PepeLaugh PepeLaugh PepeLaugh PepeLaugh PepeLaugh PepeLaugh",
+    "THIS IS VERY LOUD TEXT FOR EVERYONE HERE",
+    "f u c k you",
+    "z\u{0301}\u{0302}\u{0303}\u{0304}a\u{0305}\u{0306}lgo",
+    "@aaa @bbb @ccc @ddd @eee @fff @ggg",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    "grabify.link/x bit.ly/y https://example.com",
+    "!!!!!!!!!!!!!!!!!!!!!!!!??????????",
+    "ｆｒｅｅ ｎｉｔｒｏ",
+    "\u{FDFA}\u{FDFA}\u{FDFA}",
+    "lol lol lol lol lol lol lol lol",
+    "the same long message that a copypasta rule should notice when many people paste it again and again",
+];
+
+/// Message times: ordinary (advancing by the input), the epoch, and the earliest a caller may
+/// send (0001-01-01).
+fn event_time(b: &mut Bytes<'_>, clock_ms: &mut i64) -> SystemTime {
+    match b.below(16) {
+        0 => UNIX_EPOCH,
+        1 => UNIX_EPOCH - Duration::from_millis(62_135_596_800_000),
+        2 => UNIX_EPOCH + Duration::from_millis(clock_ms.unsigned_abs() + 86_400_000 * 365),
+        _ => {
+            *clock_ms += i64::from(b.byte()) * 50;
+            UNIX_EPOCH + Duration::from_millis(clock_ms.unsigned_abs())
+        }
+    }
+}
+
+/// The built-in rules, compiled once for every input (they are immutable).
+fn builtin_engine() -> Arc<Engine> {
+    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+    Arc::clone(ENGINE.get_or_init(|| Arc::new(Engine::new(RuleSet::builtin()))))
+}
+
+/// One event of a stream, as the session hands it to the pipeline.
+enum StreamEvent {
+    /// A chat message (already validated), decided with these options.
+    Message(ChatMessage, DecideOptions),
+    /// A human moderator's action seen in chat.
+    Action {
+        channel: &'static str,
+        moderator: &'static str,
+        target: &'static str,
+        decision: Decision,
+        at: SystemTime,
+    },
+    /// A join, quit or user list: the session answers nothing and decides nothing.
+    Presence,
+}
+
+/// Up to 64 events from the bytes.
+fn stream_script(b: &mut Bytes<'_>) -> Vec<StreamEvent> {
+    let mut events = Vec::new();
+    let mut clock_ms = 1_700_000_000_000;
+    let mut last_text = String::from("hello");
+    while !b.0.is_empty() && events.len() < 64 {
+        match b.below(10) {
+            0..=6 => {
+                let text = match b.below(8) {
+                    0..=3 => b.pick(CHAT).to_owned(),
+                    4 => last_text.clone(),
+                    5 => b.pick(CHAT).repeat(1 + b.below(24)),
+                    _ => b.text(120),
+                };
+                // The session refuses a blank or oversized text before the pipeline.
+                let text: String = text.chars().take(2000).collect();
+                if text.trim().is_empty() {
+                    continue;
+                }
+                last_text.clone_from(&text);
+                let user = b.pick(USERS);
+                let message = ChatMessage {
+                    channel: b.pick(CHANNELS).to_owned(),
+                    message_id: format!("m{}", events.len()),
+                    user_id: user.to_owned(),
+                    nick: user.to_owned(),
+                    roles: match (user, b.below(4)) {
+                        ("mod", _) => vec!["moderator".to_owned()],
+                        (_, 0) => vec!["subscriber".to_owned()],
+                        _ => vec![],
+                    },
+                    text,
+                    sent_at: event_time(b, &mut clock_ms),
+                };
+                let options = DecideOptions {
+                    dry_run: b.chance(16),
+                };
+                events.push(StreamEvent::Message(message, options));
+            }
+            7 | 8 => events.push(StreamEvent::Action {
+                channel: b.pick(CHANNELS),
+                moderator: "mod",
+                target: b.pick(USERS),
+                decision: b.pick(&[
+                    Decision::Hide,
+                    Decision::Warn,
+                    Decision::Timeout,
+                    Decision::Ban,
+                ]),
+                at: event_time(b, &mut clock_ms),
+            }),
+            _ => events.push(StreamEvent::Presence),
+        }
+    }
+    events
+}
+
+/// A sequence of a stream's events through the real per-message pipeline
+/// ([`crate::moderate::Moderator`]: built-in rules, in-memory user state, no model), read
+/// ahead in windows as a session does (every message of a window consulted, then each decided
+/// in order).
+///
+/// Asserts: no panic; exactly one verdict per message, for that message; no degraded verdict
+/// (nothing here can fail); every reason of a rule names a built-in rule, with evidence inside
+/// the message; an enforced non-allow verdict has a reason; a dry run enforces nothing; and
+/// the example a moderator action teaches is the target's own earlier message in that
+/// channel (one decided without a dry run).
+pub fn stream_events(data: &[u8]) {
+    let mut b = Bytes(data);
+    let window = 1 + b.below(8);
+    let events = stream_script(&mut b);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime builds");
+    runtime.block_on(run_stream(events, window));
+}
+
+async fn run_stream(events: Vec<StreamEvent>, window: usize) {
+    use crate::inference::{Admission, Description, Scorer, Status};
+    use crate::users::{SharedState, StateConfig};
+
+    let engine = builtin_engine();
+    let rule_ids: HashSet<&str> = engine
+        .rules()
+        .rules()
+        .iter()
+        .map(|r| r.id.as_str())
+        .collect();
+    let state = SharedState::memory(StateConfig {
+        max_users: 64,
+        max_channels: 8,
+        ..StateConfig::default()
+    });
+    let scorer = Scorer::idle(Status::Off, Description::default());
+    let moderator = crate::moderate::Moderator::with_shared_engine(engine.clone(), state, scorer);
+    let mut remembered: HashSet<(String, String, String)> = HashSet::new();
+    let mut messages = 0;
+    let mut verdicts = 0;
+    for chunk in events.chunks(window) {
+        // Stage one for the whole window, as the session's reader does.
+        let mut consults = Vec::new();
+        for event in chunk {
+            if let StreamEvent::Message(message, _) = event {
+                let consult = moderator
+                    .consult(message, Admission::Wait)
+                    .await
+                    .expect("`Wait` never fails");
+                consults.push(consult);
+            }
+        }
+        let mut consults = consults.into_iter();
+        for event in chunk {
+            match event {
+                StreamEvent::Message(message, options) => {
+                    messages += 1;
+                    let consult = consults.next().expect("one consult per message");
+                    let verdict = moderator
+                        .moderate_with(message, consult, *options, Instant::now())
+                        .await;
+                    verdicts += 1;
+                    assert_eq!(
+                        (&verdict.message_id, &verdict.channel, &verdict.user_id),
+                        (&message.message_id, &message.channel, &message.user_id),
+                        "the verdict is the message's"
+                    );
+                    assert_eq!(
+                        verdict.degraded,
+                        [],
+                        "nothing here can degrade: {verdict:?}"
+                    );
+                    let chars = message.text.chars().count() as u32;
+                    for reason in &verdict.reasons {
+                        if reason.source == ReasonSource::Rule {
+                            assert!(rule_ids.contains(reason.rule_id.as_str()), "{reason:?}");
+                        }
+                        if let Some(span) = reason.evidence.span {
+                            assert!(span.start <= span.end && span.end <= chars, "{reason:?}");
+                        }
+                    }
+                    if verdict.enforced && verdict.decision != Decision::Allow {
+                        assert!(!verdict.reasons.is_empty(), "{verdict:?}");
+                    }
+                    if options.dry_run {
+                        assert!(!verdict.enforced, "a dry run enforces nothing");
+                    } else {
+                        remembered.insert((
+                            message.channel.clone(),
+                            message.user_id.clone(),
+                            message.message_id.clone(),
+                        ));
+                    }
+                }
+                StreamEvent::Action {
+                    channel,
+                    moderator: by,
+                    target,
+                    decision,
+                    at,
+                } => {
+                    let feedback = moderator
+                        .moderator_action(channel, by, target, *decision, *at)
+                        .await;
+                    if let Some(feedback) = feedback {
+                        assert_eq!(
+                            (feedback.channel.as_str(), feedback.user_id.as_str()),
+                            (*channel, *target)
+                        );
+                        assert!(
+                            remembered.contains(&(
+                                feedback.channel.clone(),
+                                feedback.user_id.clone(),
+                                feedback.message_id.clone()
+                            )),
+                            "{feedback:?} teaches a message the target did not send there"
+                        );
+                    }
+                }
+                StreamEvent::Presence => {}
+            }
+        }
+    }
+    assert_eq!(verdicts, messages, "one verdict per message");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@
 //!   on other devices), classification heads, and the fetch step for the default model.
 //! - [`inference`]: the one dynamic batching queue in front of the model, its score cache and
 //!   the model's status.
+//! - [`guard`]: panic isolation: a panic while deciding one message costs that message a
+//!   degraded verdict, not its stream or call.
 //! - [`moderate`]: the per-message pipeline: normalise, consult the model, user history, decide,
 //!   record.
 //! - [`audit`]: the batching writer of streams' audit records.
@@ -49,8 +51,11 @@ pub mod corpus;
 pub mod decision;
 pub mod eval;
 #[doc(hidden)]
+pub mod fault;
+#[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;
+pub mod guard;
 pub mod inference;
 pub mod model;
 pub mod moderate;

@@ -60,6 +60,12 @@ pub enum Consult {
 impl Moderator {
     /// A moderator over an engine, user state and the model's scorer.
     pub fn new(engine: Engine, state: SharedState, scorer: Scorer) -> Self {
+        Self::with_shared_engine(Arc::new(engine), state, scorer)
+    }
+
+    /// [`Moderator::new`] over an engine shared with others (the stream fuzz target compiles
+    /// the built-in rules once for all its inputs).
+    pub fn with_shared_engine(engine: Arc<Engine>, state: SharedState, scorer: Scorer) -> Self {
         let heads = &scorer.description().heads;
         let trained_thresholds = scorer
             .labels()
@@ -67,7 +73,7 @@ impl Moderator {
             .map(|label| heads.threshold(label))
             .collect();
         Self {
-            engine: ArcSwap::from_pointee(engine),
+            engine: ArcSwap::new(engine),
             state,
             scorer,
             trained_thresholds,
@@ -100,11 +106,19 @@ impl Moderator {
         if policy.exempts(&message.roles) {
             return Ok(Consult::NotNeeded);
         }
-        let normalized = normalize(&message.text, &policy.emotes);
-        if rules
-            .harshest_without_history(message, policy, &normalized)
-            .is_some_and(|d| d >= harshest_model)
-        {
+        // A panic here is not reported: deciding the message meets the same fault and
+        // reports it once, with the message's verdict.
+        let Ok((normalized, settled)) = crate::guard::catch(|| {
+            crate::fault::deciding(&message.text);
+            let normalized = normalize(&message.text, &policy.emotes);
+            let settled = rules
+                .harshest_without_history(message, policy, &normalized)
+                .is_some_and(|d| d >= harshest_model);
+            (normalized, settled)
+        }) else {
+            return Ok(Consult::NotNeeded);
+        };
+        if settled {
             metrics::counter!("modbot_model_skipped_total", "why" => "settled_by_rules")
                 .increment(1);
             return Ok(Consult::NotNeeded);
@@ -175,7 +189,17 @@ impl Moderator {
         };
         let engine = self.engine.load_full();
         let policy = engine.rules().policy(&message.channel);
-        let normalized = normalize(&message.text, &policy.emotes);
+        // The two synchronous steps (normalising; deciding) each run under the guard: a panic
+        // in either gives this message a held, degraded verdict (see `Engine::undecided`) and
+        // leaves the caller's other messages and the stream alone. The awaits between them
+        // are user state, whose locks survive a panic (see `guard::catch`).
+        let normalized = match crate::guard::catch(|| {
+            crate::fault::deciding(&message.text);
+            normalize(&message.text, &policy.emotes)
+        }) {
+            Ok(normalized) => normalized,
+            Err(panicked) => return undecided(&engine, message, options, received, &panicked),
+        };
         let now_ms = state_clock(message.sent_at);
         let (history, channel_recent, mut degraded) = if options.dry_run {
             let answer = self.state.peek(&message.channel, &message.user_id).await;
@@ -195,18 +219,41 @@ impl Moderator {
             let (history, recent) = answer.value;
             (history, recent, answer.degraded)
         };
-        let decided = engine.decide(
-            &Inputs {
-                message,
-                normalized: &normalized,
-                history: &history,
-                channel_recent: &channel_recent,
-                now_ms,
-                received,
-                model,
-            },
-            options,
-        );
+        let decided = crate::guard::catch(|| {
+            engine.decide(
+                &Inputs {
+                    message,
+                    normalized: &normalized,
+                    history: &history,
+                    channel_recent: &channel_recent,
+                    now_ms,
+                    received,
+                    model,
+                },
+                options,
+            )
+        });
+        let decided = match decided {
+            Ok(decided) => decided,
+            Err(panicked) => {
+                let mut verdict = undecided(&engine, message, options, received, &panicked);
+                if degraded {
+                    verdict.degraded.push(Degraded::UserState);
+                    verdict.degraded.sort();
+                }
+                return verdict;
+            }
+        };
+        for failed in &decided.failed_rules {
+            tracing::error!(
+                channel = %message.channel,
+                message_id = %message.message_id,
+                rule = %failed.rule_id,
+                at = %failed.location,
+                "a rule panicked on a message: skipped, the verdict is marked degraded"
+            );
+            metrics::counter!(DECISION_PANICS, "stage" => "rule").increment(1);
+        }
         if let Some(offence) = &decided.offence {
             degraded |= self
                 .state
@@ -265,9 +312,134 @@ impl Moderator {
     }
 }
 
+/// Counter of panics while deciding a message, by `stage`: `rule` (one rule skipped, the
+/// message decided by the others) or `message` (the message held, see `Engine::undecided`).
+pub const DECISION_PANICS: &str = "modbot_decision_panics_total";
+
+/// Logs and counts a message that could not be decided, and makes its verdict.
+fn undecided(
+    engine: &Engine,
+    message: &ChatMessage,
+    options: DecideOptions,
+    received: Instant,
+    panicked: &crate::guard::Panicked,
+) -> Verdict {
+    tracing::error!(
+        channel = %message.channel,
+        message_id = %message.message_id,
+        at = %panicked.location,
+        "deciding a message panicked: it is held for review, the verdict is marked degraded"
+    );
+    metrics::counter!(DECISION_PANICS, "stage" => "message").increment(1);
+    engine.undecided(message, options, received)
+}
+
 /// The time a message is placed at in user state: its own timestamp (so a replayed log keeps
 /// its rhythm), unless that is more than [`MAX_CLOCK_SKEW`] in the future.
 fn state_clock(sent_at: SystemTime) -> i64 {
     let now = SystemTime::now();
     unix_millis(sent_at.min(now + MAX_CLOCK_SKEW))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inference::{Description, Status};
+    use crate::rules::{DEFAULT_RULES, RuleSet};
+    use crate::users::StateConfig;
+
+    fn moderator() -> Moderator {
+        moderator_with(Scorer::idle(Status::Off, Description::default()))
+    }
+
+    fn moderator_with(scorer: Scorer) -> Moderator {
+        let rules = format!(
+            "{DEFAULT_RULES}\n[[rule]]\nid = \"fault\"\nkind = \"phrase\"\naction = \"ban\"\n\
+             [rule.params]\nphrases = [\"{}\"]\n",
+            crate::fault::PANIC_PHRASE
+        );
+        Moderator::new(
+            Engine::new(RuleSet::parse(&rules, "test").unwrap()),
+            SharedState::memory(StateConfig::default()),
+            scorer,
+        )
+    }
+
+    fn message(user: &str, id: &str, text: &str) -> ChatMessage {
+        ChatMessage {
+            channel: "destinygg".into(),
+            message_id: id.into(),
+            user_id: user.into(),
+            nick: user.into(),
+            roles: vec![],
+            text: text.into(),
+            sent_at: SystemTime::now(),
+        }
+    }
+
+    async fn decide(moderator: &Moderator, user: &str, id: &str, text: &str) -> Verdict {
+        moderator
+            .moderate(
+                &message(user, id, text),
+                DecideOptions::default(),
+                Instant::now(),
+            )
+            .await
+            .expect("no model, never overloaded")
+    }
+
+    /// Panics in a rule and outside every rule, again and again: each costs its own message a
+    /// degraded verdict, and the user's state keeps working for the messages after (no lock is
+    /// left poisoned, nothing is half-remembered).
+    #[tokio::test]
+    async fn panics_cost_one_verdict_each_and_the_pipeline_keeps_working() {
+        let moderator = moderator();
+        for round in 0..3 {
+            // A user of its own each round, so the repetition rule stays out of it.
+            let user = format!("u{round}");
+            let phrase = crate::fault::PANIC_PHRASE;
+            let rule = decide(&moderator, &user, &format!("r{round}"), phrase).await;
+            assert_eq!(
+                rule.decision,
+                Decision::Allow,
+                "only the panicking rule fired"
+            );
+            assert_eq!(rule.degraded, [Degraded::Decision]);
+            let text = crate::fault::PANIC_TEXT;
+            let held = decide(&moderator, &user, &format!("p{round}"), text).await;
+            assert_eq!(held.decision, Decision::Hold);
+            assert_eq!(held.degraded, [Degraded::Decision]);
+            assert!(held.normalized_text.is_empty());
+        }
+        // The user's history has the message the pipeline could normalise, not the one it
+        // could not.
+        let history = moderator.state().peek("destinygg", "u0").await.value.0;
+        assert_eq!(history.expect("u0 is remembered").messages, 1);
+        let fine = decide(&moderator, "u0", "ok", "free nitro").await;
+        assert_eq!(fine.degraded, []);
+        let last = fine.reasons.last().map(|r| r.rule_id.as_str());
+        assert_eq!(last, Some("scam-giveaway"));
+    }
+
+    /// Stage one (run ahead, for the model) meets the same panic first: it leaves the message
+    /// to stage two, which reports it once and holds the message.
+    #[tokio::test]
+    async fn a_panic_in_stage_one_is_left_to_stage_two() {
+        // A model that failed to load is still wanted (its verdicts say degraded), so stage
+        // one normalises and runs the rules without history.
+        let scorer = Scorer::idle(Status::Failed("no model".into()), Description::default());
+        let moderator = moderator_with(scorer);
+        for text in [crate::fault::PANIC_TEXT, crate::fault::PANIC_PHRASE] {
+            let message = message("u", text, text);
+            let consult = moderator.consult(&message, Admission::FailFast).await;
+            let consult = consult.expect("no queue to be full");
+            let verdict = moderator
+                .moderate_with(&message, consult, DecideOptions::default(), Instant::now())
+                .await;
+            assert!(
+                verdict.degraded.contains(&Degraded::Decision),
+                "{verdict:?}"
+            );
+        }
+    }
 }

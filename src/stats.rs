@@ -77,7 +77,12 @@ const DECISIONS: [Decision; 6] = [
     Decision::Ban,
 ];
 /// Every degraded component, in the order of [`component_index`].
-const COMPONENTS: [Degraded; 3] = [Degraded::Model, Degraded::UserState, Degraded::Store];
+const COMPONENTS: [Degraded; 4] = [
+    Degraded::Model,
+    Degraded::UserState,
+    Degraded::Store,
+    Degraded::Decision,
+];
 
 /// The fixed windows of a report, shortest first: name and whole minutes before the current
 /// one.
@@ -351,6 +356,7 @@ fn component_index(component: Degraded) -> usize {
         Degraded::Model => 0,
         Degraded::UserState => 1,
         Degraded::Store => 2,
+        Degraded::Decision => 3,
     }
 }
 

@@ -205,6 +205,132 @@ async fn classify_decides_explains_and_audits() {
     server.stop().await.expect("clean stop");
 }
 
+/// A panic while deciding one message of a call costs that message alone: a rule that panics
+/// is skipped (the others still act) and a message that cannot be decided at all is held,
+/// both marked `DEGRADED_COMPONENT_DECISION`; the call's other messages are decided as usual.
+#[tokio::test]
+async fn a_panic_deciding_one_message_degrades_only_that_verdict() {
+    let rules = tempfile::tempdir().unwrap();
+    let file = common::faulty_rules_file(rules.path());
+    let server = TestServer::start(|config| config.rules.file = file).await;
+    let mut client = server.moderation();
+    let fault = modbot::fault::PANIC_PHRASE;
+    let calls = [
+        // The middle one trips a rule that panics, and also a rule that fires.
+        format!("free nitro here, {fault}"),
+        // The middle one panics outside every rule.
+        format!("hello {}", modbot::fault::PANIC_TEXT),
+    ];
+    for (call, middle) in calls.iter().enumerate() {
+        let verdicts = client
+            .classify(classify(vec![
+                // Users of their own in each call, so the repetition rule stays out of it.
+                chat_message(&format!("a{call}"), &format!("alice{call}"), "great stream"),
+                chat_message(&format!("b{call}"), &format!("bob{call}"), middle),
+                chat_message(
+                    &format!("c{call}"),
+                    &format!("carol{call}"),
+                    "buy followers",
+                ),
+            ]))
+            .await
+            .expect("the call succeeds")
+            .into_inner()
+            .verdicts;
+        assert_eq!(verdicts.len(), 3, "one verdict per message");
+        let (first, panicked, last) = (&verdicts[0], &verdicts[1], &verdicts[2]);
+        assert_eq!(first.decision, Decision::Allow as i32, "{first:?}");
+        assert!(first.degraded.is_empty(), "{first:?}");
+        assert_eq!(last.decision, Decision::Hide as i32);
+        assert_eq!(last.reasons[0].rule_id, "view-botting-ads");
+        assert!(last.degraded.is_empty(), "{last:?}");
+        assert_eq!(
+            panicked.degraded,
+            [proto::DegradedComponent::Decision as i32],
+            "{panicked:?}"
+        );
+        if call == 0 {
+            // The rule that panicked is skipped; the scam rule still fires (escalated to a
+            // warning, a first offence): never a silent allow.
+            assert_eq!(panicked.decision, Decision::Warn as i32, "{panicked:?}");
+            let ids: Vec<_> = panicked
+                .reasons
+                .iter()
+                .map(|r| r.rule_id.as_str())
+                .collect();
+            assert!(
+                ids.contains(&"scam-giveaway") && !ids.contains(&"fault"),
+                "{ids:?}"
+            );
+        } else {
+            assert_eq!(panicked.decision, Decision::Hold as i32, "{panicked:?}");
+            assert!(panicked.enforced);
+            assert_eq!(panicked.reasons.len(), 1);
+            assert_eq!(panicked.reasons[0].label, "undecided");
+        }
+    }
+    // The held message is in the audit log for review, marked degraded.
+    let store = server.store().await;
+    let log = store
+        .audit_log(&AuditQuery {
+            limit: 20,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let held = log
+        .iter()
+        .find(|r| r.message.message_id == "b1")
+        .expect("the held message is audited");
+    assert_eq!(
+        held.verdict.degraded,
+        [modbot::decision::Degraded::Decision]
+    );
+    store.close().await;
+    server.stop().await.expect("clean stop");
+}
+
+/// A regex rule whose phrases have capture groups (and one group name twice) names the phrase
+/// that matched: before, a message with the second phrase reset the call.
+#[tokio::test]
+async fn regex_rules_with_capture_groups_name_the_phrase_that_matched() {
+    let rules = tempfile::tempdir().unwrap();
+    let file = common::faulty_rules_file(rules.path());
+    let server = TestServer::start(|config| config.rules.file = file).await;
+    let verdicts = server
+        .moderation()
+        .classify(classify(vec![
+            chat_message("m1", "alice", "look, SPAMWORD"),
+            chat_message("m2", "bob", "a spammer"),
+            chat_message("m3", "carol", "cheap nitro"),
+        ]))
+        .await
+        .expect("the call succeeds")
+        .into_inner()
+        .verdicts;
+    let patterns: Vec<_> = verdicts
+        .iter()
+        .map(|v| {
+            let reason = v
+                .reasons
+                .iter()
+                .find(|r| r.rule_id == "groups")
+                .expect("fired");
+            let evidence = reason.evidence.as_ref().expect("evidence");
+            (evidence.pattern.as_str(), evidence.matched_text.as_str())
+        })
+        .collect();
+    assert_eq!(
+        patterns,
+        [
+            ("(?P<w>spam)word", "SPAMWORD"),
+            ("(?P<w>spam)mer", "spammer"),
+            ("(free|cheap) nitro", "cheap nitro"),
+        ]
+    );
+    server.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn dry_run_decides_but_writes_nothing() {
     let server = TestServer::start(|_| {}).await;

@@ -457,3 +457,48 @@ async fn retention_deletions_are_counted_by_table() {
     );
     store.close().await;
 }
+
+/// A panic while deciding is counted by stage, and its verdict as degraded by `decision`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_while_deciding_are_counted() {
+    let _turn = SERIAL.lock().await;
+    let handle = recorder();
+    let rules = tempfile::tempdir().unwrap();
+    let file = common::faulty_rules_file(rules.path());
+    let server = TestServer::start(|config| config.rules.file = file).await;
+    let before = handle.render();
+    let verdicts = ModerationClient::new(server.channel.clone())
+        .classify(ClassifyRequest {
+            messages: vec![
+                chat_message("m1", "alice", modbot::fault::PANIC_PHRASE),
+                chat_message("m2", "bob", modbot::fault::PANIC_TEXT),
+                chat_message("m3", "carol", "hello there friends"),
+            ],
+            options: None,
+        })
+        .await
+        .expect("Classify")
+        .into_inner()
+        .verdicts;
+    assert_eq!(verdicts.len(), 3);
+    let after = handle.render();
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        value(&after, name, labels) - value(&before, name, labels)
+    };
+    assert_eq!(
+        delta("modbot_decision_panics_total", &[("stage", "rule")]),
+        1.0
+    );
+    assert_eq!(
+        delta("modbot_decision_panics_total", &[("stage", "message")]),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "modbot_verdicts_degraded_total",
+            &[("component", "decision")]
+        ),
+        2.0
+    );
+    server.stop().await.expect("a clean stop");
+}

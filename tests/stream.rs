@@ -297,6 +297,61 @@ async fn bad_events_are_answered_in_band_and_the_stream_goes_on() {
     server.stop().await.expect("clean stop");
 }
 
+/// A panic while deciding a message (in a rule, or outside every rule) costs that message a
+/// degraded verdict; the stream goes on and later messages are decided as usual.
+#[tokio::test]
+async fn a_panic_deciding_a_message_degrades_its_verdict_and_the_stream_goes_on() {
+    let rules = tempfile::tempdir().unwrap();
+    let file = common::faulty_rules_file(rules.path());
+    let server = TestServer::start(|config| config.rules.file = file).await;
+    let (tx, mut responses) = open(&server, 16).await;
+    let script = [
+        ("before", "u1", "hello everyone".to_owned()),
+        (
+            "rule",
+            "u2",
+            format!("buy followers {}", modbot::fault::PANIC_PHRASE),
+        ),
+        ("pipeline", "u3", modbot::fault::PANIC_TEXT.to_owned()),
+        ("rule-again", "u4", modbot::fault::PANIC_PHRASE.to_owned()),
+        ("after", "u5", "cheap viewers here".to_owned()),
+    ];
+    for (i, (id, user, text)) in script.iter().enumerate() {
+        tx.send(say(id, user, text, T0 + 1000 * i as i64))
+            .await
+            .unwrap();
+    }
+    let degraded = [proto::DegradedComponent::Decision as i32];
+    let mut verdicts = Vec::new();
+    for _ in &script {
+        verdicts.push(next_verdict(&mut responses).await);
+    }
+    let ids: Vec<_> = verdicts.iter().map(|v| v.message_id.as_str()).collect();
+    assert_eq!(ids, ["before", "rule", "pipeline", "rule-again", "after"]);
+    assert_eq!(verdicts[0].decision, Decision::Allow as i32);
+    assert!(verdicts[0].degraded.is_empty());
+    // The panicking rule is skipped; the other rule that fired still acts.
+    assert_eq!(verdicts[1].decision, Decision::Hide as i32);
+    assert_eq!(verdicts[1].reasons[0].rule_id, "view-botting-ads");
+    assert_eq!(verdicts[1].degraded, degraded);
+    // Nothing could be decided: held for review.
+    assert_eq!(verdicts[2].decision, Decision::Hold as i32);
+    assert_eq!(verdicts[2].degraded, degraded);
+    // Only the panicking rule fired: the message is allowed, marked degraded.
+    assert_eq!(verdicts[3].decision, Decision::Allow as i32);
+    assert_eq!(verdicts[3].degraded, degraded);
+    assert_eq!(verdicts[4].decision, Decision::Hide as i32);
+    assert!(verdicts[4].degraded.is_empty());
+    // Still open: one more message, one more verdict, then a clean end.
+    tx.send(say("last", "u6", "bye", T0 + 10_000))
+        .await
+        .unwrap();
+    assert_eq!(next_verdict(&mut responses).await.message_id, "last");
+    drop(tx);
+    assert_ends(&mut responses).await;
+    server.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn a_moderators_timeout_counts_toward_the_ladder() {
     let server = TestServer::start(|_| {}).await;

@@ -428,7 +428,7 @@ pub struct Summary {
     pub top_reasons: Vec<ReasonCount>,
     /// Verdicts with at least one degraded component.
     pub degraded_verdicts: u64,
-    /// Verdicts by degraded component (`model`, `user_state`, `store`).
+    /// Verdicts by degraded component (`model`, `user_state`, `store`, `decision`).
     pub degraded: BTreeMap<String, u64>,
     /// Action commands the server sent.
     pub commands: Commands,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::normalize::Normalized;
-use crate::rules::{Context, RuleSet};
+use crate::rules::{Context, FailedRule, RuleSet};
 use crate::users::{ChannelWindow, Offence, UserHistory};
 
 /// A chat message to decide, already validated (non-empty ids and text within limits).
@@ -118,6 +118,9 @@ pub enum Degraded {
     UserState,
     /// The database: the verdict was not written to the audit log.
     Store,
+    /// Deciding itself: a rule panicked and was skipped (the other rules and the model still
+    /// counted), or the message could not be decided at all and was held for a human.
+    Decision,
 }
 
 impl Degraded {
@@ -127,6 +130,7 @@ impl Degraded {
             Degraded::Model => "model",
             Degraded::UserState => "user_state",
             Degraded::Store => "store",
+            Degraded::Decision => "decision",
         }
     }
 }
@@ -286,7 +290,12 @@ pub struct Decided {
     pub verdict: Verdict,
     /// The offence to record when the verdict is enforced.
     pub offence: Option<Offence>,
+    /// Rules that panicked and were skipped (the verdict then says [`Degraded::Decision`]).
+    pub failed_rules: Vec<FailedRule>,
 }
+
+/// The label of the reason a message that could not be decided is held with.
+pub const UNDECIDED_LABEL: &str = "undecided";
 
 /// Makes verdicts from rules and the author's history. Built once and shared by every caller.
 #[derive(Debug)]
@@ -346,8 +355,8 @@ impl Engine {
         let message = inputs.message;
         let policy = self.rules.policy(&message.channel);
         let exempt = policy.exempts(&message.roles);
-        let mut reasons = if exempt {
-            Vec::new()
+        let evaluation = if exempt {
+            crate::rules::Evaluation::default()
         } else {
             let ctx = Context {
                 normalized: inputs.normalized,
@@ -357,9 +366,14 @@ impl Engine {
             };
             self.rules.evaluate(message, policy, &ctx)
         };
+        let mut reasons = evaluation.reasons;
+        let failed_rules = evaluation.failed;
         let mut scores = BTreeMap::new();
         let mut model_version = String::new();
         let mut degraded = Vec::new();
+        if !failed_rules.is_empty() {
+            degraded.push(Degraded::Decision);
+        }
         match inputs.model {
             ModelInput::NotConsulted => {}
             ModelInput::Unavailable => degraded.push(Degraded::Model),
@@ -438,6 +452,63 @@ impl Engine {
                 action_id: None,
             },
             offence,
+            failed_rules,
+        }
+    }
+
+    /// The verdict for a message that could not be decided at all (deciding it panicked
+    /// outside any one rule): held for a human, marked [`Degraded::Decision`].
+    ///
+    /// Why hold and not allow: the rules that would have judged the message never ran, so an
+    /// allow would let anyone who finds such an input past every rule, while a hold shows
+    /// nothing until a moderator has looked (a Classify caller keeps the message back; a chat
+    /// bridge, which cannot hold, is sent no action, and the audit log keeps it for review).
+    /// A systematic bug then holds every message, loudly (the degraded verdicts, the panic
+    /// counter, one log line each), rather than letting everything through silently. The
+    /// hold is enforced as any verdict would be: not in a dry run or a shadow channel, and it
+    /// records no offence.
+    pub fn undecided(
+        &self,
+        message: &ChatMessage,
+        options: DecideOptions,
+        received: Instant,
+    ) -> Verdict {
+        let shadow = self.rules.policy(&message.channel).shadow;
+        let reason = Reason {
+            source: ReasonSource::Policy,
+            rule_id: String::new(),
+            label: UNDECIDED_LABEL.to_owned(),
+            decision: Decision::Hold,
+            duration: None,
+            score: 0.0,
+            threshold: 0.0,
+            shadow,
+            evidence: Evidence {
+                detail: "deciding this message failed".to_owned(),
+                ..Evidence::default()
+            },
+            description: "held for review: deciding this message failed".to_owned(),
+        };
+        let (decision, shadow_decision) = if shadow {
+            (Decision::Allow, Decision::Hold)
+        } else {
+            (Decision::Hold, Decision::Allow)
+        };
+        Verdict {
+            message_id: message.message_id.clone(),
+            channel: message.channel.clone(),
+            user_id: message.user_id.clone(),
+            decision,
+            duration: None,
+            reasons: vec![reason],
+            enforced: !options.dry_run && !shadow,
+            shadow_decision,
+            model_version: String::new(),
+            elapsed: received.elapsed(),
+            degraded: vec![Degraded::Decision],
+            scores: BTreeMap::new(),
+            normalized_text: String::new(),
+            action_id: None,
         }
     }
 }

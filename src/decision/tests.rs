@@ -374,3 +374,18 @@ action = "allow""#,
         assert!(error.contains("policy.model.labels"), "{error}");
     }
 }
+
+#[test]
+fn an_undecided_message_is_held_for_review_marked_degraded() {
+    let engine = engine();
+    let message = message("destinygg", "anything", &[]);
+    let verdict = engine.undecided(&message, DecideOptions::default(), Instant::now());
+    assert_eq!(verdict.decision, Decision::Hold);
+    assert!(verdict.enforced && verdict.is_notable());
+    assert_eq!(verdict.degraded, [Degraded::Decision]);
+    assert_eq!(verdict.reasons.len(), 1);
+    assert_eq!(verdict.reasons[0].label, UNDECIDED_LABEL);
+    assert_eq!(verdict.reasons[0].source, ReasonSource::Policy);
+    let dry = engine.undecided(&message, DecideOptions { dry_run: true }, Instant::now());
+    assert!(!dry.enforced, "a dry run enforces nothing");
+}

@@ -1,6 +1,7 @@
 //! The fuzz targets in the ordinary test suite: every committed seed (`fuzz/seeds/TARGET/`),
 //! every fixed crash (`fuzz/regressions/TARGET/`) and a deterministic sweep of mutated and
-//! random inputs (SplitMix64) go through the same functions libFuzzer calls.
+//! random inputs (SplitMix64) go through the same functions libFuzzer calls; the rule matcher
+//! and the stream pipeline also get property tests over longer random inputs.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,8 @@ const TARGETS: &[(&str, Target)] = &[
     ("normalize", normalize),
     ("rules", rules),
     ("chat_frame", chat_frame),
+    ("rule_match", rule_match),
+    ("stream_events", stream_events),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -99,16 +102,20 @@ fn mutate(rng: &mut Rng, seeds: &[(PathBuf, Vec<u8>)], alphabet: &[u8]) -> Vec<u
     bytes
 }
 
+/// Bytes the mutations insert: TOML, JSON and regex syntax, and awkward UTF-8.
+const ALPHABET: &[u8] =
+    b" \t\n{}[]\":,=.\\0123456789-+*?$@!#'aAzZ_/|()\xc3\xa9\xe2\x80\x8b\xcc\x81\xff\x00";
+
 #[test]
 fn deterministic_sweep() {
-    const ALPHABET: &[u8] =
-        b" \t\n{}[]\":,=.\\0123456789-+*?$@!#'aAzZ_/|()\xc3\xa9\xe2\x80\x8b\xcc\x81\xff\x00";
     let mut rng = Rng(0xF022_5EED);
     // Rules inputs compile regexes and TOML: fewer of them, to keep the debug build quick.
     for &(name, target, count) in &[
         ("normalize", normalize as Target, 3000),
         ("chat_frame", chat_frame as Target, 4000),
         ("rules", rules as Target, 800),
+        ("rule_match", rule_match as Target, 300),
+        ("stream_events", stream_events as Target, 60),
     ] {
         let seeds = inputs("seeds", name);
         for _ in 0..count {
@@ -116,6 +123,82 @@ fn deterministic_sweep() {
             run(target, name, &input);
         }
     }
+}
+
+/// The property behind the `rule_match` target, on inputs built from random bytes (so each is
+/// a structured rule spec × messages): no panic, no rule reported as panicked, and the phrase
+/// a hit names really matches there (see [`rule_match`]).
+#[test]
+fn rule_match_property_holds_for_random_specs() {
+    let mut rng = Rng(0x0005_EED5_0F0F_AB1E);
+    let (mut compiled, mut hits, mut hits_after_groups) = (0, 0, 0);
+    const CASES: usize = 400;
+    for _ in 0..CASES {
+        let len = 16 + rng.below(160);
+        let mut input: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        // Built specs only: the written ones come from the seeds.
+        if input[0].is_multiple_of(4) {
+            input[0] |= 1;
+        }
+        let outcome = std::panic::catch_unwind(|| check_rule_match(&input)).unwrap_or_else(|e| {
+            eprintln!("rule_match failed on {input:?}");
+            std::panic::resume_unwind(e)
+        });
+        compiled += usize::from(outcome.compiled);
+        hits += outcome.hits;
+        hits_after_groups += outcome.hits_after_groups;
+    }
+    // The generator is worth its time: most rules compile, many fire, and many hits name a
+    // phrase that comes after one with groups of its own.
+    assert!(compiled > CASES / 2, "{compiled} of {CASES} compiled");
+    assert!(hits > CASES / 2, "{hits} hits");
+    assert!(
+        hits_after_groups >= 10,
+        "{hits_after_groups} hits after groups"
+    );
+}
+
+/// The `stream_events` target on long random scripts: every message gets its one verdict.
+#[test]
+fn stream_events_property_holds_for_random_scripts() {
+    let mut rng = Rng(0x0057_2EA3_5EED);
+    for _ in 0..100 {
+        let len = 64 + rng.below(400);
+        let input: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        run(stream_events, "stream_events", &input);
+    }
+}
+
+/// One target swept for a stated time (mutated seeds and random bytes, as in
+/// [`deterministic_sweep`]), for a figure of executions where cargo-fuzz cannot run:
+/// `MODBOT_SWEEP_TARGET=rule_match MODBOT_SWEEP_SECS=300 cargo test --lib sweep_for_a_while --
+/// --ignored --nocapture`. Not coverage-guided.
+#[test]
+#[ignore = "runs for minutes; run by hand"]
+fn sweep_for_a_while() {
+    let name = std::env::var("MODBOT_SWEEP_TARGET").unwrap_or_else(|_| "rule_match".to_owned());
+    let secs: u64 = std::env::var("MODBOT_SWEEP_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let &(_, target) = TARGETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no target {name}"));
+    let seeds = inputs("seeds", &name);
+    let mut rng = Rng(0x5EED_F0F0_1234);
+    let started = std::time::Instant::now();
+    let mut runs = 0u64;
+    while started.elapsed() < std::time::Duration::from_secs(secs) {
+        let input = mutate(&mut rng, &seeds, ALPHABET);
+        run(target, &name, &input);
+        runs += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{name}: {runs} inputs in {elapsed:.0} s ({:.0}/s), no failure",
+        runs as f64 / elapsed
+    );
 }
 
 /// Writes the seed corpus (`fuzz/seeds/`) from the built-in sources: real chat lines from
@@ -179,6 +262,40 @@ fn write_seeds() {
         let mut bytes = vec![1 + (i % 3) as u8];
         bytes.extend((0..200).map(|_| rng.next_u64() as u8));
         write("rules", &format!("built-{i:02}"), &bytes);
+    }
+
+    // rule_match: written specs (selector '0'), the regexes that once stopped moderation among
+    // them, and random built ones.
+    let specs = [
+        "regex\n(free|cheap) nitro\nspamword\n\nbuy spamword now\ncheap nitro\nnothing",
+        "regex\n(?P<w>free) nitro\n(?P<w>spam)word\n(?<w>x)\n\nspamword\nfree nitro x",
+        "regex\n((a|b)(c|(d|e)))+z\nq(r(s(t)))\n(?:foo|bar)baz\n\nbdacz qrst\nfoobaz",
+        "regex\n(?=x)y\n\nxy",
+        "regex\n\\bdiscord\\.gg/\\w+\n()\n(|x)word\n\njoin discord.gg/abc\na word",
+        "regex anywhere\nspam\\w*\n(spam)\n\nspamword",
+        "literal\nfree nitro\nscam\n\nFREE   NITRO!!\nfr3e n1tr0\nscampi",
+        "literal anywhere\nnitro\n\nfreenitrogift",
+        "wildcard\nviewbot*\nb?y followers\n\ncheap viewbotting\nbay followers",
+        "wildcard\n* *\n?\n\na b\nx",
+    ];
+    for (i, spec) in specs.iter().enumerate() {
+        write(
+            "rule_match",
+            &format!("written-{i:02}"),
+            &[b"0", spec.as_bytes()].concat(),
+        );
+    }
+    let mut rng = Rng(0x5EED_0AA7);
+    for i in 0..16 {
+        let mut bytes = vec![1 + (i % 3) as u8];
+        bytes.extend((0..120).map(|_| rng.next_u64() as u8));
+        write("rule_match", &format!("built-{i:02}"), &bytes);
+    }
+
+    // stream_events: random scripts of every length.
+    for i in 0..16 {
+        let bytes: Vec<u8> = (0..32 + 24 * i).map(|_| rng.next_u64() as u8).collect();
+        write("stream_events", &format!("script-{i:02}"), &bytes);
     }
 
     // chat_frame: both dialects' events, and the commands the bridge sends.

@@ -171,6 +171,7 @@ impl From<Degraded> for proto::DegradedComponent {
             Degraded::Model => Self::Model,
             Degraded::UserState => Self::UserState,
             Degraded::Store => Self::Store,
+            Degraded::Decision => Self::Decision,
         }
     }
 }

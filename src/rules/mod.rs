@@ -159,6 +159,24 @@ pub struct Context<'a> {
     pub now_ms: i64,
 }
 
+/// What the rules found about one message.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Evaluation {
+    /// One reason per rule that fired, in file order.
+    pub reasons: Vec<Reason>,
+    /// Rules that panicked on this message and were skipped, in file order.
+    pub failed: Vec<FailedRule>,
+}
+
+/// A rule that panicked while checking a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRule {
+    /// The rule's id.
+    pub rule_id: String,
+    /// `file:line` of the panic.
+    pub location: String,
+}
+
 /// The compiled rules and policies.
 #[derive(Debug)]
 pub struct RuleSet {
@@ -183,13 +201,14 @@ impl RuleSet {
     }
 
     /// Runs every applicable rule; one reason per rule that fired, in file order. Rules in
-    /// shadow mode, and every rule of a channel in shadow mode, give shadow reasons.
+    /// shadow mode, and every rule of a channel in shadow mode, give shadow reasons. A rule
+    /// that panics is skipped and listed in [`Evaluation::failed`]; the others still run.
     pub fn evaluate(
         &self,
         message: &ChatMessage,
         policy: &Policy,
         ctx: &Context<'_>,
-    ) -> Vec<Reason> {
+    ) -> Evaluation {
         self.evaluate_where(message, policy, ctx, |_| true)
     }
 
@@ -211,6 +230,7 @@ impl RuleSet {
             now_ms: 0,
         };
         self.evaluate_where(message, policy, &ctx, |check| !check.needs_history())
+            .reasons
             .iter()
             .filter(|r| !r.shadow)
             .map(|r| r.decision)
@@ -223,40 +243,56 @@ impl RuleSet {
         policy: &Policy,
         ctx: &Context<'_>,
         include: impl Fn(&Check) -> bool,
-    ) -> Vec<Reason> {
+    ) -> Evaluation {
         let analysis = std::cell::OnceCell::new();
-        self.rules
+        let mut evaluation = Evaluation::default();
+        for rule in self
+            .rules
             .iter()
             .filter(|rule| include(&rule.check) && rule.applies(message))
-            .filter_map(|rule| {
-                let hit = match (&rule.check, &self.lexicon) {
-                    (Check::Profanity(check), Some(lexicon)) => {
-                        let analysis = *analysis.get_or_init(|| lexicon.analyze(ctx.normalized));
-                        check.check(ctx.normalized, analysis)
-                    }
-                    (check, _) => check.check(ctx),
-                }?;
-                Some(Reason {
-                    source: ReasonSource::Rule,
-                    rule_id: rule.id.clone(),
-                    label: rule.kind.to_owned(),
-                    decision: rule.decision,
-                    duration: rule.duration,
-                    score: hit.score,
-                    threshold: hit.threshold,
-                    shadow: policy.shadow || rule.mode == Mode::Shadow,
-                    description: if rule.description.is_empty() {
-                        format!("{} (rule {})", hit.evidence.detail, rule.id)
-                    } else {
-                        format!(
-                            "{}: {} (rule {})",
-                            rule.description, hit.evidence.detail, rule.id
-                        )
-                    },
-                    evidence: hit.evidence,
-                })
-            })
-            .collect()
+        {
+            // Each rule alone under the guard: a rule that panics (a bug, or an input nobody
+            // foresaw) is skipped and reported, and every other rule still fires, so a panic
+            // never turns a message some rule would act on into a silent allow.
+            let hit = crate::guard::catch(|| match (&rule.check, &self.lexicon) {
+                (Check::Profanity(check), Some(lexicon)) => {
+                    let analysis = *analysis.get_or_init(|| lexicon.analyze(ctx.normalized));
+                    check.check(ctx.normalized, analysis)
+                }
+                (check, _) => check.check(ctx),
+            });
+            let hit = match hit {
+                Ok(Some(hit)) => hit,
+                Ok(None) => continue,
+                Err(panicked) => {
+                    evaluation.failed.push(FailedRule {
+                        rule_id: rule.id.clone(),
+                        location: panicked.location,
+                    });
+                    continue;
+                }
+            };
+            evaluation.reasons.push(Reason {
+                source: ReasonSource::Rule,
+                rule_id: rule.id.clone(),
+                label: rule.kind.to_owned(),
+                decision: rule.decision,
+                duration: rule.duration,
+                score: hit.score,
+                threshold: hit.threshold,
+                shadow: policy.shadow || rule.mode == Mode::Shadow,
+                description: if rule.description.is_empty() {
+                    format!("{} (rule {})", hit.evidence.detail, rule.id)
+                } else {
+                    format!(
+                        "{}: {} (rule {})",
+                        rule.description, hit.evidence.detail, rule.id
+                    )
+                },
+                evidence: hit.evidence,
+            });
+        }
+        evaluation
     }
 }
 

@@ -1,6 +1,8 @@
 //! Banned phrases: literal, wildcard and regex, matched on the normalised text.
 
-use regex::{Regex, RegexBuilder};
+use regex_automata::meta::{BuildError, Config, Regex};
+use regex_automata::util::syntax;
+use regex_automata::{Input, MatchKind};
 use serde::{Deserialize, Serialize};
 
 use super::checks::Hit;
@@ -26,10 +28,20 @@ pub enum PhraseSyntax {
     Regex,
 }
 
-/// One rule's phrases, compiled into a single alternation.
+/// One rule's phrases, compiled into a single multi-pattern regex.
 #[derive(Debug)]
 pub struct PhraseCheck {
-    /// `(p0)|(p1)|...`: group `i + 1` is phrase `i`.
+    /// Pattern `i` is phrase `i`.
+    ///
+    /// Why a multi-pattern regex and not one alternation `(p0)|(p1)|...` read back by its
+    /// capture groups: an admin's regex brings its own groups, which shift the numbering (a
+    /// phrase `(free|cheap) nitro` before `spamword` made group 3, not 2, stand for
+    /// `spamword`, and the lookup panicked), and the same group name in two phrases does not
+    /// compile as one pattern at all. Compiled as separate patterns of one regex, every phrase
+    /// keeps its own group namespace, the search stays a single linear-time pass with the
+    /// alternation's leftmost-first semantics (the earliest match, the first phrase among
+    /// those matching there), and the engine itself says which pattern matched: no group is
+    /// ever counted, so no phrase the API accepts can make the lookup wrong.
     combined: Regex,
     /// The phrases as written, for evidence.
     phrases: Vec<String>,
@@ -79,10 +91,10 @@ impl PhraseCheck {
                     }
                 }
             };
-            build(&pattern).map_err(|e| (key, e))?;
-            alternatives.push(format!("({pattern})"));
+            build(&[&pattern]).map_err(|e| (key, e))?;
+            alternatives.push(pattern);
         }
-        let combined = build(&alternatives.join("|")).map_err(|e| ("phrases".to_owned(), e))?;
+        let combined = build(&alternatives).map_err(|e| ("phrases".to_owned(), e))?;
         Ok(Self {
             combined,
             phrases: phrases.to_vec(),
@@ -92,15 +104,11 @@ impl PhraseCheck {
     /// The first phrase found, with the span of what the user typed.
     pub fn check(&self, normalized: &Normalized<'_>) -> Option<Hit> {
         let text = normalized.text.as_str();
-        let found = self.combined.find(text)?;
-        // Only on a match: which phrase was it?
-        let index = self
-            .combined
-            .captures_at(text, found.start())
-            .and_then(|caps| (1..caps.len()).find(|&g| caps.get(g).is_some()))
-            .map_or(0, |group| group - 1);
+        let found = self.combined.find(Input::new(text))?;
         let span = normalized.span(found.range());
-        let phrase = &self.phrases[index];
+        // The patterns are the phrases, one for one, so the index is always in range.
+        let phrase = self.phrases.get(found.pattern().as_usize())?;
+        crate::fault::phrase_matched(phrase);
         Some(Hit {
             score: 0.0,
             threshold: 0.0,
@@ -164,11 +172,36 @@ fn literal_pattern(phrase: &str, wildcard: bool) -> (String, Option<char>, Optio
     )
 }
 
-fn build(pattern: &str) -> Result<Regex, String> {
-    RegexBuilder::new(pattern)
-        .case_insensitive(true)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(DFA_SIZE_LIMIT)
-        .build()
-        .map_err(|e| format!("invalid or too large pattern: {e}"))
+/// Compiles patterns as one regex, case-insensitively and within the size limits; an error
+/// says why in one line.
+fn build<P: AsRef<str>>(patterns: &[P]) -> Result<Regex, String> {
+    Regex::builder()
+        .syntax(syntax::Config::new().case_insensitive(true).utf8(true))
+        .configure(
+            Config::new()
+                .match_kind(MatchKind::LeftmostFirst)
+                .utf8_empty(true)
+                .nfa_size_limit(Some(REGEX_SIZE_LIMIT))
+                .hybrid_cache_capacity(DFA_SIZE_LIMIT),
+        )
+        .build_many(patterns)
+        .map_err(|e| build_error(&e))
+}
+
+/// One line for a compile error: the parser's own reason (look-around, say, which the
+/// linear-time engine does not support) without its drawing of the pattern.
+fn build_error(error: &BuildError) -> String {
+    const PREFIX: &str = "invalid or too large pattern";
+    if let Some(limit) = error.size_limit() {
+        return format!("{PREFIX}: compiles to more than the limit of {limit} bytes");
+    }
+    let Some(syntax) = error.syntax_error() else {
+        return format!("{PREFIX}: {error}");
+    };
+    let full = syntax.to_string();
+    let reason = full
+        .lines()
+        .find_map(|line| line.strip_prefix("error: "))
+        .unwrap_or(&full);
+    format!("{PREFIX}: {reason}")
 }

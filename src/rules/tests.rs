@@ -69,7 +69,9 @@ fn evaluate(
         channel_recent: channel,
         now_ms: NOW,
     };
-    let mut reasons = set.evaluate(&message, policy, &ctx);
+    let evaluation = set.evaluate(&message, policy, &ctx);
+    assert_eq!(evaluation.failed, [], "no rule panics on {text:?}");
+    let mut reasons = evaluation.reasons;
     assert!(
         reasons.len() <= 1,
         "one rule, at most one reason: {reasons:?}"
@@ -166,6 +168,151 @@ fn phrases_wildcard_anywhere_and_regex() {
         Some("discord.gg/abc123"),
     );
     check(&regex, "discord is nice", None);
+}
+
+/// A regex phrase rule of `phrases` (TOML literal strings, so no escaping).
+fn regex_rule(phrases: &[&str]) -> RuleSet {
+    let list: Vec<String> = phrases.iter().map(|p| format!("'{p}'")).collect();
+    one_rule(&format!(
+        "kind = \"phrase\"\n[rule.params]\nphrases = [{}]\nsyntax = \"regex\"",
+        list.join(", ")
+    ))
+}
+
+/// Regex phrases with groups of their own: each row is the phrases, a text, and `None` (must
+/// not fire) or the original text shown and the phrase the evidence must name. Before phrases
+/// were compiled as separate patterns, the first row panicked (group 2 of `(p0)|(p1)` was the
+/// user's own group, so the index of `spamword` was 2 of 2 phrases) and the named rows failed
+/// to compile.
+#[test]
+fn regex_phrases_with_their_own_groups_name_the_phrase_that_matched() {
+    type Row<'a> = (&'a [&'a str], &'a str, Option<(&'a str, &'a str)>);
+    let rows: &[Row<'_>] = &[
+        // Capture groups before the phrase that matches.
+        (
+            &["(free|cheap) nitro", "spamword"],
+            "buy SPAMWORD now",
+            Some(("SPAMWORD", "spamword")),
+        ),
+        (
+            &["(free|cheap) nitro", "spamword"],
+            "cheap nitro here",
+            Some(("cheap nitro", "(free|cheap) nitro")),
+        ),
+        (
+            &["(free|cheap) nitro", "spamword"],
+            "free nitrogen",
+            Some(("free nitro", "(free|cheap) nitro")),
+        ),
+        (&["(free|cheap) nitro", "spamword"], "expensive nitro", None),
+        (
+            &["(a)(b)(c)(d)", "(q)", "(f)(g)", "last"],
+            "the last one",
+            Some(("last", "last")),
+        ),
+        // Named groups, the same names in two phrases, both syntaxes.
+        (
+            &["(?P<w>free) (?P<x>nitro)", "(?P<w>spam)(?P<x>word)"],
+            "spamword",
+            Some(("spamword", "(?P<w>spam)(?P<x>word)")),
+        ),
+        (
+            &["(?<w>scam)", "(?<w>fraud)", "(?P<w>con)"],
+            "what a fraud",
+            Some(("fraud", "(?<w>fraud)")),
+        ),
+        // Nested alternations and groups, non-capturing groups, empty groups.
+        (
+            &["((a|b)(c|(d|e)))+z", "q(r(s(t)))"],
+            "say qrst",
+            Some(("qrst", "q(r(s(t)))")),
+        ),
+        (
+            &["((a|b)(c|(d|e)))+z", "q(r(s(t)))"],
+            "bdacz",
+            Some(("bdacz", "((a|b)(c|(d|e)))+z")),
+        ),
+        (
+            &["(?:foo|bar)baz", "(x)(?:y)(z)"],
+            "xyz",
+            Some(("xyz", "(x)(?:y)(z)")),
+        ),
+        (
+            &["()spam", "(|x)word"],
+            "a word",
+            Some(("word", "(|x)word")),
+        ),
+        // Inline flags stay inside their phrase.
+        (
+            &["(?-i:Exact)", "(loose)"],
+            "exact LOOSE",
+            Some(("LOOSE", "(loose)")),
+        ),
+        // The earliest match wins whatever the order; at one position, the first phrase.
+        (
+            &["(late)", "early"],
+            "early then late",
+            Some(("early", "early")),
+        ),
+        (
+            &["spam\\w*", "(spam)"],
+            "spamword",
+            Some(("spamword", "spam\\w*")),
+        ),
+        (
+            &["(spam)", "spam\\w*"],
+            "spamword",
+            Some(("spam", "(spam)")),
+        ),
+        (&["(a)(b)", "c(d)"], "nothing here", None),
+    ];
+    for &(phrases, text, expected) in rows {
+        let set = regex_rule(phrases);
+        check(&set, text, expected.map(|(shown, _)| shown));
+        if let Some((_, phrase)) = expected {
+            let reason = evaluate(
+                &set,
+                text,
+                &UserHistory::default(),
+                &ChannelWindow::default(),
+            )
+            .expect("it fired");
+            assert_eq!(reason.evidence.pattern, phrase, "{phrases:?} on {text:?}");
+            assert!(reason.evidence.detail.contains(phrase), "{reason:#?}");
+        }
+    }
+}
+
+/// What the regex engine cannot do is refused when the rule is saved, naming the phrase.
+#[test]
+fn regex_phrases_the_engine_cannot_run_are_refused_with_the_reason() {
+    let rows: &[(&str, &str, &str)] = &[
+        ("(?=nitro)free", "phrases[0]", "look-around"),
+        ("(?<=free) nitro", "phrases[0]", "look-around"),
+        ("(?!x)y", "phrases[0]", "look-around"),
+        ("(unclosed", "phrases[0]", "unclosed group"),
+        ("\\1", "phrases[0]", "backreferences are not supported"),
+        (
+            "(?P<w>a)(?P<w>b)",
+            "phrases[0]",
+            "duplicate capture group name",
+        ),
+        ("a{1000}{1000}", "phrases[0]", "more than the limit of"),
+    ];
+    for &(phrase, place, reason) in rows {
+        let text = format!(
+            "{POLICY}\n[[rule]]\nid = \"r\"\naction = \"hide\"\nkind = \"phrase\"\n\
+             [rule.params]\nphrases = ['ok', '{phrase}']\nsyntax = \"regex\"\n"
+        );
+        let text = text.replace("['ok', ", "[");
+        let error = RuleSet::parse(&text, "test").expect_err(phrase);
+        assert!(
+            error.place.ends_with(&format!("params.{place}")),
+            "{error:?}"
+        );
+        assert!(error.message.contains(reason), "{phrase}: {error:?}");
+        assert!(!error.message.contains('\n'), "one line: {error:?}");
+    }
 }
 
 #[test]
@@ -436,7 +583,7 @@ fn windows_longer_than_time_itself() {
             channel_recent: &ChannelWindow::default(),
             now_ms: YEAR_ONE_MS,
         };
-        let reasons = set.evaluate(&message, policy, &ctx);
+        let reasons = set.evaluate(&message, policy, &ctx).reasons;
         assert_eq!(reasons.len(), 1, "{rule}: {reasons:?}");
     }
 }
@@ -541,7 +688,7 @@ fn modes_roles_channels_and_policy() {
         channel_recent: &ChannelWindow::default(),
         now_ms: NOW,
     };
-    assert!(exempt.evaluate(&sub, policy, &ctx).is_empty());
+    assert_eq!(exempt.evaluate(&sub, policy, &ctx), Evaluation::default());
     assert!(policy.exempts(&["moderator".into()]));
 
     let scoped =
@@ -645,5 +792,57 @@ fn bad_rules_are_refused_naming_the_rule_and_key() {
     assert!(
         error.contains("rule[0] (id \"t\").duration_secs"),
         "{error}"
+    );
+}
+
+/// A rule that panics is skipped and reported; the rules around it still run and fire.
+#[test]
+fn a_rule_that_panics_is_skipped_and_the_others_still_fire() {
+    const {
+        assert!(
+            crate::fault::ENABLED,
+            "unit tests build with the fault-injection feature (the self dev-dependency)"
+        );
+    }
+    let text = format!(
+        "{POLICY}\n\
+         [[rule]]\nid = \"before\"\naction = \"hide\"\nkind = \"phrase\"\n\
+         [rule.params]\nphrases = [\"spam\"]\n\
+         [[rule]]\nid = \"boom\"\naction = \"ban\"\nkind = \"phrase\"\n\
+         [rule.params]\nphrases = [\"{}\"]\n\
+         [[rule]]\nid = \"after\"\naction = \"timeout\"\nduration_secs = 60\nkind = \"phrase\"\n\
+         [rule.params]\nphrases = [\"eggs\"]\n",
+        crate::fault::PANIC_PHRASE
+    );
+    let set = RuleSet::parse(&text, "test").unwrap();
+    let message = message(&format!("spam and eggs, {}", crate::fault::PANIC_PHRASE));
+    let policy = set.policy(&message.channel);
+    let normalized = normalize(&message.text, &policy.emotes);
+    let history = UserHistory::default();
+    let channel = ChannelWindow::default();
+    let ctx = Context {
+        normalized: &normalized,
+        history: &history,
+        channel_recent: &channel,
+        now_ms: NOW,
+    };
+    let evaluation = set.evaluate(&message, policy, &ctx);
+    let fired: Vec<_> = evaluation
+        .reasons
+        .iter()
+        .map(|r| r.rule_id.as_str())
+        .collect();
+    assert_eq!(fired, ["before", "after"]);
+    assert_eq!(evaluation.failed.len(), 1);
+    assert_eq!(evaluation.failed[0].rule_id, "boom");
+    assert!(
+        evaluation.failed[0].location.contains("fault.rs"),
+        "{:?}",
+        evaluation.failed[0]
+    );
+    // Without history too (what decides whether the model is consulted).
+    assert_eq!(
+        set.harshest_without_history(&message, policy, &normalized),
+        Some(Decision::Timeout)
     );
 }

@@ -481,3 +481,28 @@ impl Pki {
         ))
     }
 }
+
+/// Writes a rules file into `dir` for `config.rules.file`: the built-in rules plus `fault`, a
+/// phrase rule (action hide) whose phrase panics when it matches (`modbot::fault::PANIC_PHRASE`,
+/// test builds only), and `groups`, a regex rule whose phrases have capture groups of their
+/// own (action hold). A message containing `modbot::fault::PANIC_TEXT` panics outside any rule.
+pub fn faulty_rules_file(dir: &std::path::Path) -> std::path::PathBuf {
+    const {
+        assert!(
+            modbot::fault::ENABLED,
+            "the tests build modbot with the fault-injection feature (Cargo.toml's self dev-dependency)"
+        );
+    }
+    let text = format!(
+        "{}\n[[rule]]\nid = \"fault\"\nkind = \"phrase\"\naction = \"hide\"\n\
+         [rule.params]\nphrases = [\"{}\"]\n\n\
+         [[rule]]\nid = \"groups\"\nkind = \"phrase\"\naction = \"hold\"\n\
+         [rule.params]\nphrases = ['(free|cheap) nitro', '(?P<w>spam)word', '(?P<w>spam)mer']\n\
+         syntax = \"regex\"\n",
+        modbot::rules::DEFAULT_RULES,
+        modbot::fault::PANIC_PHRASE,
+    );
+    let path = dir.join("faulty-rules.toml");
+    std::fs::write(&path, text).expect("write the rules file");
+    path
+}
