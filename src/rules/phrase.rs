@@ -73,7 +73,23 @@ impl PhraseCheck {
         for (i, phrase) in phrases.iter().enumerate() {
             let key = format!("phrases[{i}]");
             let pattern = match syntax {
-                PhraseSyntax::Regex => phrase.clone(),
+                PhraseSyntax::Regex => {
+                    // A pattern that can match no text at all (`a*`, `^`, `\b`, `x|`) matches
+                    // at some position of nearly every message: one admin's typo would act
+                    // on the whole chat. What the parser cannot read is left to `build` below,
+                    // which says why.
+                    if let Ok(hir) = syntax::parse(phrase)
+                        && hir.properties().minimum_len() == Some(0)
+                    {
+                        return Err((
+                            key,
+                            "can match without any text (e.g. `a*`, `^`, `\\b`, `x|`), so it \
+                             would hit nearly every message"
+                                .to_owned(),
+                        ));
+                    }
+                    phrase.clone()
+                }
                 PhraseSyntax::Literal | PhraseSyntax::Wildcard => {
                     let (pattern, first, last) =
                         literal_pattern(phrase, syntax == PhraseSyntax::Wildcard);

@@ -298,6 +298,11 @@ fn regex_phrases_the_engine_cannot_run_are_refused_with_the_reason() {
             "duplicate capture group name",
         ),
         ("a{1000}{1000}", "phrases[0]", "more than the limit of"),
+        ("a*", "phrases[0]", "without any text"),
+        ("^", "phrases[0]", "without any text"),
+        ("\\b", "phrases[0]", "without any text"),
+        ("spam|", "phrases[0]", "without any text"),
+        ("(free)?", "phrases[0]", "without any text"),
     ];
     for &(phrase, place, reason) in rows {
         let text = format!(
