@@ -17,7 +17,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::bridge::protocol::{self, Command, Frame, FrameError, MAX_FRAME_BYTES, Moderation};
+use crate::bridge::protocol::{
+    self, Command, Frame, FrameError, MAX_FRAME_BYTES, MAX_SERVER_FRAME_BYTES, Moderation,
+};
 use crate::decision::{ChatMessage, ReasonSource};
 use crate::normalize::{EmoteSet, Normalized, TokenKind, normalize as fold};
 use crate::rules::spec::{PolicySpec, RuleSpec};
@@ -821,7 +823,7 @@ fn decide(set: &RuleSet, extra: &str) {
 
 /// The chat frame parser on any bytes.
 ///
-/// Asserts: no panic; [`FrameError::TooLong`] exactly for frames over [`MAX_FRAME_BYTES`],
+/// Asserts: no panic; [`FrameError::TooLong`] exactly for frames over [`MAX_SERVER_FRAME_BYTES`],
 /// [`FrameError::NotUtf8`] exactly for other bytes that are not UTF-8, and `parse_bytes` agrees
 /// with `parse` on text; a parsed frame keeps the protocol's guarantees (a message's text and a
 /// moderation's target non-empty, nicks not blank, the time the timestamp); every parsed frame
@@ -830,7 +832,7 @@ fn decide(set: &RuleSet, extra: &str) {
 /// target and duration it was given.
 pub fn chat_frame(data: &[u8]) {
     let parsed = protocol::parse_bytes(data);
-    if data.len() > MAX_FRAME_BYTES {
+    if data.len() > MAX_SERVER_FRAME_BYTES {
         assert_eq!(parsed, Err(FrameError::TooLong(data.len())));
         return;
     }
@@ -888,7 +890,7 @@ pub fn chat_frame(data: &[u8]) {
     if let Some(written) = write_event(&frame) {
         match protocol::parse(&written) {
             Ok(again) => assert_eq!(again, frame, "{written:?} reads back as it was"),
-            Err(FrameError::TooLong(_)) => assert!(written.len() > MAX_FRAME_BYTES),
+            Err(FrameError::TooLong(_)) => assert!(written.len() > MAX_SERVER_FRAME_BYTES),
             Err(error) => panic!("{written:?} (from {text:?}) does not read back: {error}"),
         }
     }

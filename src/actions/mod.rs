@@ -144,21 +144,25 @@ pub enum ActionStatus {
     Executed,
     /// The chat refused it.
     Failed,
-    /// No bridge carried it out in time.
+    /// No bridge carried it out in time: it was never sent.
     Expired,
     /// Nothing to carry out in the chat (a warning), or already carried out there (a human
     /// moderator's action seen on a stream is recorded as executed instead).
     Recorded,
+    /// Sent to a bridge that never answered in time: the chat may have carried it out, so it
+    /// can be appealed (a late answer still settles it).
+    Unknown,
 }
 
 impl ActionStatus {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Pending,
         Self::Sent,
         Self::Executed,
         Self::Failed,
         Self::Expired,
         Self::Recorded,
+        Self::Unknown,
     ];
 
     /// The stored name.
@@ -170,6 +174,7 @@ impl ActionStatus {
             Self::Failed => "failed",
             Self::Expired => "expired",
             Self::Recorded => "recorded",
+            Self::Unknown => "unknown",
         }
     }
 

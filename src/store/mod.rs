@@ -19,7 +19,7 @@ mod actions;
 mod feedback;
 mod rules;
 
-pub use self::actions::{ActionAnswer, Filed, Recorded, Resolved};
+pub use self::actions::{ActionAnswer, Expired, Filed, MAX_ROUTES, Recorded, Resolved};
 pub use self::feedback::{Feedback, FeedbackSource};
 pub use self::rules::{
     Change, ChangeTarget, HistoryEntry, StoredPolicy, StoredRule, StoredRuleSet,
