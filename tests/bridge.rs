@@ -922,21 +922,16 @@ async fn a_long_strims_message_with_entities_is_moderated() {
         })
     );
     chat.inject(Message::Text(long.into()));
-    let moderations = chat
-        .wait_for_moderations(Duration::from_secs(15), |m| {
-            !mutes_of(m, "Spammer").is_empty() && !mutes_of(m, "Bob").is_empty()
-        })
-        .await;
-    assert_eq!(mutes_of(&moderations, "Spammer").len(), 1);
-    assert_eq!(mutes_of(&moderations, "Bob").len(), 1);
+    // Both reached modbot and were acted on (a first offence is a warning: `warn_first`).
     for target in ["Spammer", "Bob"] {
         let action = wait_for_action(&modbot, dialect, target, |a| {
             a.source == ActionSource::Automod as i32
         })
         .await;
         assert_eq!(
-            settled(&modbot, &action.id).await.status,
-            ActionStatus::Executed as i32
+            action.kind,
+            ActionKind::Warn as i32,
+            "{target}: the scam rule fired, softened to a warning: {action:?}"
         );
     }
     bridge.stop().await;
