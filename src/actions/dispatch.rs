@@ -565,7 +565,7 @@ mod tests {
         let a3 = timeout(&d, "c3", "u3").await;
         deliver_round(&d.inner).await.unwrap();
         assert_eq!(received(&mut rx1), [a1.clone(), a2.clone()]);
-        assert_eq!(received(&mut rx2), [a3.clone()]);
+        assert_eq!(received(&mut rx2), std::slice::from_ref(&a3));
         for (id, bridge) in [(&a1, "b1"), (&a2, "b1"), (&a3, "b2")] {
             let action = d.store().action(id).await.unwrap().unwrap();
             assert_eq!(
@@ -611,9 +611,13 @@ mod tests {
         let (_r, mut rx) = d.register("s1", "b1", &channels(&["c1"]));
         let id = timeout(&d, "c1", "u1").await;
         deliver_round(&d.inner).await.unwrap();
-        assert_eq!(received(&mut rx), [id.clone()]);
+        assert_eq!(received(&mut rx), std::slice::from_ref(&id));
         deliver_round(&d.inner).await.unwrap();
-        assert_eq!(received(&mut rx), [id.clone()], "sent again, unanswered");
+        assert_eq!(
+            received(&mut rx),
+            std::slice::from_ref(&id),
+            "sent again, unanswered"
+        );
         d.answer(
             "b1",
             &[ActionAnswer {
@@ -634,7 +638,7 @@ mod tests {
         let (r, mut rx) = d.register("s1", "b1", &channels(&["c1"]));
         let id = timeout(&d, "c1", "u1").await;
         deliver_round(&d.inner).await.unwrap();
-        assert_eq!(received(&mut rx), [id.clone()]);
+        assert_eq!(received(&mut rx), std::slice::from_ref(&id));
         deliver_round(&d.inner).await.unwrap();
         assert!(received(&mut rx).is_empty());
         drop(r);

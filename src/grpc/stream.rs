@@ -809,7 +809,7 @@ mod tests {
             Some(stream_moderate_response::Kind::Command(c)) if c.action_id == "a1"
         ));
         // a2 is now written into the channel, a3 waits for room; the session ends.
-        while responses_rx.len() == 0 {
+        while responses_rx.is_empty() {
             tokio::task::yield_now().await;
         }
         forwarding_tx.send(false).unwrap();
