@@ -104,6 +104,7 @@ async fn direct(
             roles: m.roles.clone(),
             text: m.text.clone(),
             sent_at: Some((std::time::UNIX_EPOCH + Duration::from_millis(ts)).into()),
+            original_text_bytes: 0,
         };
         tx.send(StreamModerateRequest {
             kind: Some(stream_moderate_request::Kind::Event(ChatEvent {

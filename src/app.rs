@@ -350,7 +350,8 @@ pub async fn serve(
         store.clone(),
         config.actions.pending_ttl(),
         config.actions.poll_interval(),
-    );
+    )
+    .with_resend_interval(config.actions.resend_interval());
     let dispatch_task = dispatcher.spawn();
     let (audit, audit_task) = AuditWriter::spawn(store.clone(), AUDIT_QUEUE, dispatcher.clone());
     tracing::info!(
@@ -415,6 +416,14 @@ pub async fn serve(
         // stream window must stay well below that even for ~100-byte chat events.
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        // A connection whose peer vanished without closing it (a killed bridge host, a cut
+        // network) is closed after a PING goes unanswered, so its streams end, their bridges'
+        // registrations go and the actions they held are given back, instead of waiting for
+        // TCP to give up (~15 min). TCP keepalive covers connections between calls.
+        .http2_keepalive_interval(Some(app.config.grpc.keepalive_interval()))
+        .http2_keepalive_timeout(Some(app.config.grpc.keepalive_timeout()))
+        .tcp_keepalive(Some(app.config.grpc.keepalive_interval()))
+        .max_concurrent_streams(Some(app.config.grpc.max_concurrent_streams))
         // Outermost, so calls the auth layer refuses are counted too.
         .layer(grpc::metrics::MetricsLayer)
         .layer(grpc::trace::TraceLayer)

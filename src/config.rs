@@ -130,6 +130,10 @@ pub struct BridgeConfig {
     pub reconnect_min_ms: u64,
     /// Longest reconnect delay.
     pub reconnect_max_ms: u64,
+    /// The server connection's HTTP/2 PING interval (and TCP keepalive time).
+    pub keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection counts as dead.
+    pub keepalive_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for BridgeConfig {
@@ -153,6 +157,8 @@ impl std::fmt::Debug for BridgeConfig {
             .field("throttle_base_ms", &shown.throttle_base_ms)
             .field("reconnect_min_ms", &shown.reconnect_min_ms)
             .field("reconnect_max_ms", &shown.reconnect_max_ms)
+            .field("keepalive_interval_ms", &shown.keepalive_interval_ms)
+            .field("keepalive_timeout_ms", &shown.keepalive_timeout_ms)
             .finish()
     }
 }
@@ -258,6 +264,16 @@ impl BridgeConfig {
                 self.reconnect_max_ms,
                 10..=600_000,
             ),
+            (
+                "bridge.keepalive_interval_ms",
+                self.keepalive_interval_ms,
+                KEEPALIVE_RANGE_MS,
+            ),
+            (
+                "bridge.keepalive_timeout_ms",
+                self.keepalive_timeout_ms,
+                KEEPALIVE_RANGE_MS,
+            ),
         ] {
             if !range.contains(&value) {
                 return Err(invalid(
@@ -312,6 +328,8 @@ pub struct ActionsConfig {
     pub poll_interval_ms: u64,
     /// How long the mute that carries out a hide lasts.
     pub hide_duration_secs: u64,
+    /// How long an action sent to a bridge waits for its answer before it is sent again.
+    pub resend_interval_ms: u64,
 }
 
 impl ActionsConfig {
@@ -329,7 +347,15 @@ impl ActionsConfig {
     pub fn hide_duration(&self) -> Duration {
         Duration::from_secs(self.hide_duration_secs)
     }
+
+    /// [`Self::resend_interval_ms`] as a duration.
+    pub fn resend_interval(&self) -> Duration {
+        Duration::from_millis(self.resend_interval_ms)
+    }
 }
+
+/// The range of every keepalive timing and of `actions.resend_interval_ms`, in milliseconds.
+const KEEPALIVE_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 
 /// `[grpc]`: the gRPC server and the limits it enforces on requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -350,12 +376,35 @@ pub struct GrpcConfig {
     /// CA certificates (PEM) that must have signed every client's certificate (mutual TLS);
     /// empty to accept clients without certificates.
     pub tls_client_ca_file: PathBuf,
+    /// How often the server PINGs each HTTP/2 connection (and its TCP keepalive time).
+    pub keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout_ms: u64,
+    /// Most concurrent streams on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// How long a new `StreamModerate` stream may take to send its Hello.
+    pub hello_timeout_ms: u64,
 }
 
 impl GrpcConfig {
     /// The shutdown grace period as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// [`Self::keepalive_interval_ms`] as a duration.
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.keepalive_interval_ms)
+    }
+
+    /// [`Self::keepalive_timeout_ms`] as a duration.
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.keepalive_timeout_ms)
+    }
+
+    /// [`Self::hello_timeout_ms`] as a duration.
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.hello_timeout_ms)
     }
 
     /// Whether the server speaks TLS (`tls_cert_file` and `tls_key_file` are set).
@@ -649,6 +698,40 @@ impl Config {
                 "grpc.max_messages_per_call",
                 format!("{} is outside 1..=1024", self.grpc.max_messages_per_call),
             ));
+        }
+        for (key, value, range) in [
+            (
+                "grpc.keepalive_interval_ms",
+                self.grpc.keepalive_interval_ms,
+                KEEPALIVE_RANGE_MS,
+            ),
+            (
+                "grpc.keepalive_timeout_ms",
+                self.grpc.keepalive_timeout_ms,
+                KEEPALIVE_RANGE_MS,
+            ),
+            (
+                "grpc.max_concurrent_streams",
+                u64::from(self.grpc.max_concurrent_streams),
+                1..=65_536,
+            ),
+            (
+                "grpc.hello_timeout_ms",
+                self.grpc.hello_timeout_ms,
+                100..=600_000,
+            ),
+            (
+                "actions.resend_interval_ms",
+                self.actions.resend_interval_ms,
+                KEEPALIVE_RANGE_MS,
+            ),
+        ] {
+            if !range.contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("{value} is outside {}..={}", range.start(), range.end()),
+                ));
+            }
         }
         if !(1..=65_536).contains(&self.grpc.max_text_bytes) {
             return Err(invalid(

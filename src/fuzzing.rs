@@ -26,7 +26,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::bridge::protocol::{self, Command, Frame, FrameError, MAX_FRAME_BYTES, Moderation};
+use crate::bridge::protocol::{
+    self, Command, Frame, FrameError, MAX_FRAME_BYTES, MAX_SERVER_FRAME_BYTES, Moderation,
+};
 use crate::decision::{ChatMessage, DecideOptions, Decision, Engine, Reason, ReasonSource};
 use crate::normalize::{EmoteSet, Normalized, TokenKind, normalize as fold};
 use crate::rules::spec::{PolicySpec, RuleSpec};
@@ -1457,7 +1459,7 @@ async fn run_stream(events: Vec<StreamEvent>, window: usize) {
 
 /// The chat frame parser on any bytes.
 ///
-/// Asserts: no panic; [`FrameError::TooLong`] exactly for frames over [`MAX_FRAME_BYTES`],
+/// Asserts: no panic; [`FrameError::TooLong`] exactly for frames over [`MAX_SERVER_FRAME_BYTES`],
 /// [`FrameError::NotUtf8`] exactly for other bytes that are not UTF-8, and `parse_bytes` agrees
 /// with `parse` on text; a parsed frame keeps the protocol's guarantees (a message's text and a
 /// moderation's target non-empty, nicks not blank, the time the timestamp); every parsed frame
@@ -1466,7 +1468,7 @@ async fn run_stream(events: Vec<StreamEvent>, window: usize) {
 /// target and duration it was given.
 pub fn chat_frame(data: &[u8]) {
     let parsed = protocol::parse_bytes(data);
-    if data.len() > MAX_FRAME_BYTES {
+    if data.len() > MAX_SERVER_FRAME_BYTES {
         assert_eq!(parsed, Err(FrameError::TooLong(data.len())));
         return;
     }
@@ -1524,7 +1526,7 @@ pub fn chat_frame(data: &[u8]) {
     if let Some(written) = write_event(&frame) {
         match protocol::parse(&written) {
             Ok(again) => assert_eq!(again, frame, "{written:?} reads back as it was"),
-            Err(FrameError::TooLong(_)) => assert!(written.len() > MAX_FRAME_BYTES),
+            Err(FrameError::TooLong(_)) => assert!(written.len() > MAX_SERVER_FRAME_BYTES),
             Err(error) => panic!("{written:?} (from {text:?}) does not read back: {error}"),
         }
     }

@@ -115,7 +115,17 @@ struct Modbot {
 
 impl Modbot {
     async fn start(addr: SocketAddr, data_dir: &Path) -> Self {
-        let config = common::test_config(data_dir);
+        Self::start_with(addr, data_dir, |_| {}).await
+    }
+
+    /// [`Modbot::start`] with the test configuration adjusted by `configure`.
+    async fn start_with(
+        addr: SocketAddr,
+        data_dir: &Path,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
+        let mut config = common::test_config(data_dir);
+        configure(&mut config);
         // The port a stopped server held may take a moment to be free again.
         let deadline = Instant::now() + Duration::from_secs(10);
         let listener = loop {
@@ -818,4 +828,203 @@ async fn the_bridge_reaches_a_tls_server_with_its_token() {
     assert!(mutes_of(&chat.moderations(), "Spammer").is_empty());
     bridge.stop().await;
     server.stop().await.expect("a clean stop");
+}
+
+/// The chat servers send frames far larger than the 6,144 bytes they accept from clients: a
+/// busy chat's NAMES (here 100 KB and 2 MB, past the old 1 MiB read limit that ended the
+/// connection, again on every reconnect) is read and passed on, with no reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_chats_names_is_read() {
+    let dialect = Dialect::Dgg;
+    let chat = chat(dialect).await;
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let modbot = Modbot::start(any_port(), data.path()).await;
+    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+    carried_out(
+        &modbot,
+        moderator_action(dialect, ActionKind::Timeout, "Bob"),
+    )
+    .await;
+    let accepted = chat.accepted_connections();
+    for users in [2_000, 40_000] {
+        let mut list: Vec<serde_json::Value> = (0..users)
+            .map(|i| serde_json::json!({"nick": format!("viewer{i:06}"), "features": ["subscriber", "flair3"]}))
+            .collect();
+        list.push(serde_json::json!({"nick": "modbot", "features": ["bot", "moderator"]}));
+        let names = format!(
+            "NAMES {}",
+            serde_json::json!({"users": list, "connectioncount": users + 1})
+        );
+        assert!(names.len() > 6_144);
+        if users == 40_000 {
+            assert!(names.len() > 1 << 20, "{} bytes", names.len());
+        }
+        chat.inject(Message::Text(names.into()));
+    }
+    // Frames are handled in order: once this is carried out, both NAMES were read.
+    carried_out(
+        &modbot,
+        moderator_action(dialect, ActionKind::Unmute, "Bob"),
+    )
+    .await;
+    assert_eq!(
+        chat.accepted_connections(),
+        accepted,
+        "a large frame does not end the connection"
+    );
+    let report = bridge.stop().await;
+    // The first NAMES, then the two injected ones (at least).
+    assert!(report.events >= 3, "{report:?}");
+    modbot.stop().await;
+}
+
+/// A Strims MSG carries its entities: a short text can be a 64 KB frame, and the old 6,144-byte
+/// read limit skipped it, so a spammer could pad a message past moderation. Now it is
+/// moderated; and a text longer than `grpc.max_text_bytes` reaches modbot cut (its verdict
+/// says so), rather than being refused unmoderated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_strims_message_with_entities_is_moderated() {
+    let dialect = Dialect::Strims;
+    let chat = chat(dialect).await;
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let modbot = Modbot::start(any_port(), data.path()).await;
+    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+    carried_out(
+        &modbot,
+        moderator_action(dialect, ActionKind::Unmute, "Shield"),
+    )
+    .await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // A scam with 64 KB of entities (emote and link spans, as Strims sends them).
+    let text = "claim your reward: free nitro for everyone who clicks";
+    let entities: Vec<serde_json::Value> = (0..1_200)
+        .map(|i| serde_json::json!({"name": "PEPE", "modifiers": ["wide", "spin"], "bounds": [i, i + 4]}))
+        .collect();
+    let padded = format!(
+        "MSG {}",
+        serde_json::json!({
+            "nick": "Spammer", "features": [], "timestamp": now_ms, "data": text,
+            "entities": {"emotes": entities, "links": [], "codes": []},
+        })
+    );
+    assert!(padded.len() >= 64 * 1024, "{} bytes", padded.len());
+    chat.inject(Message::Text(padded.into()));
+    // A 60 KB text that starts with a scam: cut to 4,096 bytes, still moderated.
+    let long_text = format!(
+        "crypto giveaway: double your bitcoin today {}",
+        "and the rest of the text goes on ".repeat(1_900)
+    );
+    assert!(long_text.len() > 60_000);
+    let long = format!(
+        "MSG {}",
+        serde_json::json!({
+            "nick": "Bob", "features": ["subscriber"], "timestamp": now_ms + 1, "data": long_text,
+            "entities": {},
+        })
+    );
+    chat.inject(Message::Text(long.into()));
+    // Both reached modbot and were acted on (a first offence is a warning: `warn_first`).
+    for target in ["Spammer", "Bob"] {
+        let action = wait_for_action(&modbot, dialect, target, |a| {
+            a.source == ActionSource::Automod as i32
+        })
+        .await;
+        assert_eq!(
+            action.kind,
+            ActionKind::Warn as i32,
+            "{target}: the scam rule fired, softened to a warning: {action:?}"
+        );
+    }
+    bridge.stop().await;
+    modbot.stop().await;
+}
+
+/// The fault: the network between bridge and modbot silently stops carrying anything (a
+/// blackhole: neither side's socket is closed). Actions recorded during the blackhole, and
+/// right after it heals, are each carried out exactly once within the stated bound after the
+/// heal: both sides' HTTP/2 keepalive (here 300 ms + 300 ms) notices the dead connection, the
+/// server's session ends and gives back what it never wrote, the bridge reconnects (backoff
+/// at most 400 ms) and is sent what waits and, again, what its dead session was sent (its
+/// executor remembers what it did, so nothing is done twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_connection_loses_no_action_and_acts_once() {
+    /// What the test promises: every action executed within this long after the heal.
+    const BOUND: Duration = Duration::from_secs(10);
+    let dialect = Dialect::Dgg;
+    let chat = chat(dialect).await;
+    let targets: Vec<String> = (0..8).map(|i| format!("Viewer{i}")).collect();
+    for (i, nick) in targets.iter().enumerate() {
+        chat.add_user(&format!("viewer-token-{i}"), nick, &[]);
+    }
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let modbot = Modbot::start_with(any_port(), data.path(), |config| {
+        config.grpc.keepalive_interval_ms = 300;
+        config.grpc.keepalive_timeout_ms = 300;
+        config.actions.poll_interval_ms = 50;
+        config.actions.resend_interval_ms = 500;
+    })
+    .await;
+    let proxy = common::blackhole::Blackhole::start(modbot.addr).await;
+    let mut config = bridge_config(&chat, proxy.addr);
+    config.bridge.keepalive_interval_ms = 300;
+    config.bridge.keepalive_timeout_ms = 300;
+    let bridge = Bridge::start(config);
+    carried_out(
+        &modbot,
+        moderator_action(dialect, ActionKind::Timeout, "Bob"),
+    )
+    .await;
+
+    proxy.blackhole();
+    let mut ids = Vec::new();
+    for target in &targets[..4] {
+        ids.push(
+            execute(
+                &modbot,
+                moderator_action(dialect, ActionKind::Timeout, target),
+            )
+            .await
+            .id,
+        );
+    }
+    // Longer than both keepalives: each side has given up on the connection.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.heal();
+    let healed = Instant::now();
+    for target in &targets[4..] {
+        ids.push(
+            execute(
+                &modbot,
+                moderator_action(dialect, ActionKind::Timeout, target),
+            )
+            .await
+            .id,
+        );
+    }
+    for id in &ids {
+        let action = settled(&modbot, id).await;
+        assert_eq!(action.status, ActionStatus::Executed as i32, "{action:?}");
+    }
+    let took = healed.elapsed();
+    assert!(took < BOUND, "all carried out {took:?} after the heal");
+    eprintln!(
+        "blackhole: {} actions executed {took:?} after the heal",
+        ids.len()
+    );
+    // Give a duplicate time to show.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let moderations = chat.moderations();
+    for target in &targets {
+        assert_eq!(
+            mutes_of(&moderations, target).len(),
+            1,
+            "{target}: {moderations:?}"
+        );
+    }
+    assert!(proxy.dropped_bytes() > 0, "the blackhole swallowed traffic");
+    bridge.stop().await;
+    modbot.stop().await;
 }

@@ -607,3 +607,108 @@ async fn shutdown_answers_what_was_read_and_ends_streams_with_unavailable() {
     server.stop().await.expect("a clean stop");
     drop(tx);
 }
+
+/// A stream that opens and never says hello ends with DEADLINE_EXCEEDED after
+/// `grpc.hello_timeout_ms`, instead of holding its slot for as long as its connection lives.
+#[tokio::test]
+async fn a_stream_without_a_hello_ends_after_the_hello_timeout() {
+    let server = TestServer::start(|config| config.grpc.hello_timeout_ms = 300).await;
+    let (tx, rx) = mpsc::channel::<StreamModerateRequest>(1);
+    let started = std::time::Instant::now();
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        server.moderation().stream_moderate(ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("the server answers within 10 s")
+    .expect_err("no hello, no stream");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "hello: none within 300 ms of the stream opening"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    drop(tx);
+    server.stop().await.expect("clean stop");
+}
+
+/// A hello naming channels more than once is served each channel once (the welcome says
+/// which), and says the longest text the server takes.
+#[tokio::test]
+async fn a_hellos_channels_are_deduplicated() {
+    let server = TestServer::start(|config| config.grpc.max_text_bytes = 1000).await;
+    let (tx, rx) = mpsc::channel(4);
+    let mut channels = vec!["destinygg".to_owned(); 200];
+    channels.push("strims".into());
+    channels.push("destinygg".into());
+    tx.send(StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Hello(Hello {
+            bridge_id: "dup-bridge".into(),
+            channels,
+            dialect: "dgg".into(),
+            bot_nick: "modbot".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut responses = server
+        .moderation()
+        .stream_moderate(ReceiverStream::new(rx))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let Some(stream_moderate_response::Kind::Welcome(welcome)) =
+        responses.message().await.unwrap().unwrap().kind
+    else {
+        panic!("expected a welcome");
+    };
+    assert_eq!(welcome.channels, ["destinygg", "strims"]);
+    assert_eq!(welcome.max_text_bytes, 1000);
+    drop(tx);
+    assert_ends(&mut responses).await;
+    server.stop().await.expect("clean stop");
+}
+
+/// A text its sender cut to `grpc.max_text_bytes` (setting `original_text_bytes`) is decided
+/// on what modbot saw, and its verdict says the text was cut; a whole text's verdict does not.
+#[tokio::test]
+async fn a_cut_texts_verdict_says_so() {
+    let server = TestServer::start(|config| config.grpc.max_text_bytes = 64).await;
+    let (tx, mut responses) = open(&server, 8).await;
+    let StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Event(mut cut)),
+    } = say(
+        "m1",
+        "spammer",
+        "free nitro at the link below, claim it now",
+        T0,
+    )
+    else {
+        unreachable!()
+    };
+    if let Some(chat_event::Kind::Message(message)) = &mut cut.kind {
+        message.original_text_bytes = 65_000;
+    }
+    tx.send(StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Event(cut)),
+    })
+    .await
+    .unwrap();
+    tx.send(say("m2", "bob", "a whole message", T0 + 1000))
+        .await
+        .unwrap();
+    let verdict = next_verdict(&mut responses).await;
+    assert_eq!(verdict.message_id, "m1");
+    assert!(verdict.text_truncated, "{verdict:?}");
+    assert_ne!(
+        verdict.decision,
+        Decision::Allow as i32,
+        "the beginning it saw is still moderated"
+    );
+    let whole = next_verdict(&mut responses).await;
+    assert_eq!(whole.message_id, "m2");
+    assert!(!whole.text_truncated);
+    drop(tx);
+    assert_ends(&mut responses).await;
+    server.stop().await.expect("clean stop");
+}

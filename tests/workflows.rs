@@ -123,6 +123,33 @@ fn result(action_id: &str, ok: bool, error_code: &str) -> StreamModerateRequest 
     }
 }
 
+/// The server's answer to an action result.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// Recorded: `ActionResultAck`.
+    Ack(String),
+    /// Refused in-band.
+    Refused(proto::StreamError),
+}
+
+/// The next answer to an action result on a bridge's stream (commands and verdicts skipped).
+async fn next_answer(responses: &mut Streaming<StreamModerateResponse>) -> Answer {
+    loop {
+        let response = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .expect("an answer within 10 s")
+            .expect("a healthy stream")
+            .expect("a response");
+        match response.kind {
+            Some(stream_moderate_response::Kind::ResultAck(ack)) => {
+                return Answer::Ack(ack.action_id);
+            }
+            Some(stream_moderate_response::Kind::Error(error)) => return Answer::Refused(error),
+            _ => {}
+        }
+    }
+}
+
 /// The suite both backends run: everything that depends on the database's semantics.
 async fn suite(server: &TestServer) {
     let mut c = clients(server);
@@ -500,6 +527,11 @@ async fn a_bridge_carries_actions_out_and_reports_the_chat_answer() {
     assert_eq!(command.duration, secs(60));
     assert_eq!(get(&mut c, &waiting.id).await.bridge_id, "bridge-1");
     tx.send(result(&waiting.id, true, "")).await.unwrap();
+    // Recorded results are acknowledged: the bridge forgets a result only then.
+    assert_eq!(
+        next_answer(&mut responses).await,
+        Answer::Ack(waiting.id.clone())
+    );
     let done = wait_for(&mut c, &waiting.id, |a| {
         a.status != ActionStatus::Sent as i32
     })
@@ -522,6 +554,10 @@ async fn a_bridge_carries_actions_out_and_reports_the_chat_answer() {
     tx.send(result(&refused.id, false, "nopermission"))
         .await
         .unwrap();
+    assert_eq!(
+        next_answer(&mut responses).await,
+        Answer::Ack(refused.id.clone())
+    );
     let failed = wait_for(&mut c, &refused.id, |a| {
         a.status != ActionStatus::Sent as i32
     })
@@ -552,6 +588,11 @@ async fn a_bridge_carries_actions_out_and_reports_the_chat_answer() {
         error.message
     );
     assert_eq!(
+        error.action_id, unsent.id,
+        "the refusal names the result's action"
+    );
+    assert_eq!(error.code, Code::FailedPrecondition as i32);
+    assert_eq!(
         get(&mut c, &unsent.id).await.status,
         ActionStatus::Sent as i32
     );
@@ -559,19 +600,30 @@ async fn a_bridge_carries_actions_out_and_reports_the_chat_answer() {
     tx.send(result(&refused.id, true, "")).await.unwrap();
     tx.send(result("no-such-action", true, "")).await.unwrap();
     tx.send(result(&refused.id, false, "")).await.unwrap();
-    for expected in [
-        "action_result.action_id: no action",
-        "action_result.error_code: ",
+    // A repeated answer is acknowledged (the first one stands); the others are refused,
+    // each naming its action.
+    assert_eq!(
+        next_answer(&mut responses).await,
+        Answer::Ack(refused.id.clone())
+    );
+    for (expected, id, code) in [
+        (
+            "action_result.action_id: no action",
+            "no-such-action",
+            Code::NotFound,
+        ),
+        (
+            "action_result.error_code: ",
+            refused.id.as_str(),
+            Code::InvalidArgument,
+        ),
     ] {
-        let response = tokio::time::timeout(Duration::from_secs(10), responses.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let Some(stream_moderate_response::Kind::Error(error)) = response.kind else {
-            panic!("expected an in-band error, got {response:?}");
+        let Answer::Refused(error) = next_answer(&mut responses).await else {
+            panic!("expected an in-band error");
         };
         assert!(error.message.starts_with(expected), "{}", error.message);
+        assert_eq!(error.action_id, id);
+        assert_eq!(error.code, code as i32);
     }
     assert_eq!(
         get(&mut c, &refused.id).await.status,
@@ -620,6 +672,134 @@ async fn unanswered_commands_go_again_to_the_reconnecting_bridge() {
     let (_tx, mut other) = bridge(&server, "bridge-other").await;
     let later = execute(&mut c, timeout("carol", "")).await;
     assert_eq!(next_command(&mut other).await.action_id, later.id);
+    server.stop().await.unwrap();
+}
+
+/// A command lost on the way (a dead connection, a bridge that missed it) is not lost for
+/// good: while it stays unanswered it is sent again every `actions.resend_interval_ms`, on the
+/// same stream, not only when the bridge reconnects.
+#[tokio::test]
+async fn unanswered_commands_are_offered_again_periodically() {
+    let server = TestServer::start(|config| {
+        config.actions.poll_interval_ms = 50;
+        config.actions.resend_interval_ms = 200;
+    })
+    .await;
+    let mut c = clients(&server);
+    let (tx, mut responses) = bridge(&server, "bridge-p").await;
+    let action = execute(&mut c, timeout("bob", "")).await;
+    assert_eq!(next_command(&mut responses).await.action_id, action.id);
+    let started = Instant::now();
+    assert_eq!(
+        next_command(&mut responses).await.action_id,
+        action.id,
+        "offered again on the same stream"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "not before the resend interval: {:?}",
+        started.elapsed()
+    );
+    // Answered: never offered again.
+    tx.send(result(&action.id, true, "")).await.unwrap();
+    assert_eq!(
+        next_answer(&mut responses).await,
+        Answer::Ack(action.id.clone())
+    );
+    let later = execute(&mut c, timeout("carol", "")).await;
+    loop {
+        let command = next_command(&mut responses).await;
+        assert_ne!(
+            command.action_id, action.id,
+            "an answered action went again"
+        );
+        if command.action_id == later.id {
+            break;
+        }
+    }
+    drop(tx);
+    server.stop().await.unwrap();
+}
+
+/// A bridge id that registers again evicts its older session: the old stream ends with
+/// ABORTED naming the bridge, and the actions recorded from then on go to the new session
+/// (the old one, possibly a dead connection, never claims another).
+#[tokio::test]
+async fn a_bridge_id_that_registers_again_evicts_its_older_session() {
+    let server = TestServer::start(|config| config.actions.poll_interval_ms = 50).await;
+    let mut c = clients(&server);
+    let (_old_tx, mut old) = bridge(&server, "bridge-e").await;
+    let (_new_tx, mut new) = bridge(&server, "bridge-e").await;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), old.message())
+            .await
+            .expect("the old stream ends within 10 s")
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the old stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(
+        status.message().contains("bridge-e"),
+        "{}",
+        status.message()
+    );
+    for target in ["bob", "carol", "dave"] {
+        let action = execute(&mut c, timeout(target, "")).await;
+        assert_eq!(next_command(&mut new).await.action_id, action.id);
+    }
+    server.stop().await.unwrap();
+}
+
+/// An action sent to a bridge that never answers is not `expired` (which says it never
+/// reached the chat) but `unknown`: the chat may have carried it out, so the user can appeal
+/// it; a late answer still settles it.
+#[tokio::test]
+async fn an_action_sent_but_never_answered_becomes_unknown_and_appealable() {
+    let server = TestServer::start(|config| {
+        config.actions.pending_ttl_secs = 1;
+        config.actions.poll_interval_ms = 50;
+    })
+    .await;
+    let mut c = clients(&server);
+    let (tx, mut responses) = bridge(&server, "silent-bridge").await;
+    let action = execute(&mut c, timeout("bob", "")).await;
+    assert_eq!(next_command(&mut responses).await.action_id, action.id);
+    let unknown = wait_for(&mut c, &action.id, |a| {
+        a.status != ActionStatus::Sent as i32
+    })
+    .await;
+    assert_eq!(unknown.status, ActionStatus::Unknown as i32, "{unknown:?}");
+    assert!(unknown.expires_at.is_none(), "it is no longer open");
+    let listed = list(
+        &mut c,
+        proto::ListActionsRequest {
+            status: ActionStatus::Unknown as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(listed.len(), 1);
+    c.appeals
+        .file_appeal(proto::FileAppealRequest {
+            action_id: action.id.clone(),
+            user_id: "bob".into(),
+            text: "I was muted for nothing".into(),
+        })
+        .await
+        .expect("an unknown action can be appealed");
+    // The bridge's late answer still counts.
+    tx.send(result(&action.id, true, "")).await.unwrap();
+    assert_eq!(
+        next_answer(&mut responses).await,
+        Answer::Ack(action.id.clone())
+    );
+    assert_eq!(
+        get(&mut c, &action.id).await.status,
+        ActionStatus::Executed as i32
+    );
     server.stop().await.unwrap();
 }
 

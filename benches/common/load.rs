@@ -73,5 +73,6 @@ pub fn chat_message(
         roles: message.roles.clone(),
         text: message.text.clone(),
         sent_at: Some(at.into()),
+        original_text_bytes: 0,
     }
 }

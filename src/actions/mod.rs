@@ -144,7 +144,7 @@ pub enum ActionStatus {
     Executed,
     /// The chat refused it.
     Failed,
-    /// No bridge carried it out in time.
+    /// No bridge carried it out in time: it was never sent.
     Expired,
     /// Nothing to carry out in the chat (a warning), or left to the caller: a `Classify`
     /// verdict's action in a channel whose policy records them (`classify_actions = "record"`,
@@ -152,16 +152,20 @@ pub enum ActionStatus {
     /// an overturned appeal of it sends no reversal. (A human moderator's action seen on a
     /// stream is recorded as executed instead.)
     Recorded,
+    /// Sent to a bridge that never answered in time: the chat may have carried it out, so it
+    /// can be appealed (a late answer still settles it).
+    Unknown,
 }
 
 impl ActionStatus {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Pending,
         Self::Sent,
         Self::Executed,
         Self::Failed,
         Self::Expired,
         Self::Recorded,
+        Self::Unknown,
     ];
 
     /// The stored name.
@@ -173,6 +177,7 @@ impl ActionStatus {
             Self::Failed => "failed",
             Self::Expired => "expired",
             Self::Recorded => "recorded",
+            Self::Unknown => "unknown",
         }
     }
 

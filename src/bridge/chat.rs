@@ -21,9 +21,9 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 /// How long connecting (TCP, TLS, upgrade) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Largest WebSocket message read. The chats send at most 6,144-byte frames; a larger one is
-/// read whole and skipped as too long, and only a message past this ends the connection.
-const MAX_READ: usize = 1 << 20;
+/// Largest WebSocket message (and frame) read: the largest chat frame the bridge parses.
+/// tungstenite ends the connection for a larger one.
+const MAX_READ: usize = protocol::MAX_SERVER_FRAME_BYTES;
 
 /// Where and how to connect.
 #[derive(Clone)]

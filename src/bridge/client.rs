@@ -10,6 +10,33 @@ use crate::config::BridgeConfig;
 use crate::proto::moderation_client::ModerationClient;
 use crate::proto::{StreamModerateRequest, StreamModerateResponse};
 
+/// How a connection to the server is kept checked: an HTTP/2 PING every `interval`, answered
+/// within `timeout`, and TCP keepalive after `interval` of quiet.
+#[derive(Clone, Copy, Debug)]
+pub struct Keepalive {
+    /// Between PINGs.
+    pub interval: Duration,
+    /// How long a PING may go unanswered.
+    pub timeout: Duration,
+}
+
+impl Keepalive {
+    /// `bridge.keepalive_*_ms` of `bridge`.
+    pub fn of(bridge: &BridgeConfig) -> Self {
+        Self {
+            interval: Duration::from_millis(bridge.keepalive_interval_ms),
+            timeout: Duration::from_millis(bridge.keepalive_timeout_ms),
+        }
+    }
+}
+
+impl Default for Keepalive {
+    /// The defaults file's `bridge.keepalive_*_ms` (config/modbot.toml defines them).
+    fn default() -> Self {
+        Self::of(&crate::config::Config::default().bridge)
+    }
+}
+
 /// How to reach a modbot server.
 #[derive(Clone)]
 pub struct Server {
@@ -31,12 +58,27 @@ impl Server {
                 )
             })?)
         };
-        Self::new(&bridge.server_url, ca.as_deref(), token.as_deref())
+        Ok(
+            Self::new(&bridge.server_url, ca.as_deref(), token.as_deref())?
+                .with_keepalive(Keepalive::of(bridge)),
+        )
+    }
+
+    /// The same server with other keepalive timings.
+    #[must_use]
+    pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.endpoint = self
+            .endpoint
+            .http2_keep_alive_interval(keepalive.interval)
+            .keep_alive_timeout(keepalive.timeout)
+            .tcp_keepalive(Some(keepalive.interval));
+        self
     }
 
     /// A server at `url` (`http://` or `https://`), trusting `ca_pem` (or the system's roots)
     /// for TLS, sending `token` as a bearer token.
     pub fn new(url: &str, ca_pem: Option<&[u8]>, token: Option<&str>) -> anyhow::Result<Self> {
+        let keepalive = Keepalive::default();
         let mut endpoint = Endpoint::from_shared(url.to_owned())
             .with_context(|| {
                 format!(
@@ -47,10 +89,11 @@ impl Server {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             // A server that vanished without closing (a killed pod, a cut network) is noticed
-            // within half a minute, not at the next TCP timeout.
-            .http2_keep_alive_interval(Duration::from_secs(15))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+            // within `keepalive.interval + keepalive.timeout`, not at the next TCP timeout.
+            .http2_keep_alive_interval(keepalive.interval)
+            .keep_alive_timeout(keepalive.timeout)
+            .keep_alive_while_idle(true)
+            .tcp_keepalive(Some(keepalive.interval));
         if url.starts_with("https://") {
             let tls = match ca_pem {
                 Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),

@@ -345,6 +345,8 @@ impl Core {
                     roles: user.features,
                     text,
                     sent_at: Some(at.into()),
+                    // Cut, when too long for the server, on the way out (`link::fit_text`).
+                    original_text_bytes: 0,
                 })
             }
             Frame::Join { user, at } => chat_event::Kind::Join(presence(user, at)),

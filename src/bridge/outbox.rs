@@ -1,7 +1,10 @@
 //! What the bridge has to tell modbot, held while modbot is unreachable.
 //!
 //! Results of commands come first and are never dropped (there is at most one per action,
-//! and the executor remembers a bounded number of actions). Chat events are bounded: past
+//! and the executor remembers a bounded number of actions). A result stays held after it is
+//! sent until the server acknowledges it (`ActionResultAck`) or refuses it for good: when the
+//! stream breaks first, or the server could not record it (an UNAVAILABLE refusal naming its
+//! action id), it goes again, so the server learns every outcome the chat gave. Chat events are bounded: past
 //! `capacity` the oldest is dropped and counted, since a stale message is the least useful to
 //! moderate. A chat message stays held after it is sent until its verdict arrives, so when
 //! the stream breaks the messages it had not answered go again on the next one (the server
@@ -26,6 +29,11 @@ pub struct Outbox {
 
 struct State {
     results: VecDeque<ActionResult>,
+    /// Results sent on the current stream that the server has neither acknowledged nor
+    /// refused, in order.
+    unconfirmed: VecDeque<ActionResult>,
+    /// Results the server could not record, waiting for [`Outbox::retry_results`].
+    refused: VecDeque<ActionResult>,
     events: VecDeque<ChatEvent>,
     /// Messages sent on the current stream that have no verdict yet, in order.
     unanswered: VecDeque<ChatEvent>,
@@ -51,6 +59,8 @@ impl Outbox {
         Self {
             state: Mutex::new(State {
                 results: VecDeque::new(),
+                unconfirmed: VecDeque::new(),
+                refused: VecDeque::new(),
                 events: VecDeque::new(),
                 unanswered: VecDeque::new(),
                 capacity: capacity.max(1),
@@ -111,6 +121,7 @@ impl Outbox {
     pub fn pop(&self) -> Option<StreamModerateRequest> {
         let mut state = self.lock();
         let kind = if let Some(result) = state.results.pop_front() {
+            state.unconfirmed.push_back(result.clone());
             stream_moderate_request::Kind::ActionResult(result)
         } else {
             let event = state.events.pop_front()?;
@@ -124,7 +135,9 @@ impl Outbox {
 
     /// The next result to send, leaving events (for a bridge that is stopping).
     pub fn pop_result(&self) -> Option<StreamModerateRequest> {
-        let result = self.lock().results.pop_front()?;
+        let mut state = self.lock();
+        let result = state.results.pop_front()?;
+        state.unconfirmed.push_back(result.clone());
         Some(StreamModerateRequest {
             kind: Some(stream_moderate_request::Kind::ActionResult(result)),
         })
@@ -144,11 +157,66 @@ impl Outbox {
         metrics::gauge!("modbot_bridge_buffered_events").set(state.held() as f64);
     }
 
-    /// The stream broke: the messages it had not answered go first on the next one.
+    /// The server recorded the result for `action_id`: it is forgotten.
+    pub fn result_confirmed(&self, action_id: &str) {
+        let mut state = self.lock();
+        if let Some(at) = state
+            .unconfirmed
+            .iter()
+            .position(|r| r.action_id == action_id)
+        {
+            state.unconfirmed.remove(at);
+        }
+    }
+
+    /// The server refused the result for `action_id`: kept for [`Self::retry_results`] when
+    /// `retry` (the server could not record it now), forgotten otherwise (the refusal is
+    /// final: an unknown action, or one sent to another bridge).
+    pub fn result_refused(&self, action_id: &str, retry: bool) {
+        let mut state = self.lock();
+        if let Some(at) = state
+            .unconfirmed
+            .iter()
+            .position(|r| r.action_id == action_id)
+            && let Some(result) = state.unconfirmed.remove(at)
+            && retry
+        {
+            state.refused.push_back(result);
+        }
+    }
+
+    /// Sends the results the server could not record again. True when there were any.
+    pub fn retry_results(&self) -> bool {
+        let mut state = self.lock();
+        if state.refused.is_empty() {
+            return false;
+        }
+        while let Some(result) = state.refused.pop_back() {
+            state.results.push_front(result);
+        }
+        drop(state);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Results held: not yet sent, or sent and not yet acknowledged.
+    pub fn results_held(&self) -> usize {
+        let state = self.lock();
+        state.results.len() + state.unconfirmed.len() + state.refused.len()
+    }
+
+    /// The stream broke: the messages it had not answered, and the results it had not
+    /// acknowledged, go first on the next one.
     pub fn stream_lost(&self) {
         let mut state = self.lock();
         while let Some(event) = state.unanswered.pop_back() {
             state.events.push_front(event);
+        }
+        while let Some(result) = state.refused.pop_back() {
+            state.results.push_front(result);
+        }
+        while let Some(result) = state.unconfirmed.pop_back() {
+            state.results.push_front(result);
         }
     }
 
@@ -206,6 +274,55 @@ mod tests {
             "results first"
         );
         assert_eq!(popped_id(&outbox).as_deref(), Some("m3"));
+    }
+
+    fn result(id: &str) -> ActionResult {
+        ActionResult {
+            action_id: id.into(),
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn results_are_held_until_acknowledged_and_go_again_after_a_lost_stream() {
+        let outbox = Outbox::new(10);
+        for id in ["a1", "a2", "a3"] {
+            outbox.push_result(result(id));
+        }
+        for id in ["a1", "a2", "a3"] {
+            assert_eq!(popped_id(&outbox), Some(format!("result:{id}")));
+        }
+        assert!(!outbox.has_items());
+        assert_eq!(outbox.results_held(), 3, "sent is not confirmed");
+        outbox.result_confirmed("a2");
+        assert_eq!(outbox.results_held(), 2);
+        // The stream breaks before a1 and a3 are acknowledged: both go again, in order.
+        outbox.stream_lost();
+        assert_eq!(popped_id(&outbox).as_deref(), Some("result:a1"));
+        assert_eq!(popped_id(&outbox).as_deref(), Some("result:a3"));
+        outbox.result_confirmed("a1");
+        outbox.result_confirmed("a3");
+        assert_eq!(outbox.results_held(), 0);
+        assert!(!outbox.has_items());
+    }
+
+    #[test]
+    fn a_refused_result_goes_again_only_when_the_server_could_not_record_it() {
+        let outbox = Outbox::new(10);
+        outbox.push_result(result("unavailable"));
+        outbox.push_result(result("unknown-id"));
+        popped_id(&outbox);
+        popped_id(&outbox);
+        outbox.result_refused("unavailable", true);
+        outbox.result_refused("unknown-id", false);
+        assert!(!outbox.has_items(), "the retry waits for its tick");
+        assert_eq!(outbox.results_held(), 1, "a final refusal is forgotten");
+        assert!(outbox.retry_results());
+        assert_eq!(popped_id(&outbox).as_deref(), Some("result:unavailable"));
+        assert!(!outbox.retry_results());
+        outbox.result_confirmed("unavailable");
+        assert_eq!(outbox.results_held(), 0);
     }
 
     #[test]

@@ -12,8 +12,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Largest frame the chat servers accept; they close the connection for a longer one.
+/// Largest frame the chat servers accept from a client; they close the connection for a
+/// longer one. It bounds the bridge's commands, not what the servers send.
 pub const MAX_FRAME_BYTES: usize = 6144;
+
+/// Largest frame the bridge reads from a chat server (and the WebSocket message limit). The
+/// servers send far larger frames than they accept: a busy chat's `NAMES` lists every user
+/// (~50 bytes each: 16 MiB is ~300,000 users), and a Strims `MSG` carries its entities, so a
+/// 512-character message can be a 64 KB frame. Only a frame past this ends the connection.
+pub const MAX_SERVER_FRAME_BYTES: usize = 16 << 20;
 
 /// Longest ban reason sent, in characters (the reason is shown in chat; the frame must fit).
 pub const MAX_REASON_CHARS: usize = 500;
@@ -157,7 +164,7 @@ pub enum Frame {
 /// Why a frame was skipped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FrameError {
-    /// Longer than [`MAX_FRAME_BYTES`].
+    /// Longer than [`MAX_SERVER_FRAME_BYTES`].
     TooLong(usize),
     /// No space between the event and the payload.
     NoSpace,
@@ -179,7 +186,9 @@ pub enum FrameError {
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooLong(n) => write!(f, "a {n}-byte frame exceeds {MAX_FRAME_BYTES} bytes"),
+            Self::TooLong(n) => {
+                write!(f, "a {n}-byte frame exceeds {MAX_SERVER_FRAME_BYTES} bytes")
+            }
             Self::NoSpace => f.write_str("no space between the event and its payload"),
             Self::BadEvent => f.write_str("the event name is not upper-case ASCII"),
             Self::Payload { event, message } => write!(f, "{event}: {message}"),
@@ -221,7 +230,7 @@ enum ErrPayload {
 
 /// Parses a frame's bytes (a text or binary WebSocket message's payload).
 pub fn parse_bytes(bytes: &[u8]) -> Result<Frame, FrameError> {
-    if bytes.len() > MAX_FRAME_BYTES {
+    if bytes.len() > MAX_SERVER_FRAME_BYTES {
         return Err(FrameError::TooLong(bytes.len()));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| FrameError::NotUtf8)?;
@@ -230,7 +239,7 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Frame, FrameError> {
 
 /// Parses one text frame.
 pub fn parse(frame: &str) -> Result<Frame, FrameError> {
-    if frame.len() > MAX_FRAME_BYTES {
+    if frame.len() > MAX_SERVER_FRAME_BYTES {
         return Err(FrameError::TooLong(frame.len()));
     }
     let (event, payload) = frame.split_once(' ').ok_or(FrameError::NoSpace)?;
@@ -585,7 +594,13 @@ mod tests {
             parse("ERR 42"),
             Err(FrameError::Payload { event: "ERR", .. })
         ));
-        let huge = format!("MSG {{\"nick\":\"a\",\"data\":\"{}\"}}", "x".repeat(7000));
+        // Larger than a client may send, but the servers send such frames: read.
+        let large = format!("MSG {{\"nick\":\"a\",\"data\":\"{}\"}}", "x".repeat(70_000));
+        assert!(matches!(parse(&large), Ok(Frame::Msg { text, .. }) if text.len() == 70_000));
+        let huge = format!(
+            "MSG {{\"nick\":\"a\",\"data\":\"{}\"}}",
+            "x".repeat(MAX_SERVER_FRAME_BYTES)
+        );
         assert_eq!(parse(&huge), Err(FrameError::TooLong(huge.len())));
         assert_eq!(
             parse_bytes(b"MSG {\"data\":\"\xff\"}"),

@@ -872,6 +872,8 @@ impl Tally {
                 self.command(command, answers);
             }
             Some(stream_moderate_response::Kind::Error(error)) => self.error(error),
+            // Replay answers the commands it is sent itself; their acknowledgement is noise.
+            Some(stream_moderate_response::Kind::ResultAck(_)) => {}
             Some(stream_moderate_response::Kind::Welcome(_)) | None => {
                 tracing::warn!("unexpected response on the stream: {response:?}");
             }
@@ -1137,6 +1139,7 @@ async fn send_all(
                         seconds: line.time,
                         nanos: 0,
                     }),
+                    original_text_bytes: 0,
                 })),
             })),
         };

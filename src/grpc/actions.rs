@@ -258,6 +258,7 @@ fn action_status(value: i32) -> Option<actions::ActionStatus> {
         crate::proto::ActionStatus::Failed => actions::ActionStatus::Failed,
         crate::proto::ActionStatus::Expired => actions::ActionStatus::Expired,
         crate::proto::ActionStatus::Recorded => actions::ActionStatus::Recorded,
+        crate::proto::ActionStatus::Unknown => actions::ActionStatus::Unknown,
     })
 }
 

@@ -233,6 +233,8 @@ impl From<decision::Verdict> for proto::Verdict {
             scores: verdict.scores.into_iter().collect(),
             normalized_text: verdict.normalized_text,
             action_id: verdict.action_id.unwrap_or_default(),
+            // Known to the caller that built the message (`ChatMessage.original_text_bytes`).
+            text_truncated: false,
         }
     }
 }
@@ -271,6 +273,7 @@ impl From<actions::ActionStatus> for proto::ActionStatus {
             actions::ActionStatus::Failed => Self::Failed,
             actions::ActionStatus::Expired => Self::Expired,
             actions::ActionStatus::Recorded => Self::Recorded,
+            actions::ActionStatus::Unknown => Self::Unknown,
         }
     }
 }

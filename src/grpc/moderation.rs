@@ -63,6 +63,12 @@ impl Moderation for ModerationService {
             .into());
         }
         let limits = MessageLimits::from_config(&self.app.config);
+        // Texts their sender cut to fit (ChatMessage.original_text_bytes): their verdicts say so.
+        let truncated: Vec<bool> = request
+            .messages
+            .iter()
+            .map(|m| m.original_text_bytes as usize > m.text.len())
+            .collect();
         // Validate everything before deciding anything: a rejected request writes nothing.
         let messages = request
             .messages
@@ -168,7 +174,14 @@ impl Moderation for ModerationService {
             }
         }
         Ok(Response::new(ClassifyResponse {
-            verdicts: verdicts.into_iter().map(Into::into).collect(),
+            verdicts: verdicts
+                .into_iter()
+                .zip(truncated)
+                .map(|(verdict, truncated)| crate::proto::Verdict {
+                    text_truncated: truncated,
+                    ..verdict.into()
+                })
+                .collect(),
         }))
     }
 
@@ -180,7 +193,18 @@ impl Moderation for ModerationService {
     ) -> Result<Response<Self::StreamModerateStream>, Status> {
         let principal = request.extensions().get::<Principal>().cloned();
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        // A stream that never says hello would hold a slot (and a task) for as long as its
+        // connection lives.
+        let hello_timeout = self.app.config.grpc.hello_timeout();
+        let first = tokio::time::timeout(hello_timeout, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "hello: none within {} ms of the stream opening",
+                    hello_timeout.as_millis()
+                ))
+            })?;
+        let hello = match first? {
             Some(StreamModerateRequest {
                 kind: Some(stream_moderate_request::Kind::Hello(hello)),
             }) => {

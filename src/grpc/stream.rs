@@ -29,8 +29,9 @@ use crate::decision::{ChatMessage, DecideOptions, Decision};
 use crate::inference::{Admission, Pending, Scores};
 use crate::moderate::Consult;
 use crate::proto::{
-    ActionKind, ActionResult, ChatEvent, Hello, StreamError, StreamModerateRequest,
-    StreamModerateResponse, Welcome, chat_event, stream_moderate_request, stream_moderate_response,
+    ActionKind, ActionResult, ActionResultAck, ChatEvent, Hello, StreamError,
+    StreamModerateRequest, StreamModerateResponse, Welcome, chat_event, stream_moderate_request,
+    stream_moderate_response,
 };
 use crate::store::{ActionAnswer, AuditRecord};
 
@@ -76,7 +77,17 @@ pub fn validate_hello(hello: Hello) -> Result<Hello, FieldError> {
             ));
         }
     }
-    Ok(hello)
+    Ok(dedup_channels(hello))
+}
+
+/// The hello with each channel once, in first-seen order: a channel named twice is served
+/// once (and costs the dispatcher nothing more).
+fn dedup_channels(mut hello: Hello) -> Hello {
+    let mut seen = std::collections::HashSet::with_capacity(hello.channels.len());
+    hello
+        .channels
+        .retain(|channel| seen.insert(channel.clone()));
+    hello
 }
 
 /// A stream's state.
@@ -121,6 +132,7 @@ impl Session {
         let welcome = stream_moderate_response::Kind::Welcome(Welcome {
             session_id: session_id.clone(),
             channels: self.hello.channels.clone(),
+            max_text_bytes: self.app.config.grpc.max_text_bytes,
         });
         if self.send(welcome).await {
             // Action commands for this bridge's channels go out beside the verdicts, from
@@ -130,9 +142,12 @@ impl Session {
                 &self.hello.bridge_id,
                 &self.hello.channels,
             );
+            let (forwarding_tx, forwarding_rx) = tokio::sync::watch::channel(true);
             let forwarder = tokio::spawn(
-                forward_commands(commands_rx, self.responses_tx.clone()).in_current_span(),
+                forward_commands(commands_rx, self.responses_tx.clone(), forwarding_rx)
+                    .in_current_span(),
             );
+            let eviction = registration.eviction();
             let (items_tx, items_rx) = mpsc::channel(PIPELINE);
             let (results_tx, results_rx) = mpsc::channel(PIPELINE);
             // The stages run as tasks, so a busy stream's reading and deciding use both of
@@ -146,46 +161,44 @@ impl Session {
                 let this = Arc::clone(&this);
                 async move { this.answer_all(results_rx).await }.in_current_span()
             });
-            let stopping = this.read(inbound, items_tx, results_tx).await;
+            let ended = this.read(inbound, items_tx, results_tx, eviction).await;
+            // The session takes no more commands; those claimed for it and never written to
+            // the stream go back to pending for the next bridge (or this one, reconnected).
+            drop(registration);
+            let _ = forwarding_tx.send(false);
+            let unsent = forwarder.await.unwrap_or_default();
+            this.app
+                .dispatcher
+                .give_back(&this.hello.bridge_id, &unsent)
+                .await;
             if let Err(error) = finisher.await {
                 tracing::error!(%error, "the stream's decision task failed");
             }
             if let Err(error) = answerer.await {
                 tracing::error!(%error, "the stream's action result task failed");
             }
-            if stopping {
-                // Everything read is answered; the bridge resends the rest to the replica it
-                // reconnects to.
-                let _ = this
-                    .responses_tx
-                    .send(Err(Status::unavailable(
-                        "modbot is shutting down; reconnect and send again what has no verdict",
-                    )))
-                    .await;
-                tracing::info!("stream ended: the server is shutting down");
-            }
-            drop(registration);
-            let _ = forwarder.await;
+            this.end(ended).await;
         }
         metrics::gauge!("modbot_streams_open").decrement(1.0);
         tracing::info!("stream closed");
     }
 
     /// Stage one: reads requests, checks them and starts their model scoring, in order; action
-    /// results go to their own task. Returns true when it stopped because the server is
-    /// shutting down.
+    /// results go to their own task. Returns why it stopped.
     async fn read(
         &self,
         mut inbound: Streaming<StreamModerateRequest>,
         items: mpsc::Sender<Item>,
         results: mpsc::Sender<ActionResult>,
-    ) -> bool {
+        mut eviction: tokio::sync::watch::Receiver<bool>,
+    ) -> Ended {
         let mut stopping = self.app.stopping.subscribe();
         loop {
             let request = tokio::select! {
                 request = inbound.message() => request,
                 () = items.closed() => break,
-                _ = stopping.wait_for(|stopping| *stopping) => return true,
+                _ = stopping.wait_for(|stopping| *stopping) => return Ended::Stopping,
+                _ = eviction.wait_for(|evicted| *evicted) => return Ended::Evicted,
             };
             match request {
                 Ok(Some(request)) => {
@@ -204,7 +217,27 @@ impl Session {
                 }
             }
         }
-        false
+        Ended::Client
+    }
+
+    /// Ends the stream with a status saying why, when the server ended it.
+    async fn end(&self, ended: Ended) {
+        let status = match ended {
+            Ended::Client => return,
+            // Everything read is answered; the bridge resends the rest to the replica it
+            // reconnects to.
+            Ended::Stopping => Status::unavailable(
+                "modbot is shutting down; reconnect and send again what has no verdict",
+            ),
+            Ended::Evicted => Status::aborted(format!(
+                "hello.bridge_id: a newer stream registered bridge `{}`; this older one ends",
+                self.hello.bridge_id
+            )),
+        };
+        tracing::info!(%status, "stream ended by the server");
+        // A client that stopped reading would hold this send forever: its connection's
+        // keepalive ends it instead.
+        let _ = self.responses_tx.send(Err(status)).await;
     }
 
     /// Stage two: decides and answers, strictly in the order read.
@@ -263,7 +296,16 @@ impl Session {
             let (code, message) = match checked {
                 Err(message) => (Code::InvalidArgument, message.clone()),
                 Ok(_) => match outcomes.as_mut().map(Iterator::next) {
-                    Ok(Some(Answered::Recorded(_))) => continue,
+                    Ok(Some(Answered::Recorded(_))) => {
+                        // The bridge keeps a result until it is acknowledged (or refused).
+                        let ack = stream_moderate_response::Kind::ResultAck(ActionResultAck {
+                            action_id: result.action_id.clone(),
+                        });
+                        if !self.send(ack).await {
+                            return false;
+                        }
+                        continue;
+                    }
                     Ok(Some(Answered::Unknown)) => (
                         Code::NotFound,
                         format!("action_result.action_id: no action `{}`", result.action_id),
@@ -285,11 +327,27 @@ impl Session {
                     ),
                 },
             };
-            if !self.reject(code, message, String::new()).await {
+            if !self
+                .reject_result(code, message, result.action_id.clone())
+                .await
+            {
                 return false;
             }
         }
         true
+    }
+
+    /// Refuses an action result in-band, naming its action id, so the bridge knows which
+    /// result to send again (UNAVAILABLE) or to drop (any other code).
+    async fn reject_result(&self, code: Code, message: String, action_id: String) -> bool {
+        metrics::counter!("modbot_stream_errors_total").increment(1);
+        self.send(stream_moderate_response::Kind::Error(StreamError {
+            code: code as i32,
+            message,
+            message_id: String::new(),
+            action_id,
+        }))
+        .await
     }
 
     /// Sends a response; false when the client has gone.
@@ -307,6 +365,7 @@ impl Session {
             code: code as i32,
             message,
             message_id,
+            action_id: String::new(),
         }))
         .await
     }
@@ -357,6 +416,9 @@ impl Session {
                         message_id,
                     );
                 }
+                // A bridge cuts a text longer than the server accepts rather than drop it;
+                // the verdict says it covers only what modbot saw.
+                let truncated = message.original_text_bytes as usize > message.text.len();
                 let message = match convert::chat_message(message, "event.message", self.limits) {
                     Ok(message) => message,
                     Err(error) => {
@@ -384,6 +446,7 @@ impl Session {
                     consult,
                     received,
                     span,
+                    truncated,
                 }
             }
             Some(chat_event::Kind::ModeratorAction(_))
@@ -471,6 +534,7 @@ impl Session {
                 consult,
                 received,
                 span,
+                truncated,
             } => {
                 let mut verdict = self
                     .app
@@ -496,7 +560,9 @@ impl Session {
                 verdict.normalized_text.clear();
                 verdict.elapsed = received.elapsed();
                 self.app.count_verdict(&verdict);
-                self.send(stream_moderate_response::Kind::Verdict(verdict.into()))
+                let mut answer = crate::proto::Verdict::from(verdict);
+                answer.text_truncated = truncated;
+                self.send(stream_moderate_response::Kind::Verdict(answer))
                     .await
             }
             Item::ActionResult(result) => self.answer_results(std::slice::from_ref(&result)).await,
@@ -592,13 +658,21 @@ impl Session {
     }
 }
 
-/// Sends the dispatcher's commands for this stream's bridge as `ActionCommand`s, until the
-/// registration ends or the client goes away.
+/// Sends the dispatcher's commands for this stream's bridge as `ActionCommand`s while
+/// `forwarding` is true and the client is there. Returns the commands it took but never wrote
+/// to the stream, and those still queued, so they can be given back.
 async fn forward_commands(
     mut commands_rx: mpsc::Receiver<actions::Action>,
     responses_tx: Responses,
-) {
-    while let Some(action) = commands_rx.recv().await {
+    mut forwarding: tokio::sync::watch::Receiver<bool>,
+) -> Vec<actions::Action> {
+    let mut unsent = Vec::new();
+    loop {
+        let action = tokio::select! {
+            action = commands_rx.recv() => action,
+            _ = forwarding.wait_for(|on| !*on) => None,
+        };
+        let Some(action) = action else { break };
         let command = crate::proto::ActionCommand {
             action_id: action.id.clone(),
             channel: action.channel.clone(),
@@ -611,10 +685,32 @@ async fn forward_commands(
         let response = StreamModerateResponse {
             kind: Some(stream_moderate_response::Kind::Command(command)),
         };
-        if responses_tx.send(Ok(response)).await.is_err() {
+        let sent = tokio::select! {
+            sent = responses_tx.send(Ok(response)) => sent.is_ok(),
+            _ = forwarding.wait_for(|on| !*on) => false,
+        };
+        if !sent {
+            unsent.push(action);
             break;
         }
     }
+    // Nothing more is taken: the dispatcher's sends now fail and it gives those back itself.
+    commands_rx.close();
+    while let Ok(action) = commands_rx.try_recv() {
+        unsent.push(action);
+    }
+    unsent
+}
+
+/// Why a session stopped reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The client closed its side or went away.
+    Client,
+    /// The server is shutting down.
+    Stopping,
+    /// A newer session registered the same bridge id.
+    Evicted,
 }
 
 /// One request, checked and (for a message) on its way through the model, waiting for its
@@ -650,6 +746,8 @@ enum Item {
         received: Instant,
         /// Its `message` span, entered by both stages.
         span: tracing::Span,
+        /// Whether the bridge cut its text (`ChatMessage.original_text_bytes`).
+        truncated: bool,
     },
     /// A human moderator's action seen in the chat.
     ModeratorAction {
@@ -681,5 +779,85 @@ impl Item {
             message,
             message_id,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn action(id: &str) -> actions::Action {
+        actions::NewAction {
+            channel: "c".into(),
+            target_user_id: "u".into(),
+            target_nick: "u".into(),
+            kind: actions::ActionKind::Timeout,
+            duration: Some(Duration::from_secs(60)),
+            reason: String::new(),
+            source: actions::ActionSource::Moderator,
+            moderator: String::new(),
+            message_id: String::new(),
+            idempotency_key: None,
+            requested_by: String::new(),
+        }
+        .into_action(id.into(), SystemTime::now(), Duration::from_secs(60))
+    }
+
+    fn ids(actions: &[actions::Action]) -> Vec<&str> {
+        actions.iter().map(|a| a.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn commands_a_gone_client_never_got_are_handed_back() {
+        let (commands_tx, commands_rx) = mpsc::channel(8);
+        let (responses_tx, responses_rx) = mpsc::channel(8);
+        let (_forwarding_tx, forwarding_rx) = tokio::sync::watch::channel(true);
+        drop(responses_rx);
+        for id in ["a1", "a2", "a3"] {
+            commands_tx.send(action(id)).await.unwrap();
+        }
+        let unsent = forward_commands(commands_rx, responses_tx, forwarding_rx).await;
+        assert_eq!(ids(&unsent), ["a1", "a2", "a3"]);
+        assert!(
+            commands_tx.try_send(action("a4")).is_err(),
+            "nothing more is taken"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stopped_forwarder_hands_back_what_it_holds_and_what_is_queued() {
+        let (commands_tx, commands_rx) = mpsc::channel(8);
+        // Room for one response: the second command waits on a full channel.
+        let (responses_tx, mut responses_rx) = mpsc::channel(1);
+        let (forwarding_tx, forwarding_rx) = tokio::sync::watch::channel(true);
+        for id in ["a1", "a2", "a3"] {
+            commands_tx.send(action(id)).await.unwrap();
+        }
+        let forwarder = tokio::spawn(forward_commands(commands_rx, responses_tx, forwarding_rx));
+        let first = responses_rx.recv().await.unwrap().unwrap();
+        assert!(matches!(
+            first.kind,
+            Some(stream_moderate_response::Kind::Command(c)) if c.action_id == "a1"
+        ));
+        // a2 is now written into the channel, a3 waits for room; the session ends.
+        while responses_rx.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        forwarding_tx.send(false).unwrap();
+        let unsent = forwarder.await.unwrap();
+        assert_eq!(ids(&unsent), ["a3"]);
+    }
+
+    #[test]
+    fn a_hellos_channels_are_kept_once_in_order() {
+        let hello = validate_hello(Hello {
+            bridge_id: "b".into(),
+            channels: vec!["x".into(), "y".into(), "x".into(), "y".into(), "z".into()],
+            dialect: String::new(),
+            bot_nick: String::new(),
+        })
+        .unwrap();
+        assert_eq!(hello.channels, ["x", "y", "z"]);
     }
 }

@@ -69,6 +69,19 @@ pub struct ActionAnswer<'a> {
     pub detail: &'a str,
 }
 
+/// Most channels, bridge ids or action ids one dispatch statement names: far under the
+/// parameter limits of SQLite (32,766) and PostgreSQL (65,535).
+pub const MAX_ROUTES: usize = 1000;
+
+/// What [`Store::expire_actions`] closed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Pending actions that no bridge was sent: now `expired`.
+    pub expired: u64,
+    /// Sent actions that their bridge never answered: now `unknown`.
+    pub unknown: u64,
+}
+
 const ACTION_COLUMNS: &str = "id, created_at, updated_at, expires_at, channel, target_user_id, \
      target_nick, kind, duration_ms, reason, source, moderator, message_id, idempotency_key, \
      request_hash, requested_by, status, error, detail, bridge_id, nuke_id, appeal_id, reversed_by";
@@ -200,31 +213,49 @@ impl Store {
         rows.iter().map(action_from_row).collect()
     }
 
-    /// Claims up to `limit` pending, unexpired actions of `channel` for `bridge_id` (marking
-    /// them sent to it) and returns them oldest first. One conditional update: an action
-    /// another bridge or replica claimed at the same moment is not returned, so each pending
-    /// action goes to exactly one bridge.
+    /// Claims up to `limit` pending, unexpired actions of the channels in `routes` (each
+    /// `(channel, bridge_id)`: the bridge it goes to), marking each sent to its channel's
+    /// bridge, and returns them oldest first. One conditional update for every channel a
+    /// replica serves: an action another bridge or replica claimed at the same moment is not
+    /// returned, so each pending action goes to exactly one bridge. At most
+    /// [`MAX_ROUTES`] routes per call (the databases bound a statement's parameters).
     pub async fn claim_pending(
         &self,
-        channel: &str,
-        bridge_id: &str,
+        routes: &[(&str, &str)],
         now: SystemTime,
         limit: u32,
     ) -> Result<Vec<Action>, StoreError> {
+        if routes.is_empty() {
+            return Ok(Vec::new());
+        }
+        assert!(
+            routes.len() <= MAX_ROUTES,
+            "at most MAX_ROUTES routes per claim"
+        );
+        // $1 now, $2 limit, then channel and bridge pairs from $3.
+        let mut case = String::from("CASE channel");
+        let mut channels = Vec::with_capacity(routes.len());
+        for i in 0..routes.len() {
+            let (channel, bridge) = (3 + 2 * i, 4 + 2 * i);
+            case.push_str(&format!(" WHEN ${channel} THEN ${bridge}"));
+            channels.push(format!("${channel}"));
+        }
+        case.push_str(" END");
+        let channels = channels.join(", ");
         let sql = format!(
-            "UPDATE actions SET status = 'sent', bridge_id = $2, updated_at = $3 \
-             WHERE status = 'pending' AND channel = $1 AND expires_at > $3 AND id IN \
-             (SELECT id FROM actions WHERE status = 'pending' AND channel = $1 \
-              AND expires_at > $3 ORDER BY created_at, id LIMIT $4) \
+            "UPDATE actions SET status = 'sent', bridge_id = {case}, updated_at = $1 \
+             WHERE status = 'pending' AND channel IN ({channels}) AND expires_at > $1 AND id IN \
+             (SELECT id FROM actions WHERE status = 'pending' AND channel IN ({channels}) \
+              AND expires_at > $1 ORDER BY created_at, id LIMIT $2) \
              RETURNING {ACTION_COLUMNS}"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(channel)
-            .bind(bridge_id)
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(unix_millis(now))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(i64::from(limit));
+        for (channel, bridge) in routes {
+            query = query.bind(*channel).bind(*bridge);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         let mut actions = rows
             .iter()
             .map(action_from_row)
@@ -233,39 +264,59 @@ impl Store {
         Ok(actions)
     }
 
-    /// Actions sent to `bridge_id` in `channel` that it never answered and that have not
-    /// expired: what a reconnecting bridge is sent again.
+    /// Actions sent to one of `bridge_ids` at or before `sent_before` that were never
+    /// answered and have not expired, oldest first: what is sent to those bridge ids again.
+    /// At most [`MAX_ROUTES`] ids per call.
     pub async fn unanswered_actions(
         &self,
-        bridge_id: &str,
-        channel: &str,
+        bridge_ids: &[&str],
+        sent_before: SystemTime,
         now: SystemTime,
     ) -> Result<Vec<Action>, StoreError> {
+        if bridge_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        assert!(bridge_ids.len() <= MAX_ROUTES, "at most MAX_ROUTES ids");
+        let ids = (0..bridge_ids.len())
+            .map(|i| format!("${}", 3 + i))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
             "SELECT {ACTION_COLUMNS} FROM actions \
-             WHERE channel = $1 AND status = 'sent' AND bridge_id = $2 AND expires_at > $3 \
-             ORDER BY created_at, id"
+             WHERE status = 'sent' AND bridge_id IN ({ids}) AND updated_at <= $1 \
+             AND expires_at > $2 ORDER BY created_at, id"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(channel)
-            .bind(bridge_id)
-            .bind(unix_millis(now))
-            .fetch_all(&self.pool)
-            .await?;
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(unix_millis(sent_before))
+            .bind(unix_millis(now));
+        for id in bridge_ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(action_from_row).collect()
     }
 
-    /// Gives a claimed action back (its bridge could not take it), so another can be sent it.
-    pub async fn unclaim_action(&self, id: &str, bridge_id: &str) -> Result<(), StoreError> {
-        sqlx::query(
+    /// Gives claimed actions back (their bridge could not take them, or its stream ended
+    /// before they were written to it), so another bridge can be sent them: one statement.
+    /// At most [`MAX_ROUTES`] ids per call.
+    pub async fn unclaim_actions(&self, ids: &[&str], bridge_id: &str) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        assert!(ids.len() <= MAX_ROUTES, "at most MAX_ROUTES ids");
+        let list = (0..ids.len())
+            .map(|i| format!("${}", 2 + i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
             "UPDATE actions SET status = 'pending', bridge_id = '' \
-             WHERE id = $1 AND status = 'sent' AND bridge_id = $2",
-        )
-        .bind(id)
-        .bind(bridge_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+             WHERE status = 'sent' AND bridge_id = $1 AND id IN ({list})"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(bridge_id);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
     /// Records the chat's answers to actions sent to `bridge_id`, in one transaction: executed,
@@ -285,7 +336,7 @@ impl Store {
     ) -> Result<Vec<Option<(Action, bool)>>, StoreError> {
         let update = format!(
             "UPDATE actions SET status = $2, error = $3, detail = $4, updated_at = $5 \
-             WHERE id = $1 AND bridge_id = $6 AND status IN ('sent', 'expired') \
+             WHERE id = $1 AND bridge_id = $6 AND status IN ('sent', 'expired', 'unknown') \
              RETURNING {ACTION_COLUMNS}"
         );
         let select = format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1");
@@ -319,17 +370,28 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Marks every pending or sent action whose time is up as expired; how many.
-    pub async fn expire_actions(&self, now: SystemTime) -> Result<u64, StoreError> {
+    /// Closes every open action whose time is up: a pending one (never sent) becomes
+    /// `expired`; a sent one that its bridge never answered becomes `unknown`, since the chat
+    /// may have carried it out. How many of each.
+    pub async fn expire_actions(&self, now: SystemTime) -> Result<Expired, StoreError> {
         let now = unix_millis(now);
-        let result = sqlx::query(
-            "UPDATE actions SET status = 'expired', updated_at = $1 \
-             WHERE status IN ('pending', 'sent') AND expires_at <= $1",
-        )
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
+        let mut counts = Expired::default();
+        for (from, to, count) in [
+            ("pending", "expired", &mut counts.expired),
+            ("sent", "unknown", &mut counts.unknown),
+        ] {
+            // Literal statuses, so the planner can use the partial index of open actions.
+            let sql = format!(
+                "UPDATE actions SET status = '{to}', updated_at = $1 \
+                 WHERE status = '{from}' AND expires_at <= $1"
+            );
+            let result = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+            *count = result.rows_affected();
+        }
+        Ok(counts)
     }
 
     /// Files an appeal, unless its action already has an open one (the partial unique index

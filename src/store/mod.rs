@@ -20,7 +20,7 @@ mod feedback;
 mod retention;
 mod rules;
 
-pub use self::actions::{ActionAnswer, Filed, Recorded, Resolved};
+pub use self::actions::{ActionAnswer, Expired, Filed, MAX_ROUTES, Recorded, Resolved};
 pub use self::feedback::{Feedback, FeedbackSource};
 pub use self::retention::{RetentionTable, SqlitePages, VACUUM_AT_CONNECT_MAX_BYTES};
 pub use self::rules::{

@@ -2,6 +2,8 @@
 //! throw-away PostgreSQL schemas and Redis key prefixes.
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+pub mod blackhole;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -333,6 +335,7 @@ pub fn chat_message(id: &str, user: &str, text: &str) -> modbot::proto::ChatMess
             seconds: 1_700_000_000,
             nanos: 0,
         }),
+        original_text_bytes: 0,
     }
 }
 
