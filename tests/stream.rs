@@ -266,6 +266,30 @@ async fn bad_events_are_answered_in_band_and_the_stream_goes_on() {
             ),
             "event.moderator_action.kind: is required",
         ),
+        (
+            event(
+                "destinygg",
+                chat_event::Kind::ModeratorAction(ModeratorAction {
+                    moderator: "mod".into(),
+                    target: "u".repeat(257),
+                    kind: ActionKind::Ban as i32,
+                    ..ModeratorAction::default()
+                }),
+            ),
+            "event.moderator_action.target: 257 bytes exceed the limit of 256 bytes",
+        ),
+        (
+            event(
+                "destinygg",
+                chat_event::Kind::ModeratorAction(ModeratorAction {
+                    moderator: "m\u{7}od".into(),
+                    target: "u1".into(),
+                    kind: ActionKind::Ban as i32,
+                    ..ModeratorAction::default()
+                }),
+            ),
+            "event.moderator_action.moderator: must not contain control characters",
+        ),
     ];
     for (request, expected) in bad {
         tx.send(request).await.unwrap();

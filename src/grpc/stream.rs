@@ -50,10 +50,12 @@ const MAX_DETAIL_BYTES: usize = 4096;
 type Responses = mpsc::Sender<Result<StreamModerateResponse, Status>>;
 
 /// Checks a hello: a bridge id and at least one channel, each a valid id.
-pub fn validate_hello(hello: Hello) -> Result<Hello, FieldError> {
-    if hello.bridge_id.trim().is_empty() {
-        return Err(FieldError::new("hello.bridge_id", "is required"));
-    }
+pub fn validate_hello(mut hello: Hello) -> Result<Hello, FieldError> {
+    // Ids as everywhere else: bounded, no control characters (they reach logs, the store and
+    // the dispatcher's claims).
+    hello.bridge_id = convert::id_field(std::mem::take(&mut hello.bridge_id), "hello.bridge_id")?;
+    hello.bot_nick = convert::optional_id(std::mem::take(&mut hello.bot_nick), "hello.bot_nick")?
+        .unwrap_or_default();
     if hello.channels.is_empty() {
         return Err(FieldError::new(
             "hello.channels",
@@ -69,13 +71,8 @@ pub fn validate_hello(hello: Hello) -> Result<Hello, FieldError> {
             ),
         ));
     }
-    for (i, channel) in hello.channels.iter().enumerate() {
-        if channel.trim().is_empty() || channel.len() > convert::MAX_ID_BYTES {
-            return Err(FieldError::new(
-                format!("hello.channels[{i}]"),
-                format!("must be 1 to {} bytes", convert::MAX_ID_BYTES),
-            ));
-        }
+    for (i, channel) in hello.channels.iter_mut().enumerate() {
+        *channel = convert::id_field(std::mem::take(channel), &format!("hello.channels[{i}]"))?;
     }
     Ok(dedup_channels(hello))
 }
@@ -478,17 +475,28 @@ impl Session {
                         );
                     }
                 };
-                if action.target.trim().is_empty() {
-                    return Item::reject(
-                        Code::InvalidArgument,
-                        "event.moderator_action.target: is required".to_owned(),
-                        String::new(),
-                    );
-                }
+                let checked = convert::id_field(action.target, "event.moderator_action.target")
+                    .and_then(|target| {
+                        let moderator = convert::optional_id(
+                            action.moderator,
+                            "event.moderator_action.moderator",
+                        )?;
+                        Ok((target, moderator.unwrap_or_default()))
+                    });
+                let (target, moderator) = match checked {
+                    Ok(checked) => checked,
+                    Err(error) => {
+                        return Item::reject(
+                            Code::InvalidArgument,
+                            error.to_string(),
+                            String::new(),
+                        );
+                    }
+                };
                 // The chat broadcasts modbot's own commands back as its bot's actions: those
                 // are already recorded, and they teach nothing about what humans act on.
                 if !self.hello.bot_nick.is_empty()
-                    && action.moderator.eq_ignore_ascii_case(&self.hello.bot_nick)
+                    && moderator.eq_ignore_ascii_case(&self.hello.bot_nick)
                 {
                     return Item::Nothing;
                 }
@@ -500,19 +508,25 @@ impl Session {
                     Ok(ActionKind::Unmute) => actions::ActionKind::Unmute,
                     _ => actions::ActionKind::Unban,
                 };
+                // What the chat reports is recorded as reported, within bounds: no longer than
+                // the longest ban the API gives, and no later than a minute from now (a time far
+                // ahead would move the user's heat clock, as for messages).
+                let now = SystemTime::now();
+                let latest = now + std::time::Duration::from_secs(60);
                 Item::ModeratorAction {
                     channel: event.channel,
-                    moderator: action.moderator,
-                    target: action.target,
+                    moderator,
+                    target,
                     decision,
                     kind,
                     duration: action
                         .duration
-                        .and_then(|d| std::time::Duration::try_from(d).ok()),
+                        .and_then(|d| std::time::Duration::try_from(d).ok())
+                        .map(|d| d.min(super::actions::MAX_BAN)),
                     at: action
                         .at
                         .and_then(|t| SystemTime::try_from(t).ok())
-                        .unwrap_or_else(SystemTime::now),
+                        .map_or(now, |at| at.min(latest)),
                 }
             }
             Some(
@@ -806,6 +820,33 @@ mod tests {
 
     fn ids(actions: &[actions::Action]) -> Vec<&str> {
         actions.iter().map(|a| a.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_hellos_ids_are_bounded_and_free_of_control_characters() {
+        let hello = |bridge_id: &str, channels: &[&str], bot_nick: &str| Hello {
+            bridge_id: bridge_id.to_owned(),
+            channels: channels.iter().map(|&c| c.to_owned()).collect(),
+            bot_nick: bot_nick.to_owned(),
+            ..Hello::default()
+        };
+        let long = "x".repeat(convert::MAX_ID_BYTES + 1);
+        for (request, field) in [
+            (hello("", &["dgg"], ""), "hello.bridge_id"),
+            (hello("br\u{0}idge", &["dgg"], ""), "hello.bridge_id"),
+            (hello(&long, &["dgg"], ""), "hello.bridge_id"),
+            (
+                hello("b", &["dgg", "str\u{1b}ims"], ""),
+                "hello.channels[1]",
+            ),
+            (hello("b", &["dgg", &long], ""), "hello.channels[1]"),
+            (hello("b", &["dgg"], "bot\n"), "hello.bot_nick"),
+        ] {
+            let error = validate_hello(request).expect_err(field);
+            assert_eq!(error.field, field, "{error}");
+        }
+        let ok = validate_hello(hello("b", &["dgg", "dgg", "strims"], "Bot")).unwrap();
+        assert_eq!(ok.channels, ["dgg", "strims"]);
     }
 
     #[tokio::test]
