@@ -24,7 +24,7 @@ use super::status::FieldError;
 use crate::actions;
 use crate::actions::dispatch::{Answered, automatic_action};
 use crate::app::App;
-use crate::decision::{ChatMessage, DecideOptions, Decision};
+use crate::decision::{ChatMessage, DecideOptions, Decision, Degraded};
 use crate::inference::{Admission, Pending, Scores};
 use crate::moderate::Consult;
 use crate::proto::{
@@ -464,10 +464,21 @@ impl Session {
                         actions.pending_ttl(),
                     );
                     verdict.action_id = action.as_ref().map(|a| a.id.clone());
-                    self.app
-                        .audit
-                        .submit(AuditRecord::new(message, verdict.clone()).with_action(action))
-                        .await;
+                    let record = AuditRecord::new(message, verdict.clone()).with_action(action);
+                    if verdict.action_id.is_some() {
+                        // A verdict that names an action leaves only once the action is
+                        // durable (group commit with other streams' records): a bridge told of
+                        // an action that is then lost could never see it carried out.
+                        self.app.audit.commit(record).await.mark(&mut verdict);
+                    } else {
+                        // Nothing to carry out: the record is written behind the verdict,
+                        // which says so when the database is failing.
+                        if self.app.audit.failing() && !verdict.degraded.contains(&Degraded::Store)
+                        {
+                            verdict.degraded.push(Degraded::Store);
+                        }
+                        self.app.audit.submit(record).await;
+                    }
                 }
                 verdict.normalized_text.clear();
                 verdict.elapsed = received.elapsed();
