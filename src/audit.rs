@@ -9,9 +9,9 @@
 //!
 //! A verdict that names an action must not leave the server before the action is durable, or
 //! a bridge could be told of an action that is then lost. So a stream [`AuditWriter::commit`]s
-//! such a record and waits for the batch that holds it (its own commit, shared with every
-//! other record of the batch); plain audit records are [`AuditWriter::submit`]ted without
-//! waiting. `Classify` writes its own records synchronously with [`write_records`].
+//! such a record and sends the verdict once the batch that holds it is committed (one commit,
+//! shared with every other record of the batch), deciding the next messages meanwhile; plain
+//! audit records are [`AuditWriter::submit`]ted without waiting. `Classify` writes its own records synchronously with [`write_records`].
 //!
 //! A batch the database refuses for a permanent reason (a constraint, a value it cannot hold)
 //! is split in halves until the offending record stands alone, so one poison record never
@@ -112,19 +112,21 @@ impl AuditWriter {
         }
     }
 
-    /// Queues a record and waits until the batch that holds it is written (or has failed).
-    pub async fn commit(&self, record: AuditRecord) -> Outcome {
+    /// Queues a record (waiting while the queue is full); the receiver gets its outcome once
+    /// the batch that holds it is written or has failed. A closed receiver means
+    /// [`Outcome::Lost`].
+    pub async fn commit(&self, record: AuditRecord) -> oneshot::Receiver<Outcome> {
         let (done_tx, done_rx) = oneshot::channel();
         let queued = Queued {
             record,
             done_tx: Some(done_tx),
         };
         if self.records_tx.send(queued).await.is_err() {
+            // The record, and with it the sender, is dropped: the receiver reads as lost.
             tracing::error!("audit writer stopped; a verdict and its action were not written");
             metrics::counter!("modbot_audit_write_failures_total").increment(1);
-            return Outcome::Lost;
         }
-        done_rx.await.unwrap_or(Outcome::Lost)
+        done_rx
     }
 
     /// Whether the last batch lost records (the database is failing).

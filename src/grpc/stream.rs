@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status, Streaming};
 use tracing::Instrument;
 
@@ -24,7 +24,8 @@ use super::status::FieldError;
 use crate::actions;
 use crate::actions::dispatch::{Answered, automatic_action};
 use crate::app::App;
-use crate::decision::{ChatMessage, DecideOptions, Decision, Degraded};
+use crate::audit::Outcome;
+use crate::decision::{ChatMessage, DecideOptions, Decision, Degraded, Verdict};
 use crate::inference::{Admission, Pending, Scores};
 use crate::moderate::Consult;
 use crate::proto::{
@@ -78,11 +79,30 @@ pub fn validate_hello(hello: Hello) -> Result<Hello, FieldError> {
     Ok(hello)
 }
 
+/// A response on its way to the client through the session's outbox, in order.
+enum Outgoing {
+    /// Sent as it is.
+    Ready(Result<StreamModerateResponse, Status>),
+    /// A verdict that names an action: sent once the batch that stores the action is
+    /// committed, marked by the outcome.
+    AfterCommit {
+        verdict: Verdict,
+        committed: oneshot::Receiver<Outcome>,
+        /// When its message was read, for the verdict's `elapsed`.
+        received: Instant,
+    },
+}
+
 /// A stream's state.
 pub struct Session {
     app: Arc<App>,
     hello: Hello,
+    /// The client's channel, for its `closed()` and for action commands (sent beside the
+    /// verdicts); everything else goes through `outbox_tx`.
     responses_tx: Responses,
+    /// Responses in the order they are to be sent, drained by `outbox_task`: a verdict that
+    /// waits for its action's commit holds up the ones after it, but not the decisions.
+    outbox_tx: mpsc::Sender<Outgoing>,
     limits: MessageLimits,
 }
 
@@ -90,10 +110,15 @@ impl Session {
     /// A session for a validated hello.
     pub fn new(app: Arc<App>, hello: Hello, responses_tx: Responses) -> Self {
         let limits = MessageLimits::from_config(&app.config);
+        let (outbox_tx, outbox_rx) = mpsc::channel(PIPELINE);
+        tokio::spawn(
+            outbox_task(Arc::clone(&app), outbox_rx, responses_tx.clone()).in_current_span(),
+        );
         Self {
             app,
             hello,
             responses_tx,
+            outbox_tx,
             limits,
         }
     }
@@ -148,10 +173,10 @@ impl Session {
                 // Everything read is answered; the bridge resends the rest to the replica it
                 // reconnects to.
                 let _ = this
-                    .responses_tx
-                    .send(Err(Status::unavailable(
+                    .outbox_tx
+                    .send(Outgoing::Ready(Err(Status::unavailable(
                         "modbot is shutting down; reconnect and send again what has no verdict",
-                    )))
+                    ))))
                     .await;
                 tracing::info!("stream ended: the server is shutting down");
             }
@@ -285,8 +310,10 @@ impl Session {
 
     /// Sends a response; false when the client has gone.
     async fn send(&self, kind: stream_moderate_response::Kind) -> bool {
-        self.responses_tx
-            .send(Ok(StreamModerateResponse { kind: Some(kind) }))
+        self.outbox_tx
+            .send(Outgoing::Ready(Ok(StreamModerateResponse {
+                kind: Some(kind),
+            })))
             .await
             .is_ok()
     }
@@ -468,8 +495,20 @@ impl Session {
                     if verdict.action_id.is_some() {
                         // A verdict that names an action leaves only once the action is
                         // durable (group commit with other streams' records): a bridge told of
-                        // an action that is then lost could never see it carried out.
-                        self.app.audit.commit(record).await.mark(&mut verdict);
+                        // an action that is then lost could never see it carried out. The
+                        // outbox waits for the commit, so the next messages are decided
+                        // meanwhile.
+                        let committed = self.app.audit.commit(record).await;
+                        verdict.normalized_text.clear();
+                        return self
+                            .outbox_tx
+                            .send(Outgoing::AfterCommit {
+                                verdict,
+                                committed,
+                                received,
+                            })
+                            .await
+                            .is_ok();
                     } else {
                         // Nothing to carry out: the record is written behind the verdict,
                         // which says so when the database is failing.
@@ -567,6 +606,37 @@ impl Session {
                 metrics::counter!("modbot_action_write_failures_total").increment(1);
                 tracing::warn!(%error, channel, target, "cannot record a moderator's action");
             }
+        }
+    }
+}
+
+/// Sends a session's responses in order, each verdict that names an action once its commit
+/// is done (marked by its outcome, then counted), until the session drops its outbox or the
+/// client goes away.
+async fn outbox_task(
+    app: Arc<App>,
+    mut outbox_rx: mpsc::Receiver<Outgoing>,
+    responses_tx: Responses,
+) {
+    while let Some(outgoing) = outbox_rx.recv().await {
+        let response = match outgoing {
+            Outgoing::Ready(response) => response,
+            Outgoing::AfterCommit {
+                mut verdict,
+                committed,
+                received,
+            } => {
+                // A writer gone before answering has stored nothing.
+                committed.await.unwrap_or(Outcome::Lost).mark(&mut verdict);
+                verdict.elapsed = received.elapsed();
+                app.count_verdict(&verdict);
+                Ok(StreamModerateResponse {
+                    kind: Some(stream_moderate_response::Kind::Verdict(verdict.into())),
+                })
+            }
+        };
+        if responses_tx.send(response).await.is_err() {
+            break;
         }
     }
 }
