@@ -281,3 +281,49 @@ async fn a_blackholed_postgres_degrades_moderation_and_it_recovers() {
     server.stop().await.unwrap();
     schema.drop().await;
 }
+
+/// `Classify` on PostgreSQL with a NUL byte in one message of three: every verdict names its
+/// stored action and none is degraded. Before, the call's one transaction failed and every
+/// notable verdict of the call was marked degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classify_with_a_nul_byte_stores_every_record_on_postgres() {
+    let Some(schema) =
+        PgSchema::create("classify_with_a_nul_byte_stores_every_record_on_postgres").await
+    else {
+        return;
+    };
+    let url = schema.url.clone();
+    let server = TestServer::start(move |config| config.database.url = url).await;
+    let messages = vec![
+        chat_message("c1", "alice", "FREE NITRO here"),
+        chat_message("c2", "bob", "FREE NITRO \0 here"),
+        chat_message("c3", "carol", "FREE NITRO here too"),
+    ];
+    let verdicts = server
+        .moderation()
+        .classify(proto::ClassifyRequest {
+            messages,
+            options: None,
+        })
+        .await
+        .expect("classified")
+        .into_inner()
+        .verdicts;
+    let store = direct_store(&schema.url).await;
+    for verdict in &verdicts {
+        assert!(!store_degraded(verdict), "{verdict:?}");
+        assert!(!verdict.action_id.is_empty(), "{verdict:?}");
+        assert!(store.action(&verdict.action_id).await.unwrap().is_some());
+    }
+    let rows = store
+        .audit_log(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    store.close().await;
+    server.stop().await.unwrap();
+    schema.drop().await;
+}
