@@ -553,3 +553,49 @@ async fn a_blackholed_postgres_times_out_and_recovers() {
     store.close().await;
     schema.drop().await;
 }
+
+/// SQLite locked by another writer: a write waits the busy timeout (the statement timeout),
+/// then fails as transient (`UNAVAILABLE`), instead of waiting for the lock indefinitely.
+#[tokio::test]
+async fn a_locked_sqlite_fails_as_transient_after_the_busy_timeout() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/modbot.db", dir.path().display());
+    let store = Store::connect(
+        &url,
+        &ConnectOptions {
+            statement_timeout: Duration::from_millis(200),
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let mut locker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+
+    let record = record("destinygg", "locked1", "alice", "FREE NITRO here");
+    let started = Instant::now();
+    let error = store
+        .record_verdicts(std::slice::from_ref(&record))
+        .await
+        .expect_err("the database is locked");
+    assert!(error.is_transient(), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(tonic::Status::from(error).code(), tonic::Code::Unavailable);
+
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    store
+        .record_verdicts(std::slice::from_ref(&record))
+        .await
+        .expect("written once the lock is gone");
+    locker.close().await.unwrap();
+    store.close().await;
+}
