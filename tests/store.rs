@@ -599,3 +599,40 @@ async fn a_locked_sqlite_fails_as_transient_after_the_busy_timeout() {
     locker.close().await.unwrap();
     store.close().await;
 }
+
+/// Closing a store whose connection is stuck on a dead path (a call timed out on it) ends
+/// within the call timeout instead of holding up shutdown until TCP gives up.
+#[tokio::test]
+async fn closing_a_store_with_a_blackholed_connection_is_bounded() {
+    let Some(schema) =
+        PgSchema::create("closing_a_store_with_a_blackholed_connection_is_bounded").await
+    else {
+        return;
+    };
+    let proxy = common::proxy::TcpProxy::start(common::postgres_addr()).await;
+    let statement_timeout = Duration::from_millis(300);
+    let store = Store::connect(
+        &common::via_proxy(&schema.url, proxy.addr()),
+        &ConnectOptions {
+            statement_timeout,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    store.ping().await.unwrap();
+    proxy.blackhole();
+    store
+        .ping()
+        .await
+        .expect_err("no answer through a blackhole");
+    let started = Instant::now();
+    store.close().await;
+    assert!(
+        started.elapsed() < statement_timeout * 2 + Duration::from_millis(500),
+        "close is bounded: {:?}",
+        started.elapsed()
+    );
+    proxy.heal();
+    schema.drop().await;
+}

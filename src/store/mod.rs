@@ -475,9 +475,16 @@ impl Store {
         .await
     }
 
-    /// Closes every connection, waiting for those in use to be returned.
+    /// Closes every connection, waiting (at most the call timeout) for those in use to be
+    /// returned: a connection stuck on a dead path would otherwise hold up shutdown until TCP
+    /// gives up.
     pub async fn close(&self) {
-        self.pool.close().await;
+        if tokio::time::timeout(self.call_timeout, self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still busy at close; abandoned");
+        }
     }
 
     /// Writes audit records and the actions that carry them out, all or none. An action
