@@ -40,6 +40,9 @@ pub const RESPONSE_BUFFER: usize = 1024;
 /// Messages a stream reads ahead of its decisions, so their texts share model batches.
 const PIPELINE: usize = 256;
 
+/// Responses a stream holds in order behind a verdict waiting for its action's commit.
+const OUTBOX: usize = 4096;
+
 /// Most channels one stream may serve.
 const MAX_CHANNELS: usize = 256;
 
@@ -110,7 +113,10 @@ impl Session {
     /// A session for a validated hello.
     pub fn new(app: Arc<App>, hello: Hello, responses_tx: Responses) -> Self {
         let limits = MessageLimits::from_config(&app.config);
-        let (outbox_tx, outbox_rx) = mpsc::channel(PIPELINE);
+        // Room for the responses decided while a verdict waits for its action's commit (a
+        // batch being written, then its own): at tens of thousands of messages a second a
+        // smaller outbox stalls the decisions behind the commit.
+        let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX);
         tokio::spawn(
             outbox_task(Arc::clone(&app), outbox_rx, responses_tx.clone()).in_current_span(),
         );
