@@ -8,9 +8,12 @@
 //! pipeline fills, the reader stops reading, and HTTP/2 flow control pushes back on the
 //! client: a slow client slows its own stream instead of growing the server's memory. Messages
 //! are decided one after another in the order received, so a channel carried by one stream
-//! sees a consistent history. The bridge's `ActionResult`s go to a third task, answered in the
-//! order received but beside the messages: each is a database write, and hundreds a second of
-//! them (a busy chat's timeouts) must not hold up the decisions.
+//! sees a consistent history. Answers leave through an ordered outbox: a verdict that names an
+//! action is held there until the batch that stores its action is committed (see `audit`), and
+//! the answers after it wait behind it while the finisher decides on. The bridge's
+//! `ActionResult`s go to a third task, answered in the order received but beside the
+//! messages: each is a database write, and hundreds a second of them (a busy chat's timeouts)
+//! must not hold up the decisions.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
