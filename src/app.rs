@@ -302,6 +302,7 @@ pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
         &ConnectOptions {
             max_connections: config.database.max_connections,
             connect_timeout: std::time::Duration::from_secs(config.database.connect_timeout_secs),
+            statement_timeout: config.database.statement_timeout(),
         },
     )
     .await?;

@@ -434,6 +434,16 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// How long start-up retries an unreachable database.
     pub connect_timeout_secs: u64,
+    /// Longest one statement may run (PostgreSQL `statement_timeout`, SQLite busy timeout);
+    /// a whole store call gets twice this, then fails as the database being unavailable.
+    pub statement_timeout_ms: u64,
+}
+
+impl DatabaseConfig {
+    /// Longest one statement may run.
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.statement_timeout_ms)
+    }
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -737,6 +747,15 @@ impl Config {
             return Err(invalid(
                 "grpc.max_text_bytes",
                 format!("{} is outside 1..=65536", self.grpc.max_text_bytes),
+            ));
+        }
+        if !(10..=600_000).contains(&self.database.statement_timeout_ms) {
+            return Err(invalid(
+                "database.statement_timeout_ms",
+                format!(
+                    "{} is outside 10..=600000",
+                    self.database.statement_timeout_ms
+                ),
             ));
         }
         if self.database.max_connections == 0 {

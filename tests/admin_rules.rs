@@ -60,6 +60,7 @@ impl Db {
             &ConnectOptions {
                 max_connections: 4,
                 connect_timeout: Duration::from_secs(2),
+                statement_timeout: Duration::from_secs(5),
             },
         )
         .await

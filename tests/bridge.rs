@@ -581,6 +581,7 @@ async fn a_human_mute_becomes_feedback() {
             &modbot::store::ConnectOptions {
                 max_connections: 1,
                 connect_timeout: Duration::from_secs(2),
+                statement_timeout: Duration::from_secs(5),
             },
         )
         .await

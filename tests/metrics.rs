@@ -407,6 +407,7 @@ async fn retention_deletions_are_counted_by_table() {
         &ConnectOptions {
             max_connections: 2,
             connect_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(5),
         },
     )
     .await

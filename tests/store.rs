@@ -9,13 +9,14 @@ use modbot::actions::{
     Action, ActionFilter, ActionKind, ActionSource, ActionStatus, Appeal, AppealFilter,
     AppealStatus, Nuke,
 };
+use modbot::audit::Outcome;
 use modbot::decision::{ChatMessage, DecideOptions, Decision, Degraded, Engine, Inputs};
 use modbot::normalize::normalize;
 use modbot::retention::{Deleted, RetentionPolicy, RetentionTask, run_pass};
 use modbot::rules::RuleSet;
 use modbot::store::{
-    AuditQuery, AuditRecord, ConnectOptions, Feedback, FeedbackSource, Filed, Recorded, Store,
-    StoreError,
+    AuditQuery, AuditRecord, ConnectOptions, FailureKind, Feedback, FeedbackSource, Filed,
+    Recorded, Store, StoreError,
 };
 use modbot::users::UserHistory;
 use tokio::sync::watch;
@@ -24,6 +25,7 @@ fn options() -> ConnectOptions {
     ConnectOptions {
         max_connections: 4,
         connect_timeout: Duration::from_secs(2),
+        statement_timeout: Duration::from_secs(5),
     }
 }
 
@@ -435,6 +437,7 @@ async fn unreachable_database_fails_clearly_after_the_timeout() {
     let options = ConnectOptions {
         max_connections: 1,
         connect_timeout: Duration::from_millis(800),
+        statement_timeout: Duration::from_secs(5),
     };
     let error = Store::connect("postgres://modbot:secret@127.0.0.1:1/modbot", &options)
         .await
@@ -980,4 +983,294 @@ async fn retention_task_runs_at_start_and_stops() {
         "stops at once between passes"
     );
     store.close().await;
+}
+
+/// A record as a stream makes it: with the automatic action that carries its verdict out.
+fn record_with_action(channel: &str, id: &str, user: &str, text: &str) -> AuditRecord {
+    let record = record(channel, id, user, text);
+    let action = modbot::actions::dispatch::automatic_action(
+        &record.message,
+        &record.verdict,
+        "test",
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+    );
+    assert!(action.is_some(), "test records carry actions: {text}");
+    record.with_action(action)
+}
+
+async fn audit_count(store: &Store) -> usize {
+    store
+        .audit_log(&AuditQuery {
+            limit: 10_000,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("read the audit log")
+        .len()
+}
+
+/// Chat text is whatever a user typed: NUL (which PostgreSQL's `text` cannot hold) is stored
+/// as U+2400, every other control as sent, in the audit log, actions and feedback alike.
+async fn control_characters_suite(store: &Store) {
+    let text = "FREE NITRO here \0 \u{1}\u{1b}[31m\ttab\r\nline";
+    let stored_text = "FREE NITRO here \u{2400} \u{1}\u{1b}[31m\ttab\r\nline";
+    let mut record = record_with_action("destinygg", "nul1", "nul_user", text);
+    let action_id = record.action.as_ref().unwrap().id.clone();
+    record.action.as_mut().unwrap().reason = "reason with \0 inside".into();
+    store
+        .record_verdicts(std::slice::from_ref(&record))
+        .await
+        .expect("a text with NUL and controls is stored");
+    let read = store
+        .audit_log(&AuditQuery {
+            message_id: Some("nul1".into()),
+            limit: 1,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(read[0].message.text, stored_text);
+    let action = store.action(&action_id).await.unwrap().expect("its action");
+    assert_eq!(action.reason, "reason with \u{2400} inside");
+    let feedback = Feedback {
+        id: "nul-feedback".into(),
+        created_at: SystemTime::UNIX_EPOCH,
+        channel: "destinygg".into(),
+        user_id: "nul_user".into(),
+        message_id: "nul1".into(),
+        text: text.into(),
+        label: "scam".into(),
+        positive: true,
+        source: FeedbackSource::ModeratorAction,
+        actor: "mod".into(),
+        action: "ban".into(),
+    };
+    assert!(store.record_feedback(&feedback).await.unwrap());
+    let examples = store.feedback().await.unwrap();
+    let example = examples.iter().find(|f| f.id == "nul-feedback").unwrap();
+    assert_eq!(example.text, stored_text);
+}
+
+/// One record the database refuses (here: an audit id written before, a unique violation)
+/// among 500: the other 499 are stored with their actions, and the offender's action is
+/// stored without its row. Before the split, the whole batch was lost.
+async fn poison_batch_suite(store: &Store) {
+    let before = audit_count(store).await;
+    let first = record_with_action("destinygg", "poison0", "poison_user0", "FREE NITRO here");
+    store
+        .record_verdicts(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    let mut batch: Vec<AuditRecord> = (1..=500)
+        .map(|i| {
+            record_with_action(
+                "destinygg",
+                &format!("poison{i}"),
+                &format!("poison_user{i}"),
+                "FREE NITRO here",
+            )
+        })
+        .collect();
+    batch[250].id.clone_from(&first.id);
+    let error = store
+        .record_verdicts(&batch)
+        .await
+        .expect_err("the batch as a whole is refused");
+    assert_eq!(error.kind(), FailureKind::Constraint, "{error}");
+    assert_eq!(
+        tonic::Status::from(error).code(),
+        tonic::Code::FailedPrecondition,
+        "a constraint violation is not `retry later`"
+    );
+
+    let outcomes = modbot::audit::write_records(store, &batch).await;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let expected = if i == 250 {
+            Outcome::ActionOnly
+        } else {
+            Outcome::Stored
+        };
+        assert_eq!(*outcome, expected, "record {i}");
+    }
+    assert_eq!(audit_count(store).await, before + 1 + 499);
+    for record in &batch {
+        let id = &record.action.as_ref().unwrap().id;
+        assert!(
+            store.action(id).await.unwrap().is_some(),
+            "the action of {} is stored",
+            record.message.message_id
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_control_characters_and_poison_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/modbot.db", dir.path().display());
+    let store = Store::connect(&url, &options()).await.unwrap();
+    store.migrate().await.unwrap();
+    control_characters_suite(&store).await;
+    poison_batch_suite(&store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn postgres_control_characters_and_poison_batches() {
+    let Some(schema) = PgSchema::create("postgres_control_characters_and_poison_batches").await
+    else {
+        return;
+    };
+    let store = Store::connect(&schema.url, &options()).await.unwrap();
+    store.migrate().await.unwrap();
+    control_characters_suite(&store).await;
+    poison_batch_suite(&store).await;
+    store.close().await;
+    schema.drop().await;
+}
+
+/// A PostgreSQL connection that stops answering (a proxy holds its bytes): every call fails
+/// within twice the statement timeout as `Timeout`, a transient failure (`UNAVAILABLE`),
+/// instead of hanging; once the path heals, calls succeed again.
+#[tokio::test]
+async fn a_blackholed_postgres_times_out_and_recovers() {
+    let Some(schema) = PgSchema::create("a_blackholed_postgres_times_out_and_recovers").await
+    else {
+        return;
+    };
+    let proxy = common::proxy::TcpProxy::start(common::postgres_addr()).await;
+    let url = common::via_proxy(&schema.url, proxy.addr());
+    let statement_timeout = Duration::from_millis(300);
+    let store = Store::connect(
+        &url,
+        &ConnectOptions {
+            statement_timeout,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    store.ping().await.unwrap();
+
+    proxy.blackhole();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let error = store
+            .ping()
+            .await
+            .expect_err("no answer through a blackhole");
+        let elapsed = started.elapsed();
+        assert!(matches!(error, StoreError::Timeout(_)), "{error:?}");
+        assert!(error.is_transient());
+        assert!(
+            elapsed < statement_timeout * 2 + Duration::from_millis(500),
+            "bounded by the call timeout: {elapsed:?}"
+        );
+        assert_eq!(tonic::Status::from(error).code(), tonic::Code::Unavailable);
+    }
+    let record = record_with_action("destinygg", "dark1", "dark_user", "FREE NITRO here");
+    assert_eq!(
+        modbot::audit::write_records(&store, std::slice::from_ref(&record)).await,
+        [Outcome::Lost],
+        "a transient failure is not split and loses the record, said so"
+    );
+
+    proxy.heal();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.record_verdicts(std::slice::from_ref(&record)).await {
+            Ok(()) => break,
+            Err(error) if Instant::now() < deadline => {
+                assert!(error.is_transient(), "{error:?}");
+            }
+            Err(error) => panic!("the store did not recover after the heal: {error}"),
+        }
+    }
+    store.ping().await.expect("healed");
+    store.close().await;
+    schema.drop().await;
+}
+
+/// SQLite locked by another writer: a write waits the busy timeout (the statement timeout),
+/// then fails as transient (`UNAVAILABLE`), instead of waiting for the lock indefinitely.
+#[tokio::test]
+async fn a_locked_sqlite_fails_as_transient_after_the_busy_timeout() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/modbot.db", dir.path().display());
+    let store = Store::connect(
+        &url,
+        &ConnectOptions {
+            statement_timeout: Duration::from_millis(200),
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let mut locker = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+
+    let record = record("destinygg", "locked1", "alice", "FREE NITRO here");
+    let started = Instant::now();
+    let error = store
+        .record_verdicts(std::slice::from_ref(&record))
+        .await
+        .expect_err("the database is locked");
+    assert!(error.is_transient(), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(tonic::Status::from(error).code(), tonic::Code::Unavailable);
+
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    store
+        .record_verdicts(std::slice::from_ref(&record))
+        .await
+        .expect("written once the lock is gone");
+    locker.close().await.unwrap();
+    store.close().await;
+}
+
+/// Closing a store whose connection is stuck on a dead path (a call timed out on it) ends
+/// within the call timeout instead of holding up shutdown until TCP gives up.
+#[tokio::test]
+async fn closing_a_store_with_a_blackholed_connection_is_bounded() {
+    let Some(schema) =
+        PgSchema::create("closing_a_store_with_a_blackholed_connection_is_bounded").await
+    else {
+        return;
+    };
+    let proxy = common::proxy::TcpProxy::start(common::postgres_addr()).await;
+    let statement_timeout = Duration::from_millis(300);
+    let store = Store::connect(
+        &common::via_proxy(&schema.url, proxy.addr()),
+        &ConnectOptions {
+            statement_timeout,
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    store.ping().await.unwrap();
+    proxy.blackhole();
+    store
+        .ping()
+        .await
+        .expect_err("no answer through a blackhole");
+    let started = Instant::now();
+    store.close().await;
+    assert!(
+        started.elapsed() < statement_timeout * 2 + Duration::from_millis(500),
+        "close is bounded: {:?}",
+        started.elapsed()
+    );
+    proxy.heal();
+    schema.drop().await;
 }

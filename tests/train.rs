@@ -311,6 +311,7 @@ async fn feedback_in_the_database_is_folded_into_training() {
         &ConnectOptions {
             max_connections: 1,
             connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
         },
     )
     .await

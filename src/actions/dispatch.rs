@@ -528,6 +528,7 @@ mod tests {
             &ConnectOptions {
                 max_connections: 4,
                 connect_timeout: Duration::from_secs(2),
+                statement_timeout: Duration::from_secs(5),
             },
         )
         .await

@@ -15,6 +15,7 @@ use super::stream;
 use crate::actions::ActionStatus;
 use crate::actions::dispatch::automatic_action;
 use crate::app::App;
+use crate::audit::Outcome;
 use crate::decision::{DecideOptions, Degraded};
 use crate::inference::{Admission, Overloaded};
 use crate::proto::moderation_server::Moderation;
@@ -115,10 +116,13 @@ impl Moderation for ModerationService {
             let actions = &self.app.config.actions;
             let engine = self.app.moderator.engine();
             let mut records = Vec::new();
-            for (message, verdict) in messages.iter().zip(verdicts.iter_mut()) {
+            // Which verdict each record is for.
+            let mut notable = Vec::new();
+            for (i, (message, verdict)) in messages.iter().zip(verdicts.iter_mut()).enumerate() {
                 if !verdict.is_notable() {
                     continue;
                 }
+                notable.push(i);
                 let mut action = automatic_action(
                     message,
                     verdict,
@@ -136,27 +140,27 @@ impl Moderation for ModerationService {
                 records
                     .push(AuditRecord::new(message.clone(), verdict.clone()).with_action(action));
             }
-            let has_actions = records
-                .iter()
-                .any(|r| r.action.as_ref().is_some_and(|a| a.status.is_open()));
-            if let Err(error) = self.app.store.record_verdicts(&records).await {
-                // The decision stands: a caller waiting to show a message needs it more than
-                // the audit log needs the row. The verdict says what was lost.
-                tracing::error!(%error, count = records.len(), "audit log write failed");
-                metrics::counter!("modbot_audit_write_failures_total")
-                    .increment(records.len() as u64);
-                crate::telemetry::set_degraded(Degraded::Store, true);
-                for verdict in verdicts.iter_mut().filter(|v| v.is_notable()) {
-                    verdict.degraded.push(Degraded::Store);
-                    verdict.action_id = None;
-                }
-            } else {
-                if !records.is_empty() {
-                    crate::telemetry::set_degraded(Degraded::Store, false);
-                }
-                if has_actions {
-                    self.app.dispatcher.wake();
-                }
+            // Split on a poison record like the streams' writer: one message the database
+            // refuses does not cost the others their rows and actions.
+            let outcomes = crate::audit::write_records(&self.app.store, &records).await;
+            let lost = outcomes.iter().filter(|o| **o != Outcome::Stored).count();
+            if lost > 0 {
+                // The decisions stand: a caller waiting to show a message needs them more
+                // than the audit log needs the rows. Each verdict says what was lost.
+                metrics::counter!("modbot_audit_write_failures_total").increment(lost as u64);
+            }
+            if !records.is_empty() {
+                crate::telemetry::set_degraded(Degraded::Store, lost > 0);
+            }
+            for (&i, outcome) in notable.iter().zip(outcomes.iter()) {
+                outcome.mark(&mut verdicts[i]);
+            }
+            // Only an open action (not one that is only recorded) has anything to deliver.
+            let actions_stored = records.iter().zip(&outcomes).any(|(r, o)| {
+                r.action.as_ref().is_some_and(|a| a.status.is_open()) && *o != Outcome::Lost
+            });
+            if actions_stored {
+                self.app.dispatcher.wake();
             }
         }
 

@@ -5,7 +5,7 @@
 
 use tonic::Status;
 
-use crate::store::StoreError;
+use crate::store::{FailureKind, StoreError};
 
 /// A request field that failed validation. Becomes `INVALID_ARGUMENT` with the field's path
 /// (`messages[2].text`) leading the message.
@@ -35,13 +35,29 @@ impl From<FieldError> for Status {
 }
 
 impl From<StoreError> for Status {
+    /// Only a transient failure says "retry later": a write the database refuses for good
+    /// (a constraint, a value it cannot hold) would fail the same way every time, and a
+    /// client retrying it would only add load.
     fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Connect { .. } | StoreError::Query(_) => {
+        match error.kind() {
+            FailureKind::Transient => {
                 tracing::error!(%error, "database unavailable");
                 Status::unavailable("the database is unavailable; retry later")
             }
-            error => {
+            FailureKind::Constraint => {
+                tracing::warn!(%error, "the database refused a write");
+                Status::failed_precondition(
+                    "the database refused the write: it conflicts with stored data; \
+                     retrying will not help",
+                )
+            }
+            FailureKind::InvalidData => {
+                tracing::warn!(%error, "the database refused a value");
+                Status::invalid_argument(
+                    "request: a value cannot be stored by the database; retrying will not help",
+                )
+            }
+            FailureKind::Internal => {
                 tracing::error!(%error, "database error");
                 Status::internal("internal database error")
             }
@@ -59,5 +75,31 @@ impl From<crate::actions::workflow::WorkflowError> for Status {
             WorkflowError::Invalid { field, message } => FieldError::new(field, message).into(),
             WorkflowError::Store(error) => error.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn only_transient_store_errors_say_retry_later() {
+        let timeout = Status::from(StoreError::Timeout(Duration::from_secs(10)));
+        assert_eq!(timeout.code(), Code::Unavailable);
+        let pool = Status::from(StoreError::Query(sqlx::Error::PoolTimedOut));
+        assert_eq!(pool.code(), Code::Unavailable);
+        let corrupt = Status::from(StoreError::Corrupt {
+            id: "a1".into(),
+            message: "kind `x`".into(),
+        });
+        assert_eq!(corrupt.code(), Code::Internal);
+        assert!(
+            !corrupt.message().contains("kind"),
+            "details stay in the log"
+        );
     }
 }

@@ -8,14 +8,17 @@
 //! pipeline fills, the reader stops reading, and HTTP/2 flow control pushes back on the
 //! client: a slow client slows its own stream instead of growing the server's memory. Messages
 //! are decided one after another in the order received, so a channel carried by one stream
-//! sees a consistent history. The bridge's `ActionResult`s go to a third task, answered in the
-//! order received but beside the messages: each is a database write, and hundreds a second of
-//! them (a busy chat's timeouts) must not hold up the decisions.
+//! sees a consistent history. Answers leave through an ordered outbox: a verdict that names an
+//! action is held there until the batch that stores its action is committed (see `audit`), and
+//! the answers after it wait behind it while the finisher decides on. The bridge's
+//! `ActionResult`s go to a third task, answered in the order received but beside the
+//! messages: each is a database write, and hundreds a second of them (a busy chat's timeouts)
+//! must not hold up the decisions.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status, Streaming};
 use tracing::Instrument;
 
@@ -25,7 +28,8 @@ use super::status::FieldError;
 use crate::actions;
 use crate::actions::dispatch::{Answered, automatic_action};
 use crate::app::App;
-use crate::decision::{ChatMessage, DecideOptions, Decision};
+use crate::audit::Outcome;
+use crate::decision::{ChatMessage, DecideOptions, Decision, Degraded, Verdict};
 use crate::inference::{Admission, Pending, Scores};
 use crate::moderate::Consult;
 use crate::proto::{
@@ -40,6 +44,9 @@ pub const RESPONSE_BUFFER: usize = 1024;
 
 /// Messages a stream reads ahead of its decisions, so their texts share model batches.
 const PIPELINE: usize = 256;
+
+/// Responses a stream holds in order behind a verdict waiting for its action's commit.
+const OUTBOX: usize = 4096;
 
 /// Most channels one stream may serve.
 const MAX_CHANNELS: usize = 256;
@@ -87,13 +94,32 @@ fn dedup_channels(mut hello: Hello) -> Hello {
     hello
 }
 
+/// A response on its way to the client through the session's outbox, in order.
+enum Outgoing {
+    /// Sent as it is.
+    Ready(Result<StreamModerateResponse, Status>),
+    /// A verdict that names an action: sent once the batch that stores the action is
+    /// committed, marked by the outcome.
+    AfterCommit {
+        verdict: Verdict,
+        committed: oneshot::Receiver<Outcome>,
+        /// When its message was read, for the verdict's `elapsed`.
+        received: Instant,
+    },
+}
+
 /// A stream's state.
 pub struct Session {
     app: Arc<App>,
     hello: Hello,
     /// Who opened the stream (`None` without tokens), its hello checked against its binding.
     principal: Option<Principal>,
+    /// The client's channel, for its `closed()` and for action commands (sent beside the
+    /// verdicts); everything else goes through `outbox_tx`.
     responses_tx: Responses,
+    /// Responses in the order they are to be sent, drained by `outbox_task`: a verdict that
+    /// waits for its action's commit holds up the ones after it, but not the decisions.
+    outbox_tx: mpsc::Sender<Outgoing>,
     limits: MessageLimits,
 }
 
@@ -106,11 +132,19 @@ impl Session {
         responses_tx: Responses,
     ) -> Self {
         let limits = MessageLimits::from_config(&app.config);
+        // Room for the responses decided while a verdict waits for its action's commit (a
+        // batch being written, then its own): at tens of thousands of messages a second a
+        // smaller outbox stalls the decisions behind the commit.
+        let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX);
+        tokio::spawn(
+            outbox_task(Arc::clone(&app), outbox_rx, responses_tx.clone()).in_current_span(),
+        );
         Self {
             app,
             hello,
             principal,
             responses_tx,
+            outbox_tx,
             limits,
         }
     }
@@ -232,9 +266,9 @@ impl Session {
             )),
         };
         tracing::info!(%status, "stream ended by the server");
-        // A client that stopped reading would hold this send forever: its connection's
-        // keepalive ends it instead.
-        let _ = self.responses_tx.send(Err(status)).await;
+        // After every response still in the outbox, in order. A client that stopped reading
+        // would hold this send forever: its connection's keepalive ends it instead.
+        let _ = self.outbox_tx.send(Outgoing::Ready(Err(status))).await;
     }
 
     /// Stage two: decides and answers, strictly in the order read.
@@ -349,8 +383,10 @@ impl Session {
 
     /// Sends a response; false when the client has gone.
     async fn send(&self, kind: stream_moderate_response::Kind) -> bool {
-        self.responses_tx
-            .send(Ok(StreamModerateResponse { kind: Some(kind) }))
+        self.outbox_tx
+            .send(Outgoing::Ready(Ok(StreamModerateResponse {
+                kind: Some(kind),
+            })))
             .await
             .is_ok()
     }
@@ -566,10 +602,33 @@ impl Session {
                         actions.pending_ttl(),
                     );
                     verdict.action_id = action.as_ref().map(|a| a.id.clone());
-                    self.app
-                        .audit
-                        .submit(AuditRecord::new(message, verdict.clone()).with_action(action))
-                        .await;
+                    let record = AuditRecord::new(message, verdict.clone()).with_action(action);
+                    if verdict.action_id.is_some() {
+                        // A verdict that names an action leaves only once the action is
+                        // durable (group commit with other streams' records): a bridge told of
+                        // an action that is then lost could never see it carried out. The
+                        // outbox waits for the commit, so the next messages are decided
+                        // meanwhile.
+                        let committed = self.app.audit.commit(record).await;
+                        verdict.normalized_text.clear();
+                        return self
+                            .outbox_tx
+                            .send(Outgoing::AfterCommit {
+                                verdict,
+                                committed,
+                                received,
+                            })
+                            .await
+                            .is_ok();
+                    } else {
+                        // Nothing to carry out: the record is written behind the verdict,
+                        // which says so when the database is failing.
+                        if self.app.audit.failing() && !verdict.degraded.contains(&Degraded::Store)
+                        {
+                            verdict.degraded.push(Degraded::Store);
+                        }
+                        self.app.audit.submit(record).await;
+                    }
                 }
                 verdict.normalized_text.clear();
                 verdict.elapsed = received.elapsed();
@@ -668,6 +727,37 @@ impl Session {
                 metrics::counter!("modbot_action_write_failures_total").increment(1);
                 tracing::warn!(%error, channel, target, "cannot record a moderator's action");
             }
+        }
+    }
+}
+
+/// Sends a session's responses in order, each verdict that names an action once its commit
+/// is done (marked by its outcome, then counted), until the session drops its outbox or the
+/// client goes away.
+async fn outbox_task(
+    app: Arc<App>,
+    mut outbox_rx: mpsc::Receiver<Outgoing>,
+    responses_tx: Responses,
+) {
+    while let Some(outgoing) = outbox_rx.recv().await {
+        let response = match outgoing {
+            Outgoing::Ready(response) => response,
+            Outgoing::AfterCommit {
+                mut verdict,
+                committed,
+                received,
+            } => {
+                // A writer gone before answering has stored nothing.
+                committed.await.unwrap_or(Outcome::Lost).mark(&mut verdict);
+                verdict.elapsed = received.elapsed();
+                app.count_verdict(&verdict);
+                Ok(StreamModerateResponse {
+                    kind: Some(stream_moderate_response::Kind::Verdict(verdict.into())),
+                })
+            }
+        };
+        if responses_tx.send(response).await.is_err() {
+            break;
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Feedback, Store, StoreError, from_unix_millis, unix_millis};
+use super::{Feedback, Store, StoreError, from_unix_millis, storable_text, unix_millis};
 use crate::actions::{
     Action, ActionFilter, ActionKind, ActionSource, ActionStatus, Appeal, AppealFilter,
     AppealStatus, Nuke, PageAfter,
@@ -19,7 +19,8 @@ impl Store {
         channel: Option<&str>,
         since: Option<SystemTime>,
     ) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.status_counts("actions", channel, since).await
+        self.timed(async move { self.status_counts("actions", channel, since).await })
+            .await
     }
 
     /// Appeals by status name, filed at or after `since`, in one channel or all.
@@ -28,7 +29,8 @@ impl Store {
         channel: Option<&str>,
         since: Option<SystemTime>,
     ) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.status_counts("appeals", channel, since).await
+        self.timed(async move { self.status_counts("appeals", channel, since).await })
+            .await
     }
 
     async fn status_counts(
@@ -132,54 +134,60 @@ impl Store {
     /// (`INSERT ... ON CONFLICT DO NOTHING`), so concurrent calls with one key record one
     /// action.
     pub async fn record_action(&self, action: &Action) -> Result<Recorded, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let inserted = insert_action(&mut conn, action).await?;
-        if inserted {
-            return Ok(Recorded::New(action.clone()));
-        }
-        let existing = match &action.idempotency_key {
-            Some(key) => {
-                let sql = format!(
-                    "SELECT {ACTION_COLUMNS} FROM actions \
-                     WHERE requested_by = $1 AND idempotency_key = $2"
-                );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(&action.requested_by)
-                    .bind(key)
-                    .fetch_optional(&mut *conn)
-                    .await?
+        self.timed(async move {
+            let mut conn = self.pool.acquire().await?;
+            let inserted = insert_action(&mut conn, action).await?;
+            if inserted {
+                return Ok(Recorded::New(action.clone()));
             }
-            None => {
-                let sql = format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1");
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(&action.id)
-                    .fetch_optional(&mut *conn)
-                    .await?
-            }
-        };
-        let existing = existing
-            .as_ref()
-            .map(action_from_row)
-            .transpose()?
-            .ok_or_else(|| StoreError::Corrupt {
-                id: action.id.clone(),
-                message: "an insert conflicted but no conflicting action was found".into(),
-            })?;
-        Ok(if existing.request_hash == action.request_hash {
-            Recorded::Replayed(existing)
-        } else {
-            Recorded::Conflict(existing)
+            let existing = match &action.idempotency_key {
+                Some(key) => {
+                    let sql = format!(
+                        "SELECT {ACTION_COLUMNS} FROM actions \
+                         WHERE requested_by = $1 AND idempotency_key = $2"
+                    );
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(&action.requested_by)
+                        .bind(key)
+                        .fetch_optional(&mut *conn)
+                        .await?
+                }
+                None => {
+                    let sql = format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1");
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(&action.id)
+                        .fetch_optional(&mut *conn)
+                        .await?
+                }
+            };
+            let existing = existing
+                .as_ref()
+                .map(action_from_row)
+                .transpose()?
+                .ok_or_else(|| StoreError::Corrupt {
+                    id: action.id.clone(),
+                    message: "an insert conflicted but no conflicting action was found".into(),
+                })?;
+            Ok(if existing.request_hash == action.request_hash {
+                Recorded::Replayed(existing)
+            } else {
+                Recorded::Conflict(existing)
+            })
         })
+        .await
     }
 
     /// One action by id.
     pub async fn action(&self, id: &str) -> Result<Option<Action>, StoreError> {
-        let sql = format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(action_from_row).transpose()
+        self.timed(async move {
+            let sql = format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1");
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(action_from_row).transpose()
+        })
+        .await
     }
 
     /// Actions matching `filter`, newest first, at most `limit`, starting after `after`.
@@ -189,28 +197,31 @@ impl Store {
         after: Option<&PageAfter>,
         limit: u32,
     ) -> Result<Vec<Action>, StoreError> {
-        let sql = format!(
-            "SELECT {ACTION_COLUMNS} FROM actions \
-             WHERE ($1 = '' OR channel = $1) AND ($2 = '' OR target_user_id = $2) \
-             AND ($3 = '' OR kind = $3) AND ($4 = '' OR status = $4) AND ($5 = '' OR source = $5) \
-             AND created_at >= $6 AND created_at < $7 \
-             AND (created_at < $8 OR (created_at = $8 AND id < $9)) \
-             ORDER BY created_at DESC, id DESC LIMIT $10"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(filter.channel.as_deref().unwrap_or(""))
-            .bind(filter.target_user_id.as_deref().unwrap_or(""))
-            .bind(filter.kind.map_or("", ActionKind::as_str))
-            .bind(filter.status.map_or("", ActionStatus::as_str))
-            .bind(filter.source.map_or("", ActionSource::as_str))
-            .bind(filter.since.map_or(i64::MIN, unix_millis))
-            .bind(filter.until.map_or(i64::MAX, unix_millis))
-            .bind(after.map_or(i64::MAX, |a| a.created_at_ms))
-            .bind(after.map_or("", |a| a.id.as_str()))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(action_from_row).collect()
+        self.timed(async move {
+            let sql = format!(
+                "SELECT {ACTION_COLUMNS} FROM actions \
+                 WHERE ($1 = '' OR channel = $1) AND ($2 = '' OR target_user_id = $2) \
+                 AND ($3 = '' OR kind = $3) AND ($4 = '' OR status = $4) AND ($5 = '' OR source = $5) \
+                 AND created_at >= $6 AND created_at < $7 \
+                 AND (created_at < $8 OR (created_at = $8 AND id < $9)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $10"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(filter.channel.as_deref().unwrap_or(""))
+                .bind(filter.target_user_id.as_deref().unwrap_or(""))
+                .bind(filter.kind.map_or("", ActionKind::as_str))
+                .bind(filter.status.map_or("", ActionStatus::as_str))
+                .bind(filter.source.map_or("", ActionSource::as_str))
+                .bind(filter.since.map_or(i64::MIN, unix_millis))
+                .bind(filter.until.map_or(i64::MAX, unix_millis))
+                .bind(after.map_or(i64::MAX, |a| a.created_at_ms))
+                .bind(after.map_or("", |a| a.id.as_str()))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(action_from_row).collect()
+        })
+        .await
     }
 
     /// Claims up to `limit` pending, unexpired actions of the channels in `routes` (each
@@ -225,43 +236,46 @@ impl Store {
         now: SystemTime,
         limit: u32,
     ) -> Result<Vec<Action>, StoreError> {
-        if routes.is_empty() {
-            return Ok(Vec::new());
-        }
-        assert!(
-            routes.len() <= MAX_ROUTES,
-            "at most MAX_ROUTES routes per claim"
-        );
-        // $1 now, $2 limit, then channel and bridge pairs from $3.
-        let mut case = String::from("CASE channel");
-        let mut channels = Vec::with_capacity(routes.len());
-        for i in 0..routes.len() {
-            let (channel, bridge) = (3 + 2 * i, 4 + 2 * i);
-            case.push_str(&format!(" WHEN ${channel} THEN ${bridge}"));
-            channels.push(format!("${channel}"));
-        }
-        case.push_str(" END");
-        let channels = channels.join(", ");
-        let sql = format!(
-            "UPDATE actions SET status = 'sent', bridge_id = {case}, updated_at = $1 \
-             WHERE status = 'pending' AND channel IN ({channels}) AND expires_at > $1 AND id IN \
-             (SELECT id FROM actions WHERE status = 'pending' AND channel IN ({channels}) \
-              AND expires_at > $1 ORDER BY created_at, id LIMIT $2) \
-             RETURNING {ACTION_COLUMNS}"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(unix_millis(now))
-            .bind(i64::from(limit));
-        for (channel, bridge) in routes {
-            query = query.bind(*channel).bind(*bridge);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        let mut actions = rows
-            .iter()
-            .map(action_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        actions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(actions)
+        self.timed(async move {
+            if routes.is_empty() {
+                return Ok(Vec::new());
+            }
+            assert!(
+                routes.len() <= MAX_ROUTES,
+                "at most MAX_ROUTES routes per claim"
+            );
+            // $1 now, $2 limit, then channel and bridge pairs from $3.
+            let mut case = String::from("CASE channel");
+            let mut channels = Vec::with_capacity(routes.len());
+            for i in 0..routes.len() {
+                let (channel, bridge) = (3 + 2 * i, 4 + 2 * i);
+                case.push_str(&format!(" WHEN ${channel} THEN ${bridge}"));
+                channels.push(format!("${channel}"));
+            }
+            case.push_str(" END");
+            let channels = channels.join(", ");
+            let sql = format!(
+                "UPDATE actions SET status = 'sent', bridge_id = {case}, updated_at = $1 \
+                 WHERE status = 'pending' AND channel IN ({channels}) AND expires_at > $1 AND id IN \
+                 (SELECT id FROM actions WHERE status = 'pending' AND channel IN ({channels}) \
+                  AND expires_at > $1 ORDER BY created_at, id LIMIT $2) \
+                 RETURNING {ACTION_COLUMNS}"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(unix_millis(now))
+                .bind(i64::from(limit));
+            for (channel, bridge) in routes {
+                query = query.bind(*channel).bind(*bridge);
+            }
+            let rows = query.fetch_all(&self.pool).await?;
+            let mut actions = rows
+                .iter()
+                .map(action_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            actions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            Ok(actions)
+        })
+        .await
     }
 
     /// Actions sent to one of `bridge_ids` at or before `sent_before` that were never
@@ -273,50 +287,56 @@ impl Store {
         sent_before: SystemTime,
         now: SystemTime,
     ) -> Result<Vec<Action>, StoreError> {
-        if bridge_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        assert!(bridge_ids.len() <= MAX_ROUTES, "at most MAX_ROUTES ids");
-        let ids = (0..bridge_ids.len())
-            .map(|i| format!("${}", 3 + i))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT {ACTION_COLUMNS} FROM actions \
-             WHERE status = 'sent' AND bridge_id IN ({ids}) AND updated_at <= $1 \
-             AND expires_at > $2 ORDER BY created_at, id"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(unix_millis(sent_before))
-            .bind(unix_millis(now));
-        for id in bridge_ids {
-            query = query.bind(*id);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(action_from_row).collect()
+        self.timed(async move {
+            if bridge_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            assert!(bridge_ids.len() <= MAX_ROUTES, "at most MAX_ROUTES ids");
+            let ids = (0..bridge_ids.len())
+                .map(|i| format!("${}", 3 + i))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {ACTION_COLUMNS} FROM actions \
+                 WHERE status = 'sent' AND bridge_id IN ({ids}) AND updated_at <= $1 \
+                 AND expires_at > $2 ORDER BY created_at, id"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(unix_millis(sent_before))
+                .bind(unix_millis(now));
+            for id in bridge_ids {
+                query = query.bind(*id);
+            }
+            let rows = query.fetch_all(&self.pool).await?;
+            rows.iter().map(action_from_row).collect()
+        })
+        .await
     }
 
     /// Gives claimed actions back (their bridge could not take them, or its stream ended
     /// before they were written to it), so another bridge can be sent them: one statement.
     /// At most [`MAX_ROUTES`] ids per call.
     pub async fn unclaim_actions(&self, ids: &[&str], bridge_id: &str) -> Result<u64, StoreError> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        assert!(ids.len() <= MAX_ROUTES, "at most MAX_ROUTES ids");
-        let list = (0..ids.len())
-            .map(|i| format!("${}", 2 + i))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "UPDATE actions SET status = 'pending', bridge_id = '' \
-             WHERE status = 'sent' AND bridge_id = $1 AND id IN ({list})"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(bridge_id);
-        for id in ids {
-            query = query.bind(*id);
-        }
-        Ok(query.execute(&self.pool).await?.rows_affected())
+        self.timed(async move {
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            assert!(ids.len() <= MAX_ROUTES, "at most MAX_ROUTES ids");
+            let list = (0..ids.len())
+                .map(|i| format!("${}", 2 + i))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE actions SET status = 'pending', bridge_id = '' \
+                 WHERE status = 'sent' AND bridge_id = $1 AND id IN ({list})"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(bridge_id);
+            for id in ids {
+                query = query.bind(*id);
+            }
+            Ok(query.execute(&self.pool).await?.rows_affected())
+        })
+        .await
     }
 
     /// Records the chat's answers to actions sent to `bridge_id`, in one transaction: executed,
@@ -334,118 +354,132 @@ impl Store {
         answers: &[ActionAnswer<'_>],
         now: SystemTime,
     ) -> Result<Vec<Option<(Action, bool)>>, StoreError> {
-        let update = format!(
-            "UPDATE actions SET status = $2, error = $3, detail = $4, updated_at = $5 \
-             WHERE id = $1 AND bridge_id = $6 AND status IN ('sent', 'expired', 'unknown') \
-             RETURNING {ACTION_COLUMNS}"
-        );
-        let select = format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1");
-        let mut tx = self.pool.begin().await?;
-        let mut outcomes = Vec::with_capacity(answers.len());
-        for answer in answers {
-            let changed = sqlx::query(sqlx::AssertSqlSafe(update.clone()))
-                .bind(answer.id)
-                .bind(if answer.ok { "executed" } else { "failed" })
-                .bind(if answer.ok { "" } else { answer.error })
-                .bind(answer.detail)
-                .bind(unix_millis(now))
-                .bind(bridge_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let outcome = match changed {
-                Some(row) => Some((action_from_row(&row)?, true)),
-                // Unknown, already answered, or sent elsewhere: the action as it is, if any.
-                None => sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+        self.timed(async move {
+            let update = format!(
+                "UPDATE actions SET status = $2, error = $3, detail = $4, updated_at = $5 \
+                 WHERE id = $1 AND bridge_id = $6 AND status IN ('sent', 'expired', 'unknown') \
+                 RETURNING {ACTION_COLUMNS}"
+            );
+            let select = format!("SELECT {ACTION_COLUMNS} FROM actions WHERE id = $1");
+            let mut tx = self.pool.begin().await?;
+            let mut outcomes = Vec::with_capacity(answers.len());
+            for answer in answers {
+                let changed = sqlx::query(sqlx::AssertSqlSafe(update.clone()))
                     .bind(answer.id)
+                    .bind(if answer.ok { "executed" } else { "failed" })
+                    .bind(if answer.ok { "" } else { answer.error })
+                    .bind(&*storable_text(answer.detail))
+                    .bind(unix_millis(now))
+                    .bind(bridge_id)
                     .fetch_optional(&mut *tx)
-                    .await?
-                    .as_ref()
-                    .map(action_from_row)
-                    .transpose()?
-                    .map(|action| (action, false)),
-            };
-            outcomes.push(outcome);
-        }
-        tx.commit().await?;
-        Ok(outcomes)
+                    .await?;
+                let outcome = match changed {
+                    Some(row) => Some((action_from_row(&row)?, true)),
+                    // Unknown, already answered, or sent elsewhere: the action as it is, if any.
+                    None => sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+                        .bind(answer.id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .as_ref()
+                        .map(action_from_row)
+                        .transpose()?
+                        .map(|action| (action, false)),
+                };
+                outcomes.push(outcome);
+            }
+            tx.commit().await?;
+            Ok(outcomes)
+        })
+        .await
     }
 
     /// Closes every open action whose time is up: a pending one (never sent) becomes
     /// `expired`; a sent one that its bridge never answered becomes `unknown`, since the chat
     /// may have carried it out. How many of each.
     pub async fn expire_actions(&self, now: SystemTime) -> Result<Expired, StoreError> {
-        let now = unix_millis(now);
-        let mut counts = Expired::default();
-        for (from, to, count) in [
-            ("pending", "expired", &mut counts.expired),
-            ("sent", "unknown", &mut counts.unknown),
-        ] {
-            // Literal statuses, so the planner can use the partial index of open actions.
-            let sql = format!(
-                "UPDATE actions SET status = '{to}', updated_at = $1 \
-                 WHERE status = '{from}' AND expires_at <= $1"
-            );
-            let result = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
-            *count = result.rows_affected();
-        }
-        Ok(counts)
+        self.timed(async move {
+            let now = unix_millis(now);
+            let mut counts = Expired::default();
+            for (from, to, count) in [
+                ("pending", "expired", &mut counts.expired),
+                ("sent", "unknown", &mut counts.unknown),
+            ] {
+                // Literal statuses, so the planner can use the partial index of open actions.
+                let sql = format!(
+                    "UPDATE actions SET status = '{to}', updated_at = $1 \
+                     WHERE status = '{from}' AND expires_at <= $1"
+                );
+                let result = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                *count = result.rows_affected();
+            }
+            Ok(counts)
+        })
+        .await
     }
 
     /// Files an appeal, unless its action already has an open one (the partial unique index
     /// decides, so two concurrent filings make one appeal).
     pub async fn file_appeal(&self, appeal: &Appeal) -> Result<Filed, StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO appeals (id, created_at, action_id, channel, user_id, text, status, \
-             moderator, note, resolved_at, reversal_action_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&appeal.id)
-        .bind(unix_millis(appeal.created_at))
-        .bind(&appeal.action_id)
-        .bind(&appeal.channel)
-        .bind(&appeal.user_id)
-        .bind(&appeal.text)
-        .bind(appeal.status.as_str())
-        .bind(&appeal.moderator)
-        .bind(&appeal.note)
-        .bind(appeal.resolved_at.map(unix_millis))
-        .bind(&appeal.reversal_action_id)
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(_) => Ok(Filed::Done),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                let open = self
-                    .appeals(
-                        &AppealFilter {
-                            status: Some(AppealStatus::Open),
-                            ..AppealFilter::default()
-                        },
-                        Some(&appeal.action_id),
-                        None,
-                        1,
-                    )
-                    .await?;
-                Ok(Filed::AlreadyOpen(
-                    open.into_iter().next().map(|a| a.id).unwrap_or_default(),
-                ))
+        self.timed(async move {
+            let result = sqlx::query(
+                "INSERT INTO appeals (id, created_at, action_id, channel, user_id, text, status, \
+                 moderator, note, resolved_at, reversal_action_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(&appeal.id)
+            .bind(unix_millis(appeal.created_at))
+            .bind(&appeal.action_id)
+            .bind(&appeal.channel)
+            .bind(&appeal.user_id)
+            .bind(&*storable_text(&appeal.text))
+            .bind(appeal.status.as_str())
+            .bind(&appeal.moderator)
+            .bind(&*storable_text(&appeal.note))
+            .bind(appeal.resolved_at.map(unix_millis))
+            .bind(&appeal.reversal_action_id)
+            .execute(&self.pool)
+            .await;
+            match result {
+                Ok(_) => Ok(Filed::Done),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    let open = self
+                        .appeals(
+                            &AppealFilter {
+                                status: Some(AppealStatus::Open),
+                                ..AppealFilter::default()
+                            },
+                            Some(&appeal.action_id),
+                            None,
+                            1,
+                        )
+                        .await?;
+                    Ok(Filed::AlreadyOpen(
+                        open.into_iter().next().map(|a| a.id).unwrap_or_default(),
+                    ))
+                }
+                Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                    Ok(Filed::NoAction)
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Ok(Filed::NoAction),
-            Err(e) => Err(e.into()),
-        }
+        })
+        .await
     }
 
     /// One appeal by id.
     pub async fn appeal(&self, id: &str) -> Result<Option<Appeal>, StoreError> {
-        let sql = format!("SELECT {APPEAL_COLUMNS} FROM appeals WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(appeal_from_row).transpose()
+        self.timed(async move {
+            let sql = format!("SELECT {APPEAL_COLUMNS} FROM appeals WHERE id = $1");
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(appeal_from_row).transpose()
+        })
+        .await
     }
 
     /// Appeals matching `filter` (and `action_id`, when given), newest first.
@@ -456,24 +490,27 @@ impl Store {
         after: Option<&PageAfter>,
         limit: u32,
     ) -> Result<Vec<Appeal>, StoreError> {
-        let sql = format!(
-            "SELECT {APPEAL_COLUMNS} FROM appeals \
-             WHERE ($1 = '' OR channel = $1) AND ($2 = '' OR status = $2) \
-             AND ($3 = '' OR user_id = $3) AND ($4 = '' OR action_id = $4) \
-             AND (created_at < $5 OR (created_at = $5 AND id < $6)) \
-             ORDER BY created_at DESC, id DESC LIMIT $7"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(filter.channel.as_deref().unwrap_or(""))
-            .bind(filter.status.map_or("", AppealStatus::as_str))
-            .bind(filter.user_id.as_deref().unwrap_or(""))
-            .bind(action_id.unwrap_or(""))
-            .bind(after.map_or(i64::MAX, |a| a.created_at_ms))
-            .bind(after.map_or("", |a| a.id.as_str()))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(appeal_from_row).collect()
+        self.timed(async move {
+            let sql = format!(
+                "SELECT {APPEAL_COLUMNS} FROM appeals \
+                 WHERE ($1 = '' OR channel = $1) AND ($2 = '' OR status = $2) \
+                 AND ($3 = '' OR user_id = $3) AND ($4 = '' OR action_id = $4) \
+                 AND (created_at < $5 OR (created_at = $5 AND id < $6)) \
+                 ORDER BY created_at DESC, id DESC LIMIT $7"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(filter.channel.as_deref().unwrap_or(""))
+                .bind(filter.status.map_or("", AppealStatus::as_str))
+                .bind(filter.user_id.as_deref().unwrap_or(""))
+                .bind(action_id.unwrap_or(""))
+                .bind(after.map_or(i64::MAX, |a| a.created_at_ms))
+                .bind(after.map_or("", |a| a.id.as_str()))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(appeal_from_row).collect()
+        })
+        .await
     }
 
     /// Resolves an open appeal in one transaction: the appeal's ruling, and for an overturn
@@ -486,97 +523,111 @@ impl Store {
         reversal: Option<&Action>,
         feedback: &[Feedback],
     ) -> Result<Resolved, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE appeals SET status = $2, moderator = $3, note = $4, resolved_at = $5, \
-             reversal_action_id = $6 WHERE id = $1 AND status = 'open'",
-        )
-        .bind(&resolved.id)
-        .bind(resolved.status.as_str())
-        .bind(&resolved.moderator)
-        .bind(&resolved.note)
-        .bind(resolved.resolved_at.map(unix_millis))
-        .bind(&resolved.reversal_action_id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            drop(tx);
-            return Ok(match self.appeal(&resolved.id).await? {
-                Some(current) => Resolved::AlreadyResolved(current),
-                None => Resolved::NotFound,
-            });
-        }
-        if let Some(reversal) = reversal {
-            insert_action(&mut tx, reversal).await?;
-            mark_reversed(&mut tx, &resolved.action_id, &reversal.id).await?;
-        }
-        for example in feedback {
-            super::feedback::insert_feedback(&mut tx, example).await?;
-        }
-        tx.commit().await?;
-        Ok(Resolved::Done(
-            resolved.clone(),
-            reversal.cloned().map(Box::new),
-        ))
+        self.timed(async move {
+            let mut tx = self.pool.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE appeals SET status = $2, moderator = $3, note = $4, resolved_at = $5, \
+                 reversal_action_id = $6 WHERE id = $1 AND status = 'open'",
+            )
+            .bind(&resolved.id)
+            .bind(resolved.status.as_str())
+            .bind(&resolved.moderator)
+            .bind(&resolved.note)
+            .bind(resolved.resolved_at.map(unix_millis))
+            .bind(&resolved.reversal_action_id)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                drop(tx);
+                return Ok(match self.appeal(&resolved.id).await? {
+                    Some(current) => Resolved::AlreadyResolved(current),
+                    None => Resolved::NotFound,
+                });
+            }
+            if let Some(reversal) = reversal {
+                insert_action(&mut tx, reversal).await?;
+                mark_reversed(&mut tx, &resolved.action_id, &reversal.id).await?;
+            }
+            for example in feedback {
+                super::feedback::insert_feedback(&mut tx, example).await?;
+            }
+            tx.commit().await?;
+            Ok(Resolved::Done(
+                resolved.clone(),
+                reversal.cloned().map(Box::new),
+            ))
+        })
+        .await
     }
 
     /// Records a nuke and its mutes, all or none.
     pub async fn record_nuke(&self, nuke: &Nuke, mutes: &[Action]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO nukes (id, created_at, channel, pattern, regex, window_ms, duration_ms, \
-             moderator, reason, targets, undone_at, undone_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(&nuke.id)
-        .bind(unix_millis(nuke.created_at))
-        .bind(&nuke.channel)
-        .bind(&nuke.pattern)
-        .bind(i64::from(nuke.regex))
-        .bind(millis(nuke.window))
-        .bind(millis(nuke.duration))
-        .bind(&nuke.moderator)
-        .bind(&nuke.reason)
-        .bind(serde_json::to_string(&nuke.targets).expect("strings serialise. This is a bug"))
-        .bind(nuke.undone_at.map(unix_millis))
-        .bind(&nuke.undone_by)
-        .execute(&mut *tx)
-        .await?;
-        for mute in mutes {
-            insert_action(&mut tx, mute).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.timed(async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO nukes (id, created_at, channel, pattern, regex, window_ms, duration_ms, \
+                 moderator, reason, targets, undone_at, undone_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(&nuke.id)
+            .bind(unix_millis(nuke.created_at))
+            .bind(&nuke.channel)
+            .bind(&*storable_text(&nuke.pattern))
+            .bind(i64::from(nuke.regex))
+            .bind(millis(nuke.window))
+            .bind(millis(nuke.duration))
+            .bind(&nuke.moderator)
+            .bind(&*storable_text(&nuke.reason))
+            .bind(serde_json::to_string(&nuke.targets).expect("strings serialise. This is a bug"))
+            .bind(nuke.undone_at.map(unix_millis))
+            .bind(&nuke.undone_by)
+            .execute(&mut *tx)
+            .await?;
+            for mute in mutes {
+                insert_action(&mut tx, mute).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// One nuke by id, or the channel's latest one not yet undone when `id` is `None`.
     pub async fn nuke(&self, channel: &str, id: Option<&str>) -> Result<Option<Nuke>, StoreError> {
-        let sql = match id {
-            Some(_) => format!("SELECT {NUKE_COLUMNS} FROM nukes WHERE channel = $1 AND id = $2"),
-            None => format!(
-                "SELECT {NUKE_COLUMNS} FROM nukes WHERE channel = $1 AND undone_at IS NULL \
-                 AND $2 = '' ORDER BY created_at DESC, id DESC LIMIT 1"
-            ),
-        };
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(channel)
-            .bind(id.unwrap_or(""))
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(nuke_from_row).transpose()
+        self.timed(async move {
+            let sql = match id {
+                Some(_) => {
+                    format!("SELECT {NUKE_COLUMNS} FROM nukes WHERE channel = $1 AND id = $2")
+                }
+                None => format!(
+                    "SELECT {NUKE_COLUMNS} FROM nukes WHERE channel = $1 AND undone_at IS NULL \
+                     AND $2 = '' ORDER BY created_at DESC, id DESC LIMIT 1"
+                ),
+            };
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(channel)
+                .bind(id.unwrap_or(""))
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(nuke_from_row).transpose()
+        })
+        .await
     }
 
     /// The mutes a nuke made, oldest first.
     pub async fn nuke_actions(&self, nuke_id: &str) -> Result<Vec<Action>, StoreError> {
-        let sql = format!(
-            "SELECT {ACTION_COLUMNS} FROM actions WHERE nuke_id = $1 AND kind = 'timeout' \
-             ORDER BY created_at, id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(nuke_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(action_from_row).collect()
+        self.timed(async move {
+            let sql = format!(
+                "SELECT {ACTION_COLUMNS} FROM actions WHERE nuke_id = $1 AND kind = 'timeout' \
+                 ORDER BY created_at, id"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(nuke_id)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(action_from_row).collect()
+        })
+        .await
     }
 
     /// Undoes a nuke in one transaction: marks it undone and records the unmutes (each marking
@@ -589,24 +640,27 @@ impl Store {
         now: SystemTime,
         unmutes: &[(String, Action)],
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE nukes SET undone_at = $2, undone_by = $3 WHERE id = $1 AND undone_at IS NULL",
-        )
-        .bind(nuke_id)
-        .bind(unix_millis(now))
-        .bind(by)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(false);
-        }
-        for (mute_id, unmute) in unmutes {
-            insert_action(&mut tx, unmute).await?;
-            mark_reversed(&mut tx, mute_id, &unmute.id).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        self.timed(async move {
+            let mut tx = self.pool.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE nukes SET undone_at = $2, undone_by = $3 WHERE id = $1 AND undone_at IS NULL",
+            )
+            .bind(nuke_id)
+            .bind(unix_millis(now))
+            .bind(by)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                return Ok(false);
+            }
+            for (mute_id, unmute) in unmutes {
+                insert_action(&mut tx, unmute).await?;
+                mark_reversed(&mut tx, mute_id, &unmute.id).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 }
 
@@ -626,10 +680,10 @@ pub(super) async fn insert_action(
         .bind(unix_millis(action.expires_at))
         .bind(&action.channel)
         .bind(&action.target_user_id)
-        .bind(&action.target_nick)
+        .bind(&*storable_text(&action.target_nick))
         .bind(action.kind.as_str())
         .bind(action.duration.map(millis))
-        .bind(&action.reason)
+        .bind(&*storable_text(&action.reason))
         .bind(action.source.as_str())
         .bind(&action.moderator)
         .bind(&action.message_id)
@@ -638,7 +692,7 @@ pub(super) async fn insert_action(
         .bind(&action.requested_by)
         .bind(action.status.as_str())
         .bind(&action.error)
-        .bind(&action.detail)
+        .bind(&*storable_text(&action.detail))
         .bind(&action.bridge_id)
         .bind(&action.nuke_id)
         .bind(&action.appeal_id)

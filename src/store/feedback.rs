@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError, from_unix_millis, unix_millis};
+use super::{Store, StoreError, from_unix_millis, storable_text, unix_millis};
 
 /// Where a feedback example came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,19 +65,25 @@ impl Store {
     /// Records a feedback example. A second judgement of the same kind on the same message
     /// and label is ignored: `Ok(false)`.
     pub async fn record_feedback(&self, feedback: &Feedback) -> Result<bool, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        insert_feedback(&mut conn, feedback).await
+        self.timed(async move {
+            let mut conn = self.pool.acquire().await?;
+            insert_feedback(&mut conn, feedback).await
+        })
+        .await
     }
 
     /// Every feedback example, oldest first.
     pub async fn feedback(&self) -> Result<Vec<Feedback>, StoreError> {
-        let rows = sqlx::query(
+        self.timed(async move {
+            let rows = sqlx::query(
             "SELECT id, created_at, channel, user_id, message_id, text, label, positive, source, \
              actor, action FROM feedback ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(feedback_from_row).collect()
+            rows.iter().map(feedback_from_row).collect()
+        })
+        .await
     }
 }
 
@@ -120,7 +126,7 @@ pub(super) async fn insert_feedback(
     .bind(&feedback.channel)
     .bind(&feedback.user_id)
     .bind(&feedback.message_id)
-    .bind(&feedback.text)
+    .bind(&*storable_text(&feedback.text))
     .bind(&feedback.label)
     .bind(i64::from(feedback.positive))
     .bind(feedback.source.as_str())

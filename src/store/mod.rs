@@ -146,6 +146,134 @@ pub enum StoreError {
         /// What is wrong with it.
         message: String,
     },
+    /// A call did not finish in time (`database.statement_timeout_ms`, doubled for the whole
+    /// call): the database or the way to it is stalled.
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What kind of failure a [`StoreError`] is: whether trying again can help, and whose fault
+/// it is. The gRPC edge maps each to one status (`grpc/status.rs`); the audit writer splits a
+/// batch only on a permanent failure, since a split repeats a transient one once per half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The database is unreachable, stalled, busy or restarting: the same call may succeed
+    /// later.
+    Transient,
+    /// The write contradicts stored data (a unique, foreign key, not-null or check
+    /// constraint): repeating it fails the same way.
+    Constraint,
+    /// A value the database cannot hold (PostgreSQL's data exceptions, SQLite's too big or
+    /// mismatched values): repeating it fails the same way.
+    InvalidData,
+    /// A bug or corruption on modbot's side (bad SQL, a row that does not decode, a failed
+    /// migration).
+    Internal,
+}
+
+impl FailureKind {
+    /// The lower-case name used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Transient => "transient",
+            FailureKind::Constraint => "constraint",
+            FailureKind::InvalidData => "invalid_data",
+            FailureKind::Internal => "internal",
+        }
+    }
+}
+
+impl StoreError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            StoreError::Connect { .. } | StoreError::Timeout(_) => FailureKind::Transient,
+            StoreError::Query(error) => query_failure_kind(error),
+            StoreError::UnsupportedUrl(_)
+            | StoreError::CreateDir { .. }
+            | StoreError::Migrate(_)
+            | StoreError::Corrupt { .. } => FailureKind::Internal,
+        }
+    }
+
+    /// Whether the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        self.kind() == FailureKind::Transient
+    }
+}
+
+/// Classifies a driver error by what the database said (its SQLSTATE or result code) or, when
+/// it said nothing, by where the driver failed.
+fn query_failure_kind(error: &sqlx::Error) -> FailureKind {
+    use sqlx::error::ErrorKind;
+    match error {
+        sqlx::Error::Database(database) => match database.kind() {
+            ErrorKind::UniqueViolation
+            | ErrorKind::ForeignKeyViolation
+            | ErrorKind::NotNullViolation
+            | ErrorKind::CheckViolation => FailureKind::Constraint,
+            _ => {
+                let code = database.code().unwrap_or_default();
+                if database
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some()
+                {
+                    postgres_failure_kind(&code)
+                } else {
+                    sqlite_failure_kind(code.parse().unwrap_or(0))
+                }
+            }
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => FailureKind::Transient,
+        _ => FailureKind::Internal,
+    }
+}
+
+/// A PostgreSQL SQLSTATE's kind, by its class (the first two characters).
+fn postgres_failure_kind(sqlstate: &str) -> FailureKind {
+    match sqlstate.get(..2).unwrap_or("") {
+        // Data exceptions: a NUL byte (22021), a value out of range, a bad encoding.
+        "22" => FailureKind::InvalidData,
+        "23" => FailureKind::Constraint,
+        // Connection exceptions, transaction rollbacks (serialisation, deadlock), object not
+        // in prerequisite state (lock not available), insufficient resources, operator
+        // intervention (statement_timeout's query_canceled 57014, admin shutdown).
+        "08" | "40" | "55" | "53" | "57" | "58" => FailureKind::Transient,
+        _ => FailureKind::Internal,
+    }
+}
+
+/// An SQLite (extended) result code's kind, by its primary code (the low byte).
+fn sqlite_failure_kind(code: i64) -> FailureKind {
+    match code & 0xff {
+        // BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL.
+        5 | 6 | 10 | 13 | 14 | 15 => FailureKind::Transient,
+        // TOOBIG, MISMATCH, RANGE.
+        18 | 20 | 25 => FailureKind::InvalidData,
+        19 => FailureKind::Constraint,
+        _ => FailureKind::Internal,
+    }
+}
+
+/// Text as it is stored: U+0000 becomes U+2400 (SYMBOL FOR NULL), everything else is kept.
+///
+/// Chat text is whatever a user typed, and a message must get its verdict and its audit row
+/// however odd it is, so text is escaped rather than refused. PostgreSQL's `text` cannot hold
+/// U+0000 at all (the whole transaction fails with SQLSTATE 22021); every other C0 control is
+/// valid text on both databases and is kept as sent. SQLite could hold U+0000, but both
+/// backends store the same value. Ids and names never get here with controls: the gRPC edge
+/// refuses them with `INVALID_ARGUMENT` naming the field.
+pub(crate) fn storable_text(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{2400}"))
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 /// How to connect.
@@ -155,6 +283,10 @@ pub struct ConnectOptions {
     pub max_connections: u32,
     /// How long to retry an unreachable database.
     pub connect_timeout: Duration,
+    /// Longest one statement may run: PostgreSQL's `statement_timeout`, SQLite's busy
+    /// timeout. A whole call (waiting for a connection, every statement of a transaction) is
+    /// given twice this before it fails with [`StoreError::Timeout`].
+    pub statement_timeout: Duration,
 }
 
 /// One entry of the audit log: a notable verdict and the message it was about.
@@ -209,6 +341,8 @@ pub struct AuditQuery {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Longest one call may take ([`ConnectOptions::statement_timeout`] doubled).
+    call_timeout: Duration,
 }
 
 impl Store {
@@ -235,6 +369,10 @@ impl Store {
             }
         };
 
+        let statement_ms = u64::try_from(options.statement_timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let call_timeout = options.statement_timeout.max(Duration::from_millis(1)) * 2;
         let deadline = Instant::now() + options.connect_timeout;
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -253,6 +391,36 @@ impl Store {
                             sqlx::query("PRAGMA synchronous = NORMAL")
                                 .execute(&mut *conn)
                                 .await?;
+                            // How long a statement waits for another connection's write
+                            // lock before failing with SQLITE_BUSY (a transient error).
+                            sqlx::query(sqlx::AssertSqlSafe(format!(
+                                "PRAGMA busy_timeout = {statement_ms}"
+                            )))
+                            .execute(&mut *conn)
+                            .await?;
+                        } else {
+                            // The server ends a statement that runs too long (the client's
+                            // own call timeout is twice this, so the server's error usually
+                            // comes first and the connection stays usable), and a
+                            // transaction a vanished client left open, so it does not hold
+                            // locks. sqlx 0.9 sets no socket options on the client, so TCP
+                            // keepalive is asked of the server: it probes an idle connection
+                            // after 30 s and gives a silent peer up after 3 × 10 s more; the
+                            // client side is bounded by the call timeout.
+                            for setting in [
+                                format!("SET statement_timeout = {statement_ms}"),
+                                format!(
+                                    "SET idle_in_transaction_session_timeout = {}",
+                                    statement_ms.saturating_mul(4)
+                                ),
+                                "SET tcp_keepalives_idle = 30".to_owned(),
+                                "SET tcp_keepalives_interval = 10".to_owned(),
+                                "SET tcp_keepalives_count = 3".to_owned(),
+                            ] {
+                                sqlx::query(sqlx::AssertSqlSafe(setting))
+                                    .execute(&mut *conn)
+                                    .await?;
+                            }
                         }
                         Ok(())
                     })
@@ -261,7 +429,11 @@ impl Store {
                 .await;
             match attempt {
                 Ok(pool) => {
-                    let store = Self { pool, backend };
+                    let store = Self {
+                        pool,
+                        backend,
+                        call_timeout,
+                    };
                     if backend == Backend::Sqlite {
                         store
                             .use_incremental_vacuum(Some(retention::VACUUM_AT_CONNECT_MAX_BYTES))
@@ -307,10 +479,46 @@ impl Store {
                 )
             })
             .collect();
-        Migrator::with_migrations(migrations)
-            .run(&self.pool)
-            .await?;
+        // Migrations are exempt from the statement timeout: replicas starting together wait
+        // for each other's migration lock, and a migration may rewrite a large table. They
+        // run on a connection of their own that is closed afterwards, so the exemption does
+        // not leak into the pool.
+        let mut conn = self.pool.acquire().await?.detach();
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET statement_timeout = 0")
+                .execute(&mut conn)
+                .await?;
+        }
+        // `run_direct` is sqlx's own way around `run`'s "`Acquire` is not general enough"
+        // on a plain connection inside a spawned future.
+        let migrated = Migrator::with_migrations(migrations)
+            .run_direct(None, &mut conn, false)
+            .await;
+        let _ = sqlx::Connection::close(conn).await;
+        migrated?;
         Ok(())
+    }
+
+    /// Runs one store call within the call timeout, and counts its failure by kind
+    /// (`modbot_store_errors_total{kind}`). Dropping a call mid-statement is safe: sqlx rolls
+    /// an open transaction back, and tests a returned connection before reusing it.
+    async fn timed<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(self.call_timeout)),
+        };
+        if let Err(error) = &result {
+            let kind = if matches!(error, StoreError::Timeout(_)) {
+                "timeout"
+            } else {
+                error.kind().as_str()
+            };
+            metrics::counter!("modbot_store_errors_total", "kind" => kind).increment(1);
+        }
+        result
     }
 
     /// Which database this is.
@@ -320,22 +528,34 @@ impl Store {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.timed(async move {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
     }
 
-    /// Closes every connection, waiting for those in use to be returned.
+    /// Closes every connection, waiting (at most the call timeout) for those in use to be
+    /// returned: a connection stuck on a dead path would otherwise hold up shutdown until TCP
+    /// gives up.
     pub async fn close(&self) {
-        self.pool.close().await;
+        if tokio::time::timeout(self.call_timeout, self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still busy at close; abandoned");
+        }
     }
 
     /// Writes audit records and the actions that carry them out, all or none. An action
     /// recorded before (the same message decided again) is kept as it was.
     pub async fn record_verdicts(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        self.timed(async move {
         if records.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
+        let mut inserted = Vec::new();
         for record in records {
             let (message, verdict) = (&record.message, &record.verdict);
             let degraded: Vec<&str> = verdict.degraded.iter().map(|d| d.as_str()).collect();
@@ -352,7 +572,7 @@ impl Store {
             .bind(&message.user_id)
             .bind(&message.nick)
             .bind(to_json(&message.roles))
-            .bind(&message.text)
+            .bind(&*storable_text(&message.text))
             .bind(unix_millis(message.sent_at))
             .bind(verdict.decision.as_str())
             .bind(verdict.duration.map(duration_millis))
@@ -367,30 +587,38 @@ impl Store {
             if let Some(action) = &record.action
                 && actions::insert_action(&mut tx, action).await?
             {
-                crate::actions::dispatch::count_recorded(action);
+                inserted.push(action);
             }
         }
         tx.commit().await?;
+        // Counted once committed: a batch the database refuses is written again in parts.
+        for action in inserted {
+            crate::actions::dispatch::count_recorded(action);
+        }
         Ok(())
+        }).await
     }
 
     /// Reads audit records, newest first.
     pub async fn audit_log(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, decided_at, channel, message_id, user_id, nick, roles, text, sent_at, \
+        self.timed(async move {
+            let rows = sqlx::query(
+                "SELECT id, decided_at, channel, message_id, user_id, nick, roles, text, sent_at, \
              decision, duration_ms, enforced, shadow_decision, reasons, model_version, degraded, \
              elapsed_us FROM audit_log \
              WHERE ($1 = '' OR channel = $1) AND ($2 = '' OR user_id = $2) \
              AND ($3 = '' OR message_id = $3) \
              ORDER BY decided_at DESC, id DESC LIMIT $4",
-        )
-        .bind(query.channel.as_deref().unwrap_or(""))
-        .bind(query.user_id.as_deref().unwrap_or(""))
-        .bind(query.message_id.as_deref().unwrap_or(""))
-        .bind(i64::from(query.limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(audit_record_from_row).collect()
+            )
+            .bind(query.channel.as_deref().unwrap_or(""))
+            .bind(query.user_id.as_deref().unwrap_or(""))
+            .bind(query.message_id.as_deref().unwrap_or(""))
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(audit_record_from_row).collect()
+        })
+        .await
     }
 }
 
@@ -586,6 +814,50 @@ mod tests {
         assert_eq!(
             postgres_url_for_driver("postgres://h/db").0,
             "postgres://h/db"
+        );
+    }
+
+    #[test]
+    fn only_nul_is_escaped() {
+        assert_eq!(storable_text("a\0b\0"), "a\u{2400}b\u{2400}");
+        let controls = "tab\tnl\ncr\resc\u{1b}bell\u{7}";
+        assert!(matches!(storable_text(controls), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn failures_are_classified_by_sqlstate_and_result_code() {
+        for (sqlstate, kind) in [
+            ("22021", FailureKind::InvalidData), // NUL in text
+            ("22001", FailureKind::InvalidData), // value too long
+            ("23505", FailureKind::Constraint),
+            ("57014", FailureKind::Transient), // statement_timeout
+            ("08006", FailureKind::Transient),
+            ("40P01", FailureKind::Transient),
+            ("53300", FailureKind::Transient),
+            ("42601", FailureKind::Internal), // a syntax error is a bug
+        ] {
+            assert_eq!(postgres_failure_kind(sqlstate), kind, "{sqlstate}");
+        }
+        for (code, kind) in [
+            (5, FailureKind::Transient),   // BUSY
+            (517, FailureKind::Transient), // BUSY_SNAPSHOT
+            (2067, FailureKind::Constraint),
+            (18, FailureKind::InvalidData), // TOOBIG
+            (1, FailureKind::Internal),
+        ] {
+            assert_eq!(sqlite_failure_kind(code), kind, "{code}");
+        }
+        assert_eq!(
+            StoreError::Timeout(Duration::from_secs(1)).kind(),
+            FailureKind::Transient
+        );
+        assert_eq!(
+            StoreError::Query(sqlx::Error::PoolTimedOut).kind(),
+            FailureKind::Transient
+        );
+        assert_eq!(
+            StoreError::Query(sqlx::Error::RowNotFound).kind(),
+            FailureKind::Internal
         );
     }
 

@@ -138,11 +138,14 @@ impl Store {
     /// The rule set's current revision (0: never seeded). One single-row read: what every
     /// replica's reload task polls.
     pub async fn ruleset_revision(&self) -> Result<u64, StoreError> {
-        let revision: i64 = sqlx::query("SELECT revision FROM ruleset_revision WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("revision")?;
-        Ok(revision.max(0).unsigned_abs())
+        self.timed(async move {
+            let revision: i64 = sqlx::query("SELECT revision FROM ruleset_revision WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("revision")?;
+            Ok(revision.max(0).unsigned_abs())
+        })
+        .await
     }
 
     /// Seeds a database that never had a rule set (revision 0) with `rules` (`(id, spec)`) and
@@ -156,34 +159,213 @@ impl Store {
         policies: &[(String, String)],
         by: &str,
     ) -> Result<Option<u64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let bumped = sqlx::query(
-            "UPDATE ruleset_revision SET revision = revision + 1 \
+        self.timed(async move {
+            let mut tx = self.pool.begin().await?;
+            let bumped = sqlx::query(
+                "UPDATE ruleset_revision SET revision = revision + 1 \
              WHERE id = 1 AND revision = 0 RETURNING revision",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = bumped else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let revision: i64 = row.try_get("revision")?;
-        let now = unix_millis(SystemTime::now());
-        for (id, spec) in rules {
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = bumped else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            let revision: i64 = row.try_get("revision")?;
+            let now = unix_millis(SystemTime::now());
+            for (id, spec) in rules {
+                write_spec(&mut tx, SpecTable::Rules, id, spec, revision, now, by).await?;
+                write_history(
+                    &mut tx,
+                    revision,
+                    ChangeTarget::Rule,
+                    id,
+                    Change::Seed,
+                    Some(spec),
+                    now,
+                    by,
+                )
+                .await?;
+            }
+            for (channel, spec) in policies {
+                write_spec(
+                    &mut tx,
+                    SpecTable::Policies,
+                    channel,
+                    spec,
+                    revision,
+                    now,
+                    by,
+                )
+                .await?;
+                write_history(
+                    &mut tx,
+                    revision,
+                    ChangeTarget::Policy,
+                    channel,
+                    Change::Seed,
+                    Some(spec),
+                    now,
+                    by,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Some(revision.max(0).unsigned_abs()))
+        })
+        .await
+    }
+
+    /// Every rule and policy with the revision they make, read in one snapshot (a
+    /// repeatable-read transaction on PostgreSQL; SQLite's read transactions are snapshots),
+    /// so a change committed meanwhile is either wholly in it or wholly out.
+    pub async fn load_ruleset(&self) -> Result<StoredRuleSet, StoreError> {
+        self.timed(async move {
+            let mut tx = self.pool.begin().await?;
+            if self.backend == Backend::Postgres {
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let revision: i64 = sqlx::query("SELECT revision FROM ruleset_revision WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("revision")?;
+            let rules = sqlx::query(
+                "SELECT id, spec, revision, updated_at, updated_by FROM rules ORDER BY id",
+            )
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(rule_from_row)
+            .collect::<Result<_, _>>()?;
+            let policies = sqlx::query(
+                "SELECT channel, spec, revision, updated_at, updated_by FROM channel_policies \
+             ORDER BY channel",
+            )
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(policy_from_row)
+            .collect::<Result<_, _>>()?;
+            tx.commit().await?;
+            Ok(StoredRuleSet {
+                revision: revision.max(0).unsigned_abs(),
+                rules,
+                policies,
+            })
+        })
+        .await
+    }
+
+    /// One rule by id.
+    pub async fn stored_rule(&self, id: &str) -> Result<Option<StoredRule>, StoreError> {
+        self.timed(async move {
+            let row = sqlx::query(
+                "SELECT id, spec, revision, updated_at, updated_by FROM rules WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(rule_from_row).transpose()
+        })
+        .await
+    }
+
+    /// One channel's own policy (`*`: the default one).
+    pub async fn stored_policy(&self, channel: &str) -> Result<Option<StoredPolicy>, StoreError> {
+        self.timed(async move {
+            let row = sqlx::query(
+                "SELECT channel, spec, revision, updated_at, updated_by FROM channel_policies \
+             WHERE channel = $1",
+            )
+            .bind(channel)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(policy_from_row).transpose()
+        })
+        .await
+    }
+
+    /// Creates or replaces a rule (its spec already validated) as a new revision.
+    pub async fn upsert_rule(
+        &self,
+        id: &str,
+        spec: &str,
+        by: &str,
+    ) -> Result<StoredRule, StoreError> {
+        self.timed(async move {
+            let mut tx = self.pool.begin().await?;
+            let revision = bump(&mut tx).await?;
+            let now = unix_millis(SystemTime::now());
             write_spec(&mut tx, SpecTable::Rules, id, spec, revision, now, by).await?;
             write_history(
                 &mut tx,
                 revision,
                 ChangeTarget::Rule,
                 id,
-                Change::Seed,
+                Change::Upsert,
                 Some(spec),
                 now,
                 by,
             )
             .await?;
-        }
-        for (channel, spec) in policies {
+            tx.commit().await?;
+            Ok(StoredRule {
+                id: id.to_owned(),
+                spec: spec.to_owned(),
+                revision: revision.max(0).unsigned_abs(),
+                updated_at: from_unix_millis(now),
+                updated_by: by.to_owned(),
+            })
+        })
+        .await
+    }
+
+    /// Deletes a rule as a new revision; `None` (and no new revision) when there is no such
+    /// rule.
+    pub async fn delete_rule(&self, id: &str, by: &str) -> Result<Option<u64>, StoreError> {
+        self.timed(async move {
+            let mut tx = self.pool.begin().await?;
+            let revision = bump(&mut tx).await?;
+            let deleted = sqlx::query("DELETE FROM rules WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if deleted == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let now = unix_millis(SystemTime::now());
+            write_history(
+                &mut tx,
+                revision,
+                ChangeTarget::Rule,
+                id,
+                Change::Delete,
+                None,
+                now,
+                by,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Some(revision.max(0).unsigned_abs()))
+        })
+        .await
+    }
+
+    /// Creates or replaces a channel's policy (its spec already validated) as a new revision.
+    pub async fn set_policy(
+        &self,
+        channel: &str,
+        spec: &str,
+        by: &str,
+    ) -> Result<StoredPolicy, StoreError> {
+        self.timed(async move {
+            let mut tx = self.pool.begin().await?;
+            let revision = bump(&mut tx).await?;
+            let now = unix_millis(SystemTime::now());
             write_spec(
                 &mut tx,
                 SpecTable::Policies,
@@ -199,190 +381,36 @@ impl Store {
                 revision,
                 ChangeTarget::Policy,
                 channel,
-                Change::Seed,
+                Change::Upsert,
                 Some(spec),
                 now,
                 by,
             )
             .await?;
-        }
-        tx.commit().await?;
-        Ok(Some(revision.max(0).unsigned_abs()))
-    }
-
-    /// Every rule and policy with the revision they make, read in one snapshot (a
-    /// repeatable-read transaction on PostgreSQL; SQLite's read transactions are snapshots),
-    /// so a change committed meanwhile is either wholly in it or wholly out.
-    pub async fn load_ruleset(&self) -> Result<StoredRuleSet, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .execute(&mut *tx)
-                .await?;
-        }
-        let revision: i64 = sqlx::query("SELECT revision FROM ruleset_revision WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("revision")?;
-        let rules =
-            sqlx::query("SELECT id, spec, revision, updated_at, updated_by FROM rules ORDER BY id")
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(rule_from_row)
-                .collect::<Result<_, _>>()?;
-        let policies = sqlx::query(
-            "SELECT channel, spec, revision, updated_at, updated_by FROM channel_policies \
-             ORDER BY channel",
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(policy_from_row)
-        .collect::<Result<_, _>>()?;
-        tx.commit().await?;
-        Ok(StoredRuleSet {
-            revision: revision.max(0).unsigned_abs(),
-            rules,
-            policies,
+            tx.commit().await?;
+            Ok(StoredPolicy {
+                channel: channel.to_owned(),
+                spec: spec.to_owned(),
+                revision: revision.max(0).unsigned_abs(),
+                updated_at: from_unix_millis(now),
+                updated_by: by.to_owned(),
+            })
         })
-    }
-
-    /// One rule by id.
-    pub async fn stored_rule(&self, id: &str) -> Result<Option<StoredRule>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, spec, revision, updated_at, updated_by FROM rules WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(rule_from_row).transpose()
-    }
-
-    /// One channel's own policy (`*`: the default one).
-    pub async fn stored_policy(&self, channel: &str) -> Result<Option<StoredPolicy>, StoreError> {
-        let row = sqlx::query(
-            "SELECT channel, spec, revision, updated_at, updated_by FROM channel_policies \
-             WHERE channel = $1",
-        )
-        .bind(channel)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(policy_from_row).transpose()
-    }
-
-    /// Creates or replaces a rule (its spec already validated) as a new revision.
-    pub async fn upsert_rule(
-        &self,
-        id: &str,
-        spec: &str,
-        by: &str,
-    ) -> Result<StoredRule, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let revision = bump(&mut tx).await?;
-        let now = unix_millis(SystemTime::now());
-        write_spec(&mut tx, SpecTable::Rules, id, spec, revision, now, by).await?;
-        write_history(
-            &mut tx,
-            revision,
-            ChangeTarget::Rule,
-            id,
-            Change::Upsert,
-            Some(spec),
-            now,
-            by,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(StoredRule {
-            id: id.to_owned(),
-            spec: spec.to_owned(),
-            revision: revision.max(0).unsigned_abs(),
-            updated_at: from_unix_millis(now),
-            updated_by: by.to_owned(),
-        })
-    }
-
-    /// Deletes a rule as a new revision; `None` (and no new revision) when there is no such
-    /// rule.
-    pub async fn delete_rule(&self, id: &str, by: &str) -> Result<Option<u64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let revision = bump(&mut tx).await?;
-        let deleted = sqlx::query("DELETE FROM rules WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let now = unix_millis(SystemTime::now());
-        write_history(
-            &mut tx,
-            revision,
-            ChangeTarget::Rule,
-            id,
-            Change::Delete,
-            None,
-            now,
-            by,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Some(revision.max(0).unsigned_abs()))
-    }
-
-    /// Creates or replaces a channel's policy (its spec already validated) as a new revision.
-    pub async fn set_policy(
-        &self,
-        channel: &str,
-        spec: &str,
-        by: &str,
-    ) -> Result<StoredPolicy, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let revision = bump(&mut tx).await?;
-        let now = unix_millis(SystemTime::now());
-        write_spec(
-            &mut tx,
-            SpecTable::Policies,
-            channel,
-            spec,
-            revision,
-            now,
-            by,
-        )
-        .await?;
-        write_history(
-            &mut tx,
-            revision,
-            ChangeTarget::Policy,
-            channel,
-            Change::Upsert,
-            Some(spec),
-            now,
-            by,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(StoredPolicy {
-            channel: channel.to_owned(),
-            spec: spec.to_owned(),
-            revision: revision.max(0).unsigned_abs(),
-            updated_at: from_unix_millis(now),
-            updated_by: by.to_owned(),
-        })
+        .await
     }
 
     /// The whole history, oldest revision first.
     pub async fn ruleset_history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT revision, target, target_id, change, spec, changed_at, changed_by \
+        self.timed(async move {
+            let rows = sqlx::query(
+                "SELECT revision, target, target_id, change, spec, changed_at, changed_by \
              FROM ruleset_history ORDER BY revision, target, target_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(history_from_row).collect()
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(history_from_row).collect()
+        })
+        .await
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 pub mod blackhole;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -81,6 +82,37 @@ impl PgSchema {
         .expect("drop the test schema");
         self.admin.close().await;
     }
+}
+
+/// The `host:port` of a `postgres://` URL (user and password skipped).
+fn postgres_authority(url: &str) -> (usize, usize) {
+    let start = url.find("://").expect("a postgres:// URL") + 3;
+    let rest = &url[start..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let host_start = rest[..end].rfind('@').map_or(0, |at| at + 1);
+    (start + host_start, start + end)
+}
+
+/// The address of the PostgreSQL server the Postgres suites use, for a [`proxy::TcpProxy`].
+pub fn postgres_addr() -> SocketAddr {
+    let base = std::env::var(POSTGRES_URL_ENV).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+    let (start, end) = postgres_authority(&base);
+    let authority = &base[start..end];
+    let authority = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:5432")
+    };
+    authority
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .expect("the test PostgreSQL URL names an IP address and port")
+}
+
+/// `url` with its host and port replaced by `addr` (a proxy in front of the server).
+pub fn via_proxy(url: &str, addr: SocketAddr) -> String {
+    let (start, end) = postgres_authority(url);
+    format!("{}{addr}{}", &url[..start], &url[end..])
 }
 
 /// A Redis key prefix of its own for one test (`modbot-test:<uuid>:`), so tests run in
@@ -276,6 +308,7 @@ impl TestServer {
             &ConnectOptions {
                 max_connections: 1,
                 connect_timeout: Duration::from_secs(2),
+                statement_timeout: Duration::from_secs(5),
             },
         )
         .await
