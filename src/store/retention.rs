@@ -76,18 +76,21 @@ impl Store {
         cutoff: SystemTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM audit_log WHERE id IN (SELECT r.id FROM audit_log r \
-             WHERE r.decided_at < $1 AND NOT EXISTS (SELECT 1 FROM appeals p \
-               JOIN actions a ON a.id = p.action_id WHERE p.status = 'open' \
-               AND a.channel = r.channel AND a.message_id = r.message_id) \
-             ORDER BY r.decided_at, r.id LIMIT $2)",
-        )
-        .bind(unix_millis(cutoff))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        self.timed(async move {
+            let done = sqlx::query(
+                "DELETE FROM audit_log WHERE id IN (SELECT r.id FROM audit_log r \
+                 WHERE r.decided_at < $1 AND NOT EXISTS (SELECT 1 FROM appeals p \
+                   JOIN actions a ON a.id = p.action_id WHERE p.status = 'open' \
+                   AND a.channel = r.channel AND a.message_id = r.message_id) \
+                 ORDER BY r.decided_at, r.id LIMIT $2)",
+            )
+            .bind(unix_millis(cutoff))
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+        .await
     }
 
     /// Deletes up to `limit` actions created before `cutoff`, oldest first, with their resolved
@@ -99,57 +102,60 @@ impl Store {
         now: SystemTime,
         limit: u32,
     ) -> Result<(u64, u64), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The ids first, then both deletes by id: a second pass by another replica, running
-        // the same query between the two deletes, could otherwise make them pick different
-        // rows (and an action would be deleted before its appeals, which the foreign key
-        // refuses).
-        let sql = format!(
-            "SELECT a.id FROM actions a WHERE a.created_at < $1 AND NOT ({ACTION_KEPT}) \
-             ORDER BY a.created_at, a.id LIMIT $3"
-        );
-        let ids: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(sql))
+        self.timed(async move {
+            let mut tx = self.pool.begin().await?;
+            // The ids first, then both deletes by id: a second pass by another replica, running
+            // the same query between the two deletes, could otherwise make them pick different
+            // rows (and an action would be deleted before its appeals, which the foreign key
+            // refuses).
+            let sql = format!(
+                "SELECT a.id FROM actions a WHERE a.created_at < $1 AND NOT ({ACTION_KEPT}) \
+                 ORDER BY a.created_at, a.id LIMIT $3"
+            );
+            let ids: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(unix_millis(cutoff))
+                .bind(unix_millis(now))
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get("id"))
+                .collect::<Result<_, _>>()?;
+            if ids.is_empty() {
+                tx.rollback().await?;
+                return Ok((0, 0));
+            }
+            let list = |first: usize| {
+                (first..first + ids.len())
+                    .map(|n| format!("${n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut appeals = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM appeals WHERE status <> 'open' AND action_id IN ({})",
+                list(1)
+            )));
+            for id in &ids {
+                appeals = appeals.bind(id);
+            }
+            let appeals = appeals.execute(&mut *tx).await?.rows_affected();
+            // Checked again in the delete itself: an action may have been appealed since it was
+            // picked.
+            let mut actions = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM actions WHERE id IN ({}) AND id IN (SELECT a.id FROM actions a \
+                 WHERE a.created_at < $1 AND NOT ({ACTION_KEPT}))",
+                list(3)
+            )))
             .bind(unix_millis(cutoff))
-            .bind(unix_millis(now))
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| row.try_get("id"))
-            .collect::<Result<_, _>>()?;
-        if ids.is_empty() {
-            tx.rollback().await?;
-            return Ok((0, 0));
-        }
-        let list = |first: usize| {
-            (first..first + ids.len())
-                .map(|n| format!("${n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let mut appeals = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM appeals WHERE status <> 'open' AND action_id IN ({})",
-            list(1)
-        )));
-        for id in &ids {
-            appeals = appeals.bind(id);
-        }
-        let appeals = appeals.execute(&mut *tx).await?.rows_affected();
-        // Checked again in the delete itself: an action may have been appealed since it was
-        // picked.
-        let mut actions = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM actions WHERE id IN ({}) AND id IN (SELECT a.id FROM actions a \
-             WHERE a.created_at < $1 AND NOT ({ACTION_KEPT}))",
-            list(3)
-        )))
-        .bind(unix_millis(cutoff))
-        .bind(unix_millis(now));
-        for id in &ids {
-            actions = actions.bind(id);
-        }
-        let actions = actions.execute(&mut *tx).await?.rows_affected();
-        tx.commit().await?;
-        Ok((actions, appeals))
+            .bind(unix_millis(now));
+            for id in &ids {
+                actions = actions.bind(id);
+            }
+            let actions = actions.execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            Ok((actions, appeals))
+        })
+        .await
     }
 
     /// Deletes up to `limit` nukes made before `cutoff` none of whose actions is left. How
@@ -159,16 +165,19 @@ impl Store {
         cutoff: SystemTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM nukes WHERE id IN (SELECT n.id FROM nukes n WHERE n.created_at < $1 \
-             AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.nuke_id = n.id) \
-             ORDER BY n.created_at, n.id LIMIT $2)",
-        )
-        .bind(unix_millis(cutoff))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        self.timed(async move {
+            let done = sqlx::query(
+                "DELETE FROM nukes WHERE id IN (SELECT n.id FROM nukes n WHERE n.created_at < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.nuke_id = n.id) \
+                 ORDER BY n.created_at, n.id LIMIT $2)",
+            )
+            .bind(unix_millis(cutoff))
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+        .await
     }
 
     /// Deletes up to `limit` feedback examples recorded before `cutoff`, oldest first. How
@@ -178,15 +187,18 @@ impl Store {
         cutoff: SystemTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM feedback WHERE id IN (SELECT f.id FROM feedback f \
-             WHERE f.created_at < $1 ORDER BY f.created_at, f.id LIMIT $2)",
-        )
-        .bind(unix_millis(cutoff))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        self.timed(async move {
+            let done = sqlx::query(
+                "DELETE FROM feedback WHERE id IN (SELECT f.id FROM feedback f \
+                 WHERE f.created_at < $1 ORDER BY f.created_at, f.id LIMIT $2)",
+            )
+            .bind(unix_millis(cutoff))
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+        .await
     }
 
     /// Deletes the rule history's oldest revisions changed before `cutoff`, up to `limit`
@@ -197,70 +209,82 @@ impl Store {
         cutoff: SystemTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM ruleset_history WHERE revision IN (SELECT DISTINCT h.revision \
-             FROM ruleset_history h WHERE h.changed_at < $1 \
-             AND h.revision < (SELECT MAX(revision) FROM ruleset_history) \
-             ORDER BY h.revision LIMIT $2)",
-        )
-        .bind(unix_millis(cutoff))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        self.timed(async move {
+            let done = sqlx::query(
+                "DELETE FROM ruleset_history WHERE revision IN (SELECT DISTINCT h.revision \
+                 FROM ruleset_history h WHERE h.changed_at < $1 \
+                 AND h.revision < (SELECT MAX(revision) FROM ruleset_history) \
+                 ORDER BY h.revision LIMIT $2)",
+            )
+            .bind(unix_millis(cutoff))
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+        .await
     }
 
     /// Gives an SQLite file's free pages back to the file system (`PRAGMA
     /// incremental_vacuum`: bounded by what the last deletes freed). Nothing on PostgreSQL,
     /// whose autovacuum makes deleted rows' space reusable by itself.
     pub async fn reclaim_space(&self) -> Result<(), StoreError> {
-        if self.backend == Backend::Sqlite {
-            sqlx::query("PRAGMA incremental_vacuum")
-                .execute(&self.pool)
-                .await?;
-        }
-        Ok(())
+        self.timed(async move {
+            if self.backend == Backend::Sqlite {
+                sqlx::query("PRAGMA incremental_vacuum")
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// An SQLite file's size in pages; `None` on PostgreSQL.
     pub async fn sqlite_pages(&self) -> Result<Option<SqlitePages>, StoreError> {
-        if self.backend != Backend::Sqlite {
-            return Ok(None);
-        }
-        let mut conn = self.pool.acquire().await?;
-        let mut counts = [0; 2];
-        for (count, name) in counts.iter_mut().zip(["page_count", "freelist_count"]) {
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
-                .persistent(false)
-                .fetch_one(&mut *conn)
-                .await?;
-            let value: i64 = row.try_get(0)?;
-            *count = value.max(0).unsigned_abs();
-        }
-        let [page_count, freelist_count] = counts;
-        Ok(Some(SqlitePages {
-            page_count,
-            freelist_count,
-        }))
+        self.timed(async move {
+            if self.backend != Backend::Sqlite {
+                return Ok(None);
+            }
+            let mut conn = self.pool.acquire().await?;
+            let mut counts = [0; 2];
+            for (count, name) in counts.iter_mut().zip(["page_count", "freelist_count"]) {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
+                    .persistent(false)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let value: i64 = row.try_get(0)?;
+                *count = value.max(0).unsigned_abs();
+            }
+            let [page_count, freelist_count] = counts;
+            Ok(Some(SqlitePages {
+                page_count,
+                freelist_count,
+            }))
+        })
+        .await
     }
 
     /// The SQLite file's `auto_vacuum` mode: 0 none, 1 full, 2 incremental.
     pub async fn sqlite_auto_vacuum(&self) -> Result<Option<i64>, StoreError> {
-        if self.backend != Backend::Sqlite {
-            return Ok(None);
-        }
-        let mut conn = self.pool.acquire().await?;
-        // SQLite answers this pragma when the statement is prepared, from what the connection
-        // last read of the file's header: a read first brings that up to date (another
-        // connection may have switched the mode since), and the statement is not cached.
-        sqlx::query("SELECT COUNT(*) FROM sqlite_master")
-            .fetch_one(&mut *conn)
-            .await?;
-        let row = sqlx::query("PRAGMA auto_vacuum")
-            .persistent(false)
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok(Some(row.try_get(0)?))
+        self.timed(async move {
+            if self.backend != Backend::Sqlite {
+                return Ok(None);
+            }
+            let mut conn = self.pool.acquire().await?;
+            // SQLite answers this pragma when the statement is prepared, from what the connection
+            // last read of the file's header: a read first brings that up to date (another
+            // connection may have switched the mode since), and the statement is not cached.
+            sqlx::query("SELECT COUNT(*) FROM sqlite_master")
+                .fetch_one(&mut *conn)
+                .await?;
+            let row = sqlx::query("PRAGMA auto_vacuum")
+                .persistent(false)
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(Some(row.try_get(0)?))
+        })
+        .await
     }
 
     /// Puts an SQLite file in incremental `auto_vacuum` mode, so that [`Self::reclaim_space`]
