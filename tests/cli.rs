@@ -89,7 +89,7 @@ const SECRET_ENV: &[(&str, &str)] = &[
     ("MODBOT_REDIS_URL", "redis://:s3cret-redis@127.0.0.1:1/0"),
     (
         "MODBOT_AUTH_TOKENS",
-        "admin ops s3cret-admin-0123456789; service bridge s3cret-service-012345",
+        "admin ops s3cret-admin-0123456789; bridge dgg s3cret-service-012345 bridge_ids=dgg-1 channels=destinygg",
     ),
     ("MODBOT_BRIDGE_CHAT_TOKEN", "s3cret-chat-login"),
     ("MODBOT_BRIDGE_SERVER_TOKEN", "s3cret-bearer-token"),
