@@ -105,6 +105,8 @@ enum Outgoing {
         committed: oneshot::Receiver<Outcome>,
         /// When its message was read, for the verdict's `elapsed`.
         received: Instant,
+        /// Whether the bridge cut the message's text (the verdict says so).
+        truncated: bool,
     },
 }
 
@@ -617,6 +619,7 @@ impl Session {
                                 verdict,
                                 committed,
                                 received,
+                                truncated,
                             })
                             .await
                             .is_ok();
@@ -746,13 +749,16 @@ async fn outbox_task(
                 mut verdict,
                 committed,
                 received,
+                truncated,
             } => {
                 // A writer gone before answering has stored nothing.
                 committed.await.unwrap_or(Outcome::Lost).mark(&mut verdict);
                 verdict.elapsed = received.elapsed();
                 app.count_verdict(&verdict);
+                let mut answer: crate::proto::Verdict = verdict.into();
+                answer.text_truncated = truncated;
                 Ok(StreamModerateResponse {
-                    kind: Some(stream_moderate_response::Kind::Verdict(verdict.into())),
+                    kind: Some(stream_moderate_response::Kind::Verdict(answer)),
                 })
             }
         };
