@@ -20,10 +20,13 @@
 //! - [`inference`]: the one dynamic batching queue in front of the model, its score cache and
 //!   the model's status.
 //! - [`guard`]: panic isolation: a panic while deciding one message costs that message a
-//!   degraded verdict, not its stream or call.
+//!   degraded verdict, not its stream or call; [`fault`]: the panics a test build can inject
+//!   to prove it (nothing without the `fault-injection` feature).
 //! - [`moderate`]: the per-message pipeline: normalise, consult the model, user history, decide,
 //!   record.
-//! - [`audit`]: the batching writer of streams' audit records.
+//! - [`audit`]: the batching writer of audit records (group commit; a poison batch is split).
+//! - [`actions`]: actions, appeals and nukes, their delivery to bridges and their workflows.
+//! - [`stats`]: this replica's counts of verdicts for `Admin.GetStats`.
 //! - [`retention`]: the task that deletes stored records past their time.
 //! - [`users`]: per-channel, per-user state (recent messages, message times, offence heat,
 //!   escalation, reputation), in-process or in Redis shared by replicas, with a degraded
@@ -31,12 +34,14 @@
 //! - [`store`]: the database (SQLite embedded, PostgreSQL in production) behind sqlx.
 //! - [`grpc`]: the tonic services; the only module that sees generated proto types.
 //! - [`proto`]: the generated code itself.
+//! - [`bridge`]: `modbot bridge`, a chat client carried into `StreamModerate`.
 //! - [`app`]: wiring: [`app::serve`] runs the whole server on a listener until shutdown.
 //! - [`train`]: `modbot train`: the labelled datasets, embedding them with the encoder, and
 //!   training, calibrating and writing classification heads.
 //! - [`eval`]: `modbot eval`: metrics of the heads on held-out data next to baselines, reports,
 //!   comparisons and the check that committed heads reproduce their recorded metrics.
 //! - [`telemetry`]: logging set-up.
+//! - [`fuzzing`]: the checks behind the cargo-fuzz targets, also run by `cargo test`.
 //! - [`cli`]: the `modbot` command line.
 //!
 //! See `ARCHITECTURE.md` for the invariants that keep these apart.

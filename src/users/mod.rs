@@ -64,7 +64,7 @@ pub struct StateConfig {
     /// least recently active channels are evicted. Redis is bounded by its TTLs instead.
     pub max_channels: usize,
     /// Most bytes the in-process backend's users may hold (their keys, recent messages and
-    /// times, counted by [`memory::user_bytes`]); past it the least recently seen are evicted,
+    /// times, counted on every change); past it the least recently seen are evicted,
     /// as for [`Self::max_users`]. Counts alone do not bound memory: a user's recent messages
     /// can be a few bytes or [`REMEMBERED_TEXT_BYTES`] each.
     pub max_user_bytes: usize,
