@@ -290,14 +290,15 @@ async fn spam_is_muted_and_recorded_executed(dialect: Dialect) {
     let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
     let mut spammer = chat.client(Some(SPAMMER_TOKEN)).await;
     let mut watcher = chat.client(Some(USER_TOKEN)).await;
-    // The same pitch over and over: the repetition rule warns first, then times out.
+    // The same pitch three times: the repetition rule warns at the second, then times out at
+    // the third. A fourth could race the MUTE (sent before the chat applies it, it would earn
+    // a second, longer timeout), so there is exactly one timeout to look for.
     say_all(
         &mut spammer,
         &[
             "cheap followers and viewers at followers dot shop, best prices in town, use code ONE",
             "cheap followers and viewers at followers dot shop, best prices in town, use code TWO",
             "cheap followers and viewers at followers dot shop, best prices in town, use code SIX",
-            "cheap followers and viewers at followers dot shop, best prices in town, use code TEN",
         ],
     )
     .await;
@@ -346,7 +347,7 @@ async fn spam_is_muted_and_recorded_executed(dialect: Dialect) {
         "one action, one MUTE"
     );
     let report = bridge.stop().await;
-    assert!(report.events >= 4, "{report:?}");
+    assert!(report.events >= 3, "{report:?}");
     assert_eq!(report.events_dropped, 0);
     modbot.stop().await;
 }
