@@ -969,8 +969,8 @@ async fn a_blackholed_connection_loses_no_action_and_acts_once() {
         config.actions.resend_interval_ms = 500;
     })
     .await;
-    let proxy = common::blackhole::Blackhole::start(modbot.addr).await;
-    let mut config = bridge_config(&chat, proxy.addr);
+    let proxy = common::proxy::TcpProxy::start(modbot.addr).await;
+    let mut config = bridge_config(&chat, proxy.addr());
     config.bridge.keepalive_interval_ms = 300;
     config.bridge.keepalive_timeout_ms = 300;
     let bridge = Bridge::start(config);
@@ -980,7 +980,7 @@ async fn a_blackholed_connection_loses_no_action_and_acts_once() {
     )
     .await;
 
-    proxy.blackhole();
+    proxy.sever();
     let mut ids = Vec::new();
     for target in &targets[..4] {
         ids.push(

@@ -2,7 +2,6 @@
 //! throw-away PostgreSQL schemas and Redis key prefixes.
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
-pub mod blackhole;
 pub mod proxy;
 
 use std::net::SocketAddr;

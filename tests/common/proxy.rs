@@ -1,8 +1,15 @@
 //! A loopback TCP proxy for fault tests: forwards connections to a target until told to
 //! blackhole them (stop forwarding without closing either side, like a dead network path
 //! under a live TCP connection), heal, or cut them.
+//!
+//! Two kinds of dark path: [`TcpProxy::blackhole`] holds the bytes and delivers them at the
+//! heal (a path that came back before either side gave up), [`TcpProxy::sever`] drops them
+//! and the connections open then stay dead after the heal (both ends have given up on them,
+//! as their keepalives do); connections made after the heal are forwarded as usual.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -16,7 +23,35 @@ pub struct TcpProxy {
     blackholed_tx: watch::Sender<bool>,
     /// Bumped by [`TcpProxy::cut`]; a connection ends when it changes.
     cuts_tx: watch::Sender<u64>,
+    /// What [`TcpProxy::sever`] changes.
+    severed: Arc<Severed>,
     task: JoinHandle<()>,
+}
+
+/// The state of [`TcpProxy::sever`]: connections made in an older epoch are dead.
+#[derive(Default)]
+struct Severed {
+    /// Bumped by each sever.
+    epoch: AtomicU64,
+    /// Whether new connections are dead too (from a sever until the heal).
+    now: std::sync::atomic::AtomicBool,
+    /// Bytes dropped on dead connections.
+    dropped: AtomicU64,
+}
+
+impl Severed {
+    /// The epoch a connection accepted now lives in (`u64::MAX`: dead from the start).
+    fn accept(&self) -> u64 {
+        if self.now.load(Ordering::SeqCst) {
+            u64::MAX
+        } else {
+            self.epoch.load(Ordering::SeqCst)
+        }
+    }
+
+    fn alive(&self, epoch: u64) -> bool {
+        epoch == self.epoch.load(Ordering::SeqCst)
+    }
 }
 
 impl TcpProxy {
@@ -28,11 +63,19 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("the proxy's address");
         let (blackholed_tx, blackholed_rx) = watch::channel(false);
         let (cuts_tx, cuts_rx) = watch::channel(0);
-        let task = tokio::spawn(accept_task(listener, target, blackholed_rx, cuts_rx));
+        let severed = Arc::new(Severed::default());
+        let task = tokio::spawn(accept_task(
+            listener,
+            target,
+            blackholed_rx,
+            cuts_rx,
+            Arc::clone(&severed),
+        ));
         Self {
             addr,
             blackholed_tx,
             cuts_tx,
+            severed,
             task,
         }
     }
@@ -49,9 +92,24 @@ impl TcpProxy {
         self.blackholed_tx.send_replace(true);
     }
 
-    /// Forwards again, the bytes held since [`TcpProxy::blackhole`] first.
+    /// Drops every byte of every connection open now, for good, closing nothing: neither side
+    /// learns anything until its own keepalive gives up. Connections made before the heal are
+    /// dead too.
+    pub fn sever(&self) {
+        self.severed.epoch.fetch_add(1, Ordering::SeqCst);
+        self.severed.now.store(true, Ordering::SeqCst);
+    }
+
+    /// Forwards again: the bytes held since [`TcpProxy::blackhole`] first; after
+    /// [`TcpProxy::sever`], new connections only.
     pub fn heal(&self) {
+        self.severed.now.store(false, Ordering::SeqCst);
         self.blackholed_tx.send_replace(false);
+    }
+
+    /// Bytes dropped on severed connections.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.severed.dropped.load(Ordering::SeqCst)
     }
 
     /// Closes every connection open now (both sides see the close); later ones are
@@ -72,6 +130,7 @@ async fn accept_task(
     target: SocketAddr,
     blackholed_rx: watch::Receiver<bool>,
     cuts_rx: watch::Receiver<u64>,
+    severed: Arc<Severed>,
 ) {
     // Aborting this task drops the set, which aborts every connection's task.
     let mut connections = JoinSet::new();
@@ -82,15 +141,25 @@ async fn accept_task(
         let blackholed_rx = blackholed_rx.clone();
         let mut cuts_rx = cuts_rx.clone();
         cuts_rx.mark_unchanged();
+        let severed = Arc::clone(&severed);
+        let epoch = severed.accept();
         connections.spawn(async move {
             let Ok(server) = TcpStream::connect(target).await else {
                 return;
             };
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
+            let up = pump(
+                client_read,
+                server_write,
+                blackholed_rx.clone(),
+                Arc::clone(&severed),
+                epoch,
+            );
+            let down = pump(server_read, client_write, blackholed_rx, severed, epoch);
             tokio::select! {
-                () = pump(client_read, server_write, blackholed_rx.clone()) => {}
-                () = pump(server_read, client_write, blackholed_rx) => {}
+                () = up => {}
+                () = down => {}
                 _ = cuts_rx.changed() => {}
             }
         });
@@ -99,21 +168,31 @@ async fn accept_task(
     }
 }
 
-/// Copies bytes one way until either side closes, holding them while blackholed.
+/// Copies bytes one way until either side closes, holding them while blackholed and
+/// dropping them once the connection is severed. A severed connection never closes the other
+/// side: it reads and drops until its own side closes, and only then ends (with the
+/// connection's task, which closes both).
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut blackholed_rx: watch::Receiver<bool>,
+    severed: Arc<Severed>,
+    epoch: u64,
 ) {
     let mut buffer = vec![0_u8; 16 * 1024];
     loop {
-        if blackholed_rx.wait_for(|b| !*b).await.is_err() {
+        if severed.alive(epoch) && blackholed_rx.wait_for(|b| !*b).await.is_err() {
             return;
         }
         let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) if !severed.alive(epoch) => std::future::pending::<usize>().await,
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if !severed.alive(epoch) {
+            severed.dropped.fetch_add(n as u64, Ordering::SeqCst);
+            continue;
+        }
         // Bytes read just as the path went dark wait too.
         if blackholed_rx.wait_for(|b| !*b).await.is_err() {
             return;
