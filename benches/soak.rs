@@ -815,7 +815,7 @@ fn window(outcomes: &[StreamOutcome], from_ms: u32, to_ms: u32, flags: u16) -> (
 /// in its bounded memory, every 10 s).
 struct RssSampler {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<u64>>,
+    thread: std::thread::JoinHandle<Vec<services::Rss>>,
     working_set: Option<WorkingSet>,
 }
 
@@ -833,8 +833,8 @@ impl RssSampler {
             move || {
                 let mut samples = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some(kib) = services::rss_kib(pid) {
-                        samples.push(kib);
+                    if let Some(rss) = services::rss(pid) {
+                        samples.push(rss);
                     }
                     std::thread::sleep(Duration::from_secs(1));
                 }
@@ -899,13 +899,14 @@ impl RssSampler {
             );
         }
         let mib = |kib: u64| kib as f64 / 1024.0;
-        let fifth = (samples.len() / 5).max(1);
+        let totals: Vec<u64> = samples.iter().map(|r| r.total).collect();
+        let fifth = (totals.len() / 5).max(1);
         let mean = |s: &[u64]| s.iter().map(|&k| mib(k)).sum::<f64>() / s.len().max(1) as f64;
-        let first = mean(&samples[..fifth.min(samples.len())]);
-        let last = mean(&samples[samples.len().saturating_sub(fifth)..]);
-        let max = samples.iter().copied().max().map_or(0.0, mib);
-        let every = (samples.len() / 10).max(1);
-        let trace: Vec<String> = samples
+        let first = mean(&totals[..fifth.min(totals.len())]);
+        let last = mean(&totals[totals.len().saturating_sub(fifth)..]);
+        let max = totals.iter().copied().max().map_or(0.0, mib);
+        let every = (totals.len() / 10).max(1);
+        let trace: Vec<String> = totals
             .iter()
             .step_by(every)
             .map(|&k| format!("{:.0}", mib(k)))
@@ -913,17 +914,50 @@ impl RssSampler {
         println!(
             "  server RSS MiB: first 20% mean {first:.1}, last 20% mean {last:.1}, max {max:.1} \
              ({} samples, 1/s; every {every}th: {})",
-            samples.len(),
+            totals.len(),
             trace.join(" ")
         );
-        let third = samples.len() / 3;
-        let thirds = [
-            mean(&samples[..third]),
-            mean(&samples[third..2 * third]),
-            mean(&samples[2 * third..]),
-        ];
+        let third = totals.len() / 3;
+        let thirds_of = |pick: fn(&services::Rss) -> u64| -> [f64; 3] {
+            let values: Vec<u64> = samples.iter().map(pick).collect();
+            [
+                mean(&values[..third]),
+                mean(&values[third..2 * third]),
+                mean(&values[2 * third..]),
+            ]
+        };
+        let thirds = thirds_of(|r| r.total);
+        // Which kind of memory grew: the heap (anonymous), mapped files, or shared memory
+        // (SQLite's WAL index).
+        for (kind, part) in [
+            ("anonymous", thirds_of(|r| r.anon)),
+            ("file-backed", thirds_of(|r| r.file)),
+            ("shared", thirds_of(|r| r.shmem)),
+        ] {
+            println!(
+                "    {kind} by thirds (mean MiB): {:.1}, {:.1}, {:.1}",
+                part[0], part[1], part[2]
+            );
+        }
         (first, last, max, thirds)
     }
+}
+
+/// Prints the size of each file in the server's data directory (the SQLite database, its WAL
+/// and WAL index), which the RSS it maps and caches follows.
+fn print_data_files(dir: &std::path::Path) {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len())))
+        .collect();
+    files.sort();
+    let shown: Vec<String> = files
+        .iter()
+        .map(|(name, len)| format!("{name} {:.1} MiB", *len as f64 / 1_048_576.0))
+        .collect();
+    println!("  data files at the end: {}", shown.join(", "));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -991,6 +1025,7 @@ async fn load_scenario(
             ),
         );
     }
+    print_data_files(&server.data_dir());
     let stopped = server.stop(Duration::from_secs(10));
     checks.check(stopped, "the server stopped cleanly on SIGTERM");
     Ok(checks)

@@ -46,7 +46,7 @@ pub struct Modbot {
     /// Where its Prometheus metrics are served.
     pub metrics: SocketAddr,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Modbot {
@@ -97,8 +97,13 @@ impl Modbot {
             addr: format!("http://127.0.0.1:{port}"),
             metrics,
             log,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The server's data directory (its SQLite files).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// Waits for health SERVING; on failure the error carries the end of the server's log.
@@ -171,11 +176,32 @@ impl Drop for Modbot {
     }
 }
 
-/// `VmRSS` of a process, in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
+/// A process's resident memory in KiB, in all and by kind (`/proc/PID/status`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rss {
+    /// `VmRSS`: the sum of the three below.
+    pub total: u64,
+    /// `RssAnon`: the heap, stacks, anonymous mappings.
+    pub anon: u64,
+    /// `RssFile`: mapped files (the binary, the model's weights, SQLite's memory-mapped I/O).
+    pub file: u64,
+    /// `RssShmem`: shared memory (SQLite's WAL index, the `-shm` file).
+    pub shmem: u64,
+}
+
+/// The resident memory of process `pid`, or `None` once it has gone.
+pub fn rss(pid: u32) -> Option<Rss> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some(Rss {
+        total: field("VmRSS:")?,
+        anon: field("RssAnon:").unwrap_or(0),
+        file: field("RssFile:").unwrap_or(0),
+        shmem: field("RssShmem:").unwrap_or(0),
+    })
 }
 
 /// The sum of a Prometheus metric over its label sets at `addr` (0 when absent).
