@@ -950,7 +950,12 @@ fn print_data_files(dir: &std::path::Path) {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len())))
+        .filter_map(|e| {
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().ok()?.len(),
+            ))
+        })
         .collect();
     files.sort();
     let shown: Vec<String> = files
