@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Device;
-use modbot::model::{Backend, Encoder};
+use modbot::infra::model::{Encoder, Forward};
 
 struct Args {
     lines: usize,
@@ -167,9 +167,9 @@ fn main() {
     let encoder = Encoder::load(&dir, &Device::Cpu)
         .unwrap_or_else(|e| panic!("{e} (run `cargo run --release -- fetch-model` first)"));
     let candle = (args.candle_max_batch > 0)
-        .then(|| Encoder::load_with(&dir, &Device::Cpu, Backend::Candle).expect("candle loads"));
+        .then(|| Encoder::load_with(&dir, &Device::Cpu, Forward::Candle).expect("candle loads"));
     // The int8 packed forward, when this CPU runs it (AVX-512 VNNI).
-    let int8 = Some(Encoder::load_with(&dir, &Device::Cpu, Backend::Int8).expect("int8 loads"))
+    let int8 = Some(Encoder::load_with(&dir, &Device::Cpu, Forward::Int8).expect("int8 loads"))
         .filter(Encoder::is_int8);
     let texts: Vec<String> = modbot::corpus::generate(42, args.lines)
         .into_iter()
@@ -284,8 +284,8 @@ fn main() {
 /// decision (probability at or above its threshold) differs and by how much a probability
 /// moves.
 fn agreement(f32_encoder: &Encoder, int8: &Encoder, texts: &[String]) {
-    use modbot::model::heads::Heads;
-    use modbot::normalize::{EmoteSet, normalize};
+    use modbot::engine::normalize::{EmoteSet, normalize};
+    use modbot::infra::model::heads::Heads;
     let emotes = EmoteSet::new(modbot::corpus::default_emotes());
     let normalized: Vec<String> = texts.iter().map(|t| normalize(t, &emotes).text).collect();
     let embed = |e: &Encoder| -> Vec<Vec<f32>> {

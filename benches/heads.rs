@@ -17,9 +17,9 @@ use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use modbot::corpus;
-use modbot::model::Encoder;
-use modbot::model::heads::Heads;
-use modbot::normalize::{EmoteSet, normalize};
+use modbot::engine::normalize::{EmoteSet, normalize};
+use modbot::infra::model::Encoder;
+use modbot::infra::model::heads::Heads;
 
 /// Messages per iteration.
 const MESSAGES: usize = 1_000;
@@ -27,7 +27,7 @@ const MESSAGES: usize = 1_000;
 fn benches(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = root.join("models/all-MiniLM-L6-v2");
-    if !modbot::model::fetch::is_present(&model) {
+    if !modbot::infra::model::fetch::is_present(&model) {
         eprintln!("SKIPPED heads bench: no model (run `modbot fetch-model`)");
         return;
     }

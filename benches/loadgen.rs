@@ -114,7 +114,7 @@ fn start_server(rules: Option<&str>, model: bool) -> (String, tempfile::TempDir)
     if model {
         let model_dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
-        let encoder = modbot::model::Encoder::load(&model_dir, &candle_core::Device::Cpu)
+        let encoder = modbot::infra::model::Encoder::load(&model_dir, &candle_core::Device::Cpu)
             .unwrap_or_else(|e| panic!("{e} (run `cargo run --release -- fetch-model` first)"));
         // The committed, trained heads (what `modbot serve` runs with); a centroid head when
         // a checkout has none.
@@ -123,8 +123,10 @@ fn start_server(rules: Option<&str>, model: bool) -> (String, tempfile::TempDir)
             committed
         } else {
             let heads = dir.path().join("heads");
-            modbot::model::heads::write_centroid_heads(&encoder, &heads, &INSULTS, &FRIENDLY)
-                .expect("write the benchmark head");
+            modbot::infra::model::heads::write_centroid_heads(
+                &encoder, &heads, &INSULTS, &FRIENDLY,
+            )
+            .expect("write the benchmark head");
             heads
         };
         config.model.dir = model_dir;

@@ -1,6 +1,6 @@
 //! Normalisation over the synthetic chat corpus, against its floor.
 //!
-//! `normalize` is the chat-aware pass ([`modbot::normalize::normalize`]); `peer_lowercase_nfkc`
+//! `normalize` is the chat-aware pass ([`modbot::engine::normalize::normalize`]); `peer_lowercase_nfkc`
 //! is what any normaliser pays at least (`to_lowercase` and NFKC through
 //! `unicode-normalization`), so the ratio of the two is the cost of the chat-aware work
 //! (invisible characters, marks, confusables, leetspeak, spaced letters, emotes, links, the
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use modbot::corpus;
-use modbot::normalize::{EmoteSet, normalize};
+use modbot::engine::normalize::{EmoteSet, normalize};
 use unicode_normalization::UnicodeNormalization;
 
 /// Messages per corpus iteration.

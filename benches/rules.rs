@@ -15,11 +15,13 @@ use std::hint::black_box;
 use std::time::{Instant, SystemTime};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use modbot::decision::{ChatMessage, DecideOptions, Engine, Inputs};
-use modbot::moderate::Moderator;
-use modbot::normalize::normalize;
-use modbot::rules::RuleSet;
-use modbot::users::{SharedState, StateConfig, UserHistory};
+use modbot::domain::ChatMessage;
+use modbot::domain::UserHistory;
+use modbot::engine::decision::{DecideOptions, Engine, Inputs};
+use modbot::engine::normalize::normalize;
+use modbot::engine::rules::RuleSet;
+use modbot::infra::users::{SharedState, StateOptions};
+use modbot::service::moderate::Moderator;
 
 /// Larger than the profanity cache (16,384 texts), so cycling through it measures misses as a
 /// live chat would have them, not a cache warmed by the benchmark itself.
@@ -52,10 +54,10 @@ fn bench_rules(c: &mut Criterion) {
         .expect("runtime");
     let moderator = Moderator::new(
         Engine::new(RuleSet::builtin()),
-        SharedState::memory(StateConfig::default()),
-        modbot::inference::Scorer::idle(
-            modbot::inference::Status::Off,
-            modbot::inference::Description::default(),
+        SharedState::memory(StateOptions::default()),
+        modbot::infra::inference::Scorer::idle(
+            modbot::infra::inference::ModelStatus::Off,
+            modbot::infra::inference::Description::default(),
         ),
     );
     let mut i = 0;
@@ -85,10 +87,10 @@ fn bench_rules(c: &mut Criterion) {
                     message,
                     normalized: &normalized,
                     history: &history,
-                    channel_recent: &modbot::users::ChannelWindow::default(),
+                    channel_recent: &modbot::domain::ChannelWindow::default(),
                     now_ms: 0,
                     received: Instant::now(),
-                    model: modbot::decision::ModelInput::NotConsulted,
+                    model: modbot::engine::decision::ModelInput::NotConsulted,
                 },
                 DecideOptions::default(),
             ))

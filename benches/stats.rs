@@ -1,4 +1,4 @@
-//! The cost of counting a verdict ([`modbot::stats::Stats::record`]), of its Prometheus
+//! The cost of counting a verdict ([`modbot::service::stats::VerdictStats::record`]), of its Prometheus
 //! metrics ([`modbot::telemetry::record_verdict`]) and of its `message` span
 //! ([`modbot::telemetry::message_span`], created and entered under the JSON subscriber of
 //! `modbot serve --log-format json`, at `info` and at `debug`) next to normalising the same
@@ -21,12 +21,13 @@ use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use modbot::decision::{ChatMessage, DecideOptions, Engine, Verdict};
-use modbot::moderate::Moderator;
-use modbot::normalize::{EmoteSet, normalize};
-use modbot::rules::RuleSet;
-use modbot::stats::Stats;
-use modbot::users::{SharedState, StateConfig};
+use modbot::domain::{ChatMessage, Verdict};
+use modbot::engine::decision::{DecideOptions, Engine};
+use modbot::engine::normalize::{EmoteSet, normalize};
+use modbot::engine::rules::RuleSet;
+use modbot::infra::users::{SharedState, StateOptions};
+use modbot::service::moderate::Moderator;
+use modbot::service::stats::VerdictStats;
 
 /// Messages per iteration.
 const MESSAGES: usize = 2_000;
@@ -51,10 +52,10 @@ fn corpus() -> (Vec<ChatMessage>, Vec<Verdict>) {
         .expect("runtime");
     let moderator = Moderator::new(
         Engine::new(RuleSet::builtin()),
-        SharedState::memory(StateConfig::default()),
-        modbot::inference::Scorer::idle(
-            modbot::inference::Status::Off,
-            modbot::inference::Description::default(),
+        SharedState::memory(StateOptions::default()),
+        modbot::infra::inference::Scorer::idle(
+            modbot::infra::inference::ModelStatus::Off,
+            modbot::infra::inference::Description::default(),
         ),
     );
     let verdicts = messages
@@ -88,7 +89,7 @@ fn bench_stats(c: &mut Criterion) {
     let emotes = EmoteSet::new(modbot::corpus::default_emotes());
     let mut group = c.benchmark_group("stats");
     group.throughput(Throughput::Elements(MESSAGES as u64));
-    let stats = Stats::new();
+    let stats = VerdictStats::new();
     group.bench_function("record", |b| {
         b.iter(|| {
             for verdict in &verdicts {

@@ -11,7 +11,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use modbot::users::{MemoryState, Observation, StateConfig};
+use modbot::domain::Observation;
+use modbot::infra::users::{MemoryState, StateOptions};
 
 const MESSAGES: usize = 2_000_000;
 
@@ -22,7 +23,7 @@ struct Setup {
 }
 
 fn warmed_up(users: usize) -> Setup {
-    let state = MemoryState::new(StateConfig::default());
+    let state = MemoryState::new(StateOptions::default());
     let users: Vec<String> = (0..users).map(|u| format!("{}", 1_000_000 + u)).collect();
     let ids: Vec<String> = (0..1024)
         .map(|i| format!("{:032x}", i * 0x9e37_79b9_u64))

@@ -1,4 +1,5 @@
-//! Wiring: the shared application state and [`serve`], the whole server in one call.
+//! Wiring: [`serve`], the whole server in one call: the infrastructure opened from the
+//! configuration, the [`Services`] built on it, the gRPC edge, health and shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,21 +10,20 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::actions::dispatch::Dispatcher;
-use crate::audit::AuditWriter;
 use crate::config::Config;
-use crate::config::{ModelConfig, ModelPrecision};
-use crate::decision::{Degraded, Engine};
-use crate::grpc;
-use crate::inference::{Description, Limits, ModelBackend, Scorer, Status};
-use crate::model::heads::Heads;
-use crate::model::{Backend, Encoder, fetch, parse_device};
-use crate::moderate::Moderator;
-use crate::retention::{RetentionPolicy, RetentionTask};
-use crate::rules::RulesError;
-use crate::ruleset::{ReloadTask, RuleSource};
-use crate::store::{ConnectOptions, Store, StoreError};
-use crate::users::{SharedState, StateConfig, StateError};
+use crate::domain::Degraded;
+use crate::edge::grpc;
+use crate::engine::decision::Engine;
+use crate::engine::rules::RulesError;
+use crate::infra::inference::{ModelStatus, open_model};
+use crate::infra::store::{StoreError, open_store};
+use crate::infra::users::{StateError, open_state};
+use crate::service::Services;
+use crate::service::actions::dispatch::Dispatcher;
+use crate::service::audit::AuditWriter;
+use crate::service::moderate::Moderator;
+use crate::service::retention::{RetentionPolicy, RetentionTask};
+use crate::service::ruleset::{ReloadError, ReloadTask, RuleSource};
 
 /// Records queued for the audit writer before streams wait.
 const AUDIT_QUEUE: usize = 8192;
@@ -32,48 +32,6 @@ const AUDIT_QUEUE: usize = 8192;
 const STREAM_WINDOW: u32 = 64 * 1024;
 /// HTTP/2 flow-control window per connection.
 const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
-
-/// What every request handler shares.
-#[derive(Debug)]
-pub struct App {
-    /// The configuration the server started with.
-    pub config: Config,
-    /// Decides messages, with memory of each user.
-    pub moderator: Moderator,
-    /// The database.
-    pub store: Store,
-    /// Batches streams' audit records into the database.
-    pub audit: AuditWriter,
-    /// This replica's decision statistics (`Admin.GetStats`).
-    pub stats: crate::stats::Stats,
-    /// Records actions and carries them to the bridges connected to this replica.
-    pub dispatcher: Dispatcher,
-    /// The stored rule set and the revision in force (`Admin` rules and policies).
-    pub rules: crate::ruleset::RuleSource,
-    /// Turns true when the server starts shutting down: long-lived streams finish what they
-    /// read and end, so their bridges reconnect (to another replica) instead of being cut at
-    /// the end of the grace period.
-    pub stopping: tokio::sync::watch::Sender<bool>,
-}
-
-impl App {
-    /// Largest encoded request the server accepts: a full Classify call of maximal messages,
-    /// with room for ids and roles. Anything larger is refused before it is decoded.
-    pub fn max_request_bytes(&self) -> usize {
-        let grpc = &self.config.grpc;
-        let per_message = grpc.max_text_bytes as usize + 16 * 1024;
-        (grpc.max_messages_per_call as usize * per_message).max(4 * 1024 * 1024)
-    }
-
-    /// Counts a verdict returned to a caller, once `elapsed` is set: in this replica's
-    /// statistics (`Admin.GetStats`) and in the Prometheus metrics
-    /// ([`crate::telemetry::record_verdict`]). Dry runs are an operator trying the rules, not
-    /// chat traffic, and are not counted.
-    pub fn count_verdict(&self, verdict: &crate::decision::Verdict) {
-        crate::telemetry::record_verdict(verdict);
-        self.stats.record(verdict);
-    }
-}
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -98,25 +56,12 @@ pub enum ServeError {
     Tls(#[from] grpc::auth::TlsError),
 }
 
-/// Sets up user state: in-process, or Redis (starting degraded if Redis is down).
-pub async fn open_state(config: &Config) -> Result<SharedState, StateError> {
-    let state = &config.state;
-    let state_config = StateConfig {
-        recent_per_user: state.recent_per_user as usize,
-        times_per_user: state.times_per_user as usize,
-        recent_per_channel: state.recent_per_channel as usize,
-        history_per_channel: state.history_per_channel as usize,
-        idle_ttl: std::time::Duration::from_secs(state.idle_ttl_secs),
-        max_users: state.max_users as usize,
-        max_user_bytes: usize::try_from(state.max_user_bytes).unwrap_or(usize::MAX),
-        max_channel_bytes: usize::try_from(state.max_channel_bytes).unwrap_or(usize::MAX),
-        cooled_down_heat: crate::decision::escalation::COOLED_HEAT,
-        ..StateConfig::default()
-    };
-    if config.redis.url.is_empty() {
-        Ok(SharedState::memory(state_config))
-    } else {
-        SharedState::redis(&config.redis.url, state_config, &config.redis.key_prefix).await
+impl From<ReloadError> for ServeError {
+    fn from(error: ReloadError) -> Self {
+        match error {
+            ReloadError::Store(error) => Self::Store(error),
+            ReloadError::Rules(error) => Self::Rules(error),
+        }
     }
 }
 
@@ -125,158 +70,16 @@ pub async fn open_state(config: &Config) -> Result<SharedState, StateError> {
 /// Moderation service itself stays `SERVING`).
 pub const MODEL_HEALTH_NAME: &str = "modbot.model";
 
-/// Loads the configured model (fetching the default one first if it is missing and
-/// `model.fetch_if_missing` says so) and starts its scorer. Never fails: a model that cannot
-/// be loaded gives a scorer that says why, and decisions go on by the rules alone, marked
-/// degraded.
-pub async fn open_model(config: &ModelConfig) -> Scorer {
-    if !config.enabled() {
-        tracing::info!("no model configured (model.dir is empty): deciding by the rules alone");
-        return Scorer::idle(Status::Off, Description::default());
-    }
-    let config = config.clone();
-    tokio::task::spawn_blocking(move || load_model(&config))
-        .await
-        .unwrap_or_else(|error| {
-            model_failed(
-                format!("loading the model panicked: {error}"),
-                Description::default(),
-            )
-        })
-}
-
-fn model_failed(reason: String, description: Description) -> Scorer {
-    tracing::error!(
-        %reason,
-        "the model is unavailable: deciding by the rules alone, verdicts marked degraded"
-    );
-    metrics::gauge!("modbot_model_up").set(0.0);
-    Scorer::idle(Status::Failed(reason), description)
-}
-
-fn load_model(config: &ModelConfig) -> Scorer {
-    let spec = parse_device(&config.device).unwrap_or(crate::model::DeviceSpec::Cpu);
-    let mut description = Description {
-        device: spec.name(),
-        encoder: config
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        ..Description::default()
-    };
-    let dir = &config.dir;
-    if !fetch::is_present(dir) {
-        if !config.fetch_if_missing {
-            return model_failed(
-                format!(
-                    "no model in {} (run `modbot fetch-model`, or set model.dir = \"\" to \
-                     decide by the rules alone)",
-                    dir.display()
-                ),
-                description,
-            );
-        }
-        tracing::info!(dir = %dir.display(), "the model is missing: fetching the default model");
-        if let Err(error) = fetch::fetch(dir, "python3") {
-            return model_failed(
-                format!(
-                    "no model in {} and fetching it failed: {error}",
-                    dir.display()
-                ),
-                description,
-            );
-        }
-    }
-    let started = std::time::Instant::now();
-    let device = match spec.open() {
-        Ok(device) => device,
-        Err(error) => {
-            return model_failed(format!("device {}: {error}", spec.name()), description);
-        }
-    };
-    let backend = match config.precision {
-        ModelPrecision::F32 => Backend::Auto,
-        ModelPrecision::Int8 => Backend::Int8,
-    };
-    let encoder = match Encoder::load_with(dir, &device, backend) {
-        Ok(encoder) => encoder,
-        Err(error) => {
-            return model_failed(
-                format!("loading the encoder from {}: {error}", dir.display()),
-                description,
-            );
-        }
-    };
-    // One full-size batch before the first message: pages the weights in, starts the thread
-    // pools and grows the forward pass's scratch buffers to the batch budget, so no caller
-    // pays for it.
-    let warm_text = "warming up the encoder before the first chat message arrives";
-    let warm_batch =
-        (config.max_batch_tokens as usize / 16).clamp(1, config.max_batch_messages as usize);
-    if let Err(error) = encoder.embed(&vec![warm_text; warm_batch]) {
-        return model_failed(
-            format!("the encoder failed its first pass: {error}"),
-            description,
-        );
-    }
-    description.embedding_dim = encoder.dim();
-    description.max_tokens = encoder.max_tokens();
-    let hash = match fetch::sha256_file(&dir.join("model.safetensors")) {
-        Ok(hash) => hash,
-        Err(error) => return model_failed(error.to_string(), description),
-    };
-    // Int8 scores differ from f32 ones a little: the version says which produced a verdict.
-    let precision = if encoder.is_int8() { "/int8" } else { "" };
-    description.version = format!("{}@{}{precision}", description.encoder, &hash[..12]);
-    let heads = match Heads::load(&config.heads_dir, encoder.dim()) {
-        Ok(heads) => heads,
-        Err(error) => {
-            return model_failed(format!("loading the heads: {error}"), description);
-        }
-    };
-    if heads.is_empty() {
-        tracing::warn!(
-            heads_dir = %config.heads_dir.display(),
-            "the encoder is loaded but there are no classification heads: deciding by the rules \
-             alone (`modbot train` makes heads)"
-        );
-        return Scorer::idle(Status::NoHeads, description);
-    }
-    if !heads.encoder.is_empty() && heads.encoder != description.encoder {
-        tracing::warn!(
-            heads_encoder = %heads.encoder,
-            encoder = %description.encoder,
-            "the heads were trained on another encoder's embeddings"
-        );
-    }
-    description.version = format!("{}+heads@{}", description.version, heads.version);
-    description.heads = heads.clone();
-    tracing::info!(
-        version = %description.version,
-        device = %description.device,
-        forward = %encoder.backend(),
-        labels = ?heads.label_names(),
-        elapsed = ?started.elapsed(),
-        "model loaded"
-    );
-    // The heads' lexical inputs build their tables on first use (VADER's lexicons): here,
-    // not on the first chat message.
-    heads.lexical(warm_text);
-    let backend = ModelBackend::new(encoder, heads);
-    Scorer::start(Arc::new(backend), description, Limits::from_config(config))
-}
-
 /// Keeps the model's health entry in step with its status.
 async fn report_model_health(
     health: HealthReporter,
-    mut status: tokio::sync::watch::Receiver<Status>,
+    mut status: tokio::sync::watch::Receiver<ModelStatus>,
 ) {
     loop {
         let (serving, failed) = match &*status.borrow_and_update() {
-            Status::Ready | Status::NoHeads => (true, false),
-            Status::Off => (false, false),
-            Status::Failed(_) => (false, true),
+            ModelStatus::Ready | ModelStatus::NoHeads => (true, false),
+            ModelStatus::Off => (false, false),
+            ModelStatus::Failed(_) => (false, true),
         };
         crate::telemetry::set_degraded(Degraded::Model, failed);
         health
@@ -295,26 +98,11 @@ async fn report_model_health(
     }
 }
 
-/// Connects to the database named by the configuration and applies migrations.
-pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
-    let store = Store::connect(
-        &config.database_url(),
-        &ConnectOptions {
-            max_connections: config.database.max_connections,
-            connect_timeout: std::time::Duration::from_secs(config.database.connect_timeout_secs),
-            statement_timeout: config.database.statement_timeout(),
-        },
-    )
-    .await?;
-    store.migrate().await?;
-    Ok(store)
-}
-
 /// Runs modbot's gRPC server on `listener` until `shutdown` completes.
 ///
 /// Start-up connects to the database (retrying up to `database.connect_timeout_secs`, then
 /// failing with [`ServeError::Store`]) and applies migrations, then seeds an empty database
-/// with the rules file and compiles the stored rule set ([`crate::ruleset`]); health reports
+/// with the rules file and compiles the stored rule set ([`crate::service::ruleset`]); health reports
 /// `SERVING` only after that. On shutdown, health turns `NOT_SERVING`, no new connections are
 /// accepted, streams stop reading, answer what they read and end with `UNAVAILABLE`. The
 /// whole shutdown fits in `grpc.shutdown_grace_secs`: in-flight calls get all of it but a
@@ -339,7 +127,7 @@ pub async fn serve(
         let names: Vec<&str> = credentials.iter().map(|c| c.name.as_str()).collect();
         tracing::info!(?names, "bearer tokens required");
     }
-    let rules_file = crate::ruleset::read_rules_file(&config)?;
+    let rules_file = crate::service::ruleset::read_rules_file(&config)?;
     let state = open_state(&config).await?;
     crate::telemetry::set_degraded(Degraded::UserState, state.is_degraded());
     let store = open_store(&config).await?;
@@ -363,12 +151,12 @@ pub async fn serve(
     let model_status = scorer.status();
     let engine = Engine::new(rules);
     engine.warm_up();
-    let app = Arc::new(App {
+    let app = Arc::new(Services {
         moderator: Moderator::new(engine, state, scorer),
         config,
         store: store.clone(),
         audit,
-        stats: crate::stats::Stats::new(),
+        stats: crate::service::stats::VerdictStats::new(),
         dispatcher: dispatcher.clone(),
         rules: rule_source,
         stopping: tokio::sync::watch::Sender::new(false),

@@ -124,12 +124,12 @@ struct DataArgs {
 }
 
 impl DataArgs {
-    fn options(&self, config: &Config) -> crate::train::DataOptions {
-        crate::train::DataOptions {
+    fn options(&self, config: &Config) -> crate::tools::datasets::DataOptions {
+        crate::tools::datasets::DataOptions {
             data_dir: self
                 .datasets
                 .clone()
-                .unwrap_or_else(|| crate::eval::default_data_dir(&config.data_dir)),
+                .unwrap_or_else(|| crate::tools::datasets::default_data_dir(&config.data_dir)),
             model_dir: config.model.dir.clone(),
             cache_dir: (!self.no_cache).then(|| config.data_dir.join("cache").join("embeddings")),
             subset: self.subset,
@@ -314,14 +314,14 @@ pub fn main() -> ExitCode {
     }
     if let Command::FetchModel { force, python, .. } = &cli.command {
         let dir = &config.model.dir;
-        if !force && crate::model::fetch::is_present(dir) {
+        if !force && crate::infra::model::fetch::is_present(dir) {
             eprintln!(
                 "modbot: the model is already in {} (--force to fetch again)",
                 dir.display()
             );
             return ExitCode::SUCCESS;
         }
-        return match crate::model::fetch::fetch(dir, python) {
+        return match crate::infra::model::fetch::fetch(dir, python) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: fetching the model: {error}");
@@ -411,7 +411,7 @@ async fn run_serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (grpc.addr)"))?;
-    crate::serve(config, listener, shutdown_signal()).await?;
+    crate::app::serve(config, listener, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -437,13 +437,15 @@ async fn run_replay(
 }
 
 /// Reads the moderators' feedback from the database for `train --with-feedback`.
-async fn load_feedback(config: &Config) -> anyhow::Result<Vec<crate::train::FeedbackExample>> {
-    let store = crate::app::open_store(config).await?;
+async fn load_feedback(
+    config: &Config,
+) -> anyhow::Result<Vec<crate::tools::train::FeedbackExample>> {
+    let store = crate::infra::store::open_store(config).await?;
     let rows = store.feedback().await;
     store.close().await;
-    let examples: Vec<crate::train::FeedbackExample> = rows?
+    let examples: Vec<crate::tools::train::FeedbackExample> = rows?
         .into_iter()
-        .map(|f| crate::train::FeedbackExample {
+        .map(|f| crate::tools::train::FeedbackExample {
             label: f.label,
             text: f.text,
             positive: f.positive,
@@ -457,13 +459,13 @@ async fn load_feedback(config: &Config) -> anyhow::Result<Vec<crate::train::Feed
 fn run_train(
     config: &Config,
     args: &TrainArgs,
-    feedback: Vec<crate::train::FeedbackExample>,
+    feedback: Vec<crate::tools::train::FeedbackExample>,
 ) -> ExitCode {
     if let Err(message) = args.data.check() {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }
-    let options = crate::train::TrainOptions {
+    let options = crate::tools::train::TrainOptions {
         data: args.data.options(config),
         out_dir: args
             .out
@@ -472,7 +474,7 @@ fn run_train(
         heads: args.heads.clone(),
         feedback,
     };
-    match crate::train::run(&options) {
+    match crate::tools::train::run(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: training: {error}");
@@ -499,7 +501,7 @@ fn run_eval(config: &Config, args: &EvalArgs) -> ExitCode {
     } else {
         args.compare.clone()
     };
-    let options = crate::eval::EvalOptions {
+    let options = crate::tools::eval::EvalOptions {
         data: args.data.options(config),
         heads_dirs,
         datasets: args.dataset.clone(),
@@ -510,7 +512,7 @@ fn run_eval(config: &Config, args: &EvalArgs) -> ExitCode {
         check: args.check,
         scores_out: args.scores_out.clone(),
     };
-    match crate::eval::run(&options) {
+    match crate::tools::eval::run(&options) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
@@ -521,7 +523,7 @@ fn run_eval(config: &Config, args: &EvalArgs) -> ExitCode {
 }
 
 async fn run_migrate(config: Config) -> anyhow::Result<()> {
-    let store = crate::app::open_store(&config).await?;
+    let store = crate::infra::store::open_store(&config).await?;
     // Whatever the file's size: the server, which must start quickly, leaves large files to
     // this command.
     store.use_incremental_vacuum(None).await?;

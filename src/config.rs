@@ -803,7 +803,7 @@ impl Config {
                 ),
             ));
         }
-        if crate::model::parse_device(&model.device).is_none() {
+        if parse_device(&model.device).is_none() {
             return Err(invalid(
                 "model.device",
                 format!("`{}` is not cpu, cuda or cuda:N", model.device),
@@ -1605,9 +1605,50 @@ pub fn refuse_open_bind(addr: SocketAddr) -> Result<(), ConfigError> {
     })
 }
 
+/// A configured device, before it is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU by ordinal.
+    Cuda(usize),
+}
+
+/// Parses `cpu`, `cuda` (GPU 0) or `cuda:N`.
+pub fn parse_device(text: &str) -> Option<DeviceSpec> {
+    match text.trim() {
+        "cpu" => Some(DeviceSpec::Cpu),
+        "cuda" => Some(DeviceSpec::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceSpec::Cuda),
+    }
+}
+
+impl DeviceSpec {
+    /// `cpu` or `cuda:N`, as `GetModelInfo` reports it.
+    pub fn name(self) -> String {
+        match self {
+            DeviceSpec::Cpu => "cpu".to_owned(),
+            DeviceSpec::Cuda(ordinal) => format!("cuda:{ordinal}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(parse_device("cpu"), Some(DeviceSpec::Cpu));
+        assert_eq!(parse_device("cuda"), Some(DeviceSpec::Cuda(0)));
+        assert_eq!(parse_device("cuda:3"), Some(DeviceSpec::Cuda(3)));
+        assert_eq!(parse_device("gpu"), None);
+        assert_eq!(parse_device("cuda:x"), None);
+        assert_eq!(DeviceSpec::Cuda(1).name(), "cuda:1");
+    }
 
     fn load(
         file: Option<&str>,

@@ -3,10 +3,10 @@
 //! component report.
 //!
 //! Spans (every line logged inside one carries its fields):
-//! - `grpc{rpc, request_id}` (`info`) around every call ([`crate::grpc::trace`]); the request id is the
+//! - `grpc{rpc, request_id}` (`info`) around every call ([`crate::edge::grpc::trace`]); the request id is the
 //!   caller's `x-request-id` or a new one, and is sent back in the response headers;
 //! - `stream{session, bridge}` (`info`) around a `StreamModerate` session;
-//! - `message{channel, message_id}` (`debug`) around one message's decision ([`crate::moderate`]), with
+//! - `message{channel, message_id}` (`debug`) around one message's decision ([`crate::service::moderate`]), with
 //!   `text` only when `log.message_text` is set;
 //! - `model_batch{messages, tokens}` (`debug`) on the model thread, linked by `follows_from`
 //!   to the `message` spans whose texts it scores.
@@ -16,7 +16,7 @@
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
-use crate::decision::{ChatMessage, Degraded, Verdict};
+use crate::domain::{ChatMessage, Degraded, Verdict};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.level`.
 /// Does nothing if a subscriber is already installed (tests that start several servers).

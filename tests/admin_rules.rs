@@ -5,16 +5,16 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{PgSchema, TestServer, chat_message};
+use common::{PgSchema, TestServer, assert_invalid_field, chat_message, eventually};
 use modbot::Config;
+use modbot::infra::store::{Change, ChangeTarget, ConnectOptions, Store};
 use modbot::proto::admin_client::AdminClient;
 use modbot::proto::{
     self, ClassifyOptions, ClassifyRequest, DeleteRuleRequest, GetPolicyRequest, ListRulesRequest,
     SetPolicyRequest, UpsertRuleRequest, rule,
 };
-use modbot::store::{Change, ChangeTarget, ConnectOptions, Store};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -172,19 +172,6 @@ async fn list(
 
 async fn revision(server: &TestServer) -> u64 {
     list(server, "", false).await.revision
-}
-
-/// Polls `done` on a replica that has no signal to await, until it holds or ~10 s pass.
-async fn eventually<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done().await {
-        assert!(Instant::now() < deadline, "not within 10 s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 const SEED_RULES: &str = r#"
@@ -688,12 +675,7 @@ async fn bad_input_writes_nothing(db: &Db) {
             .upsert_rule(UpsertRuleRequest { rule })
             .await
             .expect_err(expected);
-        assert_eq!(error.code(), Code::InvalidArgument, "{expected}: {error:?}");
-        assert!(
-            error.message().starts_with(expected),
-            "expected `{expected}` leading `{}`",
-            error.message()
-        );
+        assert_invalid_field(&error, expected);
         let named = !expected.starts_with("rule: ");
         assert!(
             !named || error.message().contains(" (rule \""),
@@ -805,12 +787,7 @@ async fn bad_input_writes_nothing(db: &Db) {
             .set_policy(SetPolicyRequest { policy })
             .await
             .expect_err(expected);
-        assert_eq!(error.code(), Code::InvalidArgument, "{expected}: {error:?}");
-        assert!(
-            error.message().starts_with(expected),
-            "expected `{expected}` leading `{}`",
-            error.message()
-        );
+        assert_invalid_field(&error, expected);
     }
 
     let others = [
@@ -838,8 +815,7 @@ async fn bad_input_writes_nothing(db: &Db) {
         "channel: 300 bytes",
     ];
     for (error, expected) in others.iter().zip(expected) {
-        assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
-        assert!(error.message().starts_with(expected), "{error:?}");
+        assert_invalid_field(error, expected);
     }
 
     assert_eq!(revision(&server).await, before, "nothing was written");
@@ -1166,10 +1142,10 @@ on_both_backends!(
 /// and the rule set in force is kept; the next good revision applies.
 #[tokio::test]
 async fn a_rule_set_that_does_not_compile_is_not_applied() {
-    use modbot::inference::{Description, Scorer, Status};
-    use modbot::moderate::Moderator;
-    use modbot::ruleset::{ReloadError, RuleSource, read_rules_file};
-    use modbot::users::{SharedState, StateConfig};
+    use modbot::infra::inference::{Description, ModelStatus, Scorer};
+    use modbot::infra::users::{SharedState, StateOptions};
+    use modbot::service::moderate::Moderator;
+    use modbot::service::ruleset::{ReloadError, RuleSource, read_rules_file};
 
     let db = Db::sqlite();
     let store = db.store().await;
@@ -1177,9 +1153,9 @@ async fn a_rule_set_that_does_not_compile_is_not_applied() {
     let file = read_rules_file(&common::test_config(dir.path())).expect("the built-in rules");
     let (source, rules) = RuleSource::open(store.clone(), &file).await.expect("open");
     let moderator = Moderator::new(
-        modbot::decision::Engine::new(rules),
-        SharedState::memory(StateConfig::default()),
-        Scorer::idle(Status::Off, Description::default()),
+        modbot::engine::decision::Engine::new(rules),
+        SharedState::memory(StateOptions::default()),
+        Scorer::idle(ModelStatus::Off, Description::default()),
     );
     assert_eq!(source.applied_revision().await, 1);
     assert_eq!(

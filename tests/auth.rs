@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Pki, TestServer, bearer, chat_message, open_stream};
+use common::{Pki, TestServer, bearer, chat_message, modbot_command, open_stream};
 use modbot::Config;
 use modbot::proto::actions_client::ActionsClient;
 use modbot::proto::moderation_client::ModerationClient;
@@ -156,7 +156,7 @@ async fn every_rpc_answers_each_role_as_the_table_says() {
         table,
         api_methods(),
         "the table must list exactly the API's methods: give a new RPC its roles here and in \
-         src/grpc/auth.rs"
+         src/edge/grpc/auth.rs"
     );
 
     let server = server_with_tokens().await;
@@ -812,23 +812,10 @@ fn tokens_are_redacted_in_the_printed_configuration() {
     assert!(!credentials.contains(secret), "{credentials}");
 }
 
-/// The binary, with no MODBOT_* variables inherited from the test's environment.
-fn modbot(args: &[&str]) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_modbot"));
-    command.args(args);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("MODBOT_") {
-            command.env_remove(name);
-        }
-    }
-    command.env_remove("RUST_LOG");
-    command
-}
-
 #[test]
 fn the_binary_refuses_open_binds_and_redacts_tokens() {
     let secret = "s3cr3t-t0ken-do-not-print";
-    let output = modbot(&["serve", "--grpc-addr", "0.0.0.0:0", "--metrics-addr", ""])
+    let output = modbot_command(&["serve", "--grpc-addr", "0.0.0.0:0", "--metrics-addr", ""])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -838,7 +825,7 @@ fn the_binary_refuses_open_binds_and_redacts_tokens() {
         "{stderr}"
     );
 
-    let output = modbot(&["config", "--grpc-addr", "0.0.0.0:50051"])
+    let output = modbot_command(&["config", "--grpc-addr", "0.0.0.0:50051"])
         .env("MODBOT_AUTH_TOKENS", format!("admin ops {secret}"))
         .output()
         .unwrap();
@@ -847,7 +834,7 @@ fn the_binary_refuses_open_binds_and_redacts_tokens() {
     assert!(stdout.contains("tokens = \"admin ops ***\""), "{stdout}");
     assert!(!stdout.contains(secret), "{stdout}");
 
-    let output = modbot(&["config"])
+    let output = modbot_command(&["config"])
         .env("MODBOT_AUTH_TOKENS", format!("admin ops {secret}; bad"))
         .output()
         .unwrap();

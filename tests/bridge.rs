@@ -577,9 +577,9 @@ async fn a_human_mute_becomes_feedback() {
         assert_eq!(action.status, ActionStatus::Executed as i32);
         assert_eq!(action.moderator, "Mod");
         assert_eq!(action.kind, ActionKind::Timeout as i32);
-        let store = modbot::store::Store::connect(
+        let store = modbot::infra::store::Store::connect(
             &common::test_config(data.path()).database_url(),
-            &modbot::store::ConnectOptions {
+            &modbot::infra::store::ConnectOptions {
                 max_connections: 1,
                 connect_timeout: Duration::from_secs(2),
                 statement_timeout: Duration::from_secs(5),

@@ -7,22 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::chat_message;
+use common::{chat_message, modbot_command};
 use modbot::proto::moderation_client::ModerationClient;
 use modbot::proto::{ClassifyRequest, Decision};
-
-/// The binary, with no MODBOT_* variables inherited from the test's environment.
-fn modbot(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_modbot"));
-    command.args(args);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("MODBOT_") {
-            command.env_remove(name);
-        }
-    }
-    command.env_remove("RUST_LOG");
-    command
-}
 
 fn run(command: &mut Command) -> (Output, String) {
     let output = command.output().expect("run modbot");
@@ -54,7 +41,7 @@ fn invalid_configuration_exits_2_naming_the_key() {
         ),
     ];
     for (args, env, expected) in cases {
-        let (output, stderr) = run(modbot(args).envs(env.iter().copied()));
+        let (output, stderr) = run(modbot_command(args).envs(env.iter().copied()));
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
             stderr.contains("error: configuration") && stderr.contains(expected),
@@ -65,10 +52,12 @@ fn invalid_configuration_exits_2_naming_the_key() {
 
 #[test]
 fn config_prints_the_effective_configuration_redacted() {
-    let (output, stderr) = run(modbot(&["config", "--set", "grpc.max_text_bytes=512"]).env(
-        "MODBOT_DATABASE_URL",
-        "postgres://modbot:hunter2@db:5432/modbot",
-    ));
+    let (output, stderr) = run(
+        modbot_command(&["config", "--set", "grpc.max_text_bytes=512"]).env(
+            "MODBOT_DATABASE_URL",
+            "postgres://modbot:hunter2@db:5432/modbot",
+        ),
+    );
     assert!(output.status.success(), "{stderr}");
     let stdout = String::from_utf8(output.stdout).unwrap();
     let printed: toml::Table = stdout.parse().expect("the output is TOML");
@@ -101,7 +90,7 @@ const SECRET_ENV: &[(&str, &str)] = &[
 
 #[test]
 fn config_never_prints_a_secret() {
-    let (output, stderr) = run(modbot(&["config"]).envs(SECRET_ENV.iter().copied()));
+    let (output, stderr) = run(modbot_command(&["config"]).envs(SECRET_ENV.iter().copied()));
     assert!(output.status.success(), "{stderr}");
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(!stdout.contains("s3cret"), "{stdout}");
@@ -173,14 +162,14 @@ fn bridge_configuration_errors_exit_2_naming_the_key_and_tokens_stay_secret() {
         ),
     ];
     for (args, env, expected) in cases {
-        let (output, stderr) = run(modbot(args).envs(env.iter().copied()));
+        let (output, stderr) = run(modbot_command(args).envs(env.iter().copied()));
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
             stderr.contains("error: configuration") && stderr.contains(expected),
             "{args:?}: {stderr}"
         );
     }
-    let (output, stderr) = run(modbot(&["config"])
+    let (output, stderr) = run(modbot_command(&["config"])
         .env("MODBOT_BRIDGE_CHAT_TOKEN", "s3cret-chat-login")
         .env("MODBOT_BRIDGE_SERVER_TOKEN", "s3cret-bearer-token"));
     assert!(output.status.success(), "{stderr}");
@@ -195,7 +184,7 @@ fn bridge_configuration_errors_exit_2_naming_the_key_and_tokens_stay_secret() {
 fn migrate_creates_the_embedded_database() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let (output, stderr) = run(&mut modbot(&[
+    let (output, stderr) = run(&mut modbot_command(&[
         "migrate",
         "--data-dir",
         data_dir.to_str().unwrap(),
@@ -208,7 +197,7 @@ fn migrate_creates_the_embedded_database() {
 /// error nor any log line (the driver's own warnings included) shows one.
 #[test]
 fn an_unreachable_database_never_prints_its_password() {
-    let (output, stderr) = run(modbot(&[
+    let (output, stderr) = run(modbot_command(&[
         "serve",
         "--grpc-addr",
         "127.0.0.1:0",
@@ -238,7 +227,7 @@ fn an_unreachable_database_never_prints_its_password() {
 
 #[test]
 fn serve_exits_with_a_clear_error_when_the_database_is_unreachable() {
-    let (output, stderr) = run(&mut modbot(&[
+    let (output, stderr) = run(&mut modbot_command(&[
         "serve",
         "--grpc-addr",
         "127.0.0.1:0",
@@ -286,7 +275,7 @@ fn serve_json(
         "json",
     ];
     args.extend_from_slice(extra);
-    let child = modbot(&args)
+    let child = modbot_command(&args)
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
@@ -479,7 +468,7 @@ fn replay_fails_clearly_when_the_server_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("chat.log");
     std::fs::write(&log, "[2017-02-01 20:00:01 UTC] Destiny: hello chat\n").unwrap();
-    let (output, stderr) = run(&mut modbot(&[
+    let (output, stderr) = run(&mut modbot_command(&[
         "replay",
         log.to_str().unwrap(),
         "--server-url",
@@ -495,7 +484,7 @@ fn replay_fails_clearly_when_the_server_is_unreachable() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(output.stdout.is_empty(), "no summary on failure");
 
-    let (output, stderr) = run(&mut modbot(&[
+    let (output, stderr) = run(&mut modbot_command(&[
         "replay",
         log.to_str().unwrap(),
         "--server-url",
@@ -512,7 +501,7 @@ fn replay_fails_clearly_when_the_server_is_unreachable() {
         "tcp://replay:s3cret@127.0.0.1:1",
         "http://replay:s3cret@127.0.0.1:1/?token=s3cret",
     ] {
-        let (output, stderr) = run(&mut modbot(&[
+        let (output, stderr) = run(&mut modbot_command(&[
             "replay",
             log.to_str().unwrap(),
             "--server-url",
@@ -526,7 +515,7 @@ fn replay_fails_clearly_when_the_server_is_unreachable() {
 
 #[test]
 fn replay_fails_naming_a_missing_file() {
-    let (output, stderr) = run(&mut modbot(&["replay", "missing-file.log"]));
+    let (output, stderr) = run(&mut modbot_command(&["replay", "missing-file.log"]));
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("cannot open the log missing-file.log"),
@@ -542,7 +531,7 @@ fn replay_fails_naming_a_missing_file() {
         &["replay", "x.log", "--dialect", "irc"],
         &["replay"],
     ] {
-        let (output, stderr) = run(&mut modbot(args));
+        let (output, stderr) = run(&mut modbot_command(args));
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
     }
 }
@@ -575,7 +564,7 @@ async fn replay_prints_its_summary_to_stdout_and_logs_to_stderr() {
         }
         let output = tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            modbot(&args).output().expect("run modbot replay")
+            modbot_command(&args).output().expect("run modbot replay")
         })
         .await
         .unwrap();

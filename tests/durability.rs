@@ -7,13 +7,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::proxy::TcpProxy;
-use common::{PgSchema, TestServer, chat_message};
+use common::{PgSchema, TestServer, chat_message, stream_message};
 use metrics_exporter_prometheus::PrometheusHandle;
+use modbot::infra::store::{AuditQuery, ConnectOptions, Store};
 use modbot::proto::{
-    self, ChatEvent, DegradedComponent, Hello, StreamModerateRequest, StreamModerateResponse,
-    chat_event, stream_moderate_request, stream_moderate_response,
+    self, DegradedComponent, Hello, StreamModerateRequest, StreamModerateResponse,
+    stream_moderate_request, stream_moderate_response,
 };
-use modbot::store::{AuditQuery, ConnectOptions, Store};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -39,21 +39,6 @@ fn sample(prefix: &str) -> f64 {
 }
 
 const T0: i64 = 1_700_000_000_000;
-
-fn say(id: &str, user: &str, text: &str, at_ms: i64) -> StreamModerateRequest {
-    let mut message = chat_message(id, user, text);
-    message.channel.clear(); // taken from the event
-    message.sent_at = Some(prost_types::Timestamp {
-        seconds: at_ms / 1000,
-        nanos: ((at_ms % 1000) * 1_000_000) as i32,
-    });
-    StreamModerateRequest {
-        kind: Some(stream_moderate_request::Kind::Event(ChatEvent {
-            channel: "destinygg".into(),
-            kind: Some(chat_event::Kind::Message(message)),
-        })),
-    }
-}
 
 async fn open(
     server: &TestServer,
@@ -149,7 +134,12 @@ async fn a_poison_message_among_500_loses_nothing_on_postgres() {
             } else {
                 format!("FREE NITRO here {i}")
             };
-            let request = say(&format!("m{i}"), &format!("user{i}"), &text, T0 + i as i64);
+            let request = stream_message(
+                &format!("m{i}"),
+                &format!("user{i}"),
+                &text,
+                Some(T0 + i as i64),
+            );
             tx.send(request).await.unwrap();
         }
         tx
@@ -216,11 +206,11 @@ async fn a_blackholed_postgres_degrades_moderation_and_it_recovers() {
     let mut n = 0;
     let mut say_scam = |tx: mpsc::Sender<StreamModerateRequest>| {
         n += 1;
-        let request = say(
+        let request = stream_message(
             &format!("m{n}"),
             &format!("user{n}"),
             "FREE NITRO here",
-            T0 + n,
+            Some(T0 + n),
         );
         async move { tx.send(request).await.unwrap() }
     };

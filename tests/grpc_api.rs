@@ -2,9 +2,9 @@
 
 mod common;
 
-use common::{PgSchema, TestServer, chat_message};
+use common::{PgSchema, TestServer, assert_invalid_field, chat_message};
+use modbot::infra::store::AuditQuery;
 use modbot::proto::{self, ClassifyOptions, ClassifyRequest, Decision};
-use modbot::store::AuditQuery;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -282,10 +282,7 @@ async fn a_panic_deciding_one_message_degrades_only_that_verdict() {
         .iter()
         .find(|r| r.message.message_id == "b1")
         .expect("the held message is audited");
-    assert_eq!(
-        held.verdict.degraded,
-        [modbot::decision::Degraded::Decision]
-    );
+    assert_eq!(held.verdict.degraded, [modbot::domain::Degraded::Decision]);
     store.close().await;
     server.stop().await.expect("clean stop");
 }
@@ -436,16 +433,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
             .classify(classify(messages))
             .await
             .expect_err(&format!("should be rejected: {expected}"));
-        assert_eq!(
-            status.code(),
-            Code::InvalidArgument,
-            "{expected}: {status:?}"
-        );
-        assert!(
-            status.message().starts_with(expected),
-            "expected `{expected}`, got `{}`",
-            status.message()
-        );
+        assert_invalid_field(&status, expected);
     }
     assert_eq!(
         audit_count(&server).await,
@@ -507,12 +495,7 @@ async fn workflow_rpcs_name_the_missing_field() {
         "channel",
     ]) {
         let status = status.expect_err(field);
-        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert!(
-            status.message().starts_with(&format!("{field}: ")),
-            "{}",
-            status.message()
-        );
+        assert_invalid_field(&status, &format!("{field}: "));
     }
     // GetModelInfo is real: this server runs without a model (the tests' default) and says so.
     let info = admin
@@ -600,7 +583,7 @@ async fn classify_audits_to_postgres() {
     assert_eq!(verdicts[0].decision, Decision::Warn as i32);
     assert_eq!(verdicts[1].decision, Decision::Allow as i32);
     let store = server.store().await;
-    assert_eq!(store.backend(), modbot::store::Backend::Postgres);
+    assert_eq!(store.backend(), modbot::infra::store::Database::Postgres);
     let log = store
         .audit_log(&AuditQuery {
             limit: 10,

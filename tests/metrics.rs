@@ -251,15 +251,16 @@ async fn verdicts_reasons_degraded_components_and_actions_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_in_memory_follow_the_users_held() {
-    use modbot::users::{MemoryState, Observation, StateConfig};
+    use modbot::domain::Observation;
+    use modbot::infra::users::{MemoryState, StateOptions};
     let _turn = SERIAL.lock().await;
     let handle = recorder();
     let users = || sample(&handle.render(), "modbot_users_in_memory ").unwrap_or(0.0);
     let before = users();
-    let config = StateConfig {
+    let config = StateOptions {
         max_users: 64,
         idle_ttl: std::time::Duration::from_secs(60),
-        ..StateConfig::default()
+        ..StateOptions::default()
     };
     let state = MemoryState::new(config);
     let observe = |user: usize, at_ms: i64| {
@@ -389,8 +390,8 @@ async fn junk_paths_add_no_label_sets() {
 async fn retention_deletions_are_counted_by_table() {
     use std::time::{Duration, SystemTime};
 
-    use modbot::retention::{RetentionPolicy, run_pass};
-    use modbot::store::{ConnectOptions, Feedback, FeedbackSource, Store};
+    use modbot::infra::store::{ConnectOptions, Feedback, FeedbackSource, Store};
+    use modbot::service::retention::{RetentionPolicy, run_pass};
     let _turn = SERIAL.lock().await;
     let handle = recorder();
     let deleted = |table: &str| {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use modbot::model::{Backend, Encoder, ModelError, PoolingMode};
+use modbot::infra::model::{Encoder, Forward, ModelError, PoolingMode};
 
 /// Set by `.ci/run`: a missing model is then a failure, not a skip.
 const REQUIRE_MODEL_ENV: &str = "MODBOT_TEST_REQUIRE_MODEL";
@@ -19,7 +19,7 @@ fn model_dir() -> PathBuf {
 /// The default model, or `None` (after saying the test is skipped) when it was not fetched.
 fn encoder(test: &str) -> Option<Encoder> {
     let dir = model_dir();
-    if !modbot::model::fetch::is_present(&dir) {
+    if !modbot::infra::model::fetch::is_present(&dir) {
         assert!(
             std::env::var_os(REQUIRE_MODEL_ENV).is_none(),
             "{REQUIRE_MODEL_ENV} is set but no model is in {} (run `modbot fetch-model`)",
@@ -36,7 +36,7 @@ fn encoder(test: &str) -> Option<Encoder> {
 
 /// The default model on candle's padded forward pass (the packed path's reference).
 fn candle_encoder() -> Encoder {
-    let encoder = Encoder::load_with(&model_dir(), &Device::Cpu, Backend::Candle)
+    let encoder = Encoder::load_with(&model_dir(), &Device::Cpu, Forward::Candle)
         .expect("the default model loads on candle");
     assert_eq!(encoder.backend(), "candle");
     encoder
@@ -312,7 +312,9 @@ fn batches_bigger_than_one_packed_chunk_are_split_correctly() {
             }
         })
         .collect();
-    assert!(batch.iter().map(Vec::len).sum::<usize>() > modbot::model::packed::MAX_CHUNK_TOKENS);
+    assert!(
+        batch.iter().map(Vec::len).sum::<usize>() > modbot::infra::model::packed::MAX_CHUNK_TOKENS
+    );
     let got = packed.embed_tokens(&batch).unwrap();
     let want_long = &packed.embed_tokens(std::slice::from_ref(&long)).unwrap()[0];
     let want_short = &packed.embed_tokens(std::slice::from_ref(&short)).unwrap()[0];
@@ -350,11 +352,11 @@ fn token_ids_outside_the_vocabulary_are_an_error_not_a_panic() {
 fn int8_encoder(test: &str, f32_encoder: &Encoder) -> Option<&'static Encoder> {
     static INT8: std::sync::OnceLock<Encoder> = std::sync::OnceLock::new();
     let encoder = INT8.get_or_init(|| {
-        Encoder::load_with(&model_dir(), &Device::Cpu, Backend::Int8)
+        Encoder::load_with(&model_dir(), &Device::Cpu, Forward::Int8)
             .expect("the default model loads in int8")
     });
     if encoder.is_int8() {
-        assert!(modbot::model::int8::supported());
+        assert!(modbot::infra::model::int8::supported());
         assert!(
             encoder.backend().ends_with("+int8"),
             "{}",
@@ -363,7 +365,7 @@ fn int8_encoder(test: &str, f32_encoder: &Encoder) -> Option<&'static Encoder> {
         return Some(encoder);
     }
     assert!(
-        !modbot::model::int8::supported(),
+        !modbot::infra::model::int8::supported(),
         "this CPU has AVX-512 VNNI but the default model did not load in int8 ({})",
         encoder.backend()
     );
@@ -378,7 +380,7 @@ fn int8_encoder(test: &str, f32_encoder: &Encoder) -> Option<&'static Encoder> {
         "FALLBACK CHECKED {test}: this CPU cannot run int8 ({}), so model.precision = \"int8\" \
          loads f32: verified to embed {} lines exactly as f32; the int8 kernel itself was NOT \
          tested on this machine",
-        modbot::model::int8::cpu_features(),
+        modbot::infra::model::int8::cpu_features(),
         batch.len()
     );
     None

@@ -8,12 +8,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
-use common::{TestServer, chat_message};
-use modbot::model::Encoder;
-use modbot::model::heads;
+use common::{TestServer, chat_message, model_dir_or_skip};
+use modbot::infra::model::Encoder;
+use modbot::infra::model::heads;
 use modbot::proto::{
     ChatEvent, ClassifyOptions, ClassifyRequest, Decision, DegradedComponent, GetModelInfoRequest,
     Hello, ReasonSource, StreamModerateRequest, Verdict, admin_client::AdminClient, chat_event,
@@ -21,8 +21,6 @@ use modbot::proto::{
 };
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-
-const REQUIRE_MODEL_ENV: &str = "MODBOT_TEST_REQUIRE_MODEL";
 
 const INSULTS: [&str; 5] = [
     "you are a worthless pathetic clown",
@@ -69,20 +67,6 @@ duration_secs = 60
 phrases = ["free nitro"]
 "#;
 
-fn model_dir(test: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
-    if modbot::model::fetch::is_present(&dir) {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os(REQUIRE_MODEL_ENV).is_none(),
-        "{REQUIRE_MODEL_ENV} is set but no model is in {} (run `modbot fetch-model`)",
-        dir.display()
-    );
-    eprintln!("SKIPPED {test}: no model in {}", dir.display());
-    None
-}
-
 fn write_centroid_heads(model: &Path, heads_dir: &Path) {
     let encoder = Encoder::load(model, &Device::Cpu).expect("the default model loads");
     heads::write_centroid_heads(&encoder, heads_dir, &INSULTS, &FRIENDLY).unwrap();
@@ -111,7 +95,7 @@ async fn start_with_centroid_heads(
     test: &str,
     configure: impl FnOnce(&mut modbot::config::Config),
 ) -> Option<(TestServer, tempfile::TempDir)> {
-    let model = model_dir(test)?;
+    let model = model_dir_or_skip(test)?;
     let heads = tempfile::tempdir().unwrap();
     write_centroid_heads(&model, heads.path());
     let server = start_with_model(&model, heads.path(), configure).await;
@@ -265,7 +249,7 @@ async fn the_model_scores_messages_and_its_labels_become_reasons() {
 
 #[tokio::test]
 async fn the_committed_heads_serve_out_of_the_box_with_their_version_and_metrics() {
-    let Some(model) = model_dir("the_committed_heads_serve_out_of_the_box") else {
+    let Some(model) = model_dir_or_skip("the_committed_heads_serve_out_of_the_box") else {
         return;
     };
     let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/heads");
@@ -349,7 +333,8 @@ async fn a_stream_gets_scored_verdicts_in_order() {
 
 #[tokio::test]
 async fn unreadable_weights_mean_rules_only_marked_degraded() {
-    let Some(model) = model_dir("unreadable_weights_mean_rules_only_marked_degraded") else {
+    let Some(model) = model_dir_or_skip("unreadable_weights_mean_rules_only_marked_degraded")
+    else {
         return;
     };
     // A copy of the model directory whose weights are garbage.
@@ -422,7 +407,8 @@ async fn unreadable_weights_mean_rules_only_marked_degraded() {
 
 #[tokio::test]
 async fn an_encoder_without_heads_runs_rules_only_and_says_so() {
-    let Some(model) = model_dir("an_encoder_without_heads_runs_rules_only_and_says_so") else {
+    let Some(model) = model_dir_or_skip("an_encoder_without_heads_runs_rules_only_and_says_so")
+    else {
         return;
     };
     let empty = tempfile::tempdir().unwrap();
@@ -504,9 +490,9 @@ async fn a_full_model_queue_refuses_classify_with_a_retry_hint_and_remembers_not
     let logged = server
         .store()
         .await
-        .audit_log(&modbot::store::AuditQuery {
+        .audit_log(&modbot::infra::store::AuditQuery {
             limit: 10,
-            ..modbot::store::AuditQuery::default()
+            ..modbot::infra::store::AuditQuery::default()
         })
         .await
         .unwrap();
@@ -516,7 +502,7 @@ async fn a_full_model_queue_refuses_classify_with_a_retry_hint_and_remembers_not
 
 #[tokio::test]
 async fn int8_precision_serves_the_committed_heads_and_says_so_in_the_version() {
-    let Some(model) = model_dir("int8_precision_serves_the_committed_heads") else {
+    let Some(model) = model_dir_or_skip("int8_precision_serves_the_committed_heads") else {
         return;
     };
     let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/heads");
@@ -537,8 +523,8 @@ async fn int8_precision_serves_the_committed_heads_and_says_so_in_the_version() 
         let info = model_info(&server).await;
         assert!(info.loaded && info.status_detail.is_empty(), "{info:?}");
         // A CPU without AVX-512 VNNI runs f32 whatever was asked, and the version says so.
-        let int8 =
-            precision == modbot::config::ModelPrecision::Int8 && modbot::model::int8::supported();
+        let int8 = precision == modbot::config::ModelPrecision::Int8
+            && modbot::infra::model::int8::supported();
         assert_eq!(
             info.version.contains("/int8+heads@"),
             int8,

@@ -6,22 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestServer, chat_message};
-use modbot::proto::{
-    ChatEvent, ClassifyRequest, StreamModerateRequest, chat_event, stream_moderate_request,
-};
+use common::{TestServer, chat_message, stream_message};
+use modbot::proto::ClassifyRequest;
 use sqlx::Connection as _;
-
-fn say(id: &str, user: &str, text: &str) -> StreamModerateRequest {
-    let mut message = chat_message(id, user, text);
-    message.channel.clear(); // taken from the event
-    StreamModerateRequest {
-        kind: Some(stream_moderate_request::Kind::Event(ChatEvent {
-            channel: "destinygg".into(),
-            kind: Some(chat_event::Kind::Message(message)),
-        })),
-    }
-}
 
 /// The database stops answering writes (another connection holds SQLite's write lock for the
 /// whole test: every write waits out the 5 s busy timeout, and the audit writer retries), with
@@ -51,8 +38,8 @@ async fn shutdown_fits_the_grace_when_the_store_does_not_answer() {
     // the stream the server has read when the stop begins is stuck behind the lock.
     let (requests, _responses) = common::bridge(&server, "shutdown-bridge").await;
     for request in [
-        say("m1", "spammer", "FREE NITRO here"),
-        say("m2", "regular", "good game everyone"),
+        stream_message("m1", "spammer", "FREE NITRO here", None),
+        stream_message("m2", "regular", "good game everyone", None),
     ] {
         requests.send(request).await.expect("the stream is open");
     }

@@ -5,20 +5,21 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::PgSchema;
-use modbot::actions::{
+use modbot::domain::UserHistory;
+use modbot::domain::{
     Action, ActionFilter, ActionKind, ActionSource, ActionStatus, Appeal, AppealFilter,
     AppealStatus, Nuke,
 };
-use modbot::audit::Outcome;
-use modbot::decision::{ChatMessage, DecideOptions, Decision, Degraded, Engine, Inputs};
-use modbot::normalize::normalize;
-use modbot::retention::{Deleted, RetentionPolicy, RetentionTask, run_pass};
-use modbot::rules::RuleSet;
-use modbot::store::{
+use modbot::domain::{ChatMessage, Decision, Degraded};
+use modbot::engine::decision::{DecideOptions, Engine, Inputs};
+use modbot::engine::normalize::normalize;
+use modbot::engine::rules::RuleSet;
+use modbot::infra::store::{
     AuditQuery, AuditRecord, ConnectOptions, FailureKind, Feedback, FeedbackSource, Filed,
     Recorded, Store, StoreError,
 };
-use modbot::users::UserHistory;
+use modbot::service::audit::Outcome;
+use modbot::service::retention::{Deleted, RetentionPolicy, RetentionTask, run_pass};
 use tokio::sync::watch;
 
 fn options() -> ConnectOptions {
@@ -55,10 +56,10 @@ fn record(channel: &str, id: &str, user: &str, text: &str) -> AuditRecord {
         message: &message,
         normalized: &normalized,
         history: &history,
-        channel_recent: &modbot::users::ChannelWindow::default(),
+        channel_recent: &modbot::domain::ChannelWindow::default(),
         now_ms: 0,
         received: Instant::now(),
-        model: modbot::decision::ModelInput::NotConsulted,
+        model: modbot::engine::decision::ModelInput::NotConsulted,
     };
     let verdict = engine.decide(&inputs, DecideOptions::default()).verdict;
     assert!(verdict.is_notable(), "test records must be notable: {text}");
@@ -187,7 +188,7 @@ async fn suite(url: &str) {
                 "FREE NITRO here",
             );
             let action = (i % 2 == 0).then(|| {
-                modbot::actions::dispatch::automatic_action(
+                modbot::service::actions::dispatch::automatic_action(
                     &record.message,
                     &record.verdict,
                     "bridge-creds",
@@ -225,7 +226,7 @@ async fn suite(url: &str) {
     assert_eq!(bulk.len(), 602);
     let actions = store
         .actions(
-            &modbot::actions::ActionFilter {
+            &modbot::domain::ActionFilter {
                 channel: Some("bulk".into()),
                 ..Default::default()
             },
@@ -296,7 +297,7 @@ async fn feedback_suite(store: &Store) {
 }
 
 fn store_millis(time: SystemTime) -> i64 {
-    modbot::store::unix_millis(time)
+    modbot::domain::unix_millis(time)
 }
 
 #[tokio::test]
@@ -323,8 +324,8 @@ async fn postgres_store() {
 /// made by the migrations before it survive it (SQLite rebuilds the table), and then one key
 /// serves two credentials.
 async fn idempotency_keys_per_credential_migration(url: &str) {
-    use modbot::actions::{ActionKind, ActionSource, Appeal, AppealStatus, NewAction};
-    use modbot::store::{Filed, Recorded};
+    use modbot::domain::{ActionKind, ActionSource, Appeal, AppealStatus, NewAction};
+    use modbot::infra::store::{Filed, Recorded};
     let store = Store::connect(url, &options()).await.expect("connect");
     store.migrate_up_to(4).await.expect("migrations 1 to 4");
     let action = |id: &str, by: &str, target: &str| {
@@ -474,7 +475,7 @@ const DAY_MS: i64 = 86_400_000;
 const NOW_MS: i64 = 1_800_000_000_000;
 
 fn at(ms: i64) -> SystemTime {
-    modbot::store::from_unix_millis(ms)
+    modbot::domain::from_unix_millis(ms)
 }
 
 /// A moderator's action in channel `c`, recorded `age_days` before [`NOW_MS`].
@@ -809,7 +810,7 @@ async fn retention_suite(url: &str) {
         .expect("seeded");
     store.upsert_rule("r3", &spec("r3"), "admin").await.unwrap();
     store.upsert_rule("r3", &spec("r3"), "admin").await.unwrap();
-    let revisions = |history: Vec<modbot::store::HistoryEntry>| {
+    let revisions = |history: Vec<modbot::infra::store::HistoryEntry>| {
         history.into_iter().map(|h| h.revision).collect::<Vec<_>>()
     };
     assert_eq!(
@@ -931,7 +932,7 @@ async fn existing_sqlite_files_switch_to_incremental_vacuum() {
     store.migrate().await.expect("migrates after the switch");
     store.close().await;
 
-    let large = modbot::store::VACUUM_AT_CONNECT_MAX_BYTES as usize + (1 << 20);
+    let large = modbot::infra::store::VACUUM_AT_CONNECT_MAX_BYTES as usize + (1 << 20);
     let url = old_sqlite_file(&dir.path().join("large.db"), large).await;
     let store = Store::connect(&url, &options()).await.unwrap();
     assert_eq!(
@@ -988,7 +989,7 @@ async fn retention_task_runs_at_start_and_stops() {
 /// A record as a stream makes it: with the automatic action that carries its verdict out.
 fn record_with_action(channel: &str, id: &str, user: &str, text: &str) -> AuditRecord {
     let record = record(channel, id, user, text);
-    let action = modbot::actions::dispatch::automatic_action(
+    let action = modbot::service::actions::dispatch::automatic_action(
         &record.message,
         &record.verdict,
         "test",
@@ -1084,7 +1085,7 @@ async fn poison_batch_suite(store: &Store) {
         "a constraint violation is not `retry later`"
     );
 
-    let outcomes = modbot::audit::write_records(store, &batch).await;
+    let outcomes = modbot::service::audit::write_records(store, &batch).await;
     for (i, outcome) in outcomes.iter().enumerate() {
         let expected = if i == 250 {
             Outcome::ActionOnly
@@ -1171,7 +1172,7 @@ async fn a_blackholed_postgres_times_out_and_recovers() {
     }
     let record = record_with_action("destinygg", "dark1", "dark_user", "FREE NITRO here");
     assert_eq!(
-        modbot::audit::write_records(&store, std::slice::from_ref(&record)).await,
+        modbot::service::audit::write_records(&store, std::slice::from_ref(&record)).await,
         [Outcome::Lost],
         "a transient failure is not split and loses the record, said so"
     );
@@ -1180,7 +1181,7 @@ async fn a_blackholed_postgres_times_out_and_recovers() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match store.record_verdicts(std::slice::from_ref(&record)).await {
-            Ok(()) => break,
+            Ok(_) => break,
             Err(error) if Instant::now() < deadline => {
                 assert!(error.is_transient(), "{error:?}");
             }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{TestServer, chat_message};
+use common::{TestServer, chat_message, stream_message};
+use modbot::infra::store::{AuditQuery, FeedbackSource};
 use modbot::proto::{
     self, ActionKind, ChatEvent, Decision, Hello, ModeratorAction, StreamModerateRequest,
     StreamModerateResponse, chat_event, stream_moderate_request, stream_moderate_response,
 };
-use modbot::store::{AuditQuery, FeedbackSource};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
@@ -34,17 +34,6 @@ fn event(channel: &str, kind: chat_event::Kind) -> StreamModerateRequest {
             kind: Some(kind),
         })),
     }
-}
-
-/// A chat message event at `at_ms` (Unix milliseconds), so rates are deterministic.
-fn say(id: &str, user: &str, text: &str, at_ms: i64) -> StreamModerateRequest {
-    let mut message = chat_message(id, user, text);
-    message.channel.clear(); // taken from the event
-    message.sent_at = Some(prost_types::Timestamp {
-        seconds: at_ms / 1000,
-        nanos: ((at_ms % 1000) * 1_000_000) as i32,
-    });
-    event("destinygg", chat_event::Kind::Message(message))
 }
 
 const T0: i64 = 1_700_000_000_000;
@@ -138,7 +127,7 @@ async fn the_stream_must_start_with_a_valid_hello() {
     let cases: Vec<(Vec<StreamModerateRequest>, &str)> = vec![
         (vec![], "hello: the stream ended before its hello"),
         (
-            vec![say("m1", "u", "hi", T0)],
+            vec![stream_message("m1", "u", "hi", Some(T0))],
             "kind: the first message on the stream must be a hello",
         ),
         (
@@ -176,11 +165,11 @@ async fn verdicts_come_in_order_with_memory_of_each_user() {
         for i in 0..total {
             // 40 users talking in turn, a message every 50 ms, each message different.
             let text = sentence(i);
-            tx.send(say(
+            tx.send(stream_message(
                 &i.to_string(),
                 &format!("user{}", i % 40),
                 &text,
-                T0 + 50 * i as i64,
+                Some(T0 + 50 * i as i64),
             ))
             .await
             .unwrap();
@@ -188,11 +177,11 @@ async fn verdicts_come_in_order_with_memory_of_each_user() {
         // One user floods: five messages within a second.
         for k in 0..5 {
             let text = format!("flood {k} something");
-            tx.send(say(
+            tx.send(stream_message(
                 &format!("f{k}"),
                 "flooder",
                 &text,
-                T0 + 200_000 + 100 * k,
+                Some(T0 + 200_000 + 100 * k),
             ))
             .await
             .unwrap();
@@ -245,7 +234,7 @@ async fn bad_events_are_answered_in_band_and_the_stream_goes_on() {
             event("destinygg", chat_event::Kind::Message(no_text)),
             "event.message.text: must not be empty",
         ),
-        (say("bad2", "u1", "hi", T0), ""), // a good one in between
+        (stream_message("bad2", "u1", "hi", Some(T0)), ""), // a good one in between
         (
             event(
                 "elsewhere",
@@ -315,7 +304,9 @@ async fn bad_events_are_answered_in_band_and_the_stream_goes_on() {
     ))
     .await
     .unwrap();
-    tx.send(say("after", "u2", "still here", T0)).await.unwrap();
+    tx.send(stream_message("after", "u2", "still here", Some(T0)))
+        .await
+        .unwrap();
     assert_eq!(next_verdict(&mut responses).await.message_id, "after");
     drop(tx);
     server.stop().await.expect("clean stop");
@@ -341,7 +332,7 @@ async fn a_panic_deciding_a_message_degrades_its_verdict_and_the_stream_goes_on(
         ("after", "u5", "cheap viewers here".to_owned()),
     ];
     for (i, (id, user, text)) in script.iter().enumerate() {
-        tx.send(say(id, user, text, T0 + 1000 * i as i64))
+        tx.send(stream_message(id, user, text, Some(T0 + 1000 * i as i64)))
             .await
             .unwrap();
     }
@@ -367,7 +358,7 @@ async fn a_panic_deciding_a_message_degrades_its_verdict_and_the_stream_goes_on(
     assert_eq!(verdicts[4].decision, Decision::Hide as i32);
     assert!(verdicts[4].degraded.is_empty());
     // Still open: one more message, one more verdict, then a clean end.
-    tx.send(say("last", "u6", "bye", T0 + 10_000))
+    tx.send(stream_message("last", "u6", "bye", Some(T0 + 10_000)))
         .await
         .unwrap();
     assert_eq!(next_verdict(&mut responses).await.message_id, "last");
@@ -399,12 +390,17 @@ async fn a_moderators_timeout_counts_toward_the_ladder() {
     ))
     .await
     .unwrap();
-    tx.send(say("t1", "troll", "free nitro", T0 + 1000))
+    tx.send(stream_message("t1", "troll", "free nitro", Some(T0 + 1000)))
         .await
         .unwrap();
-    tx.send(say("n1", "newbie", "free nitro", T0 + 1000))
-        .await
-        .unwrap();
+    tx.send(stream_message(
+        "n1",
+        "newbie",
+        "free nitro",
+        Some(T0 + 1000),
+    ))
+    .await
+    .unwrap();
     let troll = next_verdict(&mut responses).await;
     assert_eq!(troll.decision, Decision::Timeout as i32, "{troll:?}");
     let newbie = next_verdict(&mut responses).await;
@@ -457,10 +453,17 @@ async fn a_moderators_action_becomes_a_feedback_example_of_the_targets_last_mess
     let server = TestServer::start(|_| {}).await;
     let (tx, mut responses) = open(&server, 16).await;
     // `rude` says something the rules let through; a moderator times them out seconds later.
-    tx.send(say("r1", "rude", "hello there", T0)).await.unwrap();
-    tx.send(say("r2", "rude", "Y0U are a cl0wn, go away", T0 + 1_000))
+    tx.send(stream_message("r1", "rude", "hello there", Some(T0)))
         .await
         .unwrap();
+    tx.send(stream_message(
+        "r2",
+        "rude",
+        "Y0U are a cl0wn, go away",
+        Some(T0 + 1_000),
+    ))
+    .await
+    .unwrap();
     tx.send(moderator_action(
         "mod1",
         "rude",
@@ -479,7 +482,7 @@ async fn a_moderators_action_becomes_a_feedback_example_of_the_targets_last_mess
     .await
     .unwrap();
     // `quiet` spoke long before being muted: too long for the action to be about that message.
-    tx.send(say("q1", "quiet", "good morning", T0))
+    tx.send(stream_message("q1", "quiet", "good morning", Some(T0)))
         .await
         .unwrap();
     tx.send(moderator_action(
@@ -508,7 +511,7 @@ async fn a_moderators_action_becomes_a_feedback_example_of_the_targets_last_mess
     .await
     .unwrap();
     // Events are handled in order: once this verdict is back, every action above is done.
-    tx.send(say("last", "someone", "ok", T0 + 8_000))
+    tx.send(stream_message("last", "someone", "ok", Some(T0 + 8_000)))
         .await
         .unwrap();
     for expected in ["r1", "r2", "q1", "last"] {
@@ -545,7 +548,7 @@ async fn a_moderators_action_becomes_a_feedback_example_of_the_targets_last_mess
     // The text is what the model sees: normalised (leetspeak folded, lower-cased).
     assert_eq!(
         example.text,
-        modbot::normalize::normalize("Y0U are a cl0wn, go away", &Default::default()).text
+        modbot::engine::normalize::normalize("Y0U are a cl0wn, go away", &Default::default()).text
     );
     store.close().await;
 }
@@ -561,11 +564,11 @@ async fn a_client_that_does_not_read_slows_its_own_stream() {
         tokio::spawn(async move {
             for i in 0..total {
                 if tx
-                    .send(say(
+                    .send(stream_message(
                         &i.to_string(),
                         "u",
                         "a reasonably long chat message about nothing",
-                        T0 + i as i64 * 1000,
+                        Some(T0 + i as i64 * 1000),
                     ))
                     .await
                     .is_err()
@@ -608,7 +611,7 @@ async fn a_client_that_does_not_read_slows_its_own_stream() {
 async fn shutdown_answers_what_was_read_and_ends_streams_with_unavailable() {
     let mut server = TestServer::start(|config| config.grpc.shutdown_grace_secs = 30).await;
     let (tx, mut responses) = open(&server, 64).await;
-    tx.send(say("m1", "alice", "hello there", T0))
+    tx.send(stream_message("m1", "alice", "hello there", Some(T0)))
         .await
         .unwrap();
     assert_eq!(next_verdict(&mut responses).await.message_id, "m1");
@@ -701,11 +704,11 @@ async fn a_cut_texts_verdict_says_so() {
     let (tx, mut responses) = open(&server, 8).await;
     let StreamModerateRequest {
         kind: Some(stream_moderate_request::Kind::Event(mut cut)),
-    } = say(
+    } = stream_message(
         "m1",
         "spammer",
         "free nitro at the link below, claim it now",
-        T0,
+        Some(T0),
     )
     else {
         unreachable!()
@@ -718,9 +721,14 @@ async fn a_cut_texts_verdict_says_so() {
     })
     .await
     .unwrap();
-    tx.send(say("m2", "bob", "a whole message", T0 + 1000))
-        .await
-        .unwrap();
+    tx.send(stream_message(
+        "m2",
+        "bob",
+        "a whole message",
+        Some(T0 + 1000),
+    ))
+    .await
+    .unwrap();
     let verdict = next_verdict(&mut responses).await;
     assert_eq!(verdict.message_id, "m1");
     assert!(verdict.text_truncated, "{verdict:?}");

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use modbot::model::heads::Heads;
-use modbot::store::{ConnectOptions, Feedback, FeedbackSource, Store};
+use modbot::infra::model::heads::Heads;
+use modbot::infra::store::{ConnectOptions, Feedback, FeedbackSource, Store};
 
 /// Set by `.ci/run`: a missing model is then a failure, not a skip.
 const REQUIRE_MODEL_ENV: &str = "MODBOT_TEST_REQUIRE_MODEL";
@@ -18,7 +18,7 @@ fn model_dir() -> PathBuf {
 }
 
 fn have_model(test: &str) -> bool {
-    if modbot::model::fetch::is_present(&model_dir()) {
+    if modbot::infra::model::fetch::is_present(&model_dir()) {
         return true;
     }
     assert!(
@@ -197,7 +197,7 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
     );
     assert_eq!(
         toxicity["training"]["train_file_sha256"].as_str().unwrap(),
-        modbot::model::fetch::sha256_file(&data.join("insults/train.jsonl")).unwrap()
+        modbot::infra::model::fetch::sha256_file(&data.join("insults/train.jsonl")).unwrap()
     );
     assert!(
         written["heads"][1]["metrics"]["sentiment/test.macro_f1"]
@@ -206,8 +206,9 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
             > 0.5
     );
     // An insult scores above the threshold, a pleasant line below it.
-    let (encoder, _) = modbot::train::load_encoder(&model_dir()).unwrap();
-    let texts = modbot::train::embed::normalized(&["you stupid idiot", "have a nice evening"]);
+    let (encoder, _) = modbot::tools::datasets::load_encoder(&model_dir()).unwrap();
+    let texts =
+        modbot::tools::datasets::embed::normalized(&["you stupid idiot", "have a nice evening"]);
     let embedded = encoder.embed(&[&texts[0], &texts[1]]).unwrap();
     let score = |i: usize| heads.score(&embedded[i], &heads.lexical(&texts[i]))[0];
     let (rude, kind) = (score(0), score(1));
@@ -423,7 +424,7 @@ fn bad_requests_are_refused_clearly() {
     std::fs::write(&file, "{\"id\":\"1\",\"text\":\"hi\",\"label\":\"spam\"}\n").unwrap();
     let heads = work.path().join("heads");
     std::fs::create_dir_all(&heads).unwrap();
-    modbot::model::heads::write_head(
+    modbot::infra::model::heads::write_head(
         &heads.join("toxicity.safetensors"),
         &[(vec![vec![0.0; 384]], vec![0.0])],
     )

@@ -6,10 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use modbot::users::{
-    ChannelMessage, ChannelWindow, MemoryState, Observation, Offence, RecentMessage, SharedState,
-    StateConfig, UserHistory, UserState,
+use modbot::domain::{
+    ChannelMessage, ChannelWindow, Observation, Offence, RecentMessage, UserHistory,
 };
+use modbot::infra::users::{MemoryState, SharedState, StateOptions, UserState};
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 60 * MINUTE;
@@ -17,14 +17,14 @@ const HOUR: i64 = 60 * MINUTE;
 const T0: i64 = 1_700_000_000_000;
 
 /// Small rings so their bounds show in a few messages.
-fn suite_config() -> StateConfig {
-    StateConfig {
+fn suite_config() -> StateOptions {
+    StateOptions {
         recent_per_user: 3,
         times_per_user: 4,
         recent_per_channel: 5,
         history_per_channel: 8,
         idle_ttl: Duration::from_secs(3600),
-        ..StateConfig::default()
+        ..StateOptions::default()
     }
 }
 
@@ -89,7 +89,7 @@ macro_rules! both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let state = std::sync::Arc::new(modbot::users::UserState::memory(super::suite_config()));
+                    let state = std::sync::Arc::new(modbot::infra::users::UserState::memory(super::suite_config()));
                     assert_eq!(state.backend_name(), "memory");
                     super::$name(&state).await;
                 }
@@ -103,7 +103,7 @@ macro_rules! both_backends {
                     let Some(redis) = super::common::RedisPrefix::create(test).await else {
                         return;
                     };
-                    let state = modbot::users::UserState::redis(&redis.url, super::suite_config(), &redis.prefix)
+                    let state = modbot::infra::users::UserState::redis(&redis.url, super::suite_config(), &redis.prefix)
                         .await
                         .expect("connect to Redis");
                     assert_eq!(state.backend_name(), "redis");
@@ -531,7 +531,7 @@ async fn concurrent_observers_keep_exact_counts(state: &Arc<UserState>) {
 
 // ---- the in-process backend's own bounds ----
 
-fn memory(configure: impl FnOnce(&mut StateConfig)) -> MemoryState {
+fn memory(configure: impl FnOnce(&mut StateOptions)) -> MemoryState {
     let mut config = suite_config();
     configure(&mut config);
     MemoryState::new(config)
@@ -750,7 +750,7 @@ async fn redis_history_of_a_quiet_channel_expires_with_its_window() {
         return;
     };
     // Redis expires keys by its own clock, so this TTL is real time.
-    let config = StateConfig {
+    let config = StateOptions {
         idle_ttl: Duration::from_millis(300),
         ..suite_config()
     };
@@ -847,7 +847,7 @@ async fn redis_that_never_answers_degrades_within_the_timeout() {
         .await
         .expect("bind");
     let url = format!("redis://{}/0", silent.local_addr().expect("address"));
-    let config = StateConfig {
+    let config = StateOptions {
         redis_timeout: Duration::from_millis(200),
         ..suite_config()
     };
@@ -954,7 +954,7 @@ async fn degraded_mode_returns_to_redis_when_it_answers_again() {
         .expect("host:port")
         .to_owned();
     let proxy = Proxy::start(target).await;
-    let config = StateConfig {
+    let config = StateOptions {
         redis_retry_interval: Duration::from_millis(200),
         ..suite_config()
     };

@@ -10,7 +10,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use modbot::users::{MemoryState, Observation, StateConfig};
+use modbot::domain::Observation;
+use modbot::infra::users::{MemoryState, StateOptions};
 
 struct Counting;
 
@@ -81,7 +82,7 @@ fn memory_per_active_user() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     const USERS: usize = 100_000;
     const MESSAGES_PER_USER: usize = 10;
-    let config = StateConfig::default(); // rings of 10 messages and 16 times per user
+    let config = StateOptions::default(); // rings of 10 messages and 16 times per user
     let user_ids: Vec<String> = (0..USERS).map(|u| format!("{}", 1_000_000 + u)).collect();
     let texts: Vec<String> = (0..64).map(text).collect();
     let average_text = texts.iter().map(String::len).sum::<usize>() as f64 / texts.len() as f64;
@@ -134,16 +135,16 @@ fn worst_case_texts_stay_within_the_byte_budgets() {
     const USERS: usize = 20_000;
     const CHANNELS: usize = 400;
     const MESSAGES_PER_USER: usize = 10;
-    let config = StateConfig {
+    let config = StateOptions {
         max_users: 1_000_000,
         max_channels: 100_000,
         max_user_bytes: 8 << 20,
         max_channel_bytes: 4 << 20,
-        ..StateConfig::default()
+        ..StateOptions::default()
     };
     // The longest text a message can normalise to (the largest `grpc.max_text_bytes` at the
     // normaliser's largest expansion) and ids of the longest length the API accepts.
-    let text = "\u{00e9}".repeat(modbot::normalize::MAX_EXPANSION * 65_536 / 2);
+    let text = "\u{00e9}".repeat(modbot::engine::normalize::MAX_EXPANSION * 65_536 / 2);
     let long_id = |prefix: &str, i: usize| format!("{prefix}{i:0>250}");
     let user_ids: Vec<String> = (0..USERS).map(|u| long_id("u", u)).collect();
     let channels: Vec<String> = (0..CHANNELS).map(|c| long_id("c", c)).collect();

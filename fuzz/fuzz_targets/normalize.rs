@@ -1,4 +1,4 @@
-//! `cargo fuzz run normalize`: the checks live in `modbot::fuzzing::normalize` (also run by `cargo test`).
+//! `cargo fuzz run normalize`: the checks live in `modbot::tools::fuzzing::normalize` (also run by `cargo test`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| modbot::fuzzing::normalize(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| modbot::tools::fuzzing::normalize(data));

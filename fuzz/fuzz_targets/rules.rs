@@ -1,4 +1,4 @@
-//! `cargo fuzz run rules`: the checks live in `modbot::fuzzing::rules` (also run by `cargo test`).
+//! `cargo fuzz run rules`: the checks live in `modbot::tools::fuzzing::rules` (also run by `cargo test`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| modbot::fuzzing::rules(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| modbot::tools::fuzzing::rules(data));

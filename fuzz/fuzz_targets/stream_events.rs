@@ -1,4 +1,4 @@
-//! `cargo fuzz run stream_events`: the checks live in `modbot::fuzzing::stream_events` (also run by `cargo test`).
+//! `cargo fuzz run stream_events`: the checks live in `modbot::tools::fuzzing::stream_events` (also run by `cargo test`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| modbot::fuzzing::stream_events(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| modbot::tools::fuzzing::stream_events(data));

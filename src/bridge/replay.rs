@@ -950,7 +950,7 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
 /// Replays `args.file` against the server (`args.server_url`, else `config.bridge`'s) and
 /// returns the summary once every message has its verdict (and the commands that came for
 /// them were answered).
-pub async fn run(config: &crate::Config, args: &ReplayArgs) -> anyhow::Result<Summary> {
+pub async fn run(config: &crate::config::Config, args: &ReplayArgs) -> anyhow::Result<Summary> {
     let input = open_input(&args.file)?;
     let mut bridge = config.bridge.clone();
     if let Some(url) = &args.server_url {

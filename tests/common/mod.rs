@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use modbot::Config;
 use modbot::app::ServeError;
-use modbot::store::{ConnectOptions, Store};
+use modbot::infra::store::{ConnectOptions, Store};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, ClientTlsConfig};
@@ -534,10 +534,105 @@ pub fn faulty_rules_file(dir: &std::path::Path) -> std::path::PathBuf {
          [[rule]]\nid = \"groups\"\nkind = \"phrase\"\naction = \"hold\"\n\
          [rule.params]\nphrases = ['(free|cheap) nitro', '(?P<w>spam)word', '(?P<w>spam)mer']\n\
          syntax = \"regex\"\n",
-        modbot::rules::DEFAULT_RULES,
+        modbot::engine::rules::DEFAULT_RULES,
         modbot::fault::PANIC_PHRASE,
     );
     let path = dir.join("faulty-rules.toml");
     std::fs::write(&path, text).expect("write the rules file");
     path
+}
+
+/// Set (to anything) by `.ci/run`: a missing default model is then a failure, not a skip.
+pub const REQUIRE_MODEL_ENV: &str = "MODBOT_TEST_REQUIRE_MODEL";
+
+/// The default model's directory (`models/all-MiniLM-L6-v2`, or `MODBOT_TEST_MODEL_DIR`), or
+/// `None` after printing that `test` is SKIPPED when it was not fetched; with
+/// [`REQUIRE_MODEL_ENV`] set a missing model fails the test instead.
+pub fn model_dir_or_skip(test: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("MODBOT_TEST_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
+        });
+    if modbot::infra::model::fetch::is_present(&dir) {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os(REQUIRE_MODEL_ENV).is_none(),
+        "{REQUIRE_MODEL_ENV} is set but no model is in {} (run `modbot fetch-model`)",
+        dir.display()
+    );
+    eprintln!("SKIPPED {test}: no model in {}", dir.display());
+    None
+}
+
+/// A `StreamModerate` event carrying a chat message in channel `destinygg` (the message's own
+/// channel is left empty: the event's is taken), sent at `at_ms` (Unix milliseconds) when
+/// given.
+pub fn stream_message(
+    id: &str,
+    user: &str,
+    text: &str,
+    at_ms: Option<i64>,
+) -> modbot::proto::StreamModerateRequest {
+    use modbot::proto::{ChatEvent, chat_event, stream_moderate_request};
+    let mut message = chat_message(id, user, text);
+    message.channel.clear();
+    if let Some(at_ms) = at_ms {
+        message.sent_at = Some(prost_types::Timestamp {
+            seconds: at_ms.div_euclid(1000),
+            nanos: (at_ms.rem_euclid(1000) * 1_000_000) as i32,
+        });
+    }
+    modbot::proto::StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Event(ChatEvent {
+            channel: "destinygg".into(),
+            kind: Some(chat_event::Kind::Message(message)),
+        })),
+    }
+}
+
+/// The `modbot` binary with `args`, without the caller's `MODBOT_*` variables or `RUST_LOG`.
+pub fn modbot_command(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_modbot"));
+    command.args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MODBOT_") {
+            command.env_remove(name);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    command
+}
+
+/// Polls `done` where there is no signal to await, until it holds or ~10 s pass (then fails,
+/// saying `what`).
+pub async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts that `status` is `INVALID_ARGUMENT` and its message names `field` first (the
+/// project's rule for bad input: the field path, then what is wrong with it).
+pub fn assert_invalid_field(status: &tonic::Status, field: &str) {
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "expected INVALID_ARGUMENT naming `{field}`, got {status:?}"
+    );
+    assert!(
+        status.message().starts_with(field),
+        "the message should name `{field}` first: {:?}",
+        status.message()
+    );
 }

@@ -1,0 +1,216 @@
+//! `modbot.v1.Admin`: rules and policies ([`super::admin_rules`]), statistics
+//! ([`super::admin_stats`]), users, nukes and the model.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::service::Services;
+
+use crate::proto::admin_server::Admin;
+use crate::proto::*;
+
+use super::actions::mute_duration;
+use super::auth::principal_name;
+use super::convert::{duration_field, id_field, optional_id, text_field};
+use super::status::FieldError;
+use super::{admin_rules, admin_stats};
+use crate::service::actions::workflow;
+
+/// Longest nuke pattern or reason, in characters.
+const MAX_PATTERN_CHARS: usize = 500;
+/// How far back a nuke looks by default.
+const DEFAULT_NUKE_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// How far back a nuke may look.
+const MAX_NUKE_WINDOW: Duration = Duration::from_secs(60 * 60);
+/// How long a nuke mutes by default.
+const DEFAULT_NUKE_MUTE: Duration = Duration::from_secs(10 * 60);
+
+/// `Admin`.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    services: Arc<Services>,
+}
+
+impl AdminService {
+    /// The service over the shared application state.
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_rules(
+        &self,
+        request: Request<ListRulesRequest>,
+    ) -> Result<Response<ListRulesResponse>, Status> {
+        admin_rules::list_rules(&self.services, request.into_inner()).await
+    }
+    async fn upsert_rule(
+        &self,
+        request: Request<UpsertRuleRequest>,
+    ) -> Result<Response<Rule>, Status> {
+        {
+            let by = principal_name(&request);
+            admin_rules::upsert_rule(&self.services, request.into_inner(), &by).await
+        }
+    }
+    async fn delete_rule(
+        &self,
+        request: Request<DeleteRuleRequest>,
+    ) -> Result<Response<DeleteRuleResponse>, Status> {
+        {
+            let by = principal_name(&request);
+            admin_rules::delete_rule(&self.services, request.into_inner(), &by).await
+        }
+    }
+    async fn get_policy(
+        &self,
+        request: Request<GetPolicyRequest>,
+    ) -> Result<Response<Policy>, Status> {
+        admin_rules::get_policy(&self.services, request.into_inner()).await
+    }
+    async fn set_policy(
+        &self,
+        request: Request<SetPolicyRequest>,
+    ) -> Result<Response<Policy>, Status> {
+        {
+            let by = principal_name(&request);
+            admin_rules::set_policy(&self.services, request.into_inner(), &by).await
+        }
+    }
+    async fn get_stats(
+        &self,
+        request: Request<GetStatsRequest>,
+    ) -> Result<Response<Stats>, Status> {
+        admin_stats::get_stats(&self.services, request.into_inner()).await
+    }
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        let request = request.into_inner();
+        let channel = id_field(request.channel, "channel")?;
+        let user_id = id_field(request.user_id, "user_id")?;
+        let Some(profile) = self
+            .services
+            .user_profile(channel.clone(), user_id.clone())
+            .await?
+        else {
+            return Err(Status::not_found(format!(
+                "user `{user_id}` was never seen in channel `{channel}` (or has been forgotten)"
+            )));
+        };
+        Ok(Response::new(User {
+            nick: profile.nick,
+            first_seen: profile.first_seen.map(Into::into),
+            last_seen: profile.last_seen.map(Into::into),
+            messages: profile.messages,
+            heat: profile.heat,
+            reputation: profile.reputation,
+            offences: profile.offences,
+            escalation_step: profile.escalation_step,
+            recent_actions: profile.recent_actions.into_iter().map(Into::into).collect(),
+            recent_verdicts: profile
+                .recent_verdicts
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            channel: profile.channel,
+            user_id: profile.user_id,
+        }))
+    }
+
+    async fn nuke(&self, request: Request<NukeRequest>) -> Result<Response<NukeResponse>, Status> {
+        let requested_by = principal_name(&request);
+        let request = request.into_inner();
+        let channel = id_field(request.channel, "channel")?;
+        if request.pattern.trim().is_empty() {
+            return Err(FieldError::new("pattern", "is required").into());
+        }
+        let pattern = text_field(request.pattern, "pattern", MAX_PATTERN_CHARS)?;
+        let window = duration_field(request.window, "window")?.unwrap_or(DEFAULT_NUKE_WINDOW);
+        if window.is_zero() || window > MAX_NUKE_WINDOW {
+            return Err(FieldError::new("window", "must be above 0 and at most 1 hour").into());
+        }
+        let duration = duration_field(request.duration, "duration")?.unwrap_or(DEFAULT_NUKE_MUTE);
+        let duration = mute_duration(duration, "duration")?;
+        let outcome = workflow::nuke(
+            &self.services.dispatcher,
+            &self.services.moderator,
+            workflow::NukeRequest {
+                channel,
+                pattern,
+                regex: request.regex,
+                window,
+                duration,
+                moderator: id_field(request.moderator, "moderator")?,
+                reason: text_field(request.reason, "reason", MAX_PATTERN_CHARS)?,
+                dry_run: request.dry_run,
+                requested_by,
+            },
+        )
+        .await?;
+        Ok(Response::new(NukeResponse {
+            nuke_id: outcome.nuke_id,
+            targets: outcome.targets,
+            actions: outcome.actions.into_iter().map(Into::into).collect(),
+            searched_messages: u32::try_from(outcome.searched).unwrap_or(u32::MAX),
+        }))
+    }
+    async fn aegis(
+        &self,
+        request: Request<AegisRequest>,
+    ) -> Result<Response<AegisResponse>, Status> {
+        let requested_by = principal_name(&request);
+        let request = request.into_inner();
+        let channel = id_field(request.channel, "channel")?;
+        let nuke_id = optional_id(request.nuke_id, "nuke_id")?;
+        let moderator = id_field(request.moderator, "moderator")?;
+        let (nuke_id, actions) = workflow::aegis(
+            &self.services.dispatcher,
+            &channel,
+            nuke_id.as_deref(),
+            &moderator,
+            &requested_by,
+        )
+        .await?;
+        Ok(Response::new(AegisResponse {
+            nuke_id,
+            actions: actions.into_iter().map(Into::into).collect(),
+        }))
+    }
+    async fn get_model_info(
+        &self,
+        _: Request<GetModelInfoRequest>,
+    ) -> Result<Response<ModelInfo>, Status> {
+        let scorer = self.services.moderator.scorer();
+        let status = scorer.status().borrow().clone();
+        let d = scorer.description();
+        Ok(Response::new(ModelInfo {
+            loaded: matches!(
+                status,
+                crate::infra::inference::ModelStatus::Ready
+                    | crate::infra::inference::ModelStatus::NoHeads
+            ),
+            encoder: d.encoder.clone(),
+            version: d.version.clone(),
+            device: d.device.clone(),
+            embedding_dim: u32::try_from(d.embedding_dim).unwrap_or(u32::MAX),
+            max_sequence_length: u32::try_from(d.max_tokens).unwrap_or(u32::MAX),
+            heads: d
+                .heads
+                .heads()
+                .iter()
+                .map(|h| ModelHead {
+                    name: h.name.clone(),
+                    labels: h.labels.clone(),
+                    multi_label: h.multi_label,
+                    thresholds: h.thresholds.clone().into_iter().collect(),
+                    version: h.version.clone(),
+                    metrics: h.metrics.clone().into_iter().collect(),
+                })
+                .collect(),
+            status_detail: status.detail(),
+        }))
+    }
+}

@@ -1,0 +1,3 @@
+//! The edges: they convert what arrives on the wire and call the services.
+
+pub mod grpc;

@@ -1,0 +1,300 @@
+//! Rule filters: the rules file, channel policies, and the checks themselves.
+//!
+//! A [`RuleSet`] is compiled from a [`Document`]: the tables of a rules file
+//! (`config/rules.toml` or `rules.file`), or the same tables as the database keeps them, one
+//! row per rule and per channel policy ([`spec`] has their typed form). It is shared by every
+//! request and swapped whole when the rules change. [`RuleSet::evaluate`] is a pure function of the normalised message, the user's
+//! history and the channel's recent messages: it returns one [`Reason`] per rule that fired.
+//!
+//! Architecture Invariant: rules do no I/O and keep no state of their own; everything they
+//! remember comes in through [`Context`] from `users`.
+
+mod checks;
+mod load;
+mod phrase;
+mod profanity;
+pub mod similarity;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{DEFAULT_POLICY, DEFAULT_RULES, Document, KINDS, RulesError};
+pub use phrase::PhraseSyntax;
+
+use crate::domain::{ChannelWindow, UserHistory};
+use crate::domain::{ChatMessage, Decision, Reason, ReasonSource};
+use crate::engine::normalize::{EmoteSet, Normalized};
+use checks::Check;
+
+/// Whether a rule acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Its decision is carried out.
+    #[default]
+    Enforce,
+    /// It is reported in verdicts, never carried out.
+    Shadow,
+    /// It is not evaluated.
+    Disabled,
+}
+
+/// Whether a `Classify` verdict's action reaches the chat (`[policy] classify_actions`). Stream
+/// verdicts are always carried out by the bridge that sent the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassifyActions {
+    /// Recorded only (status `recorded`): the backend that called `Classify` enforces its
+    /// verdicts in its own system.
+    #[default]
+    Record,
+    /// Recorded and sent to the bridge serving the channel, as a stream verdict's is.
+    Send,
+}
+
+/// How repeat offences escalate in a channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Escalation {
+    /// A first offence earns a warning instead of a timeout.
+    pub warn_first: bool,
+    /// The first timeout of a heat episode.
+    pub first_timeout: Duration,
+    /// The longest timeout; timeouts double up to it.
+    pub max_timeout: Duration,
+    /// After this many escalated timeouts in one episode the next offence is a ban (0 = never).
+    pub ban_after: u32,
+    /// Heat halves every this long.
+    pub heat_half_life: Duration,
+}
+
+/// How a channel is moderated beyond its rules.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Observe only: nothing is enforced.
+    pub shadow: bool,
+    /// Whether a `Classify` verdict's action is sent to the chat.
+    pub classify_actions: ClassifyActions,
+    /// Users with these roles skip every rule.
+    pub exempt_roles: Vec<String>,
+    /// The channel's emotes.
+    pub emotes: EmoteSet,
+    /// Escalation for repeat offenders.
+    pub escalation: Escalation,
+    /// What the model's labels do, in label order.
+    pub model: Vec<ModelLabel>,
+}
+
+impl Policy {
+    /// Whether a user with `roles` skips every rule.
+    pub fn exempts(&self, roles: &[String]) -> bool {
+        roles.iter().any(|r| self.exempt_roles.contains(r))
+    }
+
+    /// The harshest decision any model label of the channel can ask for; `None` when no label
+    /// acts (then the model is not consulted).
+    pub fn harshest_model_decision(&self) -> Option<Decision> {
+        self.model.iter().map(|l| l.decision).max()
+    }
+}
+
+/// What one model label does in a channel (`[policy.model.labels."head/label"]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelLabel {
+    /// `head/label`, as the heads name their outputs.
+    pub label: String,
+    /// The decision when the label's probability reaches the threshold.
+    pub decision: Decision,
+    /// Duration of a timeout or ban.
+    pub duration: Option<Duration>,
+    /// The threshold; `None` uses the one the head was trained with (and a head without one
+    /// never acts on this label).
+    pub threshold: Option<f64>,
+    /// Reported only, not enforced.
+    pub shadow: bool,
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// Unique id.
+    pub id: String,
+    /// Its kind, as written in the rules file.
+    pub kind: &'static str,
+    /// One line for moderators.
+    pub description: String,
+    /// Decision when it fires.
+    pub decision: Decision,
+    /// Duration of a timeout or ban (`None`: permanent ban, or not applicable).
+    pub duration: Option<Duration>,
+    /// Whether it acts.
+    pub mode: Mode,
+    /// Roles that skip it.
+    pub exempt_roles: Vec<String>,
+    /// Channels it applies to; empty for all.
+    pub channels: Vec<String>,
+    check: Check,
+}
+
+impl Rule {
+    fn applies(&self, message: &ChatMessage) -> bool {
+        self.mode != Mode::Disabled
+            && (self.channels.is_empty() || self.channels.contains(&message.channel))
+            && !message.roles.iter().any(|r| self.exempt_roles.contains(r))
+    }
+}
+
+/// What the rules may look at besides the message.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The message's normalised text, tokens and statistics.
+    pub normalized: &'a Normalized<'a>,
+    /// The author's history before this message.
+    pub history: &'a UserHistory,
+    /// The channel's recent messages from other users, oldest first.
+    pub channel_recent: &'a ChannelWindow,
+    /// The message's time, Unix milliseconds.
+    pub now_ms: i64,
+}
+
+/// What the rules found about one message.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Evaluation {
+    /// One reason per rule that fired, in file order.
+    pub reasons: Vec<Reason>,
+    /// Rules that panicked on this message and were skipped, in file order.
+    pub failed: Vec<FailedRule>,
+}
+
+/// A rule that panicked while checking a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRule {
+    /// The rule's id.
+    pub rule_id: String,
+    /// `file:line` of the panic.
+    pub location: String,
+}
+
+/// The compiled rules and policies.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    default_policy: Policy,
+    channel_policies: HashMap<String, Policy>,
+    /// The shared profanity pass, when any rule uses it.
+    lexicon: Option<profanity::Lexicon>,
+}
+
+impl RuleSet {
+    /// The policy of a channel: its own, or the default.
+    pub fn policy(&self, channel: &str) -> &Policy {
+        self.channel_policies
+            .get(channel)
+            .unwrap_or(&self.default_policy)
+    }
+
+    /// The rules, in the document's order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Runs every applicable rule; one reason per rule that fired, in file order. Rules in
+    /// shadow mode, and every rule of a channel in shadow mode, give shadow reasons. A rule
+    /// that panics is skipped and listed in [`Evaluation::failed`]; the others still run.
+    pub fn evaluate(
+        &self,
+        message: &ChatMessage,
+        policy: &Policy,
+        ctx: &Context<'_>,
+    ) -> Evaluation {
+        self.evaluate_where(message, policy, ctx, |_| true)
+    }
+
+    /// The harshest enforced decision of the rules that need no history (phrases, profanity,
+    /// caps, floods, ...), before the message joins any history: enough to know that the
+    /// model cannot change the outcome. `None` when none of them fires.
+    pub fn harshest_without_history(
+        &self,
+        message: &ChatMessage,
+        policy: &Policy,
+        normalized: &Normalized<'_>,
+    ) -> Option<Decision> {
+        let history = UserHistory::default();
+        let channel_recent = ChannelWindow::default();
+        let ctx = Context {
+            normalized,
+            history: &history,
+            channel_recent: &channel_recent,
+            now_ms: 0,
+        };
+        self.evaluate_where(message, policy, &ctx, |check| !check.needs_history())
+            .reasons
+            .iter()
+            .filter(|r| !r.shadow)
+            .map(|r| r.decision)
+            .max()
+    }
+
+    fn evaluate_where(
+        &self,
+        message: &ChatMessage,
+        policy: &Policy,
+        ctx: &Context<'_>,
+        include: impl Fn(&Check) -> bool,
+    ) -> Evaluation {
+        let analysis = std::cell::OnceCell::new();
+        let mut evaluation = Evaluation::default();
+        for rule in self
+            .rules
+            .iter()
+            .filter(|rule| include(&rule.check) && rule.applies(message))
+        {
+            // Each rule alone under the guard: a rule that panics (a bug, or an input nobody
+            // foresaw) is skipped and reported, and every other rule still fires, so a panic
+            // never turns a message some rule would act on into a silent allow.
+            let hit = crate::guard::catch(|| match (&rule.check, &self.lexicon) {
+                (Check::Profanity(check), Some(lexicon)) => {
+                    let analysis = *analysis.get_or_init(|| lexicon.analyze(ctx.normalized));
+                    check.check(ctx.normalized, analysis)
+                }
+                (check, _) => check.check(ctx),
+            });
+            let hit = match hit {
+                Ok(Some(hit)) => hit,
+                Ok(None) => continue,
+                Err(panicked) => {
+                    evaluation.failed.push(FailedRule {
+                        rule_id: rule.id.clone(),
+                        location: panicked.location,
+                    });
+                    continue;
+                }
+            };
+            evaluation.reasons.push(Reason {
+                source: ReasonSource::Rule,
+                rule_id: rule.id.clone(),
+                label: rule.kind.to_owned(),
+                decision: rule.decision,
+                duration: rule.duration,
+                score: hit.score,
+                threshold: hit.threshold,
+                shadow: policy.shadow || rule.mode == Mode::Shadow,
+                description: if rule.description.is_empty() {
+                    format!("{} (rule {})", hit.evidence.detail, rule.id)
+                } else {
+                    format!(
+                        "{}: {} (rule {})",
+                        rule.description, hit.evidence.detail, rule.id
+                    )
+                },
+                evidence: hit.evidence,
+            });
+        }
+        evaluation
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,506 @@
+//! Model scoring for the decision pipeline: one dynamic batching queue, a score cache, and the
+//! model's health.
+//!
+//! Every caller (`Classify`, every `StreamModerate` session) hands a normalised text to the
+//! one [`Scorer`]. The scorer answers from its LRU cache when it can (chat repeats itself:
+//! emote spam, copypastas), else tokenises the text on the caller's task, takes a queue slot
+//! (admission control: a full queue is an immediate, explicit answer, never an unbounded
+//! wait) and sends a job to the model thread. The model thread ([`queue`]) gathers jobs into
+//! batches bounded by a request count and a token budget, lingers briefly for company when
+//! the queue is short, skips jobs whose caller has gone, runs the encoder and the heads once
+//! per distinct text, fills the cache and answers.
+//!
+//! Learned from text-embeddings-inference (`core/src/queue.rs`, `infer.rs`): admission by
+//! semaphore before queueing, token-budgeted batches, the model on its own thread.
+//!
+//! Architecture Invariant: the scorer never decides anything. It returns scores, or says why
+//! it has none ([`Scores::Unavailable`]), and the decision engine turns that into model
+//! reasons or a rules-only verdict marked degraded. A model that fails never fails a call.
+
+mod cache;
+mod load;
+mod queue;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, TryAcquireError, oneshot, watch};
+
+pub use self::cache::{ScoreCache, TextKey};
+use self::queue::Job;
+use crate::infra::model::heads::Heads;
+use crate::infra::model::{Encoder, ModelError};
+pub use load::open_model;
+
+/// One text as the model thread sees it, prepared on its caller's task.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Input<'a> {
+    /// Its token ids ([`BatchModel::tokenize`]).
+    pub tokens: &'a [u32],
+    /// Its lexical inputs ([`BatchModel::lexical`]).
+    pub lexical: &'a [f32],
+}
+
+/// What runs the model: tokenises on callers' tasks, scores batches on the model thread.
+pub trait BatchModel: Send + Sync + 'static {
+    /// Token ids of a text, special tokens included, truncated as the model needs.
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, String>;
+    /// Inputs of the heads computed from the text itself rather than the encoder (the n-gram
+    /// halves' logits); none by default.
+    fn lexical(&self, _text: &str) -> Vec<f32> {
+        Vec::new()
+    }
+    /// Label probabilities for each input, in order.
+    fn score(&self, batch: &[Input<'_>]) -> Result<Vec<Vec<f32>>, String>;
+}
+
+/// The real backend: the encoder, then every head on its embedding.
+pub struct ModelBackend {
+    encoder: Encoder,
+    heads: Heads,
+}
+
+impl ModelBackend {
+    /// An encoder and its heads.
+    pub fn new(encoder: Encoder, heads: Heads) -> Self {
+        Self { encoder, heads }
+    }
+}
+
+impl BatchModel for ModelBackend {
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, String> {
+        self.encoder.tokenize(text).map_err(|e| e.to_string())
+    }
+
+    fn lexical(&self, text: &str) -> Vec<f32> {
+        self.heads.lexical(text)
+    }
+
+    fn score(&self, batch: &[Input<'_>]) -> Result<Vec<Vec<f32>>, String> {
+        let mut scores = vec![Vec::new(); batch.len()];
+        // The packed CPU forward does no padding and takes the batch whole; a padded forward
+        // (candle, e.g. on a GPU) runs length buckets, so one long message does not make the
+        // whole batch as long as itself.
+        let buckets = if self.encoder.pads_batches() {
+            let tokens: Vec<&[u32]> = batch.iter().map(|input| input.tokens).collect();
+            length_buckets(&tokens)
+        } else {
+            vec![(0..batch.len()).collect()]
+        };
+        for bucket in buckets {
+            let owned: Vec<Vec<u32>> = bucket.iter().map(|&i| batch[i].tokens.to_vec()).collect();
+            let embeddings = self
+                .encoder
+                .embed_tokens(&owned)
+                .map_err(|e: ModelError| e.to_string())?;
+            for (i, embedding) in bucket.into_iter().zip(&embeddings) {
+                scores[i] = self.heads.score(embedding, batch[i].lexical);
+            }
+        }
+        Ok(scores)
+    }
+}
+
+/// Most padding a bucket may add, as a share of its real tokens.
+const MAX_PADDING: f64 = 0.25;
+
+/// Indices of `batch` grouped by length (shortest first) so that padding each group to its
+/// longest member adds at most [`MAX_PADDING`] of its real tokens.
+fn length_buckets(batch: &[&[u32]]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| batch[i].len());
+    let mut buckets: Vec<Vec<usize>> = Vec::new();
+    let mut real = 0usize;
+    for i in order {
+        let len = batch[i].len();
+        let fits = buckets.last().is_some_and(|b| {
+            let padded = (b.len() + 1) * len;
+            padded as f64 <= (1.0 + MAX_PADDING) * (real + len) as f64
+        });
+        if fits {
+            real += len;
+            buckets.last_mut().expect("checked").push(i);
+        } else {
+            real = len;
+            buckets.push(vec![i]);
+        }
+    }
+    buckets
+}
+
+/// Batching limits and waits (from `[model]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most messages per batch.
+    pub max_batch_messages: usize,
+    /// Most tokens per batch.
+    pub max_batch_tokens: usize,
+    /// How long a batch waits for company after its first message.
+    pub linger: Duration,
+    /// Most messages waiting.
+    pub max_queue: usize,
+    /// Longest wait for scores.
+    pub max_wait: Duration,
+    /// Cache entries (0: none).
+    pub cache_entries: usize,
+}
+
+impl Limits {
+    /// The limits configured in `[model]`.
+    pub fn from_config(config: &crate::config::ModelConfig) -> Self {
+        Self {
+            max_batch_messages: config.max_batch_messages as usize,
+            max_batch_tokens: config.max_batch_tokens as usize,
+            linger: Duration::from_micros(config.linger_us),
+            max_queue: config.max_queue as usize,
+            max_wait: Duration::from_millis(config.max_wait_ms),
+            cache_entries: config.cache_entries as usize,
+        }
+    }
+}
+
+/// The model's state, as health and `GetModelInfo` report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelStatus {
+    /// No model is configured: rules only, by choice (not degraded).
+    Off,
+    /// The encoder is loaded but there are no heads: nothing to score, rules only (not
+    /// degraded).
+    NoHeads,
+    /// Scoring.
+    Ready,
+    /// Configured but not answering: every message it would score is decided by the rules
+    /// alone and marked degraded.
+    Failed(String),
+}
+
+impl ModelStatus {
+    /// Why the model is not scoring, for `GetModelInfo.status_detail`; empty when it is.
+    pub fn detail(&self) -> String {
+        match self {
+            ModelStatus::Off => "no model configured (model.dir is empty): rules only".to_owned(),
+            ModelStatus::NoHeads => "the encoder is loaded without classification heads (none in \
+                                model.heads_dir; `modbot train` makes them): rules only"
+                .to_owned(),
+            ModelStatus::Ready => String::new(),
+            ModelStatus::Failed(reason) => reason.clone(),
+        }
+    }
+}
+
+/// What the scorer says about one text.
+#[derive(Debug, Clone)]
+pub enum Scores {
+    /// The model has nothing to say by design (no model, no heads, or not asked).
+    NotScored,
+    /// Probabilities, in [`Scorer::labels`] order.
+    Scored(Arc<[f32]>),
+    /// The model should have scored it but could not; the reason.
+    Unavailable(String),
+}
+
+/// How a caller takes a queue slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A full queue is an error at once ([`Overloaded`]): for `Classify`, whose caller can
+    /// retry.
+    FailFast,
+    /// Wait for a slot up to the scorer's `max_wait`, then go without scores: for streams,
+    /// which push back on their bridge instead.
+    Wait,
+}
+
+/// The queue was full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the model queue is full ({queued} messages waiting); retry after {retry_after:?}")]
+pub struct Overloaded {
+    /// Messages waiting.
+    pub queued: usize,
+    /// When a retry is likely to find room.
+    pub retry_after: Duration,
+}
+
+/// A text on its way through the model.
+#[derive(Debug)]
+pub enum Pending {
+    /// Known already.
+    Done(Scores),
+    /// Queued.
+    Queued {
+        /// The model thread's answer.
+        reply: oneshot::Receiver<Result<Arc<[f32]>, String>>,
+        /// When to give up.
+        deadline: Instant,
+    },
+}
+
+impl Pending {
+    /// The scores, once the model thread has them, or `Unavailable` after the deadline.
+    pub async fn wait(self) -> Scores {
+        match self {
+            Pending::Done(scores) => scores,
+            Pending::Queued { reply, deadline } => {
+                match tokio::time::timeout_at(deadline.into(), reply).await {
+                    Ok(Ok(Ok(scores))) => Scores::Scored(scores),
+                    Ok(Ok(Err(error))) => Scores::Unavailable(error),
+                    Ok(Err(_)) => Scores::Unavailable("the model thread stopped".to_owned()),
+                    Err(_) => {
+                        metrics::counter!("modbot_model_timeouts_total").increment(1);
+                        Scores::Unavailable(
+                            "the model did not answer within model.max_wait_ms".to_owned(),
+                        )
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What `GetModelInfo` shows of the loaded model.
+#[derive(Debug, Clone, Default)]
+pub struct Description {
+    /// The encoder's name.
+    pub encoder: String,
+    /// `encoder@hash+heads@version`, as verdicts carry it.
+    pub version: String,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Size of an embedding.
+    pub embedding_dim: usize,
+    /// Longest input in tokens.
+    pub max_tokens: usize,
+    /// The heads.
+    pub heads: Heads,
+}
+
+struct Running {
+    backend: Arc<dyn BatchModel>,
+    jobs: std::sync::mpsc::Sender<Job>,
+    slots: Arc<Semaphore>,
+    cache: Option<Arc<ScoreCache>>,
+    /// Recent model time per message, in nanoseconds (for retry hints).
+    nanos_per_message: Arc<AtomicU64>,
+}
+
+/// The shared scorer. Cheap to share behind the `App`; the model thread stops when the last
+/// scorer is dropped.
+pub struct Scorer {
+    running: Option<Running>,
+    status: watch::Receiver<ModelStatus>,
+    description: Description,
+    labels: Vec<String>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Scorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scorer")
+            .field("status", &*self.status.borrow())
+            .field("labels", &self.labels)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scorer {
+    /// A scorer that never scores: no model configured (`ModelStatus::Off`), an encoder without
+    /// heads (`ModelStatus::NoHeads`), or a model that failed to load (`ModelStatus::Failed`, so every
+    /// message it would have scored is marked degraded).
+    pub fn idle(status: ModelStatus, description: Description) -> Self {
+        debug_assert!(status != ModelStatus::Ready);
+        let (_, status) = watch::channel(status);
+        Self {
+            running: None,
+            status,
+            labels: description.heads.label_names().to_vec(),
+            description,
+            limits: Limits {
+                max_batch_messages: 1,
+                max_batch_tokens: 1,
+                linger: Duration::ZERO,
+                max_queue: 1,
+                max_wait: Duration::ZERO,
+                cache_entries: 0,
+            },
+        }
+    }
+
+    /// Starts the model thread over `backend`, whose scores are named `labels`.
+    pub fn start(backend: Arc<dyn BatchModel>, description: Description, limits: Limits) -> Self {
+        let labels = description.heads.label_names().to_vec();
+        let (status_tx, status) = watch::channel(ModelStatus::Ready);
+        let (jobs, receiver) = std::sync::mpsc::channel();
+        let cache =
+            (limits.cache_entries > 0).then(|| Arc::new(ScoreCache::new(limits.cache_entries)));
+        let nanos_per_message = Arc::new(AtomicU64::new(0));
+        let worker = queue::Worker {
+            backend: Arc::clone(&backend),
+            jobs: receiver,
+            limits,
+            cache: cache.clone(),
+            status: status_tx,
+            nanos_per_message: Arc::clone(&nanos_per_message),
+        };
+        std::thread::Builder::new()
+            .name("modbot-model".to_owned())
+            .spawn(move || worker.run())
+            .expect("the model thread can be started");
+        metrics::gauge!("modbot_model_up").set(1.0);
+        Self {
+            running: Some(Running {
+                backend,
+                jobs,
+                slots: Arc::new(Semaphore::new(limits.max_queue)),
+                cache,
+                nanos_per_message,
+            }),
+            status,
+            description,
+            labels,
+            limits,
+        }
+    }
+
+    /// The model's state, and a way to watch it change.
+    pub fn status(&self) -> watch::Receiver<ModelStatus> {
+        self.status.clone()
+    }
+
+    /// What is loaded.
+    pub fn description(&self) -> &Description {
+        &self.description
+    }
+
+    /// `head/label` of every score.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The version verdicts carry when scored.
+    pub fn version(&self) -> &str {
+        &self.description.version
+    }
+
+    /// Whether messages should be handed to the scorer at all: true when it scores, and when
+    /// it should but cannot (so the verdict says it is degraded).
+    pub fn wanted(&self) -> bool {
+        matches!(
+            *self.status.borrow(),
+            ModelStatus::Ready | ModelStatus::Failed(_)
+        )
+    }
+
+    /// Messages queued or being scored now.
+    pub fn queued(&self) -> usize {
+        self.running
+            .as_ref()
+            .map_or(0, |r| self.limits.max_queue - r.slots.available_permits())
+    }
+
+    /// Share of lookups answered from the score cache since start, in `[0, 1]`: 0 without a
+    /// running model or with the cache turned off (`model.cache_entries = 0`), and before the
+    /// first lookup.
+    pub fn cache_hit_ratio(&self) -> f64 {
+        self.running
+            .as_ref()
+            .and_then(|r| r.cache.as_ref())
+            .map_or(0.0, |cache| cache.hit_ratio())
+    }
+
+    /// Sends `text` (normalised) towards the model. Returns at once with cached scores, or a
+    /// [`Pending`] to await; `Err` only for [`Admission::FailFast`] on a full queue.
+    pub async fn submit(&self, text: &str, admission: Admission) -> Result<Pending, Overloaded> {
+        let Some(running) = &self.running else {
+            return Ok(Pending::Done(match &*self.status.borrow() {
+                ModelStatus::Failed(reason) => Scores::Unavailable(reason.clone()),
+                _ => Scores::NotScored,
+            }));
+        };
+        let key = running.cache.as_ref().map(|_| TextKey::of(text));
+        if let (Some(cache), Some(key)) = (&running.cache, &key)
+            && let Some(scores) = cache.get(key)
+        {
+            return Ok(Pending::Done(Scores::Scored(scores)));
+        }
+        let deadline = Instant::now() + self.limits.max_wait;
+        // A caller that can retry is refused when the model could not get through the queue
+        // ahead of it within max_wait at its recent pace, however many slots are free: it
+        // would only wait out max_wait and be decided without scores.
+        if admission == Admission::FailFast && self.drain_time(running) >= self.limits.max_wait {
+            metrics::counter!("modbot_model_rejected_total").increment(1);
+            return Err(self.overloaded(running));
+        }
+        let permit = match Arc::clone(&running.slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => unreachable!("the slots are never closed"),
+            Err(TryAcquireError::NoPermits) => {
+                metrics::counter!("modbot_model_rejected_total").increment(1);
+                match admission {
+                    Admission::FailFast => return Err(self.overloaded(running)),
+                    Admission::Wait => {
+                        let acquire = Arc::clone(&running.slots).acquire_owned();
+                        match tokio::time::timeout_at(deadline.into(), acquire).await {
+                            Ok(Ok(permit)) => permit,
+                            _ => {
+                                return Ok(Pending::Done(Scores::Unavailable(format!(
+                                    "the model queue stayed full ({} waiting) for \
+                                     model.max_wait_ms",
+                                    self.limits.max_queue
+                                ))));
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let tokens = match running.backend.tokenize(text) {
+            Ok(tokens) => tokens,
+            Err(error) => return Ok(Pending::Done(Scores::Unavailable(error))),
+        };
+        let lexical = running.backend.lexical(text);
+        let (reply_tx, reply) = oneshot::channel();
+        let job = Job {
+            key,
+            tokens,
+            lexical,
+            reply: reply_tx,
+            enqueued: Instant::now(),
+            deadline,
+            _slot: permit,
+            span: tracing::Span::current(),
+        };
+        if running.jobs.send(job).is_err() {
+            return Ok(Pending::Done(Scores::Unavailable(
+                "the model thread stopped".to_owned(),
+            )));
+        }
+        Ok(Pending::Queued { reply, deadline })
+    }
+
+    /// Scores one text: [`Scorer::submit`], then [`Pending::wait`].
+    pub async fn score(&self, text: &str, admission: Admission) -> Result<Scores, Overloaded> {
+        Ok(self.submit(text, admission).await?.wait().await)
+    }
+
+    /// The time the model needs for the queue ahead, at its recent pace.
+    fn drain_time(&self, running: &Running) -> Duration {
+        let queued = self.limits.max_queue - running.slots.available_permits();
+        let per_message = running.nanos_per_message.load(Ordering::Relaxed);
+        Duration::from_nanos(per_message.saturating_mul(queued as u64))
+    }
+
+    fn overloaded(&self, running: &Running) -> Overloaded {
+        let queued = self.limits.max_queue - running.slots.available_permits();
+        Overloaded {
+            queued,
+            // At least 10 ms.
+            retry_after: self
+                .drain_time(running)
+                .clamp(Duration::from_millis(10), Duration::from_secs(5)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,449 @@
+//! The per-message pipeline: normalise, consult the model, consult and update the author's
+//! history, decide, record the offence. Shared by `Classify` and `StreamModerate`.
+//!
+//! It runs in two stages so that model batching and in-order decisions go together. The first,
+//! [`Moderator::consult`], needs nothing but the message: it hands the normalised text to the
+//! scorer (unless the rules alone settle the message) and returns at once with a [`Consult`]
+//! to await. Callers start it for many messages ahead (a whole `Classify` call, a stream's
+//! window of events), so their texts share model batches. The second,
+//! [`Moderator::moderate_with`], runs strictly in order per caller: it awaits the scores, then
+//! reads and updates the author's history and decides.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::domain::Observation;
+use crate::domain::unix_millis;
+use crate::domain::{ChatMessage, Decision, Degraded, Verdict};
+use crate::engine::decision::{DecideOptions, Engine, Inputs, ModelInput, escalation};
+use crate::engine::normalize::normalize;
+use crate::infra::inference::{Admission, Overloaded, Pending, Scorer, Scores};
+use crate::infra::store::{Feedback, FeedbackSource};
+use crate::infra::users::SharedState;
+
+/// How far ahead of the server's clock a message's own timestamp may be before the server's
+/// clock is used instead: a skewed client must not be able to age its own offences away.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// How long before a human moderator's action its target's message may be what the action
+/// was about. Moderators act within seconds of what they saw; a message from long before is
+/// more likely unrelated, and a wrong example is worse than none.
+pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(120);
+
+/// The label a human moderator's action in chat teaches. The chats' actions carry no reason,
+/// and moderators of live-stream chats act on abuse far more than on spam (which the rules
+/// catch: links, copy-paste, rate), so a human action is taken as a toxicity example.
+pub const HUMAN_ACTION_LABEL: &str = "toxicity/insult";
+
+/// Decides messages with memory of each user.
+#[derive(Debug)]
+pub struct Moderator {
+    /// Swapped whole when the rules change (an admin's edit, seen by every replica): each
+    /// message takes one snapshot and decides with it throughout, without a lock.
+    engine: ArcSwap<Engine>,
+    state: SharedState,
+    scorer: Scorer,
+    /// The heads' trained thresholds, in the scorer's label order.
+    trained_thresholds: Vec<Option<f64>>,
+}
+
+/// The model's part in one message's decision, started by [`Moderator::consult`].
+#[derive(Debug)]
+pub enum Consult {
+    /// The model is not consulted for this message.
+    NotNeeded,
+    /// The model's answer, to await.
+    Model(Pending),
+}
+
+impl Moderator {
+    /// A moderator over an engine, user state and the model's scorer.
+    pub fn new(engine: Engine, state: SharedState, scorer: Scorer) -> Self {
+        Self::with_shared_engine(Arc::new(engine), state, scorer)
+    }
+
+    /// [`Moderator::new`] over an engine shared with others (the stream fuzz target compiles
+    /// the built-in rules once for all its inputs).
+    pub fn with_shared_engine(engine: Arc<Engine>, state: SharedState, scorer: Scorer) -> Self {
+        let heads = &scorer.description().heads;
+        let trained_thresholds = scorer
+            .labels()
+            .iter()
+            .map(|label| heads.threshold(label))
+            .collect();
+        Self {
+            engine: ArcSwap::new(engine),
+            state,
+            scorer,
+            trained_thresholds,
+        }
+    }
+
+    /// The model's scorer.
+    pub fn scorer(&self) -> &Scorer {
+        &self.scorer
+    }
+
+    /// Stage one: sends the message's normalised text to the model unless it is not needed:
+    /// no model or heads, an exempt author, no model label that acts in the channel, or a
+    /// rule without history already asking for at least the harshest thing the model could.
+    /// `Err` only with [`Admission::FailFast`] when the model's queue is full.
+    pub async fn consult(
+        &self,
+        message: &ChatMessage,
+        admission: Admission,
+    ) -> Result<Consult, Overloaded> {
+        if !self.scorer.wanted() {
+            return Ok(Consult::NotNeeded);
+        }
+        let engine = self.engine.load_full();
+        let rules = engine.rules();
+        let policy = rules.policy(&message.channel);
+        let Some(harshest_model) = policy.harshest_model_decision() else {
+            return Ok(Consult::NotNeeded);
+        };
+        if policy.exempts(&message.roles) {
+            return Ok(Consult::NotNeeded);
+        }
+        // A panic here is not reported: deciding the message meets the same fault and
+        // reports it once, with the message's verdict.
+        let Ok((normalized, settled)) = crate::guard::catch(|| {
+            crate::fault::deciding(&message.text);
+            let normalized = normalize(&message.text, &policy.emotes);
+            let settled = rules
+                .harshest_without_history(message, policy, &normalized)
+                .is_some_and(|d| d >= harshest_model);
+            (normalized, settled)
+        }) else {
+            return Ok(Consult::NotNeeded);
+        };
+        if settled {
+            metrics::counter!("modbot_model_skipped_total", "why" => "settled_by_rules")
+                .increment(1);
+            return Ok(Consult::NotNeeded);
+        }
+        Ok(Consult::Model(
+            self.scorer.submit(&normalized.text, admission).await?,
+        ))
+    }
+
+    /// Decides one message end to end: [`Moderator::consult`] (failing fast on a full model
+    /// queue), then [`Moderator::moderate_with`].
+    pub async fn moderate(
+        &self,
+        message: &ChatMessage,
+        options: DecideOptions,
+        received: Instant,
+    ) -> Result<Verdict, Overloaded> {
+        let consult = self.consult(message, Admission::FailFast).await?;
+        Ok(self
+            .moderate_with(message, consult, options, received)
+            .await)
+    }
+
+    /// The engine deciding now (a snapshot: a rule change swaps in a new one).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.load_full()
+    }
+
+    /// Decides every message from now on with `engine` (a new rule set). Messages already
+    /// being decided finish with the engine they started with.
+    pub fn set_engine(&self, engine: Engine) {
+        engine.warm_up();
+        self.engine.store(Arc::new(engine));
+    }
+
+    /// The user state.
+    pub fn state(&self) -> &SharedState {
+        &self.state
+    }
+
+    /// Stage two: awaits the model's part, then decides. Unless `options.dry_run`, the
+    /// message joins the author's and the channel's history and an enforced offence is
+    /// recorded.
+    pub async fn moderate_with(
+        &self,
+        message: &ChatMessage,
+        consult: Consult,
+        options: DecideOptions,
+        received: Instant,
+    ) -> Verdict {
+        let scores = match consult {
+            Consult::NotNeeded => Scores::NotScored,
+            Consult::Model(pending) => pending.wait().await,
+        };
+        let model = match &scores {
+            Scores::NotScored => ModelInput::NotConsulted,
+            Scores::Scored(probabilities) => ModelInput::Scored {
+                version: self.scorer.version(),
+                labels: self.scorer.labels(),
+                scores: probabilities,
+                trained_thresholds: &self.trained_thresholds,
+            },
+            Scores::Unavailable(why) => {
+                tracing::debug!(reason = %why, "deciding without the model");
+                metrics::counter!("modbot_model_unavailable_total").increment(1);
+                ModelInput::Unavailable
+            }
+        };
+        let engine = self.engine.load_full();
+        let policy = engine.rules().policy(&message.channel);
+        // The two synchronous steps (normalising; deciding) each run under the guard: a panic
+        // in either gives this message a held, degraded verdict (see `Engine::undecided`) and
+        // leaves the caller's other messages and the stream alone. The awaits between them
+        // are user state, whose locks survive a panic (see `guard::catch`).
+        let normalized = match crate::guard::catch(|| {
+            crate::fault::deciding(&message.text);
+            normalize(&message.text, &policy.emotes)
+        }) {
+            Ok(normalized) => normalized,
+            Err(panicked) => return undecided(&engine, message, options, received, &panicked),
+        };
+        let now_ms = state_clock(message.sent_at);
+        let (history, channel_recent, mut degraded) = if options.dry_run {
+            let answer = self.state.peek(&message.channel, &message.user_id).await;
+            let (history, recent) = answer.value;
+            (history.unwrap_or_default(), recent, answer.degraded)
+        } else {
+            let answer = self
+                .state
+                .observe(&Observation {
+                    channel: &message.channel,
+                    user_id: &message.user_id,
+                    message_id: &message.message_id,
+                    text: &normalized.text,
+                    at_ms: now_ms,
+                })
+                .await;
+            let (history, recent) = answer.value;
+            (history, recent, answer.degraded)
+        };
+        let decided = crate::guard::catch(|| {
+            engine.decide(
+                &Inputs {
+                    message,
+                    normalized: &normalized,
+                    history: &history,
+                    channel_recent: &channel_recent,
+                    now_ms,
+                    received,
+                    model,
+                },
+                options,
+            )
+        });
+        let decided = match decided {
+            Ok(decided) => decided,
+            Err(panicked) => {
+                let mut verdict = undecided(&engine, message, options, received, &panicked);
+                if degraded {
+                    verdict.degraded.push(Degraded::UserState);
+                    verdict.degraded.sort();
+                }
+                return verdict;
+            }
+        };
+        for failed in &decided.failed_rules {
+            tracing::error!(
+                channel = %message.channel,
+                message_id = %message.message_id,
+                rule = %failed.rule_id,
+                at = %failed.location,
+                "a rule panicked on a message: skipped, the verdict is marked degraded"
+            );
+            metrics::counter!(DECISION_PANICS, "stage" => "rule").increment(1);
+        }
+        if let Some(offence) = &decided.offence {
+            degraded |= self
+                .state
+                .record_offence(&message.channel, &message.user_id, offence)
+                .await
+                .degraded;
+        }
+        let mut verdict = decided.verdict;
+        if degraded {
+            verdict.degraded.push(Degraded::UserState);
+            verdict.degraded.sort();
+        }
+        verdict
+    }
+
+    /// Records a human moderator's action seen in the chat as an offence of its target, so the
+    /// ladder knows about it, and returns the feedback it teaches: the target's latest message
+    /// in the channel, sent at most [`FEEDBACK_WINDOW`] before the action, as a positive
+    /// example of [`HUMAN_ACTION_LABEL`]. `None` when no such message is remembered.
+    pub async fn moderator_action(
+        &self,
+        channel: &str,
+        moderator: &str,
+        target: &str,
+        decision: Decision,
+        at: SystemTime,
+    ) -> Option<Feedback> {
+        let engine = self.engine.load_full();
+        let policy = engine.rules().policy(channel);
+        let at_ms = state_clock(at);
+        // Read before the offence is recorded: recording does not touch messages, but a read
+        // first keeps the example independent of what the ladder does.
+        let history = self.state.peek(channel, target).await.value.0;
+        if let Some(offence) = escalation::offence(decision, &policy.escalation, at_ms) {
+            self.state.record_offence(channel, target, &offence).await;
+        }
+        let window_ms = i64::try_from(FEEDBACK_WINDOW.as_millis()).unwrap_or(i64::MAX);
+        let message = history?
+            .recent
+            .last()
+            .filter(|m| m.at_ms <= at_ms && at_ms - m.at_ms <= window_ms)?
+            .clone();
+        Some(Feedback {
+            id: uuid::Uuid::now_v7().to_string(),
+            created_at: SystemTime::now(),
+            channel: channel.to_owned(),
+            user_id: target.to_owned(),
+            message_id: message.message_id.clone(),
+            text: message.text.clone(),
+            label: HUMAN_ACTION_LABEL.to_owned(),
+            positive: true,
+            source: FeedbackSource::ModeratorAction,
+            actor: moderator.to_owned(),
+            action: decision.as_str().to_owned(),
+        })
+    }
+}
+
+/// Counter of panics while deciding a message, by `stage`: `rule` (one rule skipped, the
+/// message decided by the others) or `message` (the message held, see `Engine::undecided`).
+pub const DECISION_PANICS: &str = "modbot_decision_panics_total";
+
+/// Logs and counts a message that could not be decided, and makes its verdict.
+fn undecided(
+    engine: &Engine,
+    message: &ChatMessage,
+    options: DecideOptions,
+    received: Instant,
+    panicked: &crate::guard::Panicked,
+) -> Verdict {
+    tracing::error!(
+        channel = %message.channel,
+        message_id = %message.message_id,
+        at = %panicked.location,
+        "deciding a message panicked: it is held for review, the verdict is marked degraded"
+    );
+    metrics::counter!(DECISION_PANICS, "stage" => "message").increment(1);
+    engine.undecided(message, options, received)
+}
+
+/// The time a message is placed at in user state: its own timestamp (so a replayed log keeps
+/// its rhythm), unless that is more than [`MAX_CLOCK_SKEW`] in the future.
+fn state_clock(sent_at: SystemTime) -> i64 {
+    let now = SystemTime::now();
+    unix_millis(sent_at.min(now + MAX_CLOCK_SKEW))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::rules::{DEFAULT_RULES, RuleSet};
+    use crate::infra::inference::{Description, ModelStatus};
+    use crate::infra::users::StateOptions;
+
+    fn moderator() -> Moderator {
+        moderator_with(Scorer::idle(ModelStatus::Off, Description::default()))
+    }
+
+    fn moderator_with(scorer: Scorer) -> Moderator {
+        let rules = format!(
+            "{DEFAULT_RULES}\n[[rule]]\nid = \"fault\"\nkind = \"phrase\"\naction = \"ban\"\n\
+             [rule.params]\nphrases = [\"{}\"]\n",
+            crate::fault::PANIC_PHRASE
+        );
+        Moderator::new(
+            Engine::new(RuleSet::parse(&rules, "test").unwrap()),
+            SharedState::memory(StateOptions::default()),
+            scorer,
+        )
+    }
+
+    fn message(user: &str, id: &str, text: &str) -> ChatMessage {
+        ChatMessage {
+            channel: "destinygg".into(),
+            message_id: id.into(),
+            user_id: user.into(),
+            nick: user.into(),
+            roles: vec![],
+            text: text.into(),
+            sent_at: SystemTime::now(),
+        }
+    }
+
+    async fn decide(moderator: &Moderator, user: &str, id: &str, text: &str) -> Verdict {
+        moderator
+            .moderate(
+                &message(user, id, text),
+                DecideOptions::default(),
+                Instant::now(),
+            )
+            .await
+            .expect("no model, never overloaded")
+    }
+
+    /// Panics in a rule and outside every rule, again and again: each costs its own message a
+    /// degraded verdict, and the user's state keeps working for the messages after (no lock is
+    /// left poisoned, nothing is half-remembered).
+    #[tokio::test]
+    async fn panics_cost_one_verdict_each_and_the_pipeline_keeps_working() {
+        let moderator = moderator();
+        for round in 0..3 {
+            // A user of its own each round, so the repetition rule stays out of it.
+            let user = format!("u{round}");
+            let phrase = crate::fault::PANIC_PHRASE;
+            let rule = decide(&moderator, &user, &format!("r{round}"), phrase).await;
+            assert_eq!(
+                rule.decision,
+                Decision::Allow,
+                "only the panicking rule fired"
+            );
+            assert_eq!(rule.degraded, [Degraded::Decision]);
+            let text = crate::fault::PANIC_TEXT;
+            let held = decide(&moderator, &user, &format!("p{round}"), text).await;
+            assert_eq!(held.decision, Decision::Hold);
+            assert_eq!(held.degraded, [Degraded::Decision]);
+            assert!(held.normalized_text.is_empty());
+        }
+        // The user's history has the message the pipeline could normalise, not the one it
+        // could not.
+        let history = moderator.state().peek("destinygg", "u0").await.value.0;
+        assert_eq!(history.expect("u0 is remembered").messages, 1);
+        let fine = decide(&moderator, "u0", "ok", "free nitro").await;
+        assert_eq!(fine.degraded, []);
+        let last = fine.reasons.last().map(|r| r.rule_id.as_str());
+        assert_eq!(last, Some("scam-giveaway"));
+    }
+
+    /// Stage one (run ahead, for the model) meets the same panic first: it leaves the message
+    /// to stage two, which reports it once and holds the message.
+    #[tokio::test]
+    async fn a_panic_in_stage_one_is_left_to_stage_two() {
+        // A model that failed to load is still wanted (its verdicts say degraded), so stage
+        // one normalises and runs the rules without history.
+        let scorer = Scorer::idle(
+            ModelStatus::Failed("no model".into()),
+            Description::default(),
+        );
+        let moderator = moderator_with(scorer);
+        for text in [crate::fault::PANIC_TEXT, crate::fault::PANIC_PHRASE] {
+            let message = message("u", text, text);
+            let consult = moderator.consult(&message, Admission::FailFast).await;
+            let consult = consult.expect("no queue to be full");
+            let verdict = moderator
+                .moderate_with(&message, consult, DecideOptions::default(), Instant::now())
+                .await;
+            assert!(
+                verdict.degraded.contains(&Degraded::Decision),
+                "{verdict:?}"
+            );
+        }
+    }
+}
