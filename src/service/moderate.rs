@@ -346,7 +346,7 @@ fn state_clock(sent_at: SystemTime) -> i64 {
 mod tests {
     use super::*;
     use crate::engine::rules::{DEFAULT_RULES, RuleSet};
-    use crate::infra::inference::{Description, ModelStatus};
+    use crate::infra::inference::{Description, ModelFailure, ModelStatus};
     use crate::infra::users::StateOptions;
 
     fn moderator() -> Moderator {
@@ -429,7 +429,9 @@ mod tests {
         // A model that failed to load is still wanted (its verdicts say degraded), so stage
         // one normalises and runs the rules without history.
         let scorer = Scorer::idle(
-            ModelStatus::Failed("no model".into()),
+            ModelStatus::Failed(ModelFailure::Missing {
+                dir: "models/none".into(),
+            }),
             Description::default(),
         );
         let moderator = moderator_with(scorer);

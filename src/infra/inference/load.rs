@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{Description, Limits, ModelBackend, ModelStatus, Scorer};
+use super::{Description, Limits, ModelBackend, ModelFailure, ModelStatus, Scorer};
 use crate::config::{DeviceSpec, ModelConfig, ModelPrecision, parse_device};
 use crate::infra::model::heads::Heads;
 use crate::infra::model::{Encoder, Forward, fetch, open_device};
@@ -24,13 +24,13 @@ pub async fn open_model(config: &ModelConfig) -> Scorer {
         .await
         .unwrap_or_else(|error| {
             model_failed(
-                format!("loading the model panicked: {error}"),
+                ModelFailure::LoadPanicked(error.to_string()),
                 Description::default(),
             )
         })
 }
 
-fn model_failed(reason: String, description: Description) -> Scorer {
+fn model_failed(reason: ModelFailure, description: Description) -> Scorer {
     tracing::error!(
         %reason,
         "the model is unavailable: deciding by the rules alone, verdicts marked degraded"
@@ -54,21 +54,19 @@ fn load_model(config: &ModelConfig) -> Scorer {
     if !fetch::is_present(dir) {
         if !config.fetch_if_missing {
             return model_failed(
-                format!(
-                    "no model in {} (run `modbot fetch-model`, or set model.dir = \"\" to \
-                     decide by the rules alone)",
-                    dir.display()
-                ),
+                ModelFailure::Missing {
+                    dir: dir.display().to_string(),
+                },
                 description,
             );
         }
         tracing::info!(dir = %dir.display(), "the model is missing: fetching the default model");
         if let Err(error) = fetch::fetch(dir, "python3") {
             return model_failed(
-                format!(
-                    "no model in {} and fetching it failed: {error}",
-                    dir.display()
-                ),
+                ModelFailure::Fetch {
+                    dir: dir.display().to_string(),
+                    error: error.to_string(),
+                },
                 description,
             );
         }
@@ -77,7 +75,11 @@ fn load_model(config: &ModelConfig) -> Scorer {
     let device = match open_device(spec) {
         Ok(device) => device,
         Err(error) => {
-            return model_failed(format!("device {}: {error}", spec.name()), description);
+            let failure = ModelFailure::Device {
+                device: spec.name(),
+                error: error.to_string(),
+            };
+            return model_failed(failure, description);
         }
     };
     let backend = match config.precision {
@@ -87,10 +89,11 @@ fn load_model(config: &ModelConfig) -> Scorer {
     let encoder = match Encoder::load_with(dir, &device, backend) {
         Ok(encoder) => encoder,
         Err(error) => {
-            return model_failed(
-                format!("loading the encoder from {}: {error}", dir.display()),
-                description,
-            );
+            let failure = ModelFailure::Encoder {
+                dir: dir.display().to_string(),
+                error: error.to_string(),
+            };
+            return model_failed(failure, description);
         }
     };
     // One full-size batch before the first message: pages the weights in, starts the thread
@@ -100,16 +103,13 @@ fn load_model(config: &ModelConfig) -> Scorer {
     let warm_batch =
         (config.max_batch_tokens as usize / 16).clamp(1, config.max_batch_messages as usize);
     if let Err(error) = encoder.embed(&vec![warm_text; warm_batch]) {
-        return model_failed(
-            format!("the encoder failed its first pass: {error}"),
-            description,
-        );
+        return model_failed(ModelFailure::FirstPass(error.to_string()), description);
     }
     description.embedding_dim = encoder.dim();
     description.max_tokens = encoder.max_tokens();
     let hash = match fetch::sha256_file(&dir.join("model.safetensors")) {
         Ok(hash) => hash,
-        Err(error) => return model_failed(error.to_string(), description),
+        Err(error) => return model_failed(ModelFailure::Weights(error.to_string()), description),
     };
     // Int8 scores differ from f32 ones a little: the version says which produced a verdict.
     let precision = if encoder.is_int8() { "/int8" } else { "" };
@@ -117,7 +117,7 @@ fn load_model(config: &ModelConfig) -> Scorer {
     let heads = match Heads::load(&config.heads_dir, encoder.dim()) {
         Ok(heads) => heads,
         Err(error) => {
-            return model_failed(format!("loading the heads: {error}"), description);
+            return model_failed(ModelFailure::Heads(error.to_string()), description);
         }
     };
     if heads.is_empty() {

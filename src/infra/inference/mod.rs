@@ -172,7 +172,95 @@ pub enum ModelStatus {
     Ready,
     /// Configured but not answering: every message it would score is decided by the rules
     /// alone and marked degraded.
-    Failed(String),
+    Failed(ModelFailure),
+}
+
+/// Why a configured model is not scoring at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelFailure {
+    /// No model in its directory, and fetching it is turned off.
+    #[error(
+        "no model in {dir} (run `modbot fetch-model`, or set model.dir = \"\" to decide by the \
+         rules alone)"
+    )]
+    Missing {
+        /// `model.dir`.
+        dir: String,
+    },
+    /// No model in its directory, and fetching the default one failed.
+    #[error("no model in {dir} and fetching it failed: {error}")]
+    Fetch {
+        /// `model.dir`.
+        dir: String,
+        /// Why.
+        error: String,
+    },
+    /// Loading panicked.
+    #[error("loading the model panicked: {0}")]
+    LoadPanicked(String),
+    /// The device could not be opened.
+    #[error("device {device}: {error}")]
+    Device {
+        /// `cpu` or `cuda:N`.
+        device: String,
+        /// Why.
+        error: String,
+    },
+    /// The encoder's files could not be loaded.
+    #[error("loading the encoder from {dir}: {error}")]
+    Encoder {
+        /// `model.dir`.
+        dir: String,
+        /// Why.
+        error: String,
+    },
+    /// The encoder failed its warm-up batch.
+    #[error("the encoder failed its first pass: {0}")]
+    FirstPass(String),
+    /// The weights' digest could not be computed.
+    #[error("{0}")]
+    Weights(String),
+    /// The heads could not be loaded.
+    #[error("loading the heads: {0}")]
+    Heads(String),
+    /// Batches kept failing.
+    #[error("inference failed {failures} times in a row: {last}")]
+    Failing {
+        /// Failed batches in a row.
+        failures: u32,
+        /// The last batch's error.
+        last: String,
+    },
+}
+
+/// Why the model did not score one text: the message is decided by the rules alone, marked
+/// degraded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// The model is not scoring at all.
+    #[error(transparent)]
+    Failed(ModelFailure),
+    /// No answer within `model.max_wait_ms`.
+    #[error("the model did not answer within model.max_wait_ms")]
+    TimedOut,
+    /// The queue stayed full for `model.max_wait_ms`.
+    #[error("the model queue stayed full ({waiting} waiting) for model.max_wait_ms")]
+    QueueFull {
+        /// `model.max_queue`.
+        waiting: usize,
+    },
+    /// The queue refused the text at once ([`Overloaded`]).
+    #[error("{0}")]
+    Overloaded(Overloaded),
+    /// The model thread has stopped.
+    #[error("the model thread stopped")]
+    Stopped,
+    /// The text could not be tokenised.
+    #[error("tokenising: {0}")]
+    Tokenize(String),
+    /// The batch that held the text failed.
+    #[error("{0}")]
+    Batch(String),
 }
 
 impl ModelStatus {
@@ -184,7 +272,7 @@ impl ModelStatus {
                                 model.heads_dir; `modbot train` makes them): rules only"
                 .to_owned(),
             ModelStatus::Ready => String::new(),
-            ModelStatus::Failed(reason) => reason.clone(),
+            ModelStatus::Failed(failure) => failure.to_string(),
         }
     }
 }
@@ -196,8 +284,8 @@ pub enum Scores {
     NotScored,
     /// Probabilities, in [`Scorer::labels`] order.
     Scored(Arc<[f32]>),
-    /// The model should have scored it but could not; the reason.
-    Unavailable(String),
+    /// The model should have scored it but could not; why.
+    Unavailable(Unavailable),
 }
 
 /// How a caller takes a queue slot.
@@ -229,7 +317,7 @@ pub enum Pending {
     /// Queued.
     Queued {
         /// The model thread's answer.
-        reply: oneshot::Receiver<Result<Arc<[f32]>, String>>,
+        reply: oneshot::Receiver<Result<Arc<[f32]>, Unavailable>>,
         /// When to give up.
         deadline: Instant,
     },
@@ -244,12 +332,10 @@ impl Pending {
                 match tokio::time::timeout_at(deadline.into(), reply).await {
                     Ok(Ok(Ok(scores))) => Scores::Scored(scores),
                     Ok(Ok(Err(error))) => Scores::Unavailable(error),
-                    Ok(Err(_)) => Scores::Unavailable("the model thread stopped".to_owned()),
+                    Ok(Err(_)) => Scores::Unavailable(Unavailable::Stopped),
                     Err(_) => {
                         metrics::counter!("modbot_model_timeouts_total").increment(1);
-                        Scores::Unavailable(
-                            "the model did not answer within model.max_wait_ms".to_owned(),
-                        )
+                        Scores::Unavailable(Unavailable::TimedOut)
                     }
                 }
             }
@@ -413,7 +499,9 @@ impl Scorer {
     pub async fn submit(&self, text: &str, admission: Admission) -> Result<Pending, Overloaded> {
         let Some(running) = &self.running else {
             return Ok(Pending::Done(match &*self.status.borrow() {
-                ModelStatus::Failed(reason) => Scores::Unavailable(reason.clone()),
+                ModelStatus::Failed(failure) => {
+                    Scores::Unavailable(Unavailable::Failed(failure.clone()))
+                }
                 _ => Scores::NotScored,
             }));
         };
@@ -443,11 +531,11 @@ impl Scorer {
                         match tokio::time::timeout_at(deadline.into(), acquire).await {
                             Ok(Ok(permit)) => permit,
                             _ => {
-                                return Ok(Pending::Done(Scores::Unavailable(format!(
-                                    "the model queue stayed full ({} waiting) for \
-                                     model.max_wait_ms",
-                                    self.limits.max_queue
-                                ))));
+                                return Ok(Pending::Done(Scores::Unavailable(
+                                    Unavailable::QueueFull {
+                                        waiting: self.limits.max_queue,
+                                    },
+                                )));
                             }
                         }
                     }
@@ -456,7 +544,11 @@ impl Scorer {
         };
         let tokens = match running.backend.tokenize(text) {
             Ok(tokens) => tokens,
-            Err(error) => return Ok(Pending::Done(Scores::Unavailable(error))),
+            Err(error) => {
+                return Ok(Pending::Done(Scores::Unavailable(Unavailable::Tokenize(
+                    error,
+                ))));
+            }
         };
         let lexical = running.backend.lexical(text);
         let (reply_tx, reply) = oneshot::channel();
@@ -471,9 +563,7 @@ impl Scorer {
             span: tracing::Span::current(),
         };
         if running.jobs.send(job).is_err() {
-            return Ok(Pending::Done(Scores::Unavailable(
-                "the model thread stopped".to_owned(),
-            )));
+            return Ok(Pending::Done(Scores::Unavailable(Unavailable::Stopped)));
         }
         Ok(Pending::Queued { reply, deadline })
     }

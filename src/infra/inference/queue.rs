@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
-use super::{BatchModel, Input, Limits, ModelStatus, ScoreCache};
+use super::{BatchModel, Input, Limits, ModelFailure, ModelStatus, ScoreCache, Unavailable};
 
 /// Failures in a row that mark the model failed.
 const FAILURES_TO_FAIL: u32 = 3;
@@ -33,7 +33,7 @@ pub struct Job {
     /// Its lexical inputs.
     pub lexical: Vec<f32>,
     /// Where the answer goes.
-    pub reply: oneshot::Sender<Result<Arc<[f32]>, String>>,
+    pub reply: oneshot::Sender<Result<Arc<[f32]>, Unavailable>>,
     /// When it was queued.
     pub enqueued: Instant,
     /// When its caller stops waiting for it.
@@ -86,9 +86,11 @@ impl Worker {
                     metrics::counter!("modbot_model_failures_total").increment(1);
                     tracing::error!(%error, failures, "model batch failed");
                     if failures == FAILURES_TO_FAIL {
-                        self.status.send_replace(ModelStatus::Failed(format!(
-                            "inference failed {failures} times in a row: {error}"
-                        )));
+                        self.status
+                            .send_replace(ModelStatus::Failed(ModelFailure::Failing {
+                                failures,
+                                last: error.clone(),
+                            }));
                         metrics::gauge!("modbot_model_up").set(0.0);
                     }
                 }
@@ -156,9 +158,7 @@ impl Worker {
                 metrics::counter!("modbot_model_expired_total").increment(1);
                 if let Some(job) = waiting.pop_front() {
                     tracing::debug!(parent: &job.span, "dropped unrun: past model.max_wait_ms");
-                    let _ = job.reply.send(Err(
-                        "the model did not answer within model.max_wait_ms".to_owned(),
-                    ));
+                    let _ = job.reply.send(Err(Unavailable::TimedOut));
                 }
                 continue;
             }
@@ -256,7 +256,9 @@ impl Worker {
             }
             Err(error) => {
                 for job in batch {
-                    let _ = job.reply.send(Err(format!("model unavailable: {error}")));
+                    let _ = job.reply.send(Err(Unavailable::Batch(format!(
+                        "model unavailable: {error}"
+                    ))));
                 }
                 Err(error)
             }

@@ -292,7 +292,7 @@ async fn jobs_that_cannot_be_answered_in_time_are_not_run() {
         answers.push(p.wait().await);
     }
     assert!(
-        matches!(&answers[1], Scores::Unavailable(why) if why.contains("max_wait_ms")),
+        matches!(&answers[1], Scores::Unavailable(Unavailable::TimedOut)),
         "{:?}",
         answers[1]
     );
@@ -336,7 +336,7 @@ async fn a_full_queue_fails_fast_with_a_retry_hint_or_makes_streams_wait() {
     let waited = scorer.score("d", Admission::Wait).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(100));
     assert!(
-        matches!(&waited, Scores::Unavailable(why) if why.contains("queue stayed full")),
+        matches!(&waited, Scores::Unavailable(Unavailable::QueueFull { .. })),
         "{waited:?}"
     );
 
@@ -359,13 +359,18 @@ async fn failures_answer_unavailable_and_mark_the_model_failed_until_it_recovers
             .await
             .unwrap();
         assert!(
-            matches!(&scores, Scores::Unavailable(why) if why.contains("out of memory")),
+            matches!(&scores, Scores::Unavailable(Unavailable::Batch(why)) if why.contains("out of memory")),
             "{scores:?}"
         );
     }
     let mut status = scorer.status();
     status
-        .wait_for(|s| matches!(s, ModelStatus::Failed(why) if why.contains("3 times")))
+        .wait_for(|s| {
+            matches!(
+                s,
+                ModelStatus::Failed(ModelFailure::Failing { failures: 3, .. })
+            )
+        })
         .await
         .unwrap();
     assert!(
@@ -386,7 +391,7 @@ async fn a_panicking_model_answers_unavailable_and_keeps_running() {
     *backend.panic.lock().unwrap() = true;
     let scores = scorer.score("boom", Admission::FailFast).await.unwrap();
     assert!(
-        matches!(&scores, Scores::Unavailable(why) if why.contains("panicked")),
+        matches!(&scores, Scores::Unavailable(Unavailable::Batch(why)) if why.contains("panicked")),
         "{scores:?}"
     );
     *backend.panic.lock().unwrap() = false;
@@ -430,13 +435,13 @@ async fn an_idle_scorer_says_why() {
         Scores::NotScored
     ));
     let failed = Scorer::idle(
-        ModelStatus::Failed("weights unreadable".to_owned()),
+        ModelStatus::Failed(ModelFailure::Weights("weights unreadable".to_owned())),
         Description::default(),
     );
     assert!(failed.wanted());
     assert!(matches!(
         failed.score("x", Admission::FailFast).await.unwrap(),
-        Scores::Unavailable(why) if why == "weights unreadable"
+        Scores::Unavailable(Unavailable::Failed(ModelFailure::Weights(why))) if why == "weights unreadable"
     ));
     assert!(ModelStatus::NoHeads.detail().contains("modbot train"));
 }
