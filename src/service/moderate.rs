@@ -18,8 +18,8 @@ use crate::domain::Observation;
 use crate::domain::unix_millis;
 use crate::domain::{ChatMessage, Decision, Degraded, Verdict};
 use crate::engine::decision::{DecideOptions, Engine, Inputs, ModelInput, escalation};
-use crate::engine::normalize::normalize;
-use crate::infra::inference::{Admission, Overloaded, Pending, Scorer, Scores};
+use crate::engine::normalize::{Folded, normalize};
+use crate::infra::inference::{Admission, Overloaded, Pending, Scorer, Scores, Unavailable};
 use crate::infra::store::{Feedback, FeedbackSource};
 use crate::infra::users::SharedState;
 
@@ -49,13 +49,34 @@ pub struct Moderator {
     trained_thresholds: Vec<Option<f64>>,
 }
 
-/// The model's part in one message's decision, started by [`Moderator::consult`].
+/// The model's part in one message's decision, started by [`Moderator::consult`], with the
+/// message's text as consulting folded it (so deciding does not fold it again).
 #[derive(Debug)]
-pub enum Consult {
-    /// The model is not consulted for this message.
-    NotNeeded,
-    /// The model's answer, to await.
-    Model(Pending),
+pub struct Consult {
+    /// The model's answer, to await; `None` when the model is not consulted.
+    scores: Option<Pending>,
+    /// The folded text and the engine whose channel policy (emotes) folded it (boxed: a
+    /// stream queues many of these).
+    folded: Option<Box<(Arc<Engine>, Folded)>>,
+}
+
+impl Consult {
+    /// The model is not consulted, and nothing is folded yet.
+    pub fn not_needed() -> Self {
+        Self {
+            scores: None,
+            folded: None,
+        }
+    }
+
+    /// The model should have been consulted but cannot be: the message is decided by the
+    /// rules alone, marked degraded.
+    pub fn unavailable(why: Unavailable) -> Self {
+        Self {
+            scores: Some(Pending::Done(Scores::Unavailable(why))),
+            folded: None,
+        }
+    }
 }
 
 impl Moderator {
@@ -96,16 +117,16 @@ impl Moderator {
         admission: Admission,
     ) -> Result<Consult, Overloaded> {
         if !self.scorer.wanted() {
-            return Ok(Consult::NotNeeded);
+            return Ok(Consult::not_needed());
         }
         let engine = self.engine.load_full();
         let rules = engine.rules();
         let policy = rules.policy(&message.channel);
         let Some(harshest_model) = policy.harshest_model_decision() else {
-            return Ok(Consult::NotNeeded);
+            return Ok(Consult::not_needed());
         };
         if policy.exempts(&message.roles) {
-            return Ok(Consult::NotNeeded);
+            return Ok(Consult::not_needed());
         }
         // A panic here is not reported: deciding the message meets the same fault and
         // reports it once, with the message's verdict.
@@ -117,16 +138,19 @@ impl Moderator {
                 .is_some_and(|d| d >= harshest_model);
             (normalized, settled)
         }) else {
-            return Ok(Consult::NotNeeded);
+            return Ok(Consult::not_needed());
         };
-        if settled {
+        let scores = if settled {
             metrics::counter!("modbot_model_skipped_total", "why" => "settled_by_rules")
                 .increment(1);
-            return Ok(Consult::NotNeeded);
-        }
-        Ok(Consult::Model(
-            self.scorer.submit(&normalized.text, admission).await?,
-        ))
+            None
+        } else {
+            Some(self.scorer.submit(&normalized.text, admission).await?)
+        };
+        Ok(Consult {
+            scores,
+            folded: Some(Box::new((Arc::clone(&engine), normalized.detach()))),
+        })
     }
 
     /// Decides one message end to end: [`Moderator::consult`] (failing fast on a full model
@@ -170,9 +194,9 @@ impl Moderator {
         options: DecideOptions,
         received: Instant,
     ) -> Verdict {
-        let scores = match consult {
-            Consult::NotNeeded => Scores::NotScored,
-            Consult::Model(pending) => pending.wait().await,
+        let scores = match consult.scores {
+            None => Scores::NotScored,
+            Some(pending) => pending.wait().await,
         };
         let model = match &scores {
             Scores::NotScored => ModelInput::NotConsulted,
@@ -194,9 +218,17 @@ impl Moderator {
         // in either gives this message a held, degraded verdict (see `Engine::undecided`) and
         // leaves the caller's other messages and the stream alone. The awaits between them
         // are user state, whose locks survive a panic (see `guard::catch`).
+        // Folded once: consulting's fold serves unless the rules (and with them the channel's
+        // emotes) changed in between.
+        let folded = consult
+            .folded
+            .filter(|pair| Arc::ptr_eq(&pair.0, &engine))
+            .map(|pair| pair.1);
         let normalized = match crate::guard::catch(|| {
             crate::fault::deciding(&message.text);
-            normalize(&message.text, &policy.emotes)
+            folded
+                .and_then(|folded| folded.attach(&message.text))
+                .unwrap_or_else(|| normalize(&message.text, &policy.emotes))
         }) {
             Ok(normalized) => normalized,
             Err(panicked) => return undecided(&engine, message, options, received, &panicked),

@@ -27,7 +27,7 @@ use super::convert::{self, MessageLimits};
 use super::status::FieldError;
 use crate::domain;
 use crate::domain::{ChatMessage, Decision, Verdict};
-use crate::infra::inference::{Admission, Pending, Scores, Unavailable};
+use crate::infra::inference::{Admission, Unavailable};
 use crate::infra::store::ActionAnswer;
 use crate::proto::{
     ActionKind, ActionResult, ActionResultAck, ChatEvent, Hello, StreamError,
@@ -474,9 +474,7 @@ impl Session {
                     .await
                 {
                     Ok(consult) => consult,
-                    Err(overloaded) => Consult::Model(Pending::Done(Scores::Unavailable(
-                        Unavailable::Overloaded(overloaded),
-                    ))),
+                    Err(overloaded) => Consult::unavailable(Unavailable::Overloaded(overloaded)),
                 };
                 Item::Message {
                     message,

@@ -197,6 +197,46 @@ pub fn normalize<'a>(text: &'a str, emotes: &EmoteSet) -> Normalized<'a> {
     builder.finish(text, chars)
 }
 
+/// A [`Normalized`] without its borrow of the original text, so that a message's two stages
+/// (consulting the model, then deciding) fold its text once: [`Normalized::detach`], then
+/// [`Folded::attach`] to the same text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folded {
+    text: String,
+    tokens: Vec<Token>,
+    stats: TextStats,
+    origin: Vec<u32>,
+    /// The original's length in bytes, checked when attached again.
+    original_len: usize,
+}
+
+impl Folded {
+    /// The normalised form of `original` again, or `None` if `original` cannot be the text it
+    /// was folded from (another length).
+    pub fn attach(self, original: &str) -> Option<Normalized<'_>> {
+        (original.len() == self.original_len).then_some(Normalized {
+            original,
+            text: self.text,
+            tokens: self.tokens,
+            stats: self.stats,
+            origin: self.origin,
+        })
+    }
+}
+
+impl Normalized<'_> {
+    /// The folded form without its borrow of the original (see [`Folded`]).
+    pub fn detach(self) -> Folded {
+        Folded {
+            original_len: self.original.len(),
+            text: self.text,
+            tokens: self.tokens,
+            stats: self.stats,
+            origin: self.origin,
+        }
+    }
+}
+
 impl Normalized<'_> {
     /// The original code-point span that the folded byte range came from. The end maps through
     /// the range's last byte, so characters that one original character expanded into do not

@@ -531,3 +531,12 @@ fn no_character_folds_into_more_than_max_expansion_times_its_bytes() {
     // The phrase ligature that once grew elevenfold is kept as itself.
     check("\u{FDFA}", "\u{FDFA}");
 }
+
+#[test]
+fn a_detached_fold_attaches_to_its_text_only() {
+    let text = "Ｆｒｅｅ n1tro @someone PepeLaugh https://example.com";
+    let normalized = normalize(text, &emotes());
+    let folded = normalized.clone().detach();
+    assert_eq!(folded.clone().attach(text), Some(normalized));
+    assert_eq!(folded.attach("another text"), None);
+}
