@@ -10,13 +10,11 @@ use std::time::Duration;
 use common::{PgSchema, TestServer, assert_invalid_field, chat_message, eventually};
 use modbot::Config;
 use modbot::infra::store::{Change, ChangeTarget, ConnectOptions, Store};
-use modbot::proto::admin_client::AdminClient;
 use modbot::proto::{
     self, ClassifyOptions, ClassifyRequest, DeleteRuleRequest, GetPolicyRequest, ListRulesRequest,
     SetPolicyRequest, UpsertRuleRequest, rule,
 };
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// A database for one test, which may outlive several servers.
 struct Db {
@@ -97,10 +95,6 @@ macro_rules! on_both_backends {
     };
 }
 
-fn admin(server: &TestServer) -> AdminClient<Channel> {
-    AdminClient::new(server.channel.clone())
-}
-
 fn seconds(seconds: i64) -> prost_types::Duration {
     prost_types::Duration { seconds, nanos: 0 }
 }
@@ -160,7 +154,8 @@ async fn list(
     channel: &str,
     include_global: bool,
 ) -> proto::ListRulesResponse {
-    admin(server)
+    server
+        .admin()
         .list_rules(ListRulesRequest {
             channel: channel.into(),
             include_global,
@@ -231,7 +226,8 @@ async fn seeding(db: &Db) {
     }
     assert!(list(&server, "c", false).await.rules.is_empty());
     // The channel override was merged into a whole policy of its own.
-    let strims = admin(&server)
+    let strims = server
+        .admin()
         .get_policy(GetPolicyRequest {
             channel: "strims".into(),
         })
@@ -318,7 +314,7 @@ async fn the_builtin_rules_seed_an_empty_database() {
 
 async fn changes_apply_at_once(db: &Db) {
     let server = db.start(|_| {}).await;
-    let mut admin = admin(&server);
+    let mut admin = server.admin();
     assert!(fired(&server, "have a purple banana").await.is_empty());
 
     let stored = admin
@@ -464,7 +460,7 @@ fn policy(channel: &str) -> proto::Policy {
 
 async fn bad_input_writes_nothing(db: &Db) {
     let server = db.start(|_| {}).await;
-    let mut admin = admin(&server);
+    let mut admin = server.admin();
     let before = revision(&server).await;
     let history_before = server.store().await.ruleset_history().await.unwrap().len();
 
@@ -832,7 +828,7 @@ on_both_backends!(
 
 async fn policies_round_trip(db: &Db) {
     let server = db.start(|_| {}).await;
-    let mut admin = admin(&server);
+    let mut admin = server.admin();
     let get = |channel: &str| GetPolicyRequest {
         channel: channel.into(),
     };
@@ -973,7 +969,7 @@ async fn replicas_follow_each_other(db: &Db) {
         "the second replica did not seed again"
     );
 
-    admin(&one)
+    one.admin()
         .upsert_rule(upsert(phrase_rule("replicated", &["orange submarine"])))
         .await
         .expect("upsert on one");
@@ -982,7 +978,7 @@ async fn replicas_follow_each_other(db: &Db) {
     })
     .await;
 
-    admin(&two)
+    two.admin()
         .delete_rule(DeleteRuleRequest {
             id: "replicated".into(),
         })
@@ -995,7 +991,7 @@ async fn replicas_follow_each_other(db: &Db) {
 
     let mut shadowed = policy("destinygg");
     shadowed.shadow = true;
-    admin(&one)
+    one.admin()
         .set_policy(SetPolicyRequest {
             policy: Some(shadowed),
         })
@@ -1025,7 +1021,7 @@ async fn concurrent_upserts(db: &Db) {
     for task in 0..TASKS {
         let server = Arc::clone(&server);
         tasks.push(tokio::spawn(async move {
-            let mut admin = admin(&server);
+            let mut admin = server.admin();
             let mut revisions = Vec::new();
             for i in 0..EACH {
                 // Half the tasks fight over one id, the others write their own.

@@ -7,12 +7,10 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use common::{TestServer, assert_invalid_field, chat_message};
-use modbot::proto::admin_client::AdminClient;
 use modbot::proto::{
     self, ClassifyRequest, Decision, GetStatsRequest, ReasonSource, StreamModerateRequest,
     chat_event, stream_moderate_request, stream_moderate_response,
 };
-use tonic::transport::Channel;
 
 fn in_channel(channel: &str, id: &str, user: &str, text: &str) -> proto::ChatMessage {
     proto::ChatMessage {
@@ -21,25 +19,9 @@ fn in_channel(channel: &str, id: &str, user: &str, text: &str) -> proto::ChatMes
     }
 }
 
-async fn classify(server: &TestServer, messages: Vec<proto::ChatMessage>) -> Vec<proto::Verdict> {
-    server
-        .moderation()
-        .classify(ClassifyRequest {
-            messages,
-            options: None,
-        })
-        .await
-        .expect("classify")
-        .into_inner()
-        .verdicts
-}
-
-fn admin(server: &TestServer) -> AdminClient<Channel> {
-    AdminClient::new(server.channel.clone())
-}
-
 async fn stats(server: &TestServer, request: GetStatsRequest) -> proto::Stats {
-    admin(server)
+    server
+        .admin()
         .get_stats(request)
         .await
         .expect("get stats")
@@ -134,24 +116,20 @@ async fn classify_verdicts_are_counted_exactly_by_decision_rule_and_channel() {
     assert_eq!(empty.messages, 0);
     assert!(empty.decisions.is_empty() && empty.rules.is_empty());
 
-    let mut verdicts = classify(
-        &server,
-        vec![
+    let mut verdicts = server
+        .classify(vec![
             chat_message("m1", "alice", "great stream today"),
             chat_message("m2", "adbot", "Buy followers, cheap viewers"),
             chat_message("m3", "spammer", "FREE nitro at scam dot link"),
             in_channel("strims", "s1", "bob", "hello strims"),
             in_channel("strims", "s2", "adbot", "Buy followers, cheap viewers"),
-        ],
-    )
-    .await;
+        ])
+        .await;
     // The same spammer again: no second warning, the rule's timeout.
     verdicts.extend(
-        classify(
-            &server,
-            vec![chat_message("m4", "spammer", "free nitro again")],
-        )
-        .await,
+        server
+            .classify(vec![chat_message("m4", "spammer", "free nitro again")])
+            .await,
     );
     let decisions: Vec<String> = verdicts.iter().map(|v| decision_name(v.decision)).collect();
     assert_eq!(
@@ -331,13 +309,13 @@ async fn degraded_verdicts_and_time_are_counted() {
     // Nothing listens there: every verdict is decided with this replica's own user state.
     let server =
         TestServer::start(|config| config.redis.url = "redis://127.0.0.1:1/0".into()).await;
-    let verdicts = classify(
-        &server,
-        (0..5)
-            .map(|i| chat_message(&format!("m{i}"), "alice", &format!("message number {i}")))
-            .collect(),
-    )
-    .await;
+    let verdicts = server
+        .classify(
+            (0..5)
+                .map(|i| chat_message(&format!("m{i}"), "alice", &format!("message number {i}")))
+                .collect(),
+        )
+        .await;
     assert!(
         verdicts
             .iter()
@@ -410,7 +388,8 @@ async fn bad_channel_or_since_is_invalid_argument_naming_the_field() {
         ),
     ];
     for (request, message) in cases {
-        let status = admin(&server)
+        let status = server
+            .admin()
             .get_stats(request.clone())
             .await
             .expect_err("refused");

@@ -8,7 +8,6 @@ use modbot::proto::{self, ClassifyOptions, ClassifyRequest, Decision};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 fn classify(messages: Vec<proto::ChatMessage>) -> ClassifyRequest {
     ClassifyRequest {
@@ -34,7 +33,7 @@ async fn audit_count(server: &TestServer) -> usize {
 #[tokio::test]
 async fn health_reports_every_service_serving() {
     let server = TestServer::start(|_| {}).await;
-    let mut health = HealthClient::new(server.channel.clone());
+    let mut health = server.health();
     for service in [
         "",
         "modbot.v1.Moderation",
@@ -517,7 +516,7 @@ async fn workflow_rpcs_name_the_missing_field() {
 #[tokio::test]
 async fn shutdown_turns_health_not_serving_and_lets_open_calls_finish() {
     let mut server = TestServer::start(|config| config.grpc.shutdown_grace_secs = 1).await;
-    let mut health = HealthClient::new(server.channel.clone());
+    let mut health = server.health();
     // An open streaming call, in flight when the signal comes.
     let mut updates = health
         .watch(HealthCheckRequest {

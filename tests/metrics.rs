@@ -61,7 +61,8 @@ async fn calls_are_counted_by_rpc_and_status_with_duration_histograms() {
         .await
         .expect_err("no messages");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
-    let refused = ModerationClient::new(server.channel.clone())
+    let refused = server
+        .moderation()
         .classify(ClassifyRequest::default())
         .await
         .expect_err("no token");
@@ -162,7 +163,8 @@ async fn verdicts_reasons_degraded_components_and_actions_are_counted() {
     })
     .await;
     let before = handle.render();
-    let verdicts = ModerationClient::new(server.channel.clone())
+    let verdicts = server
+        .moderation()
         .classify(ClassifyRequest {
             messages: vec![
                 chat_message("m1", "spammer", "buy followers here"),
@@ -315,7 +317,8 @@ async fn junk_paths_add_no_label_sets() {
     })
     .await;
     // The label sets before the junk, after one call of a real method (so its labels exist).
-    ModerationClient::new(server.channel.clone())
+    server
+        .moderation()
         .classify(ClassifyRequest::default())
         .await
         .expect_err("no token");
@@ -469,7 +472,8 @@ async fn panics_while_deciding_are_counted() {
     let file = common::faulty_rules_file(rules.path());
     let server = TestServer::start(|config| config.rules.file = file).await;
     let before = handle.render();
-    let verdicts = ModerationClient::new(server.channel.clone())
+    let verdicts = server
+        .moderation()
         .classify(ClassifyRequest {
             messages: vec![
                 chat_message("m1", "alice", modbot::fault::PANIC_PHRASE),

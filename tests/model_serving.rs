@@ -16,10 +16,9 @@ use modbot::infra::model::Encoder;
 use modbot::infra::model::heads;
 use modbot::proto::{
     ChatEvent, ClassifyOptions, ClassifyRequest, Decision, DegradedComponent, GetModelInfoRequest,
-    Hello, ReasonSource, StreamModerateRequest, Verdict, admin_client::AdminClient, chat_event,
-    stream_moderate_request, stream_moderate_response,
+    Hello, ReasonSource, StreamModerateRequest, Verdict, chat_event, stream_moderate_request,
+    stream_moderate_response,
 };
-use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 const INSULTS: [&str; 5] = [
@@ -103,7 +102,8 @@ async fn start_with_centroid_heads(
 }
 
 async fn model_info(server: &TestServer) -> modbot::proto::ModelInfo {
-    AdminClient::new(server.channel.clone())
+    server
+        .admin()
         .get_model_info(GetModelInfoRequest {})
         .await
         .expect("GetModelInfo answers")
@@ -111,7 +111,8 @@ async fn model_info(server: &TestServer) -> modbot::proto::ModelInfo {
 }
 
 async fn model_health(server: &TestServer) -> i32 {
-    HealthClient::new(server.channel.clone())
+    server
+        .health()
         .check(HealthCheckRequest {
             service: modbot::app::MODEL_HEALTH_NAME.to_owned(),
         })

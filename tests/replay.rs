@@ -7,7 +7,6 @@ use std::io::Write as _;
 
 use common::TestServer;
 use modbot::bridge::replay::{self, ReplayArgs, Summary};
-use modbot::proto::actions_client::ActionsClient;
 use modbot::proto::{ActionStatus, ListActionsRequest};
 
 /// A destiny.gg evening: ordinary talk, a flooder, a shouter, a link and a scam, and five
@@ -129,7 +128,8 @@ async fn a_chat_log_gets_one_verdict_per_message_and_its_actions_are_answered() 
     assert_eq!(summary.commands.received, acting, "{summary}");
     assert_eq!(summary.commands.answered, acting, "{summary}");
     assert_eq!(summary.commands.unanswered, 0, "{summary}");
-    let actions = ActionsClient::new(server.channel.clone())
+    let actions = server
+        .actions()
         .list_actions(ListActionsRequest {
             channel: "replay".into(),
             page_size: 500,
@@ -197,7 +197,8 @@ async fn replaying_again_decides_again_but_never_acts_twice() {
         "{second}"
     );
     assert_ne!(second.bridge_id, first.bridge_id);
-    let actions = ActionsClient::new(server.channel.clone())
+    let actions = server
+        .actions()
         .list_actions(ListActionsRequest {
             channel: "replay".into(),
             status: ActionStatus::Failed.into(),

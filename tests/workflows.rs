@@ -25,9 +25,9 @@ struct Clients {
 
 fn clients(server: &TestServer) -> Clients {
     Clients {
-        actions: ActionsClient::new(server.channel.clone()),
-        appeals: AppealsClient::new(server.channel.clone()),
-        admin: AdminClient::new(server.channel.clone()),
+        actions: server.actions(),
+        appeals: server.appeals(),
+        admin: server.admin(),
     }
 }
 

@@ -319,6 +319,43 @@ impl TestServer {
         modbot::proto::moderation_client::ModerationClient::new(self.channel.clone())
     }
 
+    /// An Admin client.
+    pub fn admin(&self) -> modbot::proto::admin_client::AdminClient<Channel> {
+        modbot::proto::admin_client::AdminClient::new(self.channel.clone())
+    }
+
+    /// An Actions client.
+    pub fn actions(&self) -> modbot::proto::actions_client::ActionsClient<Channel> {
+        modbot::proto::actions_client::ActionsClient::new(self.channel.clone())
+    }
+
+    /// An Appeals client.
+    pub fn appeals(&self) -> modbot::proto::appeals_client::AppealsClient<Channel> {
+        modbot::proto::appeals_client::AppealsClient::new(self.channel.clone())
+    }
+
+    /// A health client.
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel.clone())
+    }
+
+    /// Classifies `messages` with default options and returns the verdicts (panics on an
+    /// error status: for tests whose subject is what the verdicts say).
+    pub async fn classify(
+        &self,
+        messages: Vec<modbot::proto::ChatMessage>,
+    ) -> Vec<modbot::proto::Verdict> {
+        self.moderation()
+            .classify(modbot::proto::ClassifyRequest {
+                messages,
+                options: None,
+            })
+            .await
+            .expect("classify")
+            .into_inner()
+            .verdicts
+    }
+
     /// Sends the shutdown signal without waiting.
     pub fn signal_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
