@@ -206,7 +206,7 @@ impl RedisPrefix {
 }
 
 /// The configuration tests start from: the defaults with a private data directory, no
-/// metrics listener, a short shutdown grace, and no model.
+/// metrics listener, a short shutdown grace, no model, and nothing deleted by retention.
 pub fn test_config(data_dir: &std::path::Path) -> Config {
     let mut config = Config {
         data_dir: data_dir.to_owned(),
@@ -217,6 +217,14 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
     config.database.connect_timeout_secs = 2;
     // Rules only unless a test asks for the model (tests/model_serving.rs).
     config.model.dir = std::path::PathBuf::new();
+    // Tests write records at fixed past times (2023, older than every retention period): the
+    // server's retention pass, which runs at start, would delete them under the test's feet
+    // whenever a busy machine runs it late. tests/store.rs and tests/metrics.rs run retention
+    // passes themselves, at times they choose.
+    config.retention.audit_days = 0;
+    config.retention.actions_days = 0;
+    config.retention.feedback_days = 0;
+    config.retention.rule_history_days = 0;
     config
 }
 
