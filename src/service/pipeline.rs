@@ -148,7 +148,7 @@ impl Services {
     /// statistics (`Admin.GetStats`) and in the Prometheus metrics
     /// ([`crate::telemetry::record_verdict`]). Dry runs are an operator trying the rules, not
     /// chat traffic, and are not counted.
-    pub fn count_verdict(&self, verdict: &Verdict) {
+    fn count_verdict(&self, verdict: &Verdict) {
         crate::telemetry::record_verdict(verdict);
         self.stats.record(verdict);
     }

@@ -369,7 +369,7 @@ struct Running {
     nanos_per_message: Arc<AtomicU64>,
 }
 
-/// The shared scorer. Cheap to share behind the `App`; the model thread stops when the last
+/// The shared scorer. Cheap to share behind the `Services`; the model thread stops when the last
 /// scorer is dropped.
 pub struct Scorer {
     running: Option<Running>,
