@@ -700,3 +700,46 @@ fn a_cycle_and_an_upward_import_are_reported() {
         "{text}"
     );
 }
+
+/// Where a file under `edge` reaches a field named `store` (`services.store`, `self.store`):
+/// the database is the service layer's to read and write, so a second edge cannot copy how.
+fn store_reaches(code: &str) -> Vec<usize> {
+    let bytes = code.as_bytes();
+    code.match_indices(".store")
+        .filter(|&(at, m)| {
+            let after = bytes.get(at + m.len()).copied().unwrap_or(b' ');
+            !(after.is_ascii_alphanumeric() || after == b'_')
+        })
+        .map(|(at, _)| code[..at].matches('\n').count() + 1)
+        .collect()
+}
+
+#[test]
+fn edges_reach_the_database_only_through_the_services() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src.join("edge"), &mut files);
+    assert!(!files.is_empty(), "the edge layer has files");
+    let mut found = Vec::new();
+    for file in files {
+        let code = code_only(&std::fs::read_to_string(&file).expect("read a source file"));
+        for line in store_reaches(&code) {
+            found.push(format!("{}:{line}", file.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "edges call the store directly (add a `Services` method instead):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn a_store_reach_is_found_and_a_lookalike_is_not() {
+    let code = code_only("let a = services\n    .store\n    .action(id);\n// self.store.x()\n");
+    assert_eq!(store_reaches(&code), vec![2]);
+    assert_eq!(
+        store_reaches(&code_only("x.stores.y(); x.store_id; \".store\"")),
+        Vec::<usize>::new()
+    );
+}

@@ -16,8 +16,10 @@
 //! - [`infra`]: state and infrastructure: [`infra::users`] (memory or Redis), [`infra::store`]
 //!   (SQLite or PostgreSQL), [`infra::model`] (the encoder and heads), [`infra::inference`]
 //!   (the batching queue in front of the model).
-//! - [`service`]: what callers ask for: [`service::moderate`], [`service::audit`],
-//!   [`service::actions`], [`service::ruleset`], [`service::stats`], [`service::retention`].
+//! - [`service`]: what callers ask for: [`service::moderate`], [`service::pipeline`],
+//!   [`service::audit`], [`service::actions`], [`service::ruleset`], [`service::rule_admin`],
+//!   [`service::records`], [`service::chat_actions`], [`service::profile`], [`service::stats`],
+//!   [`service::retention`].
 //! - [`proto`]: the generated code; [`edge`]: the gRPC services ([`edge::grpc`]), the only
 //!   server code that sees proto types.
 //! - [`bridge`]: `modbot bridge` and `modbot replay`, clients of the API.

@@ -4,10 +4,13 @@
 
 pub mod actions;
 pub mod audit;
+pub mod chat_actions;
 pub mod moderate;
 pub mod pipeline;
 pub mod profile;
+pub mod records;
 pub mod retention;
+pub mod rule_admin;
 pub mod ruleset;
 pub mod stats;
 

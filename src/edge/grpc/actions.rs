@@ -73,7 +73,7 @@ impl Actions for ActionsService {
         request: Request<GetActionRequest>,
     ) -> Result<Response<Action>, Status> {
         let id = id_field(request.into_inner().id, "id")?;
-        match self.services.store.action(&id).await? {
+        match self.services.action(&id).await? {
             Some(action) => Ok(Response::new(action.into())),
             None => Err(Status::not_found(format!("no action `{id}`"))),
         }
@@ -96,17 +96,13 @@ impl Actions for ActionsService {
         let limit = page_size(request.page_size)?;
         let fingerprint = fingerprint(&format!("{filter:?}"));
         let after = page_after(&request.page_token, &fingerprint)?;
-        let mut actions = self
+        let page = self
             .services
-            .store
-            .actions(&filter, after.as_ref(), limit + 1)
+            .actions(&filter, after.as_ref(), limit)
             .await?;
-        let next_page_token = next_token(&mut actions, limit, &fingerprint, |a| {
-            (crate::domain::unix_millis(a.created_at), a.id.clone())
-        });
         Ok(Response::new(ListActionsResponse {
-            actions: actions.into_iter().map(Into::into).collect(),
-            next_page_token,
+            actions: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page_token(page.next, &fingerprint),
         }))
     }
 }
@@ -330,20 +326,11 @@ pub fn page_after(token: &str, fingerprint: &str) -> Result<Option<PageAfter>, F
     }))
 }
 
-/// Cuts `rows` (fetched with `limit + 1`) to `limit` and returns the token of the next page,
-/// empty on the last one.
-pub fn next_token<T>(
-    rows: &mut Vec<T>,
-    limit: u32,
-    fingerprint: &str,
-    key: impl Fn(&T) -> (i64, String),
-) -> String {
-    if rows.len() <= limit as usize {
-        return String::new();
-    }
-    rows.truncate(limit as usize);
-    let (ms, id) = key(rows.last().expect("limit is at least 1. This is a bug"));
-    domain::hex(format!("v1.{ms}.{fingerprint}.{id}").as_bytes())
+/// The token of the page starting after `next`; empty when there is no next page.
+pub fn page_token(next: Option<PageAfter>, fingerprint: &str) -> String {
+    next.map_or_else(String::new, |next| {
+        domain::hex(format!("v1.{}.{fingerprint}.{}", next.created_at_ms, next.id).as_bytes())
+    })
 }
 
 #[cfg(test)]
@@ -352,21 +339,21 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip_and_are_tied_to_their_filters() {
-        let mut rows = vec![(5_i64, "c".to_owned()), (4, "b".into()), (3, "a".into())];
-        let token = next_token(&mut rows, 2, "abc", |r| (r.0, r.1.clone()));
-        assert_eq!(rows.len(), 2);
-        assert_eq!(
-            page_after(&token, "abc").unwrap(),
-            Some(PageAfter {
-                created_at_ms: 4,
-                id: "b".into()
-            })
-        );
+        let next = PageAfter {
+            created_at_ms: 4,
+            id: "b".into(),
+        };
+        let token = page_token(Some(next.clone()), "abc");
+        assert_eq!(page_after(&token, "abc").unwrap(), Some(next));
         assert!(page_after(&token, "xyz").is_err());
         assert!(page_after("zz", "abc").is_err());
         assert!(page_after("abc", "abc").is_err());
-        let mut last = vec![(1_i64, "a".to_owned())];
-        assert_eq!(next_token(&mut last, 2, "abc", |r| (r.0, r.1.clone())), "");
+        assert_eq!(page_token(None, "abc"), "", "the last page has no token");
+        assert_eq!(
+            page_after("", "abc").unwrap(),
+            None,
+            "no token: the first page"
+        );
     }
 
     #[test]

@@ -1,9 +1,5 @@
-//! `Admin` rules and channel policies: stored in the database, validated on write, versioned.
-//!
-//! Every write is checked whole before anything is written (a rejected request leaves the
-//! revision where it was), stored as a new revision, and applied on this replica before the
-//! call answers; other replicas pick it up through their reload task
-//! ([`crate::service::ruleset::reload_task`]).
+//! `Admin` rules and channel policies: converts and calls [`crate::service::rule_admin`], which
+//! validates, stores and applies them.
 
 use tonic::{Response, Status};
 
@@ -12,35 +8,14 @@ use super::rule_spec::{
     rule_to_proto,
 };
 use super::status::FieldError;
-use crate::engine::rules::DEFAULT_POLICY;
-use crate::engine::rules::spec::{PolicySpec, RuleSpec};
-use crate::infra::store::StoreError;
 use crate::proto::*;
 use crate::service::Services;
+use crate::service::rule_admin::{RuleScope, RuleView, WriteError, corrupt};
 
-/// Who the stored rows say made a change when the caller's credential has no name (a server
-/// running without tokens); otherwise the token's name is recorded.
-const API_AUTHOR: &str = "admin-api";
-
-fn author(by: &str) -> &str {
-    if by.is_empty() { API_AUTHOR } else { by }
-}
-
-/// A stored spec that no longer reads: the database is not what modbot wrote.
-fn corrupt(id: &str, error: crate::engine::rules::RulesError) -> StoreError {
-    StoreError::Corrupt {
-        id: id.to_owned(),
-        message: error.to_string(),
-    }
-}
-
-/// Applies this replica's own change before the call answers. A failure does not undo the
-/// stored change: it is logged (and, for a rule set that does not compile, counted) and the
-/// reload task tries again at the next revision.
-async fn apply(services: &Services) {
-    if let Err(error) = services.rules.refresh(&services.moderator).await {
-        tracing::warn!(%error, "a rule change was stored but could not be applied here yet");
-    }
+/// A stored rule as the API shows it.
+fn rule(view: &RuleView) -> Result<Rule, Status> {
+    rule_to_proto(&view.spec, view.revision, view.updated_at)
+        .map_err(|e| corrupt(&view.spec.id, e).into())
 }
 
 /// `ListRules`.
@@ -48,34 +23,18 @@ pub async fn list_rules(
     services: &Services,
     request: ListRulesRequest,
 ) -> Result<Response<ListRulesResponse>, Status> {
-    if !request.channel.is_empty() {
+    let scope = if request.channel.is_empty() {
+        RuleScope::Global
+    } else {
         name(&request.channel, "channel")?;
-    }
-    let stored = services.store.load_ruleset().await?;
-    let mut rules = Vec::new();
-    for row in &stored.rules {
-        let spec = RuleSpec::from_toml(&row.spec, &format!("stored rule \"{}\"", row.id))
-            .map_err(|e| corrupt(&row.id, e))?;
-        let listed = if request.channel.is_empty() {
-            spec.channels.is_empty()
-        } else {
-            spec.channels.contains(&request.channel)
-                || (request.include_global && spec.channels.is_empty())
-        };
-        if listed {
-            rules.push(
-                rule_to_proto(&spec, row.revision, row.updated_at)
-                    .map_err(|e| corrupt(&row.id, e))?,
-            );
+        RuleScope::Channel {
+            channel: &request.channel,
+            include_global: request.include_global,
         }
-    }
-    // The store reads rules by id already; sorting here keeps the contract whatever the
-    // database's collation.
-    rules.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(Response::new(ListRulesResponse {
-        rules,
-        revision: stored.revision,
-    }))
+    };
+    let (views, revision) = services.list_rules(scope).await?;
+    let rules = views.iter().map(rule).collect::<Result<_, _>>()?;
+    Ok(Response::new(ListRulesResponse { rules, revision }))
 }
 
 /// `UpsertRule`.
@@ -84,39 +43,29 @@ pub async fn upsert_rule(
     request: UpsertRuleRequest,
     by: &str,
 ) -> Result<Response<Rule>, Status> {
-    let rule = request
+    let proto = request
         .rule
         .ok_or_else(|| FieldError::new("rule", "is required"))?;
     // Every error names the rule, as the caller knows it.
-    let named = if rule.id.is_empty() {
+    let named = if proto.id.is_empty() {
         " (new rule)".to_owned()
     } else {
-        format!(" (rule \"{}\")", rule.id)
+        format!(" (rule \"{}\")", proto.id)
     };
-    let mut spec = rule_from_proto(rule).map_err(|mut e| {
+    let spec = rule_from_proto(proto).map_err(|mut e| {
         e.message.push_str(&named);
         e
     })?;
-    if spec.id.is_empty() {
-        spec.id = uuid::Uuid::now_v7().to_string();
-    }
     let kind = spec.kind.clone();
-    let invalid = |error| {
-        let mut error = rule_error(error, &kind);
-        error.message.push_str(&named);
-        error
-    };
-    spec.validate().map_err(invalid)?;
-    spec.make_params_explicit().map_err(invalid)?;
-    let text = spec.to_toml().map_err(invalid)?;
-    let stored = services
-        .store
-        .upsert_rule(&spec.id, &text, author(by))
-        .await?;
-    apply(services).await;
-    let rule = rule_to_proto(&spec, stored.revision, stored.updated_at)
-        .map_err(|e| corrupt(&spec.id, e))?;
-    Ok(Response::new(rule))
+    match services.upsert_rule(spec, by).await {
+        Ok(view) => Ok(Response::new(rule(&view)?)),
+        Err(WriteError::Invalid(error)) => {
+            let mut error = rule_error(error, &kind);
+            error.message.push_str(&named);
+            Err(error.into())
+        }
+        Err(WriteError::Store(error)) => Err(error.into()),
+    }
 }
 
 /// `DeleteRule`.
@@ -126,15 +75,13 @@ pub async fn delete_rule(
     by: &str,
 ) -> Result<Response<DeleteRuleResponse>, Status> {
     name(&request.id, "id")?;
-    match services.store.delete_rule(&request.id, author(by)).await? {
-        Some(_) => {
-            apply(services).await;
-            Ok(Response::new(DeleteRuleResponse {}))
-        }
-        None => Err(Status::not_found(format!(
+    if services.delete_rule(&request.id, by).await? {
+        Ok(Response::new(DeleteRuleResponse {}))
+    } else {
+        Err(Status::not_found(format!(
             "rule \"{}\" does not exist",
             request.id
-        ))),
+        )))
     }
 }
 
@@ -144,31 +91,13 @@ pub async fn get_policy(
     request: GetPolicyRequest,
 ) -> Result<Response<Policy>, Status> {
     name(&request.channel, "channel")?;
-    let (stored, is_default) = match services.store.stored_policy(&request.channel).await? {
-        Some(own) => (own, request.channel == DEFAULT_POLICY),
-        None => {
-            let default = services
-                .store
-                .stored_policy(DEFAULT_POLICY)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt {
-                    id: DEFAULT_POLICY.to_owned(),
-                    message: "the default policy is missing".to_owned(),
-                })?;
-            (default, true)
-        }
-    };
-    let spec = PolicySpec::from_toml(
-        &stored.spec,
-        &format!("stored policy \"{}\"", stored.channel),
-    )
-    .map_err(|e| corrupt(&stored.channel, e))?;
+    let view = services.policy(&request.channel).await?;
     Ok(Response::new(policy_to_proto(
         &request.channel,
-        &spec,
-        stored.revision,
-        stored.updated_at,
-        is_default,
+        &view.spec,
+        view.revision,
+        view.updated_at,
+        view.is_default,
     )))
 }
 
@@ -182,18 +111,16 @@ pub async fn set_policy(
         .policy
         .ok_or_else(|| FieldError::new("policy", "is required"))?;
     let (channel, spec) = policy_from_proto(policy)?;
-    spec.validate(&channel).map_err(policy_error)?;
-    let text = spec.to_toml().map_err(policy_error)?;
-    let stored = services
-        .store
-        .set_policy(&channel, &text, author(by))
-        .await?;
-    apply(services).await;
+    let view = match services.set_policy(&channel, spec, by).await {
+        Ok(view) => view,
+        Err(WriteError::Invalid(error)) => return Err(policy_error(error).into()),
+        Err(WriteError::Store(error)) => return Err(error.into()),
+    };
     Ok(Response::new(policy_to_proto(
         &channel,
-        &spec,
-        stored.revision,
-        stored.updated_at,
-        channel == DEFAULT_POLICY,
+        &view.spec,
+        view.revision,
+        view.updated_at,
+        view.is_default,
     )))
 }

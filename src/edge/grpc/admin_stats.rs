@@ -27,10 +27,7 @@ pub async fn get_stats(
     }
 
     let report = services.stats.report_at(channel.as_deref(), since, now);
-    let (actions, appeals) = tokio::try_join!(
-        services.store.action_counts(channel.as_deref(), since),
-        services.store.appeal_counts(channel.as_deref(), since),
-    )?;
+    let outcomes = services.outcome_counts(channel.as_deref(), since).await?;
     let scorer = services.moderator.scorer();
     let period = &report.period;
     Ok(Response::new(Stats {
@@ -38,8 +35,8 @@ pub async fn get_stats(
         decisions: names(&period.decisions),
         rules: period.rules.clone().into_iter().collect(),
         labels: period.labels.clone().into_iter().collect(),
-        actions: actions.into_iter().collect(),
-        appeals: appeals.into_iter().collect(),
+        actions: outcomes.actions.into_iter().collect(),
+        appeals: outcomes.appeals.into_iter().collect(),
         since: Some(period.start.into()),
         windows: report.windows.iter().map(window).collect(),
         queue_depth: scorer.queued() as u64,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::actions::{fingerprint, next_token, optional_enum, page_after, page_size};
+use super::actions::{fingerprint, optional_enum, page_after, page_size, page_token};
 use super::auth::principal_name;
 use super::convert::{id_field, optional_id, text_field};
 use super::status::FieldError;
@@ -54,7 +54,7 @@ impl Appeals for AppealsService {
         request: Request<GetAppealRequest>,
     ) -> Result<Response<Appeal>, Status> {
         let id = id_field(request.into_inner().id, "id")?;
-        match self.services.store.appeal(&id).await? {
+        match self.services.appeal(&id).await? {
             Some(appeal) => Ok(Response::new(appeal.into())),
             None => Err(Status::not_found(format!("no appeal `{id}`"))),
         }
@@ -73,17 +73,13 @@ impl Appeals for AppealsService {
         let limit = page_size(request.page_size)?;
         let fingerprint = fingerprint(&format!("{filter:?}"));
         let after = page_after(&request.page_token, &fingerprint)?;
-        let mut appeals = self
+        let page = self
             .services
-            .store
-            .appeals(&filter, None, after.as_ref(), limit + 1)
+            .appeals(&filter, after.as_ref(), limit)
             .await?;
-        let next_page_token = next_token(&mut appeals, limit, &fingerprint, |a| {
-            (crate::domain::unix_millis(a.created_at), a.id.clone())
-        });
         Ok(Response::new(ListAppealsResponse {
-            appeals: appeals.into_iter().map(Into::into).collect(),
-            next_page_token,
+            appeals: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page_token(page.next, &fingerprint),
         }))
     }
 

@@ -35,9 +35,9 @@ use crate::proto::{
     stream_moderate_response,
 };
 use crate::service::Services;
-use crate::service::actions;
 use crate::service::actions::dispatch::Answered;
 use crate::service::audit::Outcome;
+use crate::service::chat_actions::ChatModAction;
 use crate::service::moderate::Consult;
 use crate::service::pipeline::Streamed;
 
@@ -551,7 +551,7 @@ impl Session {
                 // ahead would move the user's heat clock, as for messages).
                 let now = SystemTime::now();
                 let latest = now + std::time::Duration::from_secs(60);
-                Item::ModeratorAction {
+                Item::ModeratorAction(ChatModAction {
                     channel: event.channel,
                     moderator,
                     target,
@@ -565,7 +565,7 @@ impl Session {
                         .at
                         .and_then(|t| SystemTime::try_from(t).ok())
                         .map_or(now, |at| at.min(latest)),
-                }
+                })
             }
             Some(
                 chat_event::Kind::Join(_) | chat_event::Kind::Quit(_) | chat_event::Kind::Names(_),
@@ -621,36 +621,10 @@ impl Session {
                 }
             }
             Item::ActionResult(result) => self.answer_results(std::slice::from_ref(&result)).await,
-            Item::ModeratorAction {
-                channel,
-                moderator,
-                target,
-                decision,
-                kind,
-                duration,
-                at,
-            } => {
-                self.record_human_action(&channel, &moderator, &target, kind, duration, at)
+            Item::ModeratorAction(action) => {
+                self.services
+                    .record_chat_action(action, &self.hello.bridge_id, self.requested_by())
                     .await;
-                let Some(decision) = decision else {
-                    return true;
-                };
-                let feedback = self
-                    .services
-                    .moderator
-                    .moderator_action(&channel, &moderator, &target, decision, at)
-                    .await;
-                if let Some(feedback) = feedback {
-                    // A lost example costs little and the stream must go on: log and count.
-                    match self.services.store.record_feedback(&feedback).await {
-                        Ok(true) => metrics::counter!("modbot_feedback_total", "source" => feedback.source.as_str()).increment(1),
-                        Ok(false) => {}
-                        Err(error) => {
-                            metrics::counter!("modbot_feedback_write_failures_total").increment(1);
-                            tracing::warn!(%error, channel, target, "cannot record feedback");
-                        }
-                    }
-                }
                 true
             }
             Item::Reject {
@@ -668,50 +642,6 @@ impl Session {
     /// for its actions.
     fn requested_by(&self) -> &str {
         self.principal.as_ref().map_or("", |p| p.name.as_str())
-    }
-
-    /// Records a human moderator's action seen in the chat as an executed action, so the
-    /// audit trail of actions is one table. Its id is derived from what happened, so a bridge
-    /// that replays its chat after a reconnect records it once. A lost record is logged and
-    /// counted; the stream goes on.
-    async fn record_human_action(
-        &self,
-        channel: &str,
-        moderator: &str,
-        target: &str,
-        kind: domain::ActionKind,
-        duration: Option<std::time::Duration>,
-        at: SystemTime,
-    ) {
-        let at_ms = crate::domain::unix_millis(at).to_string();
-        let id = domain::derived_id(&["chat", channel, target, kind.as_str(), &at_ms]);
-        let mut action = domain::NewAction {
-            channel: channel.to_owned(),
-            target_user_id: target.to_owned(),
-            target_nick: target.to_owned(),
-            kind,
-            duration,
-            reason: format!("{moderator} in chat"),
-            source: domain::ActionSource::Moderator,
-            moderator: moderator.to_owned(),
-            message_id: String::new(),
-            idempotency_key: None,
-            requested_by: self.requested_by().to_owned(),
-        }
-        .into_action(id, at, std::time::Duration::ZERO);
-        action.status = domain::ActionStatus::Executed;
-        // The bridge that saw it: checked against the credential's binding at the hello.
-        action.bridge_id.clone_from(&self.hello.bridge_id);
-        match self.services.store.record_action(&action).await {
-            Ok(crate::infra::store::Recorded::New(action)) => {
-                actions::dispatch::count_recorded(&action)
-            }
-            Ok(_) => {}
-            Err(error) => {
-                metrics::counter!("modbot_action_write_failures_total").increment(1);
-                tracing::warn!(%error, channel, target, "cannot record a moderator's action");
-            }
-        }
     }
 }
 
@@ -838,16 +768,7 @@ enum Item {
         truncated: bool,
     },
     /// A human moderator's action seen in the chat.
-    ModeratorAction {
-        channel: String,
-        moderator: String,
-        target: String,
-        /// What it means for the ladder; `None` for unmutes and unbans.
-        decision: Option<Decision>,
-        kind: domain::ActionKind,
-        duration: Option<std::time::Duration>,
-        at: SystemTime,
-    },
+    ModeratorAction(ChatModAction),
     /// A bridge's answer to an action command.
     ActionResult(ActionResult),
     /// A bad request, answered in-band.
