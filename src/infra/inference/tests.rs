@@ -118,9 +118,12 @@ async fn queue_behind_a_held_batch(
     texts: &[&str],
 ) -> Vec<Pending> {
     backend.hold();
+    // Entries are counted from the start: a test that scored before (a warm-up) has entered
+    // already, and "x" must be inside the held batch, alone, before the others queue.
+    let before = *backend.entered.lock().unwrap();
     let first = scorer.submit("x", Admission::FailFast).await.unwrap();
     let waiter = Arc::clone(backend);
-    tokio::task::spawn_blocking(move || waiter.wait_entered(1))
+    tokio::task::spawn_blocking(move || waiter.wait_entered(before + 1))
         .await
         .unwrap();
     let mut pending = vec![first];
