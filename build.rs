@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/modbot/v1/actions.proto",
     "proto/modbot/v1/appeals.proto",
     "proto/modbot/v1/admin.proto",
+    "proto/modbot/v1/review.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

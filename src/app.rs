@@ -159,9 +159,11 @@ pub async fn serve(
         stats: crate::service::stats::VerdictStats::new(),
         dispatcher: dispatcher.clone(),
         rules: rule_source,
+        review_queue: crate::service::review::ReviewQueue::new(),
         stopping: tokio::sync::watch::Sender::new(false),
     });
     let reload = ReloadTask::spawn(Arc::clone(&app));
+    let expiry = crate::service::review::ExpiryTask::spawn(Arc::clone(&app));
     let retention = RetentionTask::spawn(
         store.clone(),
         RetentionPolicy::from_config(&app.config.retention),
@@ -262,6 +264,7 @@ pub async fn serve(
     // ours and give the writer the rest of the budget to drain what was queued.
     drop(server);
     retention.stop(deadline).await;
+    expiry.stop(deadline).await;
     if tokio::time::timeout_at(deadline, reload.stop())
         .await
         .is_err()

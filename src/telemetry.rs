@@ -48,6 +48,12 @@ pub const BATCH_MESSAGES_BUCKETS: [f64; 11] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
+/// Bucket bounds of `modbot_review_time_to_review_seconds`: a moderator's ruling takes seconds
+/// to the better part of an hour.
+pub const REVIEW_WAIT_BUCKETS: [f64; 12] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
+];
+
 /// Bucket bounds of `modbot_model_batch_tokens`.
 pub const BATCH_TOKENS_BUCKETS: [f64; 10] = [
     16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
@@ -58,8 +64,13 @@ pub const BATCH_TOKENS_BUCKETS: [f64; 10] = [
 /// can be aggregated, never as a per-process summary.
 pub fn prometheus_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
     use metrics_exporter_prometheus::Matcher;
-    let buckets: [(Matcher, &[f64]); 3] = [
+    // A full name is matched before a suffix (the exporter orders its matchers).
+    let buckets: [(Matcher, &[f64]); 4] = [
         (Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS),
+        (
+            Matcher::Full("modbot_review_time_to_review_seconds".to_owned()),
+            &REVIEW_WAIT_BUCKETS,
+        ),
         (
             Matcher::Full("modbot_model_batch_messages".to_owned()),
             &BATCH_MESSAGES_BUCKETS,

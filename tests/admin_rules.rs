@@ -454,6 +454,11 @@ fn policy(channel: &str) -> proto::Policy {
         }),
         model_enabled: true,
         classify_actions: proto::ClassifyActions::Send as i32,
+        review: Some(proto::ReviewPolicy {
+            ttl: Some(seconds(120)),
+            on_expiry: proto::ReviewExpiry::Hide as i32,
+            hide_while_pending: true,
+        }),
         ..proto::Policy::default()
     }
 }
@@ -776,6 +781,14 @@ async fn bad_input_writes_nothing(db: &Db) {
         (
             bad_policy(|p| p.classify_actions = 9),
             "policy.classify_actions: 9 is not a ClassifyActions value",
+        ),
+        (
+            bad_policy(|p| p.review.as_mut().unwrap().ttl = Some(seconds(0))),
+            "policy.review.ttl: must be at least 1",
+        ),
+        (
+            bad_policy(|p| p.review.as_mut().unwrap().on_expiry = 7),
+            "policy.review.on_expiry: 7 is not a ReviewExpiry value",
         ),
     ];
     for (policy, expected) in policy_cases {

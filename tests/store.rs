@@ -10,13 +10,13 @@ use modbot::domain::{
     Action, ActionFilter, ActionKind, ActionSource, ActionStatus, Appeal, AppealFilter,
     AppealStatus, Nuke,
 };
-use modbot::domain::{ChatMessage, Decision, Degraded};
+use modbot::domain::{ChatMessage, Decision, Degraded, ReviewFilter, ReviewStatus};
 use modbot::engine::decision::{DecideOptions, Engine, Inputs};
 use modbot::engine::normalize::normalize;
 use modbot::engine::rules::RuleSet;
 use modbot::infra::store::{
     AuditQuery, AuditRecord, ConnectOptions, FailureKind, Feedback, FeedbackSource, Filed,
-    Recorded, Store, StoreError,
+    Recorded, ReviewRuled, Store, StoreError,
 };
 use modbot::service::audit::Outcome;
 use modbot::service::retention::{Deleted, RetentionPolicy, RetentionTask, run_pass};
@@ -724,6 +724,7 @@ async fn retention_suite(url: &str) {
             nukes: 1,
             feedback: 1,
             rule_history: 0,
+            review_items: 0,
         }
     );
     let all = AuditQuery {
@@ -1273,5 +1274,201 @@ async fn closing_a_store_with_a_blackholed_connection_is_bounded() {
         started.elapsed()
     );
     proxy.heal();
+    schema.drop().await;
+}
+
+/// A held message's record with its review item, held at `held_ms`, expiring `ttl_ms` later.
+fn held(id: &str, user: &str, held_ms: u64, ttl_ms: u64) -> AuditRecord {
+    let mut record = record("destinygg", id, user, "free nitro at scam dot link");
+    record.verdict.decision = Decision::Hold;
+    let created_at = SystemTime::UNIX_EPOCH + Duration::from_millis(held_ms);
+    let item = modbot::domain::ReviewItem {
+        id: modbot::domain::review_id("shop", "destinygg", id),
+        created_at,
+        expires_at: created_at + Duration::from_millis(ttl_ms),
+        on_expiry: modbot::domain::OnExpiry::Allow,
+        channel: "destinygg".into(),
+        message_id: id.into(),
+        user_id: user.into(),
+        nick: user.into(),
+        text: "free nitro at scam dot link\u{0}".into(),
+        reasons: record.verdict.reasons.clone(),
+        scores: [("spam/spam".to_owned(), 0.75)].into_iter().collect(),
+        requested_by: "shop".into(),
+        records_only: true,
+        hide_action_id: String::new(),
+        status: ReviewStatus::Pending,
+        resolved_at: None,
+        moderator: String::new(),
+        label: String::new(),
+        note: String::new(),
+        action_id: String::new(),
+    };
+    record.with_review(Some(item))
+}
+
+async fn review_suite(url: &str) {
+    let store = Store::connect(url, &options()).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let t0 = 1_700_000_000_000;
+    let a = held("r1", "alice", t0, 1_000);
+    let b = held("r2", "bob", t0 + 10, 60_000);
+    store
+        .record_verdicts(&[a.clone(), b.clone()])
+        .await
+        .expect("write the records and their items");
+    // The same message held again keeps its item as it was.
+    store
+        .record_verdicts(&[held("r1", "alice", t0 + 500, 5)])
+        .await
+        .unwrap();
+
+    let item_a = a.review.clone().unwrap();
+    let stored = store.review(&item_a.id).await.unwrap().expect("stored");
+    assert_eq!(
+        stored.text, "free nitro at scam dot link\u{2400}",
+        "NUL is escaped"
+    );
+    assert_eq!(stored.reasons, item_a.reasons);
+    assert_eq!(stored.scores, item_a.scores);
+    assert_eq!(stored.created_at, item_a.created_at);
+    assert_eq!(stored.expires_at, item_a.expires_at);
+    assert!(stored.records_only);
+
+    let depth = store.review_depth().await.unwrap();
+    assert_eq!(depth.pending, 2);
+    assert_eq!(depth.oldest, Some(item_a.created_at));
+    let listed = store
+        .reviews(&ReviewFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|i| i.message_id.as_str())
+            .collect::<Vec<_>>(),
+        ["r2", "r1"],
+        "newest first"
+    );
+    let bobs = store
+        .reviews(
+            &ReviewFilter {
+                user_id: Some("bob".into()),
+                ..ReviewFilter::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(bobs.len(), 1);
+
+    // Only a's time has run out at t0 + 2 s.
+    let due = store
+        .due_reviews(
+            SystemTime::UNIX_EPOCH + Duration::from_millis(t0 + 2_000),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        due.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        [item_a.id.as_str()]
+    );
+
+    // Two rulings at once: one stands, the other learns whose.
+    let ruled_at = SystemTime::UNIX_EPOCH + Duration::from_millis(t0 + 3_000);
+    let ruling = |moderator: &str, status: ReviewStatus| modbot::domain::ReviewItem {
+        status,
+        resolved_at: Some(ruled_at),
+        moderator: moderator.into(),
+        ..stored.clone()
+    };
+    let example = Feedback {
+        id: "fb-review".into(),
+        created_at: ruled_at,
+        channel: "destinygg".into(),
+        user_id: "alice".into(),
+        message_id: "r1".into(),
+        text: "free nitro".into(),
+        label: "spam/spam".into(),
+        positive: true,
+        source: FeedbackSource::ReviewRejected,
+        actor: "mod1".into(),
+        action: "timeout".into(),
+    };
+    let approve = ruling("mod2", ReviewStatus::Approved);
+    let reject = ruling("mod1", ReviewStatus::Rejected);
+    let (first, second) = tokio::join!(
+        store.settle_review(&reject, None, std::slice::from_ref(&example)),
+        store.settle_review(&approve, None, &[]),
+    );
+    let outcomes = [first.unwrap(), second.unwrap()];
+    let done = outcomes
+        .iter()
+        .filter(|o| matches!(o, ReviewRuled::Done(..)))
+        .count();
+    assert_eq!(done, 1, "{outcomes:?}");
+    let current = store.review(&item_a.id).await.unwrap().unwrap();
+    for outcome in &outcomes {
+        if let ReviewRuled::AlreadySettled(standing) = outcome {
+            assert_eq!(**standing, current);
+        }
+    }
+    assert_eq!(current.resolved_at, Some(ruled_at));
+    let examples = store.feedback().await.unwrap();
+    assert_eq!(
+        examples.len(),
+        usize::from(current.status == ReviewStatus::Rejected),
+        "the example is written with its ruling only"
+    );
+    assert!(matches!(
+        store
+            .settle_review(&ruling("mod3", ReviewStatus::Approved), None, &[])
+            .await
+            .unwrap(),
+        ReviewRuled::AlreadySettled(_)
+    ));
+    let mut missing = reject.clone();
+    missing.id = "nope".into();
+    assert_eq!(
+        store.settle_review(&missing, None, &[]).await.unwrap(),
+        ReviewRuled::NotFound
+    );
+
+    // A watcher catching up reads settled items only, in the order they were settled.
+    let settled = store.settled_reviews_since(0, "", 10).await.unwrap();
+    assert_eq!(settled.len(), 1);
+    assert_eq!(settled[0].id, item_a.id);
+    assert!(
+        store
+            .settled_reviews_since(store_millis(ruled_at), &item_a.id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.review_depth().await.unwrap().pending, 1);
+
+    // Retention deletes settled items only, however old the pending one is.
+    let later = SystemTime::UNIX_EPOCH + Duration::from_millis(t0 + 86_400_000);
+    assert_eq!(store.delete_reviews_before(later, 10).await.unwrap(), 1);
+    assert!(store.review(&item_a.id).await.unwrap().is_none());
+    assert_eq!(store.delete_reviews_before(later, 10).await.unwrap(), 0);
+    assert_eq!(store.review_depth().await.unwrap().pending, 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_review_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    review_suite(&format!("sqlite://{}/modbot.db", dir.path().display())).await;
+}
+
+#[tokio::test]
+async fn postgres_review_queue() {
+    let Some(schema) = PgSchema::create("postgres_review_queue").await else {
+        return;
+    };
+    review_suite(&schema.url).await;
     schema.drop().await;
 }

@@ -1,9 +1,12 @@
 //! Actions, appeals, nukes and users end to end through the generated clients, on SQLite and
 //! PostgreSQL: idempotency (also concurrent and across a restart), stable paging, delivery to
 //! a bridge's stream and its results, expiry, resending to a reconnecting bridge, automatic
-//! actions of verdicts, appeals with their reversal and feedback, nukes and aegis.
+//! actions of verdicts, appeals with their reversal and feedback, nukes and aegis, and the
+//! review queue of held messages (`workflows/review.rs`).
 
 mod common;
+#[path = "workflows/review.rs"]
+mod review;
 
 use std::time::{Duration, Instant};
 

@@ -8,6 +8,7 @@
 mod action;
 mod history;
 mod message;
+mod review;
 mod time;
 mod verdict;
 
@@ -21,5 +22,6 @@ pub use history::{
 };
 pub(crate) use history::{MessageBlock, Observer, decay, duration_ms};
 pub use message::{ChatMessage, MAX_ID_BYTES};
+pub use review::{OnExpiry, ReviewFilter, ReviewItem, ReviewStatus, review_id};
 pub use time::{from_unix_millis, unix_millis};
 pub use verdict::{Decision, Degraded, Evidence, Reason, ReasonSource, Span, Verdict};

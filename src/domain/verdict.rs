@@ -196,6 +196,8 @@ pub struct Verdict {
     pub normalized_text: String,
     /// The action created to carry the decision out, if any.
     pub action_id: Option<String>,
+    /// The review item a held message waits in, if any.
+    pub review_id: Option<String>,
 }
 
 impl Verdict {

@@ -49,10 +49,14 @@ pub enum Outcome {
 
 impl Outcome {
     /// Marks the verdict the record was made for: degraded (component `store`) unless all of
-    /// it was stored, and naming no action unless its action is stored.
+    /// it was stored, naming no action unless its action is stored, and no review item unless
+    /// the whole record was (the item is written with its audit row).
     pub fn mark(self, verdict: &mut Verdict) {
         if self != Outcome::Stored && !verdict.degraded.contains(&Degraded::Store) {
             verdict.degraded.push(Degraded::Store);
+        }
+        if self != Outcome::Stored {
+            verdict.review_id = None;
         }
         if self == Outcome::Lost {
             verdict.action_id = None;

@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod profile;
 pub mod records;
 pub mod retention;
+pub mod review;
 pub mod rule_admin;
 pub mod ruleset;
 pub mod stats;
@@ -35,6 +36,8 @@ pub struct Services {
     pub dispatcher: actions::dispatch::Dispatcher,
     /// The stored rule set and the revision in force (`Admin` rules and policies).
     pub rules: ruleset::RuleSource,
+    /// What wakes the review queue's watchers.
+    pub review_queue: review::ReviewQueue,
     /// Turns true when the server starts shutting down: long-lived streams finish what they
     /// read and end, so their bridges reconnect (to another replica) instead of being cut at
     /// the end of the grace period.

@@ -11,9 +11,10 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::Services;
-use super::actions::dispatch::automatic_action;
+use super::actions::dispatch::{automatic_action, pending_hide};
 use super::audit::{Outcome, write_records};
 use super::moderate::Consult;
+use super::review::review_item;
 use crate::domain::{ActionStatus, ChatMessage, Degraded, Verdict};
 use crate::engine::decision::DecideOptions;
 use crate::engine::rules::ClassifyActions;
@@ -112,9 +113,10 @@ impl Services {
             .await;
         if verdict.is_notable() {
             let record = self.record_of(&message, &mut verdict, requested_by, Caller::Stream);
-            if verdict.action_id.is_some() {
+            if verdict.action_id.is_some() || verdict.review_id.is_some() {
                 // Group commit with other streams' records: a bridge told of an action that
-                // is then lost could never see it carried out.
+                // is then lost could never see it carried out, nor a caller follow a review
+                // item that was never written.
                 let committed = self.audit.commit(record).await;
                 return Streamed::AfterCommit { verdict, committed };
             }
@@ -200,6 +202,10 @@ impl Services {
         caller: Caller,
     ) -> AuditRecord {
         let actions = &self.config.actions;
+        let engine = self.moderator.engine();
+        let policy = engine.rules().policy(&message.channel);
+        let records_only =
+            caller == Caller::Classify && policy.classify_actions == ClassifyActions::Record;
         let mut action = automatic_action(
             message,
             verdict,
@@ -207,19 +213,34 @@ impl Services {
             actions.hide_duration(),
             actions.pending_ttl(),
         );
-        if caller == Caller::Classify
-            && let Some(action) = &mut action
-            && self
-                .moderator
-                .engine()
-                .rules()
-                .policy(&message.channel)
-                .classify_actions
-                == ClassifyActions::Record
+        let mut review = review_item(
+            message,
+            verdict,
+            requested_by,
+            &policy.review,
+            records_only,
+            std::time::SystemTime::now(),
+        );
+        if let Some(item) = &mut review
+            && policy.review.hide_while_pending
         {
+            let hide = pending_hide(
+                message,
+                verdict,
+                requested_by,
+                actions.hide_duration(),
+                actions.pending_ttl(),
+            );
+            item.hide_action_id.clone_from(&hide.id);
+            action = Some(hide);
+        }
+        if records_only && let Some(action) = &mut action {
             action.status = ActionStatus::Recorded;
         }
         verdict.action_id = action.as_ref().map(|a| a.id.clone());
-        AuditRecord::new(message.clone(), verdict.clone()).with_action(action)
+        verdict.review_id = review.as_ref().map(|r| r.id.clone());
+        AuditRecord::new(message.clone(), verdict.clone())
+            .with_action(action)
+            .with_review(review)
     }
 }

@@ -20,7 +20,7 @@ pub struct Page<T> {
 impl<T> Page<T> {
     /// A page of at most `limit` of `rows`, which were read with a limit of `limit + 1`: the
     /// extra row only says that another page exists.
-    fn of(mut rows: Vec<T>, limit: u32, key: impl Fn(&T) -> PageAfter) -> Self {
+    pub fn of(mut rows: Vec<T>, limit: u32, key: impl Fn(&T) -> PageAfter) -> Self {
         let next = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last().map(key)

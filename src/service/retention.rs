@@ -60,6 +60,8 @@ pub struct Deleted {
     pub feedback: u64,
     /// Rule history rows.
     pub rule_history: u64,
+    /// Settled review items.
+    pub review_items: u64,
 }
 
 impl Deleted {
@@ -71,6 +73,7 @@ impl Deleted {
             + self.nukes
             + self.feedback
             + self.rule_history
+            + self.review_items
     }
 }
 
@@ -96,6 +99,15 @@ pub async fn run_pass(
             stop,
             [RetentionTable::AuditLog],
             || async move { Ok([store.delete_audit_before(cutoff, limit).await?]) },
+        )
+        .await?;
+        // Settled review items keep the message's text as the audit log does.
+        [deleted.review_items] = drain(
+            store,
+            limit,
+            stop,
+            [RetentionTable::ReviewItems],
+            || async move { Ok([store.delete_reviews_before(cutoff, limit).await?]) },
         )
         .await?;
     }

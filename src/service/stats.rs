@@ -830,6 +830,7 @@ mod tests {
             scores: BTreeMap::new(),
             normalized_text: String::new(),
             action_id: None,
+            review_id: None,
         }
     }
 

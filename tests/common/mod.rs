@@ -342,6 +342,11 @@ impl TestServer {
         modbot::proto::appeals_client::AppealsClient::new(self.channel.clone())
     }
 
+    /// A review queue client.
+    pub fn review(&self) -> modbot::proto::review_client::ReviewClient<Channel> {
+        modbot::proto::review_client::ReviewClient::new(self.channel.clone())
+    }
+
     /// A health client.
     pub fn health(&self) -> HealthClient<Channel> {
         HealthClient::new(self.channel.clone())

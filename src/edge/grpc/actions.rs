@@ -192,7 +192,7 @@ fn new_action(
 
 /// Prefixes of the idempotency keys the server gives the actions it makes itself (appeal
 /// reversals, nuke mutes, aegis unmutes; `actions::workflow`).
-const SERVER_KEY_PREFIXES: [&str; 3] = ["appeal:", "nuke:", "aegis:"];
+const SERVER_KEY_PREFIXES: [&str; 4] = ["appeal:", "nuke:", "aegis:", "review:"];
 
 /// A caller's idempotency key: an optional id, not one of the server's own, which a caller
 /// could otherwise take first to keep a reversal or unmute of its credential from being made.
@@ -223,7 +223,7 @@ pub fn mute_duration(duration: Duration, field: &str) -> Result<Duration, FieldE
     Ok(duration)
 }
 
-fn action_kind(value: i32) -> Option<domain::ActionKind> {
+pub fn action_kind(value: i32) -> Option<domain::ActionKind> {
     Some(match crate::proto::ActionKind::try_from(value).ok()? {
         crate::proto::ActionKind::Unspecified => return None,
         crate::proto::ActionKind::Hide => domain::ActionKind::Hide,

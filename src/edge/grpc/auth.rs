@@ -145,6 +145,11 @@ pub fn access(path: &str) -> Access {
         | "/modbot.v1.Admin/Nuke"
         | "/modbot.v1.Admin/Aegis" => &[Moderator],
         "/modbot.v1.Admin/GetModelInfo" => &[Classifier, Bridge, Moderator],
+        "/modbot.v1.Review/ListReviews" | "/modbot.v1.Review/ResolveReview" => &[Moderator],
+        // A classifier sees only the items its own calls held (the handlers filter).
+        "/modbot.v1.Review/GetReview" | "/modbot.v1.Review/WatchReviews" => {
+            &[Classifier, Moderator]
+        }
         "/modbot.v1.Admin/UpsertRule"
         | "/modbot.v1.Admin/DeleteRule"
         | "/modbot.v1.Admin/SetPolicy" => &[],

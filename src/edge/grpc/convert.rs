@@ -232,6 +232,7 @@ impl From<domain::Verdict> for proto::Verdict {
             scores: verdict.scores.into_iter().collect(),
             normalized_text: verdict.normalized_text,
             action_id: verdict.action_id.unwrap_or_default(),
+            review_id: verdict.review_id.unwrap_or_default(),
             // Known to the caller that built the message (`ChatMessage.original_text_bytes`).
             text_truncated: false,
         }
@@ -328,6 +329,36 @@ impl From<domain::Appeal> for proto::Appeal {
             created_at: Some(appeal.created_at.into()),
             resolved_at: appeal.resolved_at.map(Into::into),
             reversal_action_id: appeal.reversal_action_id,
+        }
+    }
+}
+
+impl From<domain::ReviewItem> for proto::ReviewItem {
+    fn from(item: domain::ReviewItem) -> Self {
+        Self {
+            id: item.id,
+            channel: item.channel,
+            message_id: item.message_id,
+            user_id: item.user_id,
+            nick: item.nick,
+            text: item.text,
+            reasons: item.reasons.into_iter().map(Into::into).collect(),
+            scores: item.scores.into_iter().collect(),
+            status: match item.status {
+                domain::ReviewStatus::Pending => proto::ReviewStatus::Pending,
+                domain::ReviewStatus::Approved => proto::ReviewStatus::Approved,
+                domain::ReviewStatus::Rejected => proto::ReviewStatus::Rejected,
+                domain::ReviewStatus::Expired => proto::ReviewStatus::Expired,
+            }
+            .into(),
+            created_at: Some(item.created_at.into()),
+            expires_at: Some(item.expires_at.into()),
+            resolved_at: item.resolved_at.map(Into::into),
+            moderator: item.moderator,
+            label: item.label,
+            note: item.note,
+            action_id: item.action_id,
+            hide_action_id: item.hide_action_id,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod convert;
 pub mod metrics;
 mod moderation;
+mod review;
 mod rule_spec;
 pub mod status;
 mod stream;
@@ -30,6 +31,7 @@ use crate::proto::actions_server::ActionsServer;
 use crate::proto::admin_server::AdminServer;
 use crate::proto::appeals_server::AppealsServer;
 use crate::proto::moderation_server::ModerationServer;
+use crate::proto::review_server::ReviewServer;
 use crate::service::Services;
 
 /// Full names of the modbot services, as health and reflection report them.
@@ -38,6 +40,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "modbot.v1.Actions",
     "modbot.v1.Appeals",
     "modbot.v1.Admin",
+    "modbot.v1.Review",
 ];
 
 /// The modbot services, ready to be added to a server next to health and reflection.
@@ -46,10 +49,12 @@ pub fn routes(services: Arc<Services>) -> Routes {
     let admin = AdminServer::new(admin::AdminService::new(Arc::clone(&services)));
     let actions = ActionsServer::new(actions::ActionsService::new(Arc::clone(&services)));
     let appeals = AppealsServer::new(appeals::AppealsService::new(Arc::clone(&services)));
+    let review = ReviewServer::new(review::ReviewService::new(Arc::clone(&services)));
     let moderation = ModerationServer::new(ModerationService::new(services))
         .max_decoding_message_size(max_message_bytes);
     Routes::new(moderation)
         .add_service(actions)
         .add_service(appeals)
         .add_service(admin)
+        .add_service(review)
 }

@@ -19,10 +19,12 @@ use toml::Value;
 
 use super::convert::{MAX_ROLE_BYTES, MAX_ROLES};
 use super::status::FieldError;
-use crate::domain::Decision;
 use crate::domain::MAX_ID_BYTES;
+use crate::domain::{Decision, OnExpiry};
 use crate::engine::rules::ClassifyActions;
-use crate::engine::rules::spec::{EscalationSpec, ModelLabelSpec, ModelPolicySpec, RuleParams};
+use crate::engine::rules::spec::{
+    EscalationSpec, ModelLabelSpec, ModelPolicySpec, ReviewSpec, RuleParams,
+};
 use crate::engine::rules::spec::{PolicySpec, RuleSpec};
 use crate::engine::rules::{Mode, PhraseSyntax, RulesError};
 use crate::proto;
@@ -704,6 +706,29 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             ));
         }
     };
+    let review = match policy.review {
+        None => ReviewSpec::default(),
+        Some(review) => ReviewSpec {
+            ttl_secs: seconds_or(review.ttl.as_ref(), "policy.review.ttl", None)?
+                .unwrap_or(ReviewSpec::default().ttl_secs),
+            on_expiry: match proto::ReviewExpiry::try_from(review.on_expiry) {
+                Ok(proto::ReviewExpiry::Unspecified | proto::ReviewExpiry::Allow) => {
+                    OnExpiry::Allow
+                }
+                Ok(proto::ReviewExpiry::Hide) => OnExpiry::Hide,
+                Err(_) => {
+                    return Err(FieldError::new(
+                        "policy.review.on_expiry",
+                        format!(
+                            "{} is not a ReviewExpiry value (ALLOW or HIDE)",
+                            review.on_expiry
+                        ),
+                    ));
+                }
+            },
+            hide_while_pending: review.hide_while_pending,
+        },
+    };
     Ok((
         policy.channel,
         PolicySpec {
@@ -712,6 +737,7 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             emotes,
             classify_actions,
             escalation,
+            review,
             model: ModelPolicySpec { labels },
         },
     ))
@@ -785,6 +811,15 @@ pub fn policy_to_proto(
             ClassifyActions::Send => proto::ClassifyActions::Send,
         }
         .into(),
+        review: Some(proto::ReviewPolicy {
+            ttl: Some(proto_duration(spec.review.ttl_secs)),
+            on_expiry: match spec.review.on_expiry {
+                OnExpiry::Allow => proto::ReviewExpiry::Allow,
+                OnExpiry::Hide => proto::ReviewExpiry::Hide,
+            }
+            .into(),
+            hide_while_pending: spec.review.hide_while_pending,
+        }),
     }
 }
 

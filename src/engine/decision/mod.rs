@@ -230,6 +230,7 @@ impl Engine {
                 scores,
                 normalized_text: inputs.normalized.text.clone(),
                 action_id: None,
+                review_id: None,
             },
             offence,
             failed_rules,
@@ -289,6 +290,7 @@ impl Engine {
             scores: BTreeMap::new(),
             normalized_text: String::new(),
             action_id: None,
+            review_id: None,
         }
     }
 }

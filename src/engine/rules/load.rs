@@ -18,7 +18,7 @@ use super::checks::{
 use super::phrase::PhraseCheck;
 use super::profanity::ProfanityCheck;
 use super::spec::{PolicySpec, RuleParams, RuleSpec};
-use super::{Escalation, Mode, ModelLabel, Policy, Rule, RuleSet};
+use super::{Escalation, Mode, ModelLabel, Policy, Review, Rule, RuleSet};
 use crate::domain::Decision;
 use crate::engine::normalize::EmoteSet;
 
@@ -469,6 +469,9 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
     if e.heat_half_life_secs == 0 {
         return Err(place.error("escalation.heat_half_life_secs", "must be at least 1"));
     }
+    if config.review.ttl_secs == 0 {
+        return Err(place.error("review.ttl_secs", "must be at least 1"));
+    }
     if let Some(bad) = config
         .emotes
         .iter()
@@ -518,6 +521,11 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
             max_timeout: secs(e.max_timeout_secs),
             ban_after: e.ban_after,
             heat_half_life: secs(e.heat_half_life_secs),
+        },
+        review: Review {
+            ttl: secs(config.review.ttl_secs),
+            on_expiry: config.review.on_expiry,
+            hide_while_pending: config.review.hide_while_pending,
         },
     })
 }

@@ -85,6 +85,19 @@ pub struct Policy {
     pub escalation: Escalation,
     /// What the model's labels do, in label order.
     pub model: Vec<ModelLabel>,
+    /// What becomes of held messages.
+    pub review: Review,
+}
+
+/// What becomes of a channel's held messages (`[policy.review]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Review {
+    /// How long a held message waits for a moderator.
+    pub ttl: Duration,
+    /// What an item nobody ruled on becomes.
+    pub on_expiry: crate::domain::OnExpiry,
+    /// Hide a held message while it waits.
+    pub hide_while_pending: bool,
 }
 
 impl Policy {

@@ -62,9 +62,34 @@ pub struct PolicySpec {
     pub classify_actions: ClassifyActions,
     /// Escalation for repeat offenders.
     pub escalation: EscalationSpec,
+    /// What becomes of held messages.
+    #[serde(default)]
+    pub review: ReviewSpec,
     /// What the model's labels do.
     #[serde(default)]
     pub model: ModelPolicySpec,
+}
+
+/// `[policy.review]`: what becomes of held messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewSpec {
+    /// How long a held message waits for a moderator, in seconds (at least 1).
+    pub ttl_secs: u64,
+    /// What an item nobody ruled on becomes.
+    pub on_expiry: crate::domain::OnExpiry,
+    /// Hide a held message while it waits.
+    pub hide_while_pending: bool,
+}
+
+impl Default for ReviewSpec {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 900,
+            on_expiry: crate::domain::OnExpiry::Allow,
+            hide_while_pending: false,
+        }
+    }
 }
 
 /// `[policy.escalation]`.

@@ -14,6 +14,10 @@ pub enum FeedbackSource {
     ModeratorAction,
     /// A moderator overturned an appeal against modbot's action (a negative example).
     AppealOverturned,
+    /// A moderator let a held message stand (a negative example of each label that fired).
+    ReviewApproved,
+    /// A moderator acted on a held message (a positive example of the moderator's label).
+    ReviewRejected,
 }
 
 impl FeedbackSource {
@@ -22,6 +26,8 @@ impl FeedbackSource {
         match self {
             Self::ModeratorAction => "moderator_action",
             Self::AppealOverturned => "appeal_overturned",
+            Self::ReviewApproved => "review_approved",
+            Self::ReviewRejected => "review_rejected",
         }
     }
 
@@ -29,6 +35,8 @@ impl FeedbackSource {
         match name {
             "moderator_action" => Some(Self::ModeratorAction),
             "appeal_overturned" => Some(Self::AppealOverturned),
+            "review_approved" => Some(Self::ReviewApproved),
+            "review_rejected" => Some(Self::ReviewRejected),
             _ => None,
         }
     }

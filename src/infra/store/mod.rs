@@ -18,11 +18,13 @@ use sqlx::{AnyPool, Row, SqlSafeStr};
 mod actions;
 mod feedback;
 mod retention;
+mod review;
 mod rules;
 
 pub use self::actions::{ActionAnswer, Expired, Filed, MAX_ROUTES, Recorded, Resolved};
 pub use self::feedback::{Feedback, FeedbackSource};
 pub use self::retention::{RetentionTable, SqlitePages, VACUUM_AT_CONNECT_MAX_BYTES};
+pub use self::review::{QueueDepth, ReviewRuled};
 pub use self::rules::{
     Change, ChangeTarget, HistoryEntry, StoredPolicy, StoredRule, StoredRuleSet,
 };
@@ -85,6 +87,11 @@ const MIGRATIONS: &[(i64, &str, MigrationSql)] = &[
         6,
         "retention",
         MigrationSql::Portable(include_str!("../../../migrations/0006_retention.sql")),
+    ),
+    (
+        7,
+        "review queue",
+        MigrationSql::Portable(include_str!("../../../migrations/0007_review_queue.sql")),
     ),
 ];
 
@@ -304,6 +311,8 @@ pub struct AuditRecord {
     pub verdict: Verdict,
     /// The action that carries the verdict out, written in the same transaction.
     pub action: Option<crate::domain::Action>,
+    /// The review item of a held message, written in the same transaction.
+    pub review: Option<crate::domain::ReviewItem>,
 }
 
 impl AuditRecord {
@@ -315,12 +324,19 @@ impl AuditRecord {
             message,
             verdict,
             action: None,
+            review: None,
         }
     }
 
     /// The record with the action that carries its verdict out.
     pub fn with_action(mut self, action: Option<crate::domain::Action>) -> Self {
         self.action = action;
+        self
+    }
+
+    /// The record with the review item of its held message.
+    pub fn with_review(mut self, review: Option<crate::domain::ReviewItem>) -> Self {
+        self.review = review;
         self
     }
 }
@@ -590,6 +606,9 @@ impl Store {
             if let Some(action) = &record.action {
                 *inserted = actions::insert_action(&mut tx, action).await?;
             }
+            if let Some(item) = &record.review {
+                review::insert_review(&mut tx, item).await?;
+            }
         }
         tx.commit().await?;
         Ok(inserted)
@@ -664,6 +683,7 @@ fn audit_record_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
         scores: Default::default(),
         normalized_text: String::new(),
         action_id: None,
+        review_id: None,
     };
     Ok(AuditRecord {
         decided_at: from_unix_millis(row.try_get("decided_at")?),
@@ -671,6 +691,7 @@ fn audit_record_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
         message,
         verdict,
         action: None,
+        review: None,
     })
 }
 

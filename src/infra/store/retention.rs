@@ -32,6 +32,8 @@ pub enum RetentionTable {
     Feedback,
     /// The rule set's change history.
     RuleHistory,
+    /// Settled review items (with the audit log: they keep the message's text).
+    ReviewItems,
 }
 
 impl RetentionTable {
@@ -44,6 +46,7 @@ impl RetentionTable {
             Self::Nukes => "nukes",
             Self::Feedback => "feedback",
             Self::RuleHistory => "ruleset_history",
+            Self::ReviewItems => "review_items",
         }
     }
 }
@@ -68,6 +71,27 @@ const ACTION_KEPT: &str = "a.status IN ('pending', 'sent') \
      OR EXISTS (SELECT 1 FROM appeals p WHERE p.action_id = a.id AND p.status = 'open')";
 
 impl Store {
+    /// Deletes up to `limit` settled review items held before `cutoff`, oldest first; pending
+    /// ones wait for a ruling or their expiry whatever their age. How many were deleted.
+    pub async fn delete_reviews_before(
+        &self,
+        cutoff: SystemTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.timed(async move {
+            let done = sqlx::query(
+                "DELETE FROM review_items WHERE id IN (SELECT id FROM review_items \
+                 WHERE created_at < $1 AND status <> 'pending' ORDER BY created_at, id LIMIT $2)",
+            )
+            .bind(unix_millis(cutoff))
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
     /// Deletes up to `limit` audit records decided before `cutoff`, oldest first, except those
     /// about a message whose action has an open appeal (resolving it as overturned turns the
     /// message into a training example). How many were deleted.

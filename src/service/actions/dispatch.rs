@@ -515,6 +515,47 @@ pub fn automatic_action(
     Some(new.into_action(id, SystemTime::now(), pending_ttl))
 }
 
+/// The short mute that hides a held message while it waits for review (a channel's
+/// `hide_while_pending`), with an id derived like [`automatic_action`]'s.
+pub fn pending_hide(
+    message: &crate::domain::ChatMessage,
+    verdict: &crate::domain::Verdict,
+    requested_by: &str,
+    hide_duration: Duration,
+    pending_ttl: Duration,
+) -> Action {
+    let reason = verdict
+        .reasons
+        .iter()
+        .find(|r| !r.shadow)
+        .map_or_else(String::new, |r| {
+            format!("held for review: {}", r.description)
+        });
+    NewAction {
+        channel: message.channel.clone(),
+        target_user_id: message.user_id.clone(),
+        target_nick: message.nick.clone(),
+        kind: crate::domain::ActionKind::Hide,
+        duration: Some(hide_duration),
+        reason,
+        source: ActionSource::Automod,
+        moderator: String::new(),
+        message_id: message.message_id.clone(),
+        idempotency_key: None,
+        requested_by: requested_by.to_owned(),
+    }
+    .into_action(
+        crate::domain::derived_id(&[
+            "automod-hold",
+            requested_by,
+            &message.channel,
+            &message.message_id,
+        ]),
+        SystemTime::now(),
+        pending_ttl,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
