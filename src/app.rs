@@ -160,6 +160,7 @@ pub async fn serve(
         dispatcher: dispatcher.clone(),
         rules: rule_source,
         review_queue: crate::service::review::ReviewQueue::new(),
+        notices: crate::service::notices::NoticeLimiter::new(),
         stopping: tokio::sync::watch::Sender::new(false),
     });
     let reload = ReloadTask::spawn(Arc::clone(&app));

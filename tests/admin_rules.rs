@@ -459,6 +459,14 @@ fn policy(channel: &str) -> proto::Policy {
             on_expiry: proto::ReviewExpiry::Hide as i32,
             hide_while_pending: true,
         }),
+        notices: Some(proto::Notices {
+            warn: "{nick}: {reason}. {appeal}".into(),
+            hide: String::new(),
+            timeout: "muted {duration}: {reason}".into(),
+            ban: "banned: {reason}; you wrote {{{text}}}".into(),
+            appeal: "quote {action_id}".into(),
+            min_interval: Some(seconds(30)),
+        }),
         ..proto::Policy::default()
     }
 }
@@ -789,6 +797,18 @@ async fn bad_input_writes_nothing(db: &Db) {
         (
             bad_policy(|p| p.review.as_mut().unwrap().on_expiry = 7),
             "policy.review.on_expiry: 7 is not a ReviewExpiry value",
+        ),
+        (
+            bad_policy(|p| p.notices.as_mut().unwrap().warn = "hi {name}".into()),
+            "policy.notices.warn: `{name}` is not a placeholder",
+        ),
+        (
+            bad_policy(|p| p.notices.as_mut().unwrap().appeal = "{text}".into()),
+            "policy.notices.appeal: `{text}` is not a placeholder",
+        ),
+        (
+            bad_policy(|p| p.notices.as_mut().unwrap().ban = "x".repeat(513)),
+            "policy.notices.ban: is longer than 512 characters",
         ),
     ];
     for (policy, expected) in policy_cases {

@@ -5,7 +5,8 @@
 //! ExecuteAction reaches the chat and a refusal (`nopermission`) fails it with that code; the
 //! chat dropping, refreshing or sending garbage and modbot restarting never lose the bridge
 //! or make it act twice; a human moderator's MUTE becomes a feedback example; the buffer
-//! towards an unreachable modbot stays bounded.
+//! towards an unreachable modbot stays bounded; warnings and reasons reach the user as private
+//! messages.
 
 mod chat_server;
 mod common;
@@ -435,6 +436,90 @@ async fn moderator_actions_reach_the_chat_dgg() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moderator_actions_reach_the_chat_strims() {
     moderator_actions_reach_the_chat(Dialect::Strims).await;
+}
+
+/// What the user sees: a warning arrives as a private message with the rule's reason and how
+/// to appeal, nothing of their own text; a moderator's timeout is followed by one saying how
+/// long and why.
+async fn warnings_and_reasons_reach_the_user(dialect: Dialect) {
+    let chat = chat(dialect).await;
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let modbot = Modbot::start(any_port(), data.path()).await;
+    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+    let mut spammer = chat.client(Some(SPAMMER_TOKEN)).await;
+    let mut bob = chat.client(Some(USER_TOKEN)).await;
+    // The same pitch twice: the repetition rule's first offence is a warning.
+    say_all(
+        &mut spammer,
+        &[
+            "cheap followers and viewers at followers dot shop, best prices in town, use code ONE",
+            "cheap followers and viewers at followers dot shop, best prices in town, use code TWO",
+        ],
+    )
+    .await;
+    let warning = spammer
+        .expect("PRIVMSG", Duration::from_secs(15))
+        .await
+        .expect("the warning reaches the spammer");
+    let text = warning["data"].as_str().unwrap();
+    assert_eq!(warning["nick"], "modbot", "{warning}");
+    assert!(text.starts_with("Spammer, this is a warning"), "{text}");
+    assert!(
+        text.contains("To appeal, ask a moderator and quote action"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("followers"),
+        "nothing of the message is echoed: {text}"
+    );
+    let warned = wait_for_action(&modbot, dialect, "Spammer", |a| {
+        a.kind == ActionKind::Warn as i32
+    })
+    .await;
+    let warned = settled(&modbot, &warned.id).await;
+    assert_eq!(warned.status, ActionStatus::Executed as i32, "{warned:?}");
+    assert!(
+        text.contains(&warned.id),
+        "the notice names the action: {text}"
+    );
+
+    // A moderator's timeout: the MUTE, then why.
+    carried_out(
+        &modbot,
+        moderator_action(dialect, ActionKind::Timeout, "Bob"),
+    )
+    .await;
+    let notice = bob
+        .expect("PRIVMSG", Duration::from_secs(15))
+        .await
+        .expect("the timeout's notice reaches Bob");
+    assert_eq!(
+        notice["data"]
+            .as_str()
+            .unwrap()
+            .split(". To appeal")
+            .next()
+            .unwrap(),
+        "Bob, you are muted for 2 minutes: being rude"
+    );
+    let delivered = chat.private_messages();
+    assert_eq!(
+        delivered.iter().map(|m| m.to.as_str()).collect::<Vec<_>>(),
+        ["Spammer", "Bob"],
+        "one notice each: {delivered:?}"
+    );
+    bridge.stop().await;
+    modbot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_and_reasons_reach_the_user_dgg() {
+    warnings_and_reasons_reach_the_user(Dialect::Dgg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_and_reasons_reach_the_user_strims() {
+    warnings_and_reasons_reach_the_user(Dialect::Strims).await;
 }
 
 /// The chat drops every connection, then asks for a reconnect: the bridge comes back each

@@ -264,7 +264,7 @@ async fn unknown_events_ignored(dialect: Dialect) {
     for raw in [
         "FOO {}",
         r#"msg {"data":"lowercase is another event"}"#,
-        "PRIVMSG not json at all",
+        "WHISPER not json at all",
         " {}",
     ] {
         client.send_raw(Message::text(raw)).await;
@@ -1136,3 +1136,90 @@ async fn hostile_input(dialect: Dialect) {
     assert_eq!(client.expect("PONG", WAIT).await, Some(json!(1)));
 }
 both_dialects!(hostile_input);
+
+async fn private_messages(dialect: Dialect) {
+    let chat = server(dialect).await;
+    chat.add_user("t-m", "Mod", &["moderator"]);
+    chat.add_user("t-x", "Target", &["subscriber"]);
+    chat.add_user("t-o", "Other", &[]);
+    let mut moderator = chat.client(Some("t-m")).await;
+    let mut target = chat.client(Some("t-x")).await;
+    let mut other = chat.client(Some("t-o")).await;
+    frames_before_pong(&mut moderator).await;
+    frames_before_pong(&mut target).await;
+    frames_before_pong(&mut other).await;
+
+    // Muted users can still be told (PRIVMSG skips the mute check).
+    moderator.send("MUTE", mute("Target", 60 * SEC_NS)).await;
+    frames_before_pong(&mut moderator).await;
+    frames_before_pong(&mut target).await;
+    frames_before_pong(&mut other).await;
+    moderator
+        .send(
+            "PRIVMSG",
+            json!({"nick": "target", "data": "  you are muted  "}),
+        )
+        .await;
+    let (event, sent) = moderator.next_frame(WAIT).await.expect("PRIVMSGSENT");
+    assert_eq!(event, "PRIVMSGSENT");
+    let delivered = assert_event(&mut target, "PRIVMSG", "Mod").await;
+    assert_eq!(delivered["data"], json!("you are muted"), "trimmed");
+    assert_recent_ms(&delivered);
+    match dialect {
+        Dialect::Dgg => {
+            assert_eq!(sent, json!(""));
+            assert_eq!(keys(&delivered), ["data", "messageid", "nick", "timestamp"]);
+        }
+        Dialect::Strims => {
+            assert_eq!(sent, delivered, "Strims echoes the whole message");
+            assert_eq!(delivered["targetNick"], json!("Target"));
+            assert_eq!(
+                keys(&delivered),
+                [
+                    "data",
+                    "entities",
+                    "messageid",
+                    "nick",
+                    "targetNick",
+                    "timestamp"
+                ]
+            );
+        }
+    }
+    assert_quiet(&mut other, "a private message goes to its target only").await;
+    assert_eq!(chat.private_messages().len(), 1);
+    assert_eq!(chat.private_messages()[0].to, "Target");
+
+    // Refusals, in the document's order.
+    moderator
+        .send("PRIVMSG", json!({"nick": "Target", "data": {"nick": "x"}}))
+        .await;
+    assert_err(&mut moderator, dialect, "protocolerror").await;
+    moderator
+        .send("PRIVMSG", json!({"nick": "Target", "data": "   "}))
+        .await;
+    assert_err(&mut moderator, dialect, "invalidmsg").await;
+    moderator
+        .send(
+            "PRIVMSG",
+            json!({"nick": "Target", "data": "x".repeat(513)}),
+        )
+        .await;
+    assert_err(&mut moderator, dialect, "invalidmsg").await;
+    moderator
+        .send("PRIVMSG", json!({"nick": "Nobody", "data": "hello"}))
+        .await;
+    assert_err(&mut moderator, dialect, "notfound").await;
+    let mut guest = chat.client(None).await;
+    frames_before_pong(&mut guest).await;
+    guest
+        .send("PRIVMSG", json!({"nick": "Target", "data": "hello"}))
+        .await;
+    assert_err(&mut guest, dialect, "needlogin").await;
+    assert_eq!(
+        chat.private_messages().len(),
+        1,
+        "nothing refused was delivered"
+    );
+}
+both_dialects!(private_messages);

@@ -122,9 +122,12 @@ async fn a_chat_log_gets_one_verdict_per_message_and_its_actions_are_answered() 
     assert_eq!(summary.degraded_verdicts, 0, "{summary}");
     assert_eq!(summary.stream_errors.count, 0, "{summary}");
 
-    // Every hide and timeout became an action, sent to the replay (the channel's bridge)
-    // and answered as not carried out.
-    let acting = summary.decisions.hide + summary.decisions.timeout + summary.decisions.ban;
+    // Every warning, hide and timeout became an action, sent to the replay (the channel's
+    // bridge) and answered as not carried out.
+    let acting = summary.decisions.warn
+        + summary.decisions.hide
+        + summary.decisions.timeout
+        + summary.decisions.ban;
     assert_eq!(summary.commands.received, acting, "{summary}");
     assert_eq!(summary.commands.answered, acting, "{summary}");
     assert_eq!(summary.commands.unanswered, 0, "{summary}");

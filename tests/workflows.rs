@@ -622,7 +622,7 @@ async fn a_bridge_carries_actions_out_and_reports_the_chat_answer() {
         "the first answer stands"
     );
 
-    // A warning needs nothing from the chat.
+    // A moderator's warning goes to the chat too: the private message with their reason.
     let warning = execute(
         &mut c,
         ExecuteActionRequest {
@@ -632,7 +632,16 @@ async fn a_bridge_carries_actions_out_and_reports_the_chat_answer() {
         },
     )
     .await;
-    assert_eq!(warning.status, ActionStatus::Recorded as i32);
+    assert_eq!(warning.status, ActionStatus::Pending as i32);
+    let command = next_command(&mut responses).await;
+    assert_eq!(command.action_id, warning.id);
+    assert_eq!(command.kind, ActionKind::Warn as i32);
+    assert!(
+        command
+            .notice
+            .starts_with("carol, this is a warning from the chat's moderation bot: being rude."),
+        "{command:?}"
+    );
     drop(tx);
     server.stop().await.unwrap();
 }
@@ -1031,13 +1040,28 @@ async fn enforced_verdicts_become_actions_once() {
     }
     let warned = get(&mut c, &verdicts[0].action_id).await;
     assert_eq!(warned.kind, ActionKind::Warn as i32);
-    assert_eq!(warned.status, ActionStatus::Recorded as i32);
     assert_eq!(warned.source, ActionSource::Automod as i32);
     assert_eq!(warned.message_id, "s1");
     let timed_out = get(&mut c, &verdicts[1].action_id).await;
     assert_eq!(timed_out.kind, ActionKind::Timeout as i32);
+    // The warning goes to the chat as the private message that tells the user why.
+    let warning = next_command(&mut responses).await;
+    assert_eq!(warning.action_id, warned.id);
+    assert!(
+        warning.notice.starts_with("scammer, this is a warning")
+            && warning.notice.contains(&warned.id),
+        "{warning:?}"
+    );
+    assert!(
+        !warning.notice.contains("NITRO"),
+        "the message is not echoed"
+    );
     let command = next_command(&mut responses).await;
     assert_eq!(command.action_id, timed_out.id);
+    assert_eq!(
+        command.notice, "",
+        "told moments ago: the rate limit holds this one back"
+    );
     // Deciding the same message again finds its action instead of making another.
     let again = server
         .moderation()

@@ -20,7 +20,7 @@ use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::protocol::{Command, Frame};
+use super::protocol::{Command, Confirmation, Frame};
 use crate::proto::{ActionCommand, ActionKind, ActionResult};
 
 /// Outcomes remembered for commands modbot may send again.
@@ -55,6 +55,11 @@ struct Queued {
     command: Command,
     expires_at: Option<SystemTime>,
     throttled: u32,
+    /// The private message telling the target why, sent once the command is confirmed.
+    notice: Option<String>,
+    /// This is such a message, after its action: its outcome is logged and counted, never
+    /// reported (the action's result was).
+    followup: bool,
 }
 
 /// What to do next.
@@ -183,17 +188,34 @@ impl Executor {
             Some((code, detail)) => Err((code, detail)),
             None => chat_command(&command),
         };
+        let notice = Some(command.notice.trim())
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
         match result {
-            Ok(chat) => {
+            Ok(Some(chat)) => {
                 self.active.insert(command.action_id.clone());
+                // A private message that is the action itself (a warning) has no follow-up.
+                let followup_notice = notice.filter(|_| !matches!(chat, Command::Privmsg { .. }));
                 self.queue.push_back(Queued {
                     action_id: command.action_id,
                     command: chat,
                     expires_at,
                     throttled: 0,
+                    notice: followup_notice,
+                    followup: false,
                 });
                 None
             }
+            Ok(None) => Some(
+                self.finish(
+                    command.action_id,
+                    true,
+                    "",
+                    "nothing to send: a warning without a notice (the channel's policy has no \
+                 warn template, or the user was told moments ago)"
+                        .to_owned(),
+                ),
+            ),
             Err((code, detail)) => Some(self.finish(command.action_id, false, &code, detail)),
         }
     }
@@ -216,15 +238,11 @@ impl Executor {
     pub fn disconnected(&mut self) -> Option<ActionResult> {
         self.connected = false;
         let (queued, _) = self.in_flight.take()?;
-        Some(self.finish(
-            queued.action_id,
-            false,
-            "unconfirmed",
-            format!(
-                "the chat connection closed before it answered `{}`; not sent again",
-                queued.command.confirmed_by().event()
-            ),
-        ))
+        let detail = format!(
+            "the chat connection closed before it answered `{}`; not sent again",
+            queued.command.event()
+        );
+        self.settle(queued, false, "unconfirmed", detail)
     }
 
     /// What to do now: a frame to send, or how long to wait. Also reports commands that
@@ -235,20 +253,19 @@ impl Executor {
                 return Step::Wait(Some(*deadline));
             }
             let detail = format!(
-                "no broadcast or ERR for `{} {}` within {} ms",
-                queued.command.confirmed_by().event(),
+                "no confirmation or ERR for `{} {}` within {} ms",
+                queued.command.event(),
                 queued.command.target(),
                 self.options.command_timeout.as_millis()
             );
-            let action_id = queued.action_id.clone();
-            self.in_flight = None;
-            report.push(self.finish(action_id, false, "noreply", detail));
+            let (queued, _) = self.in_flight.take().expect("in flight");
+            report.extend(self.settle(queued, false, "noreply", detail));
         }
         while let Some(front) = self.queue.front() {
             if front.expires_at.is_some_and(|at| at <= wall) {
                 let queued = self.queue.pop_front().expect("a front");
-                report.push(self.finish(
-                    queued.action_id,
+                report.extend(self.settle(
+                    queued,
                     false,
                     "expired",
                     "the command expired while waiting for the chat".to_owned(),
@@ -284,32 +301,68 @@ impl Executor {
     /// A frame from the chat: the outcome of the command in flight, when it is one.
     pub fn on_frame(&mut self, frame: &Frame) -> Option<ActionResult> {
         let (queued, _) = self.in_flight.as_ref()?;
-        match frame {
-            Frame::Moderation {
-                kind,
-                moderator,
-                target,
-                ..
-            } if *kind == queued.command.confirmed_by()
-                && moderator.nick.eq_ignore_ascii_case(&self.options.bot_nick)
-                && target.eq_ignore_ascii_case(queued.command.target()) =>
-            {
-                let (queued, _) = self.in_flight.take().expect("in flight");
-                let detail = format!("the chat broadcast {} {}", kind.event(), target);
-                Some(self.finish(queued.action_id, true, "", detail))
+        let confirmed = match (frame, queued.command.confirmed_by()) {
+            (
+                Frame::Moderation {
+                    kind,
+                    moderator,
+                    target,
+                    ..
+                },
+                Confirmation::Broadcast(expected),
+            ) => {
+                *kind == expected
+                    && moderator.nick.eq_ignore_ascii_case(&self.options.bot_nick)
+                    && target.eq_ignore_ascii_case(queued.command.target())
             }
+            // destiny.gg's confirmation names nobody: with one command in flight it is ours.
+            (Frame::PrivmsgSent { target }, Confirmation::PrivmsgSent) => target
+                .as_ref()
+                .is_none_or(|t| t.eq_ignore_ascii_case(queued.command.target())),
+            _ => false,
+        };
+        if confirmed {
+            let (queued, _) = self.in_flight.take().expect("in flight");
+            let detail = match queued.command.confirmed_by() {
+                Confirmation::Broadcast(kind) => {
+                    format!(
+                        "the chat broadcast {} {}",
+                        kind.event(),
+                        queued.command.target()
+                    )
+                }
+                Confirmation::PrivmsgSent => {
+                    format!(
+                        "the chat delivered a private message to {}",
+                        queued.command.target()
+                    )
+                }
+            };
+            if let Some(notice) = &queued.notice {
+                // Why, right after the mute or ban; first in line, as part of this action.
+                self.queue.push_front(Queued {
+                    action_id: format!("{}/notice", queued.action_id),
+                    command: Command::Privmsg {
+                        nick: queued.command.target().to_owned(),
+                        text: notice.clone(),
+                    },
+                    expires_at: None,
+                    throttled: 0,
+                    notice: None,
+                    followup: true,
+                });
+            }
+            return self.settle(queued, true, "", detail);
+        }
+        match frame {
             Frame::Err { code } if code == "throttled" => {
                 let (mut queued, _) = self.in_flight.take().expect("in flight");
                 self.pacing.throttled();
                 metrics::counter!("modbot_bridge_throttled_total").increment(1);
                 queued.throttled += 1;
                 if queued.throttled > MAX_THROTTLED {
-                    return Some(self.finish(
-                        queued.action_id,
-                        false,
-                        "throttled",
-                        format!("throttled {} times", queued.throttled),
-                    ));
+                    let detail = format!("throttled {} times", queued.throttled);
+                    return self.settle(queued, false, "throttled", detail);
                 }
                 tracing::info!(action = %queued.action_id, factor = self.pacing.factor, "throttled by the chat; backing off");
                 self.queue.push_front(queued);
@@ -319,13 +372,35 @@ impl Executor {
                 let (queued, _) = self.in_flight.take().expect("in flight");
                 let detail = format!(
                     "the chat refused `{} {}`",
-                    queued.command.confirmed_by().event(),
+                    queued.command.event(),
                     queued.command.target()
                 );
-                Some(self.finish(queued.action_id, false, code, detail))
+                self.settle(queued, false, code, detail)
             }
             _ => None,
         }
+    }
+
+    /// The outcome of a command taken off the queue: an action's result to report, or for a
+    /// follow-up private message only a log line and a count.
+    fn settle(
+        &mut self,
+        queued: Queued,
+        ok: bool,
+        code: &str,
+        detail: String,
+    ) -> Option<ActionResult> {
+        if queued.followup {
+            let outcome = if ok { "delivered" } else { "failed" };
+            metrics::counter!("modbot_bridge_notices_total", "outcome" => outcome).increment(1);
+            if ok {
+                tracing::info!(action = %queued.action_id, "{detail}");
+            } else {
+                tracing::warn!(action = %queued.action_id, code, "the notice was not delivered: {detail}");
+            }
+            return None;
+        }
+        Some(self.finish(queued.action_id, ok, code, detail))
     }
 
     fn finish(&mut self, action_id: String, ok: bool, code: &str, detail: String) -> ActionResult {
@@ -348,27 +423,35 @@ impl Executor {
     }
 }
 
-/// The chat command that carries out an action, or why there is none.
-fn chat_command(command: &ActionCommand) -> Result<Command, (String, String)> {
+/// The chat command that carries out an action (`None`: nothing to send, done), or why there
+/// is none.
+fn chat_command(command: &ActionCommand) -> Result<Option<Command>, (String, String)> {
     let nick = command.target.clone();
     let duration = command.duration.and_then(|d| Duration::try_from(d).ok());
     let kind = ActionKind::try_from(command.kind).unwrap_or(ActionKind::Unspecified);
     match kind {
         ActionKind::Hide | ActionKind::Timeout => match duration {
-            Some(duration) if !duration.is_zero() => Ok(Command::Mute { nick, duration }),
+            Some(duration) if !duration.is_zero() => Ok(Some(Command::Mute { nick, duration })),
             _ => Err((
                 "invalidcommand".to_owned(),
                 format!("a {} needs a duration", kind.as_str_name()),
             )),
         },
-        ActionKind::Ban => Ok(Command::Ban {
+        ActionKind::Ban => Ok(Some(Command::Ban {
             nick,
             reason: command.reason.clone(),
             duration: duration.filter(|d| !d.is_zero()),
-        }),
-        ActionKind::Unmute => Ok(Command::Unmute { nick }),
-        ActionKind::Unban => Ok(Command::Unban { nick }),
-        ActionKind::Warn | ActionKind::Unspecified => Err((
+        })),
+        ActionKind::Unmute => Ok(Some(Command::Unmute { nick })),
+        ActionKind::Unban => Ok(Some(Command::Unban { nick })),
+        // A warning is the private message that tells the user.
+        ActionKind::Warn => Ok(Some(command.notice.trim())
+            .filter(|n| !n.is_empty())
+            .map(|text| Command::Privmsg {
+                nick,
+                text: text.to_owned(),
+            })),
+        ActionKind::Unspecified => Err((
             "unsupported".to_owned(),
             format!("the chat has no command for {}", kind.as_str_name()),
         )),
@@ -400,6 +483,7 @@ mod tests {
             duration: secs.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
             reason: "spam".into(),
             expires_at: None,
+            notice: String::new(),
         }
     }
 
@@ -651,13 +735,21 @@ mod tests {
     #[test]
     fn what_the_chat_cannot_do_is_refused_at_once() {
         let mut e = executor();
+        // A warning with nothing to say is done at once: there is nothing to send.
         let warn = e
             .offer(
                 command("w", ActionKind::Warn, "Bob", None),
                 SystemTime::now(),
             )
             .unwrap();
-        assert_eq!(warn.error_code, "unsupported");
+        assert!(warn.ok, "{warn:?}");
+        let unknown = e
+            .offer(
+                command("u", ActionKind::Unspecified, "Bob", None),
+                SystemTime::now(),
+            )
+            .unwrap();
+        assert_eq!(unknown.error_code, "unsupported");
         let mut other = command("o", ActionKind::Timeout, "Bob", Some(60));
         other.channel = "strims".into();
         assert_eq!(
@@ -672,5 +764,124 @@ mod tests {
             .unwrap();
         assert_eq!(no_duration.error_code, "invalidcommand");
         assert_eq!(e.backlog(), 0);
+    }
+
+    fn with_notice(mut command: ActionCommand, notice: &str) -> ActionCommand {
+        command.notice = notice.into();
+        command
+    }
+
+    #[test]
+    fn a_warning_is_a_private_message_confirmed_by_privmsgsent() {
+        let mut e = executor();
+        let t0 = Instant::now();
+        let warn = with_notice(command("w1", ActionKind::Warn, "Bob", None), "  be nice  ");
+        assert_eq!(e.offer(warn, SystemTime::now()), None);
+        assert_eq!(
+            send(&mut e, t0),
+            r#"PRIVMSG {"data":"be nice","nick":"Bob"}"#
+        );
+        // A moderation broadcast does not confirm a private message.
+        assert_eq!(
+            e.on_frame(&broadcast(Moderation::Mute, "modbot", "Bob")),
+            None
+        );
+        // Strims names the recipient: another one is not the answer.
+        assert_eq!(
+            e.on_frame(&Frame::PrivmsgSent {
+                target: Some("Carol".into())
+            }),
+            None
+        );
+        // destiny.gg names nobody.
+        let result = e.on_frame(&Frame::PrivmsgSent { target: None }).unwrap();
+        assert!(result.ok, "{result:?}");
+        assert_eq!(result.action_id, "w1");
+        assert!(result.detail.contains("private message to Bob"));
+        assert_eq!(e.backlog(), 0);
+    }
+
+    #[test]
+    fn a_refused_warning_fails_and_a_long_one_is_cut() {
+        let mut e = executor();
+        let t0 = Instant::now();
+        let long = "x".repeat(700);
+        e.offer(
+            with_notice(command("w2", ActionKind::Warn, "Ghost", None), &long),
+            SystemTime::now(),
+        );
+        let frame = send(&mut e, t0);
+        let payload: serde_json::Value =
+            serde_json::from_str(frame.strip_prefix("PRIVMSG ").unwrap()).unwrap();
+        assert_eq!(payload["data"].as_str().unwrap().chars().count(), 512);
+        let result = e
+            .on_frame(&Frame::Err {
+                code: "notfound".into(),
+            })
+            .unwrap();
+        assert!(!result.ok);
+        assert_eq!(result.error_code, "notfound");
+    }
+
+    #[test]
+    fn a_mute_with_a_notice_is_followed_by_the_private_message_which_reports_nothing() {
+        let mut e = executor();
+        let t0 = Instant::now();
+        let mute = with_notice(
+            command("m1", ActionKind::Timeout, "Bob", Some(60)),
+            "muted 60s: spam",
+        );
+        e.offer(mute, SystemTime::now());
+        e.offer(
+            command("m2", ActionKind::Timeout, "Carol", Some(60)),
+            SystemTime::now(),
+        );
+        assert!(send(&mut e, t0).starts_with("MUTE "));
+        let muted = e
+            .on_frame(&broadcast(Moderation::Mute, "modbot", "Bob"))
+            .unwrap();
+        assert!(muted.ok);
+        assert_eq!(muted.action_id, "m1");
+        // The notice goes next, before the other action, paced like any command.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            send(&mut e, t1),
+            r#"PRIVMSG {"data":"muted 60s: spam","nick":"Bob"}"#
+        );
+        // Its refusal is logged, never reported: the mute's result stands.
+        assert_eq!(
+            e.on_frame(&Frame::Err {
+                code: "throttled".into()
+            }),
+            None,
+            "throttled: sent again later"
+        );
+        let t2 = t1 + Duration::from_secs(2);
+        assert!(send(&mut e, t2).starts_with("PRIVMSG "));
+        assert_eq!(
+            e.on_frame(&Frame::Err {
+                code: "notfound".into()
+            }),
+            None
+        );
+        let t3 = t2 + Duration::from_secs(2);
+        assert!(
+            send(&mut e, t3).starts_with("MUTE "),
+            "then the next action"
+        );
+        // A connection lost while a notice is in flight reports nothing either.
+        let mut e = executor();
+        e.offer(
+            with_notice(command("m3", ActionKind::Ban, "Dan", None), "banned"),
+            SystemTime::now(),
+        );
+        assert!(send(&mut e, t0).starts_with("BAN "));
+        assert!(
+            e.on_frame(&broadcast(Moderation::Ban, "modbot", "Dan"))
+                .unwrap()
+                .ok
+        );
+        assert!(send(&mut e, t1).starts_with("PRIVMSG "));
+        assert_eq!(e.disconnected(), None);
     }
 }

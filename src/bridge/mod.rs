@@ -390,7 +390,11 @@ impl Core {
                     at: Some(at.into()),
                 })
             }
-            Frame::Err { .. } | Frame::Pong | Frame::Refresh | Frame::Other(_) => return None,
+            Frame::Err { .. }
+            | Frame::PrivmsgSent { .. }
+            | Frame::Pong
+            | Frame::Refresh
+            | Frame::Other(_) => return None,
         })
     }
 

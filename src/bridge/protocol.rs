@@ -25,6 +25,9 @@ pub const MAX_SERVER_FRAME_BYTES: usize = 16 << 20;
 /// Longest ban reason sent, in characters (the reason is shown in chat; the frame must fit).
 pub const MAX_REASON_CHARS: usize = 500;
 
+/// Longest private message sent, in characters after trimming (as the chats bound `MSG`).
+pub const MAX_PRIVMSG_CHARS: usize = 512;
+
 /// Longest mute the servers accept (longer is a `protocolerror`).
 pub const MAX_MUTE: Duration = Duration::from_secs(7 * 86_400);
 
@@ -151,6 +154,12 @@ pub enum Frame {
     Err {
         /// The error code.
         code: String,
+    },
+    /// The server delivered the bot's private message: destiny.gg says nothing more
+    /// (`PRIVMSGSENT ""`), Strims echoes the message, naming its target.
+    PrivmsgSent {
+        /// The recipient, when the chat names it.
+        target: Option<String>,
     },
     /// The answer to a `PING`.
     Pong,
@@ -305,6 +314,15 @@ pub fn parse(frame: &str) -> Result<Frame, FrameError> {
                 Ok(Frame::Err { code })
             }
         },
+        "PRIVMSGSENT" => {
+            let value: Value = json(payload, "PRIVMSGSENT")?;
+            let target = value
+                .get("targetNick")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            Ok(Frame::PrivmsgSent { target })
+        }
         "PONG" => Ok(Frame::Pong),
         "REFRESH" => Ok(Frame::Refresh),
         other => Ok(Frame::Other(other.to_owned())),
@@ -389,6 +407,22 @@ pub enum Command {
         /// Who.
         nick: String,
     },
+    /// `PRIVMSG`: a private message to one user (a warning, or why they were muted).
+    Privmsg {
+        /// To whom.
+        nick: String,
+        /// What (cut to [`MAX_PRIVMSG_CHARS`] when encoded).
+        text: String,
+    },
+}
+
+/// What tells the bot that a command was carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The chat's broadcast of the moderation, from the bot's nick, naming the target.
+    Broadcast(Moderation),
+    /// `PRIVMSGSENT`.
+    PrivmsgSent,
 }
 
 impl Command {
@@ -398,18 +432,31 @@ impl Command {
             Self::Mute { nick, .. }
             | Self::Ban { nick, .. }
             | Self::Unmute { nick }
-            | Self::Unban { nick } => nick,
+            | Self::Unban { nick }
+            | Self::Privmsg { nick, .. } => nick,
         }
     }
 
-    /// The broadcast that confirms it.
-    pub fn confirmed_by(&self) -> Moderation {
+    /// The command's name on the wire.
+    pub fn event(&self) -> &'static str {
         match self {
+            Self::Privmsg { .. } => "PRIVMSG",
+            other => match other.confirmed_by() {
+                Confirmation::Broadcast(kind) => kind.event(),
+                Confirmation::PrivmsgSent => "PRIVMSG",
+            },
+        }
+    }
+
+    /// What confirms it.
+    pub fn confirmed_by(&self) -> Confirmation {
+        Confirmation::Broadcast(match self {
             Self::Mute { .. } => Moderation::Mute,
             Self::Ban { .. } => Moderation::Ban,
             Self::Unmute { .. } => Moderation::Unmute,
             Self::Unban { .. } => Moderation::Unban,
-        }
+            Self::Privmsg { .. } => return Confirmation::PrivmsgSent,
+        })
     }
 
     /// The frame, always within [`MAX_FRAME_BYTES`] (nicks are short; a reason is cut to
@@ -439,12 +486,12 @@ impl Command {
                 })
             }
             Self::Unmute { nick } | Self::Unban { nick } => serde_json::json!({"data": nick}),
+            Self::Privmsg { nick, text } => {
+                let text: String = text.trim().chars().take(MAX_PRIVMSG_CHARS).collect();
+                serde_json::json!({"nick": nick, "data": text})
+            }
         };
-        format!(
-            "{} {}",
-            self.confirmed_by().event(),
-            Value::to_string(&payload)
-        )
+        format!("{} {}", self.event(), Value::to_string(&payload))
     }
 }
 

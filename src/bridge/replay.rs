@@ -807,12 +807,9 @@ impl Tally {
                 *self.degraded.entry(name).or_default() += 1;
             }
         }
-        let acts = matches!(
-            Decision::try_from(verdict.decision),
-            Ok(Decision::Hide | Decision::Timeout | Decision::Ban)
-        );
-        if acts
-            && verdict.enforced
+        // Every action reaches the chat (a warning as its private message, a hold hidden
+        // while it waits as a short mute): a verdict naming one is followed by its command.
+        if verdict.enforced
             && !verdict.action_id.is_empty()
             && !self.seen_commands.contains(&verdict.action_id)
         {

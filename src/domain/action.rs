@@ -50,9 +50,10 @@ impl ActionKind {
         Self::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
-    /// Whether the chat carries it out. A warning is only recorded.
+    /// Whether the chat carries it out: every kind does, a warning as the private message
+    /// that tells the user (when the channel's policy has a warn template).
     pub fn needs_chat(self) -> bool {
-        self != Self::Warn
+        true
     }
 
     /// The action that undoes this one in the chat, if any: a mute (hide, timeout) is lifted by
@@ -543,6 +544,9 @@ mod tests {
             ActionKind::for_decision(Decision::Ban),
             Some(ActionKind::Ban)
         );
-        assert!(!ActionKind::Warn.needs_chat());
+        assert!(
+            ActionKind::Warn.needs_chat(),
+            "a warning is a private message"
+        );
     }
 }

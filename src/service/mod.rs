@@ -6,6 +6,7 @@ pub mod actions;
 pub mod audit;
 pub mod chat_actions;
 pub mod moderate;
+pub mod notices;
 pub mod pipeline;
 pub mod profile;
 pub mod records;
@@ -38,6 +39,8 @@ pub struct Services {
     pub rules: ruleset::RuleSource,
     /// What wakes the review queue's watchers.
     pub review_queue: review::ReviewQueue,
+    /// Who was told what when: the notices' rate limit.
+    pub notices: notices::NoticeLimiter,
     /// Turns true when the server starts shutting down: long-lived streams finish what they
     /// read and end, so their bridges reconnect (to another replica) instead of being cut at
     /// the end of the grace period.

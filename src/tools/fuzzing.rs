@@ -1518,6 +1518,10 @@ pub fn chat_frame(data: &[u8]) {
             check_command(*kind, target, *duration);
         }
         Frame::Err { .. } => assert_eq!(event, "ERR"),
+        Frame::PrivmsgSent { target } => {
+            assert_eq!(event, "PRIVMSGSENT");
+            assert!(target.as_ref().is_none_or(|t| !t.is_empty()));
+        }
         Frame::Pong => assert_eq!(event, "PONG"),
         Frame::Refresh => assert_eq!(event, "REFRESH"),
         Frame::Other(name) => {
@@ -1535,7 +1539,18 @@ pub fn chat_frame(data: &[u8]) {
 }
 
 const KNOWN_EVENTS: &[&str] = &[
-    "NAMES", "JOIN", "QUIT", "MSG", "MUTE", "BAN", "UNMUTE", "UNBAN", "ERR", "PONG", "REFRESH",
+    "NAMES",
+    "JOIN",
+    "QUIT",
+    "MSG",
+    "MUTE",
+    "BAN",
+    "UNMUTE",
+    "UNBAN",
+    "ERR",
+    "PRIVMSGSENT",
+    "PONG",
+    "REFRESH",
 ];
 
 /// A frame written back as the server would send it (`None` for the frames whose payload is
@@ -1594,6 +1609,10 @@ fn write_event(frame: &Frame) -> Option<String> {
             (kind.event(), payload)
         }
         Frame::Err { code } => ("ERR", json!({ "description": code })),
+        Frame::PrivmsgSent { target: None } => ("PRIVMSGSENT", json!("")),
+        Frame::PrivmsgSent {
+            target: Some(target),
+        } => ("PRIVMSGSENT", json!({ "targetNick": target })),
         Frame::Pong | Frame::Refresh | Frame::Other(_) => return None,
     };
     Some(format!("{event} {payload}"))
@@ -1620,7 +1639,10 @@ fn check_command(kind: Moderation, target: &str, duration: Option<Duration>) {
             nick: target.to_owned(),
         },
     };
-    assert_eq!(command.confirmed_by(), kind);
+    assert_eq!(
+        command.confirmed_by(),
+        crate::bridge::protocol::Confirmation::Broadcast(kind)
+    );
     assert_eq!(command.target(), target);
     let frame = command.encode();
     if target.len() <= crate::domain::MAX_ID_BYTES {

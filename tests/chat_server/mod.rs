@@ -59,10 +59,18 @@
 //! - **Keepalive.** A WebSocket ping goes out every `ping_interval`; a connection from which no
 //!   pong has arrived for `pong_timeout` (counted from connect or the last pong; other frames
 //!   do not count) is dropped without a close frame. A zero interval or timeout disables it.
+//! - **PRIVMSG** `{"nick":target,"data":text}` checks, in order: `needlogin`, payload shape
+//!   (`protocolerror`, e.g. `data` that is not a string), `throttled` (as `MSG`; no mute,
+//!   ban or sub-only check, as the document says), `invalidmsg` (1–512 characters after
+//!   trimming), an unknown target (`notfound`: the document is silent; the servers look the
+//!   nick up). The target's connections get `PRIVMSG {"messageid","timestamp","nick":sender,
+//!   "data"}` (Strims adds `targetNick` and `entities`); the sending connection gets
+//!   `PRIVMSGSENT ""` on dgg, the whole PRIVMSG object on Strims. [`ChatServer::private_messages`]
+//!   lists the messages delivered.
 //! - [`ChatServer::commands`] lists every text frame that had a space (unknown events too,
 //!   with `error: None`); a payload that is not JSON is recorded as a JSON string of its text.
 //!
-//! Other server events (`SUBONLY`, `BROADCAST`, `PRIVMSG`, `VIEWERSTATE`) are not generated;
+//! Other server events (`SUBONLY`, `BROADCAST`, `VIEWERSTATE`) are not generated;
 //! [`ChatServer::inject`] sends any frame.
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
@@ -291,6 +299,17 @@ struct Conn {
     tx: mpsc::UnboundedSender<Outgoing>,
 }
 
+/// A private message the server delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrivateMessage {
+    /// The sender's nick.
+    pub from: String,
+    /// The recipient's nick, as registered.
+    pub to: String,
+    /// The text, trimmed.
+    pub text: String,
+}
+
 #[derive(Default)]
 struct State {
     /// By lowercased nick.
@@ -299,6 +318,9 @@ struct State {
     tokens: HashMap<String, String>,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
+    /// Private messages delivered, in order.
+    private_messages: Vec<PrivateMessage>,
+    next_privmsg: u64,
     moderations: Vec<Moderation>,
     commands: Vec<(Instant, ReceivedCommand)>,
     shut: bool,
@@ -516,7 +538,10 @@ impl Inner {
             .and_then(|k| st.users.get(k))
             .map(|u| u.nick.clone())
             .unwrap_or_default();
-        let known = matches!(event, "MSG" | "MUTE" | "UNMUTE" | "BAN" | "UNBAN" | "PING");
+        let known = matches!(
+            event,
+            "MSG" | "MUTE" | "UNMUTE" | "BAN" | "UNBAN" | "PING" | "PRIVMSG"
+        );
         let parsed = serde_json::from_str::<Value>(raw);
         let (payload, result) = match (known, parsed) {
             (false, parsed) => (
@@ -565,8 +590,64 @@ impl Inner {
         let now = Instant::now();
         match event {
             "MSG" => self.msg(st, key, &obj, now),
+            "PRIVMSG" => self.privmsg(st, key, tx, &obj, now),
             _ => self.moderate(st, key, event, &obj, now),
         }
+    }
+
+    fn privmsg(
+        &self,
+        st: &mut State,
+        key: &str,
+        tx: &mpsc::UnboundedSender<Outgoing>,
+        obj: &Map<String, Value>,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let target = field_str(obj, "nick")?;
+        let data = field_str(obj, "data")?;
+        let Some(user) = st.users.get_mut(key) else {
+            return Err(Refusal::code("needlogin"));
+        };
+        self.throttle(user, now)?;
+        let sender = user.nick.clone();
+        let text = data.trim();
+        let chars = text.chars().count();
+        if chars == 0 || chars > MAX_MESSAGE_CHARS {
+            return Err(Refusal::code("invalidmsg"));
+        }
+        let target_key = target.to_lowercase();
+        let Some(recipient) = st.users.get(&target_key) else {
+            return Err(Refusal::code("notfound"));
+        };
+        let recipient_nick = recipient.nick.clone();
+        st.next_privmsg += 1;
+        let mut payload = json!({
+            "messageid": st.next_privmsg,
+            "timestamp": unix_ms(),
+            "nick": sender,
+            "data": text,
+        });
+        if self.dialect() == Dialect::Strims {
+            payload["targetNick"] = json!(recipient_nick);
+            payload["entities"] = json!({});
+        }
+        let delivered = frame("PRIVMSG", &payload);
+        for conn in st.conns.values() {
+            if conn.user.as_deref() == Some(target_key.as_str()) {
+                let _ = conn.tx.send(Outgoing::Text(delivered.clone()));
+            }
+        }
+        let sent = match self.dialect() {
+            Dialect::Dgg => frame("PRIVMSGSENT", &json!("")),
+            Dialect::Strims => frame("PRIVMSGSENT", &payload),
+        };
+        let _ = tx.send(Outgoing::Text(sent));
+        st.private_messages.push(PrivateMessage {
+            from: sender,
+            to: recipient_nick,
+            text: text.to_owned(),
+        });
+        Ok(())
     }
 
     fn throttle(&self, user: &mut User, now: Instant) -> Result<(), Refusal> {
@@ -1120,6 +1201,11 @@ impl ChatServer {
         st.users
             .get_mut(&nick.to_lowercase())
             .is_some_and(|u| u.muted(Instant::now()).is_some())
+    }
+
+    /// The private messages delivered so far, in order.
+    pub fn private_messages(&self) -> Vec<PrivateMessage> {
+        self.inner.lock().private_messages.clone()
     }
 
     /// Whether `nick` is banned now.

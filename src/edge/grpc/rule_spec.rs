@@ -23,7 +23,7 @@ use crate::domain::MAX_ID_BYTES;
 use crate::domain::{Decision, OnExpiry};
 use crate::engine::rules::ClassifyActions;
 use crate::engine::rules::spec::{
-    EscalationSpec, ModelLabelSpec, ModelPolicySpec, ReviewSpec, RuleParams,
+    EscalationSpec, ModelLabelSpec, ModelPolicySpec, NoticesSpec, ReviewSpec, RuleParams,
 };
 use crate::engine::rules::spec::{PolicySpec, RuleSpec};
 use crate::engine::rules::{Mode, PhraseSyntax, RulesError};
@@ -729,6 +729,25 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             hide_while_pending: review.hide_while_pending,
         },
     };
+    let notices = match policy.notices {
+        None => NoticesSpec {
+            min_interval_secs: 0,
+            ..NoticesSpec::default()
+        },
+        Some(n) => NoticesSpec {
+            warn: n.warn,
+            hide: n.hide,
+            timeout: n.timeout,
+            ban: n.ban,
+            appeal: n.appeal,
+            min_interval_secs: seconds_or(
+                n.min_interval.as_ref(),
+                "policy.notices.min_interval",
+                Some(0),
+            )?
+            .unwrap_or(0),
+        },
+    };
     Ok((
         policy.channel,
         PolicySpec {
@@ -738,6 +757,7 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             classify_actions,
             escalation,
             review,
+            notices,
             model: ModelPolicySpec { labels },
         },
     ))
@@ -819,6 +839,14 @@ pub fn policy_to_proto(
             }
             .into(),
             hide_while_pending: spec.review.hide_while_pending,
+        }),
+        notices: Some(proto::Notices {
+            warn: spec.notices.warn.clone(),
+            hide: spec.notices.hide.clone(),
+            timeout: spec.notices.timeout.clone(),
+            ban: spec.notices.ban.clone(),
+            appeal: spec.notices.appeal.clone(),
+            min_interval: Some(proto_duration(spec.notices.min_interval_secs)),
         }),
     }
 }

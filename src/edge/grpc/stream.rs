@@ -179,8 +179,13 @@ impl Session {
             );
             let (forwarding_tx, forwarding_rx) = tokio::sync::watch::channel(true);
             let forwarder = tokio::spawn(
-                forward_commands(commands_rx, self.responses_tx.clone(), forwarding_rx)
-                    .in_current_span(),
+                forward_commands(
+                    commands_rx,
+                    self.responses_tx.clone(),
+                    forwarding_rx,
+                    Some(Arc::clone(&self.services)),
+                )
+                .in_current_span(),
             );
             let eviction = registration.eviction();
             let (items_tx, items_rx) = mpsc::channel(PIPELINE);
@@ -676,13 +681,15 @@ async fn outbox_task(
     }
 }
 
-/// Sends the dispatcher's commands for this stream's bridge as `ActionCommand`s while
-/// `forwarding` is true and the client is there. Returns the commands it took but never wrote
-/// to the stream, and those still queued, so they can be given back.
+/// Sends the dispatcher's commands for this stream's bridge as `ActionCommand`s, each with the
+/// notice its target is to get (from `services`; none without), while `forwarding` is true
+/// and the client is there. Returns the commands it took but never wrote to the stream, and
+/// those still queued, so they can be given back.
 async fn forward_commands(
     mut commands_rx: mpsc::Receiver<domain::Action>,
     responses_tx: Responses,
     mut forwarding: tokio::sync::watch::Receiver<bool>,
+    services: Option<Arc<Services>>,
 ) -> Vec<domain::Action> {
     let mut unsent = Vec::new();
     loop {
@@ -691,6 +698,10 @@ async fn forward_commands(
             _ = forwarding.wait_for(|on| !*on) => None,
         };
         let Some(action) = action else { break };
+        let notice = match &services {
+            Some(services) => services.notice_for(&action).await,
+            None => String::new(),
+        };
         let command = crate::proto::ActionCommand {
             action_id: action.id.clone(),
             channel: action.channel.clone(),
@@ -699,6 +710,7 @@ async fn forward_commands(
             duration: action.duration.map(convert::duration),
             reason: action.reason.clone(),
             expires_at: Some(action.expires_at.into()),
+            notice,
         };
         let response = StreamModerateResponse {
             kind: Some(stream_moderate_response::Kind::Command(command)),
@@ -853,7 +865,7 @@ mod tests {
         for id in ["a1", "a2", "a3"] {
             commands_tx.send(action(id)).await.unwrap();
         }
-        let unsent = forward_commands(commands_rx, responses_tx, forwarding_rx).await;
+        let unsent = forward_commands(commands_rx, responses_tx, forwarding_rx, None).await;
         assert_eq!(ids(&unsent), ["a1", "a2", "a3"]);
         assert!(
             commands_tx.try_send(action("a4")).is_err(),
@@ -870,7 +882,12 @@ mod tests {
         for id in ["a1", "a2", "a3"] {
             commands_tx.send(action(id)).await.unwrap();
         }
-        let forwarder = tokio::spawn(forward_commands(commands_rx, responses_tx, forwarding_rx));
+        let forwarder = tokio::spawn(forward_commands(
+            commands_rx,
+            responses_tx,
+            forwarding_rx,
+            None,
+        ));
         let first = responses_rx.recv().await.unwrap().unwrap();
         assert!(matches!(
             first.kind,

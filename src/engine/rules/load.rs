@@ -18,7 +18,10 @@ use super::checks::{
 use super::phrase::PhraseCheck;
 use super::profanity::ProfanityCheck;
 use super::spec::{PolicySpec, RuleParams, RuleSpec};
-use super::{Escalation, Mode, ModelLabel, Policy, Review, Rule, RuleSet};
+use super::{
+    Escalation, Mode, ModelLabel, NOTICE_PLACEHOLDERS, Notices, Policy, Review, Rule, RuleSet,
+    check_notice_template,
+};
 use crate::domain::Decision;
 use crate::engine::normalize::EmoteSet;
 
@@ -472,6 +475,23 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
     if config.review.ttl_secs == 0 {
         return Err(place.error("review.ttl_secs", "must be at least 1"));
     }
+    let n = &config.notices;
+    // The appeal text is itself a placeholder's value: it may name the action, not itself.
+    let appeal_names: Vec<&str> = NOTICE_PLACEHOLDERS
+        .iter()
+        .copied()
+        .filter(|p| !matches!(*p, "appeal" | "text"))
+        .collect();
+    for (key, template, allowed) in [
+        ("warn", &n.warn, NOTICE_PLACEHOLDERS),
+        ("hide", &n.hide, NOTICE_PLACEHOLDERS),
+        ("timeout", &n.timeout, NOTICE_PLACEHOLDERS),
+        ("ban", &n.ban, NOTICE_PLACEHOLDERS),
+        ("appeal", &n.appeal, appeal_names.as_slice()),
+    ] {
+        check_notice_template(template, allowed)
+            .map_err(|message| place.error(&format!("notices.{key}"), message))?;
+    }
     if let Some(bad) = config
         .emotes
         .iter()
@@ -521,6 +541,14 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
             max_timeout: secs(e.max_timeout_secs),
             ban_after: e.ban_after,
             heat_half_life: secs(e.heat_half_life_secs),
+        },
+        notices: Notices {
+            warn: n.warn.trim().to_owned(),
+            hide: n.hide.trim().to_owned(),
+            timeout: n.timeout.trim().to_owned(),
+            ban: n.ban.trim().to_owned(),
+            appeal: n.appeal.trim().to_owned(),
+            min_interval: secs(n.min_interval_secs),
         },
         review: Review {
             ttl: secs(config.review.ttl_secs),

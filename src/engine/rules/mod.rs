@@ -87,6 +87,77 @@ pub struct Policy {
     pub model: Vec<ModelLabel>,
     /// What becomes of held messages.
     pub review: Review,
+    /// What a user is told.
+    pub notices: Notices,
+}
+
+/// The placeholders a notice template may use: the user's nick, the action's reason, its
+/// duration in words, its id, the channel, the channel's appeal text, and the message acted on
+/// (only where a template asks for it: nothing of the text is echoed otherwise).
+pub const NOTICE_PLACEHOLDERS: &[&str] = &[
+    "nick",
+    "reason",
+    "duration",
+    "action_id",
+    "channel",
+    "appeal",
+    "text",
+];
+
+/// Longest notice template, in characters (a chat's private message holds 512).
+pub const MAX_NOTICE_CHARS: usize = 512;
+
+/// What a channel tells users (`[policy.notices]`), templates checked.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Notices {
+    /// After a warning.
+    pub warn: String,
+    /// After a hidden message.
+    pub hide: String,
+    /// After a timeout.
+    pub timeout: String,
+    /// After a ban.
+    pub ban: String,
+    /// The `{appeal}` text.
+    pub appeal: String,
+    /// At most one notice per user per this long (zero: no limit).
+    pub min_interval: Duration,
+}
+
+/// Checks a notice template: at most [`MAX_NOTICE_CHARS`], every `{...}` one of
+/// [`NOTICE_PLACEHOLDERS`] (`{{` and `}}` are literal braces). The message says what is wrong.
+pub fn check_notice_template(template: &str, allowed: &[&str]) -> Result<(), String> {
+    if template.chars().count() > MAX_NOTICE_CHARS {
+        return Err(format!("is longer than {MAX_NOTICE_CHARS} characters"));
+    }
+    let mut rest = template;
+    while let Some(at) = rest.find(['{', '}']) {
+        let (head, tail) = rest.split_at(at);
+        let _ = head;
+        if let Some(after) = tail.strip_prefix("{{").or_else(|| tail.strip_prefix("}}")) {
+            rest = after;
+            continue;
+        }
+        if tail.starts_with('}') {
+            return Err("has a `}` without its `{` (write `}}` for a brace)".to_owned());
+        }
+        let Some(end) = tail.find('}') else {
+            return Err("has a `{` without its `}` (write `{{` for a brace)".to_owned());
+        };
+        let name = &tail[1..end];
+        if !allowed.contains(&name) {
+            return Err(format!(
+                "`{{{name}}}` is not a placeholder (use {})",
+                allowed
+                    .iter()
+                    .map(|p| format!("{{{p}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        rest = &tail[end + 1..];
+    }
+    Ok(())
 }
 
 /// What becomes of a channel's held messages (`[policy.review]`).

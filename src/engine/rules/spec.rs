@@ -65,6 +65,9 @@ pub struct PolicySpec {
     /// What becomes of held messages.
     #[serde(default)]
     pub review: ReviewSpec,
+    /// The private messages that tell a user why modbot acted.
+    #[serde(default)]
+    pub notices: NoticesSpec,
     /// What the model's labels do.
     #[serde(default)]
     pub model: ModelPolicySpec,
@@ -88,6 +91,40 @@ impl Default for ReviewSpec {
             ttl_secs: 900,
             on_expiry: crate::domain::OnExpiry::Allow,
             hide_while_pending: false,
+        }
+    }
+}
+
+/// `[policy.notices]`: private messages telling a user why modbot acted, by action kind. An
+/// empty template sends nothing for that kind. Placeholders: see
+/// [`crate::engine::rules::NOTICE_PLACEHOLDERS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoticesSpec {
+    /// After a warning (the warning itself: without one a warning does nothing in chat).
+    pub warn: String,
+    /// After a hidden message.
+    pub hide: String,
+    /// After a timeout.
+    pub timeout: String,
+    /// After a ban.
+    pub ban: String,
+    /// How to appeal, the `{appeal}` placeholder.
+    pub appeal: String,
+    /// At most one notice per user per this many seconds (0: no limit).
+    pub min_interval_secs: u64,
+}
+
+impl Default for NoticesSpec {
+    /// No notices: a policy stored before notices existed keeps working as it did.
+    fn default() -> Self {
+        Self {
+            warn: String::new(),
+            hide: String::new(),
+            timeout: String::new(),
+            ban: String::new(),
+            appeal: String::new(),
+            min_interval_secs: 60,
         }
     }
 }
