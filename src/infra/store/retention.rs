@@ -71,6 +71,25 @@ const ACTION_KEPT: &str = "a.status IN ('pending', 'sent') \
      OR EXISTS (SELECT 1 FROM appeals p WHERE p.action_id = a.id AND p.status = 'open')";
 
 impl Store {
+    /// Runs one batch delete, `sql` with the cutoff as `$1` (Unix milliseconds) and the batch
+    /// size as `$2`: how many rows it deleted.
+    async fn delete_batch(
+        &self,
+        sql: &'static str,
+        cutoff: SystemTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.timed(async move {
+            let done = sqlx::query(sql)
+                .bind(unix_millis(cutoff))
+                .bind(i64::from(limit))
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
     /// Deletes up to `limit` settled review items held before `cutoff`, oldest first; pending
     /// ones wait for a ruling or their expiry whatever their age. How many were deleted.
     pub async fn delete_reviews_before(
@@ -78,17 +97,12 @@ impl Store {
         cutoff: SystemTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        self.timed(async move {
-            let done = sqlx::query(
-                "DELETE FROM review_items WHERE id IN (SELECT id FROM review_items \
-                 WHERE created_at < $1 AND status <> 'pending' ORDER BY created_at, id LIMIT $2)",
-            )
-            .bind(unix_millis(cutoff))
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
-            Ok(done.rows_affected())
-        })
+        self.delete_batch(
+            "DELETE FROM review_items WHERE id IN (SELECT id FROM review_items \
+         WHERE created_at < $1 AND status <> 'pending' ORDER BY created_at, id LIMIT $2)",
+            cutoff,
+            limit,
+        )
         .await
     }
 
@@ -100,20 +114,15 @@ impl Store {
         cutoff: SystemTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        self.timed(async move {
-            let done = sqlx::query(
-                "DELETE FROM audit_log WHERE id IN (SELECT r.id FROM audit_log r \
-                 WHERE r.decided_at < $1 AND NOT EXISTS (SELECT 1 FROM appeals p \
-                   JOIN actions a ON a.id = p.action_id WHERE p.status = 'open' \
-                   AND a.channel = r.channel AND a.message_id = r.message_id) \
-                 ORDER BY r.decided_at, r.id LIMIT $2)",
-            )
-            .bind(unix_millis(cutoff))
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
-            Ok(done.rows_affected())
-        })
+        self.delete_batch(
+            "DELETE FROM audit_log WHERE id IN (SELECT r.id FROM audit_log r \
+         WHERE r.decided_at < $1 AND NOT EXISTS (SELECT 1 FROM appeals p \
+           JOIN actions a ON a.id = p.action_id WHERE p.status = 'open' \
+           AND a.channel = r.channel AND a.message_id = r.message_id) \
+         ORDER BY r.decided_at, r.id LIMIT $2)",
+            cutoff,
+            limit,
+        )
         .await
     }
 
@@ -189,18 +198,13 @@ impl Store {
         cutoff: SystemTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        self.timed(async move {
-            let done = sqlx::query(
-                "DELETE FROM nukes WHERE id IN (SELECT n.id FROM nukes n WHERE n.created_at < $1 \
-                 AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.nuke_id = n.id) \
-                 ORDER BY n.created_at, n.id LIMIT $2)",
-            )
-            .bind(unix_millis(cutoff))
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
-            Ok(done.rows_affected())
-        })
+        self.delete_batch(
+            "DELETE FROM nukes WHERE id IN (SELECT n.id FROM nukes n WHERE n.created_at < $1 \
+         AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.nuke_id = n.id) \
+         ORDER BY n.created_at, n.id LIMIT $2)",
+            cutoff,
+            limit,
+        )
         .await
     }
 
@@ -211,17 +215,12 @@ impl Store {
         cutoff: SystemTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        self.timed(async move {
-            let done = sqlx::query(
-                "DELETE FROM feedback WHERE id IN (SELECT f.id FROM feedback f \
-                 WHERE f.created_at < $1 ORDER BY f.created_at, f.id LIMIT $2)",
-            )
-            .bind(unix_millis(cutoff))
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
-            Ok(done.rows_affected())
-        })
+        self.delete_batch(
+            "DELETE FROM feedback WHERE id IN (SELECT f.id FROM feedback f \
+         WHERE f.created_at < $1 ORDER BY f.created_at, f.id LIMIT $2)",
+            cutoff,
+            limit,
+        )
         .await
     }
 
@@ -233,19 +232,14 @@ impl Store {
         cutoff: SystemTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        self.timed(async move {
-            let done = sqlx::query(
-                "DELETE FROM ruleset_history WHERE revision IN (SELECT DISTINCT h.revision \
-                 FROM ruleset_history h WHERE h.changed_at < $1 \
-                 AND h.revision < (SELECT MAX(revision) FROM ruleset_history) \
-                 ORDER BY h.revision LIMIT $2)",
-            )
-            .bind(unix_millis(cutoff))
-            .bind(i64::from(limit))
-            .execute(&self.pool)
-            .await?;
-            Ok(done.rows_affected())
-        })
+        self.delete_batch(
+            "DELETE FROM ruleset_history WHERE revision IN (SELECT DISTINCT h.revision \
+         FROM ruleset_history h WHERE h.changed_at < $1 \
+         AND h.revision < (SELECT MAX(revision) FROM ruleset_history) \
+         ORDER BY h.revision LIMIT $2)",
+            cutoff,
+            limit,
+        )
         .await
     }
 

@@ -487,19 +487,6 @@ pub fn automatic_action(
         crate::domain::ActionKind::Hide => Some(hide_duration),
         _ => verdict.duration,
     };
-    let new = NewAction {
-        channel: message.channel.clone(),
-        target_user_id: message.user_id.clone(),
-        target_nick: message.nick.clone(),
-        kind,
-        duration,
-        reason,
-        source: ActionSource::Automod,
-        moderator: String::new(),
-        message_id: message.message_id.clone(),
-        idempotency_key: None,
-        requested_by: requested_by.to_owned(),
-    };
     // Without tokens the id is derived as before credentials were part of it, so a server
     // upgraded in place records a replayed message once.
     let id = if requested_by.is_empty() {
@@ -512,7 +499,41 @@ pub fn automatic_action(
             &message.message_id,
         ])
     };
-    Some(new.into_action(id, SystemTime::now(), pending_ttl))
+    Some(automod_action(
+        message,
+        kind,
+        duration,
+        reason,
+        requested_by,
+        id,
+        pending_ttl,
+    ))
+}
+
+/// modbot's own action on a message's author, recorded as asked for by `requested_by`.
+fn automod_action(
+    message: &crate::domain::ChatMessage,
+    kind: crate::domain::ActionKind,
+    duration: Option<Duration>,
+    reason: String,
+    requested_by: &str,
+    id: String,
+    pending_ttl: Duration,
+) -> Action {
+    NewAction {
+        channel: message.channel.clone(),
+        target_user_id: message.user_id.clone(),
+        target_nick: message.nick.clone(),
+        kind,
+        duration,
+        reason,
+        source: ActionSource::Automod,
+        moderator: String::new(),
+        message_id: message.message_id.clone(),
+        idempotency_key: None,
+        requested_by: requested_by.to_owned(),
+    }
+    .into_action(id, SystemTime::now(), pending_ttl)
 }
 
 /// The short mute that hides a held message while it waits for review (a channel's
@@ -531,27 +552,19 @@ pub fn pending_hide(
         .map_or_else(String::new, |r| {
             format!("held for review: {}", r.description)
         });
-    NewAction {
-        channel: message.channel.clone(),
-        target_user_id: message.user_id.clone(),
-        target_nick: message.nick.clone(),
-        kind: crate::domain::ActionKind::Hide,
-        duration: Some(hide_duration),
+    let id = crate::domain::derived_id(&[
+        "automod-hold",
+        requested_by,
+        &message.channel,
+        &message.message_id,
+    ]);
+    automod_action(
+        message,
+        crate::domain::ActionKind::Hide,
+        Some(hide_duration),
         reason,
-        source: ActionSource::Automod,
-        moderator: String::new(),
-        message_id: message.message_id.clone(),
-        idempotency_key: None,
-        requested_by: requested_by.to_owned(),
-    }
-    .into_action(
-        crate::domain::derived_id(&[
-            "automod-hold",
-            requested_by,
-            &message.channel,
-            &message.message_id,
-        ]),
-        SystemTime::now(),
+        requested_by,
+        id,
         pending_ttl,
     )
 }
