@@ -451,6 +451,7 @@ fn policy(channel: &str) -> proto::Policy {
             max_timeout: Some(seconds(7200)),
             ban_after: 3,
             heat_half_life: Some(seconds(900)),
+            memory_half_life: Some(seconds(86_400)),
         }),
         model_enabled: true,
         classify_actions: proto::ClassifyActions::Send as i32,
@@ -775,6 +776,10 @@ async fn bad_input_writes_nothing(db: &Db) {
             "policy.escalation.heat_half_life: must be at least 1",
         ),
         (
+            bad_policy(|p| p.escalation.as_mut().unwrap().memory_half_life = Some(seconds(0))),
+            "policy.escalation.memory_half_life: must be at least 1",
+        ),
+        (
             bad_policy(|p| p.emotes.push("two words".into())),
             "policy.emotes[2]: `two words` is not an emote name (one word)",
         ),
@@ -891,6 +896,8 @@ async fn policies_round_trip(db: &Db) {
     let escalation = default.escalation.unwrap();
     assert_eq!(escalation.first_timeout, Some(seconds(60)));
     assert_eq!(escalation.max_timeout, Some(seconds(86_400)));
+    assert_eq!(escalation.ban_after, 4, "the shipped ladder ends in a ban");
+    assert_eq!(escalation.memory_half_life, Some(seconds(7 * 86_400)));
     assert!(default.emotes.contains(&"PepeLaugh".to_owned()));
     assert_eq!(
         default.classify_actions,
@@ -954,6 +961,21 @@ async fn policies_round_trip(db: &Db) {
         .into_inner();
     assert_eq!(set.classify_actions, proto::ClassifyActions::Record as i32);
 
+    // An unset memory half-life (a client from before strikes) is a week.
+    let mut older = policy("strims");
+    older.escalation.as_mut().unwrap().memory_half_life = None;
+    let set = admin
+        .set_policy(SetPolicyRequest {
+            policy: Some(older),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        set.escalation.unwrap().memory_half_life,
+        Some(seconds(7 * 86_400))
+    );
+
     // The default policy itself.
     let mut new_default = policy("*");
     new_default.label_actions.clear();
@@ -971,7 +993,7 @@ async fn policies_round_trip(db: &Db) {
         .unwrap()
         .into_inner();
     assert!(default.is_default && !default.model_enabled);
-    assert_eq!(default.revision, 5);
+    assert_eq!(default.revision, 6);
     assert_eq!(default.escalation.unwrap().first_timeout, Some(seconds(30)));
     let history = server.store().await.ruleset_history().await.unwrap();
     let last = history.last().unwrap();
@@ -982,7 +1004,7 @@ async fn policies_round_trip(db: &Db) {
             last.target_id.as_str(),
             last.change
         ),
-        (5, ChangeTarget::Policy, "*", Change::Upsert)
+        (6, ChangeTarget::Policy, "*", Change::Upsert)
     );
     server.stop().await.expect("clean stop");
 }

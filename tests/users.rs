@@ -63,11 +63,39 @@ async fn offend(
         half_life: Duration::from_secs(60),
         escalates,
         at_ms,
+        ..Offence::default()
     };
     state
         .record_offence("chan", user_id, &offence)
         .await
         .expect("record an offence")
+}
+
+/// An offence with strikes: heat halving every minute, strikes every ten.
+fn strike(heat: f64, escalates: bool, ladder_step: u32, at_ms: i64) -> Offence {
+    Offence {
+        heat,
+        half_life: Duration::from_secs(60),
+        strikes: 1.0,
+        memory_half_life: Duration::from_secs(600),
+        escalates,
+        ladder_step,
+        at_ms,
+    }
+}
+
+async fn record(state: &UserState, user_id: &str, offence: Offence) -> UserHistory {
+    state
+        .record_offence("chan", user_id, &offence)
+        .await
+        .expect("record an offence")
+}
+
+fn close(actual: f64, expected: f64, what: &str) {
+    assert!(
+        (actual - expected).abs() < 1e-12,
+        "{what}: {actual}, expected {expected}"
+    );
 }
 
 fn recent(message_id: &str, at_ms: i64) -> Arc<RecentMessage> {
@@ -123,6 +151,9 @@ both_backends!(
     unknown_users_are_none,
     heat_decays_by_its_half_life,
     escalation_step_resets_after_cooling_down,
+    strikes_decay_by_their_own_half_life_beside_heat,
+    the_step_rises_to_the_rung_the_offence_was_decided_on,
+    strikes_keep_an_idle_user_remembered,
     reputation_rises_with_messages_and_falls_with_offences,
     idle_users_are_forgotten_unless_their_heat_is_warm,
     concurrent_observers_keep_exact_counts,
@@ -341,6 +372,107 @@ async fn escalation_step_resets_after_cooling_down(state: &UserState) {
     assert_eq!((u.offences, u.last_offence_ms), (6, Some(T0 + 7 * MINUTE)));
 }
 
+async fn strikes_decay_by_their_own_half_life_beside_heat(state: &UserState) {
+    let memory = Duration::from_secs(600);
+    let after = record(state, "u", strike(2.0, true, 0, T0)).await;
+    assert_eq!(
+        (after.heat, after.strikes, after.heat_at_ms),
+        (2.0, 1.0, T0)
+    );
+    // Ten minutes on: heat has halved ten times, the strikes once.
+    close(
+        after.heat_at(T0 + 10 * MINUTE, Duration::from_secs(60)),
+        2.0 / 1024.0,
+        "heat",
+    );
+    close(after.strikes_at(T0 + 10 * MINUTE, memory), 0.5, "strikes");
+    assert_eq!(
+        after.strikes_at(T0 - MINUTE, memory),
+        1.0,
+        "never grown backwards"
+    );
+
+    // A second strike ten minutes later adds to the decayed strikes: 0.5 + 1.
+    let after = record(state, "u", strike(1.0, false, 0, T0 + 10 * MINUTE)).await;
+    close(after.strikes, 1.5, "strikes after the second");
+    assert_eq!(after.heat_at_ms, T0 + 10 * MINUTE);
+    close(
+        after.strikes_at(T0 + 20 * MINUTE, memory),
+        0.75,
+        "ten more minutes",
+    );
+    assert_eq!(after.offences, 2);
+    let stored = state.user("chan", "u").await.expect("user").expect("known");
+    assert_eq!(stored, after, "stored exactly");
+
+    // An offence without strikes (a hide) leaves them to decay; bad values add nothing.
+    let hide = Offence {
+        strikes: 0.0,
+        ..strike(0.5, false, 0, T0 + 20 * MINUTE)
+    };
+    close(
+        record(state, "u", hide).await.strikes,
+        0.75,
+        "a hide adds none",
+    );
+    for strikes in [f64::NAN, f64::INFINITY, -1.0] {
+        let bad = Offence {
+            strikes,
+            ..strike(1.0, false, 0, T0)
+        };
+        assert_eq!(
+            record(state, "v", bad).await.strikes,
+            0.0,
+            "strikes {strikes}"
+        );
+    }
+}
+
+async fn the_step_rises_to_the_rung_the_offence_was_decided_on(state: &UserState) {
+    // A cooled user whose remembered strikes put them on rung 3: the timeout recorded there
+    // leaves them on rung 4, not 1.
+    let steps: &[(i64, bool, u32, u32, &str)] = &[
+        (0, true, 3, 4, "resumed on rung 3, then climbed"),
+        (MINUTE, true, 0, 5, "warm: the stored step climbs on"),
+        (MINUTE, false, 2, 5, "a lower rung never lowers it"),
+        (
+            20 * MINUTE,
+            false,
+            1,
+            1,
+            "cooled: reset, then lifted to the rung",
+        ),
+        (20 * MINUTE, true, 0, 2, "and climbs from there"),
+    ];
+    for (i, &(at, escalates, rung, expected, why)) in steps.iter().enumerate() {
+        let after = record(state, "u", strike(1.0, escalates, rung, T0 + at)).await;
+        assert_eq!(after.escalation_step, expected, "step {i}: {why}");
+    }
+}
+
+async fn strikes_keep_an_idle_user_remembered(state: &UserState) {
+    // idle_ttl = 1 h. Heat halving every minute is forgotten within minutes; 3 strikes
+    // halving every hour fall below one half after log2(6) = 2.6 hours.
+    let long = |at_ms| Offence {
+        strikes: 3.0,
+        memory_half_life: Duration::from_secs(3600),
+        ..strike(1.0, true, 0, at_ms)
+    };
+    observe(state, "chan", "u", "m1", T0).await;
+    record(state, "u", long(T0)).await;
+    // Two hours idle, heat long cold: 3 strikes are 0.75, still remembered.
+    let (before, _) = observe(state, "chan", "u", "m2", T0 + 2 * HOUR).await;
+    assert_eq!((before.messages, before.offences), (1, 1), "remembered");
+    close(
+        before.strikes_at(T0 + 2 * HOUR, Duration::from_secs(3600)),
+        0.75,
+        "strikes",
+    );
+    // Idle again for over the TTL, and the strikes have fallen below one half: forgotten.
+    let (before, _) = observe(state, "chan", "u", "m3", T0 + 4 * HOUR).await;
+    assert_eq!(before, UserHistory::default(), "forgotten");
+}
+
 async fn reputation_rises_with_messages_and_falls_with_offences(state: &UserState) {
     let mut previous = state
         .observe(&obs("chan", "u", "m0", T0))
@@ -386,6 +518,7 @@ async fn idle_users_are_forgotten_unless_their_heat_is_warm(state: &UserState) {
         half_life: Duration::from_secs(3600),
         escalates: true,
         at_ms: T0,
+        ..Offence::default()
     };
     state
         .record_offence("chan", "offender", &offence)
@@ -556,6 +689,7 @@ fn memory_evicts_the_least_recently_seen_beyond_max_users() {
         half_life: Duration::from_secs(60),
         escalates: false,
         at_ms: T0 + 6,
+        ..Offence::default()
     };
     state.record_offence("chan", "c", &offence);
     state.observe(&obs("chan", "e", "m", T0 + 7));
@@ -727,6 +861,7 @@ async fn redis_keys_are_laid_out_as_documented_with_ttls() {
         half_life: Duration::from_secs(3600),
         escalates: true,
         at_ms: T0 + 10,
+        ..Offence::default()
     };
     state
         .record_offence("dgg}%", "u:1", &offence)
@@ -741,6 +876,86 @@ async fn redis_keys_are_laid_out_as_documented_with_ttls() {
         let ttl = query("PTTL", key.clone()).await;
         assert!(ttl > HOUR - MINUTE && ttl <= HOUR, "{key}: {ttl} ms");
     }
+
+    // Strikes that take longer still to be forgotten keep them longer again: 2 strikes with
+    // a memory half-life of a day fall below one half after log2(4) = 2 days.
+    let remembered = Offence {
+        half_life: Duration::from_secs(3600),
+        strikes: 2.0,
+        memory_half_life: Duration::from_secs(24 * 3600),
+        at_ms: T0 + 20,
+        ..Offence::default()
+    };
+    state
+        .record_offence("dgg}%", "u:1", &remembered)
+        .await
+        .expect("offence");
+    for kind in ["u", "r", "t"] {
+        let ttl = query("PTTL", format!("{tag}:{kind}:u:1")).await;
+        assert!(ttl > 47 * HOUR && ttl <= 48 * HOUR, "{kind}: {ttl} ms");
+    }
+    redis.delete_keys().await;
+}
+
+#[tokio::test]
+async fn redis_a_user_stored_before_strikes_reads_as_without_strikes() {
+    let Some(redis) = common::RedisPrefix::create("redis_before_strikes").await else {
+        return;
+    };
+    let state = UserState::redis(&redis.url, suite_config(), &redis.prefix)
+        .await
+        .expect("connect");
+    // The hash as the previous version wrote it: no `strikes`, no `mhl`.
+    let t0 = T0.to_string();
+    let t0 = t0.as_str();
+    let mut connection = redis.connection();
+    ::redis::cmd("HSET")
+        .arg(format!("{}{{chan}}:u:old", redis.prefix))
+        .arg(&[
+            "first", t0, "last", t0, "n", "4", "heat", "2.5", "heat_at", t0, "hl", "60000", "off",
+            "2", "step", "1", "last_off", t0,
+        ])
+        .query_async::<i64>(&mut connection)
+        .await
+        .expect("HSET");
+    let old = state
+        .user("chan", "old")
+        .await
+        .expect("reads")
+        .expect("known");
+    assert_eq!(
+        (
+            old.messages,
+            old.heat,
+            old.offences,
+            old.escalation_step,
+            old.strikes
+        ),
+        (4, 2.5, 2, 1, 0.0)
+    );
+    // Its next offence works on it as on any other.
+    let offence = Offence {
+        heat: 2.0,
+        half_life: Duration::from_secs(60),
+        strikes: 1.0,
+        memory_half_life: Duration::from_secs(600),
+        escalates: true,
+        at_ms: T0 + MINUTE,
+        ..Offence::default()
+    };
+    let after = state
+        .record_offence("chan", "old", &offence)
+        .await
+        .expect("offence");
+    assert_eq!(
+        (
+            after.heat,
+            after.strikes,
+            after.offences,
+            after.escalation_step
+        ),
+        (3.25, 1.0, 3, 2)
+    );
     redis.delete_keys().await;
 }
 
@@ -812,6 +1027,7 @@ async fn check_answers_from_memory(state: &SharedState) {
         half_life: Duration::from_secs(60),
         escalates: true,
         at_ms: T0 + 5,
+        ..Offence::default()
     };
     let answer = state.record_offence("chan", "u", &offence).await;
     assert!(answer.degraded);

@@ -1114,6 +1114,12 @@ async fn enforced_verdicts_become_actions_once() {
     assert_eq!(user.offences, 3);
     assert!(user.heat > 0.0);
     assert!(user.reputation < 0.0);
+    // The ladder: a warning and two timeouts remembered as strikes, standing on rung 2, where
+    // a timeout-worthy offence now would get four minutes.
+    assert!((user.strikes - 3.0).abs() < 0.01, "{user:?}");
+    assert_eq!(user.ladder_step, 2);
+    assert_eq!(user.next_escalation, proto::Decision::Timeout as i32);
+    assert_eq!(user.next_timeout, secs(240));
     assert_eq!(user.recent_actions.len(), 2);
     assert_eq!(user.recent_verdicts.len(), 3);
     let status = c

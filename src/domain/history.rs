@@ -1,7 +1,7 @@
-//! What is known of a user and a channel: a user's recent messages, times and offence heat
-//! ([`UserHistory`]), a channel's recent messages ([`ChannelWindow`]), and an offence to record.
-//! Plain data with the arithmetic that defines it (heat decay, reputation); the user-state
-//! backends store it, the engines read it.
+//! What is known of a user and a channel: a user's recent messages, times, offence heat and
+//! remembered strikes ([`UserHistory`]), a channel's recent messages ([`ChannelWindow`]), and an
+//! offence to record. Plain data with the arithmetic that defines it (decay,
+//! reputation); the user-state backends store it, the engines read it.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -10,6 +10,12 @@ use std::time::Duration;
 /// escalation ladder starts over), and user state resets the ladder's step when it records an
 /// offence. With a timeout's heat of 2.0 it is reached four half-lives after one timeout.
 pub const COOLED_HEAT: f64 = 0.125;
+
+/// Strikes below which none is remembered: the escalation ladder counts a user's decayed
+/// strikes to the nearest whole offence, so one strike is remembered for one memory half-life
+/// (it decays to exactly one half then). User state forgets an idle user only once their
+/// strikes are below this too.
+pub const REMEMBERED_STRIKE: f64 = 0.5;
 
 /// Most bytes of a message's normalised text that user state remembers (a user's recent
 /// messages, a channel's history, on both backends): longer texts are cut on a character
@@ -261,11 +267,16 @@ pub struct UserHistory {
     pub message_times_ms: Vec<i64>,
     /// Heat as stored at [`Self::heat_at_ms`]; use [`Self::heat_at`] for its value now.
     pub heat: f64,
-    /// When [`Self::heat`] was last updated (0 if never).
+    /// When [`Self::heat`] and [`Self::strikes`] were last updated (0 if never).
     pub heat_at_ms: i64,
+    /// Strikes as stored at [`Self::heat_at_ms`]: the ladder's long memory, a count of the
+    /// user's offences that decays with the channel's (long) memory half-life, where heat decays
+    /// with its (short) heat half-life. Use [`Self::strikes_at`] for its value now.
+    pub strikes: f64,
     /// Offences recorded since the user was first seen.
     pub offences: u32,
-    /// Escalating actions (time-outs, bans) in the current heat episode.
+    /// The rung of the escalation ladder the user stands on: escalating actions (time-outs,
+    /// bans) in the current heat episode, counted from the rung the episode started on.
     pub escalation_step: u32,
     /// Time of the latest offence.
     pub last_offence_ms: Option<i64>,
@@ -281,6 +292,17 @@ impl UserHistory {
     /// backwards here: a `now_ms` before [`Self::heat_at_ms`] gives the stored heat.
     pub fn heat_at(&self, now_ms: i64, half_life: Duration) -> f64 {
         decay(self.heat, self.heat_at_ms, now_ms, duration_ms(half_life))
+    }
+
+    /// The strikes decayed to `now_ms` with the memory half-life, as [`Self::heat_at`] decays
+    /// heat.
+    pub fn strikes_at(&self, now_ms: i64, memory_half_life: Duration) -> f64 {
+        decay(
+            self.strikes,
+            self.heat_at_ms,
+            now_ms,
+            duration_ms(memory_half_life),
+        )
     }
 
     /// How far the user is trusted, in `(-1, 1)`; 0 for a user never seen.
@@ -306,7 +328,10 @@ impl UserHistory {
 }
 
 /// One offence to record.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// [`Default`] is no offence at all: no heat, no strike, zero half-lives (which forget at
+/// once), at time 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Offence {
     /// Heat added (after decaying the stored heat to [`Self::at_ms`]); a negative or non-finite
     /// value adds nothing.
@@ -314,8 +339,17 @@ pub struct Offence {
     /// Half-life of the heat's decay. The latest offence's half-life is remembered to decide
     /// when the user's heat is forgotten (expiry).
     pub half_life: Duration,
+    /// Strikes added (after decaying the stored strikes to [`Self::at_ms`]): 1 for an offence
+    /// the ladder counts, 0 for one it does not; a negative or non-finite value adds nothing.
+    pub strikes: f64,
+    /// Half-life of the strikes' decay, remembered like [`Self::half_life`].
+    pub memory_half_life: Duration,
     /// A time-out or ban that advances [`UserHistory::escalation_step`].
     pub escalates: bool,
+    /// The rung the ladder stood on when it decided this offence: recording leaves the user's
+    /// [`UserHistory::escalation_step`] at least here (plus one if it escalates), so a ladder
+    /// that resumed from remembered strikes after a cool-down climbs on from where it resumed.
+    pub ladder_step: u32,
     /// When it happened, Unix milliseconds.
     pub at_ms: i64,
 }
@@ -324,11 +358,21 @@ impl Offence {
     /// [`Self::heat`], or 0 if it is negative or not finite (heat never goes below 0, and a NaN
     /// would poison it for good).
     pub(crate) fn added_heat(&self) -> f64 {
-        if self.heat.is_finite() && self.heat > 0.0 {
-            self.heat
-        } else {
-            0.0
-        }
+        non_negative(self.heat)
+    }
+
+    /// [`Self::strikes`], or 0 if it is negative or not finite.
+    pub(crate) fn added_strikes(&self) -> f64 {
+        non_negative(self.strikes)
+    }
+}
+
+/// `value`, or 0 if it is negative or not finite.
+fn non_negative(value: f64) -> f64 {
+    if value.is_finite() && value > 0.0 {
+        value
+    } else {
+        0.0
     }
 }
 

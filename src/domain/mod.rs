@@ -18,7 +18,7 @@ pub use action::{
 };
 pub use history::{
     COOLED_HEAT, ChannelMessage, ChannelWindow, ChannelWindowIter, Observation, Offence,
-    REMEMBERED_TEXT_BYTES, RecentMessage, UserHistory, remembered_text,
+    REMEMBERED_STRIKE, REMEMBERED_TEXT_BYTES, RecentMessage, UserHistory, remembered_text,
 };
 pub(crate) use history::{MessageBlock, Observer, decay, duration_ms};
 pub use message::{ChatMessage, MAX_ID_BYTES};

@@ -320,7 +320,9 @@ impl Moderator {
         // Read before the offence is recorded: recording does not touch messages, but a read
         // first keeps the example independent of what the ladder does.
         let history = self.state.peek(channel, target).await.value.0;
-        if let Some(offence) = escalation::offence(decision, &policy.escalation, at_ms) {
+        if let Some(offence) =
+            escalation::offence(decision, history.as_ref(), &policy.escalation, at_ms)
+        {
             self.state.record_offence(channel, target, &offence).await;
         }
         let window_ms = i64::try_from(FEEDBACK_WINDOW.as_millis()).unwrap_or(i64::MAX);

@@ -1,11 +1,13 @@
 //! What modbot knows of one user in one channel (`Admin.GetUser`): their history from user
-//! state, with the heat decayed to now by the channel's policy, and their latest actions and
-//! notable verdicts from the database.
+//! state, with the heat and strikes decayed to now by the channel's policy and where they
+//! stand on its escalation ladder, and their latest actions and notable verdicts from the
+//! database.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::Services;
-use crate::domain::{Action, ActionFilter, Verdict, from_unix_millis, unix_millis};
+use crate::domain::{Action, ActionFilter, Decision, Verdict, from_unix_millis, unix_millis};
+use crate::engine::decision::escalation;
 use crate::infra::store::{AuditQuery, StoreError};
 
 /// Recent actions and verdicts a profile shows.
@@ -32,8 +34,15 @@ pub struct UserProfile {
     pub reputation: f64,
     /// Offences recorded.
     pub offences: u32,
-    /// Escalating actions in the current heat episode.
+    /// The ladder's stored rung: escalating actions in the current heat episode.
     pub escalation_step: u32,
+    /// Strikes (the ladder's long memory) decayed to now with the channel's memory half-life.
+    pub strikes: f64,
+    /// The rung a timeout-worthy offence would take now.
+    pub ladder_step: u32,
+    /// What the ladder would make of a timeout-worthy offence now (warn, timeout or ban), and
+    /// the timeout's length.
+    pub next_escalation: (Decision, Option<Duration>),
     /// Their latest actions, newest first.
     pub recent_actions: Vec<Action>,
     /// Their latest notable verdicts, newest first.
@@ -68,13 +77,19 @@ impl Services {
             return Ok(None);
         }
         let history = history.unwrap_or_default();
-        let half_life = self
-            .moderator
-            .engine()
-            .rules()
-            .policy(&channel)
-            .escalation
-            .heat_half_life;
+        let engine = self.moderator.engine();
+        let ladder = &engine.rules().policy(&channel).escalation;
+        let now_ms = unix_millis(SystemTime::now());
+        let standing = escalation::standing(&history, ladder, now_ms);
+        // A timeout-worthy offence as the ladder's first rung asks it: what the ladder makes
+        // of it is the ladder's own doing.
+        let next = escalation::escalate(
+            Decision::Timeout,
+            Some(ladder.first_timeout),
+            &history,
+            ladder,
+            now_ms,
+        );
         let nick = records
             .first()
             .map(|r| r.message.nick.clone())
@@ -85,10 +100,13 @@ impl Services {
             first_seen: history.first_seen_ms.map(from_unix_millis),
             last_seen: history.last_seen_ms.map(from_unix_millis),
             messages: history.messages,
-            heat: history.heat_at(unix_millis(SystemTime::now()), half_life),
+            heat: standing.heat,
             reputation: history.reputation(),
             offences: history.offences,
             escalation_step: history.escalation_step,
+            strikes: standing.strikes,
+            ladder_step: standing.step,
+            next_escalation: (next.decision, next.duration),
             recent_actions: actions,
             recent_verdicts: records.into_iter().map(|r| r.verdict).collect(),
             channel,

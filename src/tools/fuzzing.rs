@@ -488,6 +488,7 @@ fn policy_body(b: &mut Bytes<'_>) -> String {
             "max_timeout_secs",
             "ban_after",
             "heat_half_life_secs",
+            "memory_half_life_secs",
         ] {
             if b.chance(248) {
                 let value = if key == "warn_first" {

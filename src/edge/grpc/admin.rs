@@ -13,7 +13,7 @@ use crate::proto::*;
 
 use super::actions::mute_duration;
 use super::auth::principal_name;
-use super::convert::{duration_field, id_field, optional_id, text_field};
+use super::convert::{duration, duration_field, id_field, optional_id, text_field};
 use super::status::FieldError;
 use super::{admin_rules, admin_stats};
 use crate::service::actions::workflow;
@@ -109,6 +109,10 @@ impl Admin for AdminService {
             reputation: profile.reputation,
             offences: profile.offences,
             escalation_step: profile.escalation_step,
+            strikes: profile.strikes,
+            ladder_step: profile.ladder_step,
+            next_escalation: Decision::from(profile.next_escalation.0).into(),
+            next_timeout: profile.next_escalation.1.map(duration),
             recent_actions: profile.recent_actions.into_iter().map(Into::into).collect(),
             recent_verdicts: profile
                 .recent_verdicts

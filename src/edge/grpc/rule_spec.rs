@@ -23,7 +23,8 @@ use crate::domain::MAX_ID_BYTES;
 use crate::domain::{Decision, OnExpiry};
 use crate::engine::rules::ClassifyActions;
 use crate::engine::rules::spec::{
-    EscalationSpec, ModelLabelSpec, ModelPolicySpec, NoticesSpec, ReviewSpec, RuleParams,
+    DEFAULT_MEMORY_HALF_LIFE_SECS, EscalationSpec, ModelLabelSpec, ModelPolicySpec, NoticesSpec,
+    ReviewSpec, RuleParams,
 };
 use crate::engine::rules::spec::{PolicySpec, RuleSpec};
 use crate::engine::rules::{Mode, PhraseSyntax, RulesError};
@@ -648,6 +649,12 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             escalation.heat_half_life.as_ref(),
             "policy.escalation.heat_half_life",
         )?,
+        memory_half_life_secs: seconds_or(
+            escalation.memory_half_life.as_ref(),
+            "policy.escalation.memory_half_life",
+            Some(DEFAULT_MEMORY_HALF_LIFE_SECS),
+        )?
+        .unwrap_or(DEFAULT_MEMORY_HALF_LIFE_SECS),
     };
     if policy.label_actions.len() > MAX_LABELS {
         return Err(too_many(
@@ -821,6 +828,7 @@ pub fn policy_to_proto(
             max_timeout: Some(proto_duration(e.max_timeout_secs)),
             ban_after: e.ban_after,
             heat_half_life: Some(proto_duration(e.heat_half_life_secs)),
+            memory_half_life: Some(proto_duration(e.memory_half_life_secs)),
         }),
         model_enabled,
         updated_at: Some(timestamp(updated_at)),
@@ -883,6 +891,10 @@ mod tests {
             (
                 "escalation.heat_half_life_secs",
                 "policy.escalation.heat_half_life",
+            ),
+            (
+                "escalation.memory_half_life_secs",
+                "policy.escalation.memory_half_life",
             ),
             ("emotes", "policy.emotes"),
             (

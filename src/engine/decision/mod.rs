@@ -210,7 +210,12 @@ impl Engine {
         let only_shadow_fired = decision == Decision::Allow && !reasons.is_empty();
         let enforced = !options.dry_run && !only_shadow_fired;
         let offence = if enforced {
-            escalation::offence(decision, &policy.escalation, inputs.now_ms)
+            escalation::offence(
+                decision,
+                Some(inputs.history),
+                &policy.escalation,
+                inputs.now_ms,
+            )
         } else {
             None
         };

@@ -472,6 +472,9 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
     if e.heat_half_life_secs == 0 {
         return Err(place.error("escalation.heat_half_life_secs", "must be at least 1"));
     }
+    if e.memory_half_life_secs == 0 {
+        return Err(place.error("escalation.memory_half_life_secs", "must be at least 1"));
+    }
     if config.review.ttl_secs == 0 {
         return Err(place.error("review.ttl_secs", "must be at least 1"));
     }
@@ -541,6 +544,7 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
             max_timeout: secs(e.max_timeout_secs),
             ban_after: e.ban_after,
             heat_half_life: secs(e.heat_half_life_secs),
+            memory_half_life: secs(e.memory_half_life_secs),
         },
         notices: Notices {
             warn: n.warn.trim().to_owned(),

@@ -64,10 +64,13 @@ pub struct Escalation {
     pub first_timeout: Duration,
     /// The longest timeout; timeouts double up to it.
     pub max_timeout: Duration,
-    /// After this many escalated timeouts in one episode the next offence is a ban (0 = never).
+    /// Once the ladder stands on this rung (escalated timeouts, in one heat episode or
+    /// remembered as strikes) the next timeout-worthy offence is a ban (0 = never).
     pub ban_after: u32,
     /// Heat halves every this long.
     pub heat_half_life: Duration,
+    /// Strikes (the ladder's memory of offences) halve every this long.
+    pub memory_half_life: Duration,
 }
 
 /// How a channel is moderated beyond its rules.

@@ -143,6 +143,18 @@ pub struct EscalationSpec {
     pub ban_after: u32,
     /// Heat halves every this many seconds (at least 1).
     pub heat_half_life_secs: u64,
+    /// Strikes, the ladder's memory of offences, halve every this many seconds (at least 1;
+    /// meant to be far longer than `heat_half_life_secs`). Absent (a policy written before
+    /// strikes existed): a week.
+    #[serde(default = "default_memory_half_life_secs")]
+    pub memory_half_life_secs: u64,
+}
+
+/// [`EscalationSpec::memory_half_life_secs`] when a policy does not say: a week.
+pub const DEFAULT_MEMORY_HALF_LIFE_SECS: u64 = 7 * 24 * 60 * 60;
+
+fn default_memory_half_life_secs() -> u64 {
+    DEFAULT_MEMORY_HALF_LIFE_SECS
 }
 
 /// `[policy.model]`: what the model's labels do.

@@ -8,8 +8,8 @@ use hashbrown::hash_table::Entry;
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use super::{
-    ChannelMessage, ChannelWindow, FORGOTTEN_HEAT, MessageBlock, Observation, Observer, Offence,
-    RecentMessage, StateOptions, UserHistory, decay, duration_ms,
+    ChannelMessage, ChannelWindow, FORGOTTEN_HEAT, FORGOTTEN_STRIKES, MessageBlock, Observation,
+    Observer, Offence, RecentMessage, StateOptions, UserHistory, decay, duration_ms,
 };
 
 /// Users per shard aimed at when choosing the shard count: big enough that per-shard eviction
@@ -568,6 +568,10 @@ struct UserEntry {
     heat_at_ms: i64,
     /// The latest offence's half-life, to know when the heat is forgotten.
     heat_half_life_ms: i64,
+    /// Stored at `heat_at_ms`, like the heat.
+    strikes: f64,
+    /// The latest offence's memory half-life, to know when the strikes are forgotten.
+    memory_half_life_ms: i64,
     offences: u32,
     escalation_step: u32,
     last_offence_ms: Option<i64>,
@@ -584,6 +588,8 @@ impl UserEntry {
             heat: 0.0,
             heat_at_ms: 0,
             heat_half_life_ms: 0,
+            strikes: 0.0,
+            memory_half_life_ms: 0,
             offences: 0,
             escalation_step: 0,
             last_offence_ms: None,
@@ -599,6 +605,7 @@ impl UserEntry {
             message_times_ms: self.times.to_vec(),
             heat: self.heat,
             heat_at_ms: self.heat_at_ms,
+            strikes: self.strikes,
             offences: self.offences,
             escalation_step: self.escalation_step,
             last_offence_ms: self.last_offence_ms,
@@ -617,13 +624,23 @@ impl UserEntry {
 
     fn record_offence(&mut self, offence: &Offence, cooled_down_heat: f64) {
         let half_life_ms = duration_ms(offence.half_life);
+        let memory_half_life_ms = duration_ms(offence.memory_half_life);
         let decayed = decay(self.heat, self.heat_at_ms, offence.at_ms, half_life_ms);
+        let strikes = decay(
+            self.strikes,
+            self.heat_at_ms,
+            offence.at_ms,
+            memory_half_life_ms,
+        );
         if decayed < cooled_down_heat {
             self.escalation_step = 0;
         }
+        self.escalation_step = self.escalation_step.max(offence.ladder_step);
         self.heat = decayed + offence.added_heat();
+        self.strikes = strikes + offence.added_strikes();
         self.heat_at_ms = self.heat_at_ms.max(offence.at_ms);
         self.heat_half_life_ms = half_life_ms;
+        self.memory_half_life_ms = memory_half_life_ms;
         self.offences = self.offences.saturating_add(1);
         if offence.escalates {
             self.escalation_step = self.escalation_step.saturating_add(1);
@@ -652,11 +669,17 @@ impl UserEntry {
         self.last_seen_ms.unwrap_or(i64::MIN).max(self.heat_at_ms)
     }
 
-    /// Idle for the TTL and cooled below [`FORGOTTEN_HEAT`] (the Redis scripts apply the same
-    /// rule).
+    /// Idle for the TTL, cooled below [`FORGOTTEN_HEAT`] and with strikes below
+    /// [`FORGOTTEN_STRIKES`] (the Redis scripts apply the same rule).
     fn is_expired(&self, now_ms: i64, idle_ms: i64) -> bool {
         now_ms.saturating_sub(self.last_active_ms()) >= idle_ms
             && decay(self.heat, self.heat_at_ms, now_ms, self.heat_half_life_ms) < FORGOTTEN_HEAT
+            && decay(
+                self.strikes,
+                self.heat_at_ms,
+                now_ms,
+                self.memory_half_life_ms,
+            ) < FORGOTTEN_STRIKES
     }
 }
 
@@ -917,8 +940,11 @@ mod tests {
                 let offence = crate::domain::Offence {
                     heat: 1.0,
                     half_life: std::time::Duration::from_secs(600),
+                    strikes: 1.0,
+                    memory_half_life: std::time::Duration::from_secs(600),
                     escalates: true,
                     at_ms: now,
+                    ..crate::domain::Offence::default()
                 };
                 let _ = state.record_offence(&channel, &user, &offence);
             }

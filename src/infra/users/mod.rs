@@ -5,8 +5,9 @@
 //! The decision engine calls [`UserState::observe`] once per chat message: it records the
 //! message and returns the user's [`UserHistory`] *before* it, with the channel's recent
 //! messages from other users (for the copy-paste rule). When a rule or model decides an action,
-//! the engine calls [`UserState::record_offence`], which adds decaying "heat" and advances the
-//! escalation step (warning, then ever longer time-outs, then a ban).
+//! the engine calls [`UserState::record_offence`], which adds decaying "heat" (short memory) and
+//! "strikes" (long memory) and advances the escalation step (warning, then ever longer
+//! time-outs, then a ban).
 //!
 //! Each channel also keeps a longer history of its messages from everyone
 //! ([`StateOptions::history_per_channel`], more than the copy-paste window) for `Nuke`, which
@@ -15,7 +16,8 @@
 //!
 //! All times are Unix milliseconds passed in by the caller, so behaviour is deterministic and
 //! tests need no sleeping. Everything is bounded: per-user lists are fixed-capacity rings, idle
-//! users expire ([`StateOptions::idle_ttl`], unless their heat is still warm), the in-process
+//! users expire ([`StateOptions::idle_ttl`], unless their heat is still warm or their strikes
+//! still remembered), the in-process
 //! backend holds at most [`StateOptions::max_users`] users, and Redis keys carry TTLs.
 //!
 //! [`SharedState`] wraps a backend for the server: with Redis it falls back to per-replica
@@ -43,6 +45,12 @@ pub use shared::{Answer, SharedState};
 /// forgiven while their heat is still warm), and Redis keys of a warm user live until it does.
 pub const FORGOTTEN_HEAT: f64 = 0.01;
 
+/// Strikes below which a user's offences count as forgotten for expiry, as [`FORGOTTEN_HEAT`]
+/// is for heat: the ladder's own threshold ([`crate::domain::REMEMBERED_STRIKE`]), below which
+/// strikes no longer change a decision. One strike keeps an idle user (and their Redis keys)
+/// for one memory half-life, four strikes for three.
+pub const FORGOTTEN_STRIKES: f64 = crate::domain::REMEMBERED_STRIKE;
+
 /// Sizes and lifetimes of the state. [`Default`] gives the production defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateOptions {
@@ -57,7 +65,8 @@ pub struct StateOptions {
     /// (for `Nuke`); at least [`Self::recent_per_channel`] (a smaller value is taken as that).
     /// Kept beside the copy-paste window, never returned by [`UserState::observe`].
     pub history_per_channel: usize,
-    /// A user with no message for this long, and heat below [`FORGOTTEN_HEAT`], is forgotten.
+    /// A user with no message for this long, heat below [`FORGOTTEN_HEAT`] and strikes below
+    /// [`FORGOTTEN_STRIKES`], is forgotten.
     /// Also the TTL of every Redis key, renewed on each write.
     pub idle_ttl: Duration,
     /// Most users (per channel and user id) the in-process backend holds; past it the least
@@ -223,12 +232,15 @@ impl UserState {
 
     /// Records an offence and returns the history after it.
     ///
-    /// The stored heat is decayed to `offence.at_ms` with `offence.half_life`. If that decayed
-    /// heat is below [`StateOptions::cooled_down_heat`], the user has cooled down and this
-    /// offence opens a new heat episode: `escalation_step` goes back to 0 (for every offence,
-    /// not only escalating ones, so a warning after a cool-down does not carry the old
-    /// escalation into the next time-out). Then `offence.heat` is added, `offences` counts one
-    /// more, and an escalating offence advances `escalation_step` by one.
+    /// The stored heat is decayed to `offence.at_ms` with `offence.half_life`, the stored
+    /// strikes with `offence.memory_half_life`. If that decayed heat is below
+    /// [`StateOptions::cooled_down_heat`], the user has cooled down and this offence opens a
+    /// new heat episode: `escalation_step` goes back to 0 (for every offence, not only
+    /// escalating ones, so a warning after a cool-down does not carry the old escalation into
+    /// the next time-out). The step is then raised to `offence.ladder_step` if below it (the
+    /// rung the engine resumed the ladder at). Then `offence.heat` and `offence.strikes` are
+    /// added, `offences` counts one more, and an escalating offence advances `escalation_step`
+    /// by one.
     pub async fn record_offence(
         &self,
         channel: &str,

@@ -7,8 +7,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
 use super::{
-    ChannelMessage, ChannelWindow, FORGOTTEN_HEAT, Observation, Observer, Offence, RecentMessage,
-    StateError, StateOptions, UserHistory, duration_ms,
+    ChannelMessage, ChannelWindow, FORGOTTEN_HEAT, FORGOTTEN_STRIKES, Observation, Observer,
+    Offence, RecentMessage, StateError, StateOptions, UserHistory, duration_ms,
 };
 use crate::config::redact_url;
 
@@ -26,7 +26,6 @@ const RECORD_OFFENCE_SCRIPT: &str = concat!(
     include_str!("lua/common.lua"),
     include_str!("lua/record_offence.lua")
 );
-
 /// The scripts, with their SHA1s computed once per process.
 struct Scripts {
     read: Script,
@@ -51,7 +50,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 ///
 /// | key | type | holds |
 /// | --- | --- | --- |
-/// | `P{C}:u:U` | hash | `first`, `last` (ms), `n` (messages), `heat` (`%.17g`), `heat_at` (ms), `hl` (the latest offence's half-life, ms), `off`, `step`, `last_off` (ms) |
+/// | `P{C}:u:U` | hash | `first`, `last` (ms), `n` (messages), `heat` (`%.17g`), `heat_at` (ms, also the strikes' time), `hl` (the latest offence's half-life, ms), `off`, `step`, `last_off` (ms), `strikes` (`%.17g`), `mhl` (the latest offence's memory half-life, ms); a hash without the last two (written by an older version) has no strikes |
 /// | `P{C}:r:U` | list | the user's recent messages, oldest first: `at_ms:len:message_id` then the text |
 /// | `P{C}:t:U` | list | the user's recent message times (ms), oldest first |
 /// | `P{C}:c` | list | the channel's recent messages (the copy-paste window): `at_ms:len:user_id` `len:message_id` then the text |
@@ -59,7 +58,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 ///
 /// Lists are capped with `LTRIM`. Every write renews the TTLs: a user's three keys live for
 /// [`StateOptions::idle_ttl`], or longer while their heat needs longer to decay below
-/// [`super::FORGOTTEN_HEAT`]; the channel's two lists live for the idle TTL. All of a
+/// [`super::FORGOTTEN_HEAT`] or their strikes below [`super::FORGOTTEN_STRIKES`]; the
+/// channel's two lists live for the idle TTL. All of a
 /// channel's keys share the hash tag `{C}`, so on a Redis Cluster one script's keys share a
 /// slot.
 ///
@@ -69,7 +69,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 ///
 /// # Scripts
 ///
-/// `observe.lua`, `record_offence.lua`, `read.lua` and `peek.lua` (in `src/infra/users/lua/`, each
+/// `observe.lua`, `record_offence.lua`, `read.lua` and `peek.lua` (in
+/// `src/infra/users/lua/`, each
 /// prefixed with `common.lua`), run with `EVALSHA` (loaded on first use). They apply the same expiry rule as
 /// the in-process backend by the caller's clock, so a user idle for the TTL and cooled down
 /// starts over even if the keys have not expired yet.
@@ -177,7 +178,8 @@ impl RedisState {
             .arg(self.config.recent_per_channel)
             .arg(self.config.idle_ttl_ms())
             .arg(FORGOTTEN_HEAT)
-            .arg(self.config.kept_per_channel());
+            .arg(self.config.kept_per_channel())
+            .arg(FORGOTTEN_STRIKES);
         let mut connection = self.connection.clone();
         let (fields, recent, times, channel): ObserveReply = self
             .bounded(async move { invocation.invoke_async(&mut connection).await })
@@ -205,7 +207,11 @@ impl RedisState {
             .arg(if offence.escalates { "1" } else { "0" })
             .arg(format!("{:e}", self.config.cooled_down_heat))
             .arg(self.config.idle_ttl_ms())
-            .arg(FORGOTTEN_HEAT);
+            .arg(FORGOTTEN_HEAT)
+            .arg(format!("{:e}", offence.added_strikes()))
+            .arg(duration_ms(offence.memory_half_life))
+            .arg(offence.ladder_step)
+            .arg(FORGOTTEN_STRIKES);
         let mut connection = self.connection.clone();
         let (fields, recent, times): UserReply = self
             .bounded(async move { invocation.invoke_async(&mut connection).await })
@@ -361,8 +367,10 @@ fn parse_history(
         off,
         step,
         last_off,
-    ]: [Option<String>; 9] = fields.try_into().map_err(|fields: Vec<Option<String>>| {
-        StateError::Malformed(format!("{} user fields, expected 9", fields.len()))
+        strikes,
+        _memory_half_life,
+    ]: [Option<String>; 11] = fields.try_into().map_err(|fields: Vec<Option<String>>| {
+        StateError::Malformed(format!("{} user fields, expected 11", fields.len()))
     })?;
     fn parse<T: std::str::FromStr>(field: Option<String>) -> Result<Option<T>, StateError> {
         field
@@ -385,6 +393,7 @@ fn parse_history(
         message_times_ms: times,
         heat: parse(heat)?.unwrap_or(0.0),
         heat_at_ms: parse(heat_at)?.unwrap_or(0),
+        strikes: parse(strikes)?.unwrap_or(0.0),
         offences: parse(off)?.unwrap_or(0),
         escalation_step: parse(step)?.unwrap_or(0),
         last_offence_ms: parse(last_off)?,

@@ -1,8 +1,11 @@
 -- Prepended to every modbot user-state script. The rules here are the in-process backend's
--- too: `decay` in src/users/mod.rs, `is_expired` in src/users/memory.rs.
+-- too: `decay` in src/domain/history.rs, `is_expired` in
+-- src/infra/users/memory.rs.
 
--- The user hash's fields, in the order the Rust side reads them.
-local FIELDS = {'first', 'last', 'n', 'heat', 'heat_at', 'hl', 'off', 'step', 'last_off'}
+-- The user hash's fields, in the order the Rust side reads them. `strikes` and `mhl` came
+-- later: a hash written before them lacks both and reads as no strikes.
+local FIELDS = {'first', 'last', 'n', 'heat', 'heat_at', 'hl', 'off', 'step', 'last_off',
+  'strikes', 'mhl'}
 -- Longest TTL set (ten years), so that PEXPIRE always gets a plain integer.
 local MAX_TTL_MS = 315360000000
 
@@ -28,6 +31,10 @@ local function heat_now(h, now)
   return decay(num(h[4], 0), num(h[5], 0), now, num(h[6], 0))
 end
 
+local function strikes_now(h, now)
+  return decay(num(h[10], 0), num(h[5], 0), now, num(h[11], 0))
+end
+
 local function last_active(h)
   return math.max(num(h[2], -math.huge), num(h[5], 0))
 end
@@ -41,21 +48,25 @@ local function known(h)
   return false
 end
 
--- Idle for the TTL by the caller's clock and cooled below the forgotten heat.
-local function expired(h, now, idle, forgotten)
+-- Idle for the TTL by the caller's clock, cooled below the forgotten heat and with strikes
+-- below the forgotten strikes.
+local function expired(h, now, idle, forgotten, forgotten_strikes)
   return known(h) and now - last_active(h) >= idle and heat_now(h, now) < forgotten
+    and strikes_now(h, now) < forgotten_strikes
 end
 
--- Milliseconds until `heat` decays below the forgotten heat.
-local function forget_after(heat, half_life, forgotten)
-  if heat <= forgotten or half_life <= 0 then
+-- Milliseconds until `amount` (heat or strikes) decays below `forgotten`.
+local function forget_after(amount, half_life, forgotten)
+  if amount <= forgotten or half_life <= 0 then
     return 0
   end
-  return math.ceil(math.log(heat / forgotten) / math.log(2) * half_life)
+  return math.ceil(math.log(amount / forgotten) / math.log(2) * half_life)
 end
 
-local function ttl(idle, heat, half_life, forgotten)
-  return math.min(MAX_TTL_MS, math.max(idle, forget_after(heat, half_life, forgotten)))
+-- A user's keys live for the idle TTL, or until both heat and strikes are forgotten.
+local function ttl(idle, heat, half_life, forgotten, strikes, memory_half_life, forgotten_strikes)
+  return math.min(MAX_TTL_MS, math.max(idle, forget_after(heat, half_life, forgotten),
+    forget_after(strikes, memory_half_life, forgotten_strikes)))
 end
 
 local function push(key, value, capacity)
@@ -66,9 +77,9 @@ local function push(key, value, capacity)
 end
 
 -- The user's hash, after forgetting the user if expired by `now` (KEYS[1..3] are the user's).
-local function load_user(now, idle, forgotten)
+local function load_user(now, idle, forgotten, forgotten_strikes)
   local h = redis.call('HMGET', KEYS[1], unpack(FIELDS))
-  if expired(h, now, idle, forgotten) then
+  if expired(h, now, idle, forgotten, forgotten_strikes) then
     redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
     h = redis.call('HMGET', KEYS[1], unpack(FIELDS))
   end

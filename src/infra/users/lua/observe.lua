@@ -3,12 +3,14 @@
 -- KEYS: 1 user hash, 2 user's recent messages, 3 user's message times, 4 channel's messages,
 --       5 channel's history.
 -- ARGV: 1 now (ms), 2 user's entry, 3 channel's entry, 4 recent per user, 5 times per user,
---       6 recent per channel, 7 idle TTL (ms), 8 forgotten heat, 9 history per channel.
+--       6 recent per channel, 7 idle TTL (ms), 8 forgotten heat, 9 history per channel,
+--       10 forgotten strikes.
 local now = tonumber(ARGV[1])
 local idle = tonumber(ARGV[7])
 local forgotten = tonumber(ARGV[8])
+local forgotten_strikes = tonumber(ARGV[10])
 
-local h = load_user(now, idle, forgotten)
+local h = load_user(now, idle, forgotten, forgotten_strikes)
 local recent = redis.call('LRANGE', KEYS[2], 0, -1)
 local times = redis.call('LRANGE', KEYS[3], 0, -1)
 local channel = redis.call('LRANGE', KEYS[4], 0, -1)
@@ -27,7 +29,8 @@ push(KEYS[3], ARGV[1], tonumber(ARGV[5]))
 push(KEYS[4], ARGV[3], tonumber(ARGV[6]))
 push(KEYS[5], ARGV[3], tonumber(ARGV[9]))
 
-local user_ttl = ttl(idle, heat_now(h, now), num(h[6], 0), forgotten)
+local user_ttl = ttl(idle, heat_now(h, now), num(h[6], 0), forgotten, strikes_now(h, now),
+  num(h[11], 0), forgotten_strikes)
 for i = 1, 3 do
   redis.call('PEXPIRE', KEYS[i], user_ttl)
 end
