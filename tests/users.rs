@@ -154,6 +154,8 @@ both_backends!(
     strikes_decay_by_their_own_half_life_beside_heat,
     the_step_rises_to_the_rung_the_offence_was_decided_on,
     strikes_keep_an_idle_user_remembered,
+    a_pardon_takes_one_offence_back,
+    a_pardon_of_a_user_not_held_changes_nothing,
     reputation_rises_with_messages_and_falls_with_offences,
     idle_users_are_forgotten_unless_their_heat_is_warm,
     concurrent_observers_keep_exact_counts,
@@ -471,6 +473,75 @@ async fn strikes_keep_an_idle_user_remembered(state: &UserState) {
     // Idle again for over the TTL, and the strikes have fallen below one half: forgotten.
     let (before, _) = observe(state, "chan", "u", "m3", T0 + 4 * HOUR).await;
     assert_eq!(before, UserHistory::default(), "forgotten");
+}
+
+async fn a_pardon_takes_one_offence_back(state: &UserState) {
+    let timeout = strike(2.0, true, 0, T0);
+    let warning = strike(1.0, false, 0, T0 + MINUTE);
+    observe(state, "chan", "u", "m1", T0).await;
+    record(state, "u", timeout).await;
+    let both = record(state, "u", warning).await;
+    assert_eq!((both.offences, both.escalation_step), (2, 1));
+    close(
+        both.heat,
+        2.0,
+        "1.0 left of the timeout's heat, and the warning's",
+    );
+
+    // Pardoning the timeout a while later: what is left is the warning alone, at any time.
+    let after = state
+        .pardon("chan", "u", &timeout)
+        .await
+        .expect("pardon")
+        .expect("a user held");
+    assert_eq!((after.offences, after.escalation_step), (1, 0));
+    assert_eq!(after.heat_at_ms, both.heat_at_ms, "the stored time stays");
+    close(after.heat, 1.0, "heat: the warning's");
+    close(after.strikes, 1.0, "strikes: the warning's");
+    let later = T0 + 5 * MINUTE;
+    close(
+        after.heat_at(later, Duration::from_secs(60)),
+        1.0 / 16.0,
+        "heat later",
+    );
+    let stored = state.user("chan", "u").await.expect("user").expect("known");
+    assert_eq!(stored, after, "stored as returned");
+
+    // Pardoning more than there is stops at nothing: no negative heat, strikes or counts.
+    for _ in 0..3 {
+        state.pardon("chan", "u", &timeout).await.expect("pardon");
+    }
+    let empty = state.user("chan", "u").await.expect("user").expect("known");
+    assert_eq!(
+        (
+            empty.heat,
+            empty.strikes,
+            empty.offences,
+            empty.escalation_step
+        ),
+        (0.0, 0.0, 0, 0)
+    );
+    // And the next offence counts from there.
+    let again = record(state, "u", strike(2.0, true, 0, later)).await;
+    assert_eq!((again.heat, again.strikes, again.offences), (2.0, 1.0, 1));
+}
+
+async fn a_pardon_of_a_user_not_held_changes_nothing(state: &UserState) {
+    let pardoned = state
+        .pardon("chan", "nobody", &strike(2.0, true, 0, T0))
+        .await
+        .expect("pardon");
+    assert_eq!(pardoned, None);
+    assert_eq!(state.user("chan", "nobody").await.expect("user"), None);
+    // Another channel's offence is not this one's.
+    record(state, "u", strike(2.0, true, 0, T0)).await;
+    let elsewhere = state
+        .pardon("other", "u", &strike(2.0, true, 0, T0))
+        .await
+        .expect("pardon");
+    assert_eq!(elsewhere, None);
+    let kept = state.user("chan", "u").await.expect("user").expect("known");
+    assert_eq!((kept.heat, kept.offences), (2.0, 1));
 }
 
 async fn reputation_rises_with_messages_and_falls_with_offences(state: &UserState) {
@@ -933,7 +1004,7 @@ async fn redis_a_user_stored_before_strikes_reads_as_without_strikes() {
         ),
         (4, 2.5, 2, 1, 0.0)
     );
-    // Its next offence works on it as on any other.
+    // Its next offence and a pardon work on it as on any other.
     let offence = Offence {
         heat: 2.0,
         half_life: Duration::from_secs(60),
@@ -955,6 +1026,15 @@ async fn redis_a_user_stored_before_strikes_reads_as_without_strikes() {
             after.escalation_step
         ),
         (3.25, 1.0, 3, 2)
+    );
+    let pardoned = state
+        .pardon("chan", "old", &offence)
+        .await
+        .expect("pardon")
+        .expect("known");
+    assert_eq!(
+        (pardoned.heat, pardoned.strikes, pardoned.offences),
+        (1.25, 0.0, 2)
     );
     redis.delete_keys().await;
 }

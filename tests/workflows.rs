@@ -1182,6 +1182,151 @@ async fn an_overturned_automatic_action_teaches_a_false_positive() {
     server.stop().await.unwrap();
 }
 
+/// A warning and two timeouts for scams, the second timeout appealed and overturned: its heat,
+/// strike, offence and rung come off the ladder, as `GetUser` shows; overturning a moderator's
+/// action that never counted on the ladder takes nothing off it.
+async fn an_overturn_lowers_the_ladder(server: &TestServer) {
+    let mut c = clients(server);
+    let scam = |id: &str| {
+        let mut message = chat_message(id, "scammer", "FREE NITRO at scam dot link");
+        // Now, so that GetUser's heat (decayed to now) is still warm.
+        message.sent_at = Some(std::time::SystemTime::now().into());
+        proto::ClassifyRequest {
+            messages: vec![message],
+            options: None,
+        }
+    };
+    let mut verdicts = Vec::new();
+    for id in ["l1", "l2", "l3"] {
+        let verdict = server
+            .moderation()
+            .classify(scam(id))
+            .await
+            .unwrap()
+            .into_inner()
+            .verdicts
+            .remove(0);
+        verdicts.push(verdict);
+    }
+    let decisions: Vec<i32> = verdicts.iter().map(|v| v.decision).collect();
+    use proto::Decision::{Timeout, Warn};
+    assert_eq!(decisions, [Warn as i32, Timeout as i32, Timeout as i32]);
+    let user = get_user(&mut c, "scammer").await;
+    assert_eq!((user.offences, user.escalation_step), (3, 2), "{user:?}");
+    assert!((user.strikes - 3.0).abs() < 0.01, "{user:?}");
+    assert!((user.heat - 5.0).abs() < 0.01, "1 + 2 + 2: {user:?}");
+    assert_eq!(user.next_timeout, secs(240));
+
+    let appeal = c
+        .appeals
+        .file_appeal(proto::FileAppealRequest {
+            action_id: verdicts[2].action_id.clone(),
+            user_id: "scammer".into(),
+            text: "that link was my own shop".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.appeals
+        .resolve_appeal(proto::ResolveAppealRequest {
+            id: appeal.id,
+            resolution: AppealResolution::Overturn as i32,
+            moderator: "mod".into(),
+            note: String::new(),
+        })
+        .await
+        .expect("the ruling stands");
+
+    let user = get_user(&mut c, "scammer").await;
+    assert_eq!(user.offences, 2, "one offence fewer: {user:?}");
+    assert_eq!(user.escalation_step, 1, "one rung lower: {user:?}");
+    assert!(
+        (user.strikes - 2.0).abs() < 0.01,
+        "one strike fewer: {user:?}"
+    );
+    assert!(
+        (user.heat - 3.0).abs() < 0.01,
+        "its heat taken back: {user:?}"
+    );
+    assert_eq!(user.ladder_step, 1);
+    assert_eq!(user.next_timeout, secs(120), "the next timeout is shorter");
+    assert_eq!(user.messages, 3, "the message itself is still remembered");
+
+    // A moderator's timeout through the Actions API never counted on the ladder: overturning
+    // it takes nothing off (pardoning would take back one of the scams).
+    let manual = execute(&mut c, timeout("scammer", "manual-timeout")).await;
+    let appeal = c
+        .appeals
+        .file_appeal(proto::FileAppealRequest {
+            action_id: manual.id,
+            user_id: "scammer".into(),
+            text: "again?".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.appeals
+        .resolve_appeal(proto::ResolveAppealRequest {
+            id: appeal.id,
+            resolution: AppealResolution::Overturn as i32,
+            moderator: "mod".into(),
+            note: String::new(),
+        })
+        .await
+        .unwrap();
+    let after = get_user(&mut c, "scammer").await;
+    assert_eq!(
+        (after.offences, after.escalation_step),
+        (2, 1),
+        "unchanged: {after:?}"
+    );
+    assert!((after.strikes - user.strikes).abs() < 0.01, "{after:?}");
+}
+
+async fn get_user(c: &mut Clients, user_id: &str) -> proto::User {
+    c.admin
+        .get_user(proto::GetUserRequest {
+            channel: "destinygg".into(),
+            user_id: user_id.into(),
+        })
+        .await
+        .expect("GetUser")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn an_overturn_lowers_the_ladder_in_memory() {
+    let server = TestServer::start(|_| {}).await;
+    an_overturn_lowers_the_ladder(&server).await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_overturn_lowers_the_ladder_in_redis() {
+    let Some(redis) = common::RedisPrefix::create("an_overturn_lowers_the_ladder").await else {
+        return;
+    };
+    let server = TestServer::start(|config| {
+        config.redis.url = redis.url.clone();
+        config.redis.key_prefix = redis.prefix.clone();
+    })
+    .await;
+    an_overturn_lowers_the_ladder(&server).await;
+    server.stop().await.unwrap();
+    assert!(!redis.keys().await.is_empty(), "the state was Redis's");
+    redis.delete_keys().await;
+}
+
+/// With Redis down the state is this replica's memory: the ruling stands and the pardon
+/// reaches that memory (logged and counted as not reaching Redis).
+#[tokio::test]
+async fn an_overturn_with_redis_down_still_stands() {
+    let server =
+        TestServer::start(|config| config.redis.url = "redis://127.0.0.1:1/0".into()).await;
+    an_overturn_lowers_the_ladder(&server).await;
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn nuke_mutes_who_said_it_and_aegis_undoes_it() {
     let server = TestServer::start(|_| {}).await;

@@ -66,6 +66,19 @@ impl ActionKind {
         }
     }
 
+    /// The decision this kind carries out, the inverse of [`Self::for_decision`]: what it
+    /// weighs on the escalation ladder. `None` for an unmute or unban.
+    pub fn decision(self) -> Option<crate::domain::Decision> {
+        use crate::domain::Decision;
+        match self {
+            Self::Hide => Some(Decision::Hide),
+            Self::Warn => Some(Decision::Warn),
+            Self::Timeout => Some(Decision::Timeout),
+            Self::Ban => Some(Decision::Ban),
+            Self::Unmute | Self::Unban => None,
+        }
+    }
+
     /// The kind that carries out an enforced decision, if the decision acts on the user: a
     /// hold only keeps the message back for review.
     pub fn for_decision(decision: crate::domain::Decision) -> Option<Self> {

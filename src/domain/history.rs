@@ -1,6 +1,6 @@
 //! What is known of a user and a channel: a user's recent messages, times, offence heat and
 //! remembered strikes ([`UserHistory`]), a channel's recent messages ([`ChannelWindow`]), and an
-//! offence to record. Plain data with the arithmetic that defines it (decay,
+//! offence to record (or pardon). Plain data with the arithmetic that defines it (decay,
 //! reputation); the user-state backends store it, the engines read it.
 
 use std::sync::{Arc, OnceLock};
@@ -273,7 +273,7 @@ pub struct UserHistory {
     /// user's offences that decays with the channel's (long) memory half-life, where heat decays
     /// with its (short) heat half-life. Use [`Self::strikes_at`] for its value now.
     pub strikes: f64,
-    /// Offences recorded since the user was first seen.
+    /// Offences recorded since the user was first seen (less those pardoned).
     pub offences: u32,
     /// The rung of the escalation ladder the user stands on: escalating actions (time-outs,
     /// bans) in the current heat episode, counted from the rung the episode started on.
@@ -327,7 +327,7 @@ impl UserHistory {
     }
 }
 
-/// One offence to record.
+/// One offence to record, or to pardon (an overturned appeal takes it back).
 ///
 /// [`Default`] is no offence at all: no heat, no strike, zero half-lives (which forget at
 /// once), at time 0.
@@ -374,6 +374,28 @@ fn non_negative(value: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// What pardoning `offence` leaves of a stored amount (heat or strikes) `stored` at
+/// `stored_at_ms`: the stored amount less the offence's `added`, decayed from the offence's time
+/// to `stored_at_ms` with `half_life_ms`, never below 0.
+///
+/// Subtracting at the stored time rather than now gives the same value at any later time
+/// (decay multiplies everything stored by the same factor), and leaves the stored time, and so
+/// the user's expiry, as it was. An offence later than the stored time (recorded elsewhere,
+/// say by a degraded replica) is subtracted undecayed. The Redis scripts compute the same
+/// (`pardoned` in `common.lua`).
+pub(crate) fn pardoned(
+    stored: f64,
+    stored_at_ms: i64,
+    added: f64,
+    offence_at_ms: i64,
+    half_life_ms: i64,
+) -> f64 {
+    let taken = decay(added, offence_at_ms, stored_at_ms, half_life_ms);
+    let left = stored - taken;
+    // Rounding leaves a few ulps where the offence was all there was.
+    if left > 1e-12 { left } else { 0.0 }
 }
 
 /// A duration in whole milliseconds, saturated to `i64`.
@@ -428,6 +450,33 @@ mod tests {
                 "decay({heat}, {at}, {now}, {half_life})"
             );
         }
+    }
+
+    #[test]
+    fn a_pardon_takes_back_the_decayed_offence_never_below_zero() {
+        let minute = 60_000;
+        for (stored, stored_at, added, offence_at, half_life, expected) in [
+            // 2.0 added at 0 is 1.0 of what was stored a half-life later.
+            (3.0, minute, 2.0, 0, minute, 2.0),
+            (2.0, 0, 2.0, 0, minute, 0.0),
+            // Never below 0 (more pardoned than recorded, or recorded elsewhere).
+            (1.0, 0, 2.0, 0, minute, 0.0),
+            // An offence after the stored time is taken back undecayed.
+            (3.0, 0, 2.0, minute, minute, 1.0),
+            (0.5, 0, 0.0, 0, minute, 0.5),
+        ] {
+            assert_eq!(
+                pardoned(stored, stored_at, added, offence_at, half_life),
+                expected,
+                "pardoned({stored}, {stored_at}, {added}, {offence_at}, {half_life})"
+            );
+        }
+        // What rounding leaves of an offence that was all there was is nothing.
+        let stored = decay(0.3, 0, 7 * minute, 10 * minute) + 1.0;
+        let left = pardoned(stored, 7 * minute, 1.0, 7 * minute, 10 * minute);
+        let expected = decay(0.3, 0, 7 * minute, 10 * minute);
+        assert!((left - expected).abs() < 1e-15);
+        assert_eq!(pardoned(left, 7 * minute, 0.3, 0, 10 * minute), 0.0);
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use history::{
     COOLED_HEAT, ChannelMessage, ChannelWindow, ChannelWindowIter, Observation, Offence,
     REMEMBERED_STRIKE, REMEMBERED_TEXT_BYTES, RecentMessage, UserHistory, remembered_text,
 };
-pub(crate) use history::{MessageBlock, Observer, decay, duration_ms};
+pub(crate) use history::{MessageBlock, Observer, decay, duration_ms, pardoned};
 pub use message::{ChatMessage, MAX_ID_BYTES};
 pub use review::{OnExpiry, ReviewFilter, ReviewItem, ReviewStatus, review_id};
 pub use time::{from_unix_millis, unix_millis};

@@ -5,8 +5,8 @@
 use std::time::{Duration, SystemTime};
 
 use super::Services;
-use super::actions::dispatch::count_recorded;
-use crate::domain::{self, ActionKind, ActionSource, ActionStatus, Decision, NewAction};
+use super::actions::dispatch::{chat_action_id, count_recorded};
+use crate::domain::{ActionKind, ActionSource, ActionStatus, Decision, NewAction};
 use crate::infra::store::Recorded;
 
 /// A moderator's action as the chat reported it.
@@ -48,8 +48,7 @@ impl Services {
             duration,
             at,
         } = action;
-        let at_ms = domain::unix_millis(at).to_string();
-        let id = domain::derived_id(&["chat", &channel, &target, kind.as_str(), &at_ms]);
+        let id = chat_action_id(&channel, &target, kind, at);
         let mut recorded = NewAction {
             channel: channel.clone(),
             target_user_id: target.clone(),

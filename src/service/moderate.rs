@@ -15,13 +15,14 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::domain::Observation;
+use crate::domain::UserHistory;
 use crate::domain::unix_millis;
 use crate::domain::{ChatMessage, Decision, Degraded, Verdict};
 use crate::engine::decision::{DecideOptions, Engine, Inputs, ModelInput, escalation};
 use crate::engine::normalize::{Folded, normalize};
 use crate::infra::inference::{Admission, Overloaded, Pending, Scorer, Scores, Unavailable};
 use crate::infra::store::{Feedback, FeedbackSource};
-use crate::infra::users::SharedState;
+use crate::infra::users::{Answer, SharedState};
 
 /// How far ahead of the server's clock a message's own timestamp may be before the server's
 /// clock is used instead: a skewed client must not be able to age its own offences away.
@@ -302,6 +303,29 @@ impl Moderator {
         verdict
     }
 
+    /// Takes back the offence `decision` of `user_id`, recorded at `at` on the state clock (an
+    /// overturned appeal): its heat and strikes, decayed since, one offence and, for a timeout,
+    /// one rung of the ladder, by the channel's policy now. The answer is the history after it
+    /// (`None`: the user is not held, nothing to take back) and whether only the per-replica
+    /// fallback was pardoned.
+    pub async fn pardon(
+        &self,
+        channel: &str,
+        user_id: &str,
+        decision: Decision,
+        at: SystemTime,
+    ) -> Answer<Option<UserHistory>> {
+        let engine = self.engine.load_full();
+        let policy = engine.rules().policy(channel);
+        match escalation::offence(decision, None, &policy.escalation, unix_millis(at)) {
+            Some(offence) => self.state.pardon(channel, user_id, &offence).await,
+            None => Answer {
+                value: None,
+                degraded: false,
+            },
+        }
+    }
+
     /// Records a human moderator's action seen in the chat as an offence of its target, so the
     /// ladder knows about it, and returns the feedback it teaches: the target's latest message
     /// in the channel, sent at most [`FEEDBACK_WINDOW`] before the action, as a positive
@@ -347,6 +371,10 @@ impl Moderator {
     }
 }
 
+/// Counter of pardons that did not reach the configured user state: Redis failed, and only
+/// this replica's fallback memory was pardoned (Redis keeps the offence).
+pub const PARDON_FAILURES: &str = "modbot_pardon_failures_total";
+
 /// Counter of panics while deciding a message, by `stage`: `rule` (one rule skipped, the
 /// message decided by the others) or `message` (the message held, see `Engine::undecided`).
 pub const DECISION_PANICS: &str = "modbot_decision_panics_total";
@@ -372,8 +400,14 @@ fn undecided(
 /// The time a message is placed at in user state: its own timestamp (so a replayed log keeps
 /// its rhythm), unless that is more than [`MAX_CLOCK_SKEW`] in the future.
 fn state_clock(sent_at: SystemTime) -> i64 {
-    let now = SystemTime::now();
-    unix_millis(sent_at.min(now + MAX_CLOCK_SKEW))
+    unix_millis(state_time(sent_at, SystemTime::now()))
+}
+
+/// The time on the state clock of a message sent at `sent_at` (its own timestamp) and decided
+/// at `decided_at`: the message's time, but never more than [`MAX_CLOCK_SKEW`] ahead of the
+/// server's. The time its offence was recorded at, and so the time to pardon it at.
+pub fn state_time(sent_at: SystemTime, decided_at: SystemTime) -> SystemTime {
+    sent_at.min(decided_at + MAX_CLOCK_SKEW)
 }
 
 #[cfg(test)]

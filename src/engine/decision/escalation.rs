@@ -29,7 +29,8 @@
 //!   apart within the memory.
 //!
 //! Only a timeout is escalated or softened: a rule's hide, warning or ban is enforced as it
-//! asks, and counts toward the ladder as above.
+//! asks, and counts toward the ladder as above. An overturned appeal takes its offence back
+//! ([`offence`] gives what to subtract, user state's `pardon` subtracts it).
 
 use std::time::Duration;
 
@@ -207,7 +208,8 @@ pub fn escalate(
 }
 
 /// The offence to record for an enforced decision, if it is one, given the user's history
-/// before it (for the rung it was decided on; `None`: rung 0).
+/// before it (for the rung it was decided on). The same offence, with the history left out
+/// (`None`: rung 0), is what a pardon takes back.
 pub fn offence(
     decision: Decision,
     history: Option<&UserHistory>,

@@ -9,7 +9,7 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use super::{
     ChannelMessage, ChannelWindow, FORGOTTEN_HEAT, FORGOTTEN_STRIKES, MessageBlock, Observation,
-    Observer, Offence, RecentMessage, StateOptions, UserHistory, decay, duration_ms,
+    Observer, Offence, RecentMessage, StateOptions, UserHistory, decay, duration_ms, pardoned,
 };
 
 /// Users per shard aimed at when choosing the shard count: big enough that per-shard eviction
@@ -141,6 +141,18 @@ impl MemoryState {
         );
         entry.record_offence(offence, self.config.cooled_down_heat);
         entry.history()
+    }
+
+    /// See [`super::UserState::pardon`].
+    pub fn pardon(&self, channel: &str, user_id: &str, offence: &Offence) -> Option<UserHistory> {
+        let hash = self.hash(channel, user_id);
+        let mut shard = lock(self.user_shard(hash));
+        let slot = shard
+            .users
+            .find_mut(hash, |slot| slot.is(channel, user_id))?;
+        // Numbers only: the slot's bytes do not change.
+        slot.entry.pardon(offence);
+        Some(slot.entry.history())
     }
 
     /// See [`super::UserState::user`].
@@ -649,6 +661,28 @@ impl UserEntry {
             self.last_offence_ms
                 .map_or(offence.at_ms, |last| last.max(offence.at_ms)),
         );
+    }
+
+    /// Takes `offence` back (see [`super::UserState::pardon`]).
+    fn pardon(&mut self, offence: &Offence) {
+        self.heat = pardoned(
+            self.heat,
+            self.heat_at_ms,
+            offence.added_heat(),
+            offence.at_ms,
+            duration_ms(offence.half_life),
+        );
+        self.strikes = pardoned(
+            self.strikes,
+            self.heat_at_ms,
+            offence.added_strikes(),
+            offence.at_ms,
+            duration_ms(offence.memory_half_life),
+        );
+        self.offences = self.offences.saturating_sub(1);
+        if offence.escalates {
+            self.escalation_step = self.escalation_step.saturating_sub(1);
+        }
     }
 
     /// The bytes its buffers hold: the rings' slots, and each recent message's id and text.

@@ -7,7 +7,8 @@
 //! messages from other users (for the copy-paste rule). When a rule or model decides an action,
 //! the engine calls [`UserState::record_offence`], which adds decaying "heat" (short memory) and
 //! "strikes" (long memory) and advances the escalation step (warning, then ever longer
-//! time-outs, then a ban).
+//! time-outs, then a ban). An overturned appeal takes one offence back with
+//! [`UserState::pardon`].
 //!
 //! Each channel also keeps a longer history of its messages from everyone
 //! ([`StateOptions::history_per_channel`], more than the copy-paste window) for `Nuke`, which
@@ -34,7 +35,7 @@ use std::time::Duration;
 
 use crate::domain::{
     ChannelMessage, ChannelWindow, MessageBlock, Observation, Observer, Offence, RecentMessage,
-    UserHistory, decay, duration_ms, remembered_text,
+    UserHistory, decay, duration_ms, pardoned, remembered_text,
 };
 pub use memory::MemoryState;
 pub use redis::RedisState;
@@ -250,6 +251,27 @@ impl UserState {
         match self {
             Self::Memory(memory) => Ok(memory.record_offence(channel, user_id, offence)),
             Self::Redis(redis) => redis.record_offence(channel, user_id, offence).await,
+        }
+    }
+
+    /// Takes back an offence recorded earlier (an overturned appeal) and returns the history
+    /// after it; `None`, changing nothing, for a user not held (never seen, or forgotten).
+    /// Atomic on Redis (one script).
+    ///
+    /// `offence` is the one recorded (its `at_ms` the offence's time): its heat and strikes,
+    /// decayed from then by its half-lives, are subtracted from the user's (never below 0),
+    /// `offences` counts one fewer and, for an escalating offence, `escalation_step` goes one
+    /// rung down (both saturating at 0). `offence.ladder_step` is ignored. The stored time of
+    /// the heat and strikes is left as it was, so pardoning never keeps a user longer.
+    pub async fn pardon(
+        &self,
+        channel: &str,
+        user_id: &str,
+        offence: &Offence,
+    ) -> Result<Option<UserHistory>, StateError> {
+        match self {
+            Self::Memory(memory) => Ok(memory.pardon(channel, user_id, offence)),
+            Self::Redis(redis) => redis.pardon(channel, user_id, offence).await,
         }
     }
 

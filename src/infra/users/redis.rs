@@ -26,12 +26,19 @@ const RECORD_OFFENCE_SCRIPT: &str = concat!(
     include_str!("lua/common.lua"),
     include_str!("lua/record_offence.lua")
 );
+/// See [`super::UserState::pardon`].
+const PARDON_SCRIPT: &str = concat!(
+    include_str!("lua/common.lua"),
+    include_str!("lua/pardon.lua")
+);
+
 /// The scripts, with their SHA1s computed once per process.
 struct Scripts {
     read: Script,
     peek: Script,
     observe: Script,
     record_offence: Script,
+    pardon: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -39,6 +46,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     peek: Script::new(PEEK_SCRIPT),
     observe: Script::new(OBSERVE_SCRIPT),
     record_offence: Script::new(RECORD_OFFENCE_SCRIPT),
+    pardon: Script::new(PARDON_SCRIPT),
 });
 
 /// User state in Redis, shared by every replica.
@@ -59,7 +67,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 /// Lists are capped with `LTRIM`. Every write renews the TTLs: a user's three keys live for
 /// [`StateOptions::idle_ttl`], or longer while their heat needs longer to decay below
 /// [`super::FORGOTTEN_HEAT`] or their strikes below [`super::FORGOTTEN_STRIKES`]; the
-/// channel's two lists live for the idle TTL. All of a
+/// channel's two lists live for the idle TTL. A pardon leaves the TTLs as they are. All of a
 /// channel's keys share the hash tag `{C}`, so on a Redis Cluster one script's keys share a
 /// slot.
 ///
@@ -69,7 +77,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 ///
 /// # Scripts
 ///
-/// `observe.lua`, `record_offence.lua`, `read.lua` and `peek.lua` (in
+/// `observe.lua`, `record_offence.lua`, `pardon.lua`, `read.lua` and `peek.lua` (in
 /// `src/infra/users/lua/`, each
 /// prefixed with `common.lua`), run with `EVALSHA` (loaded on first use). They apply the same expiry rule as
 /// the in-process backend by the caller's clock, so a user idle for the TTL and cooled down
@@ -219,6 +227,33 @@ impl RedisState {
         parse_history(fields, recent, times)
     }
 
+    /// See [`super::UserState::pardon`].
+    pub async fn pardon(
+        &self,
+        channel: &str,
+        user_id: &str,
+        offence: &Offence,
+    ) -> Result<Option<UserHistory>, StateError> {
+        let keys = self.user_keys(channel, user_id);
+        let mut invocation = SCRIPTS.pardon.prepare_invoke();
+        invocation
+            .key(&keys.hash)
+            .key(&keys.recent)
+            .key(&keys.times)
+            .arg(offence.at_ms)
+            .arg(format!("{:e}", offence.added_heat()))
+            .arg(duration_ms(offence.half_life))
+            .arg(format!("{:e}", offence.added_strikes()))
+            .arg(duration_ms(offence.memory_half_life))
+            .arg(if offence.escalates { "1" } else { "0" });
+        let mut connection = self.connection.clone();
+        let (fields, recent, times): UserReply = self
+            .bounded(async move { invocation.invoke_async(&mut connection).await })
+            .await?;
+        let history = parse_history(fields, recent, times)?;
+        Ok(history.is_known().then_some(history))
+    }
+
     /// See [`super::UserState::peek`].
     pub async fn peek(
         &self,
@@ -334,7 +369,7 @@ impl RedisState {
 /// What `observe.lua` and `peek.lua` return: the user hash fields (HMGET of `FIELDS`), the user's recent
 /// messages and times, and the channel's messages.
 type ObserveReply = (Vec<Option<String>>, Vec<String>, Vec<i64>, Vec<String>);
-/// What `record_offence.lua` and `read.lua` return.
+/// What `record_offence.lua`, `pardon.lua` and `read.lua` return.
 type UserReply = (Vec<Option<String>>, Vec<String>, Vec<i64>);
 
 /// The three keys of one user.

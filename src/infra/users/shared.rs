@@ -124,6 +124,21 @@ impl SharedState {
         .await
     }
 
+    /// See [`super::UserState::pardon`]. While degraded, only this replica's memory is
+    /// pardoned: Redis keeps the offence.
+    pub async fn pardon(
+        &self,
+        channel: &str,
+        user_id: &str,
+        offence: &Offence,
+    ) -> Answer<Option<UserHistory>> {
+        self.call(
+            |redis| redis.pardon(channel, user_id, offence),
+            |memory| memory.pardon(channel, user_id, offence),
+        )
+        .await
+    }
+
     /// See [`super::UserState::peek`].
     pub async fn peek(
         &self,

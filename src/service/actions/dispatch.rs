@@ -487,18 +487,7 @@ pub fn automatic_action(
         crate::domain::ActionKind::Hide => Some(hide_duration),
         _ => verdict.duration,
     };
-    // Without tokens the id is derived as before credentials were part of it, so a server
-    // upgraded in place records a replayed message once.
-    let id = if requested_by.is_empty() {
-        crate::domain::derived_id(&["automod", &message.channel, &message.message_id])
-    } else {
-        crate::domain::derived_id(&[
-            "automod",
-            requested_by,
-            &message.channel,
-            &message.message_id,
-        ])
-    };
+    let id = automatic_action_id(requested_by, &message.channel, &message.message_id);
     Some(automod_action(
         message,
         kind,
@@ -508,6 +497,33 @@ pub fn automatic_action(
         id,
         pending_ttl,
     ))
+}
+
+/// The id of the action that carries out the verdict on `message_id`, made for the credential
+/// `requested_by`. An action with this id, and only such an action, carried out a verdict
+/// (whose offence user state recorded): the pending hide of a held message, a review's
+/// ruling, a nuke and the Actions API make theirs otherwise.
+pub fn automatic_action_id(requested_by: &str, channel: &str, message_id: &str) -> String {
+    // Without tokens the id is derived as before credentials were part of it, so a server
+    // upgraded in place records a replayed message once.
+    if requested_by.is_empty() {
+        crate::domain::derived_id(&["automod", channel, message_id])
+    } else {
+        crate::domain::derived_id(&["automod", requested_by, channel, message_id])
+    }
+}
+
+/// The id of a human moderator's action seen in chat: derived from what happened, so a bridge
+/// that replays its chat after a reconnect records it once. Such an action, and only such a
+/// moderator's action, was counted on its target's ladder.
+pub fn chat_action_id(
+    channel: &str,
+    target: &str,
+    kind: crate::domain::ActionKind,
+    at: SystemTime,
+) -> String {
+    let at_ms = crate::domain::unix_millis(at).to_string();
+    crate::domain::derived_id(&["chat", channel, target, kind.as_str(), &at_ms])
 }
 
 /// modbot's own action on a message's author, recorded as asked for by `requested_by`.

@@ -4,14 +4,16 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::dispatch::Dispatcher;
-use crate::domain::ReasonSource;
+use super::dispatch::{Dispatcher, automatic_action_id, chat_action_id};
 use crate::domain::{
     Action, ActionKind, ActionSource, ActionStatus, Appeal, AppealStatus, NewAction, Nuke,
 };
+use crate::domain::{Decision, ReasonSource};
 use crate::engine::normalize::normalize;
-use crate::infra::store::{AuditQuery, Feedback, FeedbackSource, Filed, Resolved, StoreError};
-use crate::service::moderate::{HUMAN_ACTION_LABEL, Moderator};
+use crate::infra::store::{
+    AuditQuery, AuditRecord, Feedback, FeedbackSource, Filed, Resolved, StoreError,
+};
+use crate::service::moderate::{HUMAN_ACTION_LABEL, Moderator, PARDON_FAILURES, state_time};
 
 /// Why a workflow step was refused. `grpc/status.rs` maps each to its gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +145,11 @@ pub struct Ruling {
 /// it (or, for an action no model label asked for, for [`HUMAN_ACTION_LABEL`]). One
 /// transaction: of several concurrent rulings on one appeal exactly one applies; the others
 /// are `FailedPrecondition`.
+///
+/// Once the overturn is committed, the offence the action charged its target with is taken
+/// off their ladder ([`Moderator::pardon`]: heat, strikes, offence count, rung), if it charged
+/// one ([`charged_offence`]). A pardon that does not reach the user state is logged and
+/// counted ([`PARDON_FAILURES`]), never an error: the ruling stands either way.
 pub async fn resolve_appeal(
     dispatcher: &Dispatcher,
     moderator: &Moderator,
@@ -170,6 +177,7 @@ pub async fn resolve_appeal(
     };
     let mut reversal = None;
     let mut feedback = Vec::new();
+    let mut charged = None;
     if ruling.overturn {
         let action = store
             .action(&appeal.action_id)
@@ -206,7 +214,9 @@ pub async fn resolve_appeal(
             resolved.reversal_action_id.clone_from(&undo.id);
             reversal = Some(undo);
         }
-        feedback = false_positives(dispatcher, moderator, &action, &ruling, now).await?;
+        let record = audit_record(dispatcher, &action).await?;
+        feedback = false_positives(moderator, &action, record.as_ref(), &ruling, now);
+        charged = charged_offence(&action, record.as_ref()).map(|(d, at)| (action, d, at));
     }
     match store
         .resolve_appeal(&resolved, reversal.as_ref(), &feedback)
@@ -222,6 +232,9 @@ pub async fn resolve_appeal(
             if !feedback.is_empty() {
                 metrics::counter!("modbot_feedback_total", "source" => FeedbackSource::AppealOverturned.as_str())
                     .increment(feedback.len() as u64);
+            }
+            if let Some((action, decision, at)) = &charged {
+                pardon(moderator, action, *decision, *at).await;
             }
             Ok((appeal, reversal.map(|r| *r)))
         }
@@ -246,19 +259,73 @@ fn already_resolved(appeal: &Appeal) -> WorkflowError {
     ))
 }
 
-/// The negative examples an overturned action teaches: its message, normalised as the model
-/// sees it, for each model label that fired on it; for an action that no model label asked for
-/// (a rule's, or a human's), for [`HUMAN_ACTION_LABEL`]. None when the message is not in the
-/// audit log (no text to learn from).
-async fn false_positives(
-    dispatcher: &Dispatcher,
-    moderator: &Moderator,
+/// The offence an action charged its target with on the escalation ladder, if it charged one:
+/// the decision it weighs as and when it was recorded on the state clock.
+///
+/// Two kinds of action are offences of their own: one that carried out a verdict (its id is
+/// [`automatic_action_id`]; the offence was recorded at the message's time, from the audit
+/// log, or the action's if the message is gone) and a human moderator's action seen in chat
+/// (its id is [`chat_action_id`]; recorded at the action's time). The rest (the Actions API's,
+/// a review's ruling, a nuke's, the short mute that hides a held message) were never recorded
+/// as offences: pardoning one would take back another offence of the user's.
+fn charged_offence(
     action: &Action,
-    ruling: &Ruling,
-    now: SystemTime,
-) -> Result<Vec<Feedback>, WorkflowError> {
+    record: Option<&AuditRecord>,
+) -> Option<(Decision, SystemTime)> {
+    let decision = action.kind.decision()?;
+    let carried_out_a_verdict = action.source == ActionSource::Automod
+        && !action.message_id.is_empty()
+        && action.id
+            == automatic_action_id(&action.requested_by, &action.channel, &action.message_id);
+    if carried_out_a_verdict {
+        let at = record.map_or(action.created_at, |r| {
+            state_time(r.message.sent_at, r.decided_at)
+        });
+        return Some((decision, at));
+    }
+    let seen_in_chat = action.source == ActionSource::Moderator
+        && action.id
+            == chat_action_id(
+                &action.channel,
+                &action.target_user_id,
+                action.kind,
+                action.created_at,
+            );
+    seen_in_chat.then_some((decision, action.created_at))
+}
+
+/// Takes an overturned action's offence off its target's ladder; logs and counts a pardon that
+/// only reached this replica's fallback memory.
+async fn pardon(moderator: &Moderator, action: &Action, decision: Decision, at: SystemTime) {
+    let answer = moderator
+        .pardon(&action.channel, &action.target_user_id, decision, at)
+        .await;
+    if answer.degraded {
+        metrics::counter!(PARDON_FAILURES).increment(1);
+        tracing::warn!(
+            channel = %action.channel,
+            user_id = %action.target_user_id,
+            action_id = %action.id,
+            "appeal overturned, but user state is degraded: the offence was taken back from \
+             this replica's memory only, and Redis keeps it"
+        );
+    } else if answer.value.is_none() {
+        tracing::debug!(
+            channel = %action.channel,
+            user_id = %action.target_user_id,
+            action_id = %action.id,
+            "appeal overturned; user state holds nothing of the user to take back"
+        );
+    }
+}
+
+/// The audit record of the message an action acted on, if it names one still in the log.
+async fn audit_record(
+    dispatcher: &Dispatcher,
+    action: &Action,
+) -> Result<Option<AuditRecord>, WorkflowError> {
     if action.message_id.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let records = dispatcher
         .store()
@@ -269,8 +336,22 @@ async fn false_positives(
             ..AuditQuery::default()
         })
         .await?;
-    let Some(record) = records.into_iter().next() else {
-        return Ok(Vec::new());
+    Ok(records.into_iter().next())
+}
+
+/// The negative examples an overturned action teaches: its message (`record`), normalised as
+/// the model sees it, for each model label that fired on it; for an action that no model label
+/// asked for (a rule's, or a human's), for [`HUMAN_ACTION_LABEL`]. None when the message is
+/// not in the audit log (no text to learn from).
+fn false_positives(
+    moderator: &Moderator,
+    action: &Action,
+    record: Option<&AuditRecord>,
+    ruling: &Ruling,
+    now: SystemTime,
+) -> Vec<Feedback> {
+    let Some(record) = record else {
+        return Vec::new();
     };
     let mut labels: Vec<String> = record
         .verdict
@@ -286,7 +367,7 @@ async fn false_positives(
     let engine = moderator.engine();
     let policy = engine.rules().policy(&action.channel);
     let text = normalize(&record.message.text, &policy.emotes).text;
-    Ok(labels
+    labels
         .into_iter()
         .map(|label| Feedback {
             id: uuid::Uuid::now_v7().to_string(),
@@ -301,7 +382,7 @@ async fn false_positives(
             actor: ruling.moderator.clone(),
             action: "overturn".to_owned(),
         })
-        .collect())
+        .collect()
 }
 
 /// Most users one nuke may mute: a pattern that would catch more is almost certainly too broad.

@@ -1,5 +1,5 @@
 -- Prepended to every modbot user-state script. The rules here are the in-process backend's
--- too: `decay` in src/domain/history.rs, `is_expired` in
+-- too: `decay` and `pardoned` in src/domain/history.rs, `is_expired` in
 -- src/infra/users/memory.rs.
 
 -- The user hash's fields, in the order the Rust side reads them. `strikes` and `mhl` came
@@ -24,6 +24,15 @@ local function decay(heat, at, now, half_life)
     return 0
   end
   return heat * 0.5 ^ ((now - at) / half_life)
+end
+
+-- `stored` at `stored_at` less `added` at `offence_at` decayed to `stored_at`, never below 0.
+local function pardoned(stored, stored_at, added, offence_at, half_life)
+  local left = stored - decay(added, offence_at, stored_at, half_life)
+  if left > 1e-12 then
+    return left
+  end
+  return 0
 end
 
 -- `h` is HMGET of FIELDS.
