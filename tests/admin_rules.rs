@@ -468,6 +468,12 @@ fn policy(channel: &str) -> proto::Policy {
             appeal: "quote {action_id}".into(),
             min_interval: Some(seconds(30)),
         }),
+        reputation: Some(proto::ReputationPolicy {
+            trusted_above: 0.4,
+            new_below: 0.1,
+            trusted_margin: 0.05,
+            new_margin: 0.1,
+        }),
         ..proto::Policy::default()
     }
 }
@@ -815,6 +821,18 @@ async fn bad_input_writes_nothing(db: &Db) {
             bad_policy(|p| p.notices.as_mut().unwrap().ban = "x".repeat(513)),
             "policy.notices.ban: is longer than 512 characters",
         ),
+        (
+            bad_policy(|p| p.reputation.as_mut().unwrap().trusted_margin = 1.5),
+            "policy.reputation.trusted_margin: 1.5 is outside [0, 1]",
+        ),
+        (
+            bad_policy(|p| p.reputation.as_mut().unwrap().new_margin = f64::NAN),
+            "policy.reputation.new_margin: NaN is outside [0, 1]",
+        ),
+        (
+            bad_policy(|p| p.reputation.as_mut().unwrap().new_below = 0.5),
+            "policy.reputation.new_below: must be at most reputation.trusted_above",
+        ),
     ];
     for (policy, expected) in policy_cases {
         let error = admin
@@ -898,6 +916,15 @@ async fn policies_round_trip(db: &Db) {
     assert_eq!(escalation.max_timeout, Some(seconds(86_400)));
     assert_eq!(escalation.ban_after, 4, "the shipped ladder ends in a ban");
     assert_eq!(escalation.memory_half_life, Some(seconds(7 * 86_400)));
+    assert_eq!(
+        default.reputation,
+        Some(proto::ReputationPolicy {
+            trusted_above: 0.5,
+            new_below: 0.05,
+            trusted_margin: 0.05,
+            new_margin: 0.05,
+        })
+    );
     assert!(default.emotes.contains(&"PepeLaugh".to_owned()));
     assert_eq!(
         default.classify_actions,
@@ -961,9 +988,11 @@ async fn policies_round_trip(db: &Db) {
         .into_inner();
     assert_eq!(set.classify_actions, proto::ClassifyActions::Record as i32);
 
-    // An unset memory half-life (a client from before strikes) is a week.
+    // A client from before strikes and reputation: an unset memory half-life is a week, an
+    // unset reputation table moves no threshold.
     let mut older = policy("strims");
     older.escalation.as_mut().unwrap().memory_half_life = None;
+    older.reputation = None;
     let set = admin
         .set_policy(SetPolicyRequest {
             policy: Some(older),
@@ -974,6 +1003,11 @@ async fn policies_round_trip(db: &Db) {
     assert_eq!(
         set.escalation.unwrap().memory_half_life,
         Some(seconds(7 * 86_400))
+    );
+    let reputation = set.reputation.unwrap();
+    assert_eq!(
+        (reputation.trusted_margin, reputation.new_margin),
+        (0.0, 0.0)
     );
 
     // The default policy itself.

@@ -502,6 +502,14 @@ fn policy_body(b: &mut Bytes<'_>) -> String {
             }
         }
     }
+    if b.chance(128) {
+        body += "[reputation]\n";
+        for key in ["trusted_above", "new_below", "trusted_margin", "new_margin"] {
+            if b.chance(200) {
+                body += &format!("{key} = {}\n", b.pick(FLOATS));
+            }
+        }
+    }
     for _ in 0..b.below(3) {
         let label = b.pick(&["toxicity/insult", "spam/spam", "toxicity", "/x", "a/"]);
         body += &format!("[model.labels.{}]\n", quoted(label));

@@ -24,7 +24,7 @@ use crate::domain::{Decision, OnExpiry};
 use crate::engine::rules::ClassifyActions;
 use crate::engine::rules::spec::{
     DEFAULT_MEMORY_HALF_LIFE_SECS, EscalationSpec, ModelLabelSpec, ModelPolicySpec, NoticesSpec,
-    ReviewSpec, RuleParams,
+    ReputationSpec, ReviewSpec, RuleParams,
 };
 use crate::engine::rules::spec::{PolicySpec, RuleSpec};
 use crate::engine::rules::{Mode, PhraseSyntax, RulesError};
@@ -755,6 +755,16 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             .unwrap_or(0),
         },
     };
+    // Range checks are the compiler's (`policy.reputation.trusted_margin: 2 is outside [0, 1]`).
+    let reputation = match policy.reputation {
+        None => ReputationSpec::default(),
+        Some(r) => ReputationSpec {
+            trusted_above: r.trusted_above,
+            new_below: r.new_below,
+            trusted_margin: r.trusted_margin,
+            new_margin: r.new_margin,
+        },
+    };
     Ok((
         policy.channel,
         PolicySpec {
@@ -765,6 +775,7 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             escalation,
             review,
             notices,
+            reputation,
             model: ModelPolicySpec { labels },
         },
     ))
@@ -856,6 +867,12 @@ pub fn policy_to_proto(
             appeal: spec.notices.appeal.clone(),
             min_interval: Some(proto_duration(spec.notices.min_interval_secs)),
         }),
+        reputation: Some(proto::ReputationPolicy {
+            trusted_above: spec.reputation.trusted_above,
+            new_below: spec.reputation.new_below,
+            trusted_margin: spec.reputation.trusted_margin,
+            new_margin: spec.reputation.new_margin,
+        }),
     }
 }
 
@@ -897,6 +914,10 @@ mod tests {
                 "policy.escalation.memory_half_life",
             ),
             ("emotes", "policy.emotes"),
+            (
+                "reputation.trusted_margin",
+                "policy.reputation.trusted_margin",
+            ),
             (
                 "model.labels.\"toxicity/insult\".threshold",
                 "policy.thresholds[\"toxicity/insult\"]",

@@ -4,6 +4,12 @@
 //! function of the message, its normalised text, the rules, the user's history and (later) the
 //! model's scores, so every behaviour is testable without a server. Fetching the history and
 //! recording offences is `moderate`'s job.
+//!
+//! The history counts twice: the escalation ladder ([`escalation`]) reads the author's heat,
+//! strikes and rung, and the author's reputation moves the model labels' thresholds as the
+//! channel's `[policy.reputation]` says (raised for a trusted regular, lowered for a new user;
+//! the reason names the moved threshold, and a score only the raise spared is kept as a shadow
+//! reason).
 
 pub mod escalation;
 
@@ -13,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::domain::{ChannelWindow, Offence, UserHistory};
 use crate::domain::{ChatMessage, Decision, Degraded, Evidence, Reason, ReasonSource, Verdict};
 use crate::engine::normalize::Normalized;
-use crate::engine::rules::{Context, FailedRule, RuleSet};
+use crate::engine::rules::{Context, FailedRule, RuleSet, Trust};
 
 /// How a message is to be decided.
 #[derive(Debug, Clone, Copy, Default)]
@@ -176,6 +182,7 @@ impl Engine {
                         labels,
                         probabilities,
                         trained_thresholds,
+                        inputs.history.reputation(),
                     ));
                 }
             }
@@ -300,37 +307,82 @@ impl Engine {
     }
 }
 
-/// One reason per label of the channel's policy whose probability reached its threshold.
+/// One reason per label of the channel's policy whose probability reached its threshold, as
+/// the author's `reputation` moves it (`[policy.reputation]`): raised for a trusted regular,
+/// lowered for a new user, within [0, 1]. A moved threshold is named in the reason; a score
+/// that reached the label's own threshold but not a trusted regular's raised one is reported
+/// as a shadow reason (what would have been done), so the spared message is on record.
 fn model_reasons(
     policy: &crate::engine::rules::Policy,
     labels: &[String],
     probabilities: &[f32],
     trained_thresholds: &[Option<f64>],
+    reputation: f64,
 ) -> Vec<Reason> {
+    let who = match policy.reputation.trust(reputation) {
+        Trust::Trusted => "a trusted regular",
+        Trust::New if reputation < 0.0 => "a user with offences",
+        Trust::New | Trust::Neither => "a new user",
+    };
+    let shift = policy.reputation.threshold_shift(reputation);
     policy
         .model
         .iter()
         .filter_map(|l| {
             let i = labels.iter().position(|name| *name == l.label)?;
-            let threshold = l.threshold.or(*trained_thresholds.get(i)?)?;
+            let base = l.threshold.or(*trained_thresholds.get(i)?)?;
             let score = f64::from(*probabilities.get(i)?);
-            (score >= threshold).then(|| Reason {
+            let threshold = (base + shift).clamp(0.0, 1.0);
+            let spared = score < threshold && score >= base;
+            if score < threshold && !spared {
+                return None;
+            }
+            let label = &l.label;
+            let (detail, description) = if threshold == base {
+                (
+                    format!("{label} {score:.3} >= {threshold:.3}"),
+                    format!(
+                        "model: {label} probability {score:.2} reached the threshold {threshold:.2}"
+                    ),
+                )
+            } else {
+                let how = if threshold > base {
+                    "raised"
+                } else {
+                    "lowered"
+                };
+                let moved = format!(
+                    "threshold {base:.2} {how} to {threshold:.2} for {who} (reputation \
+                     {reputation:.2})"
+                );
+                let compared = if spared { "<" } else { ">=" };
+                let description = if spared {
+                    format!(
+                        "model: {label} probability {score:.2} reached the label's threshold \
+                         but not the {moved}: not acted on"
+                    )
+                } else {
+                    format!("model: {label} probability {score:.2} reached the {moved}")
+                };
+                (
+                    format!("{label} {score:.3} {compared} {threshold:.3}: {moved}"),
+                    description,
+                )
+            };
+            Some(Reason {
                 source: ReasonSource::Model,
                 rule_id: String::new(),
-                label: l.label.clone(),
+                label: label.clone(),
                 decision: l.decision,
                 duration: l.duration,
                 score,
                 threshold,
-                shadow: policy.shadow || l.shadow,
+                shadow: policy.shadow || l.shadow || spared,
                 evidence: Evidence {
-                    detail: format!("{} {score:.3} >= {threshold:.3}", l.label),
+                    detail,
                     ..Evidence::default()
                 },
-                description: format!(
-                    "model: {} probability {score:.2} reached the threshold {threshold:.2}",
-                    l.label
-                ),
+                description,
             })
         })
         .collect()

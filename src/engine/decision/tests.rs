@@ -31,6 +31,12 @@ mode = "shadow"
 [channel.quiet]
 shadow = true
 
+[channel.regulars.reputation]
+trusted_above = 0.5
+new_below = 0.05
+trusted_margin = 0.05
+new_margin = 0.05
+
 [[rule]]
 id = "scam"
 kind = "phrase"
@@ -214,6 +220,14 @@ const LABELS: [&str; 4] = [
 const TRAINED: [Option<f64>; 4] = [Some(0.6), Some(0.5), Some(0.7), None];
 
 fn decide_scored(message: &ChatMessage, probabilities: &[f32; 4]) -> Decided {
+    decide_scored_by(message, probabilities, &UserHistory::default())
+}
+
+fn decide_scored_by(
+    message: &ChatMessage,
+    probabilities: &[f32; 4],
+    history: &UserHistory,
+) -> Decided {
     let engine = engine();
     let policy = engine.rules().policy(&message.channel);
     let normalized = normalize(&message.text, &policy.emotes);
@@ -222,7 +236,7 @@ fn decide_scored(message: &ChatMessage, probabilities: &[f32; 4]) -> Decided {
         &Inputs {
             message,
             normalized: &normalized,
-            history: &UserHistory::default(),
+            history,
             channel_recent: &crate::domain::ChannelWindow::default(),
             now_ms: 0,
             received: Instant::now(),
@@ -272,6 +286,131 @@ fn the_channel_threshold_wins_over_the_trained_one() {
         "a first timeout is softened to a warning"
     );
     assert_eq!(v.reasons.last().unwrap().threshold, 0.8);
+}
+
+#[test]
+fn reputation_moves_borderline_model_thresholds() {
+    use Decision::{Allow, Hide};
+    let user = |messages, offences| UserHistory {
+        messages,
+        offences,
+        ..UserHistory::default()
+    };
+    let trusted = user(1_000, 0); // reputation 0.83
+    let ordinary = user(50, 0); // 0.20
+    let stranger = UserHistory::default(); // 0
+    let offender = user(20, 2); // -0.42
+    // toxicity/insult: trained 0.6, hides. In `regulars` a trusted regular's threshold is
+    // 0.65, a new user's (or one with offences) 0.55.
+    let rows: &[(&UserHistory, f32, Decision, Decision, &str)] = &[
+        (&ordinary, 0.62, Hide, Allow, "reached the threshold 0.60"),
+        (
+            &trusted,
+            0.62,
+            Allow,
+            Hide,
+            "reached the label's threshold but not the threshold 0.60 raised to 0.65 for a \
+             trusted regular (reputation 0.83): not acted on",
+        ),
+        (
+            &stranger,
+            0.62,
+            Hide,
+            Allow,
+            "lowered to 0.55 for a new user",
+        ),
+        (&ordinary, 0.57, Allow, Allow, ""),
+        (&trusted, 0.57, Allow, Allow, ""),
+        (
+            &stranger,
+            0.57,
+            Hide,
+            Allow,
+            "reached the threshold 0.60 lowered to 0.55 for a new user (reputation 0.00)",
+        ),
+        (
+            &offender,
+            0.57,
+            Hide,
+            Allow,
+            "for a user with offences (reputation -0.42)",
+        ),
+        (
+            &trusted,
+            0.7,
+            Hide,
+            Allow,
+            "raised to 0.65 for a trusted regular",
+        ),
+    ];
+    for &(history, score, decision, shadow_decision, said) in rows {
+        let v = decide_scored_by(
+            &message("regulars", "hm", &[]),
+            &[score, 0.0, 0.0, 0.0],
+            history,
+        )
+        .verdict;
+        let why = format!(
+            "reputation {:.2}, score {score}: {v:?}",
+            history.reputation()
+        );
+        assert_eq!(
+            (v.decision, v.shadow_decision),
+            (decision, shadow_decision),
+            "{why}"
+        );
+        match v.reasons.as_slice() {
+            [] => assert!(said.is_empty(), "{why}"),
+            [reason] => {
+                assert!(reason.description.contains(said), "{why}");
+                assert_eq!(reason.shadow, decision == Allow, "{why}");
+                let moved = history.reputation() >= 0.5 || history.reputation() < 0.05;
+                assert_eq!(
+                    reason.evidence.detail.contains("reputation"),
+                    moved,
+                    "{why}"
+                );
+            }
+            more => panic!("{more:?}"),
+        }
+    }
+    // A channel without the table moves nothing: a stranger's borderline score is below 0.6.
+    let v = decide_scored_by(
+        &message("destinygg", "hm", &[]),
+        &[0.57, 0.0, 0.0, 0.0],
+        &stranger,
+    )
+    .verdict;
+    assert_eq!(v.decision, Allow, "{v:?}");
+    assert!(v.reasons.is_empty());
+}
+
+#[test]
+fn reputation_knobs_are_validated() {
+    let head = RULES.split("[policy.model.labels").next().unwrap();
+    for (table, expected) in [
+        (
+            "trusted_margin = 1.5",
+            "policy.reputation.trusted_margin: 1.5 is outside [0, 1]",
+        ),
+        (
+            "new_margin = -0.1",
+            "reputation.new_margin: -0.1 is outside [0, 1]",
+        ),
+        (
+            "trusted_above = 2.0",
+            "reputation.trusted_above: 2 is outside [-1, 1]",
+        ),
+        (
+            "trusted_above = 0.1\nnew_below = 0.2",
+            "reputation.new_below: must be at most reputation.trusted_above",
+        ),
+        ("tusted_margin = 0.1", "tusted_margin"),
+    ] {
+        let text = format!("{head}[policy.reputation]\n{table}\n");
+        let error = RuleSet::parse(&text, "test").unwrap_err().to_string();
+        assert!(error.contains(expected), "`{expected}` not in {error}");
+    }
 }
 
 #[test]

@@ -19,8 +19,8 @@ use super::phrase::PhraseCheck;
 use super::profanity::ProfanityCheck;
 use super::spec::{PolicySpec, RuleParams, RuleSpec};
 use super::{
-    Escalation, Mode, ModelLabel, NOTICE_PLACEHOLDERS, Notices, Policy, Review, Rule, RuleSet,
-    check_notice_template,
+    Escalation, Mode, ModelLabel, NOTICE_PLACEHOLDERS, Notices, Policy, Reputation, Review, Rule,
+    RuleSet, check_notice_template,
 };
 use crate::domain::Decision;
 use crate::engine::normalize::EmoteSet;
@@ -495,6 +495,26 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
         check_notice_template(template, allowed)
             .map_err(|message| place.error(&format!("notices.{key}"), message))?;
     }
+    let r = &config.reputation;
+    for (key, value, range) in [
+        ("reputation.trusted_above", r.trusted_above, -1.0..=1.0),
+        ("reputation.new_below", r.new_below, -1.0..=1.0),
+        ("reputation.trusted_margin", r.trusted_margin, 0.0..=1.0),
+        ("reputation.new_margin", r.new_margin, 0.0..=1.0),
+    ] {
+        if !range.contains(&value) {
+            return Err(place.error(
+                key,
+                format!("{value} is outside [{}, {}]", range.start(), range.end()),
+            ));
+        }
+    }
+    if r.new_below > r.trusted_above {
+        return Err(place.error(
+            "reputation.new_below",
+            "must be at most reputation.trusted_above",
+        ));
+    }
     if let Some(bad) = config
         .emotes
         .iter()
@@ -558,6 +578,12 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
             ttl: secs(config.review.ttl_secs),
             on_expiry: config.review.on_expiry,
             hide_while_pending: config.review.hide_while_pending,
+        },
+        reputation: Reputation {
+            trusted_above: r.trusted_above,
+            new_below: r.new_below,
+            trusted_margin: r.trusted_margin,
+            new_margin: r.new_margin,
         },
     })
 }

@@ -92,6 +92,8 @@ pub struct Policy {
     pub review: Review,
     /// What a user is told.
     pub notices: Notices,
+    /// How a user's reputation moves the model's thresholds.
+    pub reputation: Reputation,
 }
 
 /// The placeholders a notice template may use: the user's nick, the action's reason, its
@@ -161,6 +163,53 @@ pub fn check_notice_template(template: &str, allowed: &[&str]) -> Result<(), Str
         rest = &tail[end + 1..];
     }
     Ok(())
+}
+
+/// How a channel's model thresholds follow its users' reputation (`[policy.reputation]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reputation {
+    /// Reputation at or above which a user is a trusted regular.
+    pub trusted_above: f64,
+    /// Reputation below which a user is new (or distrusted).
+    pub new_below: f64,
+    /// Added to a trusted regular's model-label thresholds.
+    pub trusted_margin: f64,
+    /// Taken from a new user's model-label thresholds.
+    pub new_margin: f64,
+}
+
+/// Where a user's reputation puts them for a channel's model thresholds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Trust {
+    /// At least `trusted_above`: thresholds raised by `trusted_margin`.
+    Trusted,
+    /// Below `new_below`: thresholds lowered by `new_margin`.
+    New,
+    /// In between: thresholds as they are.
+    Neither,
+}
+
+impl Reputation {
+    /// Where `reputation` puts a user.
+    pub fn trust(&self, reputation: f64) -> Trust {
+        if reputation >= self.trusted_above {
+            Trust::Trusted
+        } else if reputation < self.new_below {
+            Trust::New
+        } else {
+            Trust::Neither
+        }
+    }
+
+    /// What a user of `reputation` adds to a model-label threshold: `+trusted_margin`,
+    /// `-new_margin` or 0.
+    pub fn threshold_shift(&self, reputation: f64) -> f64 {
+        match self.trust(reputation) {
+            Trust::Trusted => self.trusted_margin,
+            Trust::New => -self.new_margin,
+            Trust::Neither => 0.0,
+        }
+    }
 }
 
 /// What becomes of a channel's held messages (`[policy.review]`).

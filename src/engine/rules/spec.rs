@@ -68,6 +68,9 @@ pub struct PolicySpec {
     /// The private messages that tell a user why modbot acted.
     #[serde(default)]
     pub notices: NoticesSpec,
+    /// How a user's reputation moves the model's thresholds.
+    #[serde(default)]
+    pub reputation: ReputationSpec,
     /// What the model's labels do.
     #[serde(default)]
     pub model: ModelPolicySpec,
@@ -125,6 +128,34 @@ impl Default for NoticesSpec {
             ban: String::new(),
             appeal: String::new(),
             min_interval_secs: 60,
+        }
+    }
+}
+
+/// `[policy.reputation]`: trusted regulars and new accounts decided differently on borderline
+/// model scores. Reputation is [`crate::domain::UserHistory::reputation`], in `(-1, 1)`.
+/// [`Default`] (a policy without the table) changes nothing: both margins are 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReputationSpec {
+    /// A user whose reputation is at least this is a trusted regular (in [-1, 1]).
+    pub trusted_above: f64,
+    /// A user whose reputation is below this is new, or distrusted (in [-1, 1], at most
+    /// `trusted_above`).
+    pub new_below: f64,
+    /// How much a trusted regular's model-label thresholds are raised (in [0, 1]).
+    pub trusted_margin: f64,
+    /// How much a new user's model-label thresholds are lowered (in [0, 1]).
+    pub new_margin: f64,
+}
+
+impl Default for ReputationSpec {
+    fn default() -> Self {
+        Self {
+            trusted_above: 0.5,
+            new_below: 0.05,
+            trusted_margin: 0.0,
+            new_margin: 0.0,
         }
     }
 }
