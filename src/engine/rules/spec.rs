@@ -170,7 +170,8 @@ pub struct EscalationSpec {
     pub first_timeout_secs: u64,
     /// The longest timeout, in seconds (at least `first_timeout_secs`).
     pub max_timeout_secs: u64,
-    /// Escalated timeouts in one episode before the next offence is a ban (0 = never).
+    /// The ladder's rung (escalated timeouts in one episode, or remembered as strikes) from
+    /// which the next timeout-worthy offence is a ban (0 = never).
     pub ban_after: u32,
     /// Heat halves every this many seconds (at least 1).
     pub heat_half_life_secs: u64,
