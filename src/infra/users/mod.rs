@@ -18,8 +18,8 @@
 //! All times are Unix milliseconds passed in by the caller, so behaviour is deterministic and
 //! tests need no sleeping. Everything is bounded: per-user lists are fixed-capacity rings, idle
 //! users expire ([`StateOptions::idle_ttl`], unless their heat is still warm or their strikes
-//! still remembered), the in-process
-//! backend holds at most [`StateOptions::max_users`] users, and Redis keys carry TTLs.
+//! still remembered), the in-process backend holds at most [`StateOptions::max_users`] users,
+//! and Redis keys carry TTLs.
 //!
 //! [`SharedState`] wraps a backend for the server: with Redis it falls back to per-replica
 //! memory when Redis fails, and says so (`degraded`).
