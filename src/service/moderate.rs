@@ -404,8 +404,8 @@ fn state_clock(sent_at: SystemTime) -> i64 {
 }
 
 /// The time on the state clock of a message sent at `sent_at` (its own timestamp) and decided
-/// at `decided_at`: the message's time, but never more than [`MAX_CLOCK_SKEW`] ahead of the
-/// server's. The time its offence was recorded at, and so the time to pardon it at.
+/// at `decided_at`: the message's time, but never more than `MAX_CLOCK_SKEW` (a minute) ahead
+/// of the server's. The time its offence was recorded at, and so the time to pardon it at.
 pub fn state_time(sent_at: SystemTime, decided_at: SystemTime) -> SystemTime {
     sent_at.min(decided_at + MAX_CLOCK_SKEW)
 }

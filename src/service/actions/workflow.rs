@@ -148,7 +148,7 @@ pub struct Ruling {
 ///
 /// Once the overturn is committed, the offence the action charged its target with is taken
 /// off their ladder ([`Moderator::pardon`]: heat, strikes, offence count, rung), if it charged
-/// one ([`charged_offence`]). A pardon that does not reach the user state is logged and
+/// one (`charged_offence`). A pardon that does not reach the user state is logged and
 /// counted ([`PARDON_FAILURES`]), never an error: the ruling stands either way.
 pub async fn resolve_appeal(
     dispatcher: &Dispatcher,
