@@ -494,15 +494,10 @@ impl Services {
             now,
             self.dispatcher.pending_ttl(),
         );
-        if self.records_only(item) && action.status == ActionStatus::Pending {
+        if item.records_only && action.status == ActionStatus::Pending {
             action.status = ActionStatus::Recorded;
         }
         action
-    }
-
-    /// Whether actions on this item are recorded only (see [`ReviewItem::records_only`]).
-    fn records_only(&self, item: &ReviewItem) -> bool {
-        item.records_only
     }
 }
 

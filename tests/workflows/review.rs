@@ -199,10 +199,12 @@ async fn of_concurrent_rulings_exactly_one_stands() {
         .into_inner();
     assert_eq!(stored.moderator, won[0].moderator);
     assert_eq!(stored.status, won[0].status);
-    // Only the winning ruling's action and example exist.
-    let store = server.store().await;
-    let feedback = store.feedback().await.unwrap();
-    assert!(feedback.len() <= 1, "{feedback:?}");
+    // Only the winning ruling's example exists: a rejection teaches one, an approval of a
+    // rule's hold none.
+    let feedback = server.store().await.feedback().await.unwrap();
+    let rejected = won[0].status == ReviewStatus::Rejected as i32;
+    assert_eq!(feedback.len(), usize::from(rejected), "{feedback:?}");
+    assert!(feedback.iter().all(|f| f.actor == won[0].moderator));
     server.stop().await.unwrap();
 }
 
