@@ -255,7 +255,15 @@ fn main() {
                 ))
             });
             run("redis-fault (smoke)", &|| {
-                rt.block_on(redis_scenario(&model_dir, &corpus, plan("redis", 21.0)))
+                // Below capacity (the load scenario is the capacity check): at 833/s the two
+                // cores are saturated, one Redis reply can pass its 250 ms bound before the
+                // fault, and the check of clean verdicts before the fault measures the
+                // machine, not the failover (seen once in CI: 49 of 5,266 at p50 646 ms).
+                let plan = Plan {
+                    rate: args.rate.min(600.0),
+                    ..plan("redis", 21.0)
+                };
+                rt.block_on(redis_scenario(&model_dir, &corpus, plan))
             });
             run("pg-restart (smoke)", &|| {
                 rt.block_on(pg_scenario(&model_dir, &corpus, plan("pg", 20.0)))
