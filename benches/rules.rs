@@ -91,6 +91,7 @@ fn bench_rules(c: &mut Criterion) {
                     now_ms: 0,
                     received: Instant::now(),
                     model: modbot::engine::decision::ModelInput::NotConsulted,
+                    raid: &modbot::engine::raid::Seen::default(),
                 },
                 DecideOptions::default(),
             ))

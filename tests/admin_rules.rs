@@ -474,6 +474,22 @@ fn policy(channel: &str) -> proto::Policy {
             trusted_margin: 0.05,
             new_margin: 0.1,
         }),
+        harmful_labels: vec!["toxicity/insult".into()],
+        raid: Some(proto::RaidPolicy {
+            enabled: true,
+            window: Some(seconds(20)),
+            join_surge: 10,
+            surge_users: 3,
+            burst_users: 6,
+            similarity: 0.85,
+            min_length: 10,
+            new_user: Some(seconds(300)),
+            duration: Some(seconds(120)),
+            action: proto::Decision::Timeout as i32,
+            hold_links: false,
+            threshold_drop: 0.2,
+            subonly: true,
+        }),
         ..proto::Policy::default()
     }
 }
@@ -833,6 +849,30 @@ async fn bad_input_writes_nothing(db: &Db) {
             bad_policy(|p| p.reputation.as_mut().unwrap().new_below = 0.5),
             "policy.reputation.new_below: must be at most reputation.trusted_above",
         ),
+        (
+            bad_policy(|p| p.harmful_labels.push("spam/nope".into())),
+            "policy.harmful_labels[1]: `spam/nope` has no action in label_actions",
+        ),
+        (
+            bad_policy(|p| p.raid.as_mut().unwrap().similarity = 0.2),
+            "policy.raid.similarity: 0.2 is outside [0.5, 1]",
+        ),
+        (
+            bad_policy(|p| p.raid.as_mut().unwrap().surge_users = 1),
+            "policy.raid.surge_users: 1 is outside [2, 10000]",
+        ),
+        (
+            bad_policy(|p| p.raid.as_mut().unwrap().window = Some(seconds(0))),
+            "policy.raid.window: 0 is outside [1, 3600]",
+        ),
+        (
+            bad_policy(|p| p.raid.as_mut().unwrap().action = proto::Decision::Allow as i32),
+            "policy.raid.action: must act",
+        ),
+        (
+            bad_policy(|p| p.raid.as_mut().unwrap().action = 42),
+            "policy.raid.action: 42 is not a modbot.v1.Decision",
+        ),
     ];
     for (policy, expected) in policy_cases {
         let error = admin
@@ -926,6 +966,13 @@ async fn policies_round_trip(db: &Db) {
         })
     );
     assert!(default.emotes.contains(&"PepeLaugh".to_owned()));
+    let raid = default.raid.expect("the shipped raid mode");
+    assert!(raid.enabled && raid.hold_links && !raid.subonly, "{raid:?}");
+    assert_eq!(
+        (raid.join_surge, raid.surge_users, raid.burst_users),
+        (20, 4, 8)
+    );
+    assert_eq!(raid.action, proto::Decision::Hide as i32);
     assert_eq!(
         default.classify_actions,
         proto::ClassifyActions::Record as i32,
@@ -1014,6 +1061,7 @@ async fn policies_round_trip(db: &Db) {
     let mut new_default = policy("*");
     new_default.label_actions.clear();
     new_default.thresholds.clear();
+    new_default.harmful_labels.clear();
     new_default.model_enabled = false;
     admin
         .set_policy(SetPolicyRequest {

@@ -1008,3 +1008,89 @@ async fn bad_tls_files_stop_start_up_naming_the_file() {
     let error = load(&[], &[("grpc.tls_client_ca_file", "ca.pem")]).unwrap_err();
     assert!(error.contains("grpc.tls_client_ca_file"), "{error}");
 }
+
+/// A join as a bridge reports it, at the chat messages' time.
+fn join_event(nick: &str) -> StreamModerateRequest {
+    StreamModerateRequest {
+        kind: Some(stream_moderate_request::Kind::Event(proto::ChatEvent {
+            channel: "destinygg".into(),
+            kind: Some(proto::chat_event::Kind::Join(proto::Presence {
+                nick: nick.into(),
+                roles: Vec::new(),
+                at: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 0,
+                }),
+            })),
+        })),
+    }
+}
+
+/// Joins feed raid detection (a surge lowers the number of new users whose copies start a
+/// raid), so only a bridge's count: an admin's stream reporting a surge of joins lowers
+/// nothing, a bridge's does.
+#[tokio::test]
+async fn only_a_bridges_joins_count_toward_a_raid() {
+    let server = server_with_tokens().await;
+    async fn copies_after_a_surge(
+        server: &TestServer,
+        token: &str,
+        bridge_id: &str,
+        prefix: &str,
+        text: &str,
+    ) -> Vec<proto::Verdict> {
+        let (tx, mut responses) = open_stream(server, Some(token), bridge_id, &["destinygg"])
+            .await
+            .expect("the stream opens");
+        for i in 0..20 {
+            tx.send(join_event(&format!("{prefix}-joiner{i}")))
+                .await
+                .unwrap();
+        }
+        // The shipped policy: 4 new users' copies after a surge of 20 joins, 8 without.
+        for i in 0..4 {
+            let user = format!("{prefix}-raider{i}");
+            tx.send(message_event(chat_message(
+                &format!("{prefix}{i}"),
+                &user,
+                text,
+            )))
+            .await
+            .unwrap();
+        }
+        drop(tx);
+        let mut verdicts = Vec::new();
+        while let Some(response) = responses.message().await.expect("a clean end") {
+            if let Some(stream_moderate_response::Kind::Verdict(verdict)) = response.kind {
+                verdicts.push(verdict);
+            }
+        }
+        assert_eq!(verdicts.len(), 4);
+        verdicts
+    }
+    let forged = copies_after_a_surge(
+        &server,
+        ADMIN_TOKEN,
+        "dgg-1",
+        "a",
+        "this chat is dead, everyone come watch the real stream tonight",
+    )
+    .await;
+    assert!(
+        forged
+            .iter()
+            .all(|v| v.decision == proto::Decision::Allow as i32),
+        "an admin's joins made no surge: {forged:?}"
+    );
+    let reported = copies_after_a_surge(
+        &server,
+        BRIDGE_TOKEN,
+        "dgg-2",
+        "b",
+        "giveaway of skins for everyone who follows my friend right now",
+    )
+    .await;
+    let last = reported.last().unwrap();
+    assert_eq!(last.decision, proto::Decision::Hide as i32, "{reported:?}");
+    assert_eq!(last.reasons[0].label, "raid", "{last:?}");
+}

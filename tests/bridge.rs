@@ -158,6 +158,18 @@ impl Modbot {
         ActionsClient::new(self.channel.clone())
     }
 
+    fn admin(&self) -> proto::admin_client::AdminClient<Channel> {
+        proto::admin_client::AdminClient::new(self.channel.clone())
+    }
+
+    fn review(&self) -> proto::review_client::ReviewClient<Channel> {
+        proto::review_client::ReviewClient::new(self.channel.clone())
+    }
+
+    fn appeals(&self) -> proto::appeals_client::AppealsClient<Channel> {
+        proto::appeals_client::AppealsClient::new(self.channel.clone())
+    }
+
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -520,6 +532,396 @@ async fn warnings_and_reasons_reach_the_user_dgg() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warnings_and_reasons_reach_the_user_strims() {
     warnings_and_reasons_reach_the_user(Dialect::Strims).await;
+}
+
+/// The pending review item of `user` in the dialect's channel, waited for (15 s).
+async fn pending_review(modbot: &Modbot, dialect: Dialect, user: &str) -> proto::ReviewItem {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let items = modbot
+            .review()
+            .list_reviews(proto::ListReviewsRequest {
+                channel: channel_of(dialect).into(),
+                status: proto::ReviewStatus::Pending as i32,
+                user_id: user.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("ListReviews")
+            .into_inner()
+            .items;
+        if let Some(item) = items.into_iter().next() {
+            return item;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user} has no pending review item"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn user_card(modbot: &Modbot, dialect: Dialect, user: &str) -> proto::User {
+    modbot
+        .admin()
+        .get_user(proto::GetUserRequest {
+            channel: channel_of(dialect).into(),
+            user_id: user.into(),
+        })
+        .await
+        .expect("GetUser")
+        .into_inner()
+}
+
+/// The human loop through the chat: a held message rejected by a moderator becomes a MUTE and a
+/// positive example; one approved costs its author nothing (the short mute that hid it while
+/// pending is lifted); a warning's overturned appeal takes its strike back and teaches a
+/// negative example.
+async fn reviews_and_appeals_reach_the_chat(dialect: Dialect) {
+    let chat = chat(dialect).await;
+    chat.add_user("eve-login-token", "Eve", &[]);
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let modbot = Modbot::start(any_port(), data.path()).await;
+    let channel = channel_of(dialect);
+    // A rule that holds a pitch for review (the shipped policy hides held messages meanwhile).
+    let mut admin = modbot.admin();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rule = proto::Rule {
+        id: "held-pitch".into(),
+        channel: channel.into(),
+        description: "Self-promotion, for a moderator to judge".into(),
+        action: proto::Decision::Hold as i32,
+        mode: proto::RuleMode::Enforce as i32,
+        kind: Some(proto::rule::Kind::Phrase(proto::PhraseRule {
+            phrases: vec!["check out my stream".into()],
+            syntax: proto::PhraseSyntax::Literal as i32,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    loop {
+        match admin
+            .upsert_rule(proto::UpsertRuleRequest {
+                rule: Some(rule.clone()),
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("UpsertRule: {status}"),
+        }
+    }
+    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+    let mut spammer = chat.client(Some(SPAMMER_TOKEN)).await;
+    let mut eve = chat.client(Some("eve-login-token")).await;
+
+    // Rejected: the moderator's timeout reaches the chat as a MUTE of 5 minutes.
+    say_all(&mut spammer, &["check out my stream, giveaways every hour"]).await;
+    let item = pending_review(&modbot, dialect, "Spammer").await;
+    assert!(
+        !item.hide_action_id.is_empty(),
+        "hidden while pending: {item:?}"
+    );
+    let ruled = modbot
+        .review()
+        .resolve_review(proto::ResolveReviewRequest {
+            id: item.id.clone(),
+            ruling: proto::ReviewRuling::Reject as i32,
+            moderator: "Mod".into(),
+            action: ActionKind::Timeout as i32,
+            duration: Some(prost_types::Duration {
+                seconds: 300,
+                nanos: 0,
+            }),
+            label: "spam/spam".into(),
+            note: String::new(),
+        })
+        .await
+        .expect("ResolveReview")
+        .into_inner();
+    let timeout = settled(&modbot, &ruled.action.expect("an action").id).await;
+    assert_eq!(timeout.status, ActionStatus::Executed as i32, "{timeout:?}");
+    let moderations = chat
+        .wait_for_moderations(Duration::from_secs(15), |m| {
+            mutes_of(m, "Spammer")
+                .iter()
+                .any(|m| m.duration_ns == Some(300_000_000_000))
+        })
+        .await;
+    assert_eq!(
+        mutes_of(&moderations, "Spammer").len(),
+        2,
+        "the hide while pending, then the moderator's timeout: {moderations:?}"
+    );
+    let card = user_card(&modbot, dialect, "Spammer").await;
+    assert_eq!(
+        card.offences, 1,
+        "the rejection counts on the ladder: {card:?}"
+    );
+
+    // Approved: the pending hide is lifted, nothing else is done to Eve.
+    say_all(
+        &mut eve,
+        &["check out my stream tomorrow, we are reading the paper"],
+    )
+    .await;
+    let item = pending_review(&modbot, dialect, "Eve").await;
+    let hide = settled(&modbot, &item.hide_action_id).await;
+    assert_eq!(hide.status, ActionStatus::Executed as i32, "{hide:?}");
+    let ruled = modbot
+        .review()
+        .resolve_review(proto::ResolveReviewRequest {
+            id: item.id.clone(),
+            ruling: proto::ReviewRuling::Approve as i32,
+            moderator: "Mod".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ResolveReview")
+        .into_inner();
+    assert_eq!(
+        ruled.item.as_ref().map(|i| i.status),
+        Some(proto::ReviewStatus::Approved as i32)
+    );
+    let unmute = settled(&modbot, &ruled.action.expect("the hide's unmute").id).await;
+    assert_eq!(unmute.kind, ActionKind::Unmute as i32);
+    assert_eq!(unmute.status, ActionStatus::Executed as i32, "{unmute:?}");
+    let eve_moderations: Vec<_> = chat
+        .moderations()
+        .into_iter()
+        .filter(|m| m.target == "Eve")
+        .map(|m| m.event)
+        .collect();
+    assert_eq!(
+        eve_moderations,
+        ["MUTE", "UNMUTE"],
+        "nothing but the hide and its lifting"
+    );
+    let card = user_card(&modbot, dialect, "Eve").await;
+    assert_eq!(
+        (card.offences, card.strikes),
+        (0, 0.0),
+        "an approval costs nothing"
+    );
+
+    // A warning, appealed and overturned: its strike comes off the ladder.
+    say_all(
+        &mut eve,
+        &[
+            "does anyone know a good keyboard for programming and gaming at once",
+            "does anyone know a good keyboard for programming and gaming at once?",
+        ],
+    )
+    .await;
+    let warned = wait_for_action(&modbot, dialect, "Eve", |a| {
+        a.kind == ActionKind::Warn as i32
+    })
+    .await;
+    let before = user_card(&modbot, dialect, "Eve").await;
+    assert_eq!(before.offences, 1, "{before:?}");
+    assert!(before.strikes > 0.9, "{before:?}");
+    let appeal = modbot
+        .appeals()
+        .file_appeal(proto::FileAppealRequest {
+            action_id: warned.id.clone(),
+            user_id: "Eve".into(),
+            text: "I added a question mark, it was a question".into(),
+        })
+        .await
+        .expect("FileAppeal")
+        .into_inner();
+    modbot
+        .appeals()
+        .resolve_appeal(proto::ResolveAppealRequest {
+            id: appeal.id,
+            resolution: proto::AppealResolution::Overturn as i32,
+            moderator: "Mod".into(),
+            note: "fair".into(),
+        })
+        .await
+        .expect("ResolveAppeal");
+    let after = user_card(&modbot, dialect, "Eve").await;
+    assert_eq!(after.offences, 0, "{after:?}");
+    assert!(after.strikes < 0.01, "{after:?}");
+
+    // The approval and the overturn taught negative examples; the rejection a positive one.
+    let store = modbot::infra::store::Store::connect(
+        &common::test_config(data.path()).database_url(),
+        &modbot::infra::store::ConnectOptions {
+            max_connections: 1,
+            connect_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+    .expect("the server's database");
+    let feedback = store.feedback().await.expect("feedback");
+    let sources: Vec<(&str, bool)> = feedback
+        .iter()
+        .map(|f| (f.source.as_str(), f.positive))
+        .collect();
+    assert!(sources.contains(&("review_rejected", true)), "{sources:?}");
+    assert!(
+        sources.contains(&("appeal_overturned", false)),
+        "{sources:?}"
+    );
+    bridge.stop().await;
+    modbot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_and_appeals_reach_the_chat_dgg() {
+    reviews_and_appeals_reach_the_chat(Dialect::Dgg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_and_appeals_reach_the_chat_strims() {
+    reviews_and_appeals_reach_the_chat(Dialect::Strims).await;
+}
+
+/// A raid through the chat: raiders join and paste the same line; the bridge's joins and their
+/// copies put the channel in raid mode (Admin.GetStats shows it), the copies are hidden (a
+/// short MUTE each), a regular is untouched, and raid mode ends by itself.
+async fn a_raid_is_detected_and_ends(dialect: Dialect) {
+    let chat = chat(dialect).await;
+    let raiders: Vec<String> = (0..6).map(|i| format!("Raider{i}")).collect();
+    for raider in &raiders {
+        chat.add_user(&format!("{raider}-token"), raider, &[]);
+    }
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let modbot = Modbot::start(any_port(), data.path()).await;
+    let channel = channel_of(dialect);
+    // The shipped policy with a small surge and a short raid mode.
+    let mut admin = modbot.admin();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut policy = loop {
+        match admin
+            .get_policy(proto::GetPolicyRequest {
+                channel: channel.into(),
+            })
+            .await
+        {
+            Ok(policy) => break policy.into_inner(),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("GetPolicy: {status}"),
+        }
+    };
+    policy.channel = channel.into();
+    let raid = policy
+        .raid
+        .as_mut()
+        .expect("the shipped policy has raid mode");
+    assert!(raid.enabled);
+    raid.join_surge = 5;
+    raid.surge_users = 3;
+    raid.duration = Some(prost_types::Duration {
+        seconds: 3,
+        nanos: 0,
+    });
+    raid.subonly = true;
+    admin
+        .set_policy(proto::SetPolicyRequest {
+            policy: Some(policy),
+        })
+        .await
+        .expect("SetPolicy");
+    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+    let mut bob = chat.client(Some(USER_TOKEN)).await;
+    // Bob, new too, says something of his own during the raid: untouched.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut clients = Vec::new();
+    for raider in &raiders {
+        clients.push(chat.client(Some(&format!("{raider}-token"))).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let copy = "this stream is dead, come watch a real streamer at raid dot tv";
+    for client in &mut clients {
+        client.say(copy).await;
+    }
+    bob.say("welcome raiders, we are reading chapter three tonight")
+        .await;
+    // From the raid's start its copies are hidden (raiders whose copy came after the chat went
+    // subscriber-only were refused by the chat itself).
+    let moderations = chat
+        .wait_for_moderations(Duration::from_secs(15), |m| {
+            raiders.iter().any(|r| !mutes_of(m, r).is_empty())
+        })
+        .await;
+    assert!(mutes_of(&moderations, "Bob").is_empty(), "{moderations:?}");
+    let hidden_raider = raiders
+        .iter()
+        .find(|r| !mutes_of(&moderations, r).is_empty())
+        .expect("a raider was muted");
+    let stats = admin
+        .get_stats(proto::GetStatsRequest {
+            channel: channel.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("GetStats")
+        .into_inner();
+    let raid = stats.raids.first().expect("the channel is in raid mode");
+    assert_eq!(raid.channel, channel);
+    assert!(raid.raiders >= 3 && raid.joins >= 5, "{raid:?}");
+    assert!(raid.sample.contains("real streamer"), "{raid:?}");
+    // Past the chat's throttle (300 ms) since his first line.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bob.say("the raid is a bit much, glad the chat is calm again")
+        .await;
+    let hidden = wait_for_action(&modbot, dialect, hidden_raider, |a| {
+        a.kind == ActionKind::Hide as i32
+    })
+    .await;
+    assert!(hidden.reason.contains("raid mode"), "{hidden:?}");
+    // Raid mode ends by itself 3 s after the last copy.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stats = admin
+            .get_stats(proto::GetStatsRequest {
+                channel: channel.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("GetStats")
+            .into_inner();
+        if stats.raids.is_empty() && chat.subonly_changes() == [true, false] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "raid mode never ended: {stats:?}, subscriber-only changes {:?}",
+            chat.subonly_changes()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Bob, a subscriber, could talk throughout; a raider who tried during subscriber-only
+    // mode was refused with `submode`.
+    let bob_refused: Vec<_> = chat
+        .commands()
+        .into_iter()
+        .filter(|c| c.nick == "Bob" && c.error.is_some())
+        .collect();
+    assert!(bob_refused.is_empty(), "{bob_refused:?}");
+    bridge.stop().await;
+    modbot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raid_is_detected_and_ends_dgg() {
+    a_raid_is_detected_and_ends(Dialect::Dgg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raid_is_detected_and_ends_strims() {
+    a_raid_is_detected_and_ends(Dialect::Strims).await;
 }
 
 /// The chat drops every connection, then asks for a reconnect: the bridge comes back each
@@ -1013,7 +1415,8 @@ async fn a_long_strims_message_with_entities_is_moderated() {
         })
     );
     chat.inject(Message::Text(long.into()));
-    // Both reached modbot and were acted on (a first offence is a warning: `warn_first`).
+    // Both reached modbot and were acted on (a first offence is a warning, `warn_first`, which
+    // hides a scam: the rule is harmful).
     for target in ["Spammer", "Bob"] {
         let action = wait_for_action(&modbot, dialect, target, |a| {
             a.source == ActionSource::Automod as i32
@@ -1021,8 +1424,8 @@ async fn a_long_strims_message_with_entities_is_moderated() {
         .await;
         assert_eq!(
             action.kind,
-            ActionKind::Warn as i32,
-            "{target}: the scam rule fired, softened to a warning: {action:?}"
+            ActionKind::Hide as i32,
+            "{target}: the scam rule fired, softened to a warning that hides: {action:?}"
         );
     }
     bridge.stop().await;

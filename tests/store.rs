@@ -60,6 +60,7 @@ fn record(channel: &str, id: &str, user: &str, text: &str) -> AuditRecord {
         now_ms: 0,
         received: Instant::now(),
         model: modbot::engine::decision::ModelInput::NotConsulted,
+        raid: &modbot::engine::raid::Seen::default(),
     };
     let verdict = engine.decide(&inputs, DecideOptions::default()).verdict;
     assert!(verdict.is_notable(), "test records must be notable: {text}");

@@ -1023,8 +1023,8 @@ async fn enforced_verdicts_become_actions_once() {
             options: None,
         }
     };
-    // The scam rule times out; a first offence is softened to a warning, the second is a
-    // timeout carried out in the chat.
+    // The scam rule times out; a first offence is softened to a warning, carried out as a hide
+    // (the rule is harmful); the second is a timeout. Both go to the chat.
     let mut verdicts = Vec::new();
     for id in ["s1", "s2"] {
         let verdict = server
@@ -1039,16 +1039,18 @@ async fn enforced_verdicts_become_actions_once() {
         verdicts.push(verdict);
     }
     let warned = get(&mut c, &verdicts[0].action_id).await;
-    assert_eq!(warned.kind, ActionKind::Warn as i32);
+    assert_eq!(warned.kind, ActionKind::Hide as i32);
     assert_eq!(warned.source, ActionSource::Automod as i32);
     assert_eq!(warned.message_id, "s1");
     let timed_out = get(&mut c, &verdicts[1].action_id).await;
     assert_eq!(timed_out.kind, ActionKind::Timeout as i32);
-    // The warning goes to the chat as the private message that tells the user why.
+    // The hide goes to the chat with the private message that tells the user why.
     let warning = next_command(&mut responses).await;
     assert_eq!(warning.action_id, warned.id);
     assert!(
-        warning.notice.starts_with("scammer, this is a warning")
+        warning
+            .notice
+            .starts_with("scammer, your message was hidden: a warning, and the message hidden")
             && warning.notice.contains(&warned.id),
         "{warning:?}"
     );
@@ -1209,33 +1211,16 @@ async fn an_overturn_lowers_the_ladder(server: &TestServer) {
         verdicts.push(verdict);
     }
     let decisions: Vec<i32> = verdicts.iter().map(|v| v.decision).collect();
-    use proto::Decision::{Timeout, Warn};
-    assert_eq!(decisions, [Warn as i32, Timeout as i32, Timeout as i32]);
+    use proto::Decision::{Hide, Timeout};
+    // The first is a warning, carried out as a hide: the scam rule is harmful.
+    assert_eq!(decisions, [Hide as i32, Timeout as i32, Timeout as i32]);
     let user = get_user(&mut c, "scammer").await;
     assert_eq!((user.offences, user.escalation_step), (3, 2), "{user:?}");
     assert!((user.strikes - 3.0).abs() < 0.01, "{user:?}");
     assert!((user.heat - 5.0).abs() < 0.01, "1 + 2 + 2: {user:?}");
     assert_eq!(user.next_timeout, secs(240));
 
-    let appeal = c
-        .appeals
-        .file_appeal(proto::FileAppealRequest {
-            action_id: verdicts[2].action_id.clone(),
-            user_id: "scammer".into(),
-            text: "that link was my own shop".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    c.appeals
-        .resolve_appeal(proto::ResolveAppealRequest {
-            id: appeal.id,
-            resolution: AppealResolution::Overturn as i32,
-            moderator: "mod".into(),
-            note: String::new(),
-        })
-        .await
-        .expect("the ruling stands");
+    overturn(&mut c, &verdicts[2].action_id, "that link was my own shop").await;
 
     let user = get_user(&mut c, "scammer").await;
     assert_eq!(user.offences, 2, "one offence fewer: {user:?}");
@@ -1255,12 +1240,38 @@ async fn an_overturn_lowers_the_ladder(server: &TestServer) {
     // A moderator's timeout through the Actions API never counted on the ladder: overturning
     // it takes nothing off (pardoning would take back one of the scams).
     let manual = execute(&mut c, timeout("scammer", "manual-timeout")).await;
+    overturn(&mut c, &manual.id, "again?").await;
+    let after = get_user(&mut c, "scammer").await;
+    assert_eq!(
+        (after.offences, after.escalation_step),
+        (2, 1),
+        "unchanged: {after:?}"
+    );
+    assert!((after.strikes - user.strikes).abs() < 0.01, "{after:?}");
+
+    // The first scam's warning was carried out as a hide (the rule is harmful): overturning it
+    // takes back what it was charged as, a warning (a strike, heat 1), not a hide's half.
+    overturn(&mut c, &verdicts[0].action_id, "not a scam").await;
+    let last = get_user(&mut c, "scammer").await;
+    assert_eq!(last.offences, 1, "{last:?}");
+    assert!(
+        (last.strikes - 1.0).abs() < 0.01,
+        "a whole strike: {last:?}"
+    );
+    assert!(
+        (last.heat - 2.0).abs() < 0.01,
+        "the warning's heat: {last:?}"
+    );
+}
+
+/// Files an appeal of `action_id` by the scammer and overturns it.
+async fn overturn(c: &mut Clients, action_id: &str, text: &str) {
     let appeal = c
         .appeals
         .file_appeal(proto::FileAppealRequest {
-            action_id: manual.id,
+            action_id: action_id.to_owned(),
             user_id: "scammer".into(),
-            text: "again?".into(),
+            text: text.into(),
         })
         .await
         .unwrap()
@@ -1273,14 +1284,7 @@ async fn an_overturn_lowers_the_ladder(server: &TestServer) {
             note: String::new(),
         })
         .await
-        .unwrap();
-    let after = get_user(&mut c, "scammer").await;
-    assert_eq!(
-        (after.offences, after.escalation_step),
-        (2, 1),
-        "unchanged: {after:?}"
-    );
-    assert!((after.strikes - user.strikes).abs() < 0.01, "{after:?}");
+        .expect("the ruling stands");
 }
 
 async fn get_user(c: &mut Clients, user_id: &str) -> proto::User {

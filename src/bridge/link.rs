@@ -58,7 +58,7 @@ pub async fn run(
     server: Server,
     hello: Hello,
     outbox: Arc<Outbox>,
-    commands: mpsc::Sender<ActionCommand>,
+    commands: mpsc::Sender<FromModbot>,
     mut backoff: Backoff,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -97,7 +97,7 @@ async fn stream(
     server: &Server,
     hello: &Hello,
     outbox: &Outbox,
-    commands: &mpsc::Sender<ActionCommand>,
+    commands: &mpsc::Sender<FromModbot>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     let channel = tokio::select! {
@@ -163,7 +163,7 @@ async fn stream(
                         outbox.answered(&verdict.message_id);
                     }
                     Some(stream_moderate_response::Kind::Command(command)) => {
-                        if commands.send(command).await.is_err() {
+                        if commands.send(FromModbot::Command(command)).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -171,6 +171,14 @@ async fn stream(
                         outbox.result_confirmed(&ack.action_id);
                     }
                     Some(stream_moderate_response::Kind::Error(error)) => refused(outbox, &error),
+                    Some(stream_moderate_response::Kind::RaidAlert(alert)) => {
+                        raid_alert(&alert);
+                        if alert.subonly
+                            && commands.send(FromModbot::SubOnly(!alert.ended)).await.is_err()
+                        {
+                            return Ok(());
+                        }
+                    }
                     Some(stream_moderate_response::Kind::Welcome(_)) | None => {}
                 }
             }
@@ -193,6 +201,34 @@ fn refused(outbox: &Outbox, error: &crate::proto::StreamError) {
     }
     metrics::counter!("modbot_bridge_stream_errors_total").increment(1);
     tracing::warn!(code = error.code, message_id = %error.message_id, action = %error.action_id, "modbot rejected a request: {}", error.message);
+}
+
+/// What modbot asks of the chat.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FromModbot {
+    /// An action to carry out.
+    Command(ActionCommand),
+    /// Subscriber-only mode on or off (raid mode started or ended, and the channel's policy
+    /// asks for it).
+    SubOnly(bool),
+}
+
+/// Raid mode started or ended in one of the bridge's channels: logged for the chat's
+/// moderators (the verdicts carry out what raid mode decides).
+fn raid_alert(alert: &crate::proto::RaidAlert) {
+    let Some(raid) = &alert.raid else { return };
+    metrics::counter!("modbot_bridge_raid_alerts_total", "ended" => alert.ended.to_string())
+        .increment(1);
+    if alert.ended {
+        tracing::warn!(channel = %raid.channel, raiders = raid.raiders, "raid mode ended");
+    } else {
+        tracing::warn!(
+            channel = %raid.channel,
+            trigger = %raid.trigger,
+            sample = %raid.sample,
+            "raid detected: raid mode on"
+        );
+    }
 }
 
 /// How long a stopping bridge waits for the server to take its last results.

@@ -206,7 +206,7 @@ impl Core {
     async fn run(
         &mut self,
         mut signals: mpsc::Receiver<chat::Signal>,
-        mut commands: mpsc::Receiver<crate::proto::ActionCommand>,
+        mut commands: mpsc::Receiver<link::FromModbot>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
@@ -243,11 +243,12 @@ impl Core {
                     None => return,
                 },
                 command = commands.recv() => match command {
-                    Some(command) => {
+                    Some(link::FromModbot::Command(command)) => {
                         if let Some(result) = self.executor.offer(command, SystemTime::now()) {
                             self.outbox.push_result(result);
                         }
                     }
+                    Some(link::FromModbot::SubOnly(on)) => self.subonly(on),
                     None => return,
                 },
                 () = sleep => {}
@@ -256,6 +257,26 @@ impl Core {
                     stopping = Some(Instant::now() + self.executor.command_timeout());
                 }
             }
+        }
+    }
+
+    /// Turns the chat's subscriber-only mode on or off (raid mode). Not retried: a chat that
+    /// is not connected, or refuses (the bot is not a moderator), is logged, and moderators
+    /// can still set it by hand.
+    fn subonly(&mut self, on: bool) {
+        let sent = self
+            .writer
+            .as_ref()
+            .is_some_and(|writer| writer.try_send(protocol::subonly_frame(on)).is_ok());
+        metrics::counter!("modbot_bridge_subonly_total", "on" => on.to_string(), "sent" => sent.to_string())
+            .increment(1);
+        if sent {
+            tracing::warn!(on, "raid mode: subscriber-only mode asked of the chat");
+        } else {
+            tracing::warn!(
+                on,
+                "raid mode: cannot ask the chat for subscriber-only mode (not connected)"
+            );
         }
     }
 

@@ -496,6 +496,12 @@ impl Command {
 }
 
 /// A duration in whole nanoseconds, saturating (a `u64` holds 584 years).
+/// The `SUBONLY` command turning subscriber-only mode on or off.
+pub fn subonly_frame(on: bool) -> String {
+    let payload = serde_json::json!({"data": if on { "on" } else { "off" }});
+    format!("SUBONLY {payload}")
+}
+
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -871,6 +871,10 @@ impl Tally {
             Some(stream_moderate_response::Kind::Error(error)) => self.error(error),
             // Replay answers the commands it is sent itself; their acknowledgement is noise.
             Some(stream_moderate_response::Kind::ResultAck(_)) => {}
+            // Raid mode shows in the verdicts (their reasons) that replay counts.
+            Some(stream_moderate_response::Kind::RaidAlert(alert)) => {
+                tracing::info!(ended = alert.ended, raid = ?alert.raid, "raid alert");
+            }
             Some(stream_moderate_response::Kind::Welcome(_)) | None => {
                 tracing::warn!("unexpected response on the stream: {response:?}");
             }

@@ -159,6 +159,10 @@ pub struct Reason {
     pub threshold: f64,
     /// Reported only, not enforced.
     pub shadow: bool,
+    /// What fired is harm (a rule or label marked harmful): a message with an enforced harmful
+    /// reason is never left visible.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub harmful: bool,
     /// Why it fired.
     pub evidence: Evidence,
     /// One line for people.

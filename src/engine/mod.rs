@@ -8,4 +8,5 @@
 
 pub mod decision;
 pub mod normalize;
+pub mod raid;
 pub mod rules;

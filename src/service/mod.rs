@@ -9,6 +9,7 @@ pub mod moderate;
 pub mod notices;
 pub mod pipeline;
 pub mod profile;
+pub mod raid;
 pub mod records;
 pub mod retention;
 pub mod review;

@@ -48,6 +48,8 @@ pub struct Moderator {
     scorer: Scorer,
     /// The heads' trained thresholds, in the scorer's label order.
     trained_thresholds: Vec<Option<f64>>,
+    /// This replica's raid watches.
+    raids: crate::service::raid::Raids,
 }
 
 /// The model's part in one message's decision, started by [`Moderator::consult`], with the
@@ -100,7 +102,30 @@ impl Moderator {
             state,
             scorer,
             trained_thresholds,
+            raids: crate::service::raid::Raids::new(),
         }
+    }
+
+    /// This replica's raid watches.
+    pub fn raids(&self) -> &crate::service::raid::Raids {
+        &self.raids
+    }
+
+    /// A user joined `channel` at `at` (the chat's time): a join surge may start a raid.
+    pub fn joined(&self, channel: &str, at: SystemTime) {
+        let engine = self.engine.load();
+        let policy = &engine.rules().policy(channel).raid;
+        self.raids.joined(
+            channel,
+            policy,
+            unix_millis(state_time(at, SystemTime::now())),
+        );
+    }
+
+    /// Ends raids whose time ran out (run every second by the expiry task).
+    pub fn expire_raids(&self, now: SystemTime) {
+        self.raids
+            .expire(unix_millis(now), self.engine.load().rules());
     }
 
     /// The model's scorer.
@@ -253,6 +278,20 @@ impl Moderator {
             let (history, recent) = answer.value;
             (history, recent, answer.degraded)
         };
+        let raid = if policy.exempts(&message.roles) {
+            crate::engine::raid::Seen::default()
+        } else {
+            let new_user =
+                crate::engine::raid::is_new_user(history.first_seen_ms, now_ms, &policy.raid);
+            self.raids.message(
+                &message.channel,
+                &policy.raid,
+                (&message.user_id, new_user),
+                &normalized.text,
+                now_ms,
+                !options.dry_run,
+            )
+        };
         let decided = crate::guard::catch(|| {
             engine.decide(
                 &Inputs {
@@ -263,6 +302,7 @@ impl Moderator {
                     now_ms,
                     received,
                     model,
+                    raid: &raid,
                 },
                 options,
             )
@@ -326,6 +366,35 @@ impl Moderator {
         }
     }
 
+    /// Records a moderator's `decision` on `user_id` at `at` (a review's rejection) as an
+    /// offence on the channel's ladder, as an automatic verdict's would be.
+    pub async fn charge(&self, channel: &str, user_id: &str, decision: Decision, at: SystemTime) {
+        let history = self.state.peek(channel, user_id).await.value.0;
+        self.charge_with(
+            channel,
+            user_id,
+            decision,
+            history.as_ref(),
+            state_clock(at),
+        )
+        .await;
+    }
+
+    async fn charge_with(
+        &self,
+        channel: &str,
+        user_id: &str,
+        decision: Decision,
+        history: Option<&UserHistory>,
+        at_ms: i64,
+    ) {
+        let engine = self.engine.load_full();
+        let policy = engine.rules().policy(channel);
+        if let Some(offence) = escalation::offence(decision, history, &policy.escalation, at_ms) {
+            self.state.record_offence(channel, user_id, &offence).await;
+        }
+    }
+
     /// Records a human moderator's action seen in the chat as an offence of its target, so the
     /// ladder knows about it, and returns the feedback it teaches: the target's latest message
     /// in the channel, sent at most [`FEEDBACK_WINDOW`] before the action, as a positive
@@ -338,17 +407,12 @@ impl Moderator {
         decision: Decision,
         at: SystemTime,
     ) -> Option<Feedback> {
-        let engine = self.engine.load_full();
-        let policy = engine.rules().policy(channel);
         let at_ms = state_clock(at);
         // Read before the offence is recorded: recording does not touch messages, but a read
         // first keeps the example independent of what the ladder does.
         let history = self.state.peek(channel, target).await.value.0;
-        if let Some(offence) =
-            escalation::offence(decision, history.as_ref(), &policy.escalation, at_ms)
-        {
-            self.state.record_offence(channel, target, &offence).await;
-        }
+        self.charge_with(channel, target, decision, history.as_ref(), at_ms)
+            .await;
         let window_ms = i64::try_from(FEEDBACK_WINDOW.as_millis()).unwrap_or(i64::MAX);
         let message = history?
             .recent

@@ -250,6 +250,16 @@ impl Services {
             }
         };
         let (settled, action) = self.settle(&settled, action.as_ref(), &feedback).await?;
+        // A rejection is a moderator's verdict on the message: it counts on the author's
+        // ladder (an overturned appeal of its action takes it back).
+        if let (ReviewStatus::Rejected, Some(decision)) = (
+            settled.status,
+            action.as_ref().and_then(|a| a.kind.decision()),
+        ) {
+            self.moderator
+                .charge(&settled.channel, &settled.user_id, decision, now)
+                .await;
+        }
         if !feedback.is_empty() {
             let source = feedback[0].source.as_str();
             metrics::counter!("modbot_feedback_total", "source" => source)
@@ -522,7 +532,7 @@ pub struct ExpiryTask {
 }
 
 impl ExpiryTask {
-    /// Settles expired items every [`EXPIRY_POLL`].
+    /// Settles expired items, and ends raid modes that ran out, every [`EXPIRY_POLL`].
     pub fn spawn(services: Arc<Services>) -> Self {
         let (stop_tx, mut stop_rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -533,6 +543,8 @@ impl ExpiryTask {
                     _ = &mut stop_rx => return,
                     _ = tick.tick() => {}
                 }
+                // Raid mode ends by itself, even in a channel gone quiet.
+                services.moderator.expire_raids(SystemTime::now());
                 if let Err(error) = services.expire_reviews(SystemTime::now()).await {
                     tracing::warn!(%error, "cannot settle expired review items; retrying");
                 }

@@ -809,6 +809,7 @@ mod tests {
             score: 0.0,
             threshold: 0.0,
             shadow: false,
+            harmful: false,
             evidence: Evidence::default(),
             description: String::new(),
         }

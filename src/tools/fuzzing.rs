@@ -510,6 +510,33 @@ fn policy_body(b: &mut Bytes<'_>) -> String {
             }
         }
     }
+    if b.chance(128) {
+        body += "[raid]\n";
+        for key in ["enabled", "hold_links", "subonly"] {
+            if b.chance(200) {
+                body += &format!("{key} = {}\n", b.pick(&["true", "false"]));
+            }
+        }
+        for key in [
+            "window_secs",
+            "join_surge",
+            "surge_users",
+            "duration_secs",
+            "min_length",
+        ] {
+            if b.chance(200) {
+                body += &format!("{key} = {}\n", b.pick(INTS));
+            }
+        }
+        for key in ["similarity", "threshold_drop"] {
+            if b.chance(200) {
+                body += &format!("{key} = {}\n", b.pick(FLOATS));
+            }
+        }
+        if b.chance(128) {
+            body += &format!("action = {}\n", quoted(b.pick(DECISIONS)));
+        }
+    }
     for _ in 0..b.below(3) {
         let label = b.pick(&["toxicity/insult", "spam/spam", "toxicity", "/x", "a/"]);
         body += &format!("[model.labels.{}]\n", quoted(label));

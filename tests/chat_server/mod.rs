@@ -70,8 +70,14 @@
 //! - [`ChatServer::commands`] lists every text frame that had a space (unknown events too,
 //!   with `error: None`); a payload that is not JSON is recorded as a JSON string of its text.
 //!
-//! Other server events (`SUBONLY`, `BROADCAST`, `VIEWERSTATE`) are not generated;
-//! [`ChatServer::inject`] sends any frame.
+//! - **SUBONLY** `{"data":"on"|"off"}` from one of the dialect's moderators sets
+//!   subscriber-only mode and is broadcast back (`protocolerror` for another value,
+//!   `nopermission` from anyone else); while it is on, `MSG` from a user who is neither a
+//!   subscriber nor a moderator gets `submode`. [`ChatServer::subonly_changes`] lists the
+//!   changes.
+//!
+//! Other server events (`BROADCAST`, `VIEWERSTATE`) are not generated; [`ChatServer::inject`]
+//! sends any frame.
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 use std::collections::{BTreeMap, HashMap};
@@ -324,6 +330,9 @@ struct State {
     moderations: Vec<Moderation>,
     commands: Vec<(Instant, ReceivedCommand)>,
     shut: bool,
+    /// Subscriber-only mode, and every change of it in order.
+    subonly: bool,
+    subonly_changes: Vec<bool>,
 }
 
 struct Inner {
@@ -540,7 +549,7 @@ impl Inner {
             .unwrap_or_default();
         let known = matches!(
             event,
-            "MSG" | "MUTE" | "UNMUTE" | "BAN" | "UNBAN" | "PING" | "PRIVMSG"
+            "MSG" | "MUTE" | "UNMUTE" | "BAN" | "UNBAN" | "PING" | "PRIVMSG" | "SUBONLY"
         );
         let parsed = serde_json::from_str::<Value>(raw);
         let (payload, result) = match (known, parsed) {
@@ -591,6 +600,7 @@ impl Inner {
         match event {
             "MSG" => self.msg(st, key, &obj, now),
             "PRIVMSG" => self.privmsg(st, key, tx, &obj, now),
+            "SUBONLY" => self.subonly(st, key, &obj),
             _ => self.moderate(st, key, event, &obj, now),
         }
     }
@@ -650,6 +660,27 @@ impl Inner {
         Ok(())
     }
 
+    fn subonly(&self, st: &mut State, key: &str, obj: &Map<String, Value>) -> Result<(), Refusal> {
+        let on = match field_str(obj, "data")?.as_str() {
+            "on" => true,
+            "off" => false,
+            _ => return Err(Refusal::code("protocolerror")),
+        };
+        let Some(user) = st.users.get(key) else {
+            return Err(Refusal::code("needlogin"));
+        };
+        if !self.dialect().is_moderator(&user.features) {
+            return Err(Refusal::code("nopermission"));
+        }
+        st.subonly = on;
+        st.subonly_changes.push(on);
+        broadcast(
+            st,
+            &frame("SUBONLY", &json!({ "data": if on { "on" } else { "off" } })),
+        );
+        Ok(())
+    }
+
     fn throttle(&self, user: &mut User, now: Instant) -> Result<(), Refusal> {
         if user.has("bot") {
             return Ok(());
@@ -670,11 +701,15 @@ impl Inner {
         now: Instant,
     ) -> Result<(), Refusal> {
         let data = field_str(obj, "data")?;
+        let subonly = st.subonly;
         let Some(user) = st.users.get_mut(key) else {
             return Err(Refusal::code("needlogin"));
         };
         if user.banned(now) {
             return Err(Refusal::code("banned"));
+        }
+        if subonly && !user.has("subscriber") && !self.dialect().is_moderator(&user.features) {
+            return Err(Refusal::code("submode"));
         }
         if let Some(left) = user.muted(now) {
             return Err(Refusal {
@@ -1206,6 +1241,11 @@ impl ChatServer {
     /// The private messages delivered so far, in order.
     pub fn private_messages(&self) -> Vec<PrivateMessage> {
         self.inner.lock().private_messages.clone()
+    }
+
+    /// Every change of subscriber-only mode (`SUBONLY` from a moderator), in order.
+    pub fn subonly_changes(&self) -> Vec<bool> {
+        self.inner.lock().subonly_changes.clone()
     }
 
     /// Whether `nick` is banned now.

@@ -43,6 +43,14 @@ pub async fn get_stats(
         cache_hit_ratio: scorer.cache_hit_ratio(),
         replica: services.stats.replica().to_owned(),
         replica_started_at: Some(report.started_at.into()),
+        raids: services
+            .moderator
+            .raids()
+            .active(crate::domain::unix_millis(now))
+            .iter()
+            .filter(|(c, _)| channel.as_ref().is_none_or(|wanted| wanted == c))
+            .map(|(c, r)| convert::raid(c, r))
+            .collect(),
     }))
 }
 

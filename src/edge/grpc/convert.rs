@@ -176,6 +176,20 @@ impl From<Degraded> for proto::DegradedComponent {
 }
 
 /// A duration as protobuf's, saturated at the largest it can hold.
+/// A channel's raid as the API shows it.
+pub fn raid(channel: &str, raid: &crate::engine::raid::Raid) -> proto::Raid {
+    let at = |ms| prost_types::Timestamp::from(crate::domain::from_unix_millis(ms));
+    proto::Raid {
+        channel: channel.to_owned(),
+        trigger: raid.trigger.clone(),
+        sample: raid.sample.clone(),
+        raiders: raid.raiders,
+        joins: raid.joins,
+        started_at: Some(at(raid.started_ms)),
+        until: Some(at(raid.until_ms)),
+    }
+}
+
 pub fn duration(value: std::time::Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(value).unwrap_or(prost_types::Duration {
         seconds: i64::MAX,
@@ -195,6 +209,7 @@ impl From<domain::Reason> for proto::Reason {
             score: reason.score,
             threshold: reason.threshold,
             shadow: reason.shadow,
+            harmful: reason.harmful,
             evidence: Some(proto::Evidence {
                 span: evidence.span.map(|s| proto::Span {
                     start: s.start,

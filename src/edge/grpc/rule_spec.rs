@@ -24,7 +24,7 @@ use crate::domain::{Decision, OnExpiry};
 use crate::engine::rules::ClassifyActions;
 use crate::engine::rules::spec::{
     DEFAULT_MEMORY_HALF_LIFE_SECS, EscalationSpec, ModelLabelSpec, ModelPolicySpec, NoticesSpec,
-    ReputationSpec, ReviewSpec, RuleParams,
+    RaidSpec, ReputationSpec, ReviewSpec, RuleParams,
 };
 use crate::engine::rules::spec::{PolicySpec, RuleSpec};
 use crate::engine::rules::{Mode, PhraseSyntax, RulesError};
@@ -294,6 +294,8 @@ pub fn rule_from_proto(rule: proto::Rule) -> Result<RuleSpec, FieldError> {
         mode,
         exempt_roles,
         channels,
+        harmful: rule.harmful,
+        spare_trusted: rule.spare_trusted,
         params: params.0,
     })
 }
@@ -604,6 +606,8 @@ pub fn rule_to_proto(
         updated_at: Some(timestamp(updated_at)),
         channels,
         revision,
+        harmful: spec.harmful,
+        spare_trusted: spec.spare_trusted,
         kind: Some(kind),
     })
 }
@@ -672,6 +676,21 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             "the label has no action in label_actions (a label acts only with one)",
         ));
     }
+    let harmful = strings(
+        policy.harmful_labels,
+        "policy.harmful_labels",
+        MAX_LABELS,
+        MAX_LABEL_BYTES,
+    )?;
+    if let Some(i) = harmful.iter().position(|l| !actions.contains_key(l)) {
+        return Err(FieldError::new(
+            format!("policy.harmful_labels[{i}]"),
+            format!(
+                "`{}` has no action in label_actions (a label acts only with one)",
+                harmful[i]
+            ),
+        ));
+    }
     let mut labels = BTreeMap::new();
     for (label, action) in actions {
         let field = format!("policy.label_actions[\"{label}\"]");
@@ -695,6 +714,7 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             } else {
                 Mode::Disabled
             },
+            harmful: harmful.contains(&label),
         };
         labels.insert(label, spec);
     }
@@ -765,6 +785,10 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             new_margin: r.new_margin,
         },
     };
+    let raid = match policy.raid {
+        None => RaidSpec::default(),
+        Some(r) => raid_from_proto(r)?,
+    };
     Ok((
         policy.channel,
         PolicySpec {
@@ -776,9 +800,67 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             review,
             notices,
             reputation,
+            raid,
             model: ModelPolicySpec { labels },
         },
     ))
+}
+
+/// A request's raid policy; its ranges are checked with the rest of the policy.
+fn raid_from_proto(r: proto::RaidPolicy) -> Result<RaidSpec, FieldError> {
+    let defaults = RaidSpec::default();
+    let secs = |d: Option<&prost_types::Duration>, field: &str, default: u64| {
+        seconds_or(d, field, Some(default)).map(|s| s.unwrap_or(default))
+    };
+    Ok(RaidSpec {
+        enabled: r.enabled,
+        window_secs: secs(
+            r.window.as_ref(),
+            "policy.raid.window",
+            defaults.window_secs,
+        )?,
+        join_surge: r.join_surge,
+        surge_users: r.surge_users,
+        burst_users: r.burst_users,
+        similarity: r.similarity,
+        min_length: r.min_length,
+        new_user_secs: secs(
+            r.new_user.as_ref(),
+            "policy.raid.new_user",
+            defaults.new_user_secs,
+        )?,
+        duration_secs: secs(
+            r.duration.as_ref(),
+            "policy.raid.duration",
+            defaults.duration_secs,
+        )?,
+        action: if r.action == proto::Decision::Unspecified as i32 {
+            defaults.action
+        } else {
+            decision(r.action, "policy.raid.action")?
+        },
+        hold_links: r.hold_links,
+        threshold_drop: r.threshold_drop,
+        subonly: r.subonly,
+    })
+}
+
+fn raid_to_proto(r: &RaidSpec) -> proto::RaidPolicy {
+    proto::RaidPolicy {
+        enabled: r.enabled,
+        window: Some(proto_duration(r.window_secs)),
+        join_surge: r.join_surge,
+        surge_users: r.surge_users,
+        burst_users: r.burst_users,
+        similarity: r.similarity,
+        min_length: r.min_length,
+        new_user: Some(proto_duration(r.new_user_secs)),
+        duration: Some(proto_duration(r.duration_secs)),
+        action: proto::Decision::from(r.action).into(),
+        hold_links: r.hold_links,
+        threshold_drop: r.threshold_drop,
+        subonly: r.subonly,
+    }
 }
 
 /// A policy's compile error as a field error, in proto names
@@ -873,6 +955,11 @@ pub fn policy_to_proto(
             trusted_margin: spec.reputation.trusted_margin,
             new_margin: spec.reputation.new_margin,
         }),
+        raid: Some(raid_to_proto(&spec.raid)),
+        harmful_labels: shown()
+            .filter(|(_, l)| l.harmful)
+            .map(|(name, _)| name.clone())
+            .collect(),
     }
 }
 

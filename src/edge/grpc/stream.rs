@@ -182,8 +182,17 @@ impl Session {
                 forward_commands(
                     commands_rx,
                     self.responses_tx.clone(),
-                    forwarding_rx,
+                    forwarding_rx.clone(),
                     Some(Arc::clone(&self.services)),
+                )
+                .in_current_span(),
+            );
+            let raids = tokio::spawn(
+                forward_raid_alerts(
+                    self.services.moderator.raids().subscribe(),
+                    self.hello.channels.clone(),
+                    self.responses_tx.clone(),
+                    forwarding_rx,
                 )
                 .in_current_span(),
             );
@@ -207,6 +216,7 @@ impl Session {
             drop(registration);
             let _ = forwarding_tx.send(false);
             let unsent = forwarder.await.unwrap_or_default();
+            let _ = raids.await;
             this.services
                 .dispatcher
                 .give_back(&this.hello.bridge_id, &unsent)
@@ -572,9 +582,19 @@ impl Session {
                         .map_or(now, |at| at.min(latest)),
                 })
             }
-            Some(
-                chat_event::Kind::Join(_) | chat_event::Kind::Quit(_) | chat_event::Kind::Names(_),
-            ) => Item::Nothing,
+            // A join feeds the channel's raid watch (a surge of joins); only a bridge's word
+            // counts, as for moderators' actions: others' joins are dropped.
+            Some(chat_event::Kind::Join(join)) => {
+                if auth::may_report_chat_actions(self.principal.as_ref()) {
+                    let at = join
+                        .at
+                        .and_then(|t| SystemTime::try_from(t).ok())
+                        .unwrap_or_else(SystemTime::now);
+                    self.services.moderator.joined(&event.channel, at);
+                }
+                Item::Nothing
+            }
+            Some(chat_event::Kind::Quit(_) | chat_event::Kind::Names(_)) => Item::Nothing,
             None => Item::reject(
                 Code::InvalidArgument,
                 "event.kind: is required".to_owned(),
@@ -730,6 +750,46 @@ async fn forward_commands(
         unsent.push(action);
     }
     unsent
+}
+
+/// Sends raid alerts for the stream's `channels` while `forwarding` is true and the client is
+/// there. A stream too slow to take them loses the oldest (logged).
+async fn forward_raid_alerts(
+    mut alerts: tokio::sync::broadcast::Receiver<crate::service::raid::RaidAlert>,
+    channels: Vec<String>,
+    responses_tx: Responses,
+    mut forwarding: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let alert = tokio::select! {
+            alert = alerts.recv() => alert,
+            _ = forwarding.wait_for(|on| !*on) => return,
+        };
+        let alert = match alert {
+            Ok(alert) => alert,
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "raid alerts missed by a slow stream");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if !channels.contains(&alert.channel) {
+            continue;
+        }
+        let response = StreamModerateResponse {
+            kind: Some(stream_moderate_response::Kind::RaidAlert(
+                crate::proto::RaidAlert {
+                    raid: Some(convert::raid(&alert.channel, &alert.raid)),
+                    ended: alert.ended,
+                    subonly: alert.subonly,
+                },
+            )),
+        };
+        if responses_tx.send(Ok(response)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Why a session stopped reading.

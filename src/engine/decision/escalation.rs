@@ -31,6 +31,11 @@
 //! Only a timeout is escalated or softened: a rule's hide, warning or ban is enforced as it
 //! asks, and counts toward the ladder as above. An overturned appeal takes its offence back
 //! ([`offence`] gives what to subtract, user state's `pardon` subtracts it).
+//!
+//! `warn_first` softens the punishment, never the visibility of harm: when a message has an
+//! enforced *harmful* reason (a rule or model label marked `harmful`: scams, phishing, IP
+//! loggers, slurs) and the outcome is a warning, the warning comes as a hide ([`hide_harm`]),
+//! and the ladder weighs it as the warning it is ([`charged_as`]): a strike, the warning's heat.
 
 use std::time::Duration;
 
@@ -144,6 +149,7 @@ pub fn escalate(
         score: at.heat,
         threshold: COOLED_HEAT,
         shadow: false,
+        harmful: false,
         evidence: Evidence {
             detail: format!(
                 "heat {:.2}, strikes {:.2}, {} earlier offences, ladder step {step}",
@@ -204,6 +210,46 @@ pub fn escalate(
                 chosen.as_secs()
             ),
         )),
+    }
+}
+
+/// The label of the reason [`hide_harm`] adds.
+pub const HARM_HIDDEN_LABEL: &str = "harm-hidden";
+
+/// The reason that turns a warning for a harmful message into a hide, naming the harm
+/// (`harm`, an enforced reason marked harmful). The verdict's decision becomes
+/// [`Decision::Hide`]; [`charged_as`] still weighs it as a warning.
+pub fn hide_harm(harm: &Reason) -> Reason {
+    Reason {
+        source: ReasonSource::Escalation,
+        rule_id: harm.rule_id.clone(),
+        label: HARM_HIDDEN_LABEL.to_owned(),
+        decision: Decision::Hide,
+        duration: None,
+        score: harm.score,
+        threshold: harm.threshold,
+        shadow: false,
+        harmful: true,
+        evidence: Evidence {
+            detail: "a warning for harm: the message is hidden as well".to_owned(),
+            ..Evidence::default()
+        },
+        description: format!("a warning, and the message hidden: {}", harm.description),
+    }
+}
+
+/// What an enforced verdict weighs as on the ladder: its decision, except that a harmful
+/// message's warning carried out as a hide ([`hide_harm`]) weighs as the warning.
+pub fn charged_as(decision: Decision, reasons: &[Reason]) -> Decision {
+    let hidden_harm = || {
+        reasons
+            .iter()
+            .any(|r| r.source == ReasonSource::Escalation && r.label == HARM_HIDDEN_LABEL)
+    };
+    if decision == Decision::Hide && hidden_harm() {
+        Decision::Warn
+    } else {
+        decision
     }
 }
 

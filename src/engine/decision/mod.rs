@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::domain::{ChannelWindow, Offence, UserHistory};
 use crate::domain::{ChatMessage, Decision, Degraded, Evidence, Reason, ReasonSource, Verdict};
 use crate::engine::normalize::Normalized;
+use crate::engine::raid::{Seen, is_new_user};
 use crate::engine::rules::{Context, FailedRule, RuleSet, Trust};
 
 /// How a message is to be decided.
@@ -45,6 +46,8 @@ pub struct Inputs<'a> {
     pub received: Instant,
     /// What the model said.
     pub model: ModelInput<'a>,
+    /// What the channel's raid watch made of the message (default: no raid).
+    pub raid: &'a Seen,
 }
 
 /// What the model said about a message.
@@ -130,6 +133,7 @@ impl Engine {
                 now_ms: 0,
                 received: Instant::now(),
                 model: ModelInput::NotConsulted,
+                raid: &Seen::default(),
             },
             DecideOptions { dry_run: true },
         );
@@ -153,6 +157,14 @@ impl Engine {
             self.rules.evaluate(message, policy, &ctx)
         };
         let mut reasons = evaluation.reasons;
+        if !exempt {
+            reasons.extend(raid_reasons(inputs, policy));
+        }
+        let raid_drop = inputs
+            .raid
+            .raid
+            .as_ref()
+            .map_or(0.0, |_| policy.raid.threshold_drop);
         let failed_rules = evaluation.failed;
         let mut scores = BTreeMap::new();
         let mut model_version = String::new();
@@ -183,6 +195,7 @@ impl Engine {
                         probabilities,
                         trained_thresholds,
                         inputs.history.reputation(),
+                        raid_drop,
                     ));
                 }
             }
@@ -211,14 +224,22 @@ impl Engine {
                 if let Some(reason) = escalated.reason {
                     reasons.insert(0, reason);
                 }
-                (escalated.decision, escalated.duration)
+                // Harm is never left visible, whatever the ladder softened.
+                let harm = reasons.iter().find(|r| r.harmful && !r.shadow);
+                match harm {
+                    Some(harm) if escalated.decision == Decision::Warn => {
+                        reasons.insert(0, escalation::hide_harm(harm));
+                        (Decision::Hide, None)
+                    }
+                    _ => (escalated.decision, escalated.duration),
+                }
             }
         };
         let only_shadow_fired = decision == Decision::Allow && !reasons.is_empty();
         let enforced = !options.dry_run && !only_shadow_fired;
         let offence = if enforced {
             escalation::offence(
-                decision,
+                escalation::charged_as(decision, &reasons),
                 Some(inputs.history),
                 &policy.escalation,
                 inputs.now_ms,
@@ -276,6 +297,7 @@ impl Engine {
             score: 0.0,
             threshold: 0.0,
             shadow,
+            harmful: false,
             evidence: Evidence {
                 detail: "deciding this message failed".to_owned(),
                 ..Evidence::default()
@@ -307,9 +329,59 @@ impl Engine {
     }
 }
 
+/// The label of the reason a new user's copy of a raid's message gets in raid mode.
+pub const RAID_COPY_LABEL: &str = "raid";
+/// The label of the reason a new user's link is held with in raid mode.
+pub const RAID_LINK_LABEL: &str = "raid-link";
+
+/// Raid mode's reasons ([`crate::engine::raid`]): a new user's copy of the raid's message gets
+/// the channel's raid action; any other link from a new user is held for review.
+fn raid_reasons(inputs: &Inputs<'_>, policy: &crate::engine::rules::Policy) -> Vec<Reason> {
+    let Some(raid) = &inputs.raid.raid else {
+        return Vec::new();
+    };
+    let p = &policy.raid;
+    let reason = |label: &str, decision: Decision, description: String| Reason {
+        source: ReasonSource::Policy,
+        rule_id: String::new(),
+        label: label.to_owned(),
+        decision,
+        duration: None,
+        score: f64::from(raid.raiders),
+        threshold: 0.0,
+        shadow: policy.shadow,
+        harmful: false,
+        evidence: Evidence {
+            similar_text: raid.sample.clone(),
+            detail: format!("raid mode: {}", raid.trigger),
+            ..Evidence::default()
+        },
+        description,
+    };
+    if inputs.raid.copy {
+        return vec![reason(
+            RAID_COPY_LABEL,
+            p.action,
+            format!(
+                "raid mode: a new user's copy of the raid's message ({})",
+                raid.trigger
+            ),
+        )];
+    }
+    let new_user = is_new_user(inputs.history.first_seen_ms, inputs.now_ms, p);
+    if p.hold_links && new_user && inputs.normalized.stats.links > 0 {
+        return vec![reason(
+            RAID_LINK_LABEL,
+            Decision::Hold,
+            "raid mode: links from new users are held for review".to_owned(),
+        )];
+    }
+    Vec::new()
+}
+
 /// One reason per label of the channel's policy whose probability reached its threshold, as
 /// the author's `reputation` moves it (`[policy.reputation]`): raised for a trusted regular,
-/// lowered for a new user, within [0, 1]. A moved threshold is named in the reason; a score
+/// lowered for a new user, within [0, 1], and lowered by `raid_drop` in raid mode. A moved threshold is named in the reason; a score
 /// that reached the label's own threshold but not a trusted regular's raised one is reported
 /// as a shadow reason (what would have been done), so the spared message is on record.
 fn model_reasons(
@@ -318,13 +390,19 @@ fn model_reasons(
     probabilities: &[f32],
     trained_thresholds: &[Option<f64>],
     reputation: f64,
+    raid_drop: f64,
 ) -> Vec<Reason> {
     let who = match policy.reputation.trust(reputation) {
         Trust::Trusted => "a trusted regular",
         Trust::New if reputation < 0.0 => "a user with offences",
         Trust::New | Trust::Neither => "a new user",
     };
-    let shift = policy.reputation.threshold_shift(reputation);
+    let who = if raid_drop > 0.0 {
+        format!("{who} in raid mode")
+    } else {
+        who.to_owned()
+    };
+    let shift = policy.reputation.threshold_shift(reputation) - raid_drop;
     policy
         .model
         .iter()
@@ -378,6 +456,7 @@ fn model_reasons(
                 score,
                 threshold,
                 shadow: policy.shadow || l.shadow || spared,
+                harmful: l.harmful,
                 evidence: Evidence {
                     detail,
                     ..Evidence::default()

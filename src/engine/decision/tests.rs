@@ -42,6 +42,7 @@ id = "scam"
 kind = "phrase"
 action = "timeout"
 duration_secs = 600
+harmful = true
 [rule.params]
 phrases = ["free nitro"]
 
@@ -98,6 +99,7 @@ fn decide_with(message: &ChatMessage, history: &UserHistory, dry_run: bool) -> D
             now_ms: 0,
             received: Instant::now(),
             model: ModelInput::NotConsulted,
+            raid: &crate::engine::raid::Seen::default(),
         },
         DecideOptions { dry_run },
     )
@@ -155,6 +157,161 @@ fn first_offence_is_a_warning_then_the_ladder_climbs() {
             "step {step}"
         );
     }
+}
+
+#[test]
+fn a_first_offence_of_harm_is_a_warning_that_hides_the_message() {
+    // A harmless rule's first offence: a warning, the message stays.
+    let spam = decide("spam", &UserHistory::default());
+    assert_eq!(spam.verdict.decision, Decision::Warn);
+    // A harmful rule's: the same warning, but the message is hidden.
+    let scam = decide("FREE NITRO here", &UserHistory::default());
+    let verdict = &scam.verdict;
+    assert_eq!(verdict.decision, Decision::Hide);
+    assert_eq!(verdict.duration, None);
+    let top = &verdict.reasons[0];
+    assert_eq!(
+        (top.source, top.label.as_str(), top.rule_id.as_str()),
+        (
+            ReasonSource::Escalation,
+            escalation::HARM_HIDDEN_LABEL,
+            "scam"
+        )
+    );
+    assert!(
+        top.harmful
+            && top
+                .description
+                .contains("a warning, and the message hidden")
+    );
+    assert_eq!(
+        verdict.reasons[1].label, "escalation",
+        "the softening is reported"
+    );
+    assert!(
+        verdict
+            .reasons
+            .iter()
+            .any(|r| r.rule_id == "scam" && r.harmful)
+    );
+    // It weighs on the ladder as the warning it is: a strike, the warning's heat.
+    let offence = scam.offence.expect("an offence");
+    let warning = spam.offence.expect("an offence");
+    assert_eq!(
+        (offence.heat, offence.strikes),
+        (warning.heat, warning.strikes)
+    );
+    assert_eq!(
+        escalation::charged_as(verdict.decision, &verdict.reasons),
+        Decision::Warn
+    );
+    assert_eq!(escalation::charged_as(Decision::Hide, &[]), Decision::Hide);
+    // Past the first offence a harmful message is timed out as before (a mute hides it).
+    let again = decide("FREE NITRO here", &hot(0)).verdict;
+    assert_eq!(again.decision, Decision::Timeout);
+    assert!(
+        again
+            .reasons
+            .iter()
+            .all(|r| r.label != escalation::HARM_HIDDEN_LABEL)
+    );
+}
+
+#[test]
+fn raid_mode_hides_copies_holds_new_users_links_and_lowers_thresholds() {
+    use crate::engine::raid::{Raid, RaidWatch, Seen};
+    let engine = Engine::new(
+        RuleSet::parse(&format!("{RULES}\n[policy.raid]\nenabled = true\n"), "test").unwrap(),
+    );
+    let policy = engine.rules().policy("destinygg");
+    let mut watch = RaidWatch::default();
+    let copy = "follow my channel for free skins at raidbot dot com";
+    let mut seen = Seen::default();
+    for i in 0..policy.raid.burst_users {
+        seen = watch.message(&policy.raid, &format!("r{i}"), true, copy, 1_000);
+    }
+    let raid: Raid = seen.raid.clone().expect("a burst of copies is a raid");
+    let labels: Vec<String> = LABELS.iter().map(|l| l.to_string()).collect();
+    let decide_in_raid = |text: &str, seen: &Seen, history: &UserHistory, scores: &[f32; 4]| {
+        let message = message("destinygg", text, &[]);
+        let normalized = normalize(&message.text, &policy.emotes);
+        engine
+            .decide(
+                &Inputs {
+                    message: &message,
+                    normalized: &normalized,
+                    history,
+                    channel_recent: &crate::domain::ChannelWindow::default(),
+                    now_ms: 2_000,
+                    received: Instant::now(),
+                    model: ModelInput::Scored {
+                        version: "v",
+                        labels: &labels,
+                        scores,
+                        trained_thresholds: &TRAINED,
+                    },
+                    raid: seen,
+                },
+                DecideOptions::default(),
+            )
+            .verdict
+    };
+    let new_user = UserHistory {
+        first_seen_ms: Some(2_000),
+        ..UserHistory::default()
+    };
+    let regular = UserHistory {
+        first_seen_ms: Some(-86_400_000),
+        messages: 50,
+        ..UserHistory::default()
+    };
+    // The copy that started it is hidden, with the raid named.
+    let verdict = decide_in_raid(copy, &seen, &new_user, &[0.0; 4]);
+    assert_eq!(verdict.decision, Decision::Hide);
+    assert_eq!(verdict.reasons[0].label, RAID_COPY_LABEL);
+    assert!(verdict.reasons[0].evidence.detail.contains("new users"));
+    // In raid mode a new user's link is held; a regular's is not.
+    let in_raid = Seen {
+        raid: Some(raid.clone()),
+        copy: false,
+        started: false,
+    };
+    let link = "look at https://example.com/page";
+    let held = decide_in_raid(link, &in_raid, &new_user, &[0.0; 4]);
+    assert_eq!(held.decision, Decision::Hold);
+    assert_eq!(held.reasons[0].label, RAID_LINK_LABEL);
+    assert_eq!(
+        decide_in_raid(link, &in_raid, &regular, &[0.0; 4]).decision,
+        Decision::Allow
+    );
+    // The model's thresholds drop by threshold_drop (insult trained at 0.6): 0.55 acts now.
+    let borderline = [0.55, 0.0, 0.0, 0.0];
+    let insult = decide_in_raid("you are a clown", &in_raid, &regular, &borderline);
+    assert_eq!(insult.decision, Decision::Hide);
+    assert!(
+        insult.reasons[0].description.contains("raid mode"),
+        "{:?}",
+        insult.reasons[0]
+    );
+    let calm = decide_in_raid("you are a clown", &Seen::default(), &regular, &borderline);
+    assert_eq!(calm.decision, Decision::Allow);
+    // Exempt users are never acted on by raid mode.
+    let moderator = message("destinygg", copy, &["moderator"]);
+    let normalized = normalize(&moderator.text, &policy.emotes);
+    let exempt = engine.decide(
+        &Inputs {
+            message: &moderator,
+            normalized: &normalized,
+            history: &new_user,
+            channel_recent: &crate::domain::ChannelWindow::default(),
+            now_ms: 2_000,
+            received: Instant::now(),
+            model: ModelInput::NotConsulted,
+            raid: &seen,
+        },
+        DecideOptions::default(),
+    );
+    assert_eq!(exempt.verdict.decision, Decision::Allow);
 }
 
 #[test]
@@ -246,6 +403,7 @@ fn decide_scored_by(
                 scores: probabilities,
                 trained_thresholds: &TRAINED,
             },
+            raid: &crate::engine::raid::Seen::default(),
         },
         DecideOptions::default(),
     )
@@ -466,6 +624,7 @@ fn an_unavailable_model_leaves_a_rules_only_verdict_marked_degraded() {
                 now_ms: 0,
                 received: Instant::now(),
                 model: ModelInput::Unavailable,
+                raid: &crate::engine::raid::Seen::default(),
             },
             DecideOptions::default(),
         )

@@ -509,6 +509,7 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
             ));
         }
     }
+    let raid = compile_raid(&config.raid, place)?;
     if r.new_below > r.trusted_above {
         return Err(place.error(
             "reputation.new_below",
@@ -550,6 +551,7 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
             duration,
             threshold: l.threshold,
             shadow: l.mode == Mode::Shadow,
+            harmful: l.harmful,
         });
     }
     Ok(Policy {
@@ -585,6 +587,57 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
             trusted_margin: r.trusted_margin,
             new_margin: r.new_margin,
         },
+        raid,
+    })
+}
+
+fn compile_raid(
+    r: &super::spec::RaidSpec,
+    place: &Place<'_>,
+) -> Result<super::RaidPolicy, RulesError> {
+    for (key, value, low, high) in [
+        ("raid.window_secs", r.window_secs, 1, 3_600),
+        ("raid.duration_secs", r.duration_secs, 1, 86_400),
+        ("raid.new_user_secs", r.new_user_secs, 0, 30 * 86_400),
+        ("raid.surge_users", u64::from(r.surge_users), 2, 10_000),
+        ("raid.burst_users", u64::from(r.burst_users), 2, 10_000),
+        ("raid.join_surge", u64::from(r.join_surge), 0, 100_000),
+        ("raid.min_length", u64::from(r.min_length), 0, 1_000),
+    ] {
+        if !(low..=high).contains(&value) {
+            return Err(place.error(key, format!("{value} is outside [{low}, {high}]")));
+        }
+    }
+    for (key, value, range) in [
+        ("raid.similarity", r.similarity, 0.5..=1.0),
+        ("raid.threshold_drop", r.threshold_drop, 0.0..=1.0),
+    ] {
+        if !range.contains(&value) {
+            return Err(place.error(
+                key,
+                format!("{value} is outside [{}, {}]", range.start(), range.end()),
+            ));
+        }
+    }
+    // A timeout lasts the escalation's first timeout (the reason names no duration), a ban is
+    // permanent; both climb the ladder as any reason's would.
+    if r.action == Decision::Allow {
+        return Err(place.error("raid.action", "must act: hold, hide, warn, timeout or ban"));
+    }
+    Ok(super::RaidPolicy {
+        enabled: r.enabled,
+        window: secs(r.window_secs),
+        join_surge: r.join_surge,
+        surge_users: r.surge_users,
+        burst_users: r.burst_users,
+        similarity: r.similarity,
+        min_length: r.min_length,
+        new_user: secs(r.new_user_secs),
+        duration: secs(r.duration_secs),
+        action: r.action,
+        hold_links: r.hold_links,
+        threshold_drop: r.threshold_drop,
+        subonly: r.subonly,
     })
 }
 fn lower(roles: &[String]) -> Vec<String> {
@@ -722,6 +775,8 @@ fn compile_rule(config: RuleSpec, place: &Place<'_>) -> Result<Rule, RulesError>
         mode: config.mode,
         exempt_roles: lower(&config.exempt_roles),
         channels: config.channels,
+        harmful: config.harmful,
+        spare_trusted: config.spare_trusted,
         check,
     })
 }

@@ -94,6 +94,8 @@ pub struct Policy {
     pub notices: Notices,
     /// How a user's reputation moves the model's thresholds.
     pub reputation: Reputation,
+    /// Raid detection and raid mode.
+    pub raid: RaidPolicy,
 }
 
 /// The placeholders a notice template may use: the user's nick, the action's reason, its
@@ -236,6 +238,58 @@ impl Policy {
     }
 }
 
+/// A channel's `[policy.raid]`, compiled: raid detection and raid mode ([`crate::engine::raid`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaidPolicy {
+    /// Whether raids are watched for at all.
+    pub enabled: bool,
+    /// How far back joins and lines count.
+    pub window: Duration,
+    /// Joins within the window that make a surge.
+    pub join_surge: u32,
+    /// After a surge: distinct new users posting near-identical lines that start a raid.
+    pub surge_users: u32,
+    /// Without a surge: distinct new users posting near-identical lines that start a raid.
+    pub burst_users: u32,
+    /// How alike two lines must be (Sørensen–Dice over bigrams, in [0, 1]).
+    pub similarity: f64,
+    /// Shorter lines (in characters of normalised text) are never compared.
+    pub min_length: u32,
+    /// A user first seen less than this long ago is new.
+    pub new_user: Duration,
+    /// Raid mode lasts this long after the raid's last copy.
+    pub duration: Duration,
+    /// What a new user's copy of the raid's message gets while raid mode lasts.
+    pub action: Decision,
+    /// Hold new users' links for review while raid mode lasts.
+    pub hold_links: bool,
+    /// Lowered from every model label's threshold while raid mode lasts (in [0, 1]).
+    pub threshold_drop: f64,
+    /// Ask the chat's bridge for subscriber-only mode while raid mode lasts.
+    pub subonly: bool,
+}
+
+impl Default for RaidPolicy {
+    /// Off: a policy stored before raid mode existed keeps working as it did.
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            window: Duration::from_secs(30),
+            join_surge: 20,
+            surge_users: 4,
+            burst_users: 8,
+            similarity: 0.8,
+            min_length: 12,
+            new_user: Duration::from_secs(600),
+            duration: Duration::from_secs(300),
+            action: Decision::Hide,
+            hold_links: true,
+            threshold_drop: 0.1,
+            subonly: false,
+        }
+    }
+}
+
 /// What one model label does in a channel (`[policy.model.labels."head/label"]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelLabel {
@@ -250,6 +304,8 @@ pub struct ModelLabel {
     pub threshold: Option<f64>,
     /// Reported only, not enforced.
     pub shadow: bool,
+    /// What it catches is harm: never left visible.
+    pub harmful: bool,
 }
 
 /// One compiled rule.
@@ -271,6 +327,11 @@ pub struct Rule {
     pub exempt_roles: Vec<String>,
     /// Channels it applies to; empty for all.
     pub channels: Vec<String>,
+    /// What it catches is harm (a scam, phishing, an IP logger, a slur): a message it fires on
+    /// is never left visible ([`crate::engine::decision`]).
+    pub harmful: bool,
+    /// A trusted regular is spared (the hit is a shadow reason naming why).
+    pub spare_trusted: bool,
     check: Check,
 }
 
@@ -381,6 +442,8 @@ impl RuleSet {
         include: impl Fn(&Check) -> bool,
     ) -> Evaluation {
         let analysis = std::cell::OnceCell::new();
+        let reputation = ctx.history.reputation();
+        let trusted = policy.reputation.trust(reputation) == Trust::Trusted;
         let mut evaluation = Evaluation::default();
         for rule in self
             .rules
@@ -408,6 +471,20 @@ impl RuleSet {
                     continue;
                 }
             };
+            let spared = rule.spare_trusted && trusted;
+            let mut description = if rule.description.is_empty() {
+                format!("{} (rule {})", hit.evidence.detail, rule.id)
+            } else {
+                format!(
+                    "{}: {} (rule {})",
+                    rule.description, hit.evidence.detail, rule.id
+                )
+            };
+            if spared {
+                description.push_str(&format!(
+                    ": not acted on, a trusted regular (reputation {reputation:.2})"
+                ));
+            }
             evaluation.reasons.push(Reason {
                 source: ReasonSource::Rule,
                 rule_id: rule.id.clone(),
@@ -416,15 +493,9 @@ impl RuleSet {
                 duration: rule.duration,
                 score: hit.score,
                 threshold: hit.threshold,
-                shadow: policy.shadow || rule.mode == Mode::Shadow,
-                description: if rule.description.is_empty() {
-                    format!("{} (rule {})", hit.evidence.detail, rule.id)
-                } else {
-                    format!(
-                        "{}: {} (rule {})",
-                        rule.description, hit.evidence.detail, rule.id
-                    )
-                },
+                shadow: policy.shadow || rule.mode == Mode::Shadow || spared,
+                harmful: rule.harmful,
+                description,
                 evidence: hit.evidence,
             });
         }

@@ -41,24 +41,18 @@ impl<'a> Profile<'a> {
             return 1.0;
         }
         let mut y = bigrams(other);
-        if self.bigrams.is_empty() || y.is_empty() {
-            return 0.0;
-        }
         y.sort_unstable();
-        let x = &self.bigrams;
-        let (mut i, mut j, mut shared) = (0, 0, 0usize);
-        while i < x.len() && j < y.len() {
-            match x[i].cmp(&y[j]) {
-                std::cmp::Ordering::Less => i += 1,
-                std::cmp::Ordering::Greater => j += 1,
-                std::cmp::Ordering::Equal => {
-                    shared += 1;
-                    i += 1;
-                    j += 1;
-                }
-            }
-        }
-        (2 * shared) as f64 / (x.len() + y.len()) as f64
+        dice(&self.bigrams, &y)
+    }
+
+    /// The sorted bigrams, owned: to keep and compare with later texts ([`dice`]).
+    pub fn into_bigrams(self) -> Vec<u64> {
+        self.bigrams
+    }
+
+    /// The sorted bigrams.
+    pub fn bigrams(&self) -> &[u64] {
+        &self.bigrams
     }
 
     /// Whether `other` can reach `threshold` at all, judging by lengths alone (cheap).
@@ -78,6 +72,27 @@ pub fn similarity_bound(a_chars: usize, b_chars: usize) -> f64 {
         return 1.0;
     }
     (2 * a.min(b)) as f64 / (a + b) as f64
+}
+
+/// Sørensen–Dice similarity of two texts' sorted bigrams ([`Profile::bigrams`]), in [0, 1]; 0
+/// when either has none.
+pub fn dice(x: &[u64], y: &[u64]) -> f64 {
+    if x.is_empty() || y.is_empty() {
+        return 0.0;
+    }
+    let (mut i, mut j, mut shared) = (0, 0, 0usize);
+    while i < x.len() && j < y.len() {
+        match x[i].cmp(&y[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                shared += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    (2 * shared) as f64 / (x.len() + y.len()) as f64
 }
 
 fn bigrams(text: &str) -> Vec<u64> {

@@ -40,6 +40,14 @@ pub struct RuleSpec {
     /// Channels it applies to; empty for every channel.
     #[serde(default)]
     pub channels: Vec<String>,
+    /// What it catches is harm (a scam, phishing, an IP logger, a slur): a message it fires on
+    /// is never left visible, even when the ladder softens the punishment to a warning.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub harmful: bool,
+    /// A trusted regular (the channel's `[policy.reputation]`) is spared: the hit is reported
+    /// as a shadow reason that says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spare_trusted: bool,
     /// The kind's parameters (`[rule.params]`). Last, because TOML writes tables after values.
     #[serde(default)]
     pub params: toml::Table,
@@ -71,6 +79,9 @@ pub struct PolicySpec {
     /// How a user's reputation moves the model's thresholds.
     #[serde(default)]
     pub reputation: ReputationSpec,
+    /// Raid mode.
+    #[serde(default)]
+    pub raid: RaidSpec,
     /// What the model's labels do.
     #[serde(default)]
     pub model: ModelPolicySpec,
@@ -160,6 +171,61 @@ impl Default for ReputationSpec {
     }
 }
 
+/// `[policy.raid]`: raid detection and raid mode (see [`crate::engine::raid`]). [`Default`]
+/// (a policy without the table) is off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaidSpec {
+    /// Watch for raids.
+    pub enabled: bool,
+    /// How far back joins and lines count, in seconds (1 to 3,600).
+    pub window_secs: u64,
+    /// Joins within the window that make a surge (0: surges are not watched).
+    pub join_surge: u32,
+    /// After a surge: new users with near-identical lines that start a raid (at least 2).
+    pub surge_users: u32,
+    /// Without a surge: new users with near-identical lines that start a raid (at least 2).
+    pub burst_users: u32,
+    /// How alike lines must be, in [0.5, 1].
+    pub similarity: f64,
+    /// Shorter lines (characters) are never compared.
+    pub min_length: u32,
+    /// A user first seen less than this many seconds ago is new.
+    pub new_user_secs: u64,
+    /// Raid mode lasts this many seconds after the raid's last copy (1 to 86,400).
+    pub duration_secs: u64,
+    /// What a new user's copy of the raid's message gets: hold, hide, warn, timeout or ban (a
+    /// timeout lasts the escalation's first timeout, and climbs the ladder).
+    pub action: Decision,
+    /// Hold new users' links for review in raid mode.
+    pub hold_links: bool,
+    /// Lowered from every model label's threshold in raid mode, in [0, 1].
+    pub threshold_drop: f64,
+    /// Ask the bridge for subscriber-only mode in raid mode.
+    pub subonly: bool,
+}
+
+impl Default for RaidSpec {
+    fn default() -> Self {
+        let p = super::RaidPolicy::default();
+        Self {
+            enabled: p.enabled,
+            window_secs: p.window.as_secs(),
+            join_surge: p.join_surge,
+            surge_users: p.surge_users,
+            burst_users: p.burst_users,
+            similarity: p.similarity,
+            min_length: p.min_length,
+            new_user_secs: p.new_user.as_secs(),
+            duration_secs: p.duration.as_secs(),
+            action: p.action,
+            hold_links: p.hold_links,
+            threshold_drop: p.threshold_drop,
+            subonly: p.subonly,
+        }
+    }
+}
+
 /// `[policy.escalation]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,6 +279,9 @@ pub struct ModelLabelSpec {
     /// Whether it acts (`disabled`: kept but never scored).
     #[serde(default)]
     pub mode: Mode,
+    /// What it catches is harm: never left visible (see [`RuleSpec::harmful`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub harmful: bool,
 }
 
 /// A rule's parameters, typed by its kind (`[rule.params]`).

@@ -851,3 +851,48 @@ fn a_rule_that_panics_is_skipped_and_the_others_still_fire() {
         Some(Decision::Timeout)
     );
 }
+
+#[test]
+fn a_rule_that_spares_trusted_regulars_reports_their_hits_as_shadow() {
+    let set = one_rule(
+        "kind = \"phrase\"\nspare_trusted = true\n[rule.params]\nphrases = [\"link dump\"]",
+    );
+    let stranger = UserHistory::default();
+    let reason = evaluate(
+        &set,
+        "here is my link dump",
+        &stranger,
+        &ChannelWindow::default(),
+    )
+    .expect("fires");
+    assert!(!reason.shadow, "a stranger is acted on: {reason:?}");
+    // 1,000 clean messages: reputation 0.83, a trusted regular by the default margins.
+    let regular = UserHistory {
+        messages: 1_000,
+        ..UserHistory::default()
+    };
+    let reason = evaluate(
+        &set,
+        "here is my link dump",
+        &regular,
+        &ChannelWindow::default(),
+    )
+    .expect("still reported");
+    assert!(reason.shadow, "{reason:?}");
+    assert!(
+        reason
+            .description
+            .ends_with("not acted on, a trusted regular (reputation 0.83)"),
+        "{reason:?}"
+    );
+    // Without the key nobody is spared.
+    let plain = one_rule("kind = \"phrase\"\n[rule.params]\nphrases = [\"link dump\"]");
+    let reason = evaluate(
+        &plain,
+        "here is my link dump",
+        &regular,
+        &ChannelWindow::default(),
+    )
+    .expect("fires");
+    assert!(!reason.shadow);
+}

@@ -9,6 +9,7 @@ use crate::domain::{
     Action, ActionKind, ActionSource, ActionStatus, Appeal, AppealStatus, NewAction, Nuke,
 };
 use crate::domain::{Decision, ReasonSource};
+use crate::engine::decision::escalation::charged_as;
 use crate::engine::normalize::normalize;
 use crate::infra::store::{
     AuditQuery, AuditRecord, Feedback, FeedbackSource, Filed, Resolved, StoreError,
@@ -260,14 +261,16 @@ fn already_resolved(appeal: &Appeal) -> WorkflowError {
 }
 
 /// The offence an action charged its target with on the escalation ladder, if it charged one:
-/// the decision it weighs as and when it was recorded on the state clock.
+/// the decision it weighs as (its verdict's, as [`charged_as`] reads it, when the audit log
+/// still has the verdict) and when it was recorded on the state clock.
 ///
-/// Two kinds of action are offences of their own: one that carried out a verdict (its id is
+/// Three kinds of action are offences of their own: one that carried out a verdict (its id is
 /// [`automatic_action_id`]; the offence was recorded at the message's time, from the audit
-/// log, or the action's if the message is gone) and a human moderator's action seen in chat
-/// (its id is [`chat_action_id`]; recorded at the action's time). The rest (the Actions API's,
-/// a review's ruling, a nuke's, the short mute that hides a held message) were never recorded
-/// as offences: pardoning one would take back another offence of the user's.
+/// log, or the action's if the message is gone), a review's rejection (its key is
+/// `review:ID`) and a human moderator's action seen in chat (its id is [`chat_action_id`]);
+/// the last two recorded at the action's time. The rest (the Actions API's, a nuke's, the
+/// short mute that hides a held message) were never recorded as offences: pardoning one
+/// would take back another offence of the user's.
 fn charged_offence(
     action: &Action,
     record: Option<&AuditRecord>,
@@ -278,10 +281,23 @@ fn charged_offence(
         && action.id
             == automatic_action_id(&action.requested_by, &action.channel, &action.message_id);
     if carried_out_a_verdict {
-        let at = record.map_or(action.created_at, |r| {
-            state_time(r.message.sent_at, r.decided_at)
-        });
-        return Some((decision, at));
+        // A harmful message's warning, carried out as a hide, was charged as the warning.
+        return Some(record.map_or((decision, action.created_at), |r| {
+            (
+                charged_as(decision, &r.verdict.reasons),
+                state_time(r.message.sent_at, r.decided_at),
+            )
+        }));
+    }
+    // A review's rejection (its server-made key is `review:ID`; `review:ID:lift` lifts a hide)
+    // was charged when the ruling was made, at the action's time.
+    let ruled_in_review = action.source == ActionSource::Moderator
+        && action
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|key| key.starts_with("review:") && !key.ends_with(":lift"));
+    if ruled_in_review {
+        return Some((decision, action.created_at));
     }
     let seen_in_chat = action.source == ActionSource::Moderator
         && action.id
