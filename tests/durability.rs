@@ -85,7 +85,9 @@ async fn next_verdict(
             .expect("a response");
         match response.kind.expect("a kind") {
             stream_moderate_response::Kind::Verdict(verdict) => return verdict,
-            stream_moderate_response::Kind::Command(_) => {}
+            // 500 scams from new users are also a raid: its alert comes on the stream.
+            stream_moderate_response::Kind::Command(_)
+            | stream_moderate_response::Kind::RaidAlert(_) => {}
             other => panic!("expected a verdict, got {other:?}"),
         }
     }

@@ -132,18 +132,21 @@ async fn classify_decides_explains_and_audits() {
     assert!(allow.reasons.is_empty() && allow.enforced);
     assert_eq!(allow.normalized_text, "great stream today");
 
-    // A first offence: the rule asks for a timeout, escalation makes it a warning.
+    // A first offence: the rule asks for a timeout, escalation makes it a warning, carried out
+    // as a hide because the scam rule is harmful.
     let warned = &verdicts[1];
-    assert_eq!(warned.decision, Decision::Warn as i32);
+    assert_eq!(warned.decision, Decision::Hide as i32);
     assert!(warned.duration.is_none());
     assert!(warned.enforced);
     assert_eq!(warned.channel, "destinygg");
     assert_eq!(warned.user_id, "spammer");
+    assert_eq!(warned.reasons[0].label, "harm-hidden");
     assert_eq!(
-        warned.reasons[0].source,
+        warned.reasons[1].source,
         proto::ReasonSource::Escalation as i32
     );
-    let reason = &warned.reasons[1];
+    let reason = &warned.reasons[2];
+    assert!(reason.harmful);
     assert_eq!(reason.rule_id, "scam-giveaway");
     assert_eq!(reason.decision, Decision::Timeout as i32);
     assert_eq!(reason.duration.map(|d| d.seconds), Some(600));
@@ -185,7 +188,8 @@ async fn classify_decides_explains_and_audits() {
     assert_eq!(logged, ["m2", "m3"]);
     let m2 = log.iter().find(|r| r.message.message_id == "m2").unwrap();
     assert_eq!(m2.message.text, "get your 🎁 FREE   Nitro at scam dot link");
-    assert_eq!(m2.verdict.reasons[1].evidence.matched_text, "FREE   Nitro");
+    // After the hide and the softening, the rule's reason and its evidence.
+    assert_eq!(m2.verdict.reasons[2].evidence.matched_text, "FREE   Nitro");
     store.close().await;
 
     // The same user again, in a later call: no more warnings, the rule's own timeout.
@@ -249,9 +253,9 @@ async fn a_panic_deciding_one_message_degrades_only_that_verdict() {
             "{panicked:?}"
         );
         if call == 0 {
-            // The rule that panicked is skipped; the scam rule still fires (escalated to a
-            // warning, a first offence): never a silent allow.
-            assert_eq!(panicked.decision, Decision::Warn as i32, "{panicked:?}");
+            // The rule that panicked is skipped; the scam rule still fires (a first offence's
+            // warning, which hides harm): never a silent allow.
+            assert_eq!(panicked.decision, Decision::Hide as i32, "{panicked:?}");
             let ids: Vec<_> = panicked
                 .reasons
                 .iter()
@@ -343,7 +347,7 @@ async fn dry_run_decides_but_writes_nothing() {
         .expect("classify")
         .into_inner()
         .verdicts;
-    assert_eq!(verdicts[0].decision, Decision::Warn as i32);
+    assert_eq!(verdicts[0].decision, Decision::Hide as i32);
     assert!(!verdicts[0].enforced, "dry runs are never enforced");
     assert!(verdicts[0].normalized_text.is_empty(), "not asked for");
     assert_eq!(audit_count(&server).await, 0);
@@ -355,7 +359,7 @@ async fn dry_run_decides_but_writes_nothing() {
         .expect("classify")
         .into_inner()
         .verdicts;
-    assert_eq!(real[0].decision, Decision::Warn as i32);
+    assert_eq!(real[0].decision, Decision::Hide as i32);
     assert!(real[0].enforced);
     server.stop().await.expect("clean stop");
 }
@@ -579,7 +583,7 @@ async fn classify_audits_to_postgres() {
         .expect("classify")
         .into_inner()
         .verdicts;
-    assert_eq!(verdicts[0].decision, Decision::Warn as i32);
+    assert_eq!(verdicts[0].decision, Decision::Hide as i32);
     assert_eq!(verdicts[1].decision, Decision::Allow as i32);
     let store = server.store().await;
     assert_eq!(store.backend(), modbot::infra::store::Database::Postgres);
@@ -593,7 +597,7 @@ async fn classify_audits_to_postgres() {
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].message.message_id, "p1");
     assert_eq!(
-        log[0].verdict.reasons[1].evidence.matched_text,
+        log[0].verdict.reasons[2].evidence.matched_text,
         "crypto giveaway"
     );
     store.close().await;
@@ -627,7 +631,7 @@ async fn a_failed_audit_write_keeps_the_decision_and_marks_it_degraded() {
         .verdicts;
     assert_eq!(
         verdicts[0].decision,
-        Decision::Warn as i32,
+        Decision::Hide as i32,
         "the rule that fired still decides"
     );
     assert_eq!(
@@ -666,9 +670,10 @@ async fn replicas_share_user_state_through_redis() {
                 .remove(0)
         }
     };
-    // The first replica warns; the second, seeing the same heat through Redis, times out.
+    // The first replica warns (with a hide: a scam is harm); the second, seeing the same heat
+    // through Redis, times out.
     let warned = say(&first, "r1").await;
-    assert_eq!(warned.decision, Decision::Warn as i32, "{warned:?}");
+    assert_eq!(warned.decision, Decision::Hide as i32, "{warned:?}");
     assert!(warned.degraded.is_empty(), "Redis answered: {warned:?}");
     let timed_out = say(&second, "r2").await;
     assert_eq!(
@@ -698,7 +703,7 @@ async fn an_unreachable_redis_gives_degraded_verdicts_not_errors() {
         .verdicts;
     assert_eq!(
         verdicts[0].decision,
-        Decision::Warn as i32,
+        Decision::Hide as i32,
         "the rule still fires"
     );
     assert_eq!(

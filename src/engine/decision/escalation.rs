@@ -222,7 +222,8 @@ pub const HARM_HIDDEN_LABEL: &str = "harm-hidden";
 pub fn hide_harm(harm: &Reason) -> Reason {
     Reason {
         source: ReasonSource::Escalation,
-        rule_id: harm.rule_id.clone(),
+        // Rule ids name rule reasons only (stats count them); the description names the rule.
+        rule_id: String::new(),
         label: HARM_HIDDEN_LABEL.to_owned(),
         decision: Decision::Hide,
         duration: None,

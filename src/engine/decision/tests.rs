@@ -172,18 +172,15 @@ fn a_first_offence_of_harm_is_a_warning_that_hides_the_message() {
     let top = &verdict.reasons[0];
     assert_eq!(
         (top.source, top.label.as_str(), top.rule_id.as_str()),
-        (
-            ReasonSource::Escalation,
-            escalation::HARM_HIDDEN_LABEL,
-            "scam"
-        )
+        (ReasonSource::Escalation, escalation::HARM_HIDDEN_LABEL, "")
     );
     assert!(
         top.harmful
             && top
                 .description
-                .contains("a warning, and the message hidden")
+                .starts_with("a warning, and the message hidden")
     );
+    assert!(top.description.ends_with("(rule scam)"), "{top:?}");
     assert_eq!(
         verdict.reasons[1].label, "escalation",
         "the softening is reported"

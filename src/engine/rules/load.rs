@@ -496,19 +496,15 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
             .map_err(|message| place.error(&format!("notices.{key}"), message))?;
     }
     let r = &config.reputation;
-    for (key, value, range) in [
-        ("reputation.trusted_above", r.trusted_above, -1.0..=1.0),
-        ("reputation.new_below", r.new_below, -1.0..=1.0),
-        ("reputation.trusted_margin", r.trusted_margin, 0.0..=1.0),
-        ("reputation.new_margin", r.new_margin, 0.0..=1.0),
-    ] {
-        if !range.contains(&value) {
-            return Err(place.error(
-                key,
-                format!("{value} is outside [{}, {}]", range.start(), range.end()),
-            ));
-        }
-    }
+    within(
+        place,
+        [
+            ("reputation.trusted_above", r.trusted_above, -1.0..=1.0),
+            ("reputation.new_below", r.new_below, -1.0..=1.0),
+            ("reputation.trusted_margin", r.trusted_margin, 0.0..=1.0),
+            ("reputation.new_margin", r.new_margin, 0.0..=1.0),
+        ],
+    )?;
     let raid = compile_raid(&config.raid, place)?;
     if r.new_below > r.trusted_above {
         return Err(place.error(
@@ -591,27 +587,12 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
     })
 }
 
-fn compile_raid(
-    r: &super::spec::RaidSpec,
+/// Each value within its range, or an error naming the first key that is not (NaN never is).
+fn within<T: PartialOrd + std::fmt::Display, const N: usize>(
     place: &Place<'_>,
-) -> Result<super::RaidPolicy, RulesError> {
-    for (key, value, low, high) in [
-        ("raid.window_secs", r.window_secs, 1, 3_600),
-        ("raid.duration_secs", r.duration_secs, 1, 86_400),
-        ("raid.new_user_secs", r.new_user_secs, 0, 30 * 86_400),
-        ("raid.surge_users", u64::from(r.surge_users), 2, 10_000),
-        ("raid.burst_users", u64::from(r.burst_users), 2, 10_000),
-        ("raid.join_surge", u64::from(r.join_surge), 0, 100_000),
-        ("raid.min_length", u64::from(r.min_length), 0, 1_000),
-    ] {
-        if !(low..=high).contains(&value) {
-            return Err(place.error(key, format!("{value} is outside [{low}, {high}]")));
-        }
-    }
-    for (key, value, range) in [
-        ("raid.similarity", r.similarity, 0.5..=1.0),
-        ("raid.threshold_drop", r.threshold_drop, 0.0..=1.0),
-    ] {
+    checks: [(&str, T, std::ops::RangeInclusive<T>); N],
+) -> Result<(), RulesError> {
+    for (key, value, range) in checks {
         if !range.contains(&value) {
             return Err(place.error(
                 key,
@@ -619,6 +600,32 @@ fn compile_raid(
             ));
         }
     }
+    Ok(())
+}
+
+fn compile_raid(
+    r: &super::spec::RaidSpec,
+    place: &Place<'_>,
+) -> Result<super::RaidPolicy, RulesError> {
+    within(
+        place,
+        [
+            ("raid.window_secs", r.window_secs, 1..=3_600),
+            ("raid.duration_secs", r.duration_secs, 1..=86_400),
+            ("raid.new_user_secs", r.new_user_secs, 0..=30 * 86_400),
+            ("raid.surge_users", u64::from(r.surge_users), 2..=10_000),
+            ("raid.burst_users", u64::from(r.burst_users), 2..=10_000),
+            ("raid.join_surge", u64::from(r.join_surge), 0..=100_000),
+            ("raid.min_length", u64::from(r.min_length), 0..=1_000),
+        ],
+    )?;
+    within(
+        place,
+        [
+            ("raid.similarity", r.similarity, 0.5..=1.0),
+            ("raid.threshold_drop", r.threshold_drop, 0.0..=1.0),
+        ],
+    )?;
     // A timeout lasts the escalation's first timeout (the reason names no duration), a ban is
     // permanent; both climb the ladder as any reason's would.
     if r.action == Decision::Allow {
