@@ -313,6 +313,43 @@ async fn the_committed_heads_serve_out_of_the_box_with_their_version_and_metrics
     assert!((sentiment - 1.0).abs() < 1e-4, "{friendly:?}");
     assert!(friendly.scores["sentiment/positive"] > friendly.scores["sentiment/negative"]);
     assert!(friendly.scores["spam/spam"] < 0.5, "{friendly:?}");
+
+    // The spam label holds (the shipped policy); a moderator's approval teaches the head a
+    // negative example of the label that fired.
+    let held = server
+        .moderation()
+        .classify(classify(&[
+            "URGENT! You have won a 1 week FREE membership in our 100,000 prize jackpot! Txt \
+             the word WIN to 80086 now",
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdicts
+        .remove(0);
+    assert_eq!(held.decision, Decision::Hold as i32, "{held:?}");
+    assert!(
+        held.reasons
+            .iter()
+            .any(|r| r.label == "spam/spam" && !r.shadow),
+        "{held:?}"
+    );
+    server
+        .review()
+        .resolve_review(modbot::proto::ResolveReviewRequest {
+            id: held.review_id.clone(),
+            ruling: modbot::proto::ReviewRuling::Approve as i32,
+            moderator: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let feedback = server.store().await.feedback().await.unwrap();
+    let taught: Vec<_> = feedback
+        .iter()
+        .map(|f| (f.label.as_str(), f.positive, f.source.as_str()))
+        .collect();
+    assert_eq!(taught, [("spam/spam", false, "review_approved")]);
     server.stop().await.unwrap();
 }
 
