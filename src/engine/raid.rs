@@ -19,8 +19,8 @@
 //! bounded whatever the input: at most [`RaidPolicy::join_surge`] join times and
 //! [`MAX_LINES`] lines per channel.
 
-use std::collections::VecDeque;
-use std::time::Duration;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 use crate::engine::rules::RaidPolicy;
 use crate::engine::rules::similarity::{Profile, dice};
@@ -32,7 +32,8 @@ pub const SAMPLE_CHARS: usize = 200;
 /// Most distinct raiders counted by id; beyond it the count goes on without ids.
 const MAX_RAIDER_IDS: usize = 1024;
 
-/// One raid, as moderators are told of it.
+/// One raid, as moderators are told of it. Cheap to clone (every message in raid mode
+/// carries one to the engine): its texts are shared.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Raid {
     /// When it started, Unix milliseconds on the state clock.
@@ -40,26 +41,33 @@ pub struct Raid {
     /// When raid mode ends unless another copy comes.
     pub until_ms: i64,
     /// Why it started, in words.
-    pub trigger: String,
+    pub trigger: Arc<str>,
     /// The line that tipped it, normalised, at most [`SAMPLE_CHARS`] characters.
-    pub sample: String,
+    pub sample: Arc<str>,
     /// Distinct new users whose lines were copies of it so far.
     pub raiders: u32,
     /// Joins within the window when it started.
     pub joins: u32,
-    sample_bigrams: Vec<u64>,
-    raider_ids: Vec<String>,
 }
 
-impl Raid {
+/// A raid going on, with what the watch needs to recognise its copies.
+#[derive(Debug, Clone)]
+struct Ongoing {
+    raid: Raid,
+    sample_bigrams: Vec<u64>,
+    /// The raiders counted so far, up to [`MAX_RAIDER_IDS`].
+    raider_ids: HashSet<String>,
+}
+
+impl Ongoing {
     fn count_raider(&mut self, user_id: &str) {
-        if self.raider_ids.iter().any(|id| id == user_id) {
+        if self.raider_ids.contains(user_id) {
             return;
         }
         if self.raider_ids.len() < MAX_RAIDER_IDS {
-            self.raider_ids.push(user_id.to_owned());
+            self.raider_ids.insert(user_id.to_owned());
         }
-        self.raiders = self.raiders.saturating_add(1);
+        self.raid.raiders = self.raid.raiders.saturating_add(1);
     }
 }
 
@@ -87,7 +95,7 @@ pub struct RaidWatch {
     joins: VecDeque<i64>,
     surge_at_ms: Option<i64>,
     lines: VecDeque<Line>,
-    raid: Option<Raid>,
+    raid: Option<Ongoing>,
 }
 
 impl RaidWatch {
@@ -129,13 +137,13 @@ impl RaidWatch {
         }
         let bigrams = Profile::new(text).into_bigrams();
         let until_ms = at_ms.saturating_add(millis(policy.duration));
-        if let Some(raid) = self.raid.as_mut()
-            && dice(&raid.sample_bigrams, &bigrams) >= policy.similarity
+        if let Some(ongoing) = self.raid.as_mut()
+            && dice(&ongoing.sample_bigrams, &bigrams) >= policy.similarity
         {
-            raid.until_ms = raid.until_ms.max(until_ms);
-            raid.count_raider(user_id);
+            ongoing.raid.until_ms = ongoing.raid.until_ms.max(until_ms);
+            ongoing.count_raider(user_id);
             return Seen {
-                raid: Some(raid.clone()),
+                raid: Some(ongoing.raid.clone()),
                 copy: true,
                 started: false,
             };
@@ -170,16 +178,23 @@ impl RaidWatch {
             } else {
                 format!("{users} new users posted near-identical messages within {window}s")
             };
-            let mut raider_ids: Vec<String> = alike.iter().map(|id| (*id).to_owned()).collect();
-            raider_ids.push(user_id.to_owned());
-            raider_ids.truncate(MAX_RAIDER_IDS);
-            self.raid = Some(Raid {
-                started_ms: at_ms,
-                until_ms,
-                trigger,
-                sample: text.chars().take(SAMPLE_CHARS).collect(),
-                raiders: users,
-                joins,
+            let raider_ids = alike
+                .iter()
+                .copied()
+                .chain([user_id])
+                .take(MAX_RAIDER_IDS)
+                .map(str::to_owned)
+                .collect();
+            let sample: String = text.chars().take(SAMPLE_CHARS).collect();
+            self.raid = Some(Ongoing {
+                raid: Raid {
+                    started_ms: at_ms,
+                    until_ms,
+                    trigger: trigger.into(),
+                    sample: sample.into(),
+                    raiders: users,
+                    joins,
+                },
                 sample_bigrams: bigrams.clone(),
                 raider_ids,
             });
@@ -201,14 +216,18 @@ impl RaidWatch {
 
     /// What [`Self::message`] would say, without remembering anything (a dry run).
     pub fn peek(&self, policy: &RaidPolicy, new_user: bool, text: &str, at_ms: i64) -> Seen {
-        let Some(raid) = self.active(at_ms).filter(|_| policy.enabled) else {
+        let Some(ongoing) = self
+            .raid
+            .as_ref()
+            .filter(|o| policy.enabled && o.raid.until_ms > at_ms)
+        else {
             return Seen::default();
         };
         let copy = new_user
             && text.chars().count() >= policy.min_length as usize
-            && dice(&raid.sample_bigrams, Profile::new(text).bigrams()) >= policy.similarity;
+            && dice(&ongoing.sample_bigrams, Profile::new(text).bigrams()) >= policy.similarity;
         Seen {
-            raid: Some(raid.clone()),
+            raid: Some(ongoing.raid.clone()),
             copy,
             started: false,
         }
@@ -216,13 +235,16 @@ impl RaidWatch {
 
     /// The raid the channel is in at `at_ms`, if raid mode is on.
     pub fn active(&self, at_ms: i64) -> Option<&Raid> {
-        self.raid.as_ref().filter(|r| r.until_ms > at_ms)
+        self.raid
+            .as_ref()
+            .map(|o| &o.raid)
+            .filter(|r| r.until_ms > at_ms)
     }
 
     /// Ends raid mode if it ran out by `at_ms`: the raid that ended.
     pub fn expire(&mut self, at_ms: i64) -> Option<Raid> {
-        if self.raid.as_ref().is_some_and(|r| r.until_ms <= at_ms) {
-            self.raid.take()
+        if self.raid.as_ref().is_some_and(|o| o.raid.until_ms <= at_ms) {
+            self.raid.take().map(|o| o.raid)
         } else {
             None
         }
@@ -252,7 +274,7 @@ pub fn is_new_user(first_seen_ms: Option<i64>, now_ms: i64, policy: &RaidPolicy)
     first_seen_ms.is_none_or(|first| now_ms.saturating_sub(first) < millis(policy.new_user))
 }
 
-fn millis(duration: Duration) -> i64 {
+fn millis(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 

@@ -181,8 +181,8 @@ pub fn raid(channel: &str, raid: &crate::engine::raid::Raid) -> proto::Raid {
     let at = |ms| prost_types::Timestamp::from(crate::domain::from_unix_millis(ms));
     proto::Raid {
         channel: channel.to_owned(),
-        trigger: raid.trigger.clone(),
-        sample: raid.sample.clone(),
+        trigger: raid.trigger.to_string(),
+        sample: raid.sample.to_string(),
         raiders: raid.raiders,
         joins: raid.joins,
         started_at: Some(at(raid.started_ms)),

@@ -352,7 +352,7 @@ fn raid_reasons(inputs: &Inputs<'_>, policy: &crate::engine::rules::Policy) -> V
         shadow: policy.shadow,
         harmful: false,
         evidence: Evidence {
-            similar_text: raid.sample.clone(),
+            similar_text: raid.sample.to_string(),
             detail: format!("raid mode: {}", raid.trigger),
             ..Evidence::default()
         },
