@@ -90,16 +90,19 @@ async fn python_client_checks_health_and_classifies() {
     assert_eq!(verdicts.len(), 2);
     assert_eq!(verdicts[0]["decision"], "DECISION_ALLOW");
     assert_eq!(verdicts[0]["channel"], "strims");
-    // A first offence: the rule's timeout becomes a warning, and both reasons are shown.
-    assert_eq!(verdicts[1]["decision"], "DECISION_WARN");
+    // A first offence: the rule's timeout becomes a warning, carried out as a hide (a scam is
+    // harmful), and every reason is shown: the hide, the softening, the rule.
+    assert_eq!(verdicts[1]["decision"], "DECISION_HIDE");
+    assert_eq!(verdicts[1]["reasons"][0]["label"], "harm-hidden");
+    assert_eq!(verdicts[1]["reasons"][0]["harmful"], true);
     assert_eq!(
-        verdicts[1]["reasons"][0]["source"],
+        verdicts[1]["reasons"][1]["source"],
         "REASON_SOURCE_ESCALATION"
     );
-    assert_eq!(verdicts[1]["reasons"][1]["ruleId"], "scam-giveaway");
-    assert_eq!(verdicts[1]["reasons"][1]["duration"], "600s");
+    assert_eq!(verdicts[1]["reasons"][2]["ruleId"], "scam-giveaway");
+    assert_eq!(verdicts[1]["reasons"][2]["duration"], "600s");
     assert_eq!(
-        verdicts[1]["reasons"][1]["evidence"]["matchedText"],
+        verdicts[1]["reasons"][2]["evidence"]["matchedText"],
         "FREE NITRO"
     );
     server.stop().await.expect("clean stop");
