@@ -246,6 +246,14 @@ def build() -> dict:
         (rate("modbot_bridge_commands_repeated_total"), "answered from memory (repeats)"),
     ], unit="ops", w=12)
     b.panel("Throttled by the chat", [(rate("modbot_bridge_throttled_total", "pod"), "{{pod}}")], unit="ops", w=12)
+    b.panel("Raid mode (bridges)", [
+        (f"sum by (ended) (increase(modbot_bridge_raid_alerts_total{sel()}[{RATE}]))", "alerts, ended={{ended}}"),
+        (f"sum by (on, sent) (increase(modbot_bridge_subonly_total{sel()}[{RATE}]))", "SUBONLY on={{on}} sent={{sent}}"),
+    ], w=12, description="Raid alerts the bridges got, and the subscriber-only changes they asked of the chat.")
+    b.panel("Channels in raid mode", [
+        (f"sum by (channel) (modbot_raid_active{sel()})", "{{channel}}"),
+        (f"sum(increase(modbot_raids_total{sel()}[{RATE}]))", "raids started"),
+    ], w=12, description="1 while a channel is in raid mode on a replica ([policy.raid]).")
 
     def variable(name: str, label: str, query: str, *, multi: bool) -> dict:
         return {
