@@ -149,8 +149,14 @@ impl RaidWatch {
             };
         }
         let mut alike: Vec<&str> = Vec::new();
+        // Lengths alone bound the similarity: most lines are skipped before any merge.
+        let reachable = |other: usize| {
+            let (a, b) = (bigrams.len(), other);
+            (2 * a.min(b)) as f64 >= policy.similarity * (a + b) as f64
+        };
         for line in &self.lines {
             if line.user_id != user_id
+                && reachable(line.bigrams.len())
                 && !alike.contains(&line.user_id.as_str())
                 && dice(&line.bigrams, &bigrams) >= policy.similarity
             {
