@@ -283,14 +283,28 @@ impl Moderator {
         } else {
             let new_user =
                 crate::engine::raid::is_new_user(history.first_seen_ms, now_ms, &policy.raid);
-            self.raids.message(
-                &message.channel,
-                &policy.raid,
-                (&message.user_id, new_user),
-                &normalized.text,
-                now_ms,
-                !options.dry_run,
-            )
+            // Under the guard, as deciding is: a panic here (a bug) costs this message raid
+            // mode, never its verdict.
+            crate::guard::catch(|| {
+                self.raids.message(
+                    &message.channel,
+                    &policy.raid,
+                    (&message.user_id, new_user),
+                    &normalized.text,
+                    now_ms,
+                    !options.dry_run,
+                )
+            })
+            .unwrap_or_else(|panicked| {
+                tracing::error!(
+                    channel = %message.channel,
+                    message_id = %message.message_id,
+                    at = %panicked.location,
+                    "raid detection panicked on a message: decided without raid mode"
+                );
+                metrics::counter!(DECISION_PANICS, "stage" => "raid").increment(1);
+                crate::engine::raid::Seen::default()
+            })
         };
         let decided = crate::guard::catch(|| {
             engine.decide(
