@@ -64,8 +64,10 @@ async fn python_client_checks_health_and_classifies() {
     let server = TestServer::start(|_| {}).await;
     let addr = server.addr.to_string();
     let example = root.join("clients/python/example.py");
+    let first = python.clone();
+    let first_generated = generated.path().to_owned();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(&python)
+        Command::new(&first)
             .arg(example)
             .args([
                 "--addr",
@@ -75,7 +77,7 @@ async fn python_client_checks_health_and_classifies() {
                 "hi from python",
                 "FREE NITRO giveaway",
             ])
-            .env("PYTHONPATH", generated.path())
+            .env("PYTHONPATH", &first_generated)
             .output()
             .expect("run example.py")
     })
@@ -104,6 +106,56 @@ async fn python_client_checks_health_and_classifies() {
     assert_eq!(
         verdicts[1]["reasons"][2]["evidence"]["matchedText"],
         "FREE NITRO"
+    );
+    server.stop().await.expect("clean stop");
+
+    // Against a server with TLS and tokens: the token from MODBOT_TOKEN, the CA from a file.
+    let pki = common::Pki::generate();
+    let server = TestServer::start_tls(
+        |config| {
+            pki.serve_tls(config, false);
+            config.auth.tokens = "classifier py-tools python-token-3c8e1f07".into();
+        },
+        pki.client(),
+    )
+    .await;
+    let addr = format!("localhost:{}", server.addr.port());
+    let run = |token: Option<&'static str>| {
+        let python = python.clone();
+        let example = root.join("clients/python/example.py");
+        let generated = generated.path().to_owned();
+        let addr = addr.clone();
+        let ca = pki.path("ca.pem");
+        tokio::task::spawn_blocking(move || {
+            let mut command = Command::new(&python);
+            command
+                .arg(example)
+                .args(["--addr", &addr, "--ca-file"])
+                .arg(ca)
+                .arg("hello over TLS")
+                .env("PYTHONPATH", generated)
+                .env_remove("MODBOT_TOKEN");
+            if let Some(token) = token {
+                command.env("MODBOT_TOKEN", token);
+            }
+            command.output().expect("run example.py")
+        })
+    };
+    let output = run(Some("python-token-3c8e1f07")).await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "example.py with TLS and a token failed: {stderr}"
+    );
+    let printed: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("example.py prints JSON");
+    assert_eq!(printed["verdicts"][0]["decision"], "DECISION_ALLOW");
+    let refused = run(None).await.unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("UNAUTHENTICATED"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
     );
     server.stop().await.expect("clean stop");
 }

@@ -64,6 +64,29 @@ impl Server {
         )
     }
 
+    /// Connects to the server `bridge` names, or to `url` instead of its `server_url` (a
+    /// command's `--server-url`): the server and the connection, or an error naming the URL.
+    pub async fn connect_to(
+        bridge: &BridgeConfig,
+        url: Option<&str>,
+    ) -> anyhow::Result<(Self, Channel)> {
+        let mut bridge = bridge.clone();
+        if let Some(url) = url {
+            bridge.server_url = url.to_owned();
+        }
+        let shown = crate::config::redact_url(&bridge.server_url);
+        if !(shown.starts_with("http://") || shown.starts_with("https://")) {
+            anyhow::bail!("bridge.server_url: `{shown}` is not an http:// or https:// URL");
+        }
+        let server = Self::from_config(&bridge)?;
+        let channel = server.connect().await.map_err(|error| {
+            anyhow::Error::new(error).context(format!(
+                "cannot connect to the modbot server at {shown} (bridge.server_url)"
+            ))
+        })?;
+        Ok((server, channel))
+    }
+
     /// The same server with other keepalive timings.
     #[must_use]
     pub fn with_keepalive(mut self, keepalive: Keepalive) -> Self {
@@ -121,18 +144,23 @@ impl Server {
         self.endpoint.connect().await
     }
 
+    /// `request` with the bearer token, if there is one.
+    pub fn authorize<T>(&self, mut request: tonic::Request<T>) -> tonic::Request<T> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
+    }
+
     /// Opens a `StreamModerate` stream on `channel` carrying `requests`.
     pub async fn stream_moderate(
         &self,
         channel: Channel,
         requests: impl tokio_stream::Stream<Item = StreamModerateRequest> + Send + 'static,
     ) -> Result<tonic::Streaming<StreamModerateResponse>, tonic::Status> {
-        let mut request = tonic::Request::new(requests);
-        if let Some(value) = &self.authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
+        let request = self.authorize(tonic::Request::new(requests));
         let response = ModerationClient::new(channel)
             .stream_moderate(request)
             .await?;

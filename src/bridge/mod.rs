@@ -17,6 +17,7 @@
 //! has not taken yet, bounded.
 
 pub mod chat;
+pub mod classify;
 pub mod client;
 pub mod executor;
 pub mod link;

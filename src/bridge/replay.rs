@@ -953,20 +953,13 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
 /// them were answered).
 pub async fn run(config: &crate::config::Config, args: &ReplayArgs) -> anyhow::Result<Summary> {
     let input = open_input(&args.file)?;
-    let mut bridge = config.bridge.clone();
-    if let Some(url) = &args.server_url {
-        bridge.server_url.clone_from(url);
-    }
-    let url = crate::config::redact_url(&bridge.server_url);
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        bail!("bridge.server_url: `{url}` is not an http:// or https:// URL");
-    }
-    let server = Server::from_config(&bridge)?;
-    let connection = server.connect().await.map_err(|error| {
-        anyhow::Error::new(error).context(format!(
-            "cannot connect to the modbot server at {url} (bridge.server_url)"
-        ))
-    })?;
+    let (server, connection) =
+        Server::connect_to(&config.bridge, args.server_url.as_deref()).await?;
+    let url = crate::config::redact_url(
+        args.server_url
+            .as_deref()
+            .unwrap_or(&config.bridge.server_url),
+    );
 
     let bridge_id = args
         .bridge_id
