@@ -68,7 +68,7 @@ impl From<ReloadError> for ServeError {
 /// The name of the model in gRPC health: `SERVING` while the model scores (or runs without
 /// heads), `NOT_SERVING` when it is off or failed (decisions are then rules-only; the
 /// Moderation service itself stays `SERVING`).
-pub const MODEL_HEALTH_NAME: &str = "modbot.model";
+pub const MODEL_HEALTH_NAME: &str = grpc::MODEL_HEALTH_NAME;
 
 /// Keeps the model's health entry in step with its status.
 async fn report_model_health(
@@ -98,7 +98,18 @@ async fn report_model_health(
     }
 }
 
-/// Runs modbot's gRPC server on `listener` until `shutdown` completes.
+/// Runs modbot's gRPC server on `listener` until `shutdown` completes, without the HTTP edge
+/// (see [`serve_with_http`]).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    serve_with_http(config, listener, None, shutdown).await
+}
+
+/// Runs modbot's gRPC server on `listener`, and the HTTP edge (console, JSON API) on `http`
+/// when given, until `shutdown` completes.
 ///
 /// Start-up connects to the database (retrying up to `database.connect_timeout_secs`, then
 /// failing with [`ServeError::Store`]) and applies migrations, then seeds an empty database
@@ -108,9 +119,10 @@ async fn report_model_health(
 /// whole shutdown fits in `grpc.shutdown_grace_secs`: in-flight calls get all of it but a
 /// reserve (a quarter, at most 5 s), and the audit writer, the background tasks and the database
 /// pool share what is left until the same deadline.
-pub async fn serve(
+pub async fn serve_with_http(
     config: Config,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let credentials = config.auth.credentials()?;
@@ -122,6 +134,12 @@ pub async fn serve(
             .local_addr()
             .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         crate::config::refuse_open_bind(bound)?;
+        if let Some(http) = &http {
+            crate::config::refuse_open_bind(
+                http.local_addr()
+                    .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+            )?;
+        }
         tracing::warn!(%bound, "no auth tokens: every caller is trusted; only loopback");
     } else {
         let names: Vec<&str> = credentials.iter().map(|c| c.name.as_str()).collect();
@@ -161,6 +179,7 @@ pub async fn serve(
         rules: rule_source,
         review_queue: crate::service::review::ReviewQueue::new(),
         notices: crate::service::notices::NoticeLimiter::new(),
+        feed: crate::service::feed::DecisionFeed::new(),
         stopping: tokio::sync::watch::Sender::new(false),
     });
     let reload = ReloadTask::spawn(Arc::clone(&app));
@@ -196,6 +215,39 @@ pub async fn serve(
         }
         stream
     });
+    let routes = grpc::routes(Arc::clone(&app))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha);
+    let auth = grpc::auth::AuthLayer::new(credentials);
+    let http_task = http.map(|listener| {
+        let http_addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let stack = tower::ServiceBuilder::new()
+            .map_response(|response: http::Response<_>| response.map(tonic::body::Body::new))
+            .layer(grpc::metrics::MetricsLayer)
+            .layer(grpc::trace::TraceLayer)
+            .layer(auth.clone())
+            .service(routes.clone());
+        let state = crate::edge::http::HttpState::new(
+            &app.config.http,
+            tower::util::BoxCloneSyncService::new(stack),
+            auth.authenticator(),
+        );
+        let router = crate::edge::http::router(state, app.max_request_bytes());
+        let mut stopping = app.stopping.subscribe();
+        tracing::info!(addr = %http_addr, "console and JSON API on http://{http_addr}/");
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+            };
+            if let Err(error) = crate::edge::http::serve(listener, router, stop).await {
+                tracing::error!(%error, "the HTTP server failed");
+            }
+        })
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
@@ -219,11 +271,8 @@ pub async fn serve(
         // Outermost, so calls the auth layer refuses are counted too.
         .layer(grpc::metrics::MetricsLayer)
         .layer(grpc::trace::TraceLayer)
-        .layer(grpc::auth::AuthLayer::new(credentials))
-        .add_routes(grpc::routes(Arc::clone(&app)))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
+        .layer(auth)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
@@ -261,6 +310,19 @@ pub async fn serve(
     };
     // The server failed by itself: the same budget for the rest, from now.
     let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + grace);
+    app.stopping.send_replace(true);
+    if let Some(mut http_task) = http_task {
+        // Its calls had the same share as gRPC's; what still runs (a stream a browser holds
+        // open) is dropped, with the services it holds.
+        let share = tokio::time::Instant::now().max(deadline - (grace - calls_share(grace)));
+        if tokio::time::timeout_at(share, &mut http_task)
+            .await
+            .is_err()
+        {
+            http_task.abort();
+            let _ = http_task.await;
+        }
+    }
     // Streams still running past their share of the grace hold the last writers: let go of
     // ours and give the writer the rest of the budget to drain what was queued.
     drop(server);

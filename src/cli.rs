@@ -55,6 +55,16 @@ enum Command {
         #[command(flatten)]
         replay: crate::bridge::replay::ReplayArgs,
     },
+    /// Ask a running server for one message's verdict and print it with its reasons (a dry
+    /// run unless --record). The server, its token and CA come from [bridge] (server_url,
+    /// server_token or MODBOT_BRIDGE_SERVER_TOKEN, server_ca_file); the token needs the
+    /// classifier or admin role.
+    Classify {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        classify: crate::bridge::classify::ClassifyArgs,
+    },
 }
 
 /// `modbot bridge`. Each flag is a shorthand for `--set bridge.KEY=VALUE`; the tokens have
@@ -222,6 +232,9 @@ struct ConfigArgs {
     /// grpc.addr: address to listen on.
     #[arg(long, value_name = "HOST:PORT")]
     grpc_addr: Option<String>,
+    /// http.addr: the console and JSON API's address ("" for none).
+    #[arg(long, value_name = "HOST:PORT")]
+    http_addr: Option<String>,
     /// metrics.addr: Prometheus endpoint address ("" for none).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
@@ -258,6 +271,7 @@ impl ConfigArgs {
         let mut overrides = extra;
         for (key, value) in [
             ("grpc.addr", &self.grpc_addr),
+            ("http.addr", &self.http_addr),
             ("metrics.addr", &self.metrics_addr),
             ("database.url", &self.database_url),
             ("redis.url", &self.redis_url),
@@ -290,7 +304,8 @@ pub fn main() -> ExitCode {
     | Command::Train(TrainArgs { config: args, .. })
     | Command::Eval(EvalArgs { config: args, .. })
     | Command::Bridge(BridgeArgs { config: args, .. })
-    | Command::Replay { config: args, .. }) = &cli.command;
+    | Command::Replay { config: args, .. }
+    | Command::Classify { config: args, .. }) = &cli.command;
     let loaded = match &cli.command {
         Command::Bridge(bridge) => bridge.load(),
         _ => args.load(),
@@ -368,6 +383,14 @@ pub fn main() -> ExitCode {
                 }
             }
             Command::Replay { replay, .. } => run_replay(&config, &replay).await,
+            Command::Classify { classify, .. } => {
+                use std::io::Write as _;
+                let text = crate::bridge::classify::run(&config, &classify).await?;
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(text.as_bytes())?;
+                stdout.flush()?;
+                Ok(())
+            }
             Command::Config(_) | Command::FetchModel { .. } | Command::Eval(_) => {
                 unreachable!("handled before the runtime starts")
             }
@@ -383,22 +406,45 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Serves Prometheus metrics on `metrics.addr`, when set.
-fn install_metrics(config: &Config) -> anyhow::Result<()> {
+/// Records Prometheus metrics when anything will serve them: on `metrics.addr` (its own
+/// listener, open to scrapers), and for `serve` on the HTTP edge's `/metrics` too
+/// (`with_http_edge`).
+fn install_metrics(config: &Config, with_http_edge: bool) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
     if let Some(addr) = config.metrics.addr {
-        crate::telemetry::prometheus_builder()
+        let (recorder, exporter) = crate::telemetry::prometheus_builder()
             .with_http_listener(addr)
-            .install()
+            .build()
             .with_context(|| format!("cannot serve metrics on {addr} (metrics.addr)"))?;
+        crate::telemetry::set_prometheus_handle(recorder.handle());
+        metrics::set_global_recorder(recorder)
+            .context("a metrics recorder is already installed")?;
+        tokio::spawn(async move {
+            if let Err(error) = exporter.await {
+                tracing::error!(?error, "the metrics endpoint stopped");
+            }
+        });
         tracing::info!(%addr, "metrics on /metrics");
+    } else if with_http_edge && config.http.addr.is_some() {
+        let handle = crate::telemetry::prometheus_builder()
+            .install_recorder()
+            .context("cannot install the metrics recorder")?;
+        crate::telemetry::set_prometheus_handle(handle.clone());
+        // Without the exporter's own listener, nothing else drains the histograms' buffers.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
     }
     Ok(())
 }
 
 async fn run_bridge(config: Config) -> anyhow::Result<()> {
-    install_metrics(&config)?;
+    install_metrics(&config, false)?;
     crate::bridge::run(&config, shutdown_signal()).await?;
     Ok(())
 }
@@ -406,12 +452,20 @@ async fn run_bridge(config: Config) -> anyhow::Result<()> {
 async fn run_serve(config: Config) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
-    install_metrics(&config)?;
+    install_metrics(&config, true)?;
     let addr = config.grpc.addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (grpc.addr)"))?;
-    crate::app::serve(config, listener, shutdown_signal()).await?;
+    let http = match config.http.addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (http.addr)"))?,
+        ),
+        None => None,
+    };
+    crate::app::serve_with_http(config, listener, http, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -29,6 +29,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The gRPC server.
     pub grpc: GrpcConfig,
+    /// The HTTP server: console, JSON API.
+    pub http: HttpConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
     /// The database.
@@ -410,6 +412,30 @@ impl GrpcConfig {
     /// Whether the server speaks TLS (`tls_cert_file` and `tls_key_file` are set).
     pub fn tls_enabled(&self) -> bool {
         !self.tls_cert_file.as_os_str().is_empty()
+    }
+}
+
+/// `[http]`: the moderator console and the JSON API (`edge::http`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP server; `None` (an empty string in the file) serves none.
+    #[serde(deserialize_with = "empty_as_none", serialize_with = "none_as_empty")]
+    pub addr: Option<SocketAddr>,
+    /// How long a console session lasts after login.
+    pub session_ttl_secs: u64,
+    /// Most console sessions held at once.
+    pub max_sessions: u32,
+    /// Failed logins allowed per client address per minute.
+    pub login_attempts_per_minute: u32,
+    /// Whether the session cookie is always marked `Secure`.
+    pub secure_cookies: bool,
+}
+
+impl HttpConfig {
+    /// [`Self::session_ttl_secs`] as a duration.
+    pub fn session_ttl(&self) -> Duration {
+        Duration::from_secs(self.session_ttl_secs)
     }
 }
 
@@ -922,10 +948,38 @@ impl Config {
                 format!("{} is outside 1..=10000", retention.batch_rows),
             ));
         }
+        for (key, value, range) in [
+            (
+                "http.session_ttl_secs",
+                self.http.session_ttl_secs,
+                60..=604_800,
+            ),
+            (
+                "http.max_sessions",
+                u64::from(self.http.max_sessions),
+                1..=100_000,
+            ),
+            (
+                "http.login_attempts_per_minute",
+                u64::from(self.http.login_attempts_per_minute),
+                1..=1_000,
+            ),
+        ] {
+            if !range.contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("{value} is outside {}..={}", range.start(), range.end()),
+                ));
+            }
+        }
         self.validate_tls()?;
-        // Reads auth.tokens_file: which tokens exist decides whether grpc.addr is allowed.
+        // Reads auth.tokens_file: which tokens exist decides whether grpc.addr and http.addr
+        // are allowed.
         if self.auth.credentials()?.is_empty() {
             refuse_open_bind(self.grpc.addr)?;
+            if let Some(addr) = self.http.addr {
+                refuse_open_bind(addr)?;
+            }
         }
         Ok(())
     }
@@ -1598,8 +1652,8 @@ pub fn refuse_open_bind(addr: SocketAddr) -> Result<(), ConfigError> {
     Err(ConfigError::Invalid {
         key: "auth.tokens".to_owned(),
         message: format!(
-            "no auth tokens are configured (auth.tokens, auth.tokens_file) and grpc.addr {addr} \
-             is not a loopback address: every caller would be trusted. Configure tokens, or \
+            "no auth tokens are configured (auth.tokens, auth.tokens_file) and {addr} (grpc.addr \
+             or http.addr) is not a loopback address: every caller would be trusted. Configure tokens, or \
              bind 127.0.0.1 / [::1]"
         ),
     })

@@ -136,6 +136,12 @@ const OWNED_CRATES: &[(&str, &[&str], &str)] = &[
         &["edge", "proto", "app", "bridge"],
         "only the edges, their wiring and the bridge know protobuf",
     ),
+    ("axum", &["edge::http"], "only the HTTP edge serves HTTP"),
+    (
+        "prost_reflect",
+        &["edge::http"],
+        "only the HTTP edge turns JSON into protobuf",
+    ),
     (
         "tokio_tungstenite",
         &["bridge"],

@@ -59,6 +59,20 @@ pub const BATCH_TOKENS_BUCKETS: [f64; 10] = [
     16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
 ];
 
+/// The process's Prometheus recorder, once installed: `/metrics` on the HTTP edge renders it.
+static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// Keeps `handle` for [`prometheus_handle`]; the first one installed wins.
+pub fn set_prometheus_handle(handle: metrics_exporter_prometheus::PrometheusHandle) {
+    let _ = PROMETHEUS.set(handle);
+}
+
+/// The installed Prometheus recorder's handle, if any.
+pub fn prometheus_handle() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    PROMETHEUS.get()
+}
+
 /// The Prometheus exporter's builder with modbot's histogram buckets: every histogram
 /// (`*_seconds`, the model's batch sizes) is exported as a Prometheus histogram, so replicas
 /// can be aggregated, never as a per-process summary.

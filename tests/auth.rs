@@ -69,6 +69,7 @@ const TABLE: &[(&str, &[&str])] = &[
     ("/modbot.v1.Admin/GetUser", &["moderator", "admin"]),
     ("/modbot.v1.Admin/Nuke", &["moderator", "admin"]),
     ("/modbot.v1.Admin/Aegis", &["moderator", "admin"]),
+    ("/modbot.v1.Admin/WatchDecisions", &["moderator", "admin"]),
     (
         "/modbot.v1.Admin/GetModelInfo",
         &["classifier", "bridge", "moderator", "admin"],
@@ -835,6 +836,12 @@ fn the_binary_refuses_open_binds_and_redacts_tokens() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
+    // The console's address is held to the same rule.
+    let output = modbot_command(&["serve", "--http-addr", "0.0.0.0:0", "--metrics-addr", ""])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("error: configuration") && stderr.contains("auth.tokens"),
         "{stderr}"
@@ -1093,4 +1100,62 @@ async fn only_a_bridges_joins_count_toward_a_raid() {
     let last = reported.last().unwrap();
     assert_eq!(last.decision, proto::Decision::Hide as i32, "{reported:?}");
     assert_eq!(last.reasons[0].label, "raid", "{last:?}");
+}
+
+/// The JSON API answers every role exactly as gRPC does: the same table, through HTTP. A
+/// server stream is opened as Server-Sent Events (its refusal comes before the first event).
+#[tokio::test]
+async fn every_json_method_answers_each_role_as_the_table_says() {
+    let server = server_with_tokens().await;
+    for (method, allowed) in TABLE {
+        if *method == "/modbot.v1.Moderation/StreamModerate" {
+            // Both directions stream: gRPC only, refused by the HTTP edge before auth.
+            let reply = server
+                .http()
+                .with_bearer("admin-secret-7d41c0e99b3f")
+                .post(method, &serde_json::json!({}))
+                .await;
+            assert_eq!(reply.status, 501, "{method}: {}", reply.text);
+            continue;
+        }
+        let streams = method.contains("/Watch");
+        let anonymous = if streams {
+            server.http().events(method).await.0
+        } else {
+            server
+                .http()
+                .post(method, &serde_json::json!({}))
+                .await
+                .status
+        };
+        assert_eq!(anonymous, 401, "{method} without a token");
+        for (roles, name, token) in TOKENS {
+            let may = roles.split(',').any(|role| allowed.contains(&role));
+            let client = server.http().with_bearer(token);
+            let (status, body) = if streams {
+                let (status, _events) = client.events(method).await;
+                (status, String::new())
+            } else {
+                let reply = client.post(method, &serde_json::json!({})).await;
+                assert!(
+                    !reply.text.contains(token),
+                    "a token leaked into {}",
+                    reply.text
+                );
+                (reply.status, reply.text)
+            };
+            if may {
+                assert!(
+                    status != 401 && status != 403,
+                    "{name} ({roles}) may call {method} over JSON, got {status} {body}"
+                );
+            } else {
+                assert_eq!(
+                    status, 403,
+                    "{name} ({roles}) may not call {method}: {body}"
+                );
+            }
+        }
+    }
+    server.stop().await.unwrap();
 }

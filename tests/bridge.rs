@@ -109,6 +109,8 @@ impl Bridge {
 /// can stop it and start it again where the bridge expects it.
 struct Modbot {
     addr: SocketAddr,
+    /// Its HTTP edge: the console and the JSON API.
+    http_addr: SocketAddr,
     channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), modbot::app::ServeError>>,
@@ -139,15 +141,25 @@ impl Modbot {
             }
         };
         let addr = listener.local_addr().expect("bound");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let http_addr = http.local_addr().expect("bound");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(modbot::serve(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(modbot::app::serve_with_http(
+            config,
+            listener,
+            Some(http),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("a URI")
             .connect_lazy();
         Self {
             addr,
+            http_addr,
             channel,
             stop: Some(stop),
             task,
@@ -1517,4 +1529,503 @@ async fn a_blackholed_connection_loses_no_action_and_acts_once() {
     assert!(proxy.dropped_bytes() > 0, "the blackhole swallowed traffic");
     bridge.stop().await;
     modbot.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The console in a real browser: Debian's Chromium through chromedriver (scripts/browser-setup
+// installs both), driving the page a moderator uses against a real server, bridge and chat.
+
+mod browser {
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use fantoccini::{Client, ClientBuilder, Locator};
+
+    const CHROMIUM: &str = "/usr/bin/chromium";
+    const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+    /// A headless Chromium session; the driver is killed when this is dropped.
+    pub struct Browser {
+        pub client: Client,
+        driver: Child,
+        shots: PathBuf,
+        _profile: tempfile::TempDir,
+    }
+
+    impl Browser {
+        /// A browser, or `None` after saying the test is SKIPPED (a failure when
+        /// MODBOT_TEST_REQUIRE_SERVICES is set: CI installs it).
+        pub async fn start(test: &str) -> Option<Self> {
+            if !(std::path::Path::new(CHROMIUM).exists()
+                && std::path::Path::new(CHROMEDRIVER).exists())
+            {
+                assert!(
+                    std::env::var_os(super::common::REQUIRE_SERVICES_ENV).is_none(),
+                    "MODBOT_TEST_REQUIRE_SERVICES is set but {CHROMIUM} or {CHROMEDRIVER} is \
+                     missing (scripts/browser-setup installs them)"
+                );
+                eprintln!("SKIPPED {test}: no Chromium (run scripts/browser-setup)");
+                return None;
+            }
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let driver = Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver starts");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                assert!(Instant::now() < deadline, "chromedriver never listened");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let profile = tempfile::tempdir().expect("a profile directory");
+            let mut capabilities = serde_json::Map::new();
+            capabilities.insert(
+                "goog:chromeOptions".into(),
+                serde_json::json!({
+                    "binary": CHROMIUM,
+                    "args": [
+                        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                        "--disable-quic", "--no-first-run", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+                        format!("--user-data-dir={}", profile.path().display()),
+                    ],
+                }),
+            );
+            let client =
+                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                    .capabilities(capabilities)
+                    .connect(&format!("http://127.0.0.1:{port}"))
+                    .await
+                    .expect("a WebDriver session");
+            let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+            std::fs::create_dir_all(&shots).expect("a screenshot directory");
+            Some(Self {
+                client,
+                driver,
+                shots,
+                _profile: profile,
+            })
+        }
+
+        /// Saves a screenshot as `name.png` (in the target directory's test scratch space).
+        pub async fn shot(&self, name: &str) {
+            let png = self.client.screenshot().await.expect("a screenshot");
+            std::fs::write(self.shots.join(format!("{name}.png")), png).expect("saved");
+        }
+
+        /// The element at `css`, waiting up to 15 s for it.
+        pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match self.client.find(Locator::Css(css)).await {
+                    Ok(element) => return element,
+                    Err(error) => {
+                        assert!(Instant::now() < deadline, "no {css}: {error}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+
+        pub async fn click(&self, css: &str) {
+            self.find(css)
+                .await
+                .click()
+                .await
+                .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        }
+
+        pub async fn type_into(&self, css: &str, text: &str) {
+            let element = self.find(css).await;
+            element.clear().await.expect("cleared");
+            element.send_keys(text).await.expect("typed");
+        }
+
+        /// Waits up to 15 s until the text of `css` contains `wanted`; returns the text.
+        pub async fn wait_text(&self, css: &str, wanted: &str) -> String {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let text = match self.client.find(Locator::Css(css)).await {
+                    Ok(element) => element.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                if text.contains(wanted) {
+                    return text;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{css} never said `{wanted}`: `{text}`"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        /// Runs `script` in the page and returns its value.
+        pub async fn eval(&self, script: &str) -> serde_json::Value {
+            self.client
+                .execute(script, Vec::new())
+                .await
+                .unwrap_or_else(|e| panic!("script failed: {e}"))
+        }
+
+        /// Presses `keys` with nothing focused but the page (the console's shortcuts).
+        pub async fn press(&self, keys: &str) {
+            self.find("body")
+                .await
+                .send_keys(keys)
+                .await
+                .expect("keys sent");
+        }
+
+        /// Every form control of the page without a label (accessibility basics).
+        pub async fn unlabelled(&self) -> serde_json::Value {
+            self.eval(
+                "return [...document.querySelectorAll('input, select, textarea')]\
+                 .filter(e => !e.labels || e.labels.length === 0).map(e => e.id || e.outerHTML);",
+            )
+            .await
+        }
+    }
+
+    impl Drop for Browser {
+        fn drop(&mut self) {
+            let _ = self.driver.kill();
+            let _ = self.driver.wait();
+        }
+    }
+}
+
+/// The moderator's day in the console, in a real browser, against a real server, bridge and
+/// destiny.gg test chat: sign in; the live feed shows a chat line; a held message is rejected
+/// with a timeout and the MUTE reaches the chat; an appeal is overturned and the reversal shows
+/// in the actions log; a nuke is previewed, confirmed and undone with aegis; a moderator cannot
+/// save a rule, an admin can and it then matches; the feed under 1,000 messages/s; sign out.
+/// Every control has a label, and the review queue works from the keyboard alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_moderates_a_test_chat_in_a_real_browser() {
+    use serde_json::json;
+
+    const ADMIN: &str = "console-admin-token-51c2";
+    const MODERATOR: &str = "console-mod-token-a93f";
+    const BRIDGE: &str = "console-bridge-token-7d0e";
+    let Some(browser) = browser::Browser::start("the_console_moderates_a_test_chat").await else {
+        return;
+    };
+    let dialect = Dialect::Dgg;
+    let chat = chat(dialect).await;
+    chat.add_user("eve-login-token", "Eve", &[]);
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let modbot = Modbot::start_with(any_port(), data.path(), |config| {
+        config.auth.tokens = format!(
+            "admin ops {ADMIN}; moderator Mod {MODERATOR}; \
+             bridge dgg-bridge {BRIDGE} bridge_ids=bridge-destinygg channels=destinygg"
+        );
+    })
+    .await;
+    let api = common::http::Http::new(modbot.http_addr).with_bearer(ADMIN);
+    let hold = api
+        .post(
+            "/admin/rules",
+            &json!({ "rule": { "id": "held-pitch", "channel": "destinygg", "action": "DECISION_HOLD",
+                "mode": "RULE_MODE_ENFORCE", "description": "Self-promotion, for a moderator to judge",
+                "phrase": { "phrases": ["check out my stream"], "syntax": "PHRASE_SYNTAX_LITERAL" } } }),
+        )
+        .await;
+    assert_eq!(hold.status, 200, "{}", hold.text);
+    let mut config = bridge_config(&chat, modbot.addr);
+    config.bridge.server_token = BRIDGE.into();
+    let bridge = Bridge::start(config);
+    let mut bob = chat.client(Some(USER_TOKEN)).await;
+    let mut spammer = chat.client(Some(SPAMMER_TOKEN)).await;
+    let mut eve = chat.client(Some("eve-login-token")).await;
+    let base = format!("http://{}", modbot.http_addr);
+
+    // Sign in as the moderator.
+    let started = Instant::now();
+    browser
+        .client
+        .goto(&format!("{base}/"))
+        .await
+        .expect("the console loads");
+    browser.find("#token").await;
+    let load = started.elapsed();
+    let unlabelled = browser.unlabelled().await;
+    assert_eq!(unlabelled, json!([]), "every control has a label");
+    browser.type_into("#token", "not-the-token-at-all").await;
+    browser.click("#sign-in").await;
+    browser.wait_text("#login-error", "not valid").await;
+    browser.shot("01-login").await;
+    browser.type_into("#token", MODERATOR).await;
+    browser.click("#sign-in").await;
+    browser.wait_text("#who", "Mod (moderator)").await;
+
+    // The live feed: a chat line appears with its verdict.
+    browser.find("#feed-rows").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        bob.say("what a play by the streamer").await;
+        if browser
+            .eval("return document.getElementById('feed-rows').textContent;")
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("what a play by the streamer"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the chat line never reached the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    browser.wait_text("#feed-rows", "allow").await;
+    assert_eq!(
+        browser.unlabelled().await,
+        json!([]),
+        "feed controls are labelled"
+    );
+    browser.shot("02-feed").await;
+
+    // The review queue, from the keyboard: the held pitch is rejected with a 5-minute timeout.
+    say_all(&mut spammer, &["check out my stream, giveaways every hour"]).await;
+    browser.press("2").await;
+    browser
+        .wait_text("#review-text", "check out my stream")
+        .await;
+    browser.wait_text("#review-detail", "held-pitch").await;
+    assert_eq!(
+        browser.unlabelled().await,
+        json!([]),
+        "review controls are labelled"
+    );
+    browser
+        .find("#review-action")
+        .await
+        .select_by_value("ACTION_KIND_TIMEOUT")
+        .await
+        .expect("a timeout");
+    browser.type_into("#review-duration", "300s").await;
+    browser
+        .find("#review-label")
+        .await
+        .select_by_value("spam")
+        .await
+        .expect("a label");
+    browser.shot("03-review").await;
+    // Focus leaves the inputs; then `r` rejects with what was chosen.
+    browser
+        .eval("document.activeElement.blur(); return null;")
+        .await;
+    browser.press("r").await;
+    browser.wait_text("#status", "Rejected").await;
+    chat.wait_for_moderations(Duration::from_secs(15), |m| {
+        mutes_of(m, "Spammer")
+            .iter()
+            .any(|m| m.duration_ns == Some(300_000_000_000))
+    })
+    .await;
+
+    // The spammer appeals (through the site's backend); the moderator overturns it.
+    let actions = api
+        .post(
+            "/modbot.v1.Actions/ListActions",
+            &json!({ "channel": "destinygg", "targetUserId": "Spammer", "kind": "ACTION_KIND_TIMEOUT" }),
+        )
+        .await;
+    let timeout_id = actions.json["actions"][0]["id"]
+        .as_str()
+        .expect("the timeout")
+        .to_owned();
+    let appeal = api
+        .post(
+            "/appeals",
+            &json!({ "actionId": timeout_id, "userId": "Spammer", "text": "it was a joke, sorry" }),
+        )
+        .await;
+    assert_eq!(appeal.status, 200, "{}", appeal.text);
+    browser.press("3").await;
+    browser.wait_text("#appeal-text", "it was a joke").await;
+    browser.wait_text("#appeal-detail", "timeout").await;
+    browser.shot("04-appeal").await;
+    browser.click("#appeal-overturn").await;
+    browser.wait_text("#status", "overturned").await;
+    chat.wait_for_moderations(Duration::from_secs(15), |m| {
+        m.iter()
+            .any(|m| m.target == "Spammer" && m.event == "UNMUTE")
+    })
+    .await;
+    // The reversal in the actions log.
+    browser.press("4").await;
+    browser.wait_text("#actions-rows", "unmute").await;
+    browser.wait_text("#actions-rows", "appeal").await;
+    browser.shot("05-actions").await;
+
+    // Nuke: preview who would be muted, confirm, then aegis.
+    say_all(&mut bob, &["the nuke phrase is bananas"]).await;
+    say_all(&mut eve, &["bananas for everyone"]).await;
+    browser.press("6").await;
+    browser.type_into("#nuke-channel", "destinygg").await;
+    browser.type_into("#nuke-pattern", "bananas").await;
+    browser.click("#nuke-preview").await;
+    let preview = browser.wait_text("#nuke-preview-count", "2 user(s)").await;
+    assert!(preview.contains("would be muted"), "{preview}");
+    assert!(
+        chat.moderations().iter().all(|m| m.target != "Eve"),
+        "a preview does nothing"
+    );
+    browser.shot("06-nuke-preview").await;
+    browser.click("#nuke-confirm").await;
+    browser.wait_text("#nuke-done", "2 user(s) muted").await;
+    chat.wait_for_moderations(Duration::from_secs(15), |m| {
+        m.iter().any(|m| m.target == "Eve" && m.event == "MUTE")
+    })
+    .await;
+    browser.click("#nuke-aegis").await;
+    browser.wait_text("#aegis-done", "2 user(s) unmuted").await;
+    chat.wait_for_moderations(Duration::from_secs(15), |m| {
+        m.iter().any(|m| m.target == "Eve" && m.event == "UNMUTE")
+    })
+    .await;
+
+    // A moderator reads rules but cannot save one.
+    browser.press("7").await;
+    browser.type_into("#rules-channel", "destinygg").await;
+    browser.click("#rules-refresh").await;
+    browser.wait_text("#rules-rows", "held-pitch").await;
+    let save = browser.find("#rule-save").await;
+    assert!(
+        !save.is_enabled().await.expect("a state"),
+        "a moderator's save is disabled"
+    );
+
+    // The feed under 1,000 messages/s for 3 s (through Classify on its own channel).
+    browser.press("1").await;
+    browser.find("#feed-rows").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let classifier = common::http::Http::new(modbot.http_addr).with_bearer(ADMIN);
+    let load_started = Instant::now();
+    let sent = feed_load(&classifier, 1_000, Duration::from_secs(3)).await;
+    let load_secs = load_started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let stats = browser.eval("return window.modbotFeedStats;").await;
+    let received = stats["received"].as_u64().unwrap_or(0) + stats["skipped"].as_u64().unwrap_or(0);
+    eprintln!(
+        "console: page load {:.0} ms; feed load: sent {sent} in {load_secs:.2} s ({:.0}/s), {stats}",
+        load.as_secs_f64() * 1e3,
+        sent as f64 / load_secs
+    );
+    assert!(
+        received >= sent,
+        "every decision reached the page or was counted skipped: {stats}"
+    );
+    let rows = browser
+        .eval("return document.getElementById('feed-rows').childElementCount;")
+        .await;
+    assert!(
+        rows.as_u64().is_some_and(|n| n <= 200),
+        "rendering is bounded: {rows}"
+    );
+    browser.shot("07-feed-load").await;
+
+    // Sign out; the admin signs in, saves a rule, and chat matches it.
+    browser.click("#logout").await;
+    browser.wait_text("#login-error", "Signed out").await;
+    browser.type_into("#token", ADMIN).await;
+    browser.click("#sign-in").await;
+    browser.wait_text("#who", "ops (admin)").await;
+    browser.press("7").await;
+    browser.type_into("#rules-channel", "destinygg").await;
+    browser.click("#rules-refresh").await;
+    browser.wait_text("#rules-rows", "held-pitch").await;
+    browser.click("#rule-new").await;
+    let editor = browser.find("#rule-json").await;
+    editor.clear().await.expect("cleared");
+    editor
+        .send_keys(r#"{"id": "no-kiwis", "channel": "destinygg", "action": "DECISION_HIDE", "mode": "RULE_MODE_ENFORCE", "phrase": {"phrases": []}}"#)
+        .await
+        .expect("typed");
+    browser.click("#rule-save").await;
+    browser.wait_text("#rule-error", "phrase").await;
+    browser.shot("08-rule-error").await;
+    editor.clear().await.expect("cleared");
+    editor
+        .send_keys(r#"{"id": "no-kiwis", "channel": "destinygg", "description": "kiwis are off topic", "action": "DECISION_HIDE", "mode": "RULE_MODE_ENFORCE", "phrase": {"phrases": ["kiwi"], "syntax": "PHRASE_SYNTAX_LITERAL"}}"#)
+        .await
+        .expect("typed");
+    browser.click("#rule-save").await;
+    browser.wait_text("#status", "Saved rule no-kiwis").await;
+    browser.wait_text("#rules-rows", "no-kiwis").await;
+    browser.shot("09-rules").await;
+    let matched = api
+        .post("/webhooks/chat-message", &json!({ "channel": "destinygg", "messageId": "k1", "userId": "Bob", "text": "i love kiwi" }))
+        .await;
+    assert_eq!(
+        matched.json["decision"], "DECISION_HIDE",
+        "{}",
+        matched.text
+    );
+
+    browser.click("#logout").await;
+    browser.wait_text("#login-error", "Signed out").await;
+    let after = browser
+        .eval("return fetch('/console/session').then(r => r.status);")
+        .await;
+    assert_eq!(after, json!(401), "the session is gone");
+    browser
+        .client
+        .clone()
+        .close()
+        .await
+        .expect("the session closes");
+    bridge.stop().await;
+    modbot.stop().await;
+}
+
+/// Classifies `per_second` messages a second for `length` on the channel `load`: a batch every
+/// twentieth of a second, each its own call so a slow answer does not hold the next batch back
+/// (at most 16 in flight); returns how many were decided.
+async fn feed_load(http: &common::http::Http, per_second: u64, length: Duration) -> u64 {
+    let batches_per_second = 20;
+    let per_batch = per_second / batches_per_second;
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / batches_per_second));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    let mut calls = tokio::task::JoinSet::new();
+    let end = Instant::now() + length;
+    let mut batch = 0u64;
+    while Instant::now() < end {
+        tick.tick().await;
+        let permit = std::sync::Arc::clone(&in_flight)
+            .acquire_owned()
+            .await
+            .expect("open");
+        let messages: Vec<_> = (0..per_batch)
+            .map(|i| {
+                serde_json::json!({ "channel": "load", "messageId": format!("l{batch}-{i}"),
+                    "userId": format!("viewer{}", i % 40), "text": format!("chat line {batch} {i} pog") })
+            })
+            .collect();
+        let http = http.clone();
+        calls.spawn(async move {
+            let reply = http
+                .post("/modbot.v1.Moderation/Classify", &serde_json::json!({ "messages": messages }))
+                .await;
+            drop(permit);
+            assert_eq!(reply.status, 200, "{}", reply.text);
+        });
+        batch += 1;
+    }
+    while let Some(call) = calls.join_next().await {
+        call.expect("a batch");
+    }
+    batch * per_batch
 }

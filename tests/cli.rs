@@ -203,6 +203,8 @@ fn an_unreachable_database_never_prints_its_password() {
         "127.0.0.1:0",
         "--metrics-addr",
         "",
+        "--http-addr",
+        "",
         "--model-dir",
         "",
         "--set",
@@ -232,6 +234,8 @@ fn serve_exits_with_a_clear_error_when_the_database_is_unreachable() {
         "--grpc-addr",
         "127.0.0.1:0",
         "--metrics-addr",
+        "",
+        "--http-addr",
         "",
         "--database-url",
         "postgres://modbot:pw@127.0.0.1:1/modbot",
@@ -268,6 +272,8 @@ fn serve_json(
         "--grpc-addr",
         "127.0.0.1:0",
         "--metrics-addr",
+        "127.0.0.1:0",
+        "--http-addr",
         "127.0.0.1:0",
         "--data-dir",
         dir.to_str().unwrap(),
@@ -587,5 +593,97 @@ async fn replay_prints_its_summary_to_stdout_and_logs_to_stderr() {
             );
         }
     }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn classify_asks_a_running_server_and_prints_the_verdict() {
+    let server = common::TestServer::start(|config| {
+        config.auth.tokens = "classifier cli-tester cli-classifier-token-6d2f".into();
+    })
+    .await;
+    let url = format!("http://{}", server.addr);
+    let run = |args: Vec<String>, token: Option<&'static str>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut command = modbot_command(&args);
+            if let Some(token) = token {
+                command.env("MODBOT_BRIDGE_SERVER_TOKEN", token);
+            }
+            command.output().expect("run modbot classify")
+        })
+    };
+    let scam = "FREE NITRO giveaway claim it at discord-gift.ru/claim";
+    let args = |extra: &[&str]| {
+        let mut args = vec![
+            "classify".to_owned(),
+            scam.to_owned(),
+            "--server-url".to_owned(),
+            url.clone(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+
+    let output = run(args(&[]), Some("cli-classifier-token-6d2f"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.starts_with("decision   hide"), "{stdout}");
+    assert!(stdout.contains("dry run"), "{stdout}");
+    assert!(stdout.contains("scam-giveaway"), "{stdout}");
+    assert!(stdout.contains("harm-hidden"), "{stdout}");
+
+    let output = run(
+        args(&["--json", "--channel", "strims"]),
+        Some("cli-classifier-token-6d2f"),
+    )
+    .await
+    .unwrap();
+    assert!(output.status.success());
+    let verdict: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(verdict["decision"], "hide", "{verdict}");
+    assert_eq!(verdict["channel"], "strims");
+    assert!(
+        verdict["reasons"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["ruleId"] == "scam-giveaway")),
+        "{verdict}"
+    );
+
+    // A dry run wrote nothing: the same text again is still a first offence (a recorded one
+    // would have put the user on the ladder, and the next would be a timeout).
+    let again = run(args(&[]), Some("cli-classifier-token-6d2f"))
+        .await
+        .unwrap();
+    let again = String::from_utf8(again.stdout).unwrap();
+    assert!(again.starts_with("decision   hide"), "{again}");
+    let recorded = run(args(&["--record"]), Some("cli-classifier-token-6d2f"))
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8(recorded.stdout)
+            .unwrap()
+            .contains("(enforced)")
+    );
+    let after = run(args(&[]), Some("cli-classifier-token-6d2f"))
+        .await
+        .unwrap();
+    let after = String::from_utf8(after.stdout).unwrap();
+    assert!(
+        after.starts_with("decision   timeout"),
+        "the recorded one counts: {after}"
+    );
+
+    // Without the token: the refusal, clearly, and a failing exit code.
+    let output = run(args(&[]), None).await.unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
     server.stop().await.unwrap();
 }

@@ -64,6 +64,7 @@ impl Modbot {
             .arg("serve")
             .args(["--grpc-addr", &format!("127.0.0.1:{port}")])
             .args(["--metrics-addr", &metrics.to_string()])
+            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
             .args(["--data-dir", &dir.path().join("data").display().to_string()]);
         let model_dir = options
             .model_dir

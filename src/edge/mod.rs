@@ -1,3 +1,4 @@
 //! The edges: they convert what arrives on the wire and call the services.
 
 pub mod grpc;
+pub mod http;

@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod audit;
 pub mod chat_actions;
+pub mod feed;
 pub mod moderate;
 pub mod notices;
 pub mod pipeline;
@@ -42,6 +43,8 @@ pub struct Services {
     pub review_queue: review::ReviewQueue,
     /// Who was told what when: the notices' rate limit.
     pub notices: notices::NoticeLimiter,
+    /// Every decision as it is made, for moderators watching.
+    pub feed: feed::DecisionFeed,
     /// Turns true when the server starts shutting down: long-lived streams finish what they
     /// read and end, so their bridges reconnect (to another replica) instead of being cut at
     /// the end of the grace period.

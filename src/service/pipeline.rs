@@ -87,10 +87,11 @@ impl Services {
                 .await;
         }
         let elapsed = received.elapsed();
-        for verdict in &mut verdicts {
+        for (message, verdict) in messages.iter().zip(&mut verdicts) {
             verdict.elapsed = elapsed;
             if !options.dry_run {
                 self.count_verdict(verdict);
+                self.feed.publish(message, verdict);
             }
         }
         Ok(verdicts)
@@ -118,6 +119,9 @@ impl Services {
                 // is then lost could never see it carried out, nor a caller follow a review
                 // item that was never written.
                 let committed = self.audit.commit(record).await;
+                // The feed shows the decision now, while its action is being committed.
+                verdict.elapsed = received.elapsed();
+                self.feed.publish(&message, &verdict);
                 return Streamed::AfterCommit { verdict, committed };
             }
             // Nothing to carry out: the record is written behind the verdict, which says so
@@ -129,6 +133,7 @@ impl Services {
         }
         verdict.elapsed = received.elapsed();
         self.count_verdict(&verdict);
+        self.feed.publish(&message, &verdict);
         Streamed::Ready(verdict)
     }
 

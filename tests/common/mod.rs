@@ -2,6 +2,7 @@
 //! throw-away PostgreSQL schemas and Redis key prefixes.
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+pub mod http;
 pub mod proxy;
 
 use std::net::SocketAddr;
@@ -232,6 +233,8 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its HTTP edge (console, JSON API) listens.
+    pub http_addr: SocketAddr,
     /// A connected channel for generated clients.
     pub channel: Channel,
     /// The configuration it runs with.
@@ -263,10 +266,19 @@ impl TestServer {
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("bound address");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let http_addr = http.local_addr().expect("bound address");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(modbot::serve(config.clone(), listener, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(modbot::app::serve_with_http(
+            config.clone(),
+            listener,
+            Some(http),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let endpoint = match tls {
             None => Channel::from_shared(format!("http://{addr}")).expect("a valid URI"),
             Some(tls) => Channel::from_shared(format!("https://{addr}"))
@@ -280,6 +292,7 @@ impl TestServer {
             .expect("connect to the test server");
         let server = Self {
             addr,
+            http_addr,
             channel,
             config,
             stop: Some(stop),
@@ -374,6 +387,11 @@ impl TestServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// A JSON client of its HTTP edge.
+    pub fn http(&self) -> http::Http {
+        http::Http::new(self.http_addr)
     }
 
     /// Shuts the server down and returns how `serve` ended.

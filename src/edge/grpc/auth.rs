@@ -143,7 +143,8 @@ pub fn access(path: &str) -> Access {
         | "/modbot.v1.Admin/GetStats"
         | "/modbot.v1.Admin/GetUser"
         | "/modbot.v1.Admin/Nuke"
-        | "/modbot.v1.Admin/Aegis" => &[Moderator],
+        | "/modbot.v1.Admin/Aegis"
+        | "/modbot.v1.Admin/WatchDecisions" => &[Moderator],
         "/modbot.v1.Admin/GetModelInfo" => &[Classifier, Bridge, Moderator],
         "/modbot.v1.Review/ListReviews" | "/modbot.v1.Review/ResolveReview" => &[Moderator],
         // A classifier sees only the items its own calls held (the handlers filter).
@@ -187,27 +188,17 @@ impl Authenticator {
         if !self.enabled() {
             return Ok(None);
         }
-        let allowed = match access(path) {
-            Access::Open => return Ok(None),
-            Access::Roles(roles) => roles,
-        };
-        let credential = self.authenticate(headers)?;
-        if !credential.roles.intersects(allowed) {
-            let message = if allowed.is_empty() {
-                format!("{path} is not a method any role may call")
-            } else {
-                format!(
-                    "{path} may be called by the roles: {allowed}; the token `{}` has: {}",
-                    credential.name, credential.roles
-                )
-            };
-            return Err(Status::permission_denied(message));
+        if access(path) == Access::Open {
+            return Ok(None);
         }
-        Ok(Some(Principal {
-            name: credential.name.clone(),
-            roles: credential.roles,
-            binding: credential.binding.clone(),
-        }))
+        let credential = self.authenticate(headers)?;
+        authorize(path, principal_of(credential)).map(Some)
+    }
+
+    /// The principal whose token is `token`, if any (a console login). Without tokens
+    /// configured, nobody is identified this way.
+    pub fn identify(&self, token: &[u8]) -> Option<Principal> {
+        self.find(token).map(principal_of)
     }
 
     /// The credential whose token `headers` carry.
@@ -239,6 +230,42 @@ impl Authenticator {
     }
 }
 
+fn principal_of(credential: &Credential) -> Principal {
+    Principal {
+        name: credential.name.clone(),
+        roles: credential.roles,
+        binding: credential.binding.clone(),
+    }
+}
+
+/// Whether `principal` may call `path`: the principal back, or `PERMISSION_DENIED` naming the
+/// roles that may.
+pub fn authorize(path: &str, principal: Principal) -> Result<Principal, Status> {
+    let allowed = match access(path) {
+        Access::Open => return Ok(principal),
+        Access::Roles(roles) => roles,
+    };
+    if principal.roles.intersects(allowed) {
+        return Ok(principal);
+    }
+    let message = if allowed.is_empty() {
+        format!("{path} is not a method any role may call")
+    } else {
+        format!(
+            "{path} may be called by the roles: {allowed}; the token `{}` has: {}",
+            principal.name, principal.roles
+        )
+    };
+    Err(Status::permission_denied(message))
+}
+
+/// A caller another edge in this process has already authenticated (a console session,
+/// `edge::http`), put in a request's extensions instead of a bearer token. Only code in this
+/// process can set extensions; nothing arriving from the network becomes one. [`AuthService`]
+/// still checks its roles against the method, as for a token.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal);
+
 /// The token of an `authorization` header value `Bearer <token>` (the scheme is
 /// case-insensitive, RFC 7235), or `None` for anything else.
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
@@ -263,6 +290,11 @@ impl AuthLayer {
         Self {
             authenticator: Arc::new(Authenticator::new(credentials)),
         }
+    }
+
+    /// The tokens this layer checks, for an edge that logs people in with them.
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        Arc::clone(&self.authenticator)
     }
 }
 
@@ -305,9 +337,12 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let decision = self
-            .authenticator
-            .check(request.uri().path(), request.headers());
+        let decision = match request.extensions_mut().remove::<Authenticated>() {
+            Some(Authenticated(principal)) => authorize(request.uri().path(), principal).map(Some),
+            None => self
+                .authenticator
+                .check(request.uri().path(), request.headers()),
+        };
         match decision {
             Ok(principal) => {
                 if let Some(principal) = principal {

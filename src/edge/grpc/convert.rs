@@ -226,6 +226,20 @@ impl From<domain::Reason> for proto::Reason {
     }
 }
 
+/// A decided message back on the wire (the live feed).
+pub fn chat_message_out(message: &domain::ChatMessage) -> proto::ChatMessage {
+    proto::ChatMessage {
+        channel: message.channel.clone(),
+        message_id: message.message_id.clone(),
+        user_id: message.user_id.clone(),
+        nick: message.nick.clone(),
+        roles: message.roles.clone(),
+        text: message.text.clone(),
+        sent_at: Some(prost_types::Timestamp::from(message.sent_at)),
+        original_text_bytes: 0,
+    }
+}
+
 impl From<domain::Verdict> for proto::Verdict {
     fn from(verdict: domain::Verdict) -> Self {
         Self {

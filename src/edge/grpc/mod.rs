@@ -34,6 +34,9 @@ use crate::proto::moderation_server::ModerationServer;
 use crate::proto::review_server::ReviewServer;
 use crate::service::Services;
 
+/// The model's name in gRPC health (see `app::MODEL_HEALTH_NAME`).
+pub const MODEL_HEALTH_NAME: &str = "modbot.model";
+
 /// Full names of the modbot services, as health and reflection report them.
 pub const SERVICE_NAMES: &[&str] = &[
     "modbot.v1.Moderation",

@@ -7,6 +7,21 @@ use tonic::Status;
 
 use crate::infra::store::{FailureKind, StoreError};
 
+/// The status metadata (trailer) naming the request field an `INVALID_ARGUMENT` is about, in
+/// proto field names (`messages[2].text`), so a client (the JSON edge among them) need not
+/// parse the message for it.
+pub const FIELD_METADATA: &str = "modbot-field";
+
+/// `INVALID_ARGUMENT` with `message`, naming `field` in its metadata.
+fn invalid_field(field: &str, message: String) -> Status {
+    let mut status = Status::invalid_argument(message);
+    // A path that cannot be a header value (never one of ours) is left out, not fatal.
+    if let Ok(value) = field.parse() {
+        status.metadata_mut().insert(FIELD_METADATA, value);
+    }
+    status
+}
+
 /// A request field that failed validation. Becomes `INVALID_ARGUMENT` with the field's path
 /// (`messages[2].text`) leading the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,7 +45,7 @@ impl FieldError {
 
 impl From<FieldError> for Status {
     fn from(error: FieldError) -> Self {
-        Status::invalid_argument(error.to_string())
+        invalid_field(&error.field, error.to_string())
     }
 }
 
@@ -53,8 +68,10 @@ impl From<StoreError> for Status {
             }
             FailureKind::InvalidData => {
                 tracing::warn!(%error, "the database refused a value");
-                Status::invalid_argument(
-                    "request: a value cannot be stored by the database; retrying will not help",
+                invalid_field(
+                    "request",
+                    "request: a value cannot be stored by the database; retrying will not help"
+                        .to_owned(),
                 )
             }
             FailureKind::Internal => {
@@ -85,6 +102,20 @@ mod tests {
     use tonic::Code;
 
     use super::*;
+
+    #[test]
+    fn a_field_error_names_its_field_in_the_metadata() {
+        let status = Status::from(FieldError::new("messages[2].text", "is required"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "messages[2].text: is required");
+        assert_eq!(
+            status
+                .metadata()
+                .get(FIELD_METADATA)
+                .map(|v| v.to_str().ok()),
+            Some(Some("messages[2].text"))
+        );
+    }
 
     #[test]
     fn only_transient_store_errors_say_retry_later() {

@@ -1,0 +1,181 @@
+//! The live feed: every decision this replica makes, as it is made, for the moderators
+//! watching (`Admin.WatchDecisions`, the console's feed).
+//!
+//! Publishing costs one atomic load while nobody watches. Watchers share one bounded
+//! broadcast ring ([`FEED_CAPACITY`] decisions): a watcher that reads too slowly is never
+//! waited for — moderation does not slow down for a browser — it skips what it missed and is
+//! told how many ([`FeedItem::skipped`]).
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::domain::{ChatMessage, Verdict};
+
+/// Decisions kept for slow watchers before they skip.
+pub const FEED_CAPACITY: usize = 4096;
+
+/// One decision: the message and its verdict.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// The message as it was decided.
+    pub message: ChatMessage,
+    /// Its verdict.
+    pub verdict: Verdict,
+}
+
+/// What a watcher receives: a decision, and how many it missed before it.
+#[derive(Debug, Clone)]
+pub struct FeedItem {
+    /// The decision.
+    pub decided: Arc<Decided>,
+    /// Decisions this watcher missed (it read too slowly) since its previous item.
+    pub skipped: u64,
+}
+
+/// The feed's ring.
+#[derive(Debug)]
+pub struct DecisionFeed {
+    tx: broadcast::Sender<Arc<Decided>>,
+}
+
+impl Default for DecisionFeed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DecisionFeed {
+    /// An empty feed.
+    pub fn new() -> Self {
+        Self {
+            tx: broadcast::Sender::new(FEED_CAPACITY),
+        }
+    }
+
+    /// Offers a decision to the watchers, if there are any.
+    pub fn publish(&self, message: &ChatMessage, verdict: &Verdict) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        let _ = self.tx.send(Arc::new(Decided {
+            message: message.clone(),
+            verdict: verdict.clone(),
+        }));
+    }
+
+    /// Sends the decisions of `channel` (every channel when `None`) to `out` until it is
+    /// closed or `stopping` turns true.
+    pub async fn watch(
+        &self,
+        channel: Option<String>,
+        out: mpsc::Sender<FeedItem>,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut rx = self.tx.subscribe();
+        let mut skipped = 0u64;
+        loop {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                () = out.closed() => return,
+                _ = stopping.wait_for(|s| *s) => return,
+            };
+            match next {
+                Ok(decided) => {
+                    if channel
+                        .as_deref()
+                        .is_some_and(|c| c != decided.message.channel)
+                    {
+                        continue;
+                    }
+                    // Never wait for a slow watcher: what it cannot take now it skips.
+                    match out.try_send(FeedItem { decided, skipped }) {
+                        Ok(()) => skipped = 0,
+                        Err(mpsc::error::TrySendError::Full(_)) => skipped += 1,
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => skipped += missed,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::domain::Decision;
+
+    fn message(channel: &str, id: &str) -> ChatMessage {
+        ChatMessage {
+            channel: channel.into(),
+            message_id: id.into(),
+            user_id: "u".into(),
+            nick: "u".into(),
+            roles: Vec::new(),
+            text: "hello".into(),
+            sent_at: SystemTime::now(),
+        }
+    }
+
+    fn verdict(id: &str) -> Verdict {
+        Verdict {
+            message_id: id.to_owned(),
+            channel: String::new(),
+            user_id: "u".to_owned(),
+            decision: Decision::Allow,
+            duration: None,
+            reasons: Vec::new(),
+            enforced: true,
+            shadow_decision: Decision::Allow,
+            model_version: String::new(),
+            elapsed: Duration::ZERO,
+            degraded: Vec::new(),
+            scores: Default::default(),
+            normalized_text: String::new(),
+            action_id: None,
+            review_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_sees_its_channel_and_skips_what_it_could_not_take() {
+        let feed = Arc::new(DecisionFeed::new());
+        feed.publish(&message("a", "before"), &verdict("before"));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (tx, mut rx) = mpsc::channel(2);
+        let watcher = tokio::spawn({
+            let feed = Arc::clone(&feed);
+            async move { feed.watch(Some("a".into()), tx, stop_rx).await }
+        });
+        while feed.tx.receiver_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        feed.publish(&message("b", "other"), &verdict("other"));
+        for i in 0..5 {
+            feed.publish(&message("a", &format!("m{i}")), &verdict(&format!("m{i}")));
+        }
+        let first = rx.recv().await.expect("an item");
+        assert_eq!(first.decided.message.message_id, "m0");
+        assert_eq!(first.skipped, 0);
+        let second = rx.recv().await.expect("an item");
+        assert_eq!(second.decided.message.message_id, "m1");
+        // m2..m4 found the buffer full; the next item says so.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        feed.publish(&message("a", "m5"), &verdict("m5"));
+        let third = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("in time")
+            .expect("an item");
+        assert_eq!(third.decided.message.message_id, "m5");
+        assert_eq!(third.skipped, 3);
+        stop_tx.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("the watcher stops")
+            .expect("no panic");
+    }
+}
