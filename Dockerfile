@@ -24,12 +24,13 @@ COPY --from=builder /out/modbot /usr/local/bin/modbot
 COPY --from=builder /out/models /app/models
 WORKDIR /app
 ENV MODBOT_GRPC_ADDR=0.0.0.0:50051 \
+    MODBOT_HTTP_ADDR=0.0.0.0:8080 \
     MODBOT_METRICS_ADDR=0.0.0.0:9464 \
     MODBOT_DATA_DIR=/app/data \
     MODBOT_MODEL_DIR=/app/models/all-MiniLM-L6-v2 \
     MODBOT_MODEL_HEADS_DIR=/app/models/heads \
     MODBOT_MODEL_FETCH_IF_MISSING=false
 USER 10001:10001
-EXPOSE 50051 9464
+EXPOSE 50051 8080 9464
 ENTRYPOINT ["modbot"]
 CMD ["serve"]

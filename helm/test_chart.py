@@ -219,7 +219,7 @@ class ChartCase:
                 self.assertFalse(service["spec"]["selector"].items() <= bridge["spec"]["template"]["metadata"]["labels"].items())
         [container] = serve["spec"]["template"]["spec"]["containers"]
         port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
-        self.assertEqual({p["name"] for p in service["spec"]["ports"]}, {"grpc", "metrics"})
+        self.assertEqual({p["name"] for p in service["spec"]["ports"]}, {"grpc", "http", "metrics"})
         for port in service["spec"]["ports"]:
             self.assertIn(port["targetPort"], port_names)
         # The probes: native gRPC on the gRPC container port; with TLS (which the kubelet's gRPC
@@ -237,6 +237,7 @@ class ChartCase:
         env = {e["name"]: e for e in container["env"]}
         self.assertEqual(env["MODBOT_GRPC_ADDR"]["value"], f"0.0.0.0:{port_names['grpc']}")
         self.assertEqual(env["MODBOT_METRICS_ADDR"]["value"], f"0.0.0.0:{port_names['metrics']}")
+        self.assertEqual(env["MODBOT_HTTP_ADDR"]["value"], f"0.0.0.0:{port_names['http']}")
         self.assertEqual(container["args"][0], "serve")
 
     def test_secrets_only_by_reference(self) -> None:
