@@ -2017,7 +2017,10 @@ async fn feed_load(http: &common::http::Http, per_second: u64, length: Duration)
         let http = http.clone();
         calls.spawn(async move {
             let reply = http
-                .post("/modbot.v1.Moderation/Classify", &serde_json::json!({ "messages": messages }))
+                .post(
+                    "/modbot.v1.Moderation/Classify",
+                    &serde_json::json!({ "messages": messages }),
+                )
                 .await;
             drop(permit);
             assert_eq!(reply.status, 200, "{}", reply.text);

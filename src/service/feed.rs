@@ -178,4 +178,24 @@ mod tests {
             .expect("the watcher stops")
             .expect("no panic");
     }
+
+    #[tokio::test]
+    async fn a_watcher_whose_reader_is_gone_ends_without_waiting_for_a_decision() {
+        let feed = Arc::new(DecisionFeed::new());
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (tx, rx) = mpsc::channel(2);
+        let watcher = tokio::spawn({
+            let feed = Arc::clone(&feed);
+            async move { feed.watch(None, tx, stop_rx).await }
+        });
+        while feed.tx.receiver_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("the watcher ends once nobody reads")
+            .expect("no panic");
+        assert_eq!(feed.tx.receiver_count(), 0, "publishing is free again");
+    }
 }

@@ -45,34 +45,31 @@ const FEED_BUFFER: usize = 256;
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    type WatchDecisionsStream =
-        tokio_stream::wrappers::ReceiverStream<Result<DecisionEvent, Status>>;
+    type WatchDecisionsStream = super::WatchStream<DecisionEvent>;
 
     async fn watch_decisions(
         &self,
         request: Request<WatchDecisionsRequest>,
     ) -> Result<Response<Self::WatchDecisionsStream>, Status> {
         let channel = optional_id(request.into_inner().channel, "channel")?;
-        let (items_tx, mut items_rx) = tokio::sync::mpsc::channel(FEED_BUFFER);
-        let (out_tx, out_rx) = tokio::sync::mpsc::channel(FEED_BUFFER);
+        use tokio_stream::StreamExt as _;
+
+        let (items_tx, items_rx) = tokio::sync::mpsc::channel(FEED_BUFFER);
         let services = Arc::clone(&self.services);
         let stopping = services.stopping.subscribe();
         tokio::spawn(async move { services.feed.watch(channel, items_tx, stopping).await });
-        tokio::spawn(async move {
-            while let Some(item) = items_rx.recv().await {
-                let event = DecisionEvent {
+        // Converted as the client reads: when it goes, the receiver goes with the stream and
+        // the watch ends at once.
+        let events = tokio_stream::wrappers::ReceiverStream::new(items_rx).map(
+            |item: crate::service::feed::FeedItem| {
+                Ok(DecisionEvent {
                     message: Some(super::convert::chat_message_out(&item.decided.message)),
                     verdict: Some(item.decided.verdict.clone().into()),
                     skipped: item.skipped,
-                };
-                if out_tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            out_rx,
-        )))
+                })
+            },
+        );
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn list_rules(

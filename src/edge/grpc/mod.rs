@@ -34,6 +34,10 @@ use crate::proto::moderation_server::ModerationServer;
 use crate::proto::review_server::ReviewServer;
 use crate::service::Services;
 
+/// A server stream's responses, converted as the client reads them.
+pub type WatchStream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
 /// The model's name in gRPC health (see `app::MODEL_HEALTH_NAME`).
 pub const MODEL_HEALTH_NAME: &str = "modbot.model";
 

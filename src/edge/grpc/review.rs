@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -114,7 +115,7 @@ impl Review for ReviewService {
         }))
     }
 
-    type WatchReviewsStream = ReceiverStream<Result<ReviewItem, Status>>;
+    type WatchReviewsStream = super::WatchStream<ReviewItem>;
 
     async fn watch_reviews(
         &self,
@@ -138,18 +139,13 @@ impl Review for ReviewService {
             requested_by: own,
             since,
         };
-        let (items_tx, mut items_rx) = mpsc::channel(WATCH_BUFFER);
-        let (out_tx, out_rx) = mpsc::channel(WATCH_BUFFER);
+        let (items_tx, items_rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(Arc::clone(&self.services).watch_reviews(filter, items_tx));
-        tokio::spawn(async move {
-            while let Some(item) = items_rx.recv().await {
-                let item = item.map(Into::into).map_err(Status::from);
-                if out_tx.send(item).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(out_rx)))
+        // Converted as the client reads: when it goes, the receiver goes with the stream and
+        // the watch ends at once (a converter task would hold the receiver until its next item).
+        let items =
+            ReceiverStream::new(items_rx).map(|item| item.map(Into::into).map_err(Status::from));
+        Ok(Response::new(Box::pin(items)))
     }
 }
 
