@@ -1271,6 +1271,163 @@ on_both_backends!(
     replicas_starting_together_seed_once
 );
 
+/// `BacktestRule`: a rule as it would be saved, tried on the channel's remembered messages,
+/// storing nothing; what had been decided about each match comes from the audit log.
+async fn backtests(db: &Db) {
+    let server = db.start(|_| {}).await;
+    let mut admin = server.admin();
+    // A stored rule hides scam links; the candidate is about giveaways.
+    let mut scam = phrase_rule("no-scam", &["scam link"]);
+    scam.channel = "bt".into();
+    admin.upsert_rule(upsert(scam)).await.expect("UpsertRule");
+    let said = |id: &str, user: &str, text: &str, channel: &str| {
+        let mut message = chat_message(id, user, text);
+        message.channel = channel.into();
+        message
+    };
+    let verdicts = server
+        .moderation()
+        .classify(ClassifyRequest {
+            messages: vec![
+                said("m1", "u1", "Giveaway and a scam link", "bt"),
+                said("m2", "u2", "the giveaway is tonight", "bt"),
+                said("m3", "u3", "hello chat", "bt"),
+                said("m4", "u4", "a giveaway elsewhere", "other"),
+            ],
+            options: None,
+        })
+        .await
+        .expect("classify")
+        .into_inner()
+        .verdicts;
+    assert_eq!(verdicts[0].decision, proto::Decision::Hide as i32);
+    assert_eq!(verdicts[1].decision, proto::Decision::Allow as i32);
+    let before = revision(&server).await;
+
+    let mut candidate = phrase_rule("giveaways", &["giveaway"]);
+    candidate.mode = proto::RuleMode::Shadow.into();
+    let request = |rule: proto::Rule, channel: &str, last: u32| proto::BacktestRuleRequest {
+        rule: Some(rule),
+        channel: channel.into(),
+        last,
+    };
+    let tried = admin
+        .backtest_rule(request(candidate.clone(), "bt", 0))
+        .await
+        .expect("BacktestRule")
+        .into_inner();
+    assert_eq!(
+        (
+            tried.searched,
+            tried.matched,
+            tried.allowed_before,
+            tried.failed
+        ),
+        (3, 2, 1, 0),
+        "{tried:?}"
+    );
+    let newest = &tried.matches[0];
+    assert_eq!(
+        (newest.message_id.as_str(), newest.user_id.as_str()),
+        ("m2", "u2")
+    );
+    assert_eq!(
+        newest.text, "the giveaway is tonight",
+        "the normalised text"
+    );
+    assert_eq!(newest.decided, proto::Decision::Allow as i32);
+    assert!(newest.allowed_before && !newest.enforced);
+    assert_eq!(
+        newest.reason.as_ref().map(|r| r.rule_id.as_str()),
+        Some("giveaways")
+    );
+    let oldest = &tried.matches[1];
+    assert_eq!(oldest.message_id, "m1");
+    assert_eq!(oldest.decided, proto::Decision::Hide as i32);
+    assert!(oldest.enforced && !oldest.allowed_before, "{oldest:?}");
+    assert!(tried.since.is_some());
+
+    // `last` takes the newest messages only.
+    let last_one = admin
+        .backtest_rule(request(candidate.clone(), "bt", 1))
+        .await
+        .expect("BacktestRule")
+        .into_inner();
+    assert_eq!(
+        (last_one.searched, last_one.matched),
+        (1, 0),
+        "{last_one:?}"
+    );
+
+    // A candidate with a stored rule's id is tried in its place.
+    let mut edited = phrase_rule("no-scam", &["hello"]);
+    edited.channel = "bt".into();
+    let replaced = admin
+        .backtest_rule(request(edited, "bt", 0))
+        .await
+        .expect("BacktestRule")
+        .into_inner();
+    assert_eq!(
+        replaced
+            .matches
+            .iter()
+            .map(|m| m.message_id.as_str())
+            .collect::<Vec<_>>(),
+        ["m3"]
+    );
+
+    // Nothing was stored.
+    assert_eq!(revision(&server).await, before);
+    assert!(
+        list(&server, "", false)
+            .await
+            .rules
+            .iter()
+            .all(|r| r.id != "giveaways")
+    );
+
+    // Bad requests name the field; rules the history cannot replay say why.
+    let refused = admin
+        .backtest_rule(request(candidate.clone(), "", 0))
+        .await
+        .unwrap_err();
+    assert_invalid_field(&refused, "channel");
+    let refused = admin
+        .backtest_rule(proto::BacktestRuleRequest {
+            rule: None,
+            channel: "bt".into(),
+            last: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_field(&refused, "rule");
+    let refused = admin
+        .backtest_rule(request(phrase_rule("empty", &[]), "bt", 0))
+        .await
+        .unwrap_err();
+    assert_invalid_field(&refused, "rule.phrase.phrases");
+    let mut caps = phrase_rule("shout", &[]);
+    caps.kind = Some(rule::Kind::Caps(proto::CapsRule {
+        max_ratio: 0.5,
+        min_letters: 0,
+    }));
+    let refused = admin
+        .backtest_rule(request(caps, "bt", 0))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("capital letters"), "{refused:?}");
+    let mut elsewhere = candidate;
+    elsewhere.channel = "other".into();
+    let refused = admin
+        .backtest_rule(request(elsewhere, "bt", 0))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+}
+
+on_both_backends!(backtests_on_sqlite, backtests_on_postgres, backtests);
+
 /// A stored rule set this version cannot compile (as a newer replica might write) is refused,
 /// and the rule set in force is kept; the next good revision applies.
 #[tokio::test]

@@ -61,6 +61,7 @@ const TABLE: &[(&str, &[&str])] = &[
     ),
     ("/modbot.v1.Appeals/ResolveAppeal", &["moderator", "admin"]),
     ("/modbot.v1.Admin/ListRules", &["moderator", "admin"]),
+    ("/modbot.v1.Admin/BacktestRule", &["moderator", "admin"]),
     ("/modbot.v1.Admin/UpsertRule", &["admin"]),
     ("/modbot.v1.Admin/DeleteRule", &["admin"]),
     ("/modbot.v1.Admin/GetPolicy", &["moderator", "admin"]),

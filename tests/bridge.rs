@@ -93,6 +93,16 @@ impl Bridge {
         }
     }
 
+    /// Starts a bridge and waits until its connection to `chat` is open, so that what a test
+    /// says next is seen (a chat does not replay lines said before a client joined).
+    async fn joined(chat: &ChatServer, config: Config) -> Self {
+        let before = chat.open_connections();
+        let bridge = Self::start(config);
+        chat.wait_for_connections(Duration::from_secs(15), |open, _| open > before)
+            .await;
+        bridge
+    }
+
     async fn stop(mut self) -> BridgeReport {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -312,7 +322,7 @@ async fn spam_is_muted_and_recorded_executed(dialect: Dialect) {
     let chat = chat(dialect).await;
     let data = tempfile::tempdir().expect("a temporary directory");
     let modbot = Modbot::start(any_port(), data.path()).await;
-    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+    let bridge = Bridge::joined(&chat, bridge_config(&chat, modbot.addr)).await;
     let mut spammer = chat.client(Some(SPAMMER_TOKEN)).await;
     let mut watcher = chat.client(Some(USER_TOKEN)).await;
     // The same pitch three times: the repetition rule warns at the second, then times out at
@@ -469,7 +479,7 @@ async fn warnings_and_reasons_reach_the_user(dialect: Dialect) {
     let chat = chat(dialect).await;
     let data = tempfile::tempdir().expect("a temporary directory");
     let modbot = Modbot::start(any_port(), data.path()).await;
-    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+    let bridge = Bridge::joined(&chat, bridge_config(&chat, modbot.addr)).await;
     let mut spammer = chat.client(Some(SPAMMER_TOKEN)).await;
     let mut bob = chat.client(Some(USER_TOKEN)).await;
     // The same pitch twice: the repetition rule's first offence is a warning.
@@ -627,7 +637,7 @@ async fn reviews_and_appeals_reach_the_chat(dialect: Dialect) {
             Err(status) => panic!("UpsertRule: {status}"),
         }
     }
-    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+    let bridge = Bridge::joined(&chat, bridge_config(&chat, modbot.addr)).await;
     let mut spammer = chat.client(Some(SPAMMER_TOKEN)).await;
     let mut eve = chat.client(Some("eve-login-token")).await;
 
@@ -845,7 +855,7 @@ async fn a_raid_is_detected_and_ends(dialect: Dialect) {
         })
         .await
         .expect("SetPolicy");
-    let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+    let bridge = Bridge::joined(&chat, bridge_config(&chat, modbot.addr)).await;
     let mut bob = chat.client(Some(USER_TOKEN)).await;
     // Bob, new too, says something of his own during the raid: untouched.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1056,7 +1066,7 @@ async fn a_human_mute_becomes_feedback() {
         let chat = chat(dialect).await;
         let data = tempfile::tempdir().expect("a temporary directory");
         let modbot = Modbot::start(any_port(), data.path()).await;
-        let bridge = Bridge::start(bridge_config(&chat, modbot.addr));
+        let bridge = Bridge::joined(&chat, bridge_config(&chat, modbot.addr)).await;
         let mut moderator = chat.client(Some(MOD_TOKEN)).await;
         let mut bob = chat.client(Some(USER_TOKEN)).await;
         // Let the bridge see (and modbot decide) Bob's message before the mute.
@@ -1177,7 +1187,7 @@ async fn the_buffer_towards_an_unreachable_modbot_is_bounded() {
         .expect("an address");
     let mut config = bridge_config(&chat, unused);
     config.bridge.buffer_events = 3;
-    let bridge = Bridge::start(config);
+    let bridge = Bridge::joined(&chat, config).await;
     let mut bob = chat.client(Some(USER_TOKEN)).await;
     let lines: Vec<String> = (0..8)
         .map(|i| format!("message number {i} of many"))
@@ -1743,7 +1753,7 @@ async fn the_console_moderates_a_test_chat_in_a_real_browser() {
     assert_eq!(hold.status, 200, "{}", hold.text);
     let mut config = bridge_config(&chat, modbot.addr);
     config.bridge.server_token = BRIDGE.into();
-    let bridge = Bridge::start(config);
+    let bridge = Bridge::joined(&chat, config).await;
     let mut bob = chat.client(Some(USER_TOKEN)).await;
     let mut spammer = chat.client(Some(SPAMMER_TOKEN)).await;
     let mut eve = chat.client(Some("eve-login-token")).await;
@@ -1936,7 +1946,39 @@ async fn the_console_moderates_a_test_chat_in_a_real_browser() {
     );
     browser.shot("07-feed-load").await;
 
-    // Sign out; the admin signs in, saves a rule, and chat matches it.
+    // Bob mentions a kiwi in chat (allowed: no rule is about kiwis yet) and a moderator can
+    // backtest, the JSON way first: the message is in the channel's history once decided.
+    bob.say("i had a kiwi for lunch").await;
+    let kiwis = json!({ "rule": { "id": "no-kiwis", "channel": "destinygg", "action": "DECISION_HIDE",
+        "mode": "RULE_MODE_ENFORCE", "phrase": { "phrases": ["kiwi"], "syntax": "PHRASE_SYNTAX_LITERAL" } },
+        "channel": "destinygg" });
+    let moderator_api = common::http::Http::new(modbot.http_addr).with_bearer(MODERATOR);
+    common::eventually("Bob's kiwi is in the channel's history", || async {
+        let tried = moderator_api
+            .post("/modbot.v1.Admin/BacktestRule", &kiwis)
+            .await;
+        assert_eq!(tried.status, 200, "{}", tried.text);
+        tried.json["matched"] == 1
+    })
+    .await;
+    let caps = moderator_api
+        .post(
+            "/modbot.v1.Admin/BacktestRule",
+            &json!({ "rule": { "channel": "destinygg", "action": "DECISION_HIDE", "mode": "RULE_MODE_SHADOW",
+                "caps": { "maxRatio": 0.5 } }, "channel": "destinygg" }),
+        )
+        .await;
+    assert_eq!(caps.status, 400, "{}", caps.text);
+    assert_eq!(caps.json["code"], "failed_precondition", "{}", caps.text);
+    assert!(
+        caps.json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("capital letters")),
+        "says why: {}",
+        caps.text
+    );
+
+    // Sign out; the admin signs in, backtests and saves a rule, and chat matches it.
     browser.click("#logout").await;
     browser.wait_text("#login-error", "Signed out").await;
     browser.type_into("#token", ADMIN).await;
@@ -1961,6 +2003,17 @@ async fn the_console_moderates_a_test_chat_in_a_real_browser() {
         .send_keys(r#"{"id": "no-kiwis", "channel": "destinygg", "description": "kiwis are off topic", "action": "DECISION_HIDE", "mode": "RULE_MODE_ENFORCE", "phrase": {"phrases": ["kiwi"], "syntax": "PHRASE_SYNTAX_LITERAL"}}"#)
         .await
         .expect("typed");
+    browser.click("#rule-backtest").await;
+    browser
+        .wait_text(
+            "#backtest-summary",
+            "would have matched 1, of which 1 were allowed before",
+        )
+        .await;
+    browser
+        .wait_text("#backtest-matches", "i had a kiwi for lunch")
+        .await;
+    browser.shot("10-backtest").await;
     browser.click("#rule-save").await;
     browser.wait_text("#status", "Saved rule no-kiwis").await;
     browser.wait_text("#rules-rows", "no-kiwis").await;

@@ -9,9 +9,21 @@
 use std::time::SystemTime;
 
 use super::Services;
+use crate::domain::{ChannelMessage, Decision, Reason, from_unix_millis};
 use crate::engine::rules::spec::{PolicySpec, RuleSpec};
-use crate::engine::rules::{DEFAULT_POLICY, RulesError};
+use crate::engine::rules::{DEFAULT_POLICY, NotBacktestable, RulesError};
 use crate::infra::store::StoreError;
+use crate::service::ruleset::compile_candidate;
+
+/// Most messages one backtest runs over (the state keeps `state.history_per_channel` per
+/// channel; this bounds the work of one call whatever that is set to).
+pub const MAX_BACKTEST_MESSAGES: usize = 5_000;
+/// Most matches one backtest lists (all are counted).
+pub const MAX_BACKTEST_MATCHES: usize = 200;
+/// Backtests running at once on this replica.
+static BACKTESTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+/// The id a backtested rule without one is given (nothing is stored under it).
+const BACKTEST_ID: &str = "(backtest)";
 
 /// Who the stored rows say made a change when the caller's credential has no name (a server
 /// running without tokens); otherwise the credential's name is recorded.
@@ -62,6 +74,60 @@ pub enum WriteError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why a rule was not backtested.
+#[derive(Debug, thiserror::Error)]
+pub enum BacktestError {
+    /// The spec does not compile.
+    #[error(transparent)]
+    Invalid(RulesError),
+    /// The rule cannot be tried on remembered messages; the text says why.
+    #[error("this rule cannot be backtested: {0}")]
+    NotBacktestable(NotBacktestable),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One remembered message a backtested rule fired on.
+#[derive(Debug, Clone)]
+pub struct BacktestMatch {
+    /// The message, as the channel's history keeps it (normalised text).
+    pub message: ChannelMessage,
+    /// What the rule said.
+    pub reason: Reason,
+    /// What was decided when it was said, and whether that was enforced; `None`: allowed
+    /// (allowed messages leave no audit record).
+    pub decided: Option<(Decision, bool)>,
+}
+
+impl BacktestMatch {
+    /// Whether the message was left visible when it was said: allowed, or only a shadow
+    /// decision (nothing enforced).
+    pub fn allowed_before(&self) -> bool {
+        match self.decided {
+            None => true,
+            Some((decision, enforced)) => decision == Decision::Allow || !enforced,
+        }
+    }
+}
+
+/// What a rule would have done over a channel's latest messages.
+#[derive(Debug, Clone, Default)]
+pub struct RuleBacktest {
+    /// Messages tried.
+    pub searched: usize,
+    /// The messages it fired on, newest first, at most [`MAX_BACKTEST_MATCHES`].
+    pub matches: Vec<BacktestMatch>,
+    /// How many it fired on in all.
+    pub matched: usize,
+    /// Of those, how many had been allowed (left visible) when said.
+    pub allowed_before: usize,
+    /// Messages on which the rule panicked (skipped, as live moderation would).
+    pub failed: usize,
+    /// The time of the oldest message tried.
+    pub since: Option<SystemTime>,
 }
 
 /// Which stored rules [`Services::list_rules`] lists.
@@ -129,6 +195,87 @@ impl Services {
             revision: stored.revision,
             updated_at: stored.updated_at,
         })
+    }
+
+    /// Tries `spec` (as [`Self::upsert_rule`] would store it, but storing nothing) on
+    /// `channel`'s latest `last` remembered messages (all the state keeps when 0), and says
+    /// which it would have fired on and what had been decided about those when they were
+    /// said. The rule runs whatever its mode, on each message alone
+    /// ([`crate::engine::rules::RuleSet::backtest`]).
+    pub async fn backtest_rule(
+        &self,
+        mut spec: RuleSpec,
+        channel: &str,
+        last: usize,
+    ) -> Result<RuleBacktest, BacktestError> {
+        if spec.id.is_empty() {
+            spec.id = BACKTEST_ID.to_owned();
+        }
+        spec.validate().map_err(BacktestError::Invalid)?;
+        spec.make_params_explicit()
+            .map_err(BacktestError::Invalid)?;
+        let text = spec.to_toml().map_err(BacktestError::Invalid)?;
+        let stored = self.store.load_ruleset().await?;
+        let rules = compile_candidate(&stored, &spec.id, &text).map_err(BacktestError::Invalid)?;
+        let mut tried = self.moderator.state().channel_history(channel).await.value;
+        let last = match last {
+            0 => MAX_BACKTEST_MESSAGES,
+            n => n.min(MAX_BACKTEST_MESSAGES),
+        };
+        tried.drain(..tried.len().saturating_sub(last));
+        // Off the runtime's workers, one backtest at a time per replica: a costly rule (a
+        // thousand regexes) over 5,000 messages takes a core for a while, never a worker that
+        // moderation needs, and a caller repeating it only queues behind itself.
+        let _turn = BACKTESTS
+            .acquire()
+            .await
+            .expect("the backtest semaphore is never closed");
+        let (backtest, tried) = {
+            let id = spec.id.clone();
+            let channel = channel.to_owned();
+            tokio::task::spawn_blocking(move || {
+                let backtest = rules.backtest(&id, &channel, &tried);
+                (backtest, tried)
+            })
+            .await
+            .map_err(|e| {
+                BacktestError::NotBacktestable(NotBacktestable(format!("it failed: {e}")))
+            })?
+        };
+        let backtest = backtest.map_err(BacktestError::NotBacktestable)?;
+        let mut result = RuleBacktest {
+            searched: tried.len(),
+            matched: backtest.hits.len(),
+            failed: backtest.failed.len(),
+            since: tried.first().map(|m| from_unix_millis(m.at_ms)),
+            ..RuleBacktest::default()
+        };
+        if backtest.hits.is_empty() {
+            return Ok(result);
+        }
+        let ids: Vec<&str> = backtest
+            .hits
+            .iter()
+            .map(|hit| tried[hit.index].message_id.as_str())
+            .collect();
+        let decided = self.store.decisions_of(channel, &ids).await?;
+        let mut matches: Vec<BacktestMatch> = backtest
+            .hits
+            .into_iter()
+            .map(|hit| {
+                let message = tried[hit.index].clone();
+                BacktestMatch {
+                    decided: decided.get(&message.message_id).copied(),
+                    message,
+                    reason: hit.reason,
+                }
+            })
+            .collect();
+        result.allowed_before = matches.iter().filter(|m| m.allowed_before()).count();
+        matches.reverse();
+        matches.truncate(MAX_BACKTEST_MATCHES);
+        result.matches = matches;
+        Ok(result)
     }
 
     /// Deletes a rule as a new revision and applies it here; `false` when there is no such

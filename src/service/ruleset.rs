@@ -69,16 +69,36 @@ pub fn read_rules_file(config: &Config) -> Result<RulesFile, RulesError> {
 
 /// Compiles a stored rule set.
 pub fn compile_stored(stored: &StoredRuleSet) -> Result<RuleSet, RulesError> {
+    compile_rows(stored, None)
+}
+
+/// Compiles a stored rule set with one rule (`(id, spec)`) added or replacing the stored
+/// one of that id, as an upsert would leave it, without storing anything: what a backtest
+/// runs.
+pub fn compile_candidate(
+    stored: &StoredRuleSet,
+    id: &str,
+    spec: &str,
+) -> Result<RuleSet, RulesError> {
+    compile_rows(stored, Some((id, spec)))
+}
+
+fn compile_rows(
+    stored: &StoredRuleSet,
+    candidate: Option<(&str, &str)>,
+) -> Result<RuleSet, RulesError> {
     let origin = format!("the database (revision {})", stored.revision);
+    let kept = stored
+        .rules
+        .iter()
+        .filter(|r| candidate.is_none_or(|(id, _)| id != r.id))
+        .map(|r| (r.id.as_str(), r.spec.as_str()));
     let document = Document::from_stored(
         stored
             .policies
             .iter()
             .map(|p| (p.channel.as_str(), p.spec.as_str())),
-        stored
-            .rules
-            .iter()
-            .map(|r| (r.id.as_str(), r.spec.as_str())),
+        kept.chain(candidate),
         &origin,
     )?;
     RuleSet::compile(&document, &origin)

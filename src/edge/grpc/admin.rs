@@ -87,6 +87,12 @@ impl Admin for AdminService {
             admin_rules::upsert_rule(&self.services, request.into_inner(), &by).await
         }
     }
+    async fn backtest_rule(
+        &self,
+        request: Request<BacktestRuleRequest>,
+    ) -> Result<Response<BacktestRuleResponse>, Status> {
+        admin_rules::backtest_rule(&self.services, request.into_inner()).await
+    }
     async fn delete_rule(
         &self,
         request: Request<DeleteRuleRequest>,

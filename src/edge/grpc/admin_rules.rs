@@ -10,7 +10,7 @@ use super::rule_spec::{
 use super::status::FieldError;
 use crate::proto::*;
 use crate::service::Services;
-use crate::service::rule_admin::{RuleScope, RuleView, WriteError, corrupt};
+use crate::service::rule_admin::{BacktestError, RuleScope, RuleView, WriteError, corrupt};
 
 /// A stored rule as the API shows it.
 fn rule(view: &RuleView) -> Result<Rule, Status> {
@@ -43,19 +43,8 @@ pub async fn upsert_rule(
     request: UpsertRuleRequest,
     by: &str,
 ) -> Result<Response<Rule>, Status> {
-    let proto = request
-        .rule
-        .ok_or_else(|| FieldError::new("rule", "is required"))?;
     // Every error names the rule, as the caller knows it.
-    let named = if proto.id.is_empty() {
-        " (new rule)".to_owned()
-    } else {
-        format!(" (rule \"{}\")", proto.id)
-    };
-    let spec = rule_from_proto(proto).map_err(|mut e| {
-        e.message.push_str(&named);
-        e
-    })?;
+    let (spec, named) = requested_rule(request.rule)?;
     let kind = spec.kind.clone();
     match services.upsert_rule(spec, by).await {
         Ok(view) => Ok(Response::new(rule(&view)?)),
@@ -66,6 +55,77 @@ pub async fn upsert_rule(
         }
         Err(WriteError::Store(error)) => Err(error.into()),
     }
+}
+
+/// The rule of an `UpsertRule` or `BacktestRule` request as a spec, every error naming the
+/// rule as the caller knows it; and that name.
+fn requested_rule(
+    rule: Option<Rule>,
+) -> Result<(crate::engine::rules::spec::RuleSpec, String), FieldError> {
+    let proto = rule.ok_or_else(|| FieldError::new("rule", "is required"))?;
+    let named = if proto.id.is_empty() {
+        " (new rule)".to_owned()
+    } else {
+        format!(" (rule \"{}\")", proto.id)
+    };
+    let spec = rule_from_proto(proto).map_err(|mut e| {
+        e.message.push_str(&named);
+        e
+    })?;
+    Ok((spec, named))
+}
+
+/// `BacktestRule`.
+pub async fn backtest_rule(
+    services: &Services,
+    request: BacktestRuleRequest,
+) -> Result<Response<BacktestRuleResponse>, Status> {
+    name(&request.channel, "channel")?;
+    let (spec, named) = requested_rule(request.rule)?;
+    let kind = spec.kind.clone();
+    let last = usize::try_from(request.last).unwrap_or(usize::MAX);
+    let backtest = match services.backtest_rule(spec, &request.channel, last).await {
+        Ok(backtest) => backtest,
+        Err(BacktestError::Invalid(error)) => {
+            let mut error = rule_error(error, &kind);
+            error.message.push_str(&named);
+            return Err(error.into());
+        }
+        Err(error @ BacktestError::NotBacktestable(_)) => {
+            return Err(Status::failed_precondition(error.to_string()));
+        }
+        Err(BacktestError::Store(error)) => return Err(error.into()),
+    };
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(Response::new(BacktestRuleResponse {
+        searched: count(backtest.searched),
+        matched: count(backtest.matched),
+        allowed_before: count(backtest.allowed_before),
+        failed: count(backtest.failed),
+        since: backtest.since.map(prost_types::Timestamp::from),
+        matches: backtest
+            .matches
+            .into_iter()
+            .map(|found| {
+                let allowed_before = found.allowed_before();
+                let (decided, enforced) = found
+                    .decided
+                    .unwrap_or((crate::domain::Decision::Allow, false));
+                BacktestMatch {
+                    message_id: found.message.message_id,
+                    user_id: found.message.user_id,
+                    sent_at: Some(prost_types::Timestamp::from(
+                        crate::domain::from_unix_millis(found.message.at_ms),
+                    )),
+                    text: found.message.text,
+                    reason: Some(found.reason.into()),
+                    decided: Decision::from(decided).into(),
+                    enforced,
+                    allowed_before,
+                }
+            })
+            .collect(),
+    }))
 }
 
 /// `DeleteRule`.

@@ -139,6 +139,7 @@ pub fn access(path: &str) -> Access {
         "/modbot.v1.Appeals/ResolveAppeal" => &[Moderator],
 
         "/modbot.v1.Admin/ListRules"
+        | "/modbot.v1.Admin/BacktestRule"
         | "/modbot.v1.Admin/GetPolicy"
         | "/modbot.v1.Admin/GetStats"
         | "/modbot.v1.Admin/GetUser"

@@ -9,6 +9,7 @@
 //! Architecture Invariant: rules do no I/O and keep no state of their own; everything they
 //! remember comes in through [`Context`] from `users`.
 
+mod backtest;
 mod checks;
 mod load;
 mod phrase;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use backtest::{Backtest, BacktestHit, NotBacktestable};
 pub use load::{DEFAULT_POLICY, DEFAULT_RULES, Document, KINDS, RulesError};
 pub use phrase::PhraseSyntax;
 
@@ -450,56 +452,72 @@ impl RuleSet {
             .iter()
             .filter(|rule| include(&rule.check) && rule.applies(message))
         {
-            // Each rule alone under the guard: a rule that panics (a bug, or an input nobody
-            // foresaw) is skipped and reported, and every other rule still fires, so a panic
-            // never turns a message some rule would act on into a silent allow.
-            let hit = crate::guard::catch(|| match (&rule.check, &self.lexicon) {
-                (Check::Profanity(check), Some(lexicon)) => {
-                    let analysis = *analysis.get_or_init(|| lexicon.analyze(ctx.normalized));
-                    check.check(ctx.normalized, analysis)
-                }
-                (check, _) => check.check(ctx),
-            });
-            let hit = match hit {
-                Ok(Some(hit)) => hit,
-                Ok(None) => continue,
-                Err(panicked) => {
-                    evaluation.failed.push(FailedRule {
-                        rule_id: rule.id.clone(),
-                        location: panicked.location,
-                    });
-                    continue;
-                }
-            };
-            let spared = rule.spare_trusted && trusted;
-            let mut description = if rule.description.is_empty() {
-                format!("{} (rule {})", hit.evidence.detail, rule.id)
-            } else {
-                format!(
-                    "{}: {} (rule {})",
-                    rule.description, hit.evidence.detail, rule.id
-                )
-            };
-            if spared {
-                description.push_str(&format!(
-                    ": not acted on, a trusted regular (reputation {reputation:.2})"
-                ));
+            match self.run(rule, policy, ctx, trusted, reputation, &analysis) {
+                Ok(Some(reason)) => evaluation.reasons.push(reason),
+                Ok(None) => {}
+                Err(failed) => evaluation.failed.push(failed),
             }
-            evaluation.reasons.push(Reason {
-                source: ReasonSource::Rule,
-                rule_id: rule.id.clone(),
-                label: rule.kind.to_owned(),
-                decision: rule.decision,
-                duration: rule.duration,
-                score: hit.score,
-                threshold: hit.threshold,
-                shadow: policy.shadow || rule.mode == Mode::Shadow || spared,
-                harmful: rule.harmful,
-                description,
-                evidence: hit.evidence,
-            });
         }
         evaluation
+    }
+
+    /// One rule on one message: its reason when it fires, the failure when it panics.
+    fn run(
+        &self,
+        rule: &Rule,
+        policy: &Policy,
+        ctx: &Context<'_>,
+        trusted: bool,
+        reputation: f64,
+        analysis: &std::cell::OnceCell<rustrict::Type>,
+    ) -> Result<Option<Reason>, FailedRule> {
+        // Each rule alone under the guard: a rule that panics (a bug, or an input nobody
+        // foresaw) is skipped and reported, and every other rule still fires, so a panic
+        // never turns a message some rule would act on into a silent allow.
+        let hit = crate::guard::catch(|| match (&rule.check, &self.lexicon) {
+            (Check::Profanity(check), Some(lexicon)) => {
+                let analysis = *analysis.get_or_init(|| lexicon.analyze(ctx.normalized));
+                check.check(ctx.normalized, analysis)
+            }
+            (check, _) => check.check(ctx),
+        });
+        let hit = match hit {
+            Ok(Some(hit)) => hit,
+            Ok(None) => return Ok(None),
+            Err(panicked) => {
+                return Err(FailedRule {
+                    rule_id: rule.id.clone(),
+                    location: panicked.location,
+                });
+            }
+        };
+        let spared = rule.spare_trusted && trusted;
+        let mut description = if rule.description.is_empty() {
+            format!("{} (rule {})", hit.evidence.detail, rule.id)
+        } else {
+            format!(
+                "{}: {} (rule {})",
+                rule.description, hit.evidence.detail, rule.id
+            )
+        };
+        if spared {
+            description.push_str(&format!(
+                ": not acted on, a trusted regular (reputation {reputation:.2})"
+            ));
+        }
+        Ok(Some(Reason {
+            source: ReasonSource::Rule,
+            rule_id: rule.id.clone(),
+            label: rule.kind.to_owned(),
+            decision: rule.decision,
+            duration: rule.duration,
+            score: hit.score,
+            threshold: hit.threshold,
+            shadow: policy.shadow || rule.mode == Mode::Shadow || spared,
+            harmful: rule.harmful,
+            description,
+            evidence: hit.evidence,
+        }))
     }
 }
 

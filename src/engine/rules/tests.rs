@@ -7,7 +7,7 @@ use super::*;
 use crate::domain::{ChannelMessage, ChannelWindow, RecentMessage};
 use crate::engine::normalize::normalize;
 
-const POLICY: &str = r#"
+pub(super) const POLICY: &str = r#"
 [policy]
 shadow = false
 exempt_roles = ["admin", "moderator"]

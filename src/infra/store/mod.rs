@@ -8,6 +8,7 @@
 //! never gRPC.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -92,6 +93,13 @@ const MIGRATIONS: &[(i64, &str, MigrationSql)] = &[
         7,
         "review queue",
         MigrationSql::Portable(include_str!("../../../migrations/0007_review_queue.sql")),
+    ),
+    (
+        8,
+        "audit records by message",
+        MigrationSql::Portable(include_str!(
+            "../../../migrations/0008_audit_by_message.sql"
+        )),
     ),
 ];
 
@@ -633,6 +641,52 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
             rows.iter().map(audit_record_from_row).collect()
+        })
+        .await
+    }
+
+    /// What was decided about `channel`'s messages `message_ids`, by message id (the newest
+    /// record of each): the decision and whether it was enforced. A message with no record
+    /// was allowed (allowed messages are never stored), or is older than the retention.
+    pub async fn decisions_of(
+        &self,
+        channel: &str,
+        message_ids: &[&str],
+    ) -> Result<HashMap<String, (Decision, bool)>, StoreError> {
+        /// Ids per query, well under both backends' limits on bound parameters.
+        const CHUNK: usize = 500;
+        self.timed(async move {
+            let mut decided = HashMap::with_capacity(message_ids.len());
+            for chunk in message_ids.chunks(CHUNK) {
+                let placeholders: Vec<String> =
+                    (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                let sql = format!(
+                    "SELECT message_id, decision, enforced FROM audit_log \
+                     WHERE channel = $1 AND message_id IN ({}) \
+                     ORDER BY decided_at DESC, id DESC",
+                    placeholders.join(", ")
+                );
+                // Only numbered placeholders are formatted in; every value is bound.
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(channel);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                for row in &query.fetch_all(&self.pool).await? {
+                    let message_id: String = row.try_get("message_id")?;
+                    let name: String = row.try_get("decision")?;
+                    let enforced: i64 = row.try_get("enforced")?;
+                    let decision =
+                        Decision::from_name(&name).ok_or_else(|| StoreError::Corrupt {
+                            id: message_id.clone(),
+                            message: format!("decision `{name}` is unknown"),
+                        })?;
+                    // Newest first: the first record of a message is its latest.
+                    decided
+                        .entry(message_id)
+                        .or_insert((decision, enforced != 0));
+                }
+            }
+            Ok(decided)
         })
         .await
     }

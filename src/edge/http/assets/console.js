@@ -738,6 +738,49 @@ function renderRules(root) {
       error.textContent = errorText(e);
     }
   });
+  // Backtest: the rule as edited, tried on the channel's latest messages; nothing is stored.
+  const [testChannelField, testChannel] = field('on channel', h('input', { size: 10, id: 'backtest-channel', placeholder: 'channel' }));
+  const [lastField, last] = field('last', h('input', { size: 5, id: 'backtest-last', type: 'number', min: '1', max: '5000', value: '500' }));
+  const backtestResult = h('div', { id: 'backtest-result', 'aria-live': 'polite' });
+  const backtest = h('button', { type: 'button', id: 'rule-backtest', title: 'Try the rule on the channel\'s latest messages (b)' }, 'Backtest (b)');
+  const runBacktest = async () => {
+    const rule = parsed();
+    if (!rule) return;
+    const on = testChannel.value.trim() || rule.channel || channel.value.trim();
+    if (!on) {
+      backtestResult.replaceChildren(h('p', { class: 'field-error' }, 'Name the channel whose messages the rule is tried on.'));
+      testChannel.focus();
+      return;
+    }
+    error.textContent = '';
+    backtestResult.replaceChildren(h('p', { class: 'muted' }, `Trying it on ${on}…`));
+    try {
+      const answer = await api('Admin/BacktestRule', { rule, channel: on, last: Number(last.value) || 0 });
+      const matched = answer.matched || 0;
+      const allowed = answer.allowedBefore || 0;
+      const matches = answer.matches || [];
+      const since = answer.since ? ` (since ${whenFull(answer.since)})` : '';
+      backtestResult.replaceChildren(
+        h('p', { id: 'backtest-summary' },
+          `Over ${on}'s last ${answer.searched || 0} messages${since} this rule would have matched `,
+          h('strong', {}, String(matched)), `, of which `, h('strong', {}, String(allowed)), ' were allowed before.',
+          answer.failed ? ` It failed on ${answer.failed} (skipped).` : '',
+          matched > matches.length ? ` The newest ${matches.length} are listed.` : ''),
+        matches.length ? h('table', { id: 'backtest-matches' },
+          h('thead', {}, h('tr', {}, ['Time', 'User', 'Message (normalised)', 'Why', 'Before'].map((t) => h('th', { scope: 'col' }, t)))),
+          h('tbody', {}, matches.map((m) => h('tr', { class: m.allowedBefore ? 'allowed-before' : '' },
+            h('td', { class: 'mono' }, when(m.sentAt)),
+            h('td', {}, m.userId),
+            h('td', { class: 'text' }, m.text),
+            h('td', { class: 'text' }, m.reason?.evidence?.detail || m.reason?.description || ''),
+            h('td', {}, decisionBadge(m.decided), m.allowedBefore ? h('span', { class: 'muted' }, ' (left visible)') : null))))) : null);
+    } catch (e) {
+      backtestResult.replaceChildren();
+      if (e.field) error.textContent = `${e.field.replace(/^rule\./, '')}: ${e.message.replace(/^[^:]+: /, '')}`;
+      else backtestResult.replaceChildren(h('p', { class: 'field-error', role: 'alert' }, errorText(e)));
+    }
+  };
+  backtest.addEventListener('click', runBacktest);
   const template = () => {
     editor.value = JSON.stringify({
       id: 'new-rule', channel: channel.value.trim(), description: '', action: 'DECISION_HIDE', mode: 'RULE_MODE_SHADOW',
@@ -755,8 +798,11 @@ function renderRules(root) {
       h('div', { class: 'panel' },
         h('label', { for: 'rule-json' }, 'Rule (JSON, the API\'s Rule message)'), editor, error,
         h('div', { class: 'toolbar' }, save, ...modes, remove),
-        canEdit ? null : h('p', { class: 'muted' }, 'You can read the rules; only admins change them.'))));
-  S.keys = {};
+        canEdit ? null : h('p', { class: 'muted' }, 'You can read and backtest the rules; only admins change them.'),
+        h('h3', {}, 'Backtest before saving'),
+        h('div', { class: 'toolbar' }, testChannelField, lastField, backtest),
+        backtestResult)));
+  S.keys = { b: runBacktest };
   load();
 }
 
