@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/modbot/v1/appeals.proto",
     "proto/modbot/v1/admin.proto",
     "proto/modbot/v1/review.proto",
+    "proto/modbot/v1/transparency.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -180,6 +180,7 @@ pub async fn serve_with_http(
         review_queue: crate::service::review::ReviewQueue::new(),
         notices: crate::service::notices::NoticeLimiter::new(),
         feed: crate::service::feed::DecisionFeed::new(),
+        public_logs: crate::service::transparency::PublicLogs::default(),
         stopping: tokio::sync::watch::Sender::new(false),
     });
     let reload = ReloadTask::spawn(Arc::clone(&app));

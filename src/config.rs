@@ -430,6 +430,21 @@ pub struct HttpConfig {
     pub login_attempts_per_minute: u32,
     /// Whether the session cookie is always marked `Secure`.
     pub secure_cookies: bool,
+    /// The key of the public moderation log's pseudonyms (at least 16 bytes); empty: a random
+    /// key per process, so pseudonyms change at restart and differ between replicas.
+    #[serde(default)]
+    pub pseudonym_secret: Secret,
+}
+
+/// A secret setting: `Debug` shows `***` (or nothing when unset).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
 }
 
 impl HttpConfig {
@@ -972,6 +987,13 @@ impl Config {
                 ));
             }
         }
+        let secret = &self.http.pseudonym_secret.0;
+        if !secret.is_empty() && secret.len() < 16 {
+            return Err(invalid(
+                "http.pseudonym_secret",
+                "must be at least 16 bytes (or empty for a random key per process)".to_owned(),
+            ));
+        }
         self.validate_tls()?;
         // Reads auth.tokens_file: which tokens exist decides whether grpc.addr and http.addr
         // are allowed.
@@ -1025,6 +1047,9 @@ impl Config {
         shown.redis.url = redact_url(&shown.redis.url);
         shown.auth.tokens = redact_tokens(&shown.auth.tokens);
         shown.bridge.redact();
+        if !shown.http.pseudonym_secret.0.is_empty() {
+            shown.http.pseudonym_secret = Secret("***".to_owned());
+        }
         toml::to_string(&shown).expect("a Config always serialises. This is a bug")
     }
 }

@@ -490,6 +490,12 @@ fn policy(channel: &str) -> proto::Policy {
             threshold_drop: 0.2,
             subonly: true,
         }),
+        transparency: Some(proto::TransparencyPolicy {
+            public: true,
+            nicks: proto::NickDisplay::Shown as i32,
+            show_text: true,
+            recent_actions: 20,
+        }),
         ..proto::Policy::default()
     }
 }
@@ -856,6 +862,14 @@ async fn bad_input_writes_nothing(db: &Db) {
         (
             bad_policy(|p| p.raid.as_mut().unwrap().similarity = 0.2),
             "policy.raid.similarity: 0.2 is outside [0.5, 1]",
+        ),
+        (
+            bad_policy(|p| p.transparency.as_mut().unwrap().recent_actions = 501),
+            "policy.transparency.recent_actions: 501 is outside [1, 500]",
+        ),
+        (
+            bad_policy(|p| p.transparency.as_mut().unwrap().nicks = 7),
+            "policy.transparency.nicks: 7 is not a NickDisplay value (HASHED or SHOWN)",
         ),
         (
             bad_policy(|p| p.raid.as_mut().unwrap().surge_users = 1),

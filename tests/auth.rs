@@ -32,6 +32,9 @@ const TOKENS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// In [`TABLE`]: a method anyone may call, with or without a token.
+const ANYONE: &str = "anyone";
+
 /// What the bridge token of [`TOKENS`] is bound to.
 const BRIDGE_BINDING: &str = "bridge_ids=dgg-1,dgg-2 channels=destinygg,strims";
 const BRIDGE_TOKEN: &str = "bridge-secret-c70d2e9a41b6";
@@ -40,8 +43,10 @@ const MODERATOR_TOKEN: &str = "moderator-secret-0b6e13f2a8";
 const ADMIN_TOKEN: &str = "admin-secret-7d41c0e99b3f";
 
 /// Who may call what, written out here independently of the server's table: every method of
-/// `modbot.v1` with the roles that may call it (`admin` may call everything).
+/// `modbot.v1` with the roles that may call it (`admin` may call everything; [`ANYONE`]: no
+/// token needed).
 const TABLE: &[(&str, &[&str])] = &[
+    ("/modbot.v1.Transparency/GetPublicLog", &[ANYONE]),
     ("/modbot.v1.Moderation/Classify", &["classifier", "admin"]),
     ("/modbot.v1.Moderation/StreamModerate", &["bridge", "admin"]),
     ("/modbot.v1.Actions/ExecuteAction", &["moderator", "admin"]),
@@ -178,8 +183,19 @@ async fn every_rpc_answers_each_role_as_the_table_says() {
 
     let server = server_with_tokens().await;
     for (method, allowed) in TABLE {
+        if allowed.contains(&ANYONE) {
+            let status = call(&server.channel, method, None).await;
+            assert!(
+                !matches!(
+                    status.code(),
+                    Code::Unauthenticated | Code::PermissionDenied
+                ),
+                "anyone may call {method}, got {status:?}"
+            );
+        }
         for (roles, name, token) in TOKENS {
-            let may = roles.split(',').any(|role| allowed.contains(&role));
+            let may =
+                allowed.contains(&ANYONE) || roles.split(',').any(|role| allowed.contains(&role));
             let status = call(&server.channel, method, Some(&format!("Bearer {token}"))).await;
             assert_no_token_in(&status);
             if may {
@@ -1129,9 +1145,17 @@ async fn every_json_method_answers_each_role_as_the_table_says() {
                 .await
                 .status
         };
-        assert_eq!(anonymous, 401, "{method} without a token");
+        if allowed.contains(&ANYONE) {
+            assert!(
+                anonymous != 401 && anonymous != 403,
+                "anyone may call {method} over JSON, got {anonymous}"
+            );
+        } else {
+            assert_eq!(anonymous, 401, "{method} without a token");
+        }
         for (roles, name, token) in TOKENS {
-            let may = roles.split(',').any(|role| allowed.contains(&role));
+            let may =
+                allowed.contains(&ANYONE) || roles.split(',').any(|role| allowed.contains(&role));
             let client = server.http().with_bearer(token);
             let (status, body) = if streams {
                 let (status, _events) = client.events(method).await;

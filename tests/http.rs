@@ -556,3 +556,188 @@ async fn without_tokens_only_loopback_hosts_are_answered() {
     assert_eq!(login.json["name"], "local");
     server.stop().await.unwrap();
 }
+
+/// A channel's public moderation log: private until its policy publishes it; then anyone reads
+/// it, without a token, with reasons but no evidence or text, pseudonyms unless the policy
+/// shows nicks, every value escaped.
+#[tokio::test]
+async fn a_channel_publishes_its_moderation_log_only_when_its_policy_says_so() {
+    let server = server_with_tokens().await;
+    let admin = server.http().with_bearer(ADMIN);
+    let moderator = server.http().with_bearer(MODERATOR);
+    let anyone = server.http();
+
+    // Private by default: the same 404 as for a channel nobody ever used.
+    for channel in ["destinygg", "no-such-channel"] {
+        let page = anyone.get(&format!("/public/{channel}")).await;
+        assert_eq!(page.status, 404, "{}", page.text);
+        assert!(
+            page.text.contains("No public moderation log"),
+            "{}",
+            page.text
+        );
+        let log = anyone.get(&format!("/public/{channel}/log.json")).await;
+        assert_eq!(log.status, 404, "{}", log.text);
+        assert_eq!(log.code(), "not_found");
+    }
+
+    // A rule with a description, an automatic action through it, a moderator's warning whose
+    // reason has markup, in two channels: one hashing nicks, one showing nicks and text.
+    for (channel, nicks, show_text) in [
+        ("destinygg", "NICK_DISPLAY_HASHED", false),
+        ("strims", "NICK_DISPLAY_SHOWN", true),
+    ] {
+        let policy = admin
+            .post("/modbot.v1.Admin/GetPolicy", &json!({ "channel": channel }))
+            .await;
+        assert_eq!(policy.status, 200, "{}", policy.text);
+        let mut policy = policy.json;
+        policy["channel"] = json!(channel);
+        policy["transparency"] = json!({ "public": true, "nicks": nicks, "showText": show_text });
+        for server_set in ["updatedAt", "revision", "isDefault"] {
+            policy.as_object_mut().unwrap().remove(server_set);
+        }
+        let set = admin
+            .post("/modbot.v1.Admin/SetPolicy", &json!({ "policy": policy }))
+            .await;
+        assert_eq!(set.status, 200, "{}", set.text);
+        let rule = admin
+            .post(
+                "/modbot.v1.Admin/UpsertRule",
+                &json!({ "rule": { "id": format!("fruit-{channel}"), "channel": channel,
+                    "description": "Fruit scams", "action": "DECISION_HIDE", "mode": "RULE_MODE_ENFORCE",
+                    "phrase": { "phrases": ["kiwi offer"], "syntax": "PHRASE_SYNTAX_LITERAL" } } }),
+            )
+            .await;
+        assert_eq!(rule.status, 200, "{}", rule.text);
+        let decided = admin
+            .post(
+                "/modbot.v1.Moderation/Classify",
+                &json!({ "messages": [{ "channel": channel, "messageId": "s1", "userId": "Spammer",
+                    "nick": "Spammer", "text": "best kiwi offer <b>today</b>" }] }),
+            )
+            .await;
+        assert_eq!(
+            decided.json["verdicts"][0]["decision"], "DECISION_HIDE",
+            "{}",
+            decided.text
+        );
+        let warned = moderator
+            .post(
+                "/modbot.v1.Actions/ExecuteAction",
+                &json!({ "channel": channel, "targetUserId": "Bob", "targetNick": "<i>Bob</i>",
+                    "kind": "ACTION_KIND_WARN", "source": "ACTION_SOURCE_MODERATOR", "reason": "<script>alert(1)</script> being rude",
+                    "moderator": "alice" }),
+            )
+            .await;
+        assert_eq!(warned.status, 200, "{}", warned.text);
+    }
+
+    let log = anyone.get("/public/destinygg/log.json").await;
+    assert_eq!(log.status, 200, "{}", log.text);
+    assert!(
+        log.header("cache-control").contains("max-age=15"),
+        "{:?}",
+        log.headers
+    );
+    let recent = log.json["recent"]
+        .as_array()
+        .expect("recent actions")
+        .clone();
+    assert_eq!(recent.len(), 2, "{}", log.text);
+    let automatic = recent
+        .iter()
+        .find(|a| a["by"] == "automatic")
+        .expect("the rule's action");
+    assert_eq!(
+        automatic["reason"], "Fruit scams",
+        "the rule's description, no evidence"
+    );
+    assert_eq!(automatic["kind"], "hide");
+    let user = automatic["user"].as_str().unwrap();
+    assert!(
+        user.starts_with("user-") && !user.contains("Spammer"),
+        "{user}"
+    );
+    assert!(
+        automatic.get("text").is_none_or(|t| t == ""),
+        "no text: {automatic}"
+    );
+    assert!(
+        !log.text.contains("kiwi offer") && !log.text.contains("Spammer"),
+        "{}",
+        log.text
+    );
+    assert!(!log.text.contains("Bob"), "nicks are hashed: {}", log.text);
+    assert_eq!(
+        log.json["byReason"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        log.text
+    );
+    assert_eq!(log.json["counted"], 2);
+
+    let page = anyone.get("/public/destinygg").await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(page.header("content-type").starts_with("text/html"));
+    assert!(
+        page.header("content-security-policy")
+            .contains("script-src")
+    );
+    assert!(page.text.contains("Fruit scams"));
+    assert!(page.text.contains(user), "the same pseudonym on the page");
+    assert!(
+        page.text
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt; being rude")
+    );
+    assert!(
+        !page.text.contains("<script"),
+        "no script, none injected: {}",
+        page.text
+    );
+
+    // The other channel shows nicks and the message an automatic action was about.
+    let shown = anyone.get("/public/strims/log.json").await;
+    assert_eq!(shown.status, 200, "{}", shown.text);
+    let automatic = shown.json["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["by"] == "automatic")
+        .expect("the rule's action")
+        .clone();
+    assert_eq!(automatic["user"], "Spammer");
+    assert_eq!(automatic["text"], "best kiwi offer <b>today</b>");
+    let page = anyone.get("/public/strims").await;
+    assert!(
+        page.text
+            .contains("best kiwi offer &lt;b&gt;today&lt;/b&gt;"),
+        "{}",
+        page.text
+    );
+    assert!(
+        page.text.contains("&lt;i&gt;Bob&lt;/i&gt;"),
+        "{}",
+        page.text
+    );
+
+    // Bad input names its field; over gRPC too, without a token.
+    let bad = anyone
+        .post(
+            "/modbot.v1.Transparency/GetPublicLog",
+            &json!({ "channel": "" }),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(bad.field(), "channel");
+    let mut transparency =
+        modbot::proto::transparency_client::TransparencyClient::new(server.channel.clone());
+    let log = transparency
+        .get_public_log(modbot::proto::GetPublicLogRequest {
+            channel: "destinygg".into(),
+        })
+        .await
+        .expect("anyone may read a public log")
+        .into_inner();
+    assert_eq!(log.recent.len(), 2);
+}

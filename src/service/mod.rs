@@ -17,6 +17,7 @@ pub mod review;
 pub mod rule_admin;
 pub mod ruleset;
 pub mod stats;
+pub mod transparency;
 
 #[cfg(test)]
 mod golden;
@@ -45,6 +46,8 @@ pub struct Services {
     pub notices: notices::NoticeLimiter,
     /// Every decision as it is made, for moderators watching.
     pub feed: feed::DecisionFeed,
+    /// Channels' public moderation logs, as last built.
+    pub public_logs: transparency::PublicLogs,
     /// Turns true when the server starts shutting down: long-lived streams finish what they
     /// read and end, so their bridges reconnect (to another replica) instead of being cut at
     /// the end of the grace period.

@@ -265,7 +265,9 @@ impl Services {
             .map(|hit| {
                 let message = tried[hit.index].clone();
                 BacktestMatch {
-                    decided: decided.get(&message.message_id).copied(),
+                    decided: decided
+                        .get(&message.message_id)
+                        .map(|d| (d.decision, d.enforced)),
                     message,
                     reason: hit.reason,
                 }

@@ -20,6 +20,7 @@ mod rule_spec;
 pub mod status;
 mod stream;
 pub mod trace;
+mod transparency;
 
 use std::sync::Arc;
 
@@ -32,6 +33,7 @@ use crate::proto::admin_server::AdminServer;
 use crate::proto::appeals_server::AppealsServer;
 use crate::proto::moderation_server::ModerationServer;
 use crate::proto::review_server::ReviewServer;
+use crate::proto::transparency_server::TransparencyServer;
 use crate::service::Services;
 
 /// A server stream's responses, converted as the client reads them.
@@ -48,6 +50,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "modbot.v1.Appeals",
     "modbot.v1.Admin",
     "modbot.v1.Review",
+    "modbot.v1.Transparency",
 ];
 
 /// The modbot services, ready to be added to a server next to health and reflection.
@@ -57,6 +60,9 @@ pub fn routes(services: Arc<Services>) -> Routes {
     let actions = ActionsServer::new(actions::ActionsService::new(Arc::clone(&services)));
     let appeals = AppealsServer::new(appeals::AppealsService::new(Arc::clone(&services)));
     let review = ReviewServer::new(review::ReviewService::new(Arc::clone(&services)));
+    let transparency = TransparencyServer::new(transparency::TransparencyService::new(Arc::clone(
+        &services,
+    )));
     let moderation = ModerationServer::new(ModerationService::new(services))
         .max_decoding_message_size(max_message_bytes);
     Routes::new(moderation)
@@ -64,4 +70,5 @@ pub fn routes(services: Arc<Services>) -> Routes {
         .add_service(appeals)
         .add_service(admin)
         .add_service(review)
+        .add_service(transparency)
 }

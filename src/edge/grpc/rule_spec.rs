@@ -23,8 +23,8 @@ use crate::domain::MAX_ID_BYTES;
 use crate::domain::{Decision, OnExpiry};
 use crate::engine::rules::ClassifyActions;
 use crate::engine::rules::spec::{
-    DEFAULT_MEMORY_HALF_LIFE_SECS, EscalationSpec, ModelLabelSpec, ModelPolicySpec, NoticesSpec,
-    RaidSpec, ReputationSpec, ReviewSpec, RuleParams,
+    DEFAULT_MEMORY_HALF_LIFE_SECS, EscalationSpec, ModelLabelSpec, ModelPolicySpec, NickDisplay,
+    NoticesSpec, RaidSpec, ReputationSpec, ReviewSpec, RuleParams, TransparencySpec,
 };
 use crate::engine::rules::spec::{PolicySpec, RuleSpec};
 use crate::engine::rules::{Mode, PhraseSyntax, RulesError};
@@ -789,6 +789,29 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
         None => RaidSpec::default(),
         Some(r) => raid_from_proto(r)?,
     };
+    let transparency = match policy.transparency {
+        None => TransparencySpec::default(),
+        Some(t) => TransparencySpec {
+            public: t.public,
+            nicks: match proto::NickDisplay::try_from(t.nicks) {
+                Ok(proto::NickDisplay::Unspecified | proto::NickDisplay::Hashed) => {
+                    NickDisplay::Hashed
+                }
+                Ok(proto::NickDisplay::Shown) => NickDisplay::Shown,
+                Err(_) => {
+                    return Err(FieldError::new(
+                        "policy.transparency.nicks",
+                        format!("{} is not a NickDisplay value (HASHED or SHOWN)", t.nicks),
+                    ));
+                }
+            },
+            show_text: t.show_text,
+            recent_actions: match t.recent_actions {
+                0 => TransparencySpec::default().recent_actions,
+                n => n,
+            },
+        },
+    };
     Ok((
         policy.channel,
         PolicySpec {
@@ -801,6 +824,7 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             notices,
             reputation,
             raid,
+            transparency,
             model: ModelPolicySpec { labels },
         },
     ))
@@ -956,6 +980,16 @@ pub fn policy_to_proto(
             new_margin: spec.reputation.new_margin,
         }),
         raid: Some(raid_to_proto(&spec.raid)),
+        transparency: Some(proto::TransparencyPolicy {
+            public: spec.transparency.public,
+            nicks: match spec.transparency.nicks {
+                NickDisplay::Hashed => proto::NickDisplay::Hashed,
+                NickDisplay::Shown => proto::NickDisplay::Shown,
+            }
+            .into(),
+            show_text: spec.transparency.show_text,
+            recent_actions: spec.transparency.recent_actions,
+        }),
         harmful_labels: shown()
             .filter(|(_, l)| l.harmful)
             .map(|(name, _)| name.clone())

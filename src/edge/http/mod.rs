@@ -24,6 +24,7 @@
 pub mod console;
 pub mod error;
 pub mod openapi;
+mod public;
 pub mod rpc;
 mod seed;
 pub mod session;
@@ -94,6 +95,8 @@ pub fn router(state: HttpState, max_request_bytes: usize) -> Router {
         .route("/admin/rules", post(seed::upsert_rule))
         .route("/appeals", post(seed::file_appeal))
         .route("/appeals/{id}", get(seed::get_appeal))
+        .route("/public/{channel}", get(public::page))
+        .route("/public/{channel}/log.json", get(public::json))
         .fallback(api)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

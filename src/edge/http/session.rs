@@ -254,6 +254,7 @@ mod tests {
             max_sessions: 2,
             login_attempts_per_minute: 3,
             secure_cookies: false,
+            pseudonym_secret: Default::default(),
         }
     }
 

@@ -478,6 +478,12 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
     if config.review.ttl_secs == 0 {
         return Err(place.error("review.ttl_secs", "must be at least 1"));
     }
+    if !(1..=500).contains(&config.transparency.recent_actions) {
+        return Err(place.error(
+            "transparency.recent_actions",
+            format!("{} is outside [1, 500]", config.transparency.recent_actions),
+        ));
+    }
     let n = &config.notices;
     // The appeal text is itself a placeholder's value: it may name the action, not itself.
     let appeal_names: Vec<&str> = NOTICE_PLACEHOLDERS
@@ -584,6 +590,7 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
             new_margin: r.new_margin,
         },
         raid,
+        transparency: config.transparency.clone(),
     })
 }
 

@@ -98,6 +98,8 @@ pub struct Policy {
     pub reputation: Reputation,
     /// Raid detection and raid mode.
     pub raid: RaidPolicy,
+    /// The public moderation log.
+    pub transparency: spec::TransparencySpec,
 }
 
 /// The placeholders a notice template may use: the user's nick, the action's reason, its

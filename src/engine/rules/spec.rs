@@ -82,6 +82,9 @@ pub struct PolicySpec {
     /// Raid mode.
     #[serde(default)]
     pub raid: RaidSpec,
+    /// The public moderation log.
+    #[serde(default)]
+    pub transparency: TransparencySpec,
     /// What the model's labels do.
     #[serde(default)]
     pub model: ModelPolicySpec,
@@ -169,6 +172,44 @@ impl Default for ReputationSpec {
             new_margin: 0.0,
         }
     }
+}
+
+/// `[policy.transparency]`: the channel's public moderation log (`/public/CHANNEL` on the HTTP
+/// server). [`Default`] (a policy without the table) is private.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransparencySpec {
+    /// Serve the log to anyone, without a token.
+    pub public: bool,
+    /// How users are named in it.
+    pub nicks: NickDisplay,
+    /// Show the message an automatic action was about (cut to 200 characters).
+    pub show_text: bool,
+    /// Recent actions listed (1 to 500).
+    pub recent_actions: u32,
+}
+
+impl Default for TransparencySpec {
+    fn default() -> Self {
+        Self {
+            public: false,
+            nicks: NickDisplay::Hashed,
+            show_text: false,
+            recent_actions: 50,
+        }
+    }
+}
+
+/// How the public moderation log names users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NickDisplay {
+    /// A pseudonym, the same for one user in one channel, that cannot be turned back into the
+    /// nick without the server's secret.
+    #[default]
+    Hashed,
+    /// The nick.
+    Shown,
 }
 
 /// `[policy.raid]`: raid detection and raid mode (see [`crate::engine::raid`]). [`Default`]

@@ -646,13 +646,13 @@ impl Store {
     }
 
     /// What was decided about `channel`'s messages `message_ids`, by message id (the newest
-    /// record of each): the decision and whether it was enforced. A message with no record
-    /// was allowed (allowed messages are never stored), or is older than the retention.
+    /// record of each). A message with no record was allowed (allowed messages are never
+    /// stored), or is older than the retention.
     pub async fn decisions_of(
         &self,
         channel: &str,
         message_ids: &[&str],
-    ) -> Result<HashMap<String, (Decision, bool)>, StoreError> {
+    ) -> Result<HashMap<String, RecordedDecision>, StoreError> {
         /// Ids per query, well under both backends' limits on bound parameters.
         const CHUNK: usize = 500;
         self.timed(async move {
@@ -661,7 +661,7 @@ impl Store {
                 let placeholders: Vec<String> =
                     (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
                 let sql = format!(
-                    "SELECT message_id, decision, enforced FROM audit_log \
+                    "SELECT id, message_id, decision, enforced, reasons, text FROM audit_log \
                      WHERE channel = $1 AND message_id IN ({}) \
                      ORDER BY decided_at DESC, id DESC",
                     placeholders.join(", ")
@@ -673,23 +673,46 @@ impl Store {
                 }
                 for row in &query.fetch_all(&self.pool).await? {
                     let message_id: String = row.try_get("message_id")?;
+                    if decided.contains_key(&message_id) {
+                        // Newest first: the first record of a message is its latest.
+                        continue;
+                    }
+                    let id: String = row.try_get("id")?;
+                    let corrupt = |message: String| StoreError::Corrupt {
+                        id: id.clone(),
+                        message,
+                    };
                     let name: String = row.try_get("decision")?;
                     let enforced: i64 = row.try_get("enforced")?;
-                    let decision =
-                        Decision::from_name(&name).ok_or_else(|| StoreError::Corrupt {
-                            id: message_id.clone(),
-                            message: format!("decision `{name}` is unknown"),
-                        })?;
-                    // Newest first: the first record of a message is its latest.
-                    decided
-                        .entry(message_id)
-                        .or_insert((decision, enforced != 0));
+                    let reasons: String = row.try_get("reasons")?;
+                    let recorded = RecordedDecision {
+                        decision: Decision::from_name(&name)
+                            .ok_or_else(|| corrupt(format!("decision `{name}` is unknown")))?,
+                        enforced: enforced != 0,
+                        reasons: serde_json::from_str(&reasons)
+                            .map_err(|e| corrupt(format!("reasons: {e}")))?,
+                        text: row.try_get("text")?,
+                    };
+                    decided.insert(message_id, recorded);
                 }
             }
             Ok(decided)
         })
         .await
     }
+}
+
+/// What the audit log says was decided about one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedDecision {
+    /// The decision.
+    pub decision: Decision,
+    /// Whether it was enforced.
+    pub enforced: bool,
+    /// Its reasons.
+    pub reasons: Vec<crate::domain::Reason>,
+    /// The message's original text.
+    pub text: String,
 }
 
 fn audit_record_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
