@@ -1,5 +1,5 @@
-//! The "tools in other languages" user: the Python client generated from proto/ with
-//! grpcio-tools calls Health and Classify on a real server.
+//! The "tools in other languages" user: the clients generated from proto/ call Health and
+//! Classify on a real server. Python: grpcio-tools.
 
 mod common;
 
