@@ -15,6 +15,8 @@
 //!   model-fault  a model directory with garbage weights, against a healthy reference run
 //!   bridge-cut   `modbot bridge` between the test chat and the server through a TCP proxy
 //!                that drops its connections at S/3 and 2S/3 (S: 30)
+//!   feed         the console's live feed in Chromium while Classify decides `--feed-rate` (1000)
+//!                msgs/s for S s (10), rules only (benches/common/feed.rs)
 //!   smoke        all of the above, short (what scripts/test runs)
 //! ```
 //!
@@ -33,8 +35,12 @@
 
 #[path = "common/bridge_cut.rs"]
 mod bridge_cut;
+#[path = "../tests/common/browser.rs"]
+mod browser;
 #[path = "../tests/chat_server/mod.rs"]
 mod chat_server;
+#[path = "common/feed.rs"]
+mod feed;
 #[path = "common/load.rs"]
 mod load;
 #[path = "common/services.rs"]
@@ -82,6 +88,8 @@ const F_MUTE: u16 = 64;
 struct Args {
     scenario: String,
     rate: f64,
+    /// The `feed` scenario's rate.
+    feed_rate: f64,
     secs: Option<f64>,
     streams: usize,
     spread: usize,
@@ -93,6 +101,7 @@ fn parse_args() -> Args {
     let mut args = Args {
         scenario: String::new(),
         rate: 833.0,
+        feed_rate: 1000.0,
         secs: None,
         streams: 4,
         spread: 10,
@@ -106,6 +115,9 @@ fn parse_args() -> Args {
         };
         match arg.as_str() {
             "--rate" => args.rate = value().parse().unwrap_or_else(|_| usage("--rate R")),
+            "--feed-rate" => {
+                args.feed_rate = value().parse().unwrap_or_else(|_| usage("--feed-rate R"));
+            }
             "--secs" => args.secs = Some(value().parse().unwrap_or_else(|_| usage("--secs S"))),
             "--streams" => {
                 args.streams = value().parse().unwrap_or_else(|_| usage("--streams N"));
@@ -137,7 +149,7 @@ fn parse_args() -> Args {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "soak: {problem}\nusage: cargo bench --bench soak -- \
-         load|overload|redis-fault|pg-restart|model-fault|bridge-cut|smoke [--rate R] [--secs S] [--streams N] [--spread N] \
+         load|overload|redis-fault|pg-restart|model-fault|bridge-cut|feed|smoke [--rate R] [--feed-rate R] [--secs S] [--streams N] [--spread N] \
          [--set KEY=VALUE ...]"
     );
     std::process::exit(2)
@@ -228,6 +240,9 @@ fn main() {
         "bridge-cut" => run("bridge-cut", &|| {
             rt.block_on(bridge_cut::scenario(secs(30.0)))
         }),
+        "feed" => run("feed", &|| {
+            rt.block_on(feed::scenario(&corpus, args.feed_rate, secs(10.0)))
+        }),
         "model-fault" => run("model-fault", &|| {
             rt.block_on(model_fault_scenario(
                 &model_dir,
@@ -270,6 +285,9 @@ fn main() {
             });
             run("bridge-cut (smoke)", &|| {
                 rt.block_on(bridge_cut::scenario(15.0))
+            });
+            run("feed (smoke)", &|| {
+                rt.block_on(feed::scenario(&corpus, args.feed_rate, 8.0))
             });
         }
         other => usage(&format!("unknown scenario {other}")),

@@ -1124,6 +1124,22 @@ async fn enforced_verdicts_become_actions_once() {
     assert_eq!(user.next_timeout, secs(240));
     assert_eq!(user.recent_actions.len(), 2);
     assert_eq!(user.recent_verdicts.len(), 3);
+    // The messages themselves, as remembered (normalised), newest first: s2 was decided twice.
+    let remembered: Vec<(&str, &str)> = user
+        .recent_messages
+        .iter()
+        .map(|m| (m.message_id.as_str(), m.text.as_str()))
+        .collect();
+    assert_eq!(
+        remembered,
+        [
+            ("s2", "free nitro at scam dot link"),
+            ("s2", "free nitro at scam dot link"),
+            ("s1", "free nitro at scam dot link"),
+        ],
+        "{user:?}"
+    );
+    assert!(user.recent_messages.iter().all(|m| m.sent_at.is_some()));
     let status = c
         .admin
         .get_user(proto::GetUserRequest {

@@ -45,6 +45,8 @@ pub struct Modbot {
     pub addr: String,
     /// Where its Prometheus metrics are served.
     pub metrics: SocketAddr,
+    /// Its HTTP server (the console and the JSON API).
+    pub http: SocketAddr,
     log: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -57,6 +59,9 @@ impl Modbot {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("an address");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("an address");
         let log = dir.path().join("modbot.log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_modbot"));
         command
@@ -64,7 +69,7 @@ impl Modbot {
             .arg("serve")
             .args(["--grpc-addr", &format!("127.0.0.1:{port}")])
             .args(["--metrics-addr", &metrics.to_string()])
-            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http-addr", &http.to_string()])
             .args(["--data-dir", &dir.path().join("data").display().to_string()]);
         let model_dir = options
             .model_dir
@@ -97,6 +102,7 @@ impl Modbot {
             child,
             addr: format!("http://127.0.0.1:{port}"),
             metrics,
+            http,
             log,
             dir,
         }

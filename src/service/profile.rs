@@ -47,6 +47,8 @@ pub struct UserProfile {
     pub recent_actions: Vec<Action>,
     /// Their latest notable verdicts, newest first.
     pub recent_verdicts: Vec<Verdict>,
+    /// Their latest messages as the user state remembers them (normalised text), newest first.
+    pub recent_messages: Vec<crate::domain::RecentMessage>,
 }
 
 impl Services {
@@ -109,6 +111,12 @@ impl Services {
             next_escalation: (next.decision, next.duration),
             recent_actions: actions,
             recent_verdicts: records.into_iter().map(|r| r.verdict).collect(),
+            recent_messages: history
+                .recent
+                .iter()
+                .rev()
+                .map(|m| m.as_ref().clone())
+                .collect(),
             channel,
             user_id,
         }))

@@ -19,6 +19,7 @@ import { Admin } from "../gen/modbot/v1/admin_pb.js";
 import { Appeals } from "../gen/modbot/v1/appeals_pb.js";
 import { Moderation } from "../gen/modbot/v1/moderation_pb.js";
 import { Review } from "../gen/modbot/v1/review_pb.js";
+import { Transparency } from "../gen/modbot/v1/transparency_pb.js";
 
 export interface ModbotOptions {
   /**
@@ -148,6 +149,7 @@ export interface Modbot {
   appeals: Client<typeof Appeals>;
   review: Client<typeof Review>;
   admin: Client<typeof Admin>;
+  transparency: Client<typeof Transparency>;
   /** Closes the connection (calls still running fail). */
   close(): void;
 }
@@ -162,6 +164,7 @@ export function connectModbot(options: ModbotOptions): Modbot {
     appeals: createClient(Appeals, transport),
     review: createClient(Review, transport),
     admin: createClient(Admin, transport),
+    transparency: createClient(Transparency, transport),
     close: () => sessionManager.abort(),
   };
 }

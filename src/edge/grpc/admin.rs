@@ -52,12 +52,22 @@ impl Admin for AdminService {
         request: Request<WatchDecisionsRequest>,
     ) -> Result<Response<Self::WatchDecisionsStream>, Status> {
         let channel = optional_id(request.into_inner().channel, "channel")?;
+        use crate::service::feed::{DecisionFeed, MAX_WATCHERS};
         use tokio_stream::StreamExt as _;
+        let Some(subscription) = self.services.feed.subscribe() else {
+            return Err(Status::resource_exhausted(format!(
+                "this replica already serves {MAX_WATCHERS} live feeds; close one or try another replica"
+            )));
+        };
 
         let (items_tx, items_rx) = tokio::sync::mpsc::channel(FEED_BUFFER);
-        let services = Arc::clone(&self.services);
-        let stopping = services.stopping.subscribe();
-        tokio::spawn(async move { services.feed.watch(channel, items_tx, stopping).await });
+        let stopping = self.services.stopping.subscribe();
+        tokio::spawn(DecisionFeed::watch(
+            subscription,
+            channel,
+            items_tx,
+            stopping,
+        ));
         // Converted as the client reads: when it goes, the receiver goes with the stream and
         // the watch ends at once.
         let events = tokio_stream::wrappers::ReceiverStream::new(items_rx).map(
@@ -154,6 +164,15 @@ impl Admin for AdminService {
                 .recent_verdicts
                 .into_iter()
                 .map(Into::into)
+                .collect(),
+            recent_messages: profile
+                .recent_messages
+                .into_iter()
+                .map(|m| UserMessage {
+                    message_id: m.message_id,
+                    text: m.text,
+                    sent_at: Some(crate::domain::from_unix_millis(m.at_ms).into()),
+                })
                 .collect(),
             channel: profile.channel,
             user_id: profile.user_id,

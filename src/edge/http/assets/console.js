@@ -152,7 +152,7 @@ function showLogin(message) {
   stopView();
   S.session = null;
   const app = document.getElementById('app');
-  const token = h('input', { type: 'password', autocomplete: 'current-password', required: true, id: 'token' });
+  const token = h('input', { type: 'password', autocomplete: 'current-password', id: 'token' });
   const error = h('p', { class: 'error', role: 'alert', id: 'login-error' }, message || '');
   const form = h('form', {
     onsubmit: async (event) => {
@@ -471,6 +471,9 @@ async function userSummary(channel, userId) {
         h('dt', {}, 'Reputation'), h('dd', {}, Number(user.reputation).toFixed(2)),
         h('dt', {}, 'Strikes'), h('dd', {}, Number(user.strikes).toFixed(2)),
         h('dt', {}, 'Ladder step'), h('dd', {}, `${user.ladderStep} (next: ${decisionName(user.nextEscalation)}${user.nextTimeout ? ' ' + user.nextTimeout : ''})`)),
+      h('h3', {}, 'Recent messages'),
+      h('ul', { class: 'reasons', id: 'user-messages' }, (user.recentMessages || []).map((m) =>
+        h('li', {}, h('span', { class: 'muted mono' }, when(m.sentAt)), ' ', m.text))),
       h('h3', {}, 'Recent verdicts'),
       h('ul', { class: 'reasons' }, (user.recentVerdicts || []).map((v) =>
         h('li', {}, decisionBadge(v.decision), ' ', (v.reasons || []).map((r) => r.ruleId || r.label).filter(Boolean).join(', ')))),
