@@ -1847,11 +1847,11 @@ async fn the_console_moderates_a_test_chat_in_a_real_browser() {
     browser
         .wait_text("#backtest-matches", "i had a kiwi for lunch")
         .await;
-    browser.shot("10-backtest").await;
+    browser.shot("09-backtest").await;
     browser.click("#rule-save").await;
     browser.wait_text("#status", "Saved rule no-kiwis").await;
     browser.wait_text("#rules-rows", "no-kiwis").await;
-    browser.shot("09-rules").await;
+    browser.shot("10-rules").await;
     let matched = api
         .post("/webhooks/chat-message", &json!({ "channel": "destinygg", "messageId": "k1", "userId": "Bob", "text": "i love kiwi" }))
         .await;
@@ -1860,6 +1860,56 @@ async fn the_console_moderates_a_test_chat_in_a_real_browser() {
         "{}",
         matched.text
     );
+
+    // The admin publishes the channel's moderation log in the policy editor; anyone reads it.
+    let private = common::http::Http::new(modbot.http_addr)
+        .get("/public/destinygg")
+        .await;
+    assert_eq!(private.status, 404, "private until the policy says so");
+    browser.click("#policy-load").await;
+    browser.wait_text("#policy-status", "Revision").await;
+    let edited = browser
+        .eval(
+            "const e = document.getElementById('policy-json'); const p = JSON.parse(e.value); \
+             if (p.channel !== 'destinygg') return p.channel; \
+             p.transparency = { ...(p.transparency || {}), public: true }; \
+             e.value = JSON.stringify(p, null, 2); return 'ok';",
+        )
+        .await;
+    assert_eq!(edited, json!("ok"), "the editor holds destinygg's policy");
+    browser.click("#policy-save").await;
+    browser
+        .wait_text("#status", "Saved the policy of destinygg")
+        .await;
+    let public = common::http::Http::new(modbot.http_addr)
+        .get("/public/destinygg")
+        .await;
+    assert_eq!(public.status, 200, "{}", public.text);
+    assert!(public.text.contains("Moderation log: destinygg"));
+    assert!(
+        public.text.contains("kiwis are off topic"),
+        "the rule's description is the reason: {}",
+        public.text
+    );
+    // The stats view draws decisions over time from its successive polls.
+    browser.press("8").await;
+    browser.find("#stats-body").await;
+    browser.click("#stats-refresh").await;
+    browser.find("#stats-series").await;
+    browser.shot("11-stats").await;
+    browser
+        .client
+        .goto(&format!("{base}/public/destinygg"))
+        .await
+        .expect("the public log opens");
+    browser.wait_text("h1", "Moderation log: destinygg").await;
+    browser.shot("12-public-log").await;
+    browser
+        .client
+        .goto(&format!("{base}/"))
+        .await
+        .expect("back to the console");
+    browser.find("#logout").await;
 
     browser.click("#logout").await;
     browser.wait_text("#login-error", "Signed out").await;

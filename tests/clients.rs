@@ -23,6 +23,33 @@ fn python() -> PathBuf {
     }
 }
 
+/// What both examples print for the same two messages, in the proto3 JSON mapping (enum
+/// names, camelCase fields, durations as "600s"): health, then an allow and a first scam
+/// offence, whose rule timeout becomes a warning carried out as a hide (a scam is harmful),
+/// every reason shown: the hide, the softening, the rule.
+fn assert_example_printed(stdout: &[u8], example: &str) {
+    let printed: serde_json::Value =
+        serde_json::from_slice(stdout).unwrap_or_else(|e| panic!("{example} prints JSON: {e}"));
+    assert_eq!(printed["health"], "SERVING", "{example}");
+    let verdicts = printed["verdicts"].as_array().expect("verdicts");
+    assert_eq!(verdicts.len(), 2, "{example}");
+    assert_eq!(verdicts[0]["decision"], "DECISION_ALLOW");
+    assert_eq!(verdicts[0]["channel"], "strims");
+    assert_eq!(verdicts[1]["decision"], "DECISION_HIDE");
+    assert_eq!(verdicts[1]["reasons"][0]["label"], "harm-hidden");
+    assert_eq!(verdicts[1]["reasons"][0]["harmful"], true);
+    assert_eq!(
+        verdicts[1]["reasons"][1]["source"],
+        "REASON_SOURCE_ESCALATION"
+    );
+    assert_eq!(verdicts[1]["reasons"][2]["ruleId"], "scam-giveaway");
+    assert_eq!(verdicts[1]["reasons"][2]["duration"], "600s");
+    assert_eq!(
+        verdicts[1]["reasons"][2]["evidence"]["matchedText"],
+        "FREE NITRO"
+    );
+}
+
 #[tokio::test]
 async fn python_client_checks_health_and_classifies() {
     let python = python();
@@ -86,28 +113,7 @@ async fn python_client_checks_health_and_classifies() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "example.py failed: {stderr}");
-    let printed: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("example.py prints JSON");
-    assert_eq!(printed["health"], "SERVING");
-    let verdicts = printed["verdicts"].as_array().expect("verdicts");
-    assert_eq!(verdicts.len(), 2);
-    assert_eq!(verdicts[0]["decision"], "DECISION_ALLOW");
-    assert_eq!(verdicts[0]["channel"], "strims");
-    // A first offence: the rule's timeout becomes a warning, carried out as a hide (a scam is
-    // harmful), and every reason is shown: the hide, the softening, the rule.
-    assert_eq!(verdicts[1]["decision"], "DECISION_HIDE");
-    assert_eq!(verdicts[1]["reasons"][0]["label"], "harm-hidden");
-    assert_eq!(verdicts[1]["reasons"][0]["harmful"], true);
-    assert_eq!(
-        verdicts[1]["reasons"][1]["source"],
-        "REASON_SOURCE_ESCALATION"
-    );
-    assert_eq!(verdicts[1]["reasons"][2]["ruleId"], "scam-giveaway");
-    assert_eq!(verdicts[1]["reasons"][2]["duration"], "600s");
-    assert_eq!(
-        verdicts[1]["reasons"][2]["evidence"]["matchedText"],
-        "FREE NITRO"
-    );
+    assert_example_printed(&output.stdout, "example.py");
     server.stop().await.expect("clean stop");
 
     // Against a server with TLS and tokens: the token from MODBOT_TOKEN, the CA from a file.
@@ -248,27 +254,7 @@ async fn typescript_client_classifies_over_tls_with_a_token() {
         output.status.success(),
         "example.js with TLS and MODBOT_TOKEN failed: {stderr}"
     );
-    let printed: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("example.js prints JSON");
-    assert_eq!(printed["health"], "SERVING");
-    let verdicts = printed["verdicts"].as_array().expect("verdicts");
-    assert_eq!(verdicts.len(), 2);
-    assert_eq!(verdicts[0]["decision"], "DECISION_ALLOW");
-    assert_eq!(verdicts[0]["channel"], "strims");
-    // Decoded by the generated code and printed in the proto3 JSON mapping, as the Python
-    // client prints it: enum names, camelCase fields, durations as "600s".
-    assert_eq!(verdicts[1]["decision"], "DECISION_HIDE");
-    assert_eq!(verdicts[1]["reasons"][0]["label"], "harm-hidden");
-    assert_eq!(
-        verdicts[1]["reasons"][1]["source"],
-        "REASON_SOURCE_ESCALATION"
-    );
-    assert_eq!(verdicts[1]["reasons"][2]["ruleId"], "scam-giveaway");
-    assert_eq!(verdicts[1]["reasons"][2]["duration"], "600s");
-    assert_eq!(
-        verdicts[1]["reasons"][2]["evidence"]["matchedText"],
-        "FREE NITRO"
-    );
+    assert_example_printed(&output.stdout, "example.js");
 
     let from_file = run(
         None,

@@ -261,7 +261,7 @@ fn public_reason(action: &Action, record: Option<&RecordedDecision>, rules: &Rul
         }
         // A nuke's reason may quote its pattern (a phrase the channel wanted gone).
         ActionSource::Nuke => "a mass mute of everyone who said one thing".to_owned(),
-        ActionSource::Appeal => "an appeal was upheld in the user's favour".to_owned(),
+        ActionSource::Appeal => "overturned on appeal".to_owned(),
         ActionSource::Moderator | ActionSource::Api => {
             let given = action.reason.trim();
             if given.is_empty() {

@@ -804,9 +804,56 @@ function renderRules(root) {
         canEdit ? null : h('p', { class: 'muted' }, 'You can read and backtest the rules; only admins change them.'),
         h('h3', {}, 'Backtest before saving'),
         h('div', { class: 'toolbar' }, testChannelField, lastField, backtest),
-        backtestResult)));
+        backtestResult)),
+    policyEditor(channel, canEdit));
   S.keys = { b: runBacktest };
   load();
+}
+
+/** The channel's policy as JSON (the API's Policy message): read, edit, save (admins). */
+function policyEditor(channel, canEdit) {
+  const editor = h('textarea', { id: 'policy-json', spellcheck: 'false', 'aria-describedby': 'policy-error' });
+  const error = h('div', { class: 'field-error', id: 'policy-error', role: 'alert' });
+  const status = h('p', { class: 'muted', id: 'policy-status' });
+  const named = () => channel.value.trim() || '*';
+  const load = async () => {
+    error.textContent = '';
+    try {
+      const policy = await api('Admin/GetPolicy', { channel: named() });
+      status.textContent = `Revision ${policy.revision}, changed ${whenFull(policy.updatedAt)}.` +
+        (policy.isDefault && named() !== '*' ? ` ${named()} has no policy of its own: this is the default one; saving gives it its own.` : '');
+      const shown = { ...policy, channel: named() };
+      for (const server of ['updatedAt', 'revision', 'isDefault']) delete shown[server];
+      editor.value = JSON.stringify(shown, null, 2);
+    } catch (e) {
+      error.textContent = errorText(e);
+    }
+  };
+  const save = async () => {
+    let policy;
+    try {
+      policy = JSON.parse(editor.value);
+    } catch (e) {
+      error.textContent = `The policy is not valid JSON: ${e.message}`;
+      return;
+    }
+    error.textContent = '';
+    try {
+      const saved = await api('Admin/SetPolicy', { policy });
+      say(`Saved the policy of ${saved.channel} (revision ${saved.revision}).`);
+      load();
+    } catch (e) {
+      error.textContent = e.field ? `${e.field.replace(/^policy\./, '')}: ${e.message.replace(/^[^:]+: /, '')}` : errorText(e);
+    }
+  };
+  const loadButton = h('button', { type: 'button', id: 'policy-load', onclick: load }, 'Load policy');
+  const saveButton = h('button', { type: 'button', class: 'primary', id: 'policy-save', disabled: !canEdit, onclick: save,
+    title: canEdit ? '' : 'Only admins change policies' }, 'Save policy');
+  return h('div', { class: 'panel', id: 'policy-panel' },
+    h('h3', {}, 'Channel policy (the channel above; empty: the default policy)'),
+    h('div', { class: 'toolbar' }, loadButton, saveButton),
+    status,
+    h('label', { for: 'policy-json' }, 'Policy (JSON, the API\'s Policy message)'), editor, error);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -827,13 +874,46 @@ function barChart(title, counts) {
   return h('div', {}, h('h3', {}, title), entries.length ? svg : h('p', { class: 'muted' }, 'Nothing yet.'));
 }
 
+/**
+ * Decisions per second over time, one line per decision, from successive GetStats answers
+ * (the counters' differences between polls), drawn as SVG nodes.
+ */
+function seriesChart(samples) {
+  const width = 560;
+  const height = 160;
+  const names = [...new Set(samples.flatMap((s) => Object.keys(s.decisions)))].sort();
+  const rates = names.map((name) => samples.slice(1).map((s, i) => {
+    const before = samples[i];
+    const seconds = Math.max(0.001, (s.at - before.at) / 1000);
+    return Math.max(0, ((s.decisions[name] || 0) - (before.decisions[name] || 0)) / seconds);
+  }));
+  const points = Math.max(1, samples.length - 2);
+  const top = Math.max(1, ...rates.flat());
+  const svg = h('svg:svg', { class: 'chart', id: 'stats-series', viewBox: `0 0 ${width} ${height + 20}`, role: 'img',
+    'aria-label': 'Decisions per second over the last minutes' });
+  svg.append(h('svg:line', { class: 'axis', x1: 0, y1: height, x2: width - 60, y2: height }),
+    h('svg:text', { x: 0, y: height + 16 }, `${Math.round(top)}/s at the top; a point every 5 s`));
+  names.forEach((name, j) => {
+    const line = rates[j].map((rate, i) => `${((i / points) * (width - 60)).toFixed(1)},${(height - (rate / top) * (height - 8)).toFixed(1)}`).join(' ');
+    const short = decisionName(name) || name;
+    // Coloured by class, as the badges are (the CSP allows no style attributes).
+    svg.append(h('svg:polyline', { points: line, class: `d-${short}`, 'data-decision': short }),
+      h('svg:text', { x: width - 55, y: 12 + j * 14, class: `legend d-${short}` }, short));
+  });
+  return h('div', {}, h('h3', {}, 'Decisions per second (while this page is open)'),
+    samples.length > 1 ? svg : h('p', { class: 'muted' }, 'Drawn from the next refresh on.'));
+}
+
 function renderStats(root) {
   const [channelField, channel] = field('Channel', h('input', { size: 12, id: 'stats-channel', placeholder: 'all' }));
   const body = h('div', { id: 'stats-body' });
+  let samples = [];
   const load = async () => {
     try {
       const stats = await api('Admin/GetStats', { channel: channel.value.trim() });
       const windows = stats.windows || [];
+      samples.push({ at: Date.now(), decisions: Object.fromEntries(Object.entries(stats.decisions || {}).map(([k, v]) => [k, Number(v)])) });
+      samples = samples.slice(-61);
       body.replaceChildren(
         h('dl', { class: 'kv' },
           h('dt', {}, 'Messages'), h('dd', { id: 'stats-messages' }, stats.messages),
@@ -847,6 +927,7 @@ function renderStats(root) {
             h('td', {}, w.name), h('td', {}, w.messages), h('td', {}, w.latencyP50), h('td', {}, w.latencyP90),
             h('td', {}, w.latencyP99), h('td', {}, w.latencyMax),
             h('td', {}, Object.entries(w.degradedTime || {}).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'))))),
+        seriesChart(samples),
         barChart('Decisions', stats.decisions),
         barChart('Rules', stats.rules),
         barChart('Model labels', stats.labels),
@@ -855,8 +936,8 @@ function renderStats(root) {
       say(errorText(error), true);
     }
   };
-  channel.addEventListener('change', load);
-  root.append(h('div', { class: 'toolbar' }, channelField, h('button', { type: 'button', onclick: load }, 'Refresh')), body);
+  channel.addEventListener('change', () => { samples = []; load(); });
+  root.append(h('div', { class: 'toolbar' }, channelField, h('button', { type: 'button', id: 'stats-refresh', onclick: load }, 'Refresh')), body);
   const timer = setInterval(load, 5000);
   S.cleanup.push(() => clearInterval(timer));
   S.keys = {};
