@@ -88,6 +88,9 @@ pub enum BacktestError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The backtest itself failed (a panic outside any one rule: a bug).
+    #[error("the backtest failed: {0}")]
+    Failed(String),
 }
 
 /// One remembered message a backtested rule fired on.
@@ -238,9 +241,7 @@ impl Services {
                 (backtest, tried)
             })
             .await
-            .map_err(|e| {
-                BacktestError::NotBacktestable(NotBacktestable(format!("it failed: {e}")))
-            })?
+            .map_err(|e| BacktestError::Failed(e.to_string()))?
         };
         let backtest = backtest.map_err(BacktestError::NotBacktestable)?;
         let mut result = RuleBacktest {

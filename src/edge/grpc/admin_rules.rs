@@ -95,6 +95,7 @@ pub async fn backtest_rule(
             return Err(Status::failed_precondition(error.to_string()));
         }
         Err(BacktestError::Store(error)) => return Err(error.into()),
+        Err(error @ BacktestError::Failed(_)) => return Err(Status::internal(error.to_string())),
     };
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     Ok(Response::new(BacktestRuleResponse {
