@@ -1,7 +1,7 @@
 //! The `modbot` command line: `serve`, `migrate`, `config`, `fetch-model`, `train`, `eval`,
 //! `bridge`, `replay`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -221,6 +221,17 @@ struct EvalArgs {
     /// Fail (exit 1) when a test metric recorded in heads.json moved by more than TOLERANCE.
     #[arg(long, value_name = "TOLERANCE", num_args = 0..=1, default_missing_value = "0.005")]
     check: Option<f64>,
+    /// Score the team's chat set (default models/chatset) through the whole decision path
+    /// (the configured rules, policy and model, each line from a new user) instead of the
+    /// heads on datasets: what each category of harm, benign chat and each evasion get.
+    #[arg(
+        long,
+        value_name = "DIR",
+        num_args = 0..=1,
+        default_missing_value = "models/chatset",
+        conflicts_with_all = ["compare", "dataset", "file", "check", "report"]
+    )]
+    chat: Option<PathBuf>,
 }
 
 /// Where configuration comes from. Each flag is a shorthand for `--set KEY=VALUE`.
@@ -546,6 +557,9 @@ fn run_eval(config: &Config, args: &EvalArgs) -> ExitCode {
         eprintln!("error: --check: the tolerance must be in [0, 1]");
         return ExitCode::from(2);
     }
+    if let Some(dir) = &args.chat {
+        return run_chat_eval(config, args, dir);
+    }
     let heads_dirs = if args.compare.is_empty() {
         vec![
             args.heads_dir
@@ -569,6 +583,51 @@ fn run_eval(config: &Config, args: &EvalArgs) -> ExitCode {
     match crate::tools::eval::run(&options) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: evaluation: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `modbot eval --chat`: the chat set through a moderator built as `serve` builds one.
+fn run_chat_eval(config: &Config, args: &EvalArgs, dir: &Path) -> ExitCode {
+    let mut model = config.model.clone();
+    if let Some(heads) = &args.heads_dir {
+        model.heads_dir = heads.clone();
+    }
+    let rules = match crate::service::ruleset::read_rules_file(config)
+        .and_then(|file| crate::engine::rules::RuleSet::compile(&file.document, &file.origin))
+    {
+        Ok(rules) => rules,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let scorer = crate::infra::inference::open_model(&model).await;
+        crate::tools::eval::chat::run(crate::tools::eval::chat::ChatEvalOptions {
+            dir: dir.to_owned(),
+            rules,
+            scorer,
+            json: args.json,
+            scores_out: args.scores_out.clone(),
+        })
+        .await
+    });
+    match outcome {
+        Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: evaluation: {error}");
             ExitCode::FAILURE

@@ -276,6 +276,78 @@ pub(super) fn leet(c: char) -> Option<char> {
     })
 }
 
+/// The words a leetspeak spelling with digits only at its edges may fold into
+/// (`edge_leet_words.txt`: one per line, `#` comments).
+static EDGE_LEET_WORDS: std::sync::LazyLock<std::collections::HashSet<&'static str>> =
+    std::sync::LazyLock::new(|| {
+        include_str!("edge_leet_words.txt")
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .collect()
+    });
+
+/// Single `1`s read both ways at most this many times in a word (2^3 spellings).
+const MAX_AMBIGUOUS_ONES: usize = 3;
+
+/// The letters of a word whose leet digits (and symbols) are only at its edges, if read as
+/// letters it is one of [`EDGE_LEET_WORDS`]: every character of `word` must be a letter or a
+/// leet digit or symbol, at least one of them the latter. A run of `1`s is `l`s; a single `1` is
+/// tried as `i`, then as `l` (`1diot`, `1oser`). The lookup squeezes runs of three or more of a
+/// letter to two (`fr333` → `free`) and allows a final `s` (`1diots`). Returns one letter per
+/// character of `word`.
+pub(super) fn edge_leet_word(word: impl Iterator<Item = char>) -> Option<Vec<char>> {
+    let chars: Vec<char> = word.collect();
+    if chars.len() > 32 || chars.iter().all(|c| c.is_alphabetic()) {
+        return None;
+    }
+    let mut folded = Vec::with_capacity(chars.len());
+    let mut ambiguous = Vec::new();
+    let mut k = 0;
+    while k < chars.len() {
+        let c = chars[k];
+        if c.is_alphabetic() {
+            if !c.is_ascii_lowercase() {
+                return None;
+            }
+            folded.push(c);
+        } else if c == '1' {
+            let ones = chars[k..].iter().take_while(|&&c| c == '1').count();
+            if ones == 1 {
+                ambiguous.push(folded.len());
+            }
+            folded.extend(std::iter::repeat_n(if ones >= 2 { 'l' } else { 'i' }, ones));
+            k += ones;
+            continue;
+        } else {
+            folded.push(leet(c)?);
+        }
+        k += 1;
+    }
+    if ambiguous.len() > MAX_AMBIGUOUS_ONES {
+        return None;
+    }
+    let mut text = String::with_capacity(folded.len());
+    for choice in 0u32..(1 << ambiguous.len()) {
+        for (bit, &at) in ambiguous.iter().enumerate() {
+            folded[at] = if choice & (1 << bit) == 0 { 'i' } else { 'l' };
+        }
+        text.clear();
+        for &c in &folded {
+            let doubled =
+                text.len() >= 2 && text.ends_with([c]) && text[..text.len() - 1].ends_with([c]);
+            if !doubled {
+                text.push(c);
+            }
+        }
+        let listed = |w: &str| w.len() >= 3 && EDGE_LEET_WORDS.contains(w);
+        if listed(&text) || text.strip_suffix('s').is_some_and(listed) {
+            return Some(folded);
+        }
+    }
+    None
+}
+
 /// Symbols that stand for letters in leetspeak (digits are the others).
 pub(super) fn is_leet_symbol(c: char) -> bool {
     matches!(c, '@' | '$' | '!' | '+')

@@ -58,10 +58,16 @@
 //! included: `h3ll0` → `hello`, `n1gg3r`-style evasions fold, `5h1t` → `shit`, `$hit` → `shit`,
 //! `he11o` → `hello`.
 //!
+//! A word of at least two letters whose digits are **only at its edges** (`5hit`, `fr33`,
+//! `1diot`, `ki11`, `nitr0`) folds only when the folded word — a single `1` read as `i` or
+//! as `l`, runs of three letters or more squeezed, a final `s` allowed — is one evaders disguise:
+//! abuse, threats, sexual harassment, spam and scam words (`edge_leet_words.txt`, about 240
+//! words; see [`chars::edge_leet_word`]).
+//!
 //! Otherwise nothing folds, so numbers and the common mixed chat terms stay as typed: `2024`,
 //! `3 o'clock`, `top 10`, `20%` (no letters); `1v1`, `4k`, `b4` (one letter); `60fps`,
-//! `1080p`, `mp3`, `ps5`, `gr8`, `5head` (digits only at the edges, as units or versions).
-//! The cost is that an evasion with digits only at its edges (`5hit`) is not caught.
+//! `1080p`, `mp3`, `ps5`, `gr8`, `5head`, `5am`, `3rd` (digits only at the edges, as units or
+//! versions, and no listed word).
 //!
 //! ## The spaced-letter rule
 //!
@@ -594,6 +600,18 @@ impl<'e> Builder<'e> {
                 };
                 self.units.push(Unit::new(ch, u.orig));
                 k += 1;
+            }
+            self.fold_confusables(start);
+            self.push_item(TokenKind::Word, start);
+            return;
+        }
+        // Digits only at the edges: folded only into a word evaders disguise (`5hit`, `fr33`).
+        if letters >= 2
+            && let Some(folded) = chars::edge_leet_word(run.iter().map(|u| u.ch))
+        {
+            let start = self.units.len();
+            for (u, ch) in run.iter().zip(folded) {
+                self.units.push(Unit::new(ch, u.orig));
             }
             self.fold_confusables(start);
             self.push_item(TokenKind::Word, start);

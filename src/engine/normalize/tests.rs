@@ -147,6 +147,43 @@ fn leetspeak_folds_inside_words() {
 }
 
 #[test]
+fn leetspeak_at_word_edges_folds_into_listed_words_only() {
+    check("5hit", "shit");
+    check("fr33 nitr0", "free nitro");
+    check("1diot", "idiot");
+    check("1diots", "idiots");
+    check("1oser", "loser");
+    check("ki11 urself", "kill urself");
+    check("ky5", "kys");
+    check("5tupid", "stupid");
+    check("fr333", "free");
+    check("FR33", "free");
+    check("$hit", "shit");
+    // Digits at the edges of anything else stay: units, versions, times, ordinals, gamer talk.
+    check("5am 4pm 3rd 1st 10th", "5am 4pm 3rd 1st 10th");
+    check("5head 7up 4chan 0day", "5head 7up 4chan 0day");
+    check("win10 top5 covid19 mp4 ps5", "win10 top5 covid19 mp4 ps5");
+    check("1v1 4k 2024", "1v1 4k 2024");
+}
+
+#[test]
+fn the_edge_leet_word_list_is_lower_case_ascii_words_listed_once() {
+    let text = include_str!("edge_leet_words.txt");
+    let mut seen = std::collections::HashSet::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        assert!(
+            line.len() >= 3 && line.bytes().all(|b| b.is_ascii_lowercase()),
+            "`{line}`: at least three lower-case ASCII letters"
+        );
+        assert!(seen.insert(line), "`{line}` is listed twice");
+    }
+    assert!(seen.len() >= 200, "{}", seen.len());
+}
+
+#[test]
 fn numbers_and_chat_terms_are_not_leet() {
     check("2024", "2024");
     check("3 o'clock", "3 o'clock");

@@ -16,6 +16,7 @@
 //! `--compare OLD NEW` two heads directories side by side, and `--check` recomputes the test
 //! metrics recorded in `heads.json` and fails if any moved by more than the tolerance.
 
+pub mod chat;
 pub mod metrics;
 pub mod plot;
 mod report;
