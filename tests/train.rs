@@ -490,3 +490,102 @@ fn the_model_card_states_the_committed_heads_metrics() {
         "the card names another version"
     );
 }
+
+/// `eval --chat` on a small set of the same shape as `models/chatset`: the committed heads and
+/// the built-in rules decide it as `serve` would, and the JSON says what each category got.
+#[test]
+fn eval_chat_decides_a_chat_set_through_the_whole_path() {
+    let work = tempfile::tempdir().unwrap();
+    let set = work.path().join("set");
+    std::fs::create_dir_all(&set).unwrap();
+    let line = |id: &str, text: &str, category: &str, split: &str| {
+        serde_json::json!({"id": id, "text": text, "category": category, "kind": "k", "split": split})
+            .to_string()
+    };
+    let paste = "this is a copypasta that everyone in chat keeps pasting over and over again, \
+                 it is long enough to count and nobody finds it funny any more at all";
+    let lines = [
+        line(
+            "insult/001",
+            "you are a complete worthless idiot",
+            "insult",
+            "test",
+        ),
+        line("flood/001", &"A".repeat(60), "flood", "test"),
+        line("copypasta/001", paste, "copypasta", "test"),
+        line(
+            "benign/001",
+            "good luck on the exam tomorrow",
+            "benign",
+            "test",
+        ),
+        line(
+            "benign/002",
+            "what time does the match start",
+            "benign",
+            "validation",
+        ),
+    ];
+    std::fs::write(set.join("lines.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(
+        set.join("evasions.jsonl"),
+        serde_json::json!({"id": "insult/001~leet-edges", "text": "you are a complete worthless 1diot",
+            "category": "insult", "kind": "k", "split": "test", "evasion": "leet-edges", "of": "insult/001"})
+            .to_string()
+            + "\n",
+    )
+    .unwrap();
+    // Refused at once: --chat with dataset options, and a set with an unknown category.
+    let (output, _, stderr) = run(&mut modbot(
+        work.path(),
+        &["eval", "--chat", set.to_str().unwrap(), "--check"],
+    ));
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let bad = work.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("lines.jsonl"),
+        line("rude/001", "hi", "rude", "test") + "\n",
+    )
+    .unwrap();
+    let (output, _, stderr) = run(&mut modbot(
+        work.path(),
+        &["eval", "--chat", bad.to_str().unwrap()],
+    ));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("lines.jsonl:1: category: `rude`"),
+        "{stderr}"
+    );
+
+    if !have_model("eval_chat_decides_a_chat_set_through_the_whole_path") {
+        return;
+    }
+    let (output, stdout, stderr) = run(&mut modbot(
+        work.path(),
+        &["eval", "--chat", set.to_str().unwrap(), "--json"],
+    ));
+    assert!(output.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        report["model"].as_str().unwrap().contains("heads@"),
+        "{report}"
+    );
+    let test = &report["splits"]["test"];
+    let acted = |category: &str| test["categories"][category]["acted"].as_u64().unwrap();
+    assert_eq!(acted("insult"), 1, "{report}");
+    assert_eq!(test["categories"]["insult"]["by_model"], 1, "{report}");
+    assert_eq!(acted("flood"), 1, "{report}");
+    assert_eq!(acted("copypasta"), 1, "the third copy: {report}");
+    assert_eq!(acted("benign"), 0, "{report}");
+    assert_eq!(
+        test["evasions"]["leet-edges"]["variants"]["acted"], 1,
+        "{report}"
+    );
+    assert_eq!(
+        report["splits"]["validation"]["categories"]["benign"]["n"],
+        1
+    );
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 5, "{report}");
+}
