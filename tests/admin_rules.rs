@@ -287,7 +287,7 @@ async fn the_builtin_rules_seed_an_empty_database() {
     let server = TestServer::start(|_| {}).await;
     let listed = list(&server, "", false).await;
     assert_eq!(listed.revision, 1);
-    assert_eq!(listed.rules.len(), 18, "the built-in set's rules");
+    assert_eq!(listed.rules.len(), 21, "the built-in set's rules");
     let scam = listed
         .rules
         .iter()
@@ -1507,7 +1507,7 @@ async fn a_rule_set_that_does_not_compile_is_not_applied() {
             .iter()
             .all(|r| r.id != "scam-giveaway")
     );
-    assert_eq!(engine.rules().rules().len(), 17);
+    assert_eq!(engine.rules().rules().len(), 20);
     store.close().await;
     db.finish().await;
 }

@@ -372,7 +372,8 @@ fn param_value(b: &mut Bytes<'_>, key: &str) -> String {
         _ => {}
     }
     match key {
-        "phrases" | "categories" | "allow_domains" | "deny_domains" => strings(b),
+        "phrases" | "categories" | "allow_domains" | "deny_domains" | "lookalike_brands"
+        | "deny_tlds" => strings(b),
         "syntax" => quoted(b.pick(&["literal", "wildcard", "regex", "glob"])),
         "min_severity" => quoted(b.pick(&["mild", "moderate", "severe", "none"])),
         "anywhere" | "allow_list_only" => b.pick(&["true", "false"]).to_owned(),
@@ -392,6 +393,8 @@ const PARAMS: &[&[&str]] = &[
         "min_user_age_secs",
         "max_repeats",
         "repeat_window_secs",
+        "lookalike_brands",
+        "deny_tlds",
     ],
     &["max_ratio", "min_letters"],
     &["max_emotes", "max_ratio", "min_tokens"],

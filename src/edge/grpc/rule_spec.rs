@@ -362,10 +362,24 @@ fn params_from_proto(kind: proto::rule::Kind) -> Result<(&'static str, Params), 
                 MAX_DOMAINS,
                 MAX_DOMAIN_BYTES,
             )?;
+            let brands = strings(
+                r.lookalike_brands,
+                "rule.link.lookalike_brands",
+                MAX_DOMAINS,
+                MAX_DOMAIN_BYTES,
+            )?;
+            let tlds = strings(
+                r.deny_tlds,
+                "rule.link.deny_tlds",
+                MAX_DOMAINS,
+                MAX_DOMAIN_BYTES,
+            )?;
             let min_age = seconds_or(r.min_user_age.as_ref(), "rule.link.min_user_age", Some(0))?;
             let window = seconds_or(r.repeat_window.as_ref(), "rule.link.repeat_window", None)?;
             p.list("allow_domains", allow)
                 .list("deny_domains", deny)
+                .list("lookalike_brands", brands)
+                .list("deny_tlds", tlds)
                 .set("allow_list_only", r.allow_list_only)
                 .set("min_user_age_secs", seconds_value(min_age.unwrap_or(0)))
                 .set(
@@ -541,6 +555,8 @@ pub fn rule_to_proto(
             min_user_age: Some(proto_duration(p.min_user_age_secs)),
             max_repeats: p.max_repeats,
             repeat_window: Some(proto_duration(p.repeat_window_secs)),
+            lookalike_brands: p.lookalike_brands,
+            deny_tlds: p.deny_tlds,
         }),
         RuleParams::Caps(p) => Kind::Caps(proto::CapsRule {
             max_ratio: p.max_ratio,

@@ -115,15 +115,17 @@ pub(super) struct LinkMatch {
 
 /// Top-level domains a bare `name.tld` is taken as a link for. A short list on purpose: most
 /// two-letter country codes are also file extensions or words (`readme.md`, `main.rs`,
-/// `ok.so`, `it.is`), so only the ones that chat links really use are here. With a scheme
+/// `ok.so`, `it.is`), so only the ones that chat links really use are here, and the cheap
+/// generic ones spam and phishing favour (`gift`, `bet`, `cfd`, `sbs` ...). With a scheme
 /// (`https://`) or `www.`, any alphabetic TLD counts.
 const BARE_TLDS: &[&str] = &[
-    "ai", "app", "art", "au", "be", "bid", "biz", "blog", "br", "ca", "cc", "cf", "click", "club",
-    "cn", "co", "com", "de", "dev", "edu", "es", "eu", "fm", "fr", "fun", "ga", "gg", "gl", "gov",
-    "gq", "icu", "info", "io", "jp", "kr", "la", "li", "link", "live", "lol", "ly", "me", "ml",
-    "moe", "net", "news", "nl", "online", "org", "page", "pro", "pw", "ru", "se", "shop", "site",
-    "space", "store", "stream", "su", "tech", "tk", "top", "tv", "uk", "vip", "website", "win",
-    "wiki", "work", "ws", "xxx", "xyz", "zone",
+    "ai", "app", "art", "au", "be", "bet", "bid", "biz", "blog", "br", "buzz", "ca", "cam", "cc",
+    "cf", "cfd", "click", "club", "cn", "co", "com", "cyou", "date", "de", "dev", "edu", "es",
+    "eu", "fm", "fr", "fun", "ga", "gg", "gift", "gl", "gov", "gq", "icu", "info", "io", "jp",
+    "kr", "la", "li", "link", "live", "loan", "lol", "ly", "me", "ml", "moe", "monster", "net",
+    "news", "nl", "online", "org", "page", "pro", "pw", "ru", "sbs", "se", "shop", "site", "space",
+    "store", "stream", "su", "tech", "tk", "top", "tv", "uk", "vip", "website", "wiki", "win",
+    "work", "ws", "xxx", "xyz", "zone",
 ];
 
 /// Characters trimmed from the end of a link: sentence punctuation and closing brackets.
@@ -134,10 +136,54 @@ fn is_trailing_punctuation(c: char) -> bool {
     )
 }
 
+/// Defanged dots, as security write-ups print links and spammers dodge link filters:
+/// `example[.]com`, `example(dot)com`.
+const DEFANGED_DOTS: &[&str] = &["[.]", "(.)", "{.}", "[dot]", "(dot)", "{dot}"];
+
+/// A defanged link refanged, lower case (`Discord[.]gg/x` → `discord.gg/x`, `hxxps://` →
+/// `https://`), or `None` when `s` has nothing defanged.
+pub fn refang(s: &str) -> Option<String> {
+    let lower = s.to_ascii_lowercase();
+    let scheme = lower.starts_with("hxxp://") || lower.starts_with("hxxps://");
+    if !scheme && !DEFANGED_DOTS.iter().any(|d| lower.contains(d)) {
+        return None;
+    }
+    let mut out = if scheme {
+        lower.replacen("hxxp", "http", 1)
+    } else {
+        lower
+    };
+    for dot in DEFANGED_DOTS {
+        out = out.replace(dot, ".");
+    }
+    Some(out)
+}
+
 /// The link at the start of `s` (a whitespace-free chunk with any opening brackets already
 /// skipped): `http(s)://host...`, `www.host...`, or a bare `host.tld/...` whose TLD is in
-/// [`BARE_TLDS`].
+/// [`BARE_TLDS`]; also any of these defanged (see [`refang`]), when the whole chunk is one.
 pub(super) fn match_link(s: &str) -> Option<LinkMatch> {
+    let Some(refanged) = refang(s) else {
+        return match_plain_link(s);
+    };
+    let found = match_plain_link(&refanged)?;
+    // The refanged link must be the whole chunk but for trailing punctuation, which the
+    // original ends with too; then the original is the link.
+    let trimmed = &refanged[found.len..];
+    if !s.to_ascii_lowercase().ends_with(trimmed) {
+        return None;
+    }
+    let len = s.len().checked_sub(trimmed.len())?;
+    let link = s.get(..len)?;
+    let host_start = link.find("://").map_or(0, |i| i + 3);
+    let host_end = link[host_start..]
+        .find(['/', '?', '#'])
+        .map_or(len, |i| host_start + i);
+    Some(LinkMatch { len, host_end })
+}
+
+/// [`match_link`] for a link written plainly.
+fn match_plain_link(s: &str) -> Option<LinkMatch> {
     let scheme = ["https://", "http://"]
         .into_iter()
         .find(|scheme| {
@@ -258,6 +304,23 @@ mod tests {
             "en.wikipedia.org/wiki/Foo_(bar))",
             Some(("en.wikipedia.org/wiki/Foo_(bar)", "en.wikipedia.org")),
         );
+        // Defanged links are links.
+        check(
+            "Discord[.]gg/abc,",
+            Some(("Discord[.]gg/abc", "Discord[.]gg")),
+        );
+        check(
+            "viewbot(dot)store",
+            Some(("viewbot(dot)store", "viewbot(dot)store")),
+        );
+        check(
+            "hxxps://steam[.]gift/x",
+            Some(("hxxps://steam[.]gift/x", "hxxps://steam[.]gift")),
+        );
+        check("a[.]b", None);
+        check("[.]", None);
+        assert_eq!(refang("Discord[.]GG").as_deref(), Some("discord.gg"));
+        assert_eq!(refang("discord.gg"), None);
         check("e.g.", None);
         check("i.e.", None);
         check("lol..", None);

@@ -105,7 +105,7 @@ mod tests;
 
 use std::ops::Range;
 
-pub use detect::EmoteSet;
+pub use detect::{EmoteSet, refang};
 
 use crate::domain::Span;
 

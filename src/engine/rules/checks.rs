@@ -121,6 +121,10 @@ pub struct LinkCheck {
     pub max_repeats: u32,
     /// Window for `max_repeats`.
     pub repeat_window: Duration,
+    /// Brands whose look-alike domains fire (lower case).
+    pub lookalike_brands: Vec<String>,
+    /// Top-level domains that fire (lower case, no dot).
+    pub deny_tlds: Vec<String>,
 }
 
 /// The host of a link token, lower case, without `www.`.
@@ -161,7 +165,9 @@ impl LinkCheck {
             .iter()
             .filter(|t| t.kind == TokenKind::Link);
         for token in links {
-            let link = ctx.normalized.token_text(token);
+            let typed = ctx.normalized.token_text(token);
+            let refanged = crate::engine::normalize::refang(typed);
+            let link = refanged.as_deref().unwrap_or(typed);
             let host = link_host(link).to_lowercase();
             if let Some(domain) = domain_matches(&host, &self.deny) {
                 let mut hit = Hit::measured(1.0, 0.0, format!("link to denied domain {domain}"))
@@ -170,6 +176,22 @@ impl LinkCheck {
                 return Some(hit);
             }
             let allowed = domain_matches(&host, &self.allow).is_some();
+            if !allowed
+                && let Some(brand) =
+                    super::lookalike::lookalike_of(&host, &self.lookalike_brands, &self.allow)
+            {
+                let mut hit =
+                    Hit::measured(1.0, 0.0, format!("link to {host}, which poses as {brand}"))
+                        .token(ctx, token);
+                hit.evidence.pattern = brand.to_owned();
+                return Some(hit);
+            }
+            if !allowed && let Some(tld) = super::lookalike::denied_tld(&host, &self.deny_tlds) {
+                let mut hit = Hit::measured(1.0, 0.0, format!("link to a .{tld} domain ({host})"))
+                    .token(ctx, token);
+                hit.evidence.pattern = format!(".{tld}");
+                return Some(hit);
+            }
             if self.allow_list_only && !allowed {
                 return Some(
                     Hit::measured(1.0, 0.0, format!("link to {host}, which is not allowed"))

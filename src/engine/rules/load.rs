@@ -702,6 +702,23 @@ fn compile_rule(config: RuleSpec, place: &Place<'_>) -> Result<Rule, RulesError>
                     ));
                 }
             }
+            if let Some(bad) = p.lookalike_brands.iter().find(|b| {
+                b.trim().len() < 3 || !b.trim().chars().all(|c| c.is_ascii_alphanumeric())
+            }) {
+                return Err(place.error(
+                    "params.lookalike_brands",
+                    format!("`{bad}` is not a brand name (three or more ASCII letters or digits)"),
+                ));
+            }
+            if let Some(bad) = p.deny_tlds.iter().find(|t| {
+                let t = t.trim().trim_start_matches('.');
+                t.len() < 2 || t.len() > 63 || !t.chars().all(|c| c.is_alphanumeric() || c == '-')
+            }) {
+                return Err(place.error(
+                    "params.deny_tlds",
+                    format!("`{bad}` is not a top-level domain"),
+                ));
+            }
             let check = LinkCheck {
                 allow: lower(&p.allow_domains),
                 deny: lower(&p.deny_domains),
@@ -709,15 +726,23 @@ fn compile_rule(config: RuleSpec, place: &Place<'_>) -> Result<Rule, RulesError>
                 min_user_age: secs(p.min_user_age_secs),
                 max_repeats: p.max_repeats,
                 repeat_window: secs(p.repeat_window_secs),
+                lookalike_brands: lower(&p.lookalike_brands),
+                deny_tlds: p
+                    .deny_tlds
+                    .iter()
+                    .map(|t| t.trim().trim_start_matches('.').to_lowercase())
+                    .collect(),
             };
             if check.deny.is_empty()
                 && !check.allow_list_only
                 && check.min_user_age.is_zero()
                 && check.max_repeats == 0
+                && check.lookalike_brands.is_empty()
+                && check.deny_tlds.is_empty()
             {
                 return Err(place.error(
                     "params",
-                    "sets nothing to check: give deny_domains, allow_list_only, min_user_age_secs or max_repeats",
+                    "sets nothing to check: give deny_domains, allow_list_only, min_user_age_secs, max_repeats, lookalike_brands or deny_tlds",
                 ));
             }
             Check::Link(check)

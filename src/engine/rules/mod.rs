@@ -12,6 +12,7 @@
 mod backtest;
 mod checks;
 mod load;
+pub mod lookalike;
 mod phrase;
 mod profanity;
 pub mod similarity;

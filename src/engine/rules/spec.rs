@@ -447,6 +447,13 @@ pub struct LinkParams {
     /// The window of `max_repeats`.
     #[serde(default = "default_repeat_window")]
     pub repeat_window_secs: u64,
+    /// Brands whose look-alike domains fire (`dlscord-gift.com` for `discord`); their own
+    /// domains belong in `allow_domains`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lookalike_brands: Vec<String>,
+    /// Top-level domains whose links fire (`xyz`, `top`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_tlds: Vec<String>,
 }
 
 fn default_repeat_window() -> u64 {

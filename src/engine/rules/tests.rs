@@ -359,6 +359,58 @@ fn profanity_and_its_false_positives() {
 }
 
 #[test]
+fn look_alike_domains_and_risky_tlds() {
+    let lookalike = one_rule(
+        "kind = \"link\"\n[rule.params]\nlookalike_brands = [\"Discord\", \"steamcommunity\"]\n\
+         allow_domains = [\"discord.com\", \"discord.gg\", \"steamcommunity.com\"]",
+    );
+    check(
+        &lookalike,
+        "free nitro https://dlscord-gift.com/a1",
+        Some("https://dlscord-gift.com/a1"),
+    );
+    check(
+        &lookalike,
+        "claim it: steamcommunnity.ru/gift",
+        Some("steamcommunnity.ru/gift"),
+    );
+    check(
+        &lookalike,
+        "claim: dlscord-gift[.]com/x",
+        Some("dlscord-gift[.]com/x"),
+    );
+    check(&lookalike, "join discord.gg/destiny", None);
+    check(&lookalike, "https://steamcommunity.com/id/me", None);
+    check(&lookalike, "discogs.com has the record", None);
+    let set = one_rule("kind = \"link\"\n[rule.params]\nlookalike_brands = [\"discord\"]");
+    let message = message("go to discord-gift.com now");
+    let policy = set.policy(&message.channel);
+    let normalized = normalize(&message.text, &policy.emotes);
+    let ctx = Context {
+        normalized: &normalized,
+        history: &UserHistory::default(),
+        channel_recent: &ChannelWindow::default(),
+        now_ms: NOW,
+    };
+    let reasons = set.evaluate(&message, policy, &ctx).reasons;
+    assert_eq!(reasons[0].evidence.pattern, "discord");
+    assert!(
+        reasons[0].evidence.detail.contains("poses as discord"),
+        "{:?}",
+        reasons[0].evidence
+    );
+
+    let tlds = one_rule("kind = \"link\"\n[rule.params]\ndeny_tlds = [\".xyz\", \"TOP\"]");
+    check(&tlds, "prizes at win-big.xyz", Some("win-big.xyz"));
+    check(
+        &tlds,
+        "https://news.example.top/x",
+        Some("https://news.example.top/x"),
+    );
+    check(&tlds, "https://xyz.example.com", None);
+}
+
+#[test]
 fn links() {
     let deny = one_rule("kind = \"link\"\n[rule.params]\ndeny_domains = [\"grabify.link\"]");
     check(
@@ -760,6 +812,14 @@ fn bad_rules_are_refused_naming_the_rule_and_key() {
             "params.deny_domains",
         ),
         ("kind = \"link\"", "params: sets nothing to check"),
+        (
+            "kind = \"link\"\n[rule.params]\nlookalike_brands = [\"d\"]",
+            "params.lookalike_brands",
+        ),
+        (
+            "kind = \"link\"\n[rule.params]\ndeny_tlds = [\"x y\"]",
+            "params.deny_tlds",
+        ),
         (
             "kind = \"profanity\"\n[rule.params]\nmin_severity = \"extreme\"",
             "params.min_severity",
