@@ -367,15 +367,9 @@ pub fn main() -> ExitCode {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         match cli.command {
@@ -590,6 +584,18 @@ fn run_eval(config: &Config, args: &EvalArgs) -> ExitCode {
     }
 }
 
+/// The multi-threaded runtime the async commands run on, or the exit code after saying why
+/// there is none.
+fn async_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        })
+}
+
 /// `modbot eval --chat`: the chat set through a moderator built as `serve` builds one.
 fn run_chat_eval(config: &Config, args: &EvalArgs, dir: &Path) -> ExitCode {
     let mut model = config.model.clone();
@@ -605,15 +611,9 @@ fn run_chat_eval(config: &Config, args: &EvalArgs, dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let outcome = runtime.block_on(async {
         let scorer = crate::infra::inference::open_model(&model).await;

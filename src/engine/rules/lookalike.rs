@@ -75,9 +75,20 @@ pub fn lookalike_of<'a>(host: &str, brands: &'a [String], official: &[String]) -
     if labels.len() < 2 || brands.is_empty() {
         return None;
     }
-    // An official domain spelled as subdomains of another host.
+    // An official domain spelled as subdomains of another host: followed by two labels or
+    // more (`steamcommunity.com.gift.ru`), not by a country code alone (`google.com.au` is
+    // the brand's own).
     for domain in official {
-        if host.starts_with(&format!("{domain}.")) || host.contains(&format!(".{domain}.")) {
+        let at = if host.starts_with(&format!("{domain}.")) {
+            Some(0)
+        } else {
+            host.find(&format!(".{domain}.")).map(|i| i + 1)
+        };
+        let Some(at) = at else {
+            continue;
+        };
+        let rest = &host[at + domain.len() + 1..];
+        if rest.split('.').filter(|l| !l.is_empty()).count() >= 2 {
             // Named after the longest brand the official domain spells.
             let brand = brands
                 .iter()
@@ -94,15 +105,23 @@ pub fn lookalike_of<'a>(host: &str, brands: &'a [String], official: &[String]) -
     {
         suffix = 2;
     }
+    // A brand's exact name under a country code is most likely its own (`paypal.co.uk`,
+    // `twitch.de`); under anything else it is not (`discord.xyz`, `twitch.gift`).
+    let country = labels[labels.len() - 1].len() == 2;
     let name = labels[labels.len() - 1 - suffix];
     let joined = name.replace('-', "");
     let words = name.split('-').chain(std::iter::once(joined.as_str()));
-    let words: Vec<String> = words.filter(|w| w.len() >= 3).map(skeleton).collect();
+    let words: Vec<(&str, String)> = words
+        .filter(|w| w.len() >= 3)
+        .map(|w| (w, skeleton(w)))
+        .collect();
     brands.iter().map(String::as_str).find(|brand| {
         let target = skeleton(brand);
-        words.iter().any(|word| {
-            *word == target
-                || (brand.len() >= 6 && within_one_edit(word.as_bytes(), target.as_bytes()))
+        words.iter().any(|(typed, word)| {
+            (*word == target && !(country && typed == brand))
+                || (brand.len() >= 6
+                    && *word != target
+                    && within_one_edit(word.as_bytes(), target.as_bytes()))
                 || [word.strip_prefix(&target), word.strip_suffix(&target)]
                     .into_iter()
                     .flatten()
@@ -162,6 +181,9 @@ mod tests {
             ("login.paypal-verify.co.uk", "paypal"),
             ("steamcommunity.com.gift-accept.ru", "steamcommunity"),
             ("www.discord.gg.claim.ru", "discord"),
+            ("discord.xyz", "discord"),
+            ("paypal-login.co.uk", "paypal"),
+            ("dlscord.de", "discord"),
         ] {
             assert_eq!(poses(host).as_deref(), Some(brand), "{host}");
         }
@@ -182,6 +204,12 @@ mod tests {
             "en.wikipedia.org",
             "bbc.co.uk",
             "localhost",
+            // The brands' own country domains.
+            "google.com.au",
+            "paypal.co.uk",
+            "discord.com.au",
+            "twitch.de",
+            "support.paypal.com.au",
         ] {
             assert_eq!(poses(host), None, "{host}");
         }
