@@ -143,6 +143,13 @@ const DEFANGED_DOTS: &[&str] = &["[.]", "(.)", "{.}", "[dot]", "(dot)", "{dot}"]
 /// A defanged link refanged, lower case (`Discord[.]gg/x` → `discord.gg/x`, `hxxps://` →
 /// `https://`), or `None` when `s` has nothing defanged.
 pub fn refang(s: &str) -> Option<String> {
+    // Every chunk of every message passes here: most have no bracket and no `hxxp`.
+    let hxxp = s
+        .get(..4)
+        .is_some_and(|head| head.eq_ignore_ascii_case("hxxp"));
+    if !hxxp && !s.contains(['[', '(', '{']) {
+        return None;
+    }
     let lower = s.to_ascii_lowercase();
     let scheme = lower.starts_with("hxxp://") || lower.starts_with("hxxps://");
     if !scheme && !DEFANGED_DOTS.iter().any(|d| lower.contains(d)) {

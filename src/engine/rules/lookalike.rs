@@ -71,8 +71,11 @@ fn within_one_edit(a: &[u8], b: &[u8]) -> bool {
 /// The brand `host` (lower case, no trailing dot) poses as, if any: see the module
 /// documentation. `brands` are lower case; `official` are the rule's allowed domains.
 pub fn lookalike_of<'a>(host: &str, brands: &'a [String], official: &[String]) -> Option<&'a str> {
+    if brands.is_empty() {
+        return None;
+    }
     let labels: Vec<&str> = host.split('.').filter(|l| !l.is_empty()).collect();
-    if labels.len() < 2 || brands.is_empty() {
+    if labels.len() < 2 {
         return None;
     }
     // An official domain spelled as subdomains of another host: followed by two labels or
