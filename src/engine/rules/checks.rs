@@ -121,8 +121,8 @@ pub struct LinkCheck {
     pub max_repeats: u32,
     /// Window for `max_repeats`.
     pub repeat_window: Duration,
-    /// Brands whose look-alike domains fire (lower case).
-    pub lookalike_brands: Vec<String>,
+    /// Brands whose look-alike domains fire.
+    pub lookalike_brands: Vec<super::lookalike::Brand>,
     /// Top-level domains that fire (lower case, no dot).
     pub deny_tlds: Vec<String>,
 }

@@ -726,7 +726,11 @@ fn compile_rule(config: RuleSpec, place: &Place<'_>) -> Result<Rule, RulesError>
                 min_user_age: secs(p.min_user_age_secs),
                 max_repeats: p.max_repeats,
                 repeat_window: secs(p.repeat_window_secs),
-                lookalike_brands: lower(&p.lookalike_brands),
+                lookalike_brands: p
+                    .lookalike_brands
+                    .iter()
+                    .map(|b| super::lookalike::Brand::new(b))
+                    .collect(),
                 deny_tlds: p
                     .deny_tlds
                     .iter()

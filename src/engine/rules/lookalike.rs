@@ -68,9 +68,26 @@ fn within_one_edit(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
+/// A brand a `link` rule watches for, with its skeleton made once when the rule compiles.
+#[derive(Debug, Clone)]
+pub struct Brand {
+    /// Its name, lower case.
+    pub name: String,
+    skeleton: String,
+}
+
+impl Brand {
+    /// The brand `name` (lower-cased here).
+    pub fn new(name: &str) -> Self {
+        let name = name.trim().to_lowercase();
+        let skeleton = skeleton(&name);
+        Self { name, skeleton }
+    }
+}
+
 /// The brand `host` (lower case, no trailing dot) poses as, if any: see the module
-/// documentation. `brands` are lower case; `official` are the rule's allowed domains.
-pub fn lookalike_of<'a>(host: &str, brands: &'a [String], official: &[String]) -> Option<&'a str> {
+/// documentation. `official` are the rule's allowed domains.
+pub fn lookalike_of<'a>(host: &str, brands: &'a [Brand], official: &[String]) -> Option<&'a str> {
     if brands.is_empty() {
         return None;
     }
@@ -95,10 +112,10 @@ pub fn lookalike_of<'a>(host: &str, brands: &'a [String], official: &[String]) -
             // Named after the longest brand the official domain spells.
             let brand = brands
                 .iter()
-                .filter(|b| domain.contains(b.as_str()))
-                .max_by_key(|b| b.len())
+                .filter(|b| domain.contains(b.name.as_str()))
+                .max_by_key(|b| b.name.len())
                 .or_else(|| brands.first())?;
-            return Some(brand);
+            return Some(&brand.name);
         }
     }
     let mut suffix = 1;
@@ -118,19 +135,22 @@ pub fn lookalike_of<'a>(host: &str, brands: &'a [String], official: &[String]) -
         .filter(|w| w.len() >= 3)
         .map(|w| (w, skeleton(w)))
         .collect();
-    brands.iter().map(String::as_str).find(|brand| {
-        let target = skeleton(brand);
-        words.iter().any(|(typed, word)| {
-            (*word == target && !(country && typed == brand))
-                || (brand.len() >= 6
-                    && *word != target
-                    && within_one_edit(word.as_bytes(), target.as_bytes()))
-                || [word.strip_prefix(&target), word.strip_suffix(&target)]
-                    .into_iter()
-                    .flatten()
-                    .any(|rest| SCAM_SKELETONS.iter().any(|scam| scam == rest))
+    brands
+        .iter()
+        .find(|brand| {
+            let target = brand.skeleton.as_str();
+            words.iter().any(|(typed, word)| {
+                (word == target && !(country && *typed == brand.name))
+                    || (brand.name.len() >= 6
+                        && word != target
+                        && within_one_edit(word.as_bytes(), target.as_bytes()))
+                    || [word.strip_prefix(target), word.strip_suffix(target)]
+                        .into_iter()
+                        .flatten()
+                        .any(|rest| SCAM_SKELETONS.iter().any(|scam| scam == rest))
+            })
         })
-    })
+        .map(|brand| brand.name.as_str())
 }
 
 /// The top-level domain of `host` if it is one of `tlds` (lower case, without dots).
@@ -148,14 +168,17 @@ mod tests {
     }
 
     fn poses(host: &str) -> Option<String> {
-        let brands = strings(&[
+        let brands: Vec<Brand> = [
             "discord",
             "steam",
             "steamcommunity",
             "twitch",
             "nitro",
             "paypal",
-        ]);
+        ]
+        .into_iter()
+        .map(Brand::new)
+        .collect();
         let official = strings(&[
             "discord.com",
             "discord.gg",
