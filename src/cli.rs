@@ -203,7 +203,8 @@ struct EvalArgs {
         conflicts_with = "dataset"
     )]
     file: Option<PathBuf>,
-    /// The head the --file is labelled for (toxicity, spam, sentiment).
+    /// The task the --file is labelled for: a head of one task (spam, sentiment) or one label
+    /// (toxicity/insult, toxicity/threat, toxicity/sexual, toxicity/identity_attack).
     #[arg(long)]
     head: Option<String>,
     /// Skip the baselines.

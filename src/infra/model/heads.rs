@@ -30,6 +30,13 @@
 //! (misspelt slurs, spam vocabulary) are what the n-grams see best; meaning is what the
 //! embedding sees best: the head weighs the two.
 //!
+//! An entry with `"per_label": true` (multi-label heads only) is one small network per label
+//! instead of one network for all: its file holds `<label>.layers.N.*` and, with an n-gram
+//! half, `<label>.ngram.*` for every label, each network with one output. Labels taught by
+//! different data (insults by forum comments, threats by the team's own chat lines, identity
+//! attacks by HateXplain) are trained apart, each with its own lexical half, candidates and
+//! calibration, and served as one head with one threshold per label.
+//!
 //! An entry with `"vader": true` also takes VADER's four scores of the normalised text
 //! (negative, neutral, positive, compound: a lexicon and rules made for social-media text) as
 //! inputs after the n-gram logit, if any.
@@ -78,6 +85,9 @@ struct HeadEntry {
     /// Whether VADER's scores are inputs.
     #[serde(default)]
     vader: bool,
+    /// One network (and n-gram half) per label, each with one output, rather than one for all.
+    #[serde(default)]
+    per_label: bool,
     /// How this head was trained (candidates, calibration, validation metrics): provenance.
     #[serde(default, rename = "training")]
     _training: Option<serde_json::Value>,
@@ -143,32 +153,23 @@ pub struct Head {
     pub version: String,
     /// Quality on held-out data.
     pub metrics: BTreeMap<String, f64>,
-    /// The lexical half: an n-gram model whose logit is an input after the embedding.
-    pub ngram: Option<NgramModel>,
-    /// Whether VADER's four scores are inputs after the n-gram logit.
+    /// Whether VADER's four scores are inputs after the n-gram logit(s).
     pub vader: bool,
+    /// The networks: one for all labels, or one per label (`per_label` in the manifest).
+    parts: Vec<Part>,
+}
+
+/// One network of a head, with its lexical half.
+#[derive(Debug, Clone)]
+struct Part {
+    /// An n-gram model whose logit is an input after the embedding.
+    ngram: Option<NgramModel>,
     layers: Vec<Layer>,
 }
 
-impl Head {
-    /// How many lexical inputs the head takes after the embedding.
-    fn lexical_inputs(&self) -> usize {
-        usize::from(self.ngram.is_some()) + if self.vader { VADER_INPUTS } else { 0 }
-    }
-
-    /// Label probabilities for one embedding and the head's own lexical inputs, appended to
-    /// `out` in label order.
-    fn score(
-        &self,
-        embedding: &[f32],
-        lexical: &[f32],
-        scratch: &mut [Vec<f32>; 2],
-        out: &mut Vec<f32>,
-    ) {
-        let [a, b] = scratch;
-        a.clear();
-        a.extend_from_slice(embedding);
-        a.extend_from_slice(lexical);
+impl Part {
+    /// The logits for `input` (the embedding and the part's lexical inputs), left in `a`.
+    fn forward(&self, a: &mut Vec<f32>, b: &mut Vec<f32>) {
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
             layer.forward(a, b);
@@ -179,12 +180,53 @@ impl Head {
             }
             std::mem::swap(a, b);
         }
+    }
+}
+
+impl Head {
+    /// How many lexical inputs the head takes after the embedding: its parts' n-gram logits,
+    /// then VADER's scores.
+    fn lexical_inputs(&self) -> usize {
+        self.parts.iter().filter(|p| p.ngram.is_some()).count()
+            + if self.vader { VADER_INPUTS } else { 0 }
+    }
+
+    /// Label probabilities for one embedding and the head's own lexical inputs (the parts'
+    /// n-gram logits in part order, then VADER's scores), appended to `out` in label order.
+    fn score(
+        &self,
+        embedding: &[f32],
+        lexical: &[f32],
+        scratch: &mut [Vec<f32>; 2],
+        out: &mut Vec<f32>,
+    ) {
+        let ngrams = self.parts.iter().filter(|p| p.ngram.is_some()).count();
+        let (ngram_logits, vader) = lexical.split_at(ngrams.min(lexical.len()));
+        let mut ngram_logits = ngram_logits.iter();
+        let [a, b] = scratch;
+        let start = out.len();
+        for part in &self.parts {
+            a.clear();
+            a.extend_from_slice(embedding);
+            if part.ngram.is_some() {
+                a.push(ngram_logits.next().copied().unwrap_or(0.0));
+            }
+            a.extend_from_slice(vader);
+            part.forward(a, b);
+            out.extend_from_slice(a);
+        }
         if self.multi_label {
-            out.extend(a.iter().map(|&z| 1.0 / (1.0 + (-z).exp())));
+            for z in &mut out[start..] {
+                *z = 1.0 / (1.0 + (-*z).exp());
+            }
         } else {
-            let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let start = out.len();
-            out.extend(a.iter().map(|&z| (z - max).exp()));
+            let max = out[start..]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            for z in &mut out[start..] {
+                *z = (*z - max).exp();
+            }
             let sum: f32 = out[start..].iter().sum();
             for p in &mut out[start..] {
                 *p /= sum;
@@ -261,13 +303,24 @@ impl Heads {
                     "{place}.thresholds.{label}: {t} is outside [0, 1]"
                 )));
             }
+            if entry.per_label && !entry.multi_label {
+                return Err(bad(format!(
+                    "{place}.per_label: only a multi-label (sigmoid) head has a network per label"
+                )));
+            }
             let path = dir.join(&entry.file);
-            let (layers, ngram) = load_head_file(
-                &path,
-                embedding_dim + if entry.vader { VADER_INPUTS } else { 0 },
-                entry.labels.len(),
-                entry.ngram,
-            )?;
+            let dense_inputs = embedding_dim + if entry.vader { VADER_INPUTS } else { 0 };
+            let mut file = HeadFile::open(&path)?;
+            let parts = if entry.per_label {
+                entry
+                    .labels
+                    .iter()
+                    .map(|label| file.part(&format!("{label}."), dense_inputs, 1, &entry.ngram))
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                vec![file.part("", dense_inputs, entry.labels.len(), &entry.ngram)?]
+            };
+            file.finish()?;
             heads.push(Head {
                 name: entry.name,
                 labels: entry.labels,
@@ -275,9 +328,8 @@ impl Heads {
                 thresholds: entry.thresholds,
                 version: entry.version,
                 metrics: entry.metrics,
-                ngram,
                 vader: entry.vader,
-                layers,
+                parts,
             });
         }
         let label_names = heads
@@ -313,7 +365,7 @@ impl Heads {
     pub fn lexical(&self, normalized_text: &str) -> Vec<f32> {
         let mut out = Vec::new();
         for head in &self.heads {
-            if let Some(ngram) = &head.ngram {
+            for ngram in head.parts.iter().filter_map(|p| p.ngram.as_ref()) {
                 out.push(ngram.logit(normalized_text) as f32);
             }
             if head.vader {
@@ -374,88 +426,116 @@ pub fn vader_scores(text: &str) -> [f32; VADER_INPUTS] {
     [get("neg"), get("neu"), get("pos"), get("compound")]
 }
 
-/// Reads a head file: `layers.N.weight` / `layers.N.bias`, checking that the shapes chain
-/// from the inputs (the embedding and VADER's scores when the head takes them, `dense_inputs`,
-/// plus the n-gram logit when `ngram` is given) to `outputs`,
-/// and the n-gram half's tensors when the manifest says it has one.
-fn load_head_file(
-    path: &Path,
-    dense_inputs: usize,
-    outputs: usize,
-    ngram: Option<NgramConfig>,
-) -> Result<(Vec<Layer>, Option<NgramModel>), ModelError> {
-    if !path.is_file() {
-        return Err(ModelError::Missing(path.to_owned()));
-    }
-    let bad = |message: String| ModelError::Config {
-        path: path.to_owned(),
-        message,
-    };
-    let mut tensors: HashMap<String, candle_core::Tensor> =
-        candle_core::safetensors::load(path, &Device::Cpu)?;
-    let ngram = match ngram {
-        None => None,
-        Some(config) => {
-            let mut take = |name: &str| -> Result<Vec<f32>, ModelError> {
-                let tensor = tensors.remove(name).ok_or_else(|| {
-                    bad(format!(
-                        "the manifest says it has an n-gram half, but `{name}` is missing"
-                    ))
-                })?;
-                Ok(tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
-            };
-            let idf = take("ngram.idf")?;
-            let weights = take("ngram.weight")?;
-            let bias = take("ngram.bias")?;
-            let [bias] = bias[..] else {
-                return Err(bad(format!("ngram.bias has {} values, not 1", bias.len())));
-            };
-            Some(
-                NgramModel::from_parts(config, idf, weights, f64::from(bias))
-                    .map_err(|e| bad(format!("ngram: {e}")))?,
-            )
+/// A head file's tensors, taken part by part; anything left over is an error.
+struct HeadFile {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl HeadFile {
+    fn open(path: &Path) -> Result<Self, ModelError> {
+        if !path.is_file() {
+            return Err(ModelError::Missing(path.to_owned()));
         }
-    };
-    let mut layers = Vec::new();
-    let mut width = dense_inputs + usize::from(ngram.is_some());
-    loop {
-        let n = layers.len();
-        let (Some(weight), Some(bias)) = (
-            tensors.remove(&format!("layers.{n}.weight")),
-            tensors.remove(&format!("layers.{n}.bias")),
-        ) else {
-            break;
+        Ok(Self {
+            path: path.to_owned(),
+            tensors: candle_core::safetensors::load(path, &Device::Cpu)?,
+        })
+    }
+
+    fn bad(&self, message: String) -> ModelError {
+        ModelError::Config {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// Takes one part's tensors, `{prefix}layers.N.weight` / `{prefix}layers.N.bias` and the
+    /// n-gram half's when the manifest says there is one, checking that the shapes chain from
+    /// the inputs (`dense_inputs`: the embedding and VADER's scores when the head takes them,
+    /// plus the n-gram logit) to `outputs`.
+    fn part(
+        &mut self,
+        prefix: &str,
+        dense_inputs: usize,
+        outputs: usize,
+        ngram: &Option<NgramConfig>,
+    ) -> Result<Part, ModelError> {
+        let ngram = match ngram {
+            None => None,
+            Some(config) => {
+                let mut take = |name: &str| -> Result<Vec<f32>, ModelError> {
+                    let name = format!("{prefix}{name}");
+                    let tensor = self.tensors.remove(&name).ok_or_else(|| {
+                        self.bad(format!(
+                            "the manifest says it has an n-gram half, but `{name}` is missing"
+                        ))
+                    })?;
+                    Ok(tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+                };
+                let idf = take("ngram.idf")?;
+                let weights = take("ngram.weight")?;
+                let bias = take("ngram.bias")?;
+                let [bias] = bias[..] else {
+                    return Err(self.bad(format!(
+                        "{prefix}ngram.bias has {} values, not 1",
+                        bias.len()
+                    )));
+                };
+                Some(
+                    NgramModel::from_parts(config.clone(), idf, weights, f64::from(bias))
+                        .map_err(|e| self.bad(format!("{prefix}ngram: {e}")))?,
+                )
+            }
         };
-        let weight = weight.to_dtype(candle_core::DType::F32)?;
-        let bias = bias.to_dtype(candle_core::DType::F32)?;
-        let (rows, cols) = weight.dims2()?;
-        if cols != width || bias.dims1()? != rows {
-            return Err(bad(format!(
-                "layers.{n}: weight is {rows}x{cols} and bias {:?}; expected {{out}}x{width} \
-                 and {{out}}",
-                bias.dims()
+        let mut layers = Vec::new();
+        let mut width = dense_inputs + usize::from(ngram.is_some());
+        loop {
+            let n = layers.len();
+            let (Some(weight), Some(bias)) = (
+                self.tensors.remove(&format!("{prefix}layers.{n}.weight")),
+                self.tensors.remove(&format!("{prefix}layers.{n}.bias")),
+            ) else {
+                break;
+            };
+            let weight = weight.to_dtype(DType::F32)?;
+            let bias = bias.to_dtype(DType::F32)?;
+            let (rows, cols) = weight.dims2()?;
+            if cols != width || bias.dims1()? != rows {
+                return Err(self.bad(format!(
+                    "{prefix}layers.{n}: weight is {rows}x{cols} and bias {:?}; expected \
+                     {{out}}x{width} and {{out}}",
+                    bias.dims()
+                )));
+            }
+            layers.push(Layer {
+                weight: weight.flatten_all()?.to_vec1()?,
+                bias: bias.to_vec1()?,
+                inputs: width,
+            });
+            width = rows;
+        }
+        if layers.is_empty() {
+            return Err(self.bad(format!(
+                "no {prefix}layers.0.weight / {prefix}layers.0.bias"
             )));
         }
-        layers.push(Layer {
-            weight: weight.flatten_all()?.to_vec1()?,
-            bias: bias.to_vec1()?,
-            inputs: width,
-        });
-        width = rows;
+        let last = layers.last().map_or(0, Layer::outputs);
+        if last != outputs {
+            return Err(self.bad(format!(
+                "{prefix}layers: the last layer has {last} outputs for {outputs} labels"
+            )));
+        }
+        Ok(Part { ngram, layers })
     }
-    if layers.is_empty() {
-        return Err(bad("no layers.0.weight / layers.0.bias".to_owned()));
+
+    /// Fails on tensors no part took.
+    fn finish(self) -> Result<(), ModelError> {
+        match self.tensors.keys().min() {
+            Some(extra) => Err(self.bad(format!("unexpected tensor `{extra}`"))),
+            None => Ok(()),
+        }
     }
-    if let Some(extra) = tensors.keys().next() {
-        return Err(bad(format!("unexpected tensor `{extra}`")));
-    }
-    let last = layers.last().map_or(0, Layer::outputs);
-    if last != outputs {
-        return Err(bad(format!(
-            "the last layer has {last} outputs for {outputs} labels"
-        )));
-    }
-    Ok((layers, ngram))
 }
 
 /// An n-gram model as it will be after a round trip through a head file (its tables in f16),
@@ -489,19 +569,45 @@ pub fn write_head_with_ngram(
     layers: &[(Vec<Vec<f32>>, Vec<f32>)],
     ngram: Option<&NgramModel>,
 ) -> Result<(), ModelError> {
+    write_head_parts(path, &[("", layers, ngram)])
+}
+
+/// One network of a head file: its tensor-name prefix (`""`, or `"<label>."` for a
+/// `per_label` head), its layers and its n-gram half.
+pub type PartToWrite<'a> = (
+    &'a str,
+    &'a [(Vec<Vec<f32>>, Vec<f32>)],
+    Option<&'a NgramModel>,
+);
+
+/// Writes a head file of one or more networks (see [`PartToWrite`]).
+pub fn write_head_parts(path: &Path, parts: &[PartToWrite<'_>]) -> Result<(), ModelError> {
     let mut tensors = Vec::new();
+    for (prefix, layers, ngram) in parts {
+        part_tensors(prefix, layers, *ngram, &mut tensors)?;
+    }
+    candle_core::safetensors::save(&tensors.into_iter().collect(), path)?;
+    Ok(())
+}
+
+fn part_tensors(
+    prefix: &str,
+    layers: &[(Vec<Vec<f32>>, Vec<f32>)],
+    ngram: Option<&NgramModel>,
+    tensors: &mut Vec<(String, Tensor)>,
+) -> Result<(), ModelError> {
     if let Some(model) = ngram {
         let (_, idf, weights, bias) = model.parts();
         tensors.push((
-            "ngram.idf".to_owned(),
+            format!("{prefix}ngram.idf"),
             Tensor::new(idf, &Device::Cpu)?.to_dtype(DType::F16)?,
         ));
         tensors.push((
-            "ngram.weight".to_owned(),
+            format!("{prefix}ngram.weight"),
             Tensor::new(weights, &Device::Cpu)?.to_dtype(DType::F16)?,
         ));
         tensors.push((
-            "ngram.bias".to_owned(),
+            format!("{prefix}ngram.bias"),
             Tensor::new(&[bias as f32], &Device::Cpu)?,
         ));
     }
@@ -510,15 +616,14 @@ pub fn write_head_with_ngram(
         let cols = weight.first().map_or(0, Vec::len);
         let flat: Vec<f32> = weight.iter().flatten().copied().collect();
         tensors.push((
-            format!("layers.{n}.weight"),
+            format!("{prefix}layers.{n}.weight"),
             candle_core::Tensor::from_vec(flat, (rows, cols), &Device::Cpu)?,
         ));
         tensors.push((
-            format!("layers.{n}.bias"),
+            format!("{prefix}layers.{n}.bias"),
             candle_core::Tensor::new(bias.as_slice(), &Device::Cpu)?,
         ));
     }
-    candle_core::safetensors::save(&tensors.into_iter().collect(), path)?;
     Ok(())
 }
 
@@ -668,6 +773,81 @@ mod tests {
             assert!((got - want).abs() < 1e-6, "{scores:?}");
         }
         assert!((scores[2..].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_per_label_head_runs_a_network_and_an_ngram_half_per_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let texts = ["you idiot", "nice play", "i will hurt you", "good game"];
+        let fit = |labels: [bool; 4]| {
+            let config = NgramConfig {
+                buckets_log2: 10,
+                ..NgramConfig::default()
+            };
+            stored_ngram(&NgramModel::fit(&texts, &labels, &config)).unwrap()
+        };
+        let (insult, threat) = (
+            fit([true, false, false, false]),
+            fit([false, false, true, false]),
+        );
+        // insult: logit = x0 + ngram; threat: hidden = relu(x1) (its n-gram input weighs 0),
+        // logit = 2h − 1.
+        let insult_layers = [(vec![vec![1.0, 0.0, 1.0]], vec![0.0])];
+        let threat_layers = [
+            (vec![vec![0.0, 1.0, 0.0]], vec![0.0]),
+            (vec![vec![2.0]], vec![-1.0]),
+        ];
+        write_head_parts(
+            &dir.path().join("tox.safetensors"),
+            &[
+                ("insult.", &insult_layers, Some(&insult)),
+                ("threat.", &threat_layers, Some(&threat)),
+            ],
+        )
+        .unwrap();
+        let entry = |extra: &str| {
+            format!(
+                r#"{{"version": "t", "embedding_dim": 2, "heads": [
+                {{"name": "toxicity", "file": "tox.safetensors", "multi_label": true,
+                 "per_label": true, "labels": ["insult", "threat"], "ngram": {config}{extra}}}]}}"#,
+                config = serde_json::to_string(insult.parts().0).unwrap()
+            )
+        };
+        write_manifest(dir.path(), &entry(""));
+        let heads = Heads::load(dir.path(), 2).unwrap();
+        assert_eq!(heads.label_names(), ["toxicity/insult", "toxicity/threat"]);
+        let text = "i will hurt you";
+        let lexical = heads.lexical(text);
+        assert_eq!(
+            lexical,
+            [insult.logit(text) as f32, threat.logit(text) as f32],
+            "one n-gram logit per label, in label order"
+        );
+        let scores = heads.score(&[0.5, 2.0], &lexical);
+        let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
+        let want = [sigmoid(0.5 + lexical[0]), sigmoid(2.0 * 2.0 - 1.0)];
+        assert!((scores[0] - want[0]).abs() < 1e-6, "{scores:?} vs {want:?}");
+        assert!((scores[1] - want[1]).abs() < 1e-6, "{scores:?} vs {want:?}");
+
+        // A per-label head must be multi-label, and every label needs its network.
+        write_manifest(
+            dir.path(),
+            &entry("").replace(r#""multi_label": true"#, r#""multi_label": false"#),
+        );
+        let error = Heads::load(dir.path(), 2).unwrap_err().to_string();
+        assert!(error.contains("per_label"), "{error}");
+        write_manifest(
+            dir.path(),
+            &entry("").replace(r#"["insult", "threat"]"#, r#"["insult", "sexual"]"#),
+        );
+        let error = Heads::load(dir.path(), 2).unwrap_err().to_string();
+        assert!(error.contains("sexual.ngram.idf"), "{error}");
+        write_manifest(
+            dir.path(),
+            &entry("").replace(r#"["insult", "threat"]"#, r#"["insult"]"#),
+        );
+        let error = Heads::load(dir.path(), 2).unwrap_err().to_string();
+        assert!(error.contains("unexpected tensor `threat."), "{error}");
     }
 
     #[test]

@@ -100,8 +100,12 @@ pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
     // Which sets to score, and for which task.
     let mut sets: Vec<(String, &'static Task, Split)> = Vec::new();
     if let Some((path, head)) = &options.file {
-        let task = data::task(head)
-            .ok_or_else(|| TrainError::Missing(format!("--head: no head `{head}`")))?;
+        let task = data::task(head).ok_or_else(|| {
+            TrainError::Missing(format!(
+                "--head: `{head}` names no single task (a head of one task, e.g. spam, or one \
+                 label, e.g. toxicity/threat)"
+            ))
+        })?;
         let mut split = data::read_split(path, task)?;
         if let Some(limit) = options.data.subset {
             split.examples = data::subset(split.examples, limit, options.data.seed);
@@ -112,9 +116,8 @@ pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
             data::TASKS
                 .iter()
                 .filter(|t| {
-                    loaded
-                        .iter()
-                        .any(|(_, h)| h.heads().iter().any(|x| x.name == t.head))
+                    let label = format!("{}/{}", t.head, t.labels[0]);
+                    loaded.iter().any(|(_, h)| h.label_names().contains(&label))
                 })
                 .flat_map(|t| std::iter::once(t.dataset).chain(t.also_evaluated_on.iter().copied()))
                 .map(str::to_owned)

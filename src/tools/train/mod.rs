@@ -118,17 +118,18 @@ pub fn run(options: &TrainOptions) -> Result<(), TrainError> {
     let embedder = Embedder::new(&encoder, encoder_id.clone(), options.data.cache_dir.clone());
     let mut trained = Vec::new();
     for name in &options.heads {
-        let task = data::task(name).ok_or_else(|| {
-            TrainError::Missing(format!(
-                "no task `{name}` (known: {})",
-                data::TASKS
-                    .iter()
-                    .map(|t| t.head)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-        trained.push(train_task(task, options, &embedder)?);
+        let tasks = data::tasks(name);
+        if tasks.is_empty() {
+            let mut known: Vec<&str> = data::TASKS.iter().map(|t| t.head).collect();
+            known.dedup();
+            return Err(TrainError::Missing(format!(
+                "no head `{name}` (known: {}; or one label, e.g. toxicity/threat)",
+                known.join(", ")
+            )));
+        }
+        for task in tasks {
+            trained.push(train_task(task, options, &embedder)?);
+        }
     }
     write_heads(
         &options.out_dir,
@@ -587,29 +588,96 @@ fn write_heads(
     std::fs::create_dir_all(dir).map_err(io_error("cannot create", dir))?;
     let mut entries = Vec::new();
     let mut all_bytes = Vec::new();
-    for head in trained {
-        let served = if head.task.is_binary() {
-            head.fitted.as_binary()
-        } else {
-            head.fitted.clone()
-        };
-        let file = format!("{}.safetensors", head.task.head);
+    // The tasks of one head, in training order, make one file.
+    let mut names: Vec<&str> = trained.iter().map(|t| t.task.head).collect();
+    names.dedup();
+    for name in names {
+        let members: Vec<&TrainedHead> = trained.iter().filter(|t| t.task.head == name).collect();
+        let per_label = members.len() > 1;
+        if per_label && members.iter().any(|m| !m.task.is_binary()) {
+            return Err(TrainError::Other(format!(
+                "{name}: only binary tasks can share a head"
+            )));
+        }
+        let served: Vec<_> = members
+            .iter()
+            .map(|m| {
+                if m.task.is_binary() {
+                    m.fitted.as_binary()
+                } else {
+                    m.fitted.clone()
+                }
+            })
+            .collect();
+        let prefixes: Vec<String> = members
+            .iter()
+            .map(|m| {
+                if per_label {
+                    format!("{}.", m.task.labels[0])
+                } else {
+                    String::new()
+                }
+            })
+            .collect();
+        let parts: Vec<heads::PartToWrite<'_>> = members
+            .iter()
+            .zip(&served)
+            .zip(&prefixes)
+            .map(|((m, s), p)| (p.as_str(), &s.layers[..], m.ngram.as_ref()))
+            .collect();
+        let file = format!("{name}.safetensors");
         let path = dir.join(&file);
-        heads::write_head_with_ngram(&path, &served.layers, head.ngram.as_ref())?;
+        heads::write_head_parts(&path, &parts)?;
         let bytes = std::fs::read(&path).map_err(io_error("cannot read", &path))?;
         let version = crate::infra::model::fetch::sha256_bytes(&bytes)[..12].to_owned();
         all_bytes.extend_from_slice(&bytes);
+        let labels: Vec<&str> = members
+            .iter()
+            .flat_map(|m| m.task.labels.iter().copied())
+            .collect();
+        let thresholds: BTreeMap<&String, &f64> =
+            members.iter().flat_map(|m| m.thresholds.iter()).collect();
+        // The n-gram features must be the same for every part: the manifest names one config.
+        let features = |m: &&TrainedHead| {
+            m.ngram.as_ref().map(|n| {
+                let c = n.parts().0;
+                (
+                    c.char_min,
+                    c.char_max,
+                    c.word_min,
+                    c.word_max,
+                    c.buckets_log2,
+                )
+            })
+        };
+        let ngram = members[0].ngram.as_ref().map(|m| m.parts().0);
+        if members.iter().any(|m| features(m) != features(&members[0])) {
+            return Err(TrainError::Other(format!(
+                "{name}: the labels' n-gram halves differ in their features"
+            )));
+        }
+        let training = if per_label {
+            json!(
+                members
+                    .iter()
+                    .map(|m| (m.task.labels[0], &m.training))
+                    .collect::<BTreeMap<_, _>>()
+            )
+        } else {
+            members[0].training.clone()
+        };
         entries.push(json!({
-            "name": head.task.head,
+            "name": name,
             "file": file,
-            "multi_label": head.task.is_binary(),
-            "labels": head.task.labels,
-            "thresholds": head.thresholds,
+            "multi_label": members[0].task.is_binary(),
+            "per_label": per_label,
+            "labels": labels,
+            "thresholds": thresholds,
             "version": version,
             "metrics": {},
-            "ngram": head.ngram.as_ref().map(|m| m.parts().0),
-            "vader": head.vader,
-            "training": head.training,
+            "ngram": ngram,
+            "vader": members[0].vader,
+            "training": training,
         }));
     }
     let manifest = json!({
