@@ -192,7 +192,7 @@ struct EvalArgs {
     #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
     compare: Vec<PathBuf>,
     /// Datasets whose test split to score, comma-separated (default: every one the heads
-    /// have a task for): insults, spam, sms, sentiment.
+    /// have a task for): insults, threat, sexual, identity, spam, sms, sentiment.
     #[arg(long, value_delimiter = ',')]
     dataset: Vec<String>,
     /// Score this labelled JSONL file ({"id","text","label"} per line) instead; needs --head.

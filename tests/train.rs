@@ -73,7 +73,42 @@ const CLEAN: &[&str] = &[
     "see you all next week",
 ];
 
-/// Writes `insults/{train,test}.jsonl` and `sentiment/{train,test}.jsonl` under `dir`.
+/// Lines of the toxicity head's other labels: (dataset, label, positives).
+const OTHER_LABELS: &[(&str, &str, &[&str])] = &[
+    (
+        "threat",
+        "threat",
+        &[
+            "i will find you and break your legs",
+            "someone should stab that streamer",
+            "i know where you live and i am coming",
+            "say that again and i will hurt you",
+        ],
+    ),
+    (
+        "sexual",
+        "sexual",
+        &[
+            "send me nudes right now",
+            "show us your body in a bikini",
+            "i want to sleep with you tonight",
+            "take your top off for the stream",
+        ],
+    ),
+    (
+        "identity",
+        "identity_attack",
+        &[
+            "those immigrants are vermin",
+            "women are too stupid to vote",
+            "gay people should not have rights",
+            "go back to your own country",
+        ],
+    ),
+];
+
+/// Writes `insults/{train,test}.jsonl`, `sentiment/{train,test}.jsonl` and the toxicity
+/// head's other labels' files (threat, sexual, identity) under `dir`.
 fn write_datasets(dir: &Path) {
     let line = |id: String, text: &str, label: &str| {
         serde_json::json!({"id": id, "text": text, "label": label, "source": "test"}).to_string()
@@ -101,6 +136,23 @@ fn write_datasets(dir: &Path) {
     std::fs::create_dir_all(dir.join("insults")).unwrap();
     std::fs::write(dir.join("insults/train.jsonl"), train.join("\n") + "\n").unwrap();
     std::fs::write(dir.join("insults/test.jsonl"), test.join("\n") + "\n").unwrap();
+
+    for (dataset, label, positives) in OTHER_LABELS {
+        let mut train = Vec::new();
+        let mut test = Vec::new();
+        for (round, prefix) in ["", "lol ", "ok ", "fr "].iter().enumerate() {
+            let target = if round == 3 { &mut test } else { &mut train };
+            for (i, text) in positives.iter().enumerate() {
+                target.push(line(format!("p{round}-{i}"), &format!("{prefix}{text}"), label));
+            }
+            for (i, text) in CLEAN.iter().chain(INSULTS).enumerate() {
+                target.push(line(format!("n{round}-{i}"), &format!("{prefix}{text}"), "clean"));
+            }
+        }
+        std::fs::create_dir_all(dir.join(dataset)).unwrap();
+        std::fs::write(dir.join(dataset).join("train.jsonl"), train.join("\n") + "\n").unwrap();
+        std::fs::write(dir.join(dataset).join("test.jsonl"), test.join("\n") + "\n").unwrap();
+    }
 
     let rated = [
         ("I love this, it is wonderful", "positive", 0.9),
@@ -175,6 +227,9 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
         heads.label_names(),
         [
             "toxicity/insult",
+            "toxicity/threat",
+            "toxicity/sexual",
+            "toxicity/identity_attack",
             "sentiment/negative",
             "sentiment/neutral",
             "sentiment/positive"
@@ -184,19 +239,31 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
     assert!((0.0..=1.0).contains(&threshold), "{threshold}");
     let written = manifest(&first);
     let toxicity = &written["heads"][0];
-    let auc = toxicity["metrics"]["insults/test.roc_auc"]
-        .as_f64()
-        .unwrap();
-    assert!(auc > 0.9, "the toy insults are easy: ROC-AUC {auc}");
+    assert_eq!(toxicity["per_label"], true, "a network per label");
+    for (key, label) in [
+        ("insults/test.roc_auc", "insult"),
+        ("threat/test.roc_auc", "threat"),
+        ("sexual/test.roc_auc", "sexual"),
+        ("identity/test.roc_auc", "identity_attack"),
+    ] {
+        let auc = toxicity["metrics"][key].as_f64().unwrap();
+        assert!(auc > 0.9, "the toy {label} lines are easy: {key} {auc}");
+        let threshold = heads.threshold(&format!("toxicity/{label}")).unwrap();
+        assert!((0.0..=1.0).contains(&threshold), "{label}: {threshold}");
+    }
+    let insult = &toxicity["training"]["insult"];
     assert_eq!(
-        toxicity["training"]["train_examples"].as_u64().unwrap()
-            + toxicity["training"]["validation_examples"]
-                .as_u64()
-                .unwrap(),
+        insult["train_examples"].as_u64().unwrap()
+            + insult["validation_examples"].as_u64().unwrap(),
         48
     );
+    // The threat label learns from its own file and, as negatives, from the other tasks'.
     assert_eq!(
-        toxicity["training"]["train_file_sha256"].as_str().unwrap(),
+        toxicity["training"]["threat"]["extra_negatives"]["datasets"],
+        serde_json::json!(["sentiment", "insults"])
+    );
+    assert_eq!(
+        insult["train_file_sha256"].as_str().unwrap(),
         modbot::infra::model::fetch::sha256_file(&data.join("insults/train.jsonl")).unwrap()
     );
     assert!(
@@ -243,12 +310,21 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
         .iter()
         .map(|s| s["set"].as_str().unwrap())
         .collect();
-    assert_eq!(sets, ["insults/test", "sentiment/test"]);
+    assert_eq!(
+        sets,
+        [
+            "insults/test",
+            "threat/test",
+            "sexual/test",
+            "identity/test",
+            "sentiment/test"
+        ]
+    );
     let insult_models = json["sets"][0]["models"].as_array().unwrap();
     assert_eq!(insult_models.len(), 2, "the heads and the n-gram baseline");
     assert!(insult_models[1][0].as_str().unwrap().contains("n-gram"));
     assert_eq!(
-        json["sets"][1]["models"].as_array().unwrap().len(),
+        json["sets"][4]["models"].as_array().unwrap().len(),
         3,
         "heads + 2 VADER"
     );
@@ -370,9 +446,11 @@ async fn feedback_in_the_database_is_folded_into_training() {
     assert!(output.status.success(), "{stderr}");
     // Three toxicity examples (two positive, one negative); the spam one has no head here.
     assert!(stderr.contains("3 from feedback"), "{stderr}");
+    let training = &manifest(&out)["heads"][0]["training"];
+    assert_eq!(training["insult"]["feedback_examples"], 3);
     assert_eq!(
-        manifest(&out)["heads"][0]["training"]["feedback_examples"],
-        3
+        training["threat"]["feedback_examples"], 0,
+        "insult feedback teaches the insult label only"
     );
 }
 
@@ -418,7 +496,7 @@ fn bad_requests_are_refused_clearly() {
     );
     let (output, _, stderr) = run(&mut modbot(work.path(), &["train", "--heads", "nope"]));
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("no task `nope`"), "{stderr}");
+    assert!(stderr.contains("no head `nope`"), "{stderr}");
     // A labelled file with a label of another task names the line.
     let file = work.path().join("bad.jsonl");
     std::fs::write(&file, "{\"id\":\"1\",\"text\":\"hi\",\"label\":\"spam\"}\n").unwrap();
@@ -443,7 +521,7 @@ fn bad_requests_are_refused_clearly() {
             "--file",
             file.to_str().unwrap(),
             "--head",
-            "toxicity",
+            "toxicity/insult",
         ],
     ));
     assert_eq!(output.status.code(), Some(1), "{stderr}");

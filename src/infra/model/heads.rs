@@ -365,8 +365,12 @@ impl Heads {
     pub fn lexical(&self, normalized_text: &str) -> Vec<f32> {
         let mut out = Vec::new();
         for head in &self.heads {
+            // The parts' n-gram halves share their features (the manifest has one config):
+            // the text is hashed once for them all.
+            let mut counts = None;
             for ngram in head.parts.iter().filter_map(|p| p.ngram.as_ref()) {
-                out.push(ngram.logit(normalized_text) as f32);
+                let counts = counts.get_or_insert_with(|| ngram.counts(normalized_text));
+                out.push(ngram.logit_of_counts(counts) as f32);
             }
             if head.vader {
                 out.extend(vader_scores(normalized_text));

@@ -117,6 +117,10 @@ impl NgramConfig {
 /// A sparse vector: (bucket, value) pairs sorted by bucket, each bucket once.
 type SparseVector = Vec<(u32, f32)>;
 
+/// A text's hashed n-gram counts (see [`NgramModel::counts`]).
+#[derive(Debug, Clone)]
+pub struct TermCounts(SparseVector);
+
 /// A fitted baseline: the inverse document frequencies of the training texts and the
 /// logistic regression's weights.
 #[derive(Clone)]
@@ -234,7 +238,23 @@ impl NgramModel {
 
     /// The classifier's log-odds that `text` is positive.
     pub fn logit(&self, text: &str) -> f64 {
-        let vector = tf_idf(term_counts(text, &self.config), &self.idf);
+        self.logit_of_vector(tf_idf(term_counts(text, &self.config), &self.idf))
+    }
+
+    /// The hashed n-gram counts of `text` under this model's features, for
+    /// [`NgramModel::logit_of_counts`]: models with the same features (the n-gram halves of a
+    /// head with a network per label) then hash a text once between them.
+    pub fn counts(&self, text: &str) -> TermCounts {
+        TermCounts(term_counts(text, &self.config))
+    }
+
+    /// [`NgramModel::logit`] from counts made by a model with the same features (the same
+    /// n-gram lengths and buckets); its own vocabulary statistics weigh them.
+    pub fn logit_of_counts(&self, counts: &TermCounts) -> f64 {
+        self.logit_of_vector(tf_idf(counts.0.clone(), &self.idf))
+    }
+
+    fn logit_of_vector(&self, vector: SparseVector) -> f64 {
         self.bias
             + vector
                 .iter()
