@@ -143,14 +143,26 @@ fn write_datasets(dir: &Path) {
         for (round, prefix) in ["", "lol ", "ok ", "fr "].iter().enumerate() {
             let target = if round == 3 { &mut test } else { &mut train };
             for (i, text) in positives.iter().enumerate() {
-                target.push(line(format!("p{round}-{i}"), &format!("{prefix}{text}"), label));
+                target.push(line(
+                    format!("p{round}-{i}"),
+                    &format!("{prefix}{text}"),
+                    label,
+                ));
             }
             for (i, text) in CLEAN.iter().chain(INSULTS).enumerate() {
-                target.push(line(format!("n{round}-{i}"), &format!("{prefix}{text}"), "clean"));
+                target.push(line(
+                    format!("n{round}-{i}"),
+                    &format!("{prefix}{text}"),
+                    "clean",
+                ));
             }
         }
         std::fs::create_dir_all(dir.join(dataset)).unwrap();
-        std::fs::write(dir.join(dataset).join("train.jsonl"), train.join("\n") + "\n").unwrap();
+        std::fs::write(
+            dir.join(dataset).join("train.jsonl"),
+            train.join("\n") + "\n",
+        )
+        .unwrap();
         std::fs::write(dir.join(dataset).join("test.jsonl"), test.join("\n") + "\n").unwrap();
     }
 

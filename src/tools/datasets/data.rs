@@ -119,6 +119,17 @@ pub const TASKS: &[Task] = &[
         // (review snippets, forum comments) teaches it that brevity is not spam.
         extra_negatives: &["sentiment", "insults"],
     },
+    // Chat promotion and scams, from the team's lines: what e-mail does not teach (bought
+    // viewers, skins, fake gift links, "DM me" get-rich offers), against ordinary chat, links
+    // and talk about money, gifts and scams.
+    Task {
+        head: "spam",
+        dataset: "promo",
+        labels: &["promo"],
+        negative: Some("clean"),
+        also_evaluated_on: &[],
+        extra_negatives: &["sentiment", "insults"],
+    },
     Task {
         head: "sentiment",
         dataset: "sentiment",
