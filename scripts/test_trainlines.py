@@ -36,8 +36,15 @@ GENERATED = tl.read_lines(tl.GENERATED)
 ALL = HAND + GENERATED
 
 # At least this many lines per label in each file (the targets the set was written to).
-MIN_HAND = {"threat": 300, "sexual": 220, "identity_attack": 200, "insult": 120, "benign": 500}
-MIN_GENERATED = {"threat": 400, "sexual": 250, "identity_attack": 200, "benign": 700}
+MIN_HAND = {"threat": 300, "sexual": 220, "identity_attack": 200, "insult": 120, "spam": 250, "benign": 620}
+MIN_GENERATED = {"threat": 400, "sexual": 250, "identity_attack": 200, "spam": 400, "benign": 850}
+
+# Chat spam's kinds, each written by hand (at least this many lines) and generated.
+SPAM_KINDS = ("followers_viewers", "self_promo", "game_items", "fake_gift", "crypto_get_rich", "dating_adult",
+              "phishing", "contact_me", "shortener", "unfamiliar_tld")
+MIN_HAND_PER_SPAM_KIND = 20
+# Benign lines that look like spam (links, money, gifts, recommendations, scam warnings, trading).
+SPAM_NEGATIVE_KINDS = ("links_normal", "crypto_talk", "gift_subs", "recommendation", "scam_warning", "game_trading_talk")
 
 WORD_N, WORD_JACCARD = 3, 0.6
 CHAR_N, CHAR_JACCARD, CHAR_MIN_WORDS = 4, 0.8, 4
@@ -153,6 +160,28 @@ class FormatTest(unittest.TestCase):
         for line in ALL:
             words = set(re.findall(r"[a-z]+", line["text"].lower()))
             self.assertFalse(words & banned, line["id"])
+
+    def test_spam_kinds_and_their_hard_negatives(self):
+        hand = Counter(line["source"] for line in HAND)
+        gen = Counter(line["source"] for line in GENERATED)
+        for kind in SPAM_KINDS:
+            with self.subTest(kind=kind):
+                self.assertGreaterEqual(hand[f"hand/spam/{kind}"], MIN_HAND_PER_SPAM_KIND)
+                self.assertGreater(gen[f"gen/spam/{kind}"], 0)
+        spam_sources = {line["source"].split("/", 2)[2] for line in ALL if line["label"] == "spam"}
+        self.assertEqual(spam_sources, set(SPAM_KINDS))
+        for kind in SPAM_NEGATIVE_KINDS:
+            with self.subTest(kind=kind):
+                self.assertGreater(hand[f"hand/benign/{kind}"], 0)
+                self.assertGreater(gen[f"gen/benign/{kind}"], 0)
+
+    def test_phone_numbers_are_in_the_drama_range(self):
+        # UK mobile numbers only from the range Ofcom keeps for drama (07700 900000-900999).
+        mobile = re.compile(r"(?:\+44\s?|\b0)7\d{3}\s?\d{3}\s?\d{3}\b")
+        for line in ALL:
+            for number in mobile.findall(line["text"]):
+                with self.subTest(id=line["id"]):
+                    self.assertRegex(re.sub(r"\s", "", number), r"^(\+44|0)7700900\d{3}$")
 
     def test_harmful_lines_aim_at_you_the_streamer_and_others(self):
         # Roughly a third each; checked loosely: each of the three is at least a sixth.
