@@ -7,7 +7,8 @@
 //! `Encoder::tokenize` on the same texts, the other per-message step of that task; the ratio of
 //! the two says whether the lexical inputs matter beside it (the encoder pass itself is
 //! ~1 ms per message, `cargo bench --bench encoder`). `head_scoring` times the heads' own
-//! arithmetic on an embedding.
+//! arithmetic on an embedding, and `head_scoring_batch16` the same in batches of 16, as the
+//! model thread scores them.
 //!
 //! Run with `cargo bench --bench heads` after `modbot fetch-model`; the committed heads in
 //! `models/heads` are used.
@@ -68,7 +69,33 @@ fn benches(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The model thread scores a batch at a time: each head's weights read once per batch.
+    let embeddings = encoder
+        .embed(
+            &texts[..BATCH]
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .expect("embeds");
+    let lexicals: Vec<Vec<f32>> = texts[..BATCH].iter().map(|t| heads.lexical(t)).collect();
+    let rows: Vec<&[f32]> = embeddings.iter().map(Vec::as_slice).collect();
+    let lex: Vec<&[f32]> = lexicals.iter().map(Vec::as_slice).collect();
+    let mut group = c.benchmark_group("per_message");
+    group.throughput(Throughput::Elements(MESSAGES as u64));
+    group.bench_function("head_scoring_batch16", |b| {
+        b.iter(|| {
+            for _ in 0..MESSAGES / BATCH {
+                black_box(heads.score_batch(black_box(&rows), black_box(&lex)));
+            }
+        })
+    });
+    group.finish();
 }
+
+/// Messages per batch in `head_scoring_batch16`.
+const BATCH: usize = 16;
 
 criterion_group!(heads_benches, benches);
 criterion_main!(heads_benches);

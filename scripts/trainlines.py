@@ -1313,6 +1313,54 @@ def benign_game_trading_talk(r: Rng) -> str:
     ))
 
 
+SHARED_SITES = ("https://www.youtube.com/watch?v={yt}", "https://youtu.be/{yt}?t={n}", "https://clips.twitch.tv/{clip}",
+                "https://www.twitch.tv/videos/{digits}", "https://twitter.com/{handle}/status/{digits}",
+                "https://www.tiktok.com/@{handle}/video/{digits}", "https://www.instagram.com/p/{img}/",
+                "https://i.imgur.com/{img}.png", "https://gyazo.com/{hex}", "https://www.reddit.com/r/{sub}/comments/{img}/",
+                "https://en.wikipedia.org/wiki/{wiki}", "https://github.com/{repo}/issues/{n}",
+                "https://www.theguardian.com/world/{year}/{img}", "https://www.nytimes.com/{year}/{img}.html",
+                "https://lichess.org/{img}", "https://www.speedrun.com/{sub}", "https://store.steampowered.com/app/{digits}/",
+                "https://docs.google.com/spreadsheets/d/{hex}", "https://www.op.gg/summoners/euw/{handle}",
+                "https://streamable.com/{img}")
+SHARED_CONTEXT = ("lmao look at this", "this is the part i meant", "full video", "timestamped", "the chart he showed",
+                  "the study everyone is arguing about", "that play from last night", "the patch notes",
+                  "the map we were talking about", "his profile", "my run from yesterday", "the game's store page",
+                  "the spreadsheet with the numbers", "the original tweet", "the article", "the vod, around the middle",
+                  "the lichess game", "the leaderboard", "the bug report", "proof")
+
+
+def benign_links_shared(r: Rng) -> str:
+    hexes = "0123456789abcdef"
+    link = r.pick(SHARED_SITES).format(
+        yt="".join(r.pick(PATH_CHARS) for _ in range(11)), n=r.pick(("42", "310", "1275", "88", "7")),
+        clip=r.pick(NICK_HEADS).capitalize() + r.pick(NICK_TAILS).capitalize() + r.pick(("Kappa", "PogChamp", "LUL")),
+        digits="".join(r.pick("0123456789") for _ in range(r.pick((9, 10, 12)))), handle=nick(r).lower(),
+        img="".join(r.pick(PATH_CHARS) for _ in range(r.pick((6, 7, 8)))), hex="".join(r.pick(hexes) for _ in range(12)),
+        sub=r.pick(SUBS), wiki=r.pick(WIKIS), repo=r.pick(REPOS), year=r.pick(("2023", "2024", "2025", "2026")))
+    context = r.pick(SHARED_CONTEXT)
+    return r.pick((link, f"{context} {link}", f"{link} {context}", f"{context} -> {link}", f"@{nick(r)} {link}",
+                   f"@{nick(r)} {context}: {link}", f"{link} {r.pick(('LUL', 'KEKW', 'OMEGALUL', 'lol', 'wtf', ''))}".strip()))
+
+
+def benign_gaming_numbers(r: Rng) -> str:
+    n = r.pick(("2", "3", "4", "5", "7", "12"))
+    return r.pick((
+        f"{r.pick(('2v2', '3v3', '5v5', 'duos', 'trios'))} {r.pick(('anyone', 'tonight?', 'after stream', 'in customs', 'on eu servers'))}",
+        f"gg {r.pick(('2-0', '3-1', '13-11', '16-14', '4-3', '2-1'))} {r.pick(('', 'close one', 'what a series', 'ez', 'clean'))}".strip(),
+        f"he's {r.pick(('0/7', '2/9', '12/1', '0/4/1', '15/2'))} {r.pick(('lol', 'already', 'and still tilted', 'this game', 'KEKW'))}",
+        f"need {r.pick(('1', '2', 'one', 'two'))} more for {r.pick(('ranked', 'the raid', 'a 5 stack', 'inhouse', 'the scrim'))}",
+        f"my ping is {r.pick(('200', '80', '350', '45'))}ms {r.pick(('send help', 'unplayable', 'on eu', 'from australia'))}",
+        f"{r.pick(('top', 'rank'))} {r.pick(('1', '3', '10', '500', '50'))} {r.pick(('in eu', 'on the leaderboard', 'in na', 'worldwide'))} {r.pick(('btw', 'is insane', 'now', 'lets go'))}",
+        f"day {n} of asking him to play {r.pick(('outer wilds', 'elden ring', 'chess', 'the new patch', 'celeste'))}",
+        f"patch {r.pick(('14.2', '1.07', '3.1', '7.35'))} {r.pick(('nerfed everything', 'notes are out', 'broke the game', 'is live'))}",
+        f"{r.pick(('144', '240', '60', '165'))}hz monitor {r.pick(('changed my life', 'was worth it', 'vs 60 is night and day'))}",
+        f"{r.pick(('3', '4', '5', '6'))}th attempt {r.pick(('at this boss', 'on this level', 'and still nothing', 'KEKW'))}",
+        f"{n} {r.pick(('kills', 'deaths', 'wins', 'losses'))} in a row {r.pick(('lol', 'wtf', 'Pog', 'sadge'))}",
+        f"score is {r.pick(('1-1', '0-2', '3-3', '21-19'))} {r.pick(('now', 'going into the last round', 'at the half'))}",
+        f"{r.pick(('ranked', 'casual', 'arena', 'quickplay'))} {r.pick(('queue is', 'games are'))} {r.pick(('10 min', '5 minutes', 'instant', '20 min'))} {r.pick(('right now', 'tonight', 'in eu'))}",
+    ))
+
+
 Template = Callable[[Rng], str]
 # (label, kind, how many, template). The order here is the order of the file.
 KINDS: tuple[tuple[str, str, int, Template], ...] = (
@@ -1358,6 +1406,10 @@ KINDS: tuple[tuple[str, str, int, Template], ...] = (
     ("benign", "recommendation", 30, benign_recommendation),
     ("benign", "scam_warning", 30, benign_scam_warning),
     ("benign", "game_trading_talk", 30, benign_game_trading_talk),
+    # Chat shares ordinary links and talks in numbers all the time: without enough of both,
+    # the chat-promo label learns "a link" or "digits" as spam.
+    ("benign", "links_shared", 160, benign_links_shared),
+    ("benign", "gaming_numbers", 140, benign_gaming_numbers),
 )
 
 

@@ -94,8 +94,13 @@ impl BatchModel for ModelBackend {
                 .encoder
                 .embed_tokens(&owned)
                 .map_err(|e: ModelError| e.to_string())?;
-            for (i, embedding) in bucket.into_iter().zip(&embeddings) {
-                scores[i] = self.heads.score(embedding, batch[i].lexical);
+            let rows: Vec<&[f32]> = embeddings.iter().map(Vec::as_slice).collect();
+            let lexicals: Vec<&[f32]> = bucket.iter().map(|&i| batch[i].lexical).collect();
+            for (i, row) in bucket
+                .into_iter()
+                .zip(self.heads.score_batch(&rows, &lexicals))
+            {
+                scores[i] = row;
             }
         }
         Ok(scores)

@@ -108,16 +108,32 @@ impl Layer {
         self.bias.len()
     }
 
-    /// `out = W · input + b`, with the encoder's dot-product kernel for this CPU (AVX-512 or
-    /// AVX2 with FMA where there is one: the crate is built for baseline x86_64, where a plain
-    /// loop runs 4 floats wide without FMA). A head's MLP is ~100,000 multiply-adds per
-    /// message, per network, on the model thread.
-    fn forward(&self, input: &[f32], out: &mut Vec<f32>) {
-        out.clear();
-        out.resize(self.outputs(), 0.0);
-        kernels().dots(input, self.inputs, &self.weight, out);
-        for (o, bias) in out.iter_mut().zip(&self.bias) {
-            *o += bias;
+    /// `y_r = W · x_r + b` for each of `rows` inputs (`x`: rows × inputs, row-major; `y` the
+    /// same, rows × outputs), ReLU'd when `relu`. The encoder's dot-product kernel for this
+    /// CPU (AVX-512 or AVX2 with FMA where there is one: the crate is built for baseline
+    /// x86_64, where a plain loop runs 4 floats wide without FMA) reads each weight row once
+    /// for all the rows: a head's MLP is ~100,000 weights per network, more than L2 holds
+    /// for all the heads together, so a batch pays for reading them once.
+    fn forward_rows(
+        &self,
+        x: &[f32],
+        rows: usize,
+        relu: bool,
+        scratch: &mut Vec<f32>,
+        y: &mut Vec<f32>,
+    ) {
+        let outputs = self.outputs();
+        scratch.clear();
+        scratch.resize(outputs * rows, 0.0);
+        kernels().dots(x, self.inputs, &self.weight, scratch);
+        // The kernel leaves output j of row r at j * rows + r.
+        y.clear();
+        y.resize(rows * outputs, 0.0);
+        for (j, (column, bias)) in scratch.chunks_exact(rows).zip(&self.bias).enumerate() {
+            for (r, value) in column.iter().enumerate() {
+                let v = value + bias;
+                y[r * outputs + j] = if relu { v.max(0.0) } else { v };
+            }
         }
     }
 }
@@ -158,16 +174,13 @@ struct Part {
 }
 
 impl Part {
-    /// The logits for `input` (the embedding and the part's lexical inputs), left in `a`.
-    fn forward(&self, a: &mut Vec<f32>, b: &mut Vec<f32>) {
+    /// The logits of `rows` inputs (`a`: rows × (embedding and the part's lexical inputs)),
+    /// left in `a` as rows × outputs.
+    fn forward(&self, a: &mut Vec<f32>, rows: usize, scratch: &mut [Vec<f32>; 2]) {
         let last = self.layers.len() - 1;
+        let [b, transposed] = scratch;
         for (i, layer) in self.layers.iter().enumerate() {
-            layer.forward(a, b);
-            if i != last {
-                for v in b.iter_mut() {
-                    *v = v.max(0.0);
-                }
-            }
+            layer.forward_rows(a, rows, i != last, transposed, b);
             std::mem::swap(a, b);
         }
     }
@@ -181,45 +194,55 @@ impl Head {
             + if self.vader { VADER_INPUTS } else { 0 }
     }
 
-    /// Label probabilities for one embedding and the head's own lexical inputs (the parts'
-    /// n-gram logits in part order, then VADER's scores), appended to `out` in label order.
-    fn score(
+    /// Label probabilities for a batch: each message's embedding and the head's own lexical
+    /// inputs (the parts' n-gram logits in part order, then VADER's scores), appended to
+    /// `out[r]` in label order.
+    fn score_rows(
         &self,
-        embedding: &[f32],
-        lexical: &[f32],
-        scratch: &mut [Vec<f32>; 2],
-        out: &mut Vec<f32>,
+        embeddings: &[&[f32]],
+        lexicals: &[&[f32]],
+        scratch: &mut [Vec<f32>; 3],
+        out: &mut [Vec<f32>],
     ) {
+        let rows = embeddings.len();
         let ngrams = self.parts.iter().filter(|p| p.ngram.is_some()).count();
-        let (ngram_logits, vader) = lexical.split_at(ngrams.min(lexical.len()));
-        let mut ngram_logits = ngram_logits.iter();
-        let [a, b] = scratch;
-        let start = out.len();
+        let starts: Vec<usize> = out.iter().map(Vec::len).collect();
+        let [a, rest @ ..] = scratch;
+        let mut next_ngram = 0;
         for part in &self.parts {
             a.clear();
-            a.extend_from_slice(embedding);
+            for (embedding, lexical) in embeddings.iter().zip(lexicals) {
+                let (ngram_logits, vader) = lexical.split_at(ngrams.min(lexical.len()));
+                a.extend_from_slice(embedding);
+                if part.ngram.is_some() {
+                    a.push(ngram_logits.get(next_ngram).copied().unwrap_or(0.0));
+                }
+                a.extend_from_slice(vader);
+            }
             if part.ngram.is_some() {
-                a.push(ngram_logits.next().copied().unwrap_or(0.0));
+                next_ngram += 1;
             }
-            a.extend_from_slice(vader);
-            part.forward(a, b);
-            out.extend_from_slice(a);
+            part.forward(a, rows, rest);
+            let outputs = a.len() / rows.max(1);
+            for (row, logits) in out.iter_mut().zip(a.chunks_exact(outputs.max(1))) {
+                row.extend_from_slice(logits);
+            }
         }
-        if self.multi_label {
-            for z in &mut out[start..] {
-                *z = 1.0 / (1.0 + (-*z).exp());
-            }
-        } else {
-            let max = out[start..]
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-            for z in &mut out[start..] {
-                *z = (*z - max).exp();
-            }
-            let sum: f32 = out[start..].iter().sum();
-            for p in &mut out[start..] {
-                *p /= sum;
+        for (row, start) in out.iter_mut().zip(starts) {
+            let own = &mut row[start..];
+            if self.multi_label {
+                for z in own.iter_mut() {
+                    *z = 1.0 / (1.0 + (-*z).exp());
+                }
+            } else {
+                let max = own.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for z in own.iter_mut() {
+                    *z = (*z - max).exp();
+                }
+                let sum: f32 = own.iter().sum();
+                for p in own.iter_mut() {
+                    *p /= sum;
+                }
             }
         }
     }
@@ -372,25 +395,32 @@ impl Heads {
     /// Every label's probability for one embedding and the text's [`Heads::lexical`] inputs,
     /// in [`Heads::label_names`] order.
     pub fn score(&self, embedding: &[f32], lexical: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.label_names.len());
-        let mut scratch = [Vec::new(), Vec::new()];
-        let mut rest = lexical;
-        let mut padded = Vec::new();
+        self.score_batch(&[embedding], &[lexical])
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// [`Heads::score`] for a batch of messages (embeddings and their lexical inputs, in the
+    /// same order): the same numbers, with each head's weights read once for the batch.
+    pub fn score_batch(&self, embeddings: &[&[f32]], lexicals: &[&[f32]]) -> Vec<Vec<f32>> {
+        let rows = embeddings.len().min(lexicals.len());
+        let mut out: Vec<Vec<f32>> = (0..rows)
+            .map(|_| Vec::with_capacity(self.label_names.len()))
+            .collect();
+        let mut scratch = [Vec::new(), Vec::new(), Vec::new()];
+        let mut offset = 0;
+        let mut own: Vec<Vec<f32>> = vec![Vec::new(); rows];
         for head in &self.heads {
             let wanted = head.lexical_inputs();
-            let own = if rest.len() >= wanted {
-                let (own, after) = rest.split_at(wanted);
-                rest = after;
-                own
-            } else {
+            for (own, lexical) in own.iter_mut().zip(lexicals) {
                 // Too few inputs is a caller's bug; zeros keep the answer sane.
-                padded.clear();
-                padded.extend_from_slice(rest);
-                padded.resize(wanted, 0.0);
-                rest = &[];
-                &padded[..]
-            };
-            head.score(embedding, own, &mut scratch, &mut out);
+                own.clear();
+                own.extend_from_slice(lexical.get(offset..).unwrap_or_default());
+                own.resize(wanted, 0.0);
+            }
+            offset += wanted;
+            let own: Vec<&[f32]> = own.iter().map(Vec::as_slice).collect();
+            head.score_rows(&embeddings[..rows], &own, &mut scratch, &mut out);
         }
         out
     }
@@ -692,7 +722,7 @@ mod tests {
                 inputs: len,
             };
             let mut out = vec![9.0; 7];
-            layer.forward(&input, &mut out);
+            layer.forward_rows(&input, 1, false, &mut Vec::new(), &mut out);
             assert_eq!(out.len(), 3);
             for (j, got) in out.iter().enumerate() {
                 let plain: f32 = weight[j * len..(j + 1) * len]
@@ -857,6 +887,86 @@ mod tests {
         );
         let error = Heads::load(dir.path(), 2).unwrap_err().to_string();
         assert!(error.contains("unexpected tensor `threat."), "{error}");
+    }
+
+    #[test]
+    fn a_batch_scores_as_its_messages_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let texts = ["you idiot", "nice play", "i will hurt you", "good game"];
+        let ngram = stored_ngram(&NgramModel::fit(
+            &texts,
+            &[true, false, true, false],
+            &NgramConfig {
+                buckets_log2: 10,
+                ..NgramConfig::default()
+            },
+        ))
+        .unwrap();
+        // Two per-label MLP parts (3 inputs + n-gram → 4 hidden → 1) and a softmax head.
+        let hidden = |seed: f32| {
+            (0..4)
+                .map(|j| (0..4).map(|i| ((i * 4 + j) as f32 * seed).sin()).collect())
+                .collect::<Vec<Vec<f32>>>()
+        };
+        let mlp = |seed: f32| {
+            vec![
+                (hidden(seed), vec![0.1, -0.2, 0.3, 0.0]),
+                (vec![vec![1.0, -1.0, 0.5, 2.0]], vec![-0.3]),
+            ]
+        };
+        let (a, b) = (mlp(0.7), mlp(1.3));
+        write_head_parts(
+            &dir.path().join("tox.safetensors"),
+            &[("insult.", &a, Some(&ngram)), ("threat.", &b, Some(&ngram))],
+        )
+        .unwrap();
+        write_head(
+            &dir.path().join("sent.safetensors"),
+            &[(
+                vec![
+                    vec![1.0, 0.0, 0.0],
+                    vec![0.0, 1.0, 0.0],
+                    vec![0.5, 0.5, -1.0],
+                ],
+                vec![0.0; 3],
+            )],
+        )
+        .unwrap();
+        write_manifest(
+            dir.path(),
+            &format!(
+                r#"{{"version": "t", "embedding_dim": 3, "heads": [
+                {{"name": "toxicity", "file": "tox.safetensors", "multi_label": true,
+                 "per_label": true, "labels": ["insult", "threat"], "ngram": {}}},
+                {{"name": "sentiment", "file": "sent.safetensors", "multi_label": false,
+                 "labels": ["negative", "neutral", "positive"]}}]}}"#,
+                serde_json::to_string(ngram.parts().0).unwrap()
+            ),
+        );
+        let heads = Heads::load(dir.path(), 3).unwrap();
+        let embeddings: Vec<Vec<f32>> = (0..5)
+            .map(|r| (0..3).map(|i| ((r * 3 + i) as f32 * 0.9).cos()).collect())
+            .collect();
+        let lexicals: Vec<Vec<f32>> = texts
+            .iter()
+            .chain(&["gg"])
+            .map(|t| heads.lexical(t))
+            .collect();
+        let rows: Vec<&[f32]> = embeddings.iter().map(Vec::as_slice).collect();
+        let lex: Vec<&[f32]> = lexicals.iter().map(Vec::as_slice).collect();
+        let batch = heads.score_batch(&rows, &lex);
+        assert_eq!(batch.len(), 5);
+        for r in 0..5 {
+            let one = heads.score(rows[r], lex[r]);
+            assert_eq!(one.len(), 5);
+            for (x, y) in batch[r].iter().zip(&one) {
+                assert!((x - y).abs() < 1e-6, "row {r}: {:?} vs {one:?}", batch[r]);
+            }
+            assert!((one[2..].iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        // Missing lexical inputs are zeros, not a panic.
+        let short = heads.score_batch(&rows[..1], &[&[]]);
+        assert_eq!(short[0].len(), 5);
     }
 
     #[test]

@@ -252,7 +252,17 @@ fn dots_body<const FMA: bool>(x: &[f32], k: usize, w: &[f32], out_t: &mut [f32])
             for (a, b) in xrow[blocked..].iter().zip(&wrow[blocked..]) {
                 sum = madd::<FMA>(*a, *b, sum);
             }
-            *o = acc.iter().sum::<f32>() + sum;
+            // Halve the partial sums pairwise: vector adds, where `acc.iter().sum()` is 64
+            // dependent scalar adds (a float sum may not be reordered), about as long as the
+            // multiply-adds themselves for a 384-wide row.
+            let mut width = DOT_LANES / 2;
+            while width > 0 {
+                for l in 0..width {
+                    acc[l] += acc[l + width];
+                }
+                width /= 2;
+            }
+            *o = acc[0] + sum;
         }
     }
 }
