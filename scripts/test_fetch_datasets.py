@@ -368,6 +368,7 @@ class DerivedDatasetsTest(unittest.TestCase):
         self.lines.mkdir()
         hand = [{"id": f"hand/{label}/{i}", "text": f"{label} line {i}", "label": label, "source": f"hand/{label}/x"}
                 for label in ("threat", "sexual", "identity_attack", "benign") for i in range(6)]
+        hand[0]["text"] = "a line\u2028with a Unicode line separator"
         (self.lines / "hand.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hand))
         (self.lines / "generated.jsonl").write_text("")
         for patch in (mock.patch.dict(fd.PACKAGES, packages), mock.patch.object(fd, "TRAINLINES_DIR", self.lines)):
@@ -382,7 +383,7 @@ class DerivedDatasetsTest(unittest.TestCase):
 
     def read(self, rel):
         path = self.tmp / "datasets" / rel
-        return [json.loads(l) for l in path.read_text("utf-8").splitlines()] if path.exists() else []
+        return [json.loads(l) for l in path.read_text("utf-8").split("\n") if l] if path.exists() else []
 
     def test_hatexplain_text_maps_placeholders(self):
         self.assertEqual(fd.hatexplain_text("['<user>', 'owes', '<money>', '<sad>', 'ok']"), "@user owes $3 ok")
@@ -406,6 +407,7 @@ class DerivedDatasetsTest(unittest.TestCase):
         test_ids = {r["id"] for r in self.read("trainlines/test.jsonl")}
         self.assertEqual(test_ids, {r["id"][len("trainlines/"):] for r in self.read("threat/test.jsonl")})
         manifest = json.loads((self.tmp / "datasets" / "MANIFEST.json").read_text("utf-8"))
+        # insult_chat also needs the insults, which this test does not fetch.
         self.assertEqual(sorted(manifest["derived"]), ["identity", "promo", "sexual", "threat"])
         self.assertIn("up to date", self.run_main())
         # An edit to the team's lines rebuilds them and what is made from them.

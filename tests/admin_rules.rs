@@ -957,14 +957,31 @@ async fn policies_round_trip(db: &Db) {
         default.label_actions,
         [
             ("toxicity/insult".to_owned(), proto::Decision::Hide as i32),
+            ("toxicity/threat".to_owned(), proto::Decision::Timeout as i32),
+            ("toxicity/sexual".to_owned(), proto::Decision::Hide as i32),
+            (
+                "toxicity/identity_attack".to_owned(),
+                proto::Decision::Hide as i32
+            ),
             ("spam/spam".to_owned(), proto::Decision::Hold as i32),
+            ("spam/promo".to_owned(), proto::Decision::Hold as i32),
         ]
         .into()
     );
-    assert!(
-        default.thresholds.is_empty(),
-        "the heads' trained thresholds"
+    // The labels taught by the team's lines have thresholds chosen for chat; the others keep
+    // the heads' trained ones.
+    let mut overridden: Vec<&str> = default.thresholds.keys().map(String::as_str).collect();
+    overridden.sort_unstable();
+    assert_eq!(
+        overridden,
+        [
+            "spam/promo",
+            "toxicity/identity_attack",
+            "toxicity/sexual",
+            "toxicity/threat"
+        ]
     );
+    assert!(default.thresholds.values().all(|t| (0.0..1.0).contains(t)));
     let escalation = default.escalation.unwrap();
     assert_eq!(escalation.first_timeout, Some(seconds(60)));
     assert_eq!(escalation.max_timeout, Some(seconds(86_400)));

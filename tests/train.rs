@@ -136,6 +136,10 @@ fn write_datasets(dir: &Path) {
     std::fs::create_dir_all(dir.join("insults")).unwrap();
     std::fs::write(dir.join("insults/train.jsonl"), train.join("\n") + "\n").unwrap();
     std::fs::write(dir.join("insults/test.jsonl"), test.join("\n") + "\n").unwrap();
+    // The insult label trains on the forum comments and chat lines together (here the same).
+    std::fs::create_dir_all(dir.join("insult_chat")).unwrap();
+    std::fs::write(dir.join("insult_chat/train.jsonl"), train.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("insult_chat/test.jsonl"), test.join("\n") + "\n").unwrap();
 
     for (dataset, label, positives) in OTHER_LABELS {
         let mut train = Vec::new();
@@ -276,7 +280,7 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
     );
     assert_eq!(
         insult["train_file_sha256"].as_str().unwrap(),
-        modbot::infra::model::fetch::sha256_file(&data.join("insults/train.jsonl")).unwrap()
+        modbot::infra::model::fetch::sha256_file(&data.join("insult_chat/train.jsonl")).unwrap()
     );
     assert!(
         written["heads"][1]["metrics"]["sentiment/test.macro_f1"]
@@ -325,6 +329,7 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
     assert_eq!(
         sets,
         [
+            "insult_chat/test",
             "insults/test",
             "threat/test",
             "sexual/test",
@@ -336,7 +341,7 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
     assert_eq!(insult_models.len(), 2, "the heads and the n-gram baseline");
     assert!(insult_models[1][0].as_str().unwrap().contains("n-gram"));
     assert_eq!(
-        json["sets"][4]["models"].as_array().unwrap().len(),
+        json["sets"][5]["models"].as_array().unwrap().len(),
         3,
         "heads + 2 VADER"
     );
@@ -502,7 +507,7 @@ fn bad_requests_are_refused_clearly() {
     let (output, _, stderr) = run(&mut modbot(work.path(), &["train", "--heads", "toxicity"]));
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("insults/train.jsonl is missing")
+        stderr.contains("insult_chat/train.jsonl is missing")
             && stderr.contains("python3 scripts/fetch_datasets.py"),
         "{stderr}"
     );
