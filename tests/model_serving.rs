@@ -237,9 +237,11 @@ async fn the_model_scores_messages_and_its_labels_become_reasons() {
     let reason = &insult.reasons[0];
     assert_eq!(reason.source, ReasonSource::Model as i32);
     assert_eq!(reason.label, "toxicity/insult");
-    // The head's 0.5, lowered by the shipped [policy.reputation] for a stranger (a new user).
+    // The shipped policy's threshold (not the head's 0.5), lowered by the shipped
+    // [policy.reputation] for a stranger (a new user).
+    let threshold = shipped_insult_threshold() - 0.05;
     assert!(
-        reason.score >= 0.5 && (reason.threshold - 0.45).abs() < 1e-9,
+        f64::from(reason.score) >= threshold && (reason.threshold - threshold).abs() < 1e-9,
         "{reason:?}"
     );
     assert_eq!(insult.model_version, info.version);
@@ -275,7 +277,9 @@ async fn the_committed_heads_serve_out_of_the_box_with_their_version_and_metrics
         toxicity.metrics["insults/test.roc_auc"] > 0.9,
         "{toxicity:?}"
     );
-    let threshold = toxicity.thresholds["insult"];
+    assert!((0.0..1.0).contains(&toxicity.thresholds["insult"]));
+    // The shipped policy sets the insult threshold for chat (chosen on the chat set).
+    let threshold = shipped_insult_threshold();
     assert!(info.version.contains("+heads@"), "{}", info.version);
 
     let verdicts = server
@@ -292,8 +296,8 @@ async fn the_committed_heads_serve_out_of_the_box_with_their_version_and_metrics
     assert_eq!(insult.decision, Decision::Hide as i32, "{insult:?}");
     let reason = &insult.reasons[0];
     assert_eq!(reason.label, "toxicity/insult");
-    // A stranger is a new user: the shipped [policy.reputation] lowers the head's threshold by
-    // 0.05, and the reason says so.
+    // A stranger is a new user: the shipped [policy.reputation] lowers the threshold by 0.05,
+    // and the reason says so.
     assert!(
         (reason.threshold - (threshold - 0.05)).abs() < 1e-6,
         "{reason:?}"
@@ -628,4 +632,19 @@ async fn int8_precision_serves_the_committed_heads_and_says_so_in_the_version() 
             assert!((p - q).abs() < 0.1, "{label}: f32 {p}, int8 {q}");
         }
     }
+}
+
+/// The insult threshold of the shipped policy (`config/rules.toml`, `[policy.model]`).
+fn shipped_insult_threshold() -> f64 {
+    let rules = modbot::engine::rules::DEFAULT_RULES;
+    let table = rules
+        .split("[policy.model.labels.\"toxicity/insult\"]")
+        .nth(1)
+        .expect("the shipped policy has the insult label");
+    let line = table
+        .lines()
+        .take_while(|l| !l.starts_with('['))
+        .find_map(|l| l.strip_prefix("threshold = "))
+        .expect("the shipped policy sets the insult threshold");
+    line.trim().parse().unwrap()
 }
