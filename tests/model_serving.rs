@@ -241,7 +241,7 @@ async fn the_model_scores_messages_and_its_labels_become_reasons() {
     // [policy.reputation] for a stranger (a new user).
     let threshold = shipped_insult_threshold() - 0.05;
     assert!(
-        f64::from(reason.score) >= threshold && (reason.threshold - threshold).abs() < 1e-9,
+        reason.score >= threshold && (reason.threshold - threshold).abs() < 1e-9,
         "{reason:?}"
     );
     assert_eq!(insult.model_version, info.version);
