@@ -404,6 +404,10 @@ impl Heads {
     /// same order): the same numbers, with each head's weights read once for the batch.
     pub fn score_batch(&self, embeddings: &[&[f32]], lexicals: &[&[f32]]) -> Vec<Vec<f32>> {
         let rows = embeddings.len().min(lexicals.len());
+        if rows == 0 {
+            // The kernels split their output by rows: nothing to split, nothing to score.
+            return Vec::new();
+        }
         let mut out: Vec<Vec<f32>> = (0..rows)
             .map(|_| Vec::with_capacity(self.label_names.len()))
             .collect();
@@ -964,9 +968,10 @@ mod tests {
             }
             assert!((one[2..].iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
-        // Missing lexical inputs are zeros, not a panic.
+        // Missing lexical inputs are zeros, not a panic; an empty batch is an empty answer.
         let short = heads.score_batch(&rows[..1], &[&[]]);
         assert_eq!(short[0].len(), 5);
+        assert!(heads.score_batch(&[], &[]).is_empty());
     }
 
     #[test]
