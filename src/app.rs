@@ -169,8 +169,12 @@ pub async fn serve_with_http(
     let model_status = scorer.status();
     let engine = Engine::new(rules);
     engine.warm_up();
+    let moderator = Moderator::new(engine, state, scorer);
+    let models =
+        crate::service::models::ModelRollouts::new(store.clone(), &config.model, &moderator);
     let app = Arc::new(Services {
-        moderator: Moderator::new(engine, state, scorer),
+        moderator,
+        models,
         config,
         store: store.clone(),
         audit,
@@ -183,6 +187,9 @@ pub async fn serve_with_http(
         public_logs: crate::service::transparency::PublicLogs::default(),
         stopping: tokio::sync::watch::Sender::new(false),
     });
+    // A stored rollout that cannot be applied here is logged and reported; the shipped heads
+    // serve meanwhile.
+    let _ = app.models.refresh(&app.moderator).await;
     let reload = ReloadTask::spawn(Arc::clone(&app));
     let expiry = crate::service::review::ExpiryTask::spawn(Arc::clone(&app));
     let retention = RetentionTask::spawn(

@@ -529,6 +529,9 @@ pub struct ModelConfig {
     pub fetch_if_missing: bool,
     /// Directory of the classification heads (`heads.json` and their weights).
     pub heads_dir: PathBuf,
+    /// Directory of head sets that may be tried and promoted (`Admin.TryModel`): one
+    /// subdirectory per set, each as `heads_dir`; empty for none.
+    pub registry_dir: PathBuf,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// The encoder's arithmetic on the CPU.

@@ -80,6 +80,14 @@ const TABLE: &[(&str, &[&str])] = &[
         "/modbot.v1.Admin/GetModelInfo",
         &["classifier", "bridge", "moderator", "admin"],
     ),
+    (
+        "/modbot.v1.Admin/ListModelVersions",
+        &["moderator", "admin"],
+    ),
+    ("/modbot.v1.Admin/TryModel", &["admin"]),
+    ("/modbot.v1.Admin/EndModelTrial", &["admin"]),
+    ("/modbot.v1.Admin/PromoteModel", &["admin"]),
+    ("/modbot.v1.Admin/RollbackModel", &["admin"]),
     ("/modbot.v1.Review/ListReviews", &["moderator", "admin"]),
     ("/modbot.v1.Review/ResolveReview", &["moderator", "admin"]),
     (

@@ -648,3 +648,300 @@ fn shipped_insult_threshold() -> f64 {
         .expect("the shipped policy sets the insult threshold");
     line.trim().parse().unwrap()
 }
+
+/// A copy of the centroid heads in `dir` as version `version` with a trained insult threshold
+/// of `threshold` (0: hides everything the policy lets the trained threshold decide).
+fn registered_copy(heads: &Path, dir: &Path, version: &str, threshold: f64) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(
+        heads.join("toxicity.safetensors"),
+        dir.join("toxicity.safetensors"),
+    )
+    .unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(heads.join("heads.json")).unwrap()).unwrap();
+    manifest["version"] = version.into();
+    manifest["heads"][0]["thresholds"]["insult"] = threshold.into();
+    std::fs::write(dir.join("heads.json"), manifest.to_string()).unwrap();
+}
+
+/// One friendly line from `user` in `channel`: the active centroid set allows it, the strict
+/// candidate hides it.
+async fn friendly_verdict(server: &TestServer, channel: &str, user: &str) -> Verdict {
+    let mut message = chat_message("f1", user, "thanks for the stream, see you all tomorrow");
+    message.channel = channel.to_owned();
+    server
+        .moderation()
+        .classify(ClassifyRequest {
+            messages: vec![message],
+            ..ClassifyRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .verdicts
+        .remove(0)
+}
+
+#[tokio::test]
+async fn a_candidate_is_tried_in_shadow_and_split_then_promoted_and_rolled_back_on_every_replica() {
+    use modbot::proto::{
+        EndModelTrialRequest, ListModelVersionsRequest, PromoteModelRequest, RollbackModelRequest,
+        SplitUnit, TrialMode, TryModelRequest,
+    };
+    use tonic::Code;
+    let test = "a_candidate_is_tried_in_shadow_and_split_then_promoted_and_rolled_back";
+    let Some(model) = model_dir_or_skip(test) else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let heads = root.path().join("heads");
+    write_centroid_heads(&model, &heads);
+    let registry = root.path().join("registry");
+    registered_copy(&heads, &registry.join("strict"), "centroid-2", 0.0);
+    std::fs::create_dir_all(registry.join("broken")).unwrap();
+    registered_copy(&heads, &registry.join("other-encoder"), "wide-1", 0.5);
+    let mut wide: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(registry.join("other-encoder/heads.json")).unwrap())
+            .unwrap();
+    wide["embedding_dim"] = 768.into();
+    std::fs::write(registry.join("other-encoder/heads.json"), wide.to_string()).unwrap();
+    // The trained thresholds decide: the policy names the label's action only.
+    let rules = root.path().join("rules.toml");
+    std::fs::write(&rules, RULES_WITH_A_HOLD).unwrap();
+    let db = format!("sqlite://{}/shared.db", root.path().display());
+    let configure = |config: &mut modbot::config::Config| {
+        config.rules.file = rules.clone();
+        config.model.registry_dir = registry.clone();
+        config.database.url = db.clone();
+        config.rules.reload_interval_ms = 100;
+    };
+    let server = start_with_model(&model, &heads, configure).await;
+    let admin = || server.admin();
+
+    let listed = admin()
+        .list_model_versions(ListModelVersionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    let summary: Vec<(&str, bool, bool, bool)> = listed
+        .iter()
+        .map(|v| {
+            (
+                v.version.as_str(),
+                v.shipped,
+                v.active,
+                v.problem.is_empty(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("centroid-1", true, true, true),
+            ("", false, false, false),
+            ("wide-1", false, false, true),
+            ("centroid-2", false, false, true),
+        ]
+    );
+    assert_eq!(listed[3].heads[0].thresholds["insult"], 0.0);
+
+    // Refused, naming what is wrong; nothing is written.
+    let refused = |request: TryModelRequest| {
+        let mut admin = admin();
+        async move { admin.try_model(request).await.unwrap_err() }
+    };
+    let shadow = |version: &str| TryModelRequest {
+        version: version.to_owned(),
+        mode: TrialMode::Shadow as i32,
+        ..TryModelRequest::default()
+    };
+    assert_eq!(refused(shadow("nope")).await.code(), Code::NotFound);
+    let wrong = refused(shadow("wide-1")).await;
+    assert_eq!(wrong.code(), Code::FailedPrecondition);
+    assert!(wrong.message().contains("768"), "{wrong:?}");
+    assert_eq!(
+        refused(shadow("centroid-1")).await.code(),
+        Code::FailedPrecondition,
+        "the active set is not a candidate"
+    );
+    common::assert_invalid_field(
+        &refused(TryModelRequest {
+            mode: TrialMode::Unspecified as i32,
+            ..shadow("centroid-2")
+        })
+        .await,
+        "mode",
+    );
+    common::assert_invalid_field(
+        &refused(TryModelRequest {
+            mode: TrialMode::Split as i32,
+            share: 1.5,
+            ..shadow("centroid-2")
+        })
+        .await,
+        "share",
+    );
+    let none = admin()
+        .end_model_trial(EndModelTrialRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::FailedPrecondition);
+    assert_eq!(
+        admin()
+            .rollback_model(RollbackModelRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(model_info(&server).await.rollout.unwrap().revision, 0);
+
+    // Shadow: the active set decides, the candidate is scored and compared.
+    let rollout = admin()
+        .try_model(TryModelRequest {
+            reason: "lower threshold".into(),
+            ..shadow("centroid-2")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            rollout.revision,
+            rollout.active.as_str(),
+            rollout.candidate.as_str(),
+            rollout.mode
+        ),
+        (1, "centroid-1", "centroid-2", TrialMode::Shadow as i32)
+    );
+    assert!(rollout.problem.is_empty(), "{rollout:?}");
+    let verdict = friendly_verdict(&server, "destinygg", "u1").await;
+    assert_eq!(verdict.decision, Decision::Allow as i32, "{verdict:?}");
+    assert!(verdict.model_version.ends_with("+heads@centroid-1"));
+    let info = model_info(&server).await;
+    assert_eq!(info.candidate.as_ref().unwrap().version, "centroid-2");
+    let trial = info.trial.unwrap();
+    assert_eq!(
+        (
+            trial.compared,
+            trial.agreed,
+            trial.candidate_stricter,
+            trial.decided_by_candidate
+        ),
+        (1, 0, 1, 0),
+        "{trial:?}"
+    );
+    assert_eq!(trial.candidate_decisions["hide"], 1);
+    assert_eq!(trial.active_decisions["allow"], 1);
+
+    // A second replica on the same database follows every change without a restart.
+    let replica = start_with_model(&model, &heads, configure).await;
+    assert_eq!(
+        model_info(&replica).await.rollout.unwrap().candidate,
+        "centroid-2"
+    );
+
+    // A split of every channel: the candidate decides, the active set is its shadow.
+    admin()
+        .try_model(TryModelRequest {
+            mode: TrialMode::Split as i32,
+            share: 1.0,
+            unit: SplitUnit::Channel as i32,
+            ..shadow("centroid-2")
+        })
+        .await
+        .unwrap();
+    let verdict = friendly_verdict(&server, "destinygg", "u2").await;
+    assert_eq!(verdict.decision, Decision::Hide as i32, "{verdict:?}");
+    assert!(verdict.model_version.ends_with("+heads@centroid-2"));
+    let trial = model_info(&server).await.trial.unwrap();
+    assert_eq!((trial.compared, trial.decided_by_candidate), (2, 1));
+
+    // Only the candidate can be promoted; promotion swaps it in at once.
+    let stale = admin()
+        .promote_model(PromoteModelRequest {
+            version: "wide-1".into(),
+            ..PromoteModelRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    let promoted = admin()
+        .promote_model(PromoteModelRequest {
+            version: "centroid-2".into(),
+            reason: "fewer misses in shadow".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            promoted.active.as_str(),
+            promoted.previous.as_str(),
+            promoted.candidate.as_str(),
+            promoted.change.as_str(),
+            promoted.reason.as_str()
+        ),
+        (
+            "centroid-2",
+            "centroid-1",
+            "",
+            "promote",
+            "fewer misses in shadow"
+        )
+    );
+    let info = model_info(&server).await;
+    assert!(info.version.ends_with("+heads@centroid-2"), "{info:?}");
+    assert_eq!(info.heads[0].thresholds["insult"], 0.0);
+    assert!(info.trial.is_none() && info.candidate.is_none());
+    let verdict = friendly_verdict(&server, "another", "u3").await;
+    assert_eq!(verdict.decision, Decision::Hide as i32, "{verdict:?}");
+    common::eventually("the replica serves the promoted heads", || async {
+        let verdict = friendly_verdict(&replica, "another", "u4").await;
+        verdict.decision == Decision::Hide as i32
+            && verdict.model_version.ends_with("+heads@centroid-2")
+    })
+    .await;
+
+    // A rollback restores the set the promotion replaced, everywhere.
+    let back = admin()
+        .rollback_model(RollbackModelRequest {
+            reason: "too strict".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (back.active.as_str(), back.previous.as_str(), back.revision),
+        ("centroid-1", "centroid-2", 4)
+    );
+    let verdict = friendly_verdict(&server, "another", "u5").await;
+    assert_eq!(verdict.decision, Decision::Allow as i32, "{verdict:?}");
+    assert!(verdict.model_version.ends_with("+heads@centroid-1"));
+    common::eventually("the replica serves the restored heads", || async {
+        friendly_verdict(&replica, "another", "u6").await.decision == Decision::Allow as i32
+    })
+    .await;
+
+    // A set that disappears from a replica's disk cannot stop it: the heads in force stay,
+    // and GetModelInfo says why.
+    admin().try_model(shadow("centroid-2")).await.unwrap();
+    std::fs::remove_dir_all(registry.join("strict")).unwrap();
+    let restarted = start_with_model(&model, &heads, configure).await;
+    let info = model_info(&restarted).await;
+    assert!(info.version.ends_with("+heads@centroid-1"), "{info:?}");
+    let rollout = info.rollout.unwrap();
+    assert_eq!(rollout.candidate, "centroid-2");
+    assert!(rollout.problem.contains("centroid-2"), "{rollout:?}");
+    assert_eq!(
+        friendly_verdict(&restarted, "destinygg", "u7")
+            .await
+            .decision,
+        Decision::Allow as i32
+    );
+    for server in [server, replica, restarted] {
+        server.stop().await.unwrap();
+    }
+}

@@ -6,6 +6,7 @@ pub mod actions;
 pub mod audit;
 pub mod chat_actions;
 pub mod feed;
+pub mod models;
 pub mod moderate;
 pub mod notices;
 pub mod pipeline;
@@ -18,6 +19,7 @@ pub mod rule_admin;
 pub mod ruleset;
 pub mod stats;
 pub mod transparency;
+pub mod trials;
 
 #[cfg(test)]
 mod golden;
@@ -40,6 +42,8 @@ pub struct Services {
     pub dispatcher: actions::dispatch::Dispatcher,
     /// The stored rule set and the revision in force (`Admin` rules and policies).
     pub rules: ruleset::RuleSource,
+    /// Which head set decides and which is on trial (`Admin` models).
+    pub models: models::ModelRollouts,
     /// What wakes the review queue's watchers.
     pub review_queue: review::ReviewQueue,
     /// Who was told what when: the notices' rate limit.

@@ -20,7 +20,9 @@ use crate::domain::unix_millis;
 use crate::domain::{ChatMessage, Decision, Degraded, Verdict};
 use crate::engine::decision::{DecideOptions, Engine, Inputs, ModelInput, escalation};
 use crate::engine::normalize::{Folded, normalize};
-use crate::infra::inference::{Admission, Overloaded, Pending, Scorer, Scores, Unavailable};
+use crate::infra::inference::{
+    Admission, HeadSet, Overloaded, Pending, Scorer, Scores, Unavailable,
+};
 use crate::infra::store::{Feedback, FeedbackSource};
 use crate::infra::users::{Answer, SharedState};
 
@@ -46,8 +48,8 @@ pub struct Moderator {
     engine: ArcSwap<Engine>,
     state: SharedState,
     scorer: Scorer,
-    /// The heads' trained thresholds, in the scorer's label order.
-    trained_thresholds: Vec<Option<f64>>,
+    /// How a candidate head set on trial compares with the active one.
+    trials: crate::service::trials::Trials,
     /// This replica's raid watches.
     raids: crate::service::raid::Raids,
 }
@@ -91,17 +93,11 @@ impl Moderator {
     /// [`Moderator::new`] over an engine shared with others (the stream fuzz target compiles
     /// the built-in rules once for all its inputs).
     pub fn with_shared_engine(engine: Arc<Engine>, state: SharedState, scorer: Scorer) -> Self {
-        let heads = &scorer.description().heads;
-        let trained_thresholds = scorer
-            .labels()
-            .iter()
-            .map(|label| heads.threshold(label))
-            .collect();
         Self {
             engine: ArcSwap::new(engine),
             state,
             scorer,
-            trained_thresholds,
+            trials: crate::service::trials::Trials::default(),
             raids: crate::service::raid::Raids::new(),
         }
     }
@@ -131,6 +127,11 @@ impl Moderator {
     /// The model's scorer.
     pub fn scorer(&self) -> &Scorer {
         &self.scorer
+    }
+
+    /// How candidates on trial compared with the active heads on this replica.
+    pub fn trials(&self) -> &crate::service::trials::Trials {
+        &self.trials
     }
 
     /// Stage one: sends the message's normalised text to the model unless it is not needed:
@@ -224,14 +225,29 @@ impl Moderator {
             None => Scores::NotScored,
             Some(pending) => pending.wait().await,
         };
+        // With a candidate on trial, one set's scores decide and the other's are its shadow.
+        let mut shadow: Option<(ModelInput<'_>, bool)> = None;
         let model = match &scores {
             Scores::NotScored => ModelInput::NotConsulted,
-            Scores::Scored(probabilities) => ModelInput::Scored {
-                version: self.scorer.version(),
-                labels: self.scorer.labels(),
-                scores: probabilities,
-                trained_thresholds: &self.trained_thresholds,
-            },
+            Scores::Scored { lineup, scores } => {
+                let (active, candidate) = lineup.split(scores);
+                match (&lineup.trial, candidate) {
+                    (Some(trial), Some(candidate)) => {
+                        let by_candidate =
+                            lineup.candidate_decides(&message.channel, &message.user_id);
+                        let active = model_input(&lineup.active, active);
+                        let candidate = model_input(&trial.candidate, candidate);
+                        if by_candidate {
+                            shadow = Some((active, true));
+                            candidate
+                        } else {
+                            shadow = Some((candidate, false));
+                            active
+                        }
+                    }
+                    _ => model_input(&lineup.active, active),
+                }
+            }
             Scores::Unavailable(why) => {
                 tracing::debug!(reason = %why, "deciding without the model");
                 metrics::counter!("modbot_model_unavailable_total").increment(1);
@@ -306,21 +322,22 @@ impl Moderator {
                 crate::engine::raid::Seen::default()
             })
         };
-        let decided = crate::guard::catch(|| {
-            engine.decide(
-                &Inputs {
-                    message,
-                    normalized: &normalized,
-                    history: &history,
-                    channel_recent: &channel_recent,
-                    now_ms,
-                    received,
-                    model,
-                    raid: &raid,
-                },
-                options,
-            )
-        });
+        let inputs = Inputs {
+            message,
+            normalized: &normalized,
+            history: &history,
+            channel_recent: &channel_recent,
+            now_ms,
+            received,
+            model,
+            raid: &raid,
+        };
+        let decided = crate::guard::catch(|| engine.decide(&inputs, options));
+        if let Ok(decided) = &decided
+            && !options.dry_run
+        {
+            self.compare(&engine, &inputs, options, decided.verdict.decision, shadow);
+        }
         let decided = match decided {
             Ok(decided) => decided,
             Err(panicked) => {
@@ -355,6 +372,59 @@ impl Moderator {
             verdict.degraded.sort();
         }
         verdict
+    }
+
+    /// Counts the enforced decision against its version, and against the shadow set's decision
+    /// of the same message (the same rules, history and raid state; nothing of it is kept)
+    /// while a candidate is on trial.
+    fn compare(
+        &self,
+        engine: &Engine,
+        inputs: &Inputs<'_>,
+        options: DecideOptions,
+        enforced: Decision,
+        shadow: Option<(ModelInput<'_>, bool)>,
+    ) {
+        let ModelInput::Scored { version, .. } = inputs.model else {
+            return;
+        };
+        let Some((model, shadow_is_active)) = shadow else {
+            self.trials.record_alone(version, enforced);
+            return;
+        };
+        let ModelInput::Scored {
+            version: shadow_version,
+            ..
+        } = model
+        else {
+            return;
+        };
+        // A panic here is the enforced decision's too, and was reported with it; one that
+        // strikes only the shadow costs the comparison, never the message.
+        let Ok(other) =
+            crate::guard::catch(|| engine.decide(&Inputs { model, ..*inputs }, options))
+        else {
+            return;
+        };
+        let other = other.verdict.decision;
+        let comparison = if shadow_is_active {
+            crate::service::trials::Comparison {
+                candidate: version,
+                active: shadow_version,
+                candidate_decision: enforced,
+                active_decision: other,
+                by_candidate: true,
+            }
+        } else {
+            crate::service::trials::Comparison {
+                candidate: shadow_version,
+                active: version,
+                candidate_decision: other,
+                active_decision: enforced,
+                by_candidate: false,
+            }
+        };
+        self.trials.record(&comparison);
     }
 
     /// Takes back the offence `decision` of `user_id`, recorded at `at` on the state clock (an
@@ -446,6 +516,16 @@ impl Moderator {
             actor: moderator.to_owned(),
             action: decision.as_str().to_owned(),
         })
+    }
+}
+
+/// What the model said, as one head set scored it.
+fn model_input<'a>(set: &'a HeadSet, scores: &'a [f32]) -> ModelInput<'a> {
+    ModelInput::Scored {
+        version: &set.version,
+        labels: set.labels(),
+        scores,
+        trained_thresholds: &set.trained_thresholds,
     }
 }
 

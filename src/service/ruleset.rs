@@ -230,6 +230,9 @@ pub async fn reload_task(
             _ = &mut stop => return,
             _ = ticker.tick() => {}
         }
+        // The model rollout follows the database the same way; a rollout that cannot be
+        // applied is logged by `refresh` once per revision.
+        let _ = services.models.refresh(&services.moderator).await;
         match services.rules.refresh(&services.moderator).await {
             Ok(_) | Err(ReloadError::Rules(_)) => {
                 if failing {

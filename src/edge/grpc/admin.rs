@@ -1,5 +1,5 @@
 //! `modbot.v1.Admin`: rules and policies ([`super::admin_rules`]), statistics
-//! ([`super::admin_stats`]), users, nukes and the model.
+//! ([`super::admin_stats`]), the model ([`super::admin_models`]), users and nukes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use super::actions::mute_duration;
 use super::auth::principal_name;
 use super::convert::{duration, duration_field, id_field, optional_id, text_field};
 use super::status::FieldError;
-use super::{admin_rules, admin_stats};
+use super::{admin_models, admin_rules, admin_stats};
 use crate::service::actions::workflow;
 
 /// Longest nuke pattern or reason, in characters.
@@ -242,34 +242,57 @@ impl Admin for AdminService {
         &self,
         _: Request<GetModelInfoRequest>,
     ) -> Result<Response<ModelInfo>, Status> {
-        let scorer = self.services.moderator.scorer();
-        let status = scorer.status().borrow().clone();
-        let d = scorer.description();
-        Ok(Response::new(ModelInfo {
-            loaded: matches!(
-                status,
-                crate::infra::inference::ModelStatus::Ready
-                    | crate::infra::inference::ModelStatus::NoHeads
-            ),
-            encoder: d.encoder.clone(),
-            version: d.version.clone(),
-            device: d.device.clone(),
-            embedding_dim: u32::try_from(d.embedding_dim).unwrap_or(u32::MAX),
-            max_sequence_length: u32::try_from(d.max_tokens).unwrap_or(u32::MAX),
-            heads: d
-                .heads
-                .heads()
-                .iter()
-                .map(|h| ModelHead {
-                    name: h.name.clone(),
-                    labels: h.labels.clone(),
-                    multi_label: h.multi_label,
-                    thresholds: h.thresholds.clone().into_iter().collect(),
-                    version: h.version.clone(),
-                    metrics: h.metrics.clone().into_iter().collect(),
-                })
-                .collect(),
-            status_detail: status.detail(),
-        }))
+        Ok(Response::new(
+            admin_models::get_model_info(&self.services).await,
+        ))
+    }
+
+    async fn list_model_versions(
+        &self,
+        _: Request<ListModelVersionsRequest>,
+    ) -> Result<Response<ListModelVersionsResponse>, Status> {
+        Ok(Response::new(
+            admin_models::list_model_versions(&self.services).await,
+        ))
+    }
+
+    async fn try_model(
+        &self,
+        request: Request<TryModelRequest>,
+    ) -> Result<Response<ModelRollout>, Status> {
+        let by = principal_name(&request);
+        admin_models::try_model(&self.services, request.into_inner(), &by)
+            .await
+            .map(Response::new)
+    }
+
+    async fn end_model_trial(
+        &self,
+        request: Request<EndModelTrialRequest>,
+    ) -> Result<Response<ModelRollout>, Status> {
+        let by = principal_name(&request);
+        admin_models::end_model_trial(&self.services, request.into_inner(), &by)
+            .await
+            .map(Response::new)
+    }
+
+    async fn promote_model(
+        &self,
+        request: Request<PromoteModelRequest>,
+    ) -> Result<Response<ModelRollout>, Status> {
+        let by = principal_name(&request);
+        admin_models::promote_model(&self.services, request.into_inner(), &by)
+            .await
+            .map(Response::new)
+    }
+
+    async fn rollback_model(
+        &self,
+        request: Request<RollbackModelRequest>,
+    ) -> Result<Response<ModelRollout>, Status> {
+        let by = principal_name(&request);
+        admin_models::rollback_model(&self.services, request.into_inner(), &by)
+            .await
+            .map(Response::new)
     }
 }

@@ -154,9 +154,15 @@ pub fn access(path: &str) -> Access {
         "/modbot.v1.Review/GetReview" | "/modbot.v1.Review/WatchReviews" => {
             &[Classifier, Moderator]
         }
+        // Moderators may see what could be tried; only admins change what decides.
+        "/modbot.v1.Admin/ListModelVersions" => &[Moderator],
         "/modbot.v1.Admin/UpsertRule"
         | "/modbot.v1.Admin/DeleteRule"
-        | "/modbot.v1.Admin/SetPolicy" => &[],
+        | "/modbot.v1.Admin/SetPolicy"
+        | "/modbot.v1.Admin/TryModel"
+        | "/modbot.v1.Admin/EndModelTrial"
+        | "/modbot.v1.Admin/PromoteModel"
+        | "/modbot.v1.Admin/RollbackModel" => &[],
 
         _ => return Access::Roles(Roles::NONE),
     };

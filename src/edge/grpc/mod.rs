@@ -8,6 +8,7 @@
 
 pub mod actions;
 mod admin;
+mod admin_models;
 mod admin_rules;
 mod admin_stats;
 mod appeals;

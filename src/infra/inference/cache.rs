@@ -23,9 +23,13 @@ use sha2::{Digest, Sha256};
 pub struct TextKey([u8; 16]);
 
 impl TextKey {
-    /// The key of `text`.
-    pub fn of(text: &str) -> Self {
-        let digest = Sha256::digest(text.as_bytes());
+    /// The key of `text` scored by the lineup of `generation` (a swapped lineup's scores are
+    /// never served for the next one's; its entries age out).
+    pub fn of(generation: u64, text: &str) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(generation.to_le_bytes());
+        hasher.update(text.as_bytes());
+        let digest = hasher.finalize();
         let mut key = [0; 16];
         key.copy_from_slice(&digest[..16]);
         Self(key)
@@ -124,7 +128,7 @@ mod tests {
     #[test]
     fn it_is_bounded_and_forgets_the_least_recently_used() {
         let cache = ScoreCache::new(2);
-        let key = |text: &str| TextKey::of(text);
+        let key = |text: &str| TextKey::of(0, text);
         cache.insert(key("a"), Arc::from([0.1f32]));
         cache.insert(key("b"), Arc::from([0.2f32]));
         assert!(cache.get(&key("a")).is_some()); // a is now the most recent
@@ -150,7 +154,7 @@ mod tests {
         let long = "\u{FDFA}".repeat(64 * 1024 * 4 / 3);
         for i in 0..capacity * 3 {
             let text = format!("{i} {long}");
-            cache.insert(TextKey::of(&text), Arc::from(vec![0.5f32; labels]));
+            cache.insert(TextKey::of(0, &text), Arc::from(vec![0.5f32; labels]));
         }
         assert_eq!(cache.len(), capacity);
         assert_eq!(std::mem::size_of::<TextKey>(), 16, "a key holds no text");
@@ -161,9 +165,9 @@ mod tests {
         );
         assert!(
             cache
-                .get(&TextKey::of(&format!("{} {long}", capacity * 3 - 1)))
+                .get(&TextKey::of(0, &format!("{} {long}", capacity * 3 - 1)))
                 .is_some()
         );
-        assert!(cache.get(&TextKey::of(&format!("0 {long}"))).is_none());
+        assert!(cache.get(&TextKey::of(0, &format!("0 {long}"))).is_none());
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{Description, Limits, ModelBackend, ModelFailure, ModelStatus, Scorer};
+use super::{Description, HeadSet, Limits, ModelBackend, ModelFailure, ModelStatus, Scorer};
 use crate::config::{DeviceSpec, ModelConfig, ModelPrecision, parse_device};
 use crate::infra::model::heads::Heads;
 use crate::infra::model::{Encoder, Forward, fetch, open_device};
@@ -124,21 +124,18 @@ fn load_model(config: &ModelConfig) -> Scorer {
         tracing::warn!(
             heads_dir = %config.heads_dir.display(),
             "the encoder is loaded but there are no classification heads: deciding by the rules \
-             alone (`modbot train` makes heads)"
+             alone until a head set is promoted (`modbot train` makes heads)"
         );
-        return Scorer::idle(ModelStatus::NoHeads, description);
-    }
-    if !heads.encoder.is_empty() && heads.encoder != description.encoder {
+    } else if !heads.encoder.is_empty() && heads.encoder != description.encoder {
         tracing::warn!(
             heads_encoder = %heads.encoder,
             encoder = %description.encoder,
             "the heads were trained on another encoder's embeddings"
         );
     }
-    description.version = format!("{}+heads@{}", description.version, heads.version);
-    description.heads = heads.clone();
+    let active = HeadSet::new(&description.version, heads.clone());
     tracing::info!(
-        version = %description.version,
+        version = %active.version,
         device = %description.device,
         forward = %encoder.backend(),
         labels = ?heads.label_names(),
@@ -148,6 +145,11 @@ fn load_model(config: &ModelConfig) -> Scorer {
     // The heads' lexical inputs build their tables on first use (VADER's lexicons): here,
     // not on the first chat message.
     heads.lexical(warm_text);
-    let backend = ModelBackend::new(encoder, heads);
-    Scorer::start(Arc::new(backend), description, Limits::from_config(config))
+    let backend = ModelBackend::new(encoder);
+    Scorer::start(
+        Arc::new(backend),
+        description,
+        active,
+        Limits::from_config(config),
+    )
 }

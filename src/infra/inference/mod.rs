@@ -18,6 +18,7 @@
 //! reasons or a rules-only verdict marked degraded. A model that fails never fails a call.
 
 mod cache;
+mod lineup;
 mod load;
 mod queue;
 
@@ -25,11 +26,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, TryAcquireError, oneshot, watch};
 
 pub use self::cache::{ScoreCache, TextKey};
+pub use self::lineup::{HeadSet, Lineup, SplitUnit, Trial, TrialMode, split_point};
 use self::queue::Job;
-use crate::infra::model::heads::Heads;
 use crate::infra::model::{Encoder, ModelError};
 pub use load::open_model;
 
@@ -38,7 +40,7 @@ pub use load::open_model;
 pub struct Input<'a> {
     /// Its token ids ([`BatchModel::tokenize`]).
     pub tokens: &'a [u32],
-    /// Its lexical inputs ([`BatchModel::lexical`]).
+    /// Its lexical inputs for every head set of the lineup ([`Lineup::lexical`]).
     pub lexical: &'a [f32],
 }
 
@@ -46,25 +48,20 @@ pub struct Input<'a> {
 pub trait BatchModel: Send + Sync + 'static {
     /// Token ids of a text, special tokens included, truncated as the model needs.
     fn tokenize(&self, text: &str) -> Result<Vec<u32>, String>;
-    /// Inputs of the heads computed from the text itself rather than the encoder (the n-gram
-    /// halves' logits); none by default.
-    fn lexical(&self, _text: &str) -> Vec<f32> {
-        Vec::new()
-    }
-    /// Label probabilities for each input, in order.
-    fn score(&self, batch: &[Input<'_>]) -> Result<Vec<Vec<f32>>, String>;
+    /// Label probabilities for each input, in order: every set of `lineup` on one encoder
+    /// pass, the active set's labels first ([`Lineup::split`]).
+    fn score(&self, batch: &[Input<'_>], lineup: &Lineup) -> Result<Vec<Vec<f32>>, String>;
 }
 
-/// The real backend: the encoder, then every head on its embedding.
+/// The real backend: the encoder, then every head of the lineup on its embedding.
 pub struct ModelBackend {
     encoder: Encoder,
-    heads: Heads,
 }
 
 impl ModelBackend {
-    /// An encoder and its heads.
-    pub fn new(encoder: Encoder, heads: Heads) -> Self {
-        Self { encoder, heads }
+    /// An encoder, to serve whatever heads the scorer's lineup holds.
+    pub fn new(encoder: Encoder) -> Self {
+        Self { encoder }
     }
 }
 
@@ -73,11 +70,7 @@ impl BatchModel for ModelBackend {
         self.encoder.tokenize(text).map_err(|e| e.to_string())
     }
 
-    fn lexical(&self, text: &str) -> Vec<f32> {
-        self.heads.lexical(text)
-    }
-
-    fn score(&self, batch: &[Input<'_>]) -> Result<Vec<Vec<f32>>, String> {
+    fn score(&self, batch: &[Input<'_>], lineup: &Lineup) -> Result<Vec<Vec<f32>>, String> {
         let mut scores = vec![Vec::new(); batch.len()];
         // The packed CPU forward does no padding and takes the batch whole; a padded forward
         // (candle, e.g. on a GPU) runs length buckets, so one long message does not make the
@@ -95,12 +88,14 @@ impl BatchModel for ModelBackend {
                 .embed_tokens(&owned)
                 .map_err(|e: ModelError| e.to_string())?;
             let rows: Vec<&[f32]> = embeddings.iter().map(Vec::as_slice).collect();
-            let lexicals: Vec<&[f32]> = bucket.iter().map(|&i| batch[i].lexical).collect();
-            for (i, row) in bucket
-                .into_iter()
-                .zip(self.heads.score_batch(&rows, &lexicals))
-            {
-                scores[i] = row;
+            for (set, inputs) in lineup.sets() {
+                let lexicals: Vec<&[f32]> = bucket
+                    .iter()
+                    .map(|&i| batch[i].lexical.get(inputs.clone()).unwrap_or_default())
+                    .collect();
+                for (&i, row) in bucket.iter().zip(set.heads.score_batch(&rows, &lexicals)) {
+                    scores[i].extend(row);
+                }
             }
         }
         Ok(scores)
@@ -287,8 +282,13 @@ impl ModelStatus {
 pub enum Scores {
     /// The model has nothing to say by design (no model, no heads, or not asked).
     NotScored,
-    /// Probabilities, in [`Scorer::labels`] order.
-    Scored(Arc<[f32]>),
+    /// Probabilities: the active set's labels, then the candidate's ([`Lineup::split`]).
+    Scored {
+        /// The lineup that scored the text.
+        lineup: Arc<Lineup>,
+        /// Its scores.
+        scores: Arc<[f32]>,
+    },
     /// The model should have scored it but could not; why.
     Unavailable(Unavailable),
 }
@@ -325,6 +325,8 @@ pub enum Pending {
         reply: oneshot::Receiver<Result<Arc<[f32]>, Unavailable>>,
         /// When to give up.
         deadline: Instant,
+        /// The lineup it is scored by.
+        lineup: Arc<Lineup>,
     },
 }
 
@@ -333,27 +335,29 @@ impl Pending {
     pub async fn wait(self) -> Scores {
         match self {
             Pending::Done(scores) => scores,
-            Pending::Queued { reply, deadline } => {
-                match tokio::time::timeout_at(deadline.into(), reply).await {
-                    Ok(Ok(Ok(scores))) => Scores::Scored(scores),
-                    Ok(Ok(Err(error))) => Scores::Unavailable(error),
-                    Ok(Err(_)) => Scores::Unavailable(Unavailable::Stopped),
-                    Err(_) => {
-                        metrics::counter!("modbot_model_timeouts_total").increment(1);
-                        Scores::Unavailable(Unavailable::TimedOut)
-                    }
+            Pending::Queued {
+                reply,
+                deadline,
+                lineup,
+            } => match tokio::time::timeout_at(deadline.into(), reply).await {
+                Ok(Ok(Ok(scores))) => Scores::Scored { lineup, scores },
+                Ok(Ok(Err(error))) => Scores::Unavailable(error),
+                Ok(Err(_)) => Scores::Unavailable(Unavailable::Stopped),
+                Err(_) => {
+                    metrics::counter!("modbot_model_timeouts_total").increment(1);
+                    Scores::Unavailable(Unavailable::TimedOut)
                 }
-            }
+            },
         }
     }
 }
 
-/// What `GetModelInfo` shows of the loaded model.
+/// What `GetModelInfo` shows of the loaded encoder (the heads are the [`Lineup`]'s).
 #[derive(Debug, Clone, Default)]
 pub struct Description {
     /// The encoder's name.
     pub encoder: String,
-    /// `encoder@hash+heads@version`, as verdicts carry it.
+    /// `encoder@hash[/int8]`: the encoder's part of every head set's version.
     pub version: String,
     /// `cpu` or `cuda:N`.
     pub device: String,
@@ -361,8 +365,6 @@ pub struct Description {
     pub embedding_dim: usize,
     /// Longest input in tokens.
     pub max_tokens: usize,
-    /// The heads.
-    pub heads: Heads,
 }
 
 struct Running {
@@ -378,9 +380,10 @@ struct Running {
 /// scorer is dropped.
 pub struct Scorer {
     running: Option<Running>,
-    status: watch::Receiver<ModelStatus>,
+    status: watch::Sender<ModelStatus>,
     description: Description,
-    labels: Vec<String>,
+    /// The heads in service, swapped whole ([`Scorer::set_lineup`]).
+    lineup: ArcSwap<Lineup>,
     limits: Limits,
 }
 
@@ -388,23 +391,28 @@ impl std::fmt::Debug for Scorer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scorer")
             .field("status", &*self.status.borrow())
-            .field("labels", &self.labels)
+            .field("version", &self.lineup.load().active.version)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
 
 impl Scorer {
-    /// A scorer that never scores: no model configured (`ModelStatus::Off`), an encoder without
-    /// heads (`ModelStatus::NoHeads`), or a model that failed to load (`ModelStatus::Failed`, so every
-    /// message it would have scored is marked degraded).
+    /// A scorer that never scores: no model configured (`ModelStatus::Off`) or a model that
+    /// failed to load (`ModelStatus::Failed`, so every message it would have scored is marked
+    /// degraded).
     pub fn idle(status: ModelStatus, description: Description) -> Self {
         debug_assert!(status != ModelStatus::Ready);
-        let (_, status) = watch::channel(status);
+        let (status, _) = watch::channel(status);
+        let active = HeadSet::new(&description.version, Default::default());
         Self {
             running: None,
             status,
-            labels: description.heads.label_names().to_vec(),
+            lineup: ArcSwap::from_pointee(Lineup {
+                generation: 0,
+                active: Arc::new(active),
+                trial: None,
+            }),
             description,
             limits: Limits {
                 max_batch_messages: 1,
@@ -417,10 +425,24 @@ impl Scorer {
         }
     }
 
-    /// Starts the model thread over `backend`, whose scores are named `labels`.
-    pub fn start(backend: Arc<dyn BatchModel>, description: Description, limits: Limits) -> Self {
-        let labels = description.heads.label_names().to_vec();
-        let (status_tx, status) = watch::channel(ModelStatus::Ready);
+    /// Starts the model thread over `backend`, serving `active` (which may have no heads yet:
+    /// the scorer then says [`ModelStatus::NoHeads`] until a lineup with heads is set).
+    pub fn start(
+        backend: Arc<dyn BatchModel>,
+        description: Description,
+        active: HeadSet,
+        limits: Limits,
+    ) -> Self {
+        let lineup = Lineup {
+            generation: 0,
+            active: Arc::new(active),
+            trial: None,
+        };
+        let (status, _) = watch::channel(if lineup.is_empty() {
+            ModelStatus::NoHeads
+        } else {
+            ModelStatus::Ready
+        });
         let (jobs, receiver) = std::sync::mpsc::channel();
         let cache =
             (limits.cache_entries > 0).then(|| Arc::new(ScoreCache::new(limits.cache_entries)));
@@ -430,7 +452,7 @@ impl Scorer {
             jobs: receiver,
             limits,
             cache: cache.clone(),
-            status: status_tx,
+            status: status.clone(),
             nanos_per_message: Arc::clone(&nanos_per_message),
         };
         std::thread::Builder::new()
@@ -448,14 +470,14 @@ impl Scorer {
             }),
             status,
             description,
-            labels,
+            lineup: ArcSwap::from_pointee(lineup),
             limits,
         }
     }
 
     /// The model's state, and a way to watch it change.
     pub fn status(&self) -> watch::Receiver<ModelStatus> {
-        self.status.clone()
+        self.status.subscribe()
     }
 
     /// What is loaded.
@@ -463,14 +485,44 @@ impl Scorer {
         &self.description
     }
 
-    /// `head/label` of every score.
-    pub fn labels(&self) -> &[String] {
-        &self.labels
+    /// The heads in service now (a snapshot).
+    pub fn lineup(&self) -> Arc<Lineup> {
+        self.lineup.load_full()
     }
 
-    /// The version verdicts carry when scored.
-    pub fn version(&self) -> &str {
-        &self.description.version
+    /// Serves `active`, and `trial`'s candidate beside it, from the next submitted text on,
+    /// in one atomic swap: texts already queued finish with the lineup they were queued with,
+    /// and no score of an older lineup is served from the cache. `false` (nothing changed)
+    /// when the scorer runs no model.
+    pub fn set_lineup(&self, active: Arc<HeadSet>, trial: Option<Trial>) -> bool {
+        if self.running.is_none() {
+            return false;
+        }
+        let generation = self.lineup.load().generation + 1;
+        let lineup = Lineup {
+            generation,
+            active,
+            trial,
+        };
+        let empty = lineup.is_empty();
+        self.lineup.store(Arc::new(lineup));
+        self.status.send_if_modified(|status| match status {
+            ModelStatus::NoHeads if !empty => {
+                *status = ModelStatus::Ready;
+                true
+            }
+            ModelStatus::Ready if empty => {
+                *status = ModelStatus::NoHeads;
+                true
+            }
+            _ => false,
+        });
+        true
+    }
+
+    /// The version verdicts carry when the active set decides.
+    pub fn version(&self) -> String {
+        self.lineup.load().active.version.clone()
     }
 
     /// Whether messages should be handed to the scorer at all: true when it scores, and when
@@ -510,11 +562,15 @@ impl Scorer {
                 _ => Scores::NotScored,
             }));
         };
-        let key = running.cache.as_ref().map(|_| TextKey::of(text));
+        let lineup = self.lineup.load_full();
+        let key = running
+            .cache
+            .as_ref()
+            .map(|_| TextKey::of(lineup.generation, text));
         if let (Some(cache), Some(key)) = (&running.cache, &key)
             && let Some(scores) = cache.get(key)
         {
-            return Ok(Pending::Done(Scores::Scored(scores)));
+            return Ok(Pending::Done(Scores::Scored { lineup, scores }));
         }
         let deadline = Instant::now() + self.limits.max_wait;
         // A caller that can retry is refused when the model could not get through the queue
@@ -555,7 +611,7 @@ impl Scorer {
                 ))));
             }
         };
-        let lexical = running.backend.lexical(text);
+        let lexical = lineup.lexical(text);
         let (reply_tx, reply) = oneshot::channel();
         let job = Job {
             key,
@@ -566,11 +622,16 @@ impl Scorer {
             deadline,
             _slot: permit,
             span: tracing::Span::current(),
+            lineup: Arc::clone(&lineup),
         };
         if running.jobs.send(job).is_err() {
             return Ok(Pending::Done(Scores::Unavailable(Unavailable::Stopped)));
         }
-        Ok(Pending::Queued { reply, deadline })
+        Ok(Pending::Queued {
+            reply,
+            deadline,
+            lineup,
+        })
     }
 
     /// Scores one text: [`Scorer::submit`], then [`Pending::wait`].

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
-use super::{BatchModel, Input, Limits, ModelFailure, ModelStatus, ScoreCache, Unavailable};
+use super::{
+    BatchModel, Input, Limits, Lineup, ModelFailure, ModelStatus, ScoreCache, Unavailable,
+};
 
 /// Failures in a row that mark the model failed.
 const FAILURES_TO_FAIL: u32 = 3;
@@ -42,6 +44,8 @@ pub struct Job {
     pub _slot: OwnedSemaphorePermit,
     /// The span it was queued in (the message's), so the batch that scores it can point back.
     pub span: tracing::Span,
+    /// The heads it is scored by: the lineup in service when it was queued.
+    pub lineup: Arc<Lineup>,
 }
 
 /// The model thread's state.
@@ -163,9 +167,14 @@ impl Worker {
                 continue;
             }
             let len = job.tokens.len();
+            // A batch is scored by one lineup: a swap ends the batch before it.
+            let other_lineup = batch
+                .first()
+                .is_some_and(|first: &Job| first.lineup.generation != job.lineup.generation);
             if !batch.is_empty()
                 && (batch.len() >= self.limits.max_batch_messages
-                    || tokens + len > self.limits.max_batch_tokens)
+                    || tokens + len > self.limits.max_batch_tokens
+                    || other_lineup)
             {
                 break;
             }
@@ -177,6 +186,7 @@ impl Worker {
 
     fn run_batch(&self, batch: Vec<Job>) -> Result<(), String> {
         let started = Instant::now();
+        let lineup = Arc::clone(&batch[0].lineup);
         // One model pass per distinct input. Equal tokens nearly always mean equal lexical
         // inputs; when they do not (texts that differ only in what the tokenizer drops), the
         // inputs are scored apart.
@@ -213,26 +223,27 @@ impl Worker {
             metrics::histogram!("modbot_model_queue_wait_seconds")
                 .record(started.duration_since(job.enqueued).as_secs_f64());
         }
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.backend.score(&distinct)))
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(format!("the model panicked: {what}"))
-            })
-            .and_then(|scores| {
-                if scores.len() == distinct.len() {
-                    Ok(scores)
-                } else {
-                    Err(format!(
-                        "the model returned {} results for {} inputs",
-                        scores.len(),
-                        distinct.len()
-                    ))
-                }
-            });
+        let outcome =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.backend.score(&distinct, &lineup)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".to_owned());
+                    Err(format!("the model panicked: {what}"))
+                })
+                .and_then(|scores| {
+                    if scores.len() == distinct.len() {
+                        Ok(scores)
+                    } else {
+                        Err(format!(
+                            "the model returned {} results for {} inputs",
+                            scores.len(),
+                            distinct.len()
+                        ))
+                    }
+                });
         let elapsed = started.elapsed();
         metrics::histogram!("modbot_model_inference_seconds").record(elapsed.as_secs_f64());
         metrics::histogram!("modbot_model_batch_messages").record(batch.len() as f64);

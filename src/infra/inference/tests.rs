@@ -18,6 +18,8 @@ struct Scripted {
     panic: Mutex<bool>,
     /// Time `score` takes per message.
     per_message: Mutex<Duration>,
+    /// The lineup generation of each batch.
+    generations: Mutex<Vec<u64>>,
 }
 
 impl Scripted {
@@ -57,7 +59,7 @@ impl BatchModel for Scripted {
         Ok(text.bytes().map(u32::from).collect())
     }
 
-    fn score(&self, batch: &[Input<'_>]) -> Result<Vec<Vec<f32>>, String> {
+    fn score(&self, batch: &[Input<'_>], lineup: &Lineup) -> Result<Vec<Vec<f32>>, String> {
         {
             let mut entered = self.entered.lock().unwrap();
             *entered += 1;
@@ -73,6 +75,7 @@ impl BatchModel for Scripted {
             .lock()
             .unwrap()
             .push(batch.iter().map(|t| t.tokens.to_vec()).collect());
+        self.generations.lock().unwrap().push(lineup.generation);
         assert!(!*self.panic.lock().unwrap(), "scripted panic");
         if let Some(error) = *self.fail.lock().unwrap() {
             return Err(error.to_owned());
@@ -92,6 +95,27 @@ fn limits() -> Limits {
     }
 }
 
+/// A head set of one label on one-dimensional embeddings (the scripted backend answers
+/// without it; the scorer needs heads to be ready).
+fn head_set(version: &str) -> HeadSet {
+    let dir = tempfile::tempdir().unwrap();
+    crate::infra::model::heads::write_head(
+        &dir.path().join("t.safetensors"),
+        &[(vec![vec![1.0]], vec![0.0])],
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("heads.json"),
+        format!(
+            r#"{{"version": "{version}", "embedding_dim": 1, "heads": [{{"name": "test",
+            "file": "t.safetensors", "multi_label": true, "labels": ["len"]}}]}}"#
+        ),
+    )
+    .unwrap();
+    let heads = crate::infra::model::heads::Heads::load(dir.path(), 1).unwrap();
+    HeadSet::new("test@1", heads)
+}
+
 fn scorer(backend: &Arc<Scripted>, limits: Limits) -> Scorer {
     let description = Description {
         version: "test@1".to_owned(),
@@ -100,13 +124,14 @@ fn scorer(backend: &Arc<Scripted>, limits: Limits) -> Scorer {
     Scorer::start(
         Arc::clone(backend) as Arc<dyn BatchModel>,
         description,
+        head_set("h1"),
         limits,
     )
 }
 
 fn scored(scores: &Scores) -> f32 {
     match scores {
-        Scores::Scored(s) => s[0],
+        Scores::Scored { scores, .. } => scores[0],
         other => panic!("not scored: {other:?}"),
     }
 }
@@ -418,7 +443,7 @@ async fn repeats_come_from_the_cache() {
         .await
         .unwrap();
     assert!(
-        matches!(&again, Pending::Done(Scores::Scored(_))),
+        matches!(&again, Pending::Done(Scores::Scored { .. })),
         "a repeat never queues: {again:?}"
     );
     assert_eq!(scored(&first), scored(&again.wait().await));
@@ -426,6 +451,58 @@ async fn repeats_come_from_the_cache() {
     let cache = scorer.running.as_ref().unwrap().cache.as_ref().unwrap();
     assert!((cache.hit_ratio() - 0.5).abs() < 1e-9);
     assert_eq!(scorer.cache_hit_ratio(), cache.hit_ratio());
+}
+
+#[tokio::test]
+async fn a_swapped_lineup_scores_what_comes_after_it_and_never_serves_older_scores() {
+    let backend = Arc::new(Scripted::default());
+    let scorer = scorer(
+        &backend,
+        Limits {
+            cache_entries: 8,
+            ..limits()
+        },
+    );
+    scorer.score("LUL", Admission::FailFast).await.unwrap();
+    // "before" is queued behind a held batch with the first lineup, "after" with the second:
+    // each is scored by its own, in batches of their own.
+    let mut pending = queue_behind_a_held_batch(&backend, &scorer, &["before"]).await;
+    assert!(scorer.set_lineup(Arc::new(head_set("h2")), None));
+    pending.push(scorer.submit("after", Admission::FailFast).await.unwrap());
+    backend.release();
+    let mut generations = Vec::new();
+    for p in pending {
+        match p.wait().await {
+            Scores::Scored { lineup, .. } => generations.push(lineup.generation),
+            other => panic!("not scored: {other:?}"),
+        }
+    }
+    assert_eq!(generations, [0, 0, 1]);
+    assert_eq!(
+        backend.batches(),
+        [vec!["LUL"], vec!["x"], vec!["before"], vec!["after"]]
+    );
+    assert_eq!(*backend.generations.lock().unwrap(), [0, 0, 0, 1]);
+    // A repeat of a text the first lineup scored is scored again, by the second.
+    let again = scorer.score("LUL", Admission::FailFast).await.unwrap();
+    assert!(matches!(&again, Scores::Scored { lineup, .. } if lineup.generation == 1));
+    assert_eq!(backend.batches().len(), 5);
+    assert_eq!(scorer.lineup().active.heads.version, "h2");
+}
+
+#[tokio::test]
+async fn a_lineup_without_heads_stops_scoring_and_one_with_heads_starts_it() {
+    let backend = Arc::new(Scripted::default());
+    let scorer = scorer(&backend, limits());
+    assert!(scorer.wanted());
+    scorer.set_lineup(Arc::new(HeadSet::new("test@1", Default::default())), None);
+    assert_eq!(*scorer.status().borrow(), ModelStatus::NoHeads);
+    assert!(!scorer.wanted());
+    scorer.set_lineup(Arc::new(head_set("h3")), None);
+    assert_eq!(*scorer.status().borrow(), ModelStatus::Ready);
+    let idle = Scorer::idle(ModelStatus::Off, Description::default());
+    assert!(!idle.set_lineup(Arc::new(head_set("h4")), None));
+    assert_eq!(*idle.status().borrow(), ModelStatus::Off);
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@ pub mod heads;
 pub mod int8;
 pub mod ngram;
 pub mod packed;
+pub mod registry;
 mod simd;
 
 pub use device::open_device;

@@ -20,12 +20,14 @@ mod actions;
 mod feedback;
 mod retention;
 mod review;
+mod rollouts;
 mod rules;
 
 pub use self::actions::{ActionAnswer, Expired, Filed, MAX_ROUTES, Recorded, Resolved};
 pub use self::feedback::{Feedback, FeedbackSource};
 pub use self::retention::{RetentionTable, SqlitePages, VACUUM_AT_CONNECT_MAX_BYTES};
 pub use self::review::{QueueDepth, ReviewRuled};
+pub use self::rollouts::StoredRollout;
 pub use self::rules::{
     Change, ChangeTarget, HistoryEntry, StoredPolicy, StoredRule, StoredRuleSet,
 };
@@ -100,6 +102,11 @@ const MIGRATIONS: &[(i64, &str, MigrationSql)] = &[
         MigrationSql::Portable(include_str!(
             "../../../migrations/0008_audit_by_message.sql"
         )),
+    ),
+    (
+        9,
+        "model rollouts",
+        MigrationSql::Portable(include_str!("../../../migrations/0009_model_rollouts.sql")),
     ),
 ];
 

@@ -1,0 +1,470 @@
+//! Head sets tried, compared and promoted while the service runs.
+//!
+//! The registry ([`crate::infra::model::registry`]) lists what can be served: the shipped
+//! heads and every set under `model.registry_dir`. The database holds which set decides and
+//! which is on trial (`model_rollouts`, one row per change). Every replica follows it as it
+//! follows the rules: it applies its own change before the call answers, and the reload task
+//! polls the latest revision every `rules.reload_interval_ms` for the others'. Applying a
+//! change loads the sets it names (on the blocking pool) and swaps them into the scorer in one
+//! step ([`crate::infra::inference::Scorer::set_lineup`]).
+//!
+//! A change is checked before it is written: its version is listed, its manifest reads, and
+//! its weights load on this encoder. A stored change that cannot be applied here (a set
+//! deleted from disk, a replica without the registry volume) is logged and counted
+//! (`modbot_model_rollout_failures_total`), `GetModelInfo` says why, and the lineup in force
+//! is kept: no change can stop moderation.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::Mutex;
+
+use crate::infra::inference::{HeadSet, SplitUnit, Trial, TrialMode};
+use crate::infra::model::heads::Heads;
+use crate::infra::model::registry::{self, RegistryEntry};
+use crate::infra::store::{Store, StoreError, StoredRollout};
+use crate::service::Services;
+use crate::service::moderate::Moderator;
+
+/// Why a model change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelAdminError {
+    /// A request field is wrong.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// No head set of that version is listed.
+    #[error("version: no head set `{0}` in the shipped heads or model.registry_dir")]
+    UnknownVersion(String),
+    /// The change cannot be made now; the text says why.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Another change was written first; nothing was written.
+    #[error(
+        "the model rollout changed while this change was made (now revision {0}); read it and retry"
+    )]
+    Conflict(u64),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A requested trial, as the edge parsed it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TrialRequest {
+    /// Scored beside the active set, never enforced.
+    Shadow,
+    /// Decides for `share` of the `unit`s.
+    Split {
+        /// In `[0, 1]`.
+        share: f64,
+        /// Channels or users.
+        unit: SplitUnit,
+    },
+}
+
+/// What this replica has applied.
+#[derive(Debug, Default)]
+struct Applied {
+    /// The latest revision read, applied or not (one that failed is not retried, logged and
+    /// counted again until the revision moves on).
+    seen: Option<u64>,
+    /// The latest rollout read (in force here unless `problem` says why not).
+    latest: StoredRollout,
+    /// Why the latest stored rollout is not in force here ("" when it is).
+    problem: String,
+    /// Loaded sets by heads version.
+    sets: HashMap<String, Arc<HeadSet>>,
+}
+
+/// This replica's link between the stored rollout and its scorer.
+#[derive(Debug)]
+pub struct ModelRollouts {
+    store: Store,
+    shipped_dir: PathBuf,
+    registry_dir: PathBuf,
+    /// The set loaded at start from `model.heads_dir` (possibly without heads).
+    shipped: Arc<HeadSet>,
+    /// The encoder's version and embedding size; `None` when no encoder runs.
+    encoder: Option<(String, usize)>,
+    /// Held across read, load and swap, so an older rollout can never replace a newer one.
+    applied: Mutex<Applied>,
+}
+
+/// The rollout in force, as `GetModelInfo` and the changes answer it.
+#[derive(Debug, Clone)]
+pub struct RolloutView {
+    /// As stored ("" versions resolved to the shipped set's version).
+    pub rollout: StoredRollout,
+    /// Why the stored rollout is not in force on this replica ("" when it is).
+    pub problem: String,
+}
+
+impl ModelRollouts {
+    /// The rollouts of a replica whose scorer serves `shipped` (the heads loaded at start).
+    pub fn new(store: Store, config: &crate::config::ModelConfig, moderator: &Moderator) -> Self {
+        let scorer = moderator.scorer();
+        let running = matches!(
+            *scorer.status().borrow(),
+            crate::infra::inference::ModelStatus::Ready
+                | crate::infra::inference::ModelStatus::NoHeads
+        );
+        let description = scorer.description();
+        Self {
+            store,
+            shipped_dir: config.heads_dir.clone(),
+            registry_dir: config.registry_dir.clone(),
+            shipped: scorer.lineup().active.clone(),
+            encoder: running.then(|| (description.version.clone(), description.embedding_dim)),
+            applied: Mutex::new(Applied::default()),
+        }
+    }
+
+    /// The shipped set's heads version ("" without heads).
+    fn shipped_version(&self) -> &str {
+        &self.shipped.heads.version
+    }
+
+    /// What can be served: the shipped set and the registry.
+    pub async fn list(&self) -> Vec<RegistryEntry> {
+        let (shipped, registry) = (self.shipped_dir.clone(), self.registry_dir.clone());
+        tokio::task::spawn_blocking(move || registry::list(&shipped, &registry))
+            .await
+            .unwrap_or_else(|panic| Err(crate::infra::model::ModelError::Input(panic.to_string())))
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot list model.registry_dir");
+                Vec::new()
+            })
+    }
+
+    /// The latest stored rollout, and why it is not in force here, if it is not.
+    pub async fn view(&self) -> RolloutView {
+        let applied = self.applied.lock().await;
+        RolloutView {
+            rollout: self.resolved(&applied.latest),
+            problem: applied.problem.clone(),
+        }
+    }
+
+    /// `rollout` with "" (the shipped heads) spelled as the shipped version.
+    fn resolved(&self, rollout: &StoredRollout) -> StoredRollout {
+        let mut rollout = rollout.clone();
+        for version in [&mut rollout.active, &mut rollout.previous] {
+            if version.is_empty() {
+                self.shipped_version().clone_into(version);
+            }
+        }
+        rollout
+    }
+
+    /// Loads the set of `version` on the blocking pool (the shipped one is loaded already).
+    async fn load(&self, version: &str) -> Result<Arc<HeadSet>, ModelAdminError> {
+        if version.is_empty() || version == self.shipped_version() {
+            return Ok(Arc::clone(&self.shipped));
+        }
+        let Some((encoder_version, dim)) = self.encoder.clone() else {
+            return Err(ModelAdminError::FailedPrecondition(
+                "no encoder is running on this replica (model.dir is empty or the model failed \
+                 to load): there is nothing to serve heads on"
+                    .to_owned(),
+            ));
+        };
+        let entries = self.list().await;
+        let entry = entries
+            .into_iter()
+            .find(|e| e.version == version)
+            .ok_or_else(|| ModelAdminError::UnknownVersion(version.to_owned()))?;
+        if !entry.problem.is_empty() {
+            return Err(ModelAdminError::FailedPrecondition(format!(
+                "head set {version} ({}) cannot be served: {}",
+                entry.dir.display(),
+                entry.problem
+            )));
+        }
+        let dir = entry.dir.clone();
+        let heads = tokio::task::spawn_blocking(move || Heads::load(&dir, dim))
+            .await
+            .map_err(|e| ModelAdminError::FailedPrecondition(format!("loading panicked: {e}")))?
+            .map_err(|error| {
+                ModelAdminError::FailedPrecondition(format!(
+                    "head set {version} ({}) does not load on this encoder: {error}",
+                    entry.dir.display()
+                ))
+            })?;
+        if heads.is_empty() {
+            return Err(ModelAdminError::FailedPrecondition(format!(
+                "head set {version} ({}) has no heads",
+                entry.dir.display()
+            )));
+        }
+        Ok(Arc::new(HeadSet::new(&encoder_version, heads)))
+    }
+
+    /// Brings the scorer up to the stored rollout. `Ok(Some(revision))` when one was applied,
+    /// `Ok(None)` when there was nothing new. A rollout that cannot be applied here is
+    /// logged, counted and reported by `GetModelInfo`, and the lineup in force is kept.
+    pub async fn refresh(&self, moderator: &Moderator) -> Result<Option<u64>, ModelAdminError> {
+        let mut applied = self.applied.lock().await;
+        let stored = self.store.rollout().await?;
+        if applied.seen == Some(stored.revision) {
+            return Ok(None);
+        }
+        applied.seen = Some(stored.revision);
+        applied.latest = stored.clone();
+        if self.encoder.is_none() {
+            // Nothing to serve heads on: the rollout is recorded, not applied.
+            return Ok(None);
+        }
+        match self.lineup_of(&stored, &mut applied.sets).await {
+            Ok((active, trial)) => {
+                moderator.scorer().set_lineup(active, trial);
+                let keep = [&stored.active, &stored.candidate];
+                applied.sets.retain(|version, _| keep.contains(&version));
+                applied.problem.clear();
+                tracing::info!(
+                    revision = stored.revision,
+                    active = %moderator.scorer().version(),
+                    candidate = %stored.candidate,
+                    mode = %stored.mode,
+                    "model rollout applied"
+                );
+                metrics::gauge!("modbot_model_rollout_revision").set(stored.revision as f64);
+                Ok(Some(stored.revision))
+            }
+            Err(error) => {
+                metrics::counter!("modbot_model_rollout_failures_total").increment(1);
+                tracing::error!(
+                    %error,
+                    revision = stored.revision,
+                    "the stored model rollout cannot be applied here: keeping the heads in force"
+                );
+                applied.problem = format!("revision {} not applied: {error}", stored.revision);
+                Err(error)
+            }
+        }
+    }
+
+    /// The set of `version`, from `sets` or loaded into it.
+    async fn cached(
+        &self,
+        version: &str,
+        sets: &mut HashMap<String, Arc<HeadSet>>,
+    ) -> Result<Arc<HeadSet>, ModelAdminError> {
+        if let Some(set) = sets.get(version) {
+            return Ok(Arc::clone(set));
+        }
+        let set = self.load(version).await?;
+        sets.insert(version.to_owned(), Arc::clone(&set));
+        Ok(set)
+    }
+
+    /// The sets a rollout names, loaded (or taken from `sets`).
+    async fn lineup_of(
+        &self,
+        rollout: &StoredRollout,
+        sets: &mut HashMap<String, Arc<HeadSet>>,
+    ) -> Result<(Arc<HeadSet>, Option<Trial>), ModelAdminError> {
+        let active = self.cached(&rollout.active, sets).await?;
+        let trial = match rollout.mode.as_str() {
+            "shadow" | "split" if !rollout.candidate.is_empty() => {
+                let candidate = self.cached(&rollout.candidate, sets).await?;
+                let mode = if rollout.mode == "shadow" {
+                    TrialMode::Shadow
+                } else {
+                    TrialMode::Split {
+                        share: rollout.share.clamp(0.0, 1.0),
+                        unit: SplitUnit::from_name(&rollout.unit).unwrap_or(SplitUnit::Channel),
+                    }
+                };
+                Some(Trial { candidate, mode })
+            }
+            _ => None,
+        };
+        Ok((active, trial))
+    }
+}
+
+/// `by` as a change's author.
+fn author(by: &str) -> String {
+    if by.is_empty() {
+        "unknown".to_owned()
+    } else {
+        by.to_owned()
+    }
+}
+
+impl Services {
+    /// Writes `next` (a change of `current`) and applies it here before answering.
+    async fn write_rollout(
+        &self,
+        current: &StoredRollout,
+        mut next: StoredRollout,
+        by: &str,
+        reason: &str,
+    ) -> Result<RolloutView, ModelAdminError> {
+        next.revision = current.revision + 1;
+        next.changed_at = SystemTime::now();
+        next.changed_by = author(by);
+        next.reason = reason.to_owned();
+        if self.store.write_rollout(&next).await?.is_none() {
+            let now = self.store.rollout().await?.revision;
+            return Err(ModelAdminError::Conflict(now));
+        }
+        tracing::info!(
+            revision = next.revision,
+            change = %next.change,
+            active = %next.active,
+            candidate = %next.candidate,
+            mode = %next.mode,
+            by = %next.changed_by,
+            "model rollout changed"
+        );
+        if let Err(error) = self.models.refresh(&self.moderator).await {
+            tracing::warn!(%error, "a model change was stored but could not be applied here yet");
+        }
+        Ok(self.models.view().await)
+    }
+
+    /// Puts the set of `version` on trial beside the active one (replacing any candidate).
+    pub async fn try_model(
+        &self,
+        version: &str,
+        request: TrialRequest,
+        by: &str,
+        reason: &str,
+    ) -> Result<RolloutView, ModelAdminError> {
+        if version.is_empty() {
+            return Err(ModelAdminError::Invalid {
+                field: "version",
+                message: "is required".to_owned(),
+            });
+        }
+        if let TrialRequest::Split { share, .. } = request
+            && !(0.0..=1.0).contains(&share)
+        {
+            return Err(ModelAdminError::Invalid {
+                field: "share",
+                message: format!("{share} is outside [0, 1]"),
+            });
+        }
+        let current = self.store.rollout().await?;
+        let active = self.models.resolved(&current).active;
+        if version == active {
+            return Err(ModelAdminError::FailedPrecondition(format!(
+                "head set {version} is the active one already"
+            )));
+        }
+        // Checked before anything is written: a set that does not load is refused here.
+        self.models.load(version).await?;
+        let (mode, share, unit) = match request {
+            TrialRequest::Shadow => ("shadow", 0.0, SplitUnit::Channel),
+            TrialRequest::Split { share, unit } => ("split", share, unit),
+        };
+        let next = StoredRollout {
+            candidate: version.to_owned(),
+            mode: mode.to_owned(),
+            share,
+            unit: unit.as_str().to_owned(),
+            change: "try".to_owned(),
+            ..current.clone()
+        };
+        self.write_rollout(&current, next, by, reason).await
+    }
+
+    /// Ends the trial: the candidate is no longer scored.
+    pub async fn end_model_trial(
+        &self,
+        by: &str,
+        reason: &str,
+    ) -> Result<RolloutView, ModelAdminError> {
+        let current = self.store.rollout().await?;
+        if current.candidate.is_empty() {
+            return Err(ModelAdminError::FailedPrecondition(
+                "no head set is on trial".to_owned(),
+            ));
+        }
+        let next = StoredRollout {
+            candidate: String::new(),
+            mode: "none".to_owned(),
+            share: 0.0,
+            change: "end".to_owned(),
+            ..current.clone()
+        };
+        self.write_rollout(&current, next, by, reason).await
+    }
+
+    /// Makes the candidate, which must be `version`, the active set; the set it replaces is
+    /// what a rollback restores.
+    pub async fn promote_model(
+        &self,
+        version: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<RolloutView, ModelAdminError> {
+        if version.is_empty() {
+            return Err(ModelAdminError::Invalid {
+                field: "version",
+                message: "is required (the candidate's version, so a stale screen cannot \
+                          promote another)"
+                    .to_owned(),
+            });
+        }
+        let current = self.store.rollout().await?;
+        if current.candidate != version {
+            return Err(ModelAdminError::FailedPrecondition(
+                if current.candidate.is_empty() {
+                    format!("no head set is on trial; try {version} first (Admin.TryModel)")
+                } else {
+                    format!(
+                        "{version} is not the candidate on trial ({}); only the candidate can be \
+                     promoted",
+                        current.candidate
+                    )
+                },
+            ));
+        }
+        self.models.load(version).await?;
+        let next = StoredRollout {
+            active: version.to_owned(),
+            previous: self.models.resolved(&current).active,
+            candidate: String::new(),
+            mode: "none".to_owned(),
+            share: 0.0,
+            change: "promote".to_owned(),
+            ..current.clone()
+        };
+        self.write_rollout(&current, next, by, reason).await
+    }
+
+    /// Makes the set active before the last promotion active again (and ends any trial).
+    pub async fn rollback_model(
+        &self,
+        by: &str,
+        reason: &str,
+    ) -> Result<RolloutView, ModelAdminError> {
+        let current = self.store.rollout().await?;
+        let resolved = self.models.resolved(&current);
+        if current.revision == 0 || resolved.previous == resolved.active {
+            return Err(ModelAdminError::FailedPrecondition(
+                "nothing to roll back to: no head set was promoted".to_owned(),
+            ));
+        }
+        self.models.load(&resolved.previous).await?;
+        let next = StoredRollout {
+            active: resolved.previous.clone(),
+            previous: resolved.active.clone(),
+            candidate: String::new(),
+            mode: "none".to_owned(),
+            share: 0.0,
+            change: "rollback".to_owned(),
+            ..current.clone()
+        };
+        self.write_rollout(&current, next, by, reason).await
+    }
+}
