@@ -15,10 +15,12 @@
 
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use modbot::corpus;
 use modbot::engine::normalize::{EmoteSet, normalize};
+use modbot::infra::inference::{HeadSet, Lineup, Trial, TrialMode};
 use modbot::infra::model::Encoder;
 use modbot::infra::model::heads::Heads;
 
@@ -91,6 +93,39 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
+    group.finish();
+    // A candidate on trial (`Admin.TryModel`) is scored beside the active set on the same
+    // embeddings: what that adds per message, lexical inputs on the caller's task and head
+    // arithmetic on the model thread, against the active set alone in the same run.
+    let set = |heads: &Heads| Arc::new(HeadSet::new("bench", heads.clone()));
+    let alone = Lineup {
+        generation: 0,
+        active: set(&heads),
+        trial: None,
+    };
+    let on_trial = Lineup {
+        trial: Some(Trial {
+            candidate: set(&heads),
+            mode: TrialMode::Shadow,
+        }),
+        ..alone.clone()
+    };
+    let mut group = c.benchmark_group("trial");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (name, lineup) in [("active_alone", &alone), ("with_candidate", &on_trial)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let lexicals: Vec<Vec<f32>> = texts[..BATCH]
+                    .iter()
+                    .map(|t| lineup.lexical(black_box(t)))
+                    .collect();
+                for (set, inputs) in lineup.sets() {
+                    let lex: Vec<&[f32]> = lexicals.iter().map(|l| &l[inputs.clone()]).collect();
+                    black_box(set.heads.score_batch(black_box(&rows), &lex));
+                }
+            })
+        });
+    }
     group.finish();
 }
 

@@ -836,6 +836,46 @@ async fn a_candidate_is_tried_in_shadow_and_split_then_promoted_and_rolled_back_
     assert_eq!(trial.candidate_decisions["hide"], 1);
     assert_eq!(trial.active_decisions["allow"], 1);
 
+    // A message the active set holds (a rule) and the candidate would hide: the moderator
+    // rejects it, and both sides are counted as agreeing with the ruling.
+    let mut held = chat_message("h1", "u9", "check out my mixtape, it is great");
+    held.channel = "destinygg".into();
+    let verdict = server
+        .moderation()
+        .classify(ClassifyRequest {
+            messages: vec![held],
+            ..ClassifyRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .verdicts
+        .remove(0);
+    assert_eq!(verdict.decision, Decision::Hold as i32, "{verdict:?}");
+    server
+        .review()
+        .resolve_review(modbot::proto::ResolveReviewRequest {
+            id: verdict.review_id.clone(),
+            ruling: modbot::proto::ReviewRuling::Reject as i32,
+            moderator: "mod1".into(),
+            action: modbot::proto::ActionKind::Hide as i32,
+            label: "spam/promo".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let trial = model_info(&server).await.trial.unwrap();
+    assert_eq!(
+        (
+            trial.compared,
+            trial.ruled,
+            trial.candidate_agreed_with_rulings,
+            trial.active_agreed_with_rulings
+        ),
+        (2, 1, 1, 1),
+        "{trial:?}"
+    );
+
     // A second replica on the same database follows every change without a restart.
     let replica = start_with_model(&model, &heads, configure).await;
     assert_eq!(
@@ -857,7 +897,7 @@ async fn a_candidate_is_tried_in_shadow_and_split_then_promoted_and_rolled_back_
     assert_eq!(verdict.decision, Decision::Hide as i32, "{verdict:?}");
     assert!(verdict.model_version.ends_with("+heads@centroid-2"));
     let trial = model_info(&server).await.trial.unwrap();
-    assert_eq!((trial.compared, trial.decided_by_candidate), (2, 1));
+    assert_eq!((trial.compared, trial.decided_by_candidate), (3, 1));
 
     // Only the candidate can be promoted; promotion swaps it in at once.
     let stale = admin()

@@ -246,7 +246,65 @@ async fn suite(url: &str) {
     );
 
     feedback_suite(&store).await;
+    rollout_suite(&store).await;
     store.close().await;
+}
+
+/// Model rollouts: the default before any change, one writer per revision, the latest in
+/// force; and the other side of a trial kept with an audit record.
+async fn rollout_suite(store: &Store) {
+    use modbot::infra::store::StoredRollout;
+    assert_eq!(store.rollout().await.unwrap(), StoredRollout::default());
+    let first = StoredRollout {
+        revision: 1,
+        candidate: "v2".into(),
+        mode: "split".into(),
+        share: 0.25,
+        unit: "user".into(),
+        change: "try".into(),
+        reason: "fewer misses".into(),
+        changed_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000),
+        changed_by: "admin".into(),
+        ..StoredRollout::default()
+    };
+    assert_eq!(
+        store.write_rollout(&first).await.unwrap(),
+        Some(first.clone())
+    );
+    // A second writer that read revision 0 too is refused, and nothing changes.
+    let racing = StoredRollout {
+        candidate: "v3".into(),
+        ..first.clone()
+    };
+    assert_eq!(store.write_rollout(&racing).await.unwrap(), None);
+    assert_eq!(store.rollout().await.unwrap(), first);
+    let promoted = StoredRollout {
+        revision: 2,
+        active: "v2".into(),
+        candidate: String::new(),
+        mode: "none".into(),
+        change: "promote".into(),
+        ..first.clone()
+    };
+    store.write_rollout(&promoted).await.unwrap().unwrap();
+    assert_eq!(store.rollout().await.unwrap(), promoted);
+
+    let mut decided = record("trial", "t1", "u1", "you are a clown, free nitro here");
+    decided.verdict.decision = Decision::Hold;
+    decided.verdict.trial = Some(modbot::domain::TrialDecision {
+        version: "enc@1+heads@v2".into(),
+        decision: Decision::Hide,
+    });
+    store.record_verdicts(&[decided.clone()]).await.unwrap();
+    let read = store
+        .audit_log(&AuditQuery {
+            channel: Some("trial".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(read[0].verdict.trial, decided.verdict.trial);
 }
 
 /// Feedback examples: round trip, oldest first, one judgement of a kind per message and label.

@@ -24,4 +24,6 @@ pub(crate) use history::{MessageBlock, Observer, decay, duration_ms, pardoned};
 pub use message::{ChatMessage, MAX_ID_BYTES};
 pub use review::{OnExpiry, ReviewFilter, ReviewItem, ReviewStatus, review_id};
 pub use time::{from_unix_millis, unix_millis};
-pub use verdict::{Decision, Degraded, Evidence, Reason, ReasonSource, Span, Verdict};
+pub use verdict::{
+    Decision, Degraded, Evidence, Reason, ReasonSource, Span, TrialDecision, Verdict,
+};

@@ -202,6 +202,18 @@ pub struct Verdict {
     pub action_id: Option<String>,
     /// The review item a held message waits in, if any.
     pub review_id: Option<String>,
+    /// While a candidate head set is on trial: the version and decision of the set that did
+    /// not decide (the candidate in shadow, or the active set in a split's share).
+    pub trial: Option<TrialDecision>,
+}
+
+/// What the head set on the other side of a trial decided about a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrialDecision {
+    /// Its version (`encoder@hash+heads@version`).
+    pub version: String,
+    /// Its decision, with the same rules, history and raid state.
+    pub decision: Decision,
 }
 
 impl Verdict {

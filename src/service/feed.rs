@@ -193,6 +193,7 @@ mod tests {
             normalized_text: String::new(),
             action_id: None,
             review_id: None,
+            trial: None,
         }
     }
 

@@ -468,3 +468,105 @@ impl Services {
         self.write_rollout(&current, next, by, reason).await
     }
 }
+
+/// Rulings read at most to compare versions with the moderators.
+pub const MAX_RULINGS_COMPARED: u32 = 10_000;
+
+/// How two versions' decisions agreed with the moderators' rulings in the review queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RulingAgreement {
+    /// Ruled review items whose message both versions decided (one enforced, one compared).
+    pub ruled: u64,
+    /// Of them, how many the first version decided as the moderator ruled: it acted (held
+    /// or harsher) on a message the moderator rejected, or allowed one the moderator approved.
+    pub first_agreed: u64,
+    /// The same for the second version.
+    pub second_agreed: u64,
+}
+
+/// Whether a decision (by name) agrees with a ruling.
+fn agrees(decision: &str, rejected: bool) -> bool {
+    let acted = crate::domain::Decision::from_name(decision)
+        .is_some_and(|d| d >= crate::domain::Decision::Hold);
+    acted == rejected
+}
+
+/// [`RulingAgreement`] of `first` and `second` over `rulings` (each review item once).
+pub fn ruling_agreement(
+    rulings: &[crate::infra::store::RuledTrial],
+    first: &str,
+    second: &str,
+) -> RulingAgreement {
+    let mut seen = std::collections::HashSet::new();
+    let mut agreement = RulingAgreement::default();
+    for ruled in rulings {
+        let decision_of = |version: &str| {
+            [&ruled.decided, &ruled.other]
+                .into_iter()
+                .find(|(v, _)| v == version)
+                .map(|(_, d)| d.as_str())
+        };
+        let (Some(a), Some(b)) = (decision_of(first), decision_of(second)) else {
+            continue;
+        };
+        if !seen.insert(ruled.review_id.as_str()) {
+            continue;
+        }
+        agreement.ruled += 1;
+        agreement.first_agreed += u64::from(agrees(a, ruled.rejected));
+        agreement.second_agreed += u64::from(agrees(b, ruled.rejected));
+    }
+    agreement
+}
+
+impl Services {
+    /// How the candidate (`candidate`) and the active set (`active`) agreed with the latest
+    /// rulings on messages decided while it was on trial (fleet-wide: from the database).
+    pub async fn ruling_agreement(
+        &self,
+        candidate: &str,
+        active: &str,
+    ) -> Result<RulingAgreement, StoreError> {
+        let rulings = self.store.ruled_trials(MAX_RULINGS_COMPARED).await?;
+        Ok(ruling_agreement(&rulings, candidate, active))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infra::store::RuledTrial;
+
+    fn ruled(id: &str, rejected: bool, decided: (&str, &str), other: (&str, &str)) -> RuledTrial {
+        RuledTrial {
+            review_id: id.to_owned(),
+            rejected,
+            decided: (decided.0.to_owned(), decided.1.to_owned()),
+            other: (other.0.to_owned(), other.1.to_owned()),
+        }
+    }
+
+    #[test]
+    fn each_side_agrees_when_it_acted_on_what_was_rejected_or_allowed_what_was_approved() {
+        let rulings = [
+            // Held by the active set, rejected: the candidate would have hidden it too.
+            ruled("r1", true, ("a", "hold"), ("c", "hide")),
+            // Held by the active set, approved: the candidate would have allowed it.
+            ruled("r2", false, ("a", "hold"), ("c", "allow")),
+            // Held by the candidate (a split), approved: the active set allowed it.
+            ruled("r3", false, ("c", "hold"), ("a", "allow")),
+            // The same item twice (a message decided twice) counts once.
+            ruled("r3", false, ("c", "hold"), ("a", "allow")),
+            // Another trial's versions are not counted.
+            ruled("r4", true, ("a", "hold"), ("x", "allow")),
+        ];
+        assert_eq!(
+            ruling_agreement(&rulings, "c", "a"),
+            RulingAgreement {
+                ruled: 3,
+                first_agreed: 2,
+                second_agreed: 2,
+            }
+        );
+    }
+}

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use crate::domain::Observation;
 use crate::domain::UserHistory;
 use crate::domain::unix_millis;
-use crate::domain::{ChatMessage, Decision, Degraded, Verdict};
+use crate::domain::{ChatMessage, Decision, Degraded, TrialDecision, Verdict};
 use crate::engine::decision::{DecideOptions, Engine, Inputs, ModelInput, escalation};
 use crate::engine::normalize::{Folded, normalize};
 use crate::infra::inference::{
@@ -333,11 +333,12 @@ impl Moderator {
             raid: &raid,
         };
         let decided = crate::guard::catch(|| engine.decide(&inputs, options));
-        if let Ok(decided) = &decided
-            && !options.dry_run
-        {
-            self.compare(&engine, &inputs, options, decided.verdict.decision, shadow);
-        }
+        let trial = match &decided {
+            Ok(decided) if !options.dry_run => {
+                self.compare(&engine, &inputs, options, decided.verdict.decision, shadow)
+            }
+            _ => None,
+        };
         let decided = match decided {
             Ok(decided) => decided,
             Err(panicked) => {
@@ -367,6 +368,7 @@ impl Moderator {
                 .degraded;
         }
         let mut verdict = decided.verdict;
+        verdict.trial = trial;
         if degraded {
             verdict.degraded.push(Degraded::UserState);
             verdict.degraded.sort();
@@ -374,9 +376,9 @@ impl Moderator {
         verdict
     }
 
-    /// Counts the enforced decision against its version, and against the shadow set's decision
-    /// of the same message (the same rules, history and raid state; nothing of it is kept)
-    /// while a candidate is on trial.
+    /// Counts the enforced decision against its version, and, while a candidate is on trial,
+    /// against the other set's decision of the same message (the same rules, history and raid
+    /// state; only the decision is kept), which it returns for the audit record.
     fn compare(
         &self,
         engine: &Engine,
@@ -384,29 +386,27 @@ impl Moderator {
         options: DecideOptions,
         enforced: Decision,
         shadow: Option<(ModelInput<'_>, bool)>,
-    ) {
+    ) -> Option<TrialDecision> {
         let ModelInput::Scored { version, .. } = inputs.model else {
-            return;
+            return None;
         };
         let Some((model, shadow_is_active)) = shadow else {
             self.trials.record_alone(version, enforced);
-            return;
+            return None;
         };
         let ModelInput::Scored {
             version: shadow_version,
             ..
         } = model
         else {
-            return;
+            return None;
         };
         // A panic here is the enforced decision's too, and was reported with it; one that
         // strikes only the shadow costs the comparison, never the message.
-        let Ok(other) =
-            crate::guard::catch(|| engine.decide(&Inputs { model, ..*inputs }, options))
-        else {
-            return;
-        };
-        let other = other.verdict.decision;
+        let other = crate::guard::catch(|| engine.decide(&Inputs { model, ..*inputs }, options))
+            .ok()?
+            .verdict
+            .decision;
         let comparison = if shadow_is_active {
             crate::service::trials::Comparison {
                 candidate: version,
@@ -425,6 +425,10 @@ impl Moderator {
             }
         };
         self.trials.record(&comparison);
+        Some(TrialDecision {
+            version: shadow_version.to_owned(),
+            decision: other,
+        })
     }
 
     /// Takes back the offence `decision` of `user_id`, recorded at `at` on the state clock (an

@@ -832,6 +832,7 @@ mod tests {
             normalized_text: String::new(),
             action_id: None,
             review_id: None,
+            trial: None,
         }
     }
 

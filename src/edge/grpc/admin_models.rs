@@ -117,6 +117,14 @@ pub async fn get_model_info(services: &Services) -> ModelInfo {
         Some(trial) => {
             let set: &HeadSet = &trial.candidate;
             let counts = services.moderator.trials().counts(&set.version);
+            // A database that does not answer costs the rulings' part, never the call.
+            let rulings = services
+                .ruling_agreement(&set.version, &lineup.active.version)
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, "cannot compare the trial with the rulings");
+                    Default::default()
+                });
             let by_decision = |counts: &[u64; 6]| {
                 DECISIONS
                     .iter()
@@ -142,6 +150,9 @@ pub async fn get_model_info(services: &Services) -> ModelInfo {
                     decided_by_candidate: counts.decided_by_candidate,
                     candidate_decisions: by_decision(&counts.candidate_decisions),
                     active_decisions: by_decision(&counts.active_decisions),
+                    ruled: rulings.ruled,
+                    candidate_agreed_with_rulings: rulings.first_agreed,
+                    active_agreed_with_rulings: rulings.second_agreed,
                 }),
             )
         }

@@ -264,6 +264,7 @@ impl Engine {
                 normalized_text: inputs.normalized.text.clone(),
                 action_id: None,
                 review_id: None,
+                trial: None,
             },
             offence,
             failed_rules,
@@ -325,6 +326,7 @@ impl Engine {
             normalized_text: String::new(),
             action_id: None,
             review_id: None,
+            trial: None,
         }
     }
 }

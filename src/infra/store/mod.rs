@@ -27,7 +27,7 @@ pub use self::actions::{ActionAnswer, Expired, Filed, MAX_ROUTES, Recorded, Reso
 pub use self::feedback::{Feedback, FeedbackSource};
 pub use self::retention::{RetentionTable, SqlitePages, VACUUM_AT_CONNECT_MAX_BYTES};
 pub use self::review::{QueueDepth, ReviewRuled};
-pub use self::rollouts::StoredRollout;
+pub use self::rollouts::{RuledTrial, StoredRollout};
 pub use self::rules::{
     Change, ChangeTarget, HistoryEntry, StoredPolicy, StoredRule, StoredRuleSet,
 };
@@ -105,7 +105,7 @@ const MIGRATIONS: &[(i64, &str, MigrationSql)] = &[
     ),
     (
         9,
-        "model rollouts",
+        "model rollouts and trial decisions",
         MigrationSql::Portable(include_str!("../../../migrations/0009_model_rollouts.sql")),
     ),
 ];
@@ -596,8 +596,9 @@ impl Store {
             sqlx::query(
                 "INSERT INTO audit_log (id, decided_at, channel, message_id, user_id, nick, roles, text, \
                  sent_at, decision, duration_ms, enforced, shadow_decision, reasons, model_version, \
-                 degraded, elapsed_us) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                 degraded, elapsed_us, trial_version, trial_decision) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+                 $18, $19)",
             )
             .bind(&record.id)
             .bind(unix_millis(record.decided_at))
@@ -616,6 +617,8 @@ impl Store {
             .bind(&verdict.model_version)
             .bind(to_json(&degraded))
             .bind(i64::try_from(verdict.elapsed.as_micros()).unwrap_or(i64::MAX))
+            .bind(verdict.trial.as_ref().map_or("", |t| t.version.as_str()))
+            .bind(verdict.trial.as_ref().map_or("", |t| t.decision.as_str()))
             .execute(&mut *tx)
             .await?;
             if let Some(action) = &record.action {
@@ -636,7 +639,7 @@ impl Store {
             let rows = sqlx::query(
                 "SELECT id, decided_at, channel, message_id, user_id, nick, roles, text, sent_at, \
              decision, duration_ms, enforced, shadow_decision, reasons, model_version, degraded, \
-             elapsed_us FROM audit_log \
+             elapsed_us, trial_version, trial_decision FROM audit_log \
              WHERE ($1 = '' OR channel = $1) AND ($2 = '' OR user_id = $2) \
              AND ($3 = '' OR message_id = $3) \
              ORDER BY decided_at DESC, id DESC LIMIT $4",
@@ -768,6 +771,17 @@ fn audit_record_from_row(row: &AnyRow) -> Result<AuditRecord, StoreError> {
         normalized_text: String::new(),
         action_id: None,
         review_id: None,
+        trial: {
+            let version: String = row.try_get("trial_version")?;
+            if version.is_empty() {
+                None
+            } else {
+                Some(crate::domain::TrialDecision {
+                    version,
+                    decision: decision_named("trial_decision")?,
+                })
+            }
+        },
     };
     Ok(AuditRecord {
         decided_at: from_unix_millis(row.try_get("decided_at")?),

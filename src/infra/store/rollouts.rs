@@ -136,3 +136,51 @@ fn from_row(row: &AnyRow) -> Result<StoredRollout, StoreError> {
         changed_by: row.try_get("changed_by")?,
     })
 }
+
+/// A ruled review item whose message was decided while a candidate was on trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuledTrial {
+    /// The review item.
+    pub review_id: String,
+    /// Whether the moderator rejected the message (confirmed it harmful) rather than
+    /// approving it.
+    pub rejected: bool,
+    /// The version that decided, and its decision.
+    pub decided: (String, String),
+    /// The version on the other side of the trial, and its decision.
+    pub other: (String, String),
+}
+
+impl Store {
+    /// The latest `limit` rulings of the review queue on messages decided during a trial,
+    /// newest first, with what each side of the trial decided.
+    pub async fn ruled_trials(&self, limit: u32) -> Result<Vec<RuledTrial>, StoreError> {
+        self.timed(async move {
+            let rows = sqlx::query(
+                "SELECT r.id, r.status, a.model_version, a.decision, a.trial_version, \
+                 a.trial_decision FROM review_items r JOIN audit_log a \
+                 ON a.channel = r.channel AND a.message_id = r.message_id \
+                 WHERE r.status IN ('approved', 'rejected') AND a.trial_version <> '' \
+                 ORDER BY r.resolved_at DESC, r.id LIMIT $1",
+            )
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let status: String = row.try_get("status")?;
+                    Ok(RuledTrial {
+                        review_id: row.try_get("id")?,
+                        rejected: status == "rejected",
+                        decided: (row.try_get("model_version")?, row.try_get("decision")?),
+                        other: (
+                            row.try_get("trial_version")?,
+                            row.try_get("trial_decision")?,
+                        ),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}
