@@ -38,18 +38,24 @@ impl Decision {
         }
     }
 
+    /// Every decision, mildest first (the order of [`Decision::index`]).
+    pub const ALL: [Decision; 6] = [
+        Self::Allow,
+        Self::Hold,
+        Self::Hide,
+        Self::Warn,
+        Self::Timeout,
+        Self::Ban,
+    ];
+
+    /// Its place in [`Decision::ALL`] (and in severity order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The decision named by [`Decision::as_str`].
     pub fn from_name(name: &str) -> Option<Self> {
-        [
-            Self::Allow,
-            Self::Hold,
-            Self::Hide,
-            Self::Warn,
-            Self::Timeout,
-            Self::Ban,
-        ]
-        .into_iter()
-        .find(|d| d.as_str() == name)
+        Self::ALL.into_iter().find(|d| d.as_str() == name)
     }
 }
 

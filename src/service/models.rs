@@ -290,6 +290,17 @@ impl ModelRollouts {
     }
 }
 
+/// `current` with no set on trial, as the change `change` leaves it.
+fn without_trial(current: &StoredRollout, change: &str) -> StoredRollout {
+    StoredRollout {
+        candidate: String::new(),
+        mode: "none".to_owned(),
+        share: 0.0,
+        change: change.to_owned(),
+        ..current.clone()
+    }
+}
+
 /// `by` as a change's author.
 fn author(by: &str) -> String {
     if by.is_empty() {
@@ -389,13 +400,7 @@ impl Services {
                 "no head set is on trial".to_owned(),
             ));
         }
-        let next = StoredRollout {
-            candidate: String::new(),
-            mode: "none".to_owned(),
-            share: 0.0,
-            change: "end".to_owned(),
-            ..current.clone()
-        };
+        let next = without_trial(&current, "end");
         self.write_rollout(&current, next, by, reason).await
     }
 
@@ -433,11 +438,7 @@ impl Services {
         let next = StoredRollout {
             active: version.to_owned(),
             previous: self.models.resolved(&current).active,
-            candidate: String::new(),
-            mode: "none".to_owned(),
-            share: 0.0,
-            change: "promote".to_owned(),
-            ..current.clone()
+            ..without_trial(&current, "promote")
         };
         self.write_rollout(&current, next, by, reason).await
     }
@@ -459,11 +460,7 @@ impl Services {
         let next = StoredRollout {
             active: resolved.previous.clone(),
             previous: resolved.active.clone(),
-            candidate: String::new(),
-            mode: "none".to_owned(),
-            share: 0.0,
-            change: "rollback".to_owned(),
-            ..current.clone()
+            ..without_trial(&current, "rollback")
         };
         self.write_rollout(&current, next, by, reason).await
     }

@@ -67,15 +67,8 @@ const MIN_LATENCY_NS: u64 = 10_000;
 /// Lower edge of the overflow bin, in nanoseconds.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
 
-/// Every decision, in the order of [`decision_index`].
-const DECISIONS: [Decision; 6] = [
-    Decision::Allow,
-    Decision::Hold,
-    Decision::Hide,
-    Decision::Warn,
-    Decision::Timeout,
-    Decision::Ban,
-];
+/// Every decision, in the order of [`Decision::index`].
+const DECISIONS: [Decision; 6] = Decision::ALL;
 /// Every degraded component, in the order of [`component_index`].
 const COMPONENTS: [Degraded; 4] = [
     Degraded::Model,
@@ -340,17 +333,6 @@ fn slot_of(minute: i64) -> usize {
     minute.rem_euclid(SLOTS as i64) as usize
 }
 
-fn decision_index(decision: Decision) -> usize {
-    match decision {
-        Decision::Allow => 0,
-        Decision::Hold => 1,
-        Decision::Hide => 2,
-        Decision::Warn => 3,
-        Decision::Timeout => 4,
-        Decision::Ban => 5,
-    }
-}
-
 fn component_index(component: Degraded) -> usize {
     match component {
         Degraded::Model => 0,
@@ -540,7 +522,7 @@ impl Counts {
     fn add(&mut self, sample: &Sample<'_>) {
         let verdict = sample.verdict;
         self.messages += 1;
-        self.decisions[decision_index(verdict.decision)] += 1;
+        self.decisions[Decision::index(verdict.decision)] += 1;
         for reason in &verdict.reasons {
             let (map, key) = match reason.source {
                 ReasonSource::Rule => (&mut self.rules, &reason.rule_id),

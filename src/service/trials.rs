@@ -16,16 +16,6 @@ use crate::domain::Decision;
 /// Candidate versions remembered at most (the oldest is forgotten first).
 const MAX_VERSIONS: usize = 8;
 
-/// Every [`Decision`], in severity order.
-pub const DECISIONS: [Decision; 6] = [
-    Decision::Allow,
-    Decision::Hold,
-    Decision::Hide,
-    Decision::Warn,
-    Decision::Timeout,
-    Decision::Ban,
-];
-
 /// One candidate's counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrialCounts {
@@ -39,9 +29,9 @@ pub struct TrialCounts {
     pub candidate_laxer: u64,
     /// Of them, enforced as the candidate decided (a split's share).
     pub decided_by_candidate: u64,
-    /// The candidate's decisions, by [`DECISIONS`] index: what it did or would have done.
+    /// The candidate's decisions, by [`Decision::index`]: what it did or would have done.
     pub candidate_decisions: [u64; 6],
-    /// The active set's decisions on the same messages, by [`DECISIONS`] index.
+    /// The active set's decisions on the same messages, by [`Decision::index`].
     pub active_decisions: [u64; 6],
 }
 
@@ -64,13 +54,6 @@ pub struct Comparison<'a> {
 #[derive(Debug, Default)]
 pub struct Trials {
     counts: Mutex<BTreeMap<String, (u64, TrialCounts)>>,
-}
-
-fn index(decision: Decision) -> usize {
-    DECISIONS
-        .iter()
-        .position(|&d| d == decision)
-        .expect("every decision is listed")
 }
 
 impl Trials {
@@ -130,8 +113,8 @@ impl Trials {
             _ => entry.candidate_laxer += 1,
         }
         entry.decided_by_candidate += u64::from(c.by_candidate);
-        entry.candidate_decisions[index(c.candidate_decision)] += 1;
-        entry.active_decisions[index(c.active_decision)] += 1;
+        entry.candidate_decisions[c.candidate_decision.index()] += 1;
+        entry.active_decisions[c.active_decision.index()] += 1;
     }
 
     /// Counts one message decided by the active set alone (no candidate on trial).

@@ -12,7 +12,6 @@ use crate::infra::model::registry::{HeadSummary, RegistryEntry};
 use crate::proto::*;
 use crate::service::Services;
 use crate::service::models::{ModelAdminError, RolloutView, TrialRequest};
-use crate::service::trials::DECISIONS;
 
 /// Longest reason, in characters.
 const MAX_REASON_CHARS: usize = 500;
@@ -30,14 +29,7 @@ impl From<ModelAdminError> for Status {
 }
 
 fn head(h: &Head) -> ModelHead {
-    ModelHead {
-        name: h.name.clone(),
-        labels: h.labels.clone(),
-        multi_label: h.multi_label,
-        thresholds: h.thresholds.clone().into_iter().collect(),
-        version: h.version.clone(),
-        metrics: h.metrics.clone().into_iter().collect(),
-    }
+    summary_head(&HeadSummary::of(h))
 }
 
 fn summary_head(h: &HeadSummary) -> ModelHead {
@@ -126,7 +118,7 @@ pub async fn get_model_info(services: &Services) -> ModelInfo {
                     Default::default()
                 });
             let by_decision = |counts: &[u64; 6]| {
-                DECISIONS
+                crate::domain::Decision::ALL
                     .iter()
                     .zip(counts)
                     .filter(|(_, n)| **n > 0)

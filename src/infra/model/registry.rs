@@ -34,6 +34,21 @@ pub struct HeadSummary {
     pub data_sha256: BTreeMap<String, String>,
 }
 
+impl HeadSummary {
+    /// A loaded head, summarised (its training data's hashes are not kept once loaded).
+    pub fn of(head: &super::heads::Head) -> Self {
+        Self {
+            name: head.name.clone(),
+            labels: head.labels.clone(),
+            multi_label: head.multi_label,
+            thresholds: head.thresholds.clone(),
+            version: head.version.clone(),
+            metrics: head.metrics.clone(),
+            data_sha256: BTreeMap::new(),
+        }
+    }
+}
+
 /// A listed head set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegistryEntry {
