@@ -174,7 +174,8 @@ struct TrainArgs {
     /// The heads to train, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "toxicity,spam,sentiment")]
     heads: Vec<String>,
-    /// Fold the moderators' feedback in the database (database.url) into the training data.
+    /// Fold the moderators' feedback in the database (database.url) into the training data;
+    /// needs an --out that holds no head set yet (the result is a candidate to try).
     #[arg(long)]
     with_feedback: bool,
 }
@@ -359,10 +360,14 @@ pub fn main() -> ExitCode {
     if let Command::Eval(args) = &cli.command {
         return run_eval(&config, args);
     }
-    if let Command::Train(args) = &cli.command
-        && !args.with_feedback
-    {
-        return run_train(&config, args, Vec::new());
+    if let Command::Train(args) = &cli.command {
+        if !args.with_feedback {
+            return run_train(&config, args, Vec::new());
+        }
+        if let Err(message) = check_retrain_out(args.out.as_deref()) {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
     }
     crate::telemetry::init(&config.log);
     for warning in warnings {
@@ -493,6 +498,27 @@ async fn run_replay(
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
     stdout.flush()?;
+    Ok(())
+}
+
+/// A retrain (`train --with-feedback`) makes a candidate: it is written to a directory of its
+/// own, never over a head set that exists (the shipped heads, or a registry set that may be
+/// in service).
+fn check_retrain_out(out: Option<&std::path::Path>) -> Result<(), String> {
+    let Some(out) = out else {
+        return Err(
+            "--with-feedback makes a candidate: name a new directory with --out \
+                    (e.g. models/registry/<date>), then try it with Admin.TryModel"
+                .to_owned(),
+        );
+    };
+    if out.join(crate::infra::model::heads::MANIFEST).exists() {
+        return Err(format!(
+            "--out: {} holds a head set already; a retrain never overwrites one (it may be in \
+             service): name a new directory",
+            out.display()
+        ));
+    }
     Ok(())
 }
 

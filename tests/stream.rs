@@ -539,7 +539,7 @@ async fn a_moderators_action_becomes_a_feedback_example_of_the_targets_last_mess
             "destinygg",
             "rude",
             "r2",
-            "toxicity/insult",
+            "unlabeled",
             true,
             FeedbackSource::ModeratorAction,
             "mod1",

@@ -421,6 +421,10 @@ async fn feedback_in_the_database_is_folded_into_training() {
             false,
         ),
         ("f4", "spam/spam", "buy followers cheap", true),
+        // A rule's action overturned: a negative of every binary label.
+        ("f5", "benign", "gg that clutch was insane", false),
+        // A mute seen in chat: harmful in no known way, taught to no label.
+        ("f6", "unlabeled", "you know what you did", true),
     ];
     for (i, (id, label, text, positive)) in feedback.into_iter().enumerate() {
         let recorded = store
@@ -461,13 +465,14 @@ async fn feedback_in_the_database_is_folded_into_training() {
     )
     .env("MODBOT_DATABASE_URL", &url));
     assert!(output.status.success(), "{stderr}");
-    // Three toxicity examples (two positive, one negative); the spam one has no head here.
-    assert!(stderr.contains("3 from feedback"), "{stderr}");
+    // Insult: three toxicity examples (two positive, one negative) and the benign one; the spam
+    // one has no head here, the unlabeled one teaches nothing.
+    assert!(stderr.contains("4 from feedback"), "{stderr}");
     let training = &manifest(&out)["heads"][0]["training"];
-    assert_eq!(training["insult"]["feedback_examples"], 3);
+    assert_eq!(training["insult"]["feedback_examples"], 4);
     assert_eq!(
-        training["threat"]["feedback_examples"], 0,
-        "insult feedback teaches the insult label only"
+        training["threat"]["feedback_examples"], 1,
+        "insult feedback teaches the insult label only; a benign one every label"
     );
 }
 
@@ -491,6 +496,16 @@ fn bad_requests_are_refused_clearly() {
             "--check: the tolerance must be in [0, 1]",
         ),
         (&["eval", "--file", "x.jsonl"], 2, "--head"),
+        (
+            &["train", "--with-feedback"],
+            2,
+            "--with-feedback makes a candidate: name a new directory with --out",
+        ),
+        (
+            &["train", "--with-feedback", "--out", "models/heads"],
+            2,
+            "holds a head set already; a retrain never overwrites one",
+        ),
     ];
     for (args, code, expected) in cases {
         let (output, _, stderr) = run(&mut modbot(work.path(), args));

@@ -1195,6 +1195,8 @@ async fn an_overturned_automatic_action_teaches_a_false_positive() {
     let feedback = server.store().await.feedback().await.unwrap();
     assert_eq!(feedback.len(), 1, "{feedback:?}");
     assert!(!feedback[0].positive);
+    // A rule's action overturned: the message is a negative of every label, not of one.
+    assert_eq!(feedback[0].label, "benign");
     assert_eq!(feedback[0].message_id, "m1");
     assert_eq!(feedback[0].text, "free nitro at scam dot link");
     server.stop().await.unwrap();

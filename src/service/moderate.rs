@@ -35,10 +35,16 @@ const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// more likely unrelated, and a wrong example is worse than none.
 pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(120);
 
-/// The label a human moderator's action in chat teaches. The chats' actions carry no reason,
-/// and moderators of live-stream chats act on abuse far more than on spam (which the rules
-/// catch: links, copy-paste, rate), so a human action is taken as a toxicity example.
-pub const HUMAN_ACTION_LABEL: &str = "toxicity/insult";
+/// The label of a message a moderator acted on without saying why: a mute or ban seen in chat
+/// (the chats' actions carry no reason), or a review rejection labelled with a word of the
+/// team's rather than a `head/label`. It was harmful in some way, but not in a known one: an
+/// unlabeled positive, which `train --with-feedback` does not teach any one label.
+pub const UNLABELED: &str = "unlabeled";
+
+/// The label of a message a moderator judged acceptable when no model label was blamed for it
+/// (an overturned action a rule or a human took, an approved hold a rule made): a negative of
+/// every label, which `train --with-feedback` teaches every binary label.
+pub const BENIGN: &str = "benign";
 
 /// Decides messages with memory of each user.
 #[derive(Debug)]
@@ -486,7 +492,7 @@ impl Moderator {
     /// Records a human moderator's action seen in the chat as an offence of its target, so the
     /// ladder knows about it, and returns the feedback it teaches: the target's latest message
     /// in the channel, sent at most [`FEEDBACK_WINDOW`] before the action, as a positive
-    /// example of [`HUMAN_ACTION_LABEL`]. `None` when no such message is remembered.
+    /// example of no known label ([`UNLABELED`]). `None` when no such message is remembered.
     pub async fn moderator_action(
         &self,
         channel: &str,
@@ -514,7 +520,7 @@ impl Moderator {
             user_id: target.to_owned(),
             message_id: message.message_id.clone(),
             text: message.text.clone(),
-            label: HUMAN_ACTION_LABEL.to_owned(),
+            label: UNLABELED.to_owned(),
             positive: true,
             source: FeedbackSource::ModeratorAction,
             actor: moderator.to_owned(),

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::Services;
 use super::actions::dispatch::count_recorded;
 use super::actions::workflow::WorkflowError;
-use super::moderate::HUMAN_ACTION_LABEL;
+use super::moderate::{BENIGN, UNLABELED};
 use super::records::Page;
 use crate::domain::{
     Action, ActionKind, ActionSource, ActionStatus, ChatMessage, NewAction, OnExpiry, PageAfter,
@@ -210,6 +210,10 @@ impl Services {
                     .collect();
                 labels.sort_unstable();
                 labels.dedup();
+                if labels.is_empty() {
+                    // Held by a rule, and fine: nothing any label should fire on.
+                    labels.push(BENIGN);
+                }
                 let feedback = labels
                     .into_iter()
                     .map(|l| example(l, false, FeedbackSource::ReviewApproved, "approve"))
@@ -237,8 +241,8 @@ impl Services {
                 let label = if label.contains('/') {
                     label.as_str()
                 } else {
-                    // A word of the team's teaches the catch-all label humans' actions do.
-                    HUMAN_ACTION_LABEL
+                    // A word of the team's names no label the heads have.
+                    UNLABELED
                 };
                 let feedback = vec![example(
                     label,

@@ -199,17 +199,18 @@ async fn of_concurrent_rulings_exactly_one_stands() {
         .into_inner();
     assert_eq!(stored.moderator, won[0].moderator);
     assert_eq!(stored.status, won[0].status);
-    // Only the winning ruling's example exists: a rejection teaches one, an approval of a
-    // rule's hold none.
+    // Only the winning ruling's example exists: a rejection teaches a positive, an approval
+    // of a rule's hold a benign negative.
     let feedback = server.store().await.feedback().await.unwrap();
     let rejected = won[0].status == ReviewStatus::Rejected as i32;
-    assert_eq!(feedback.len(), usize::from(rejected), "{feedback:?}");
+    assert_eq!(feedback.len(), 1, "{feedback:?}");
+    assert_eq!(feedback[0].positive, rejected, "{feedback:?}");
     assert!(feedback.iter().all(|f| f.actor == won[0].moderator));
     server.stop().await.unwrap();
 }
 
 #[tokio::test]
-async fn an_approval_lets_the_message_stand_and_teaches_no_rule_label() {
+async fn an_approval_lets_the_message_stand_and_teaches_it_is_benign() {
     let server = TestServer::start(|_| {}).await;
     hold_rule(&server).await;
     let verdicts = server
@@ -223,8 +224,21 @@ async fn an_approval_lets_the_message_stand_and_teaches_no_rule_label() {
         .into_inner();
     assert_eq!(ruled.item.unwrap().status, ReviewStatus::Approved as i32);
     assert!(ruled.action.is_none(), "nothing happens to the author");
-    // A rule's hold, not a model's: no model label to correct.
-    assert!(server.store().await.feedback().await.unwrap().is_empty());
+    // A rule's hold, not a model's: no model label to correct, but the message is acceptable
+    // chat, a negative of every label.
+    let feedback = server.store().await.feedback().await.unwrap();
+    let taught: Vec<_> = feedback
+        .iter()
+        .map(|f| {
+            (
+                f.label.as_str(),
+                f.positive,
+                f.source.as_str(),
+                f.message_id.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(taught, [("benign", false, "review_approved", "m1")]);
     server.stop().await.unwrap();
 }
 

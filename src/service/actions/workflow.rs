@@ -14,7 +14,7 @@ use crate::engine::normalize::normalize;
 use crate::infra::store::{
     AuditQuery, AuditRecord, Feedback, FeedbackSource, Filed, Resolved, StoreError,
 };
-use crate::service::moderate::{HUMAN_ACTION_LABEL, Moderator, PARDON_FAILURES, state_time};
+use crate::service::moderate::{BENIGN, Moderator, PARDON_FAILURES, state_time};
 
 /// Why a workflow step was refused. `grpc/status.rs` maps each to its gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +143,7 @@ pub struct Ruling {
 
 /// Resolves an open appeal. Overturning sends the reversing action (unmute, unban) through the
 /// dispatcher and records the message as a false positive for each model label that fired on
-/// it (or, for an action no model label asked for, for [`HUMAN_ACTION_LABEL`]). One
+/// it (or, for an action no model label asked for, as [`BENIGN`]). One
 /// transaction: of several concurrent rulings on one appeal exactly one applies; the others
 /// are `FailedPrecondition`.
 ///
@@ -357,7 +357,7 @@ async fn audit_record(
 
 /// The negative examples an overturned action teaches: its message (`record`), normalised as
 /// the model sees it, for each model label that fired on it; for an action that no model label
-/// asked for (a rule's, or a human's), for [`HUMAN_ACTION_LABEL`]. None when the message is
+/// asked for (a rule's, or a human's), as [`BENIGN`]. None when the message is
 /// not in the audit log (no text to learn from).
 fn false_positives(
     moderator: &Moderator,
@@ -378,7 +378,7 @@ fn false_positives(
         .collect();
     labels.dedup();
     if labels.is_empty() {
-        labels.push(HUMAN_ACTION_LABEL.to_owned());
+        labels.push(BENIGN.to_owned());
     }
     let engine = moderator.engine();
     let policy = engine.rules().policy(&action.channel);

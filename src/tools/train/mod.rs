@@ -11,9 +11,19 @@
 //! The heads are written as safetensors plus `heads.json`, then evaluated on the held-out test
 //! splits ([`crate::tools::eval`]) and the test metrics recorded in the manifest.
 //!
-//! `--with-feedback` folds the moderators' feedback from the database (human actions seen in
-//! chat, overturned appeals) into the training side of the split, never into validation or
-//! test data.
+//! `--with-feedback` folds the moderators' feedback from the database into the training side
+//! of the split, never into validation or test data. Each example counts twice a dataset
+//! example (a moderator's judgement is about this community's chat); what it teaches depends
+//! on its label:
+//!
+//! | feedback | from | teaches |
+//! | --- | --- | --- |
+//! | `head/label`, positive | a review rejection labelled `head/label` | that label: positive |
+//! | `head/label`, negative | an approved hold or overturned action a model label asked for | that label: negative |
+//! | `benign`, negative | an approved hold or overturned action no model label asked for | every binary label: negative |
+//! | `unlabeled`, positive | a mute or ban seen in chat (no reason), a rejection labelled with a team word | nothing: harmful in no known way; counted, not used |
+//!
+//! The softmax sentiment head takes only its own labels.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +34,7 @@ use serde_json::json;
 use crate::infra::model::fit::{self, FitConfig, FitData, Fitted};
 use crate::infra::model::heads::{self, Heads};
 use crate::infra::model::ngram::{NgramConfig, NgramModel};
+use crate::service::moderate::BENIGN;
 use crate::tools::datasets::data::{self, Example, Task};
 use crate::tools::datasets::embed::{self, Embedder};
 use crate::tools::datasets::{
@@ -34,7 +45,7 @@ use crate::tools::eval::{self, metrics};
 /// One feedback example from the moderators, for `--with-feedback`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedbackExample {
-    /// `head/label` it teaches.
+    /// `head/label` it teaches, or `benign` / `unlabeled` (see the module's table).
     pub label: String,
     /// The (normalised) message text.
     pub text: String,
@@ -224,8 +235,12 @@ fn train_task(
     let mut weights = vec![1.0f32; train.len()];
     let mut feedback_used = 0;
     for feedback in &options.feedback {
-        let Some((head, label)) = feedback.label.split_once('/') else {
-            continue;
+        let (head, label) = match feedback.label.split_once('/') {
+            Some(pair) => pair,
+            // A negative of everything: of this label too, if it is a binary one.
+            None if feedback.label == BENIGN && !feedback.positive => (task.head, task.labels[0]),
+            // Unlabeled positives (and anything else) teach no label.
+            None => continue,
         };
         if head != task.head {
             continue;
