@@ -158,8 +158,9 @@ impl Lineup {
     }
 
     /// Whether the candidate decides the message of `user` in `channel`: only in a split, for
-    /// the units that hash below its share. The hash is of the candidate's version and the
-    /// unit, so every replica assigns alike, and raising the share only adds units.
+    /// the units that hash below its share. The hash is of the candidate's heads version (not
+    /// the encoder's part, which says int8 on some replicas) and the unit, so every replica
+    /// assigns alike, and raising the share only adds units.
     pub fn candidate_decides(&self, channel: &str, user: &str) -> bool {
         let Some(Trial {
             candidate,
@@ -173,7 +174,7 @@ impl Lineup {
             SplitUnit::Channel => channel,
             SplitUnit::User => user,
         };
-        split_point(&candidate.version, key) < *share
+        split_point(&candidate.heads.version, key) < *share
     }
 }
 
