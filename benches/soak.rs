@@ -624,10 +624,11 @@ async fn drive_stream(
                 }
             }
             // The server could not record an action result (its database was down) and says
-            // so in-band, without the action's id: like `modbot bridge`, the harness does not
-            // resend it; the dispatcher sends such an action again on the next connection.
+            // so in-band, naming the action with UNAVAILABLE: the harness counts it and does
+            // not resend; the dispatcher sends such an action again on the next connection.
+            // Matched by code and id, as `modbot bridge` does, never by the message's words.
             Some(stream_moderate_response::Kind::Error(error))
-                if error.message.contains("send the result again") =>
+                if error.code == tonic::Code::Unavailable as i32 && !error.action_id.is_empty() =>
             {
                 outcome.results_refused += 1;
             }
