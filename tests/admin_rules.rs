@@ -2,7 +2,7 @@
 //! seeding, validation, versioning, applying a change at once, and hot reload across replicas.
 //! Every scenario runs on SQLite and on PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -496,6 +496,9 @@ fn policy(channel: &str) -> proto::Policy {
             show_text: true,
             recent_actions: 20,
         }),
+        links: Some(proto::LinkPolicy {
+            allow_domains: vec!["destiny.gg".into(), "clips.example.com".into()],
+        }),
         ..proto::Policy::default()
     }
 }
@@ -866,6 +869,20 @@ async fn bad_input_writes_nothing(db: &Db) {
         (
             bad_policy(|p| p.transparency.as_mut().unwrap().recent_actions = 501),
             "policy.transparency.recent_actions: 501 is outside [1, 500]",
+        ),
+        (
+            bad_policy(|p| {
+                let links = p.links.as_mut().unwrap();
+                links.allow_domains.push("not a domain".into());
+            }),
+            "policy.links.allow_domains: `not a domain` is not a domain name",
+        ),
+        (
+            bad_policy(|p| {
+                p.links.as_mut().unwrap().allow_domains =
+                    (0..1001).map(|i| format!("d{i}.example")).collect();
+            }),
+            "policy.links.allow_domains: 1001 domains; at most 1000",
         ),
         (
             bad_policy(|p| p.transparency.as_mut().unwrap().nicks = 7),

@@ -23,8 +23,8 @@ use crate::domain::MAX_ID_BYTES;
 use crate::domain::{Decision, OnExpiry};
 use crate::engine::rules::ClassifyActions;
 use crate::engine::rules::spec::{
-    DEFAULT_MEMORY_HALF_LIFE_SECS, EscalationSpec, ModelLabelSpec, ModelPolicySpec, NickDisplay,
-    NoticesSpec, RaidSpec, ReputationSpec, ReviewSpec, RuleParams, TransparencySpec,
+    DEFAULT_MEMORY_HALF_LIFE_SECS, EscalationSpec, LinksSpec, ModelLabelSpec, ModelPolicySpec,
+    NickDisplay, NoticesSpec, RaidSpec, ReputationSpec, ReviewSpec, RuleParams, TransparencySpec,
 };
 use crate::engine::rules::spec::{PolicySpec, RuleSpec};
 use crate::engine::rules::{Mode, PhraseSyntax, RulesError};
@@ -828,6 +828,9 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             },
         },
     };
+    let links = LinksSpec {
+        allow_domains: policy.links.map(|l| l.allow_domains).unwrap_or_default(),
+    };
     Ok((
         policy.channel,
         PolicySpec {
@@ -841,6 +844,7 @@ pub fn policy_from_proto(policy: proto::Policy) -> Result<(String, PolicySpec), 
             reputation,
             raid,
             transparency,
+            links,
             model: ModelPolicySpec { labels },
         },
     ))
@@ -1005,6 +1009,9 @@ pub fn policy_to_proto(
             .into(),
             show_text: spec.transparency.show_text,
             recent_actions: spec.transparency.recent_actions,
+        }),
+        links: Some(proto::LinkPolicy {
+            allow_domains: spec.links.allow_domains.clone(),
         }),
         harmful_labels: shown()
             .filter(|(_, l)| l.harmful)

@@ -81,14 +81,14 @@ impl Check {
         )
     }
 
-    /// Runs the check (profanity excepted, which `RuleSet::evaluate` runs with the shared
-    /// analysis).
-    pub fn check(&self, ctx: &Context<'_>) -> Option<Hit> {
+    /// Runs the check in a channel with `policy` (profanity excepted, which
+    /// `RuleSet::evaluate` runs with the shared analysis).
+    pub fn check(&self, ctx: &Context<'_>, policy: &super::Policy) -> Option<Hit> {
         match self {
             Check::Phrase(c) => c.check(ctx.normalized),
             // Needs the shared analysis: `RuleSet::evaluate` calls it directly.
             Check::Profanity(_) => None,
-            Check::Link(c) => c.check(ctx),
+            Check::Link(c) => c.check(ctx, &policy.allow_domains),
             Check::Caps(c) => c.check(ctx),
             Check::EmoteFlood(c) => c.check(ctx),
             Check::CharFlood(c) => c.check(ctx),
@@ -158,7 +158,9 @@ fn domain_matches(host: &str, domains: &[String]) -> Option<String> {
 }
 
 impl LinkCheck {
-    fn check(&self, ctx: &Context<'_>) -> Option<Hit> {
+    /// `channel_allow`: the channel's own trusted domains (`[policy.links]`), allowed as the
+    /// rule's `allow_domains` are.
+    fn check(&self, ctx: &Context<'_>, channel_allow: &[String]) -> Option<Hit> {
         let links = ctx
             .normalized
             .tokens
@@ -175,7 +177,8 @@ impl LinkCheck {
                 hit.evidence.pattern = domain;
                 return Some(hit);
             }
-            let allowed = domain_matches(&host, &self.allow).is_some();
+            let allowed = domain_matches(&host, &self.allow).is_some()
+                || domain_matches(&host, channel_allow).is_some();
             if !allowed
                 && let Some(brand) =
                     super::lookalike::lookalike_of(&host, &self.lookalike_brands, &self.allow)

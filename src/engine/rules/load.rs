@@ -525,6 +525,19 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
     {
         return Err(place.error("emotes", format!("`{bad}` is not an emote name (one word)")));
     }
+    let links = &config.links.allow_domains;
+    if links.len() > MAX_CHANNEL_DOMAINS {
+        return Err(place.error(
+            "links.allow_domains",
+            format!("{} domains; at most {MAX_CHANNEL_DOMAINS}", links.len()),
+        ));
+    }
+    if let Some(bad) = links.iter().find(|d| !is_domain(d.trim())) {
+        return Err(place.error(
+            "links.allow_domains",
+            format!("`{bad}` is not a domain name"),
+        ));
+    }
     let mut model = Vec::with_capacity(config.model.labels.len());
     for (label, l) in &config.model.labels {
         let key = |field: &str| format!("model.labels.\"{label}\".{field}");
@@ -591,8 +604,12 @@ fn compile_policy(config: &PolicySpec, place: &Place<'_>) -> Result<Policy, Rule
         },
         raid,
         transparency: config.transparency.clone(),
+        allow_domains: lower(links),
     })
 }
+
+/// The most domains a channel's `[policy.links]` may trust.
+pub const MAX_CHANNEL_DOMAINS: usize = 1000;
 
 /// Each value within its range, or an error naming the first key that is not (NaN never is).
 fn within<T: PartialOrd + std::fmt::Display, const N: usize>(
@@ -834,7 +851,8 @@ fn kind_name(kind: &str) -> &'static str {
 
 fn is_domain(text: &str) -> bool {
     let labels: Vec<&str> = text.split('.').collect();
-    labels.len() >= 2
+    text.len() <= 253
+        && labels.len() >= 2
         && labels
             .iter()
             .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-'))

@@ -101,6 +101,8 @@ pub struct Policy {
     pub raid: RaidPolicy,
     /// The public moderation log.
     pub transparency: spec::TransparencySpec,
+    /// The domains every link rule allows in this channel (`[policy.links]`, lower case).
+    pub allow_domains: Vec<String>,
 }
 
 /// The placeholders a notice template may use: the user's nick, the action's reason, its
@@ -482,7 +484,7 @@ impl RuleSet {
                 let analysis = *analysis.get_or_init(|| lexicon.analyze(ctx.normalized));
                 check.check(ctx.normalized, analysis)
             }
-            (check, _) => check.check(ctx),
+            (check, _) => check.check(ctx, policy),
         });
         let hit = match hit {
             Ok(Some(hit)) => hit,

@@ -85,9 +85,29 @@ pub struct PolicySpec {
     /// The public moderation log.
     #[serde(default)]
     pub transparency: TransparencySpec,
+    /// The channel's own trusted domains.
+    #[serde(default, skip_serializing_if = "LinksSpec::is_empty")]
+    pub links: LinksSpec,
     /// What the model's labels do.
     #[serde(default)]
     pub model: ModelPolicySpec,
+}
+
+/// `[policy.links]`: the domains a channel trusts (its own site, its clips host, its VOD
+/// channel). Every `link` rule treats a link to one of them, or to a subdomain, as its own
+/// `allow_domains` would: no look-alike, TLD, allow-list-only or new-user hit. A rule's
+/// `deny_domains` still wins, and repeating a trusted link is still a repeat.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinksSpec {
+    /// Domains every link rule allows in this channel (subdomains included).
+    pub allow_domains: Vec<String>,
+}
+
+impl LinksSpec {
+    fn is_empty(&self) -> bool {
+        self.allow_domains.is_empty()
+    }
 }
 
 /// `[policy.review]`: what becomes of held messages.

@@ -411,6 +411,69 @@ fn look_alike_domains_and_risky_tlds() {
 }
 
 #[test]
+fn a_channel_trusts_its_own_domains_in_every_link_rule() {
+    let rules = "[[rule]]\nid = \"r\"\naction = \"hide\"\nkind = \"link\"\n\
+                 [rule.params]\nallow_list_only = true\nallow_domains = [\"youtube.com\"]\n\
+                 deny_domains = [\"grabify.link\"]\nmin_user_age_secs = 600\n\
+                 lookalike_brands = [\"destiny\"]\ndeny_tlds = [\"gg\"]\n";
+    let own = format!(
+        "{POLICY}\n[channel.destinygg.links]\n\
+         allow_domains = [\"Destiny.gg\", \"clips.example.com\", \"grabify.link\"]\n{rules}"
+    );
+    let set = RuleSet::parse(&own, "test").unwrap();
+    let elsewhere = RuleSet::parse(&format!("{POLICY}\n{rules}"), "test").unwrap();
+    let regular = UserHistory {
+        first_seen_ms: Some(NOW - 3_600_000),
+        ..UserHistory::default()
+    };
+    let newcomer = UserHistory {
+        first_seen_ms: Some(NOW - 60_000),
+        ..UserHistory::default()
+    };
+    let quiet = ChannelWindow::default();
+    // In destinygg (the test message's channel) its domains pass the allow-list-only, TLD,
+    // look-alike and new-user checks, subdomains included ...
+    for text in [
+        "https://destiny.gg/bigscreen",
+        "www.destiny.gg/embed",
+        "https://vods.destiny.gg/x",
+        "clips.example.com/abc",
+    ] {
+        check_with(&set, text, &regular, &quiet, None);
+        check_with(&set, text, &newcomer, &quiet, None);
+        check_with(&elsewhere, text, &regular, &quiet, Some(text));
+    }
+    // ... but only they: their parent, a look-alike and other domains still fire,
+    check_with(
+        &set,
+        "example.com/abc",
+        &regular,
+        &quiet,
+        Some("example.com/abc"),
+    );
+    check_with(
+        &set,
+        "destiny-gg.ru/free",
+        &regular,
+        &quiet,
+        Some("destiny-gg.ru/free"),
+    );
+    // and a rule's own deny list still wins.
+    check_with(
+        &set,
+        "grabify.link/x",
+        &regular,
+        &quiet,
+        Some("grabify.link/x"),
+    );
+    assert_eq!(
+        set.policy("destinygg").allow_domains,
+        ["destiny.gg", "clips.example.com", "grabify.link"]
+    );
+    assert!(set.policy("other").allow_domains.is_empty());
+}
+
+#[test]
 fn links() {
     let deny = one_rule("kind = \"link\"\n[rule.params]\ndeny_domains = [\"grabify.link\"]");
     check(
