@@ -1,6 +1,6 @@
 //! The store suite, run against both backends: the embedded SQLite file and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -305,6 +305,92 @@ async fn rollout_suite(store: &Store) {
         .await
         .unwrap();
     assert_eq!(read[0].verdict.trial, decided.verdict.trial);
+
+    // The rulings on messages decided during a trial: a held message rejected in review, and
+    // an automatic action's appeal overturned (newest first). A moderator's own action
+    // appealed is no ruling on the model, and the unruled record above is none either.
+    let on_trial = |mut record: AuditRecord, decision: Decision| {
+        record.verdict.decision = decision;
+        record.verdict.model_version = "enc+heads@v2".into();
+        record.verdict.trial = Some(modbot::domain::TrialDecision {
+            version: "enc+heads@v3".into(),
+            decision: Decision::Allow,
+        });
+        record
+    };
+    let held = on_trial(
+        held("tr-held", "carol", NOW_MS as u64, 60_000),
+        Decision::Hold,
+    );
+    let mut automatic = stored_action(
+        "tr-auto",
+        ActionKind::Timeout,
+        Some(Duration::from_secs(60)),
+        ActionStatus::Executed,
+        0,
+    );
+    automatic.source = ActionSource::Automod;
+    let by_hand = stored_action(
+        "tr-mod",
+        ActionKind::Timeout,
+        Some(Duration::from_secs(60)),
+        ActionStatus::Executed,
+        0,
+    );
+    let audited = |action: &Action| {
+        on_trial(
+            record(
+                &action.channel,
+                &action.message_id,
+                &action.target_user_id,
+                "you are a clown, free nitro here",
+            ),
+            Decision::Timeout,
+        )
+    };
+    store
+        .record_verdicts(&[held.clone(), audited(&automatic), audited(&by_hand)])
+        .await
+        .unwrap();
+    let written = store.rulings_written();
+    let item = held.review.clone().unwrap();
+    let rejected = modbot::domain::ReviewItem {
+        status: ReviewStatus::Rejected,
+        resolved_at: Some(at(NOW_MS + 1_000)),
+        moderator: "mod1".into(),
+        ..item
+    };
+    store.settle_review(&rejected, None, &[]).await.unwrap();
+    for (action, status) in [
+        (&automatic, AppealStatus::Overturned),
+        (&by_hand, AppealStatus::Upheld),
+    ] {
+        store.record_action(action).await.unwrap();
+        let open = appeal(&format!("appeal-{}", action.id), action, AppealStatus::Open);
+        store.file_appeal(&open).await.unwrap();
+        let ruled = appeal(&open.id, action, status);
+        store.resolve_appeal(&ruled, None, &[]).await.unwrap();
+    }
+    assert_eq!(store.rulings_written(), written + 3, "each ruling is noted");
+    let side = |version: &str, decision: &str| (version.to_owned(), decision.to_owned());
+    assert_eq!(
+        store.ruled_trials(10).await.unwrap(),
+        [
+            modbot::infra::store::RuledTrial {
+                message: "c/m-tr-auto".into(),
+                rejected: false,
+                decided: side("enc+heads@v2", "timeout"),
+                other: side("enc+heads@v3", "allow"),
+            },
+            modbot::infra::store::RuledTrial {
+                message: "destinygg/tr-held".into(),
+                rejected: true,
+                decided: side("enc+heads@v2", "hold"),
+                other: side("enc+heads@v3", "allow"),
+            },
+        ]
+    );
+    assert_eq!(store.ruled_trials(1).await.unwrap().len(), 1);
 }
 
 /// Feedback examples: round trip, oldest first, one judgement of a kind per message and label.

@@ -11,13 +11,15 @@
 //! A change is checked before it is written: its version is listed, its manifest reads, and
 //! its weights load on this encoder. A stored change that cannot be applied here (a set
 //! deleted from disk, a replica without the registry volume) is logged and counted
-//! (`modbot_model_rollout_failures_total`), `GetModelInfo` says why, and the lineup in force
-//! is kept: no change can stop moderation.
+//! (`modbot_model_rollout_failures_total`, once per revision), `GetModelInfo` says why, and
+//! the lineup in force is kept: no change can stop moderation. It is tried again on later
+//! polls, after 1 s, 2 s, 4 s ... at most a minute apart, so a registry volume that mounts
+//! late or a set copied back brings the change in without an admin re-issuing it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Mutex;
 
@@ -69,12 +71,16 @@ pub enum TrialRequest {
     },
 }
 
+/// The longest wait between two attempts at a rollout this replica could not apply.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
 /// What this replica has applied.
 #[derive(Debug, Default)]
 struct Applied {
-    /// The latest revision read, applied or not (one that failed is not retried, logged and
-    /// counted again until the revision moves on).
+    /// The latest revision read, applied or not.
     seen: Option<u64>,
+    /// When `seen` could not be applied: failed attempts so far and when to try again.
+    retry: Option<(u32, Instant)>,
     /// The latest rollout read (in force here unless `problem` says why not).
     latest: StoredRollout,
     /// Why the latest stored rollout is not in force here ("" when it is).
@@ -95,7 +101,17 @@ pub struct ModelRollouts {
     encoder: Option<(String, usize)>,
     /// Held across read, load and swap, so an older rollout can never replace a newer one.
     applied: Mutex<Applied>,
+    /// The latest agreement with the rulings, by (candidate, active, the store's rulings
+    /// written): a dashboard polling `GetModelInfo` joins the rulings with the audit log at
+    /// most once per [`AGREEMENT_TTL`], or when this replica writes a ruling.
+    agreement: Mutex<Option<AgreementRead>>,
 }
+
+/// An agreement with the rulings as read: when, for which versions and rulings, and what.
+type AgreementRead = (Instant, (String, String, u64), RulingAgreement);
+
+/// How long an agreement with the rulings is answered from memory.
+const AGREEMENT_TTL: Duration = Duration::from_secs(5);
 
 /// The rollout in force, as `GetModelInfo` and the changes answer it.
 #[derive(Debug, Clone)]
@@ -123,6 +139,7 @@ impl ModelRollouts {
             shipped: scorer.lineup().active.clone(),
             encoder: running.then(|| (description.version.clone(), description.embedding_dim)),
             applied: Mutex::new(Applied::default()),
+            agreement: Mutex::new(None),
         }
     }
 
@@ -212,10 +229,16 @@ impl ModelRollouts {
     pub async fn refresh(&self, moderator: &Moderator) -> Result<Option<u64>, ModelAdminError> {
         let mut applied = self.applied.lock().await;
         let stored = self.store.rollout().await?;
-        if applied.seen == Some(stored.revision) {
-            return Ok(None);
-        }
+        let failures = if applied.seen == Some(stored.revision) {
+            match applied.retry {
+                Some((failures, at)) if Instant::now() >= at => failures,
+                _ => return Ok(None),
+            }
+        } else {
+            0
+        };
         applied.seen = Some(stored.revision);
+        applied.retry = None;
         applied.latest = stored.clone();
         if self.encoder.is_none() {
             // Nothing to serve heads on: the rollout is recorded, not applied.
@@ -238,10 +261,16 @@ impl ModelRollouts {
                 Ok(Some(stored.revision))
             }
             Err(error) => {
-                metrics::counter!("modbot_model_rollout_failures_total").increment(1);
+                if failures == 0 {
+                    metrics::counter!("modbot_model_rollout_failures_total").increment(1);
+                }
+                let delay = Duration::from_secs(1u64 << failures.min(6)).min(MAX_RETRY_DELAY);
+                applied.retry = Some((failures + 1, Instant::now() + delay));
                 tracing::error!(
                     %error,
                     revision = stored.revision,
+                    attempt = failures + 1,
+                    retry_in_secs = delay.as_secs(),
                     "the stored model rollout cannot be applied here: keeping the heads in force"
                 );
                 applied.problem = format!("revision {} not applied: {error}", stored.revision);
@@ -469,10 +498,10 @@ impl Services {
 /// Rulings read at most to compare versions with the moderators.
 pub const MAX_RULINGS_COMPARED: u32 = 10_000;
 
-/// How two versions' decisions agreed with the moderators' rulings in the review queue.
+/// How two versions' decisions agreed with the moderators' rulings (review queue and appeals).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RulingAgreement {
-    /// Ruled review items whose message both versions decided (one enforced, one compared).
+    /// Messages both versions decided (one enforced, one compared) that a moderator ruled on.
     pub ruled: u64,
     /// Of them, how many the first version decided as the moderator ruled: it acted (held
     /// or harsher) on a message the moderator rejected, or allowed one the moderator approved.
@@ -488,7 +517,8 @@ fn agrees(decision: &str, rejected: bool) -> bool {
     acted == rejected
 }
 
-/// [`RulingAgreement`] of `first` and `second` over `rulings` (each review item once).
+/// [`RulingAgreement`] of `first` and `second` over `rulings`, newest first (each message
+/// once: its latest ruling).
 pub fn ruling_agreement(
     rulings: &[crate::infra::store::RuledTrial],
     first: &str,
@@ -506,7 +536,7 @@ pub fn ruling_agreement(
         let (Some(a), Some(b)) = (decision_of(first), decision_of(second)) else {
             continue;
         };
-        if !seen.insert(ruled.review_id.as_str()) {
+        if !seen.insert(ruled.message.as_str()) {
             continue;
         }
         agreement.ruled += 1;
@@ -524,8 +554,22 @@ impl Services {
         candidate: &str,
         active: &str,
     ) -> Result<RulingAgreement, StoreError> {
+        // Read before the rulings, so a ruling written meanwhile makes the next call read.
+        let key = (
+            candidate.to_owned(),
+            active.to_owned(),
+            self.store.rulings_written(),
+        );
+        if let Some((at, cached_key, agreement)) = &*self.models.agreement.lock().await
+            && *cached_key == key
+            && at.elapsed() < AGREEMENT_TTL
+        {
+            return Ok(*agreement);
+        }
         let rulings = self.store.ruled_trials(MAX_RULINGS_COMPARED).await?;
-        Ok(ruling_agreement(&rulings, candidate, active))
+        let agreement = ruling_agreement(&rulings, candidate, active);
+        *self.models.agreement.lock().await = Some((Instant::now(), key, agreement));
+        Ok(agreement)
     }
 }
 
@@ -536,7 +580,7 @@ mod tests {
 
     fn ruled(id: &str, rejected: bool, decided: (&str, &str), other: (&str, &str)) -> RuledTrial {
         RuledTrial {
-            review_id: id.to_owned(),
+            message: id.to_owned(),
             rejected,
             decided: (decided.0.to_owned(), decided.1.to_owned()),
             other: (other.0.to_owned(), other.1.to_owned()),
@@ -552,7 +596,7 @@ mod tests {
             ruled("r2", false, ("a", "hold"), ("c", "allow")),
             // Held by the candidate (a split), approved: the active set allowed it.
             ruled("r3", false, ("c", "hold"), ("a", "allow")),
-            // The same item twice (a message decided twice) counts once.
+            // The same message twice (reviewed, then its action appealed) counts once.
             ruled("r3", false, ("c", "hold"), ("a", "allow")),
             // Another trial's versions are not counted.
             ruled("r4", true, ("a", "hold"), ("x", "allow")),

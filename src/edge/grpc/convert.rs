@@ -264,6 +264,10 @@ impl From<domain::Verdict> for proto::Verdict {
             review_id: verdict.review_id.unwrap_or_default(),
             // Known to the caller that built the message (`ChatMessage.original_text_bytes`).
             text_truncated: false,
+            trial: verdict.trial.map(|t| proto::TrialSide {
+                model_version: t.version,
+                decision: proto::Decision::from(t.decision).into(),
+            }),
         }
     }
 }

@@ -552,6 +552,7 @@ impl Store {
                 super::feedback::insert_feedback(&mut tx, example).await?;
             }
             tx.commit().await?;
+            self.ruling_written();
             Ok(Resolved::Done(
                 resolved.clone(),
                 reversal.cloned().map(Box::new),

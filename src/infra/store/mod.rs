@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -376,6 +377,9 @@ pub struct Store {
     backend: Database,
     /// Longest one call may take ([`ConnectOptions::statement_timeout`] doubled).
     call_timeout: Duration,
+    /// Moves whenever this process writes a moderator's ruling (a review item settled, an
+    /// appeal resolved): what reads of [`Store::ruled_trials`] may be cached against.
+    rulings_written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -466,6 +470,7 @@ impl Store {
                         pool,
                         backend,
                         call_timeout,
+                        rulings_written: Arc::default(),
                     };
                     if backend == Database::Sqlite {
                         store

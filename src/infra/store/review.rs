@@ -221,6 +221,7 @@ impl Store {
                 insert_feedback(&mut tx, example).await?;
             }
             tx.commit().await?;
+            self.ruling_written();
             Ok(ReviewRuled::Done(
                 Box::new(settled.clone()),
                 action.cloned().map(Box::new),

@@ -137,13 +137,15 @@ fn from_row(row: &AnyRow) -> Result<StoredRollout, StoreError> {
     })
 }
 
-/// A ruled review item whose message was decided while a candidate was on trial.
+/// A moderator's ruling on a message decided while a candidate was on trial: a review item
+/// approved or rejected, or an appeal against the automatic action upheld or overturned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuledTrial {
-    /// The review item.
-    pub review_id: String,
-    /// Whether the moderator rejected the message (confirmed it harmful) rather than
-    /// approving it.
+    /// The message ruled on, `channel/message_id`: a message reviewed and then appealed is
+    /// one message, and its latest ruling stands.
+    pub message: String,
+    /// Whether the moderator confirmed the message harmful (rejected it, or upheld the action
+    /// taken on it) rather than clearing it (approved it, or overturned the action).
     pub rejected: bool,
     /// The version that decided, and its decision.
     pub decided: (String, String),
@@ -152,16 +154,43 @@ pub struct RuledTrial {
 }
 
 impl Store {
-    /// The latest `limit` rulings of the review queue on messages decided during a trial,
-    /// newest first, with what each side of the trial decided.
+    /// A number that moves whenever this process writes a ruling: a cached
+    /// [`Store::ruled_trials`] read older than it is stale (other processes' rulings are not
+    /// seen here).
+    pub fn rulings_written(&self) -> u64 {
+        self.rulings_written
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Notes that a ruling was written (see [`Store::rulings_written`]).
+    pub(super) fn ruling_written(&self) {
+        self.rulings_written
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The latest `limit` rulings on messages decided during a trial, newest first, with what
+    /// each side of the trial decided: the review queue's approvals and rejections, and the
+    /// rulings on appeals against automatic actions.
     pub async fn ruled_trials(&self, limit: u32) -> Result<Vec<RuledTrial>, StoreError> {
         self.timed(async move {
             let rows = sqlx::query(
-                "SELECT r.id, r.status, a.model_version, a.decision, a.trial_version, \
-                 a.trial_decision FROM review_items r JOIN audit_log a \
-                 ON a.channel = r.channel AND a.message_id = r.message_id \
-                 WHERE r.status IN ('approved', 'rejected') AND a.trial_version <> '' \
-                 ORDER BY r.resolved_at DESC, r.id LIMIT $1",
+                "SELECT t.channel, t.message_id, t.status, t.model_version, t.decision, \
+                 t.trial_version, t.trial_decision FROM ( \
+                   SELECT r.id AS id, r.resolved_at AS resolved_at, r.status AS status, \
+                   a.channel AS channel, a.message_id AS message_id, \
+                   a.model_version AS model_version, a.decision AS decision, \
+                   a.trial_version AS trial_version, a.trial_decision AS trial_decision \
+                   FROM review_items r JOIN audit_log a \
+                   ON a.channel = r.channel AND a.message_id = r.message_id \
+                   WHERE r.status IN ('approved', 'rejected') AND a.trial_version <> '' \
+                 UNION ALL \
+                   SELECT p.id, p.resolved_at, p.status, a.channel, a.message_id, \
+                   a.model_version, a.decision, a.trial_version, a.trial_decision \
+                   FROM appeals p JOIN actions x ON x.id = p.action_id \
+                   JOIN audit_log a ON a.channel = x.channel AND a.message_id = x.message_id \
+                   WHERE p.status IN ('upheld', 'overturned') AND x.source = 'automod' \
+                   AND a.trial_version <> '' \
+                 ) t ORDER BY t.resolved_at DESC, t.id LIMIT $1",
             )
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -169,9 +198,11 @@ impl Store {
             rows.iter()
                 .map(|row| {
                     let status: String = row.try_get("status")?;
+                    let channel: String = row.try_get("channel")?;
+                    let message_id: String = row.try_get("message_id")?;
                     Ok(RuledTrial {
-                        review_id: row.try_get("id")?,
-                        rejected: status == "rejected",
+                        message: format!("{channel}/{message_id}"),
+                        rejected: matches!(status.as_str(), "rejected" | "upheld"),
                         decided: (row.try_get("model_version")?, row.try_get("decision")?),
                         other: (
                             row.try_get("trial_version")?,
