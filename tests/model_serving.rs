@@ -6,7 +6,7 @@
 //! and a few friendly lines: enough to tell an insult from small talk, which is all these
 //! tests need. Issue 5's trained heads replace it in production.
 
-mod common;
+use crate::{browser, common};
 
 use std::path::Path;
 
@@ -820,6 +820,13 @@ async fn a_candidate_is_tried_in_shadow_and_split_then_promoted_and_rolled_back_
     let verdict = friendly_verdict(&server, "destinygg", "u1").await;
     assert_eq!(verdict.decision, Decision::Allow as i32, "{verdict:?}");
     assert!(verdict.model_version.ends_with("+heads@centroid-1"));
+    // The verdict says what the candidate would have decided.
+    let other = verdict.trial.as_ref().expect("the trial's other side");
+    assert!(
+        other.model_version.ends_with("+heads@centroid-2"),
+        "{other:?}"
+    );
+    assert_eq!(other.decision, Decision::Hide as i32);
     let info = model_info(&server).await;
     assert_eq!(info.candidate.as_ref().unwrap().version, "centroid-2");
     let trial = info.trial.unwrap();
@@ -896,6 +903,12 @@ async fn a_candidate_is_tried_in_shadow_and_split_then_promoted_and_rolled_back_
     let verdict = friendly_verdict(&server, "destinygg", "u2").await;
     assert_eq!(verdict.decision, Decision::Hide as i32, "{verdict:?}");
     assert!(verdict.model_version.ends_with("+heads@centroid-2"));
+    let other = verdict.trial.as_ref().expect("the active set's side");
+    assert!(
+        other.model_version.ends_with("+heads@centroid-1"),
+        "{other:?}"
+    );
+    assert_eq!(other.decision, Decision::Allow as i32);
     let trial = model_info(&server).await.trial.unwrap();
     assert_eq!((trial.compared, trial.decided_by_candidate), (3, 1));
 
@@ -981,7 +994,169 @@ async fn a_candidate_is_tried_in_shadow_and_split_then_promoted_and_rolled_back_
             .decision,
         Decision::Allow as i32
     );
+    // Once the set is back on disk the replica applies the stored change by itself, without
+    // a restart or a new change.
+    registered_copy(&heads, &registry.join("strict"), "centroid-2", 0.0);
+    common::eventually(
+        "the restarted replica applies the trial once its set is back",
+        || async {
+            let info = model_info(&restarted).await;
+            info.rollout.is_some_and(|r| r.problem.is_empty())
+                && info.candidate.is_some_and(|c| c.version == "centroid-2")
+        },
+    )
+    .await;
     for server in [server, replica, restarted] {
         server.stop().await.unwrap();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The console's Model view in a real browser (Debian's Chromium through chromedriver).
+
+/// An admin tries a candidate, watches the trial, promotes it and rolls it back from the
+/// console, with a reason and a second click for each fleet-wide change; a moderator sees the
+/// same view but cannot change anything, and the server refuses the moderator's call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_tries_promotes_and_rolls_back_a_candidate() {
+    use serde_json::json;
+    const ADMIN: &str = "model-admin-token-3f1a";
+    const MODERATOR: &str = "model-mod-token-9c2e";
+    let test = "the_console_tries_promotes_and_rolls_back_a_candidate";
+    let Some(model) = model_dir_or_skip(test) else {
+        return;
+    };
+    let Some(browser) = browser::Browser::start(test).await else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let heads = root.path().join("heads");
+    write_centroid_heads(&model, &heads);
+    let registry = root.path().join("registry");
+    registered_copy(&heads, &registry.join("strict"), "centroid-2", 0.0);
+    let rules = root.path().join("rules.toml");
+    std::fs::write(&rules, RULES_WITH_A_HOLD).unwrap();
+    let server = start_with_model(&model, &heads, |config| {
+        config.rules.file = rules.clone();
+        config.model.registry_dir = registry.clone();
+        config.auth.tokens = format!("admin ops {ADMIN}; moderator Mod {MODERATOR}");
+    })
+    .await;
+    let api = server.http().with_bearer(ADMIN);
+    let friendly = |user: &str| {
+        let api = api.clone();
+        let user = user.to_owned();
+        async move {
+            let reply = api
+                .post(
+                    "/modbot.v1.Moderation/Classify",
+                    &json!({ "messages": [{ "channel": "destinygg", "messageId": format!("m-{user}"),
+                        "userId": user, "text": "thanks for the stream, see you all tomorrow" }] }),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            let verdict: serde_json::Value = serde_json::from_str(&reply.text).unwrap();
+            verdict["verdicts"][0]["decision"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let base = format!("http://{}", server.http_addr);
+    let sign_in = |token: &'static str, who: &'static str| {
+        let browser = &browser;
+        let base = base.clone();
+        async move {
+            browser.client.goto(&format!("{base}/")).await.unwrap();
+            browser.type_into("#token", token).await;
+            browser.click("#sign-in").await;
+            browser.wait_text("#who", who).await;
+            browser.press("9").await;
+            browser.wait_text("#model-active", "centroid-").await;
+        }
+    };
+
+    // A moderator sees what decides and what could, but every change is the admins'.
+    sign_in(MODERATOR, "Mod (moderator)").await;
+    browser.wait_text("#model-versions", "centroid-2").await;
+    let disabled = browser
+        .eval(
+            "return [...document.querySelectorAll('#model-body button')].map(b => [b.textContent, b.disabled]);",
+        )
+        .await;
+    assert_eq!(disabled, json!([["Try", true]]), "{disabled}");
+    let refused = browser
+        .eval(
+            "return fetch('/modbot.v1.Admin/TryModel', { method: 'POST', credentials: 'same-origin', \
+             headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': S.session.csrfToken }, \
+             body: JSON.stringify({ version: 'centroid-2', mode: 'TRIAL_MODE_SHADOW', reason: 'sneaky' }) }) \
+             .then(r => r.status);",
+        )
+        .await;
+    assert_eq!(
+        refused,
+        json!(403),
+        "the server refuses a moderator's change"
+    );
+    browser.click("#logout").await;
+    browser.wait_text("#login-error", "Signed out").await;
+
+    // The admin tries the candidate in shadow: a reason is required.
+    sign_in(ADMIN, "ops (admin)").await;
+    assert_eq!(
+        browser.unlabelled().await,
+        json!([]),
+        "every control has a label"
+    );
+    browser.wait_text("#model-candidate", "none").await;
+    let try_strict = "#model-versions tr[data-version=\"centroid-2\"] button";
+    browser.click(try_strict).await;
+    browser.wait_text("#model-error", "Say why").await;
+    browser.type_into("#model-reason", "stricter insults").await;
+    browser.click(try_strict).await;
+    browser.wait_text("#model-candidate", "centroid-2").await;
+    browser.wait_text("#model-change", "stricter insults").await;
+    browser.wait_text("#model-trial", "shadow").await;
+    assert_eq!(
+        friendly("u1").await,
+        "DECISION_ALLOW",
+        "a shadow never decides"
+    );
+    browser.click("#model-refresh").await;
+    browser.wait_text("#trial-compared", "1").await;
+    browser.wait_text("#trial-decisions", "hide").await;
+    browser.shot("model-trial").await;
+
+    // Promoting takes a second click; then the candidate decides everywhere.
+    browser
+        .type_into("#model-reason", "fewer misses in the trial")
+        .await;
+    browser.click("#model-promote").await;
+    browser.wait_text("#model-promote", "Confirm").await;
+    assert_eq!(
+        friendly("u2").await,
+        "DECISION_ALLOW",
+        "one click changes nothing"
+    );
+    browser.click("#model-promote").await;
+    browser.wait_text("#status", "Promoted centroid-2").await;
+    browser.wait_text("#model-active", "centroid-2").await;
+    browser.wait_text("#model-candidate", "none").await;
+    assert_eq!(friendly("u3").await, "DECISION_HIDE");
+
+    // And the rollback restores the set it replaced.
+    browser
+        .type_into("#model-reason", "too strict after all")
+        .await;
+    browser.click("#model-rollback").await;
+    browser.click("#model-rollback").await;
+    browser
+        .wait_text("#status", "Rolled back to centroid-1")
+        .await;
+    browser.wait_text("#model-active", "centroid-1").await;
+    assert_eq!(friendly("u4").await, "DECISION_ALLOW");
+    browser.shot("model-rolled-back").await;
+
+    browser.client.clone().close().await.unwrap();
+    server.stop().await.unwrap();
 }

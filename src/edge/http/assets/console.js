@@ -947,22 +947,153 @@ function renderStats(root) {
 // ---------------------------------------------------------------------------------------------
 // Model
 
+const TRIAL_MODES = [['TRIAL_MODE_SHADOW', 'shadow (never enforced)'], ['TRIAL_MODE_SPLIT', 'split (decides a share)']];
+const SPLIT_UNITS = [['SPLIT_UNIT_CHANNEL', 'channels'], ['SPLIT_UNIT_USER', 'users']];
+const percent = (n, of) => (of ? `${(100 * n / of).toFixed(1)}%` : '–');
+
+/** A head set's heads: labels, thresholds and held-out metrics. */
+function headsTable(heads) {
+  return h('table', {}, h('thead', {}, h('tr', {}, ...['Head', 'Label', 'Threshold', 'Metrics'].map((t) => h('th', { scope: 'col' }, t)))),
+    h('tbody', {}, (heads || []).flatMap((head) => (head.labels || []).map((label, i) => h('tr', {},
+      h('td', {}, i === 0 ? `${head.name} ${head.version}` : ''), h('td', {}, label), h('td', { class: 'num' }, head.thresholds?.[label] ?? ''),
+      h('td', { class: 'muted' }, i === 0 ? Object.entries(head.metrics || {}).map(([k, v]) => `${k} ${Number(v).toFixed(4)}`).join(', ') : ''))))));
+}
+
+/** The trial so far: the two sides' decisions on the same messages and against moderators' rulings. */
+function trialPanel(trial, rollout) {
+  const decisions = [...new Set([...Object.keys(trial.activeDecisions || {}), ...Object.keys(trial.candidateDecisions || {})])];
+  const ruled = Number(trial.ruled || 0);
+  const mode = short(rollout.mode) === 'split' ? `split, ${percent(Number(rollout.share || 0), 1)} of ${short(rollout.unit) === 'user' ? 'users' : 'channels'}` : 'shadow';
+  return h('div', { class: 'panel', id: 'model-trial' },
+    h('h3', {}, `Trial of ${trial.version} (${mode}) on this replica`),
+    h('dl', { class: 'kv' },
+      h('dt', {}, 'Messages compared'), h('dd', { id: 'trial-compared' }, String(trial.compared || 0)),
+      h('dt', {}, 'Decided alike'), h('dd', {}, `${trial.agreed || 0} (${percent(Number(trial.agreed || 0), Number(trial.compared || 0))})`),
+      h('dt', {}, 'Candidate stricter / laxer'), h('dd', {}, `${trial.candidateStricter || 0} / ${trial.candidateLaxer || 0}`),
+      h('dt', {}, 'Decided by the candidate'), h('dd', {}, String(trial.decidedByCandidate || 0)),
+      h('dt', {}, 'Moderators\' rulings'), h('dd', { id: 'trial-rulings' }, ruled
+        ? `${ruled} ruled: the candidate agreed with ${trial.candidateAgreedWithRulings || 0} (${percent(Number(trial.candidateAgreedWithRulings || 0), ruled)}), the active set with ${trial.activeAgreedWithRulings || 0} (${percent(Number(trial.activeAgreedWithRulings || 0), ruled)})`
+        : 'none yet (held messages reviewed, appeals ruled)')),
+    decisions.length ? h('table', { id: 'trial-decisions' },
+      h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Decision'), h('th', { scope: 'col' }, 'Active set'), h('th', { scope: 'col' }, 'Candidate'))),
+      h('tbody', {}, decisions.map((d) => h('tr', {}, h('td', {}, decisionBadge(d)),
+        h('td', { class: 'num' }, String(trial.activeDecisions?.[d] || 0)), h('td', { class: 'num' }, String(trial.candidateDecisions?.[d] || 0)))))) : '');
+}
+
+/** Which head set decides, which is on trial, every set this replica can serve; admins try,
+ * end, promote and roll back (each asks for a reason, and a promotion or rollback for a second
+ * click). */
 function renderModel(root) {
   S.keys = {};
-  api('Admin/GetModelInfo', {}).then((info) => {
-    root.append(
-      h('dl', { class: 'kv', id: 'model-info' },
-        h('dt', {}, 'Loaded'), h('dd', {}, info.loaded ? 'yes' : 'no'),
-        h('dt', {}, 'Encoder'), h('dd', {}, info.encoder),
-        h('dt', {}, 'Version'), h('dd', {}, info.version),
-        h('dt', {}, 'Device'), h('dd', {}, info.device),
-        h('dt', {}, 'Status'), h('dd', {}, info.statusDetail || 'ok')),
-      ...(info.heads || []).map((head) => h('div', { class: 'panel' },
-        h('h3', {}, `${head.name} ${head.version}`),
-        h('table', {}, h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Label'), h('th', { scope: 'col' }, 'Threshold'))),
-          h('tbody', {}, (head.labels || []).map((label) => h('tr', {}, h('td', {}, label), h('td', {}, head.thresholds?.[label] ?? ''))))),
-        h('p', { class: 'muted' }, Object.entries(head.metrics || {}).map(([k, v]) => `${k} ${Number(v).toFixed(4)}`).join(', ')))));
-  }).catch((error) => say(errorText(error), true));
+  const canChange = hasRole('admin');
+  const body = h('div', { id: 'model-body' });
+  const [reasonField, reason] = field('Reason', h('input', { size: 28, id: 'model-reason', placeholder: 'why, for the record' }));
+  const withId = (el, id) => { el.id = id; return el; };
+  const [modeField, mode] = field('Mode', withId(select(TRIAL_MODES, 'TRIAL_MODE_SHADOW'), 'model-mode'));
+  const [shareField, share] = field('Share %', h('input', { size: 4, id: 'model-share', value: '10', inputmode: 'decimal' }));
+  const [unitField, unit] = field('Of', withId(select(SPLIT_UNITS, 'SPLIT_UNIT_CHANNEL'), 'model-unit'));
+  const error = h('div', { class: 'field-error', id: 'model-error', role: 'alert' });
+  let armed = null; // the button waiting for its second click
+  const change = async (method, request, done) => {
+    error.textContent = '';
+    if (!reason.value.trim()) {
+      error.textContent = 'Say why: the reason is kept with the change.';
+      reason.focus();
+      return;
+    }
+    try {
+      const rollout = await api(`Admin/${method}`, { ...request, reason: reason.value.trim() });
+      say(`${done} (rollout revision ${rollout.revision}).`);
+      reason.value = '';
+      load();
+    } catch (e) {
+      error.textContent = errorText(e);
+    }
+  };
+  /** A button that acts on its second click ("Confirm ..."), for changes every replica follows. */
+  const twoStep = (id, label, confirmLabel, action) => {
+    const button = h('button', { type: 'button', class: 'danger', id, disabled: !canChange,
+      title: canChange ? '' : 'Only admins change which head set decides' }, label);
+    button.addEventListener('click', () => {
+      if (armed !== button) {
+        if (armed) armed.textContent = armed.dataset.label;
+        armed = button;
+        button.dataset.label = label;
+        button.textContent = confirmLabel;
+        return;
+      }
+      armed = null;
+      button.textContent = label;
+      action();
+    });
+    return button;
+  };
+  const tryRequest = (version) => {
+    const split = mode.value === 'TRIAL_MODE_SPLIT';
+    return { version, mode: mode.value, share: split ? Number(share.value) / 100 : 0, unit: split ? unit.value : 'SPLIT_UNIT_UNSPECIFIED' };
+  };
+  const load = async () => {
+    armed = null;
+    try {
+      const [info, listed] = await Promise.all([api('Admin/GetModelInfo', {}), api('Admin/ListModelVersions', {})]);
+      const rollout = info.rollout || {};
+      const candidate = info.candidate?.version || '';
+      const controls = [];
+      if (candidate) {
+        controls.push(
+          twoStep('model-promote', `Promote ${candidate}`, `Confirm: promote ${candidate} on every replica`,
+            () => change('PromoteModel', { version: candidate }, `Promoted ${candidate}`)),
+          h('button', { type: 'button', id: 'model-end', disabled: !canChange, onclick: () => change('EndModelTrial', {}, 'Trial ended') }, 'End trial'));
+      }
+      if (rollout.previous && rollout.previous !== rollout.active) {
+        controls.push(twoStep('model-rollback', `Roll back to ${rollout.previous}`, `Confirm: roll back to ${rollout.previous} on every replica`,
+          () => change('RollbackModel', {}, `Rolled back to ${rollout.previous}`)));
+      }
+      const versions = listed.versions || [];
+      body.replaceChildren(
+        h('dl', { class: 'kv', id: 'model-info' },
+          h('dt', {}, 'Loaded'), h('dd', {}, info.loaded ? 'yes' : 'no'),
+          h('dt', {}, 'Encoder'), h('dd', {}, `${info.encoder || ''} on ${info.device || ''}`),
+          h('dt', {}, 'Deciding'), h('dd', { id: 'model-active' }, info.version || 'no heads'),
+          h('dt', {}, 'On trial'), h('dd', { id: 'model-candidate' }, candidate || 'none'),
+          h('dt', {}, 'Last change'), h('dd', { id: 'model-change' }, rollout.revision && rollout.revision !== '0'
+            ? `${rollout.change} by ${rollout.changedBy}, ${whenFull(rollout.changedAt)}: ${rollout.reason} (revision ${rollout.revision})`
+            : 'none: the shipped heads decide'),
+          h('dt', {}, 'Status'), h('dd', {}, info.statusDetail || 'ok')),
+        rollout.problem ? h('p', { class: 'error', id: 'model-problem', role: 'alert' }, `Not in force on this replica: ${rollout.problem}`) : '',
+        info.trial ? trialPanel(info.trial, rollout) : '',
+        h('div', { class: 'panel' },
+          h('h3', {}, 'Change which head set decides'),
+          h('div', { class: 'toolbar' }, reasonField, modeField, shareField, unitField),
+          h('div', { class: 'toolbar' }, ...controls),
+          error),
+        h('h3', {}, `Head sets this replica can serve (${versions.length})`),
+        h('table', { id: 'model-versions' },
+          h('thead', {}, h('tr', {}, ...['Version', 'Role', 'Encoder', 'Labels', 'Directory', ''].map((t) => h('th', { scope: 'col' }, t)))),
+          h('tbody', {}, versions.map((v) => {
+            const role = v.active ? 'active' : v.candidate ? 'on trial' : v.problem ? 'cannot be served' : '';
+            const labels = (v.heads || []).flatMap((head) => (head.labels || []).map((l) => `${head.name}/${l}`));
+            const canTry = canChange && v.version && !v.active && !v.problem;
+            return h('tr', { 'data-version': v.version },
+              h('td', { class: 'mono' }, v.version || '(unreadable)'),
+              h('td', {}, role, v.problem ? h('div', { class: 'field-error' }, v.problem) : ''),
+              h('td', { class: 'muted' }, v.encoder || ''),
+              h('td', {}, labels.join(', ')),
+              h('td', { class: 'mono muted' }, `${v.dir || ''}${v.shipped ? ' (shipped)' : ''}`),
+              h('td', {}, v.version && !v.active && !v.problem
+                ? h('button', { type: 'button', class: 'try', disabled: !canTry, 'aria-label': `Try ${v.version}`,
+                  title: canChange ? '' : 'Only admins change which head set decides',
+                  onclick: () => change('TryModel', tryRequest(v.version), `Trying ${v.version}`) }, v.candidate ? 'Try again' : 'Try')
+                : ''));
+          }))),
+        h('h3', {}, `Active heads (${info.version || 'none'})`),
+        headsTable(info.heads));
+    } catch (e) {
+      say(errorText(e), true);
+    }
+  };
+  root.append(h('div', { class: 'toolbar' }, h('button', { type: 'button', id: 'model-refresh', onclick: load }, 'Refresh')), body);
+  load();
 }
 
 const RENDER = {
