@@ -41,7 +41,8 @@ NAMESPACE = "moderation"
 # newest that kubernetes-validate bundles.
 KUBE_VERSIONS = ("1.27", "1.37")
 BUILTIN_KINDS = {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                 "PersistentVolumeClaim"}
+                 "PersistentVolumeClaim", "CronJob"}
+REGISTRY_DIR = "/app/models/registry"
 NOTES = "modbot/templates/NOTES.txt"
 DASHBOARD = CHART / "dashboards" / "modbot.json"
 
@@ -169,6 +170,11 @@ class ChartCase:
         return [d for d in self.of_kind("Deployment")
                 if d["metadata"]["labels"]["app.kubernetes.io/component"] == "bridge"]
 
+    def pods(self) -> list[dict]:
+        """Every pod template: the Deployments' and the CronJob's."""
+        return ([d["spec"]["template"]["spec"] for d in self.of_kind("Deployment")]
+                + [c["spec"]["jobTemplate"]["spec"]["template"]["spec"] for c in self.of_kind("CronJob")])
+
     def serve(self) -> dict:
         [deployment] = [d for d in self.of_kind("Deployment")
                         if d["metadata"]["labels"]["app.kubernetes.io/component"] == "serve"]
@@ -260,22 +266,23 @@ class ChartCase:
                 mountable.add((v["tls"]["clientCA"]["existingSecret"], v["tls"]["clientCA"]["key"]))
         if v["tls"]["serverCA"]["existingSecret"]:
             mountable.add((v["tls"]["serverCA"]["existingSecret"], v["tls"]["serverCA"]["key"]))
-        for deployment in self.of_kind("Deployment"):
-            for volume in deployment["spec"]["template"]["spec"]["volumes"]:
+        for pod in self.pods():
+            for volume in pod["volumes"]:
                 if "secret" in volume:
                     for item in volume["secret"]["items"]:
                         self.assertIn((volume["secret"]["secretName"], item["key"]), mountable)
         secret_env = {"MODBOT_AUTH_TOKENS", "MODBOT_DATABASE_URL", "MODBOT_REDIS_URL",
                       "MODBOT_BRIDGE_CHAT_TOKEN", "MODBOT_BRIDGE_SERVER_TOKEN"}
-        for deployment in self.of_kind("Deployment"):
-            for container in deployment["spec"]["template"]["spec"]["containers"]:
+        for pod in self.pods():
+            for container in pod["containers"]:
                 for e in container.get("env", []):
                     if e["name"] in secret_env:
                         self.assertNotIn("value", e, e["name"])
                     ref = e.get("valueFrom", {}).get("secretKeyRef")
                     if ref:
                         self.assertIn((ref["name"], ref["key"]), allowed)
-                self.assertFalse(any("token" in a.lower() and a.startswith("--") for a in container["args"]))
+                words = " ".join(container.get("command", []) + container["args"]).split()
+                self.assertFalse(any("token" in a.lower() and a.startswith("--") for a in words))
         serve_env = {e["name"] for e in self.serve()["spec"]["template"]["spec"]["containers"][0]["env"]}
         self.assertIn("MODBOT_AUTH_TOKENS", serve_env)
         self.assertEqual("MODBOT_DATABASE_URL" in serve_env, bool(v["database"]["existingSecret"]))
@@ -283,8 +290,7 @@ class ChartCase:
 
     def test_security_and_volumes(self) -> None:
         configmap = self.config_map()
-        for deployment in self.of_kind("Deployment"):
-            pod = deployment["spec"]["template"]["spec"]
+        for pod in self.pods():
             self.assertTrue(pod["securityContext"]["runAsNonRoot"])
             self.assertNotEqual(pod["securityContext"]["runAsUser"], 0)
             volumes = {vol["name"]: vol for vol in pod["volumes"]}
@@ -297,7 +303,8 @@ class ChartCase:
                 for m in mounts.values():
                     self.assertIn(m["name"], volumes)
                 self.assertIn("emptyDir", volumes[mounts["/tmp"]["name"]])
-                config_arg = container["args"][container["args"].index("--config") + 1]
+                words = " ".join(container.get("command", []) + container["args"]).split()
+                config_arg = words[words.index("--config") + 1]
                 config_mount = mounts[str(Path(config_arg).parent)]
                 self.assertEqual(volumes[config_mount["name"]]["configMap"]["name"], configmap["metadata"]["name"])
                 self.assertIn(Path(config_arg).name, configmap["data"])
@@ -322,6 +329,58 @@ class ChartCase:
         else:
             self.assertIn("emptyDir", serve_volumes[serve_mounts[data_dir]])
             self.assertEqual(claims, [])
+
+    def test_registry_and_retrain(self) -> None:
+        """The registry claim read-only in every serve pod at model.registry_dir; the retrain
+        CronJob writing a new directory of it per run, with the feedback's database."""
+        v = self.effective
+        [serve] = self.serve()["spec"]["template"]["spec"]["containers"]
+        serve_pod = self.serve()["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m for m in serve["volumeMounts"]}
+        env = {e["name"]: e for e in serve["env"]}
+        jobs = self.of_kind("CronJob")
+        if not v["registry"]["existingClaim"]:
+            self.assertNotIn(REGISTRY_DIR, mounts)
+            self.assertNotIn("MODBOT_MODEL_REGISTRY_DIR", env)
+            self.assertEqual(jobs, [])
+            return
+        claim = v["registry"]["existingClaim"]
+        self.assertTrue(mounts[REGISTRY_DIR]["readOnly"])
+        volumes = {vol["name"]: vol for vol in serve_pod["volumes"]}
+        self.assertEqual(volumes[mounts[REGISTRY_DIR]["name"]]["persistentVolumeClaim"],
+                         {"claimName": claim, "readOnly": True})
+        self.assertEqual(env["MODBOT_MODEL_REGISTRY_DIR"]["value"], REGISTRY_DIR)
+        if not v["retrain"]["enabled"]:
+            self.assertEqual(jobs, [])
+            return
+        [job] = jobs
+        self.assertEqual(job["spec"]["schedule"], v["retrain"]["schedule"])
+        self.assertEqual(job["spec"]["concurrencyPolicy"], "Forbid")
+        template = job["spec"]["jobTemplate"]["spec"]
+        self.assertEqual(template["backoffLimit"], 0)
+        pod = template["template"]["spec"]
+        self.assertEqual(pod["restartPolicy"], "Never")
+        [container] = pod["containers"]
+        volumes = {vol["name"]: vol for vol in pod["volumes"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        self.assertFalse(mounts[REGISTRY_DIR].get("readOnly", False))
+        self.assertEqual(volumes[mounts[REGISTRY_DIR]["name"]]["persistentVolumeClaim"]["claimName"], claim)
+        self.assertEqual(volumes[mounts["/app/train-data"]["name"]]["persistentVolumeClaim"]["claimName"],
+                         v["retrain"]["datasetsClaim"])
+        script = " ".join(container["command"] + container["args"])
+        words = script.split()
+        self.assertEqual(words[:2], ["/bin/sh", "-c"])
+        self.assertEqual(words[2:4], ["exec", "modbot"])
+        self.assertIn("train", words)
+        self.assertIn("--with-feedback", words)
+        self.assertEqual(words[words.index("--datasets") + 1], "/app/train-data/datasets")
+        out = words[words.index("--out") + 1]
+        self.assertTrue(out.startswith(f'"{REGISTRY_DIR}/feedback-$(date'), out)
+        job_env = {e["name"]: e for e in container["env"]}
+        self.assertEqual(job_env["MODBOT_DATABASE_URL"]["valueFrom"]["secretKeyRef"],
+                         {"name": v["database"]["existingSecret"], "key": v["database"]["key"]})
+        self.assertEqual(job_env["MODBOT_DATA_DIR"]["value"], "/app/train-data")
+        self.assertEqual(container["resources"], v["retrain"]["resources"])
 
     def shutdown_grace(self) -> int:
         """config.grpc.shutdown_grace_secs as the pods read it: the ConfigMap's, else modbot's
@@ -542,7 +601,7 @@ class EverythingOn(ChartCase, unittest.TestCase):
 
     values_file = "ci-values.yaml"
     expect_kinds = {"ConfigMap": 2, "Deployment": 3, "Service": 1, "PodDisruptionBudget": 1,
-                    "HorizontalPodAutoscaler": 1, "ServiceMonitor": 1, "PodMonitor": 1}
+                    "HorizontalPodAutoscaler": 1, "ServiceMonitor": 1, "PodMonitor": 1, "CronJob": 1}
 
 
 def plaintext(values: dict) -> None:
@@ -556,7 +615,7 @@ class PlaintextBridges(ChartCase, unittest.TestCase):
     values_file = "ci-values.yaml"
     overrides = staticmethod(plaintext)
     expect_kinds = {"ConfigMap": 1, "Deployment": 3, "Service": 1, "PodDisruptionBudget": 1,
-                    "HorizontalPodAutoscaler": 1, "ServiceMonitor": 1, "PodMonitor": 1}
+                    "HorizontalPodAutoscaler": 1, "ServiceMonitor": 1, "PodMonitor": 1, "CronJob": 1}
 
 
 def mutual_tls(values: dict) -> None:
@@ -572,7 +631,7 @@ class MutualTLS(ChartCase, unittest.TestCase):
     values_file = "ci-values.yaml"
     overrides = staticmethod(mutual_tls)
     expect_kinds = {"ConfigMap": 2, "Deployment": 1, "Service": 1, "PodDisruptionBudget": 1,
-                    "HorizontalPodAutoscaler": 1, "ServiceMonitor": 1}
+                    "HorizontalPodAutoscaler": 1, "ServiceMonitor": 1, "CronJob": 1}
 
 
 def persistent_sqlite(values: dict) -> None:
@@ -839,6 +898,19 @@ class Refused(unittest.TestCase):
 
     def test_nested_table(self) -> None:
         self.refused(lambda v: v["config"]["grpc"].update(tls={"x": 1}), "do not nest")
+
+    def test_retrain_without_what_it_needs(self) -> None:
+        def without_database(v: dict) -> None:
+            v.update(replicaCount=1)
+            v["autoscaling"]["enabled"] = False
+            v["database"]["existingSecret"] = ""
+        for change, message in (
+            (lambda v: v["registry"].update(existingClaim=""), "retrain.enabled needs registry.existingClaim"),
+            (without_database, "retrain.enabled needs database.existingSecret"),
+            (lambda v: v["retrain"].update(datasetsClaim=""), "retrain.enabled needs retrain.datasetsClaim"),
+        ):
+            with self.subTest(message=message):
+                self.refused(change, message)
 
     def test_bridge_without_token(self) -> None:
         self.refused(lambda v: v["bridges"][0].update(chatTokenSecret={"name": "", "key": "k"}), "chatTokenSecret.name")

@@ -159,3 +159,8 @@ built-in default (config/modbot.toml; helm/test_chart.py checks that the two agr
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Where the head-set registry claim is mounted (model.registry_dir). */}}
+{{- define "modbot.registryDir" -}}
+/app/models/registry
+{{- end -}}
