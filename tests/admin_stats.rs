@@ -1,7 +1,7 @@
 //! `Admin.GetStats` end to end: verdicts from `Classify` and `StreamModerate` counted exactly,
 //! by decision, rule and channel; the database's action and appeal counts; bad input.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};

@@ -2,7 +2,7 @@
 //! configuration of tokens (file, inline, redaction, the loopback rule), and TLS / mutual TLS
 //! with generated certificates.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -8,8 +8,7 @@
 //! towards an unreachable modbot stays bounded; warnings and reasons reach the user as private
 //! messages.
 
-mod chat_server;
-mod common;
+use crate::{browser, chat_server, common};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -1544,9 +1543,6 @@ async fn a_blackholed_connection_loses_no_action_and_acts_once() {
 // ---------------------------------------------------------------------------------------------
 // The console in a real browser: Debian's Chromium through chromedriver, driving the page a
 // moderator uses against a real server, bridge and chat.
-
-#[path = "common/browser.rs"]
-mod browser;
 
 /// The moderator's day in the console, in a real browser, against a real server, bridge and
 /// destiny.gg test chat: sign in; the live feed shows a chat line; a held message is rejected

@@ -1,7 +1,7 @@
 //! The test chat server (`tests/chat_server`) against `shared/chat-protocol.md`: each test is a
 //! protocol point, in both dialects where they differ, checked from a real WebSocket client.
 
-mod chat_server;
+use crate::chat_server;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The `modbot` binary itself: configuration errors, `config`, `migrate`, and `serve` from
 //! start to SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};

@@ -2,7 +2,7 @@
 //! grpcio-tools, and the TypeScript one generated with protoc-gen-es (Connect, gRPC over
 //! HTTP/2), call Health and Classify on a real server.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! The gRPC API end to end: a real server on an ephemeral port, the generated Rust client.
 
-mod common;
+use crate::common;
 
 use common::{PgSchema, TestServer, assert_invalid_field, chat_message};
 use modbot::infra::store::AuditQuery;

@@ -2,7 +2,7 @@
 //! paths, Server-Sent Events, console sessions with CSRF, the security headers, `/openapi.json`,
 //! `/healthz` and `/metrics`. Roles over JSON are checked method by method in `tests/auth.rs`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `modbot replay`: an OverRustle log through a real server's `StreamModerate`, and the
 //! summary it makes.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 
@@ -320,8 +320,8 @@ async fn a_bad_channel_is_refused_by_the_server() {
 }
 
 /// Not a test: writes the 20,000-line corpus log that README's measurement replays, to
-/// `$MODBOT_TEST_REPLAY_LOG_OUT`. `MODBOT_TEST_REPLAY_LOG_OUT=/tmp/corpus.log cargo test --test replay
-/// -- --ignored write_corpus_log`
+/// `$MODBOT_TEST_REPLAY_LOG_OUT`. `MODBOT_TEST_REPLAY_LOG_OUT=/tmp/corpus.log cargo test --test
+/// integration -- --ignored replay::write_corpus_log`
 #[test]
 #[ignore = "writes a file for a manual measurement"]
 fn write_corpus_log() {

@@ -2,7 +2,7 @@
 //! `grpc.shutdown_grace_secs` (and a moment), whatever is stuck, so the pod's longer
 //! termination grace period never ends in a SIGKILL.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! `StreamModerate` end to end: a bridge's view of the stream.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! User state: one behavioural suite run against both backends (in-process and the real Redis),
 //! the in-process backend's bounds, Redis's key layout and TTLs, and degraded mode.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! actions of verdicts, appeals with their reversal and feedback, nukes and aegis, and the
 //! review queue of held messages (`workflows/review.rs`).
 
-mod common;
+use crate::common;
 #[path = "workflows/review.rs"]
 mod review;
 
