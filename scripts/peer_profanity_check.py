@@ -1,17 +1,18 @@
 """The peer a user could pick instead of modbot, on the team's chat set: `alt-profanity-check`.
 
 `alt-profanity-check` (PyPI; a linear SVM over TF-IDF trained on ~200k labelled comments) says
-whether a text is offensive. This scores every line of models/chatset/ (lines.jsonl and
-evasions.jsonl) with its `predict` (its own 0.5 cut-off) and prints, per split, the share of
-each category it flags and what it keeps of plain recall under each evasion: the same tables
-`modbot eval --chat` prints for modbot, so the two can be read side by side.
+whether a text is offensive. This decides every line of models/chatset/ (lines.jsonl and
+evasions.jsonl) with its `predict` (its own 0.5 cut-off) and writes one `{"id", "acted"}` per
+line; `modbot eval --chat --peer FILE` summarises them with the same code as modbot's own
+decisions and prints them as a column beside modbot's (categories, evasions, targets):
+
+    python3 scripts/peer_profanity_check.py --out /tmp/peer.jsonl
+    cargo run --release -- eval --chat --peer /tmp/peer.jsonl
 
 The peer lives in a throwaway virtualenv outside the repository,
 ${MODBOT_PEER_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/modbot/profanity-check-venv}, made on the
 first run with the pinned packages below (PyPI only); later runs reuse it. Not part of
 `scripts/test`: it measures, it does not test.
-
-    python3 scripts/peer_profanity_check.py [--json]
 """
 
 from __future__ import annotations
@@ -20,15 +21,13 @@ import json
 import os
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHATSET = ROOT / "models" / "chatset"
 # Pinned: the peer as measured in models/README.md.
 REQUIREMENTS = ["alt-profanity-check==1.9.1", "scikit-learn==1.9.1", "joblib==1.6.0"]
-TOXIC = {"insult", "threat", "sexual", "identity_attack"}
-ORDER = ["insult", "threat", "sexual", "identity_attack", "spam", "flood", "copypasta", "benign"]
+PEER = "alt-profanity-check 1.9.1"
 
 
 def venv_dir() -> Path:
@@ -62,65 +61,19 @@ def read(path: Path) -> list[dict]:
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] != ["--out"] or len(args) != 2:
+        sys.exit("usage: python3 scripts/peer_profanity_check.py --out FILE")
+    out = Path(args[1]).resolve()
     enter()
     from profanity_check import predict  # noqa: PLC0415 (inside the venv only)
 
     lines = read(CHATSET / "lines.jsonl") + read(CHATSET / "evasions.jsonl")
     flagged = predict([line["text"] for line in lines])
-    acted = {line["id"]: bool(flag) for line, flag in zip(lines, flagged)}
-    plain = {line["id"]: line for line in lines if "of" not in line}
-    report: dict = {}
-    for split in ("validation", "test"):
-        categories: dict = defaultdict(lambda: [0, 0])
-        evasions: dict = defaultdict(lambda: [0, 0, 0, 0])
-        for line in lines:
-            if line["split"] != split:
-                continue
-            if "of" in line:
-                original = plain.get(line["of"])
-                if original is None:
-                    continue
-                tally = evasions[line["evasion"]]
-                tally[0] += 1
-                tally[1] += acted[line["id"]]
-                tally[2] += 1
-                tally[3] += acted[original["id"]]
-                continue
-            groups = [line["category"]]
-            if line["category"] in TOXIC:
-                groups.append("toxic")
-            if line["category"] in TOXIC or line["category"] == "spam":
-                groups.append("toxic + spam")
-            if line["category"] == "benign" and line["kind"] in ("identity-mention", "scunthorpe"):
-                groups.append("identity mentions + Scunthorpe")
-            for group in groups:
-                categories[group][0] += 1
-                categories[group][1] += acted[line["id"]]
-        every = [sum(t[i] for t in evasions.values()) for i in range(4)]
-        kept = lambda t: 1.0 if t[3] == 0 else (t[1] / t[0]) / (t[3] / t[2])  # noqa: E731
-        report[split] = {
-            "categories": {k: {"n": v[0], "acted": v[1]} for k, v in categories.items()},
-            "evasions": {k: {"n": v[0], "acted": v[1], "kept": kept(v)} for k, v in evasions.items()},
-            "all_evasions_kept": kept(every),
-        }
-    if "--json" in sys.argv:
-        print(json.dumps(report, indent=2))
-        return
-    print("alt-profanity-check 1.9.1 on models/chatset (its predict(), cut-off 0.5)\n")
-    print("| category | validation | test |\n| --- | --- | --- |")
-    for group in [*ORDER, "toxic", "toxic + spam", "identity mentions + Scunthorpe"]:
-        cells = []
-        for split in ("validation", "test"):
-            c = report[split]["categories"].get(group, {"n": 0, "acted": 0})
-            rate = 100.0 * c["acted"] / c["n"] if c["n"] else 0.0
-            cells.append(f"{c['acted']}/{c['n']} ({rate:.1f}%)")
-        print(f"| {group} | {' | '.join(cells)} |")
-    print("\n| evasion | validation: kept of plain recall | test: kept of plain recall |\n| --- | --- | --- |")
-    for technique in sorted(report["test"]["evasions"]):
-        cells = [f"{100.0 * report[s]['evasions'].get(technique, {'kept': 1.0})['kept']:.1f}%" for s in ("validation", "test")]
-        print(f"| {technique} | {' | '.join(cells)} |")
-    cells = [f"{100.0 * report[s]['all_evasions_kept']:.1f}%" for s in ("validation", "test")]
-    print(f"| **all** | {' | '.join(cells)} |")
+    with out.open("w", encoding="utf-8") as f:
+        for line, flag in zip(lines, flagged):
+            f.write(json.dumps({"id": line["id"], "acted": bool(flag), "peer": PEER}) + "\n")
+    print(f"{PEER}: {sum(bool(x) for x in flagged)} of {len(lines)} lines flagged; wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -234,6 +234,10 @@ struct EvalArgs {
         conflicts_with_all = ["compare", "dataset", "file", "check", "report"]
     )]
     chat: Option<PathBuf>,
+    /// With --chat: a peer's decisions on the same lines (`{"id", "acted"}` per line, as
+    /// `scripts/peer_profanity_check.py` writes them), shown as a column beside modbot's.
+    #[arg(long, value_name = "FILE", requires = "chat")]
+    peer: Option<PathBuf>,
 }
 
 /// Where configuration comes from. Each flag is a shorthand for `--set KEY=VALUE`.
@@ -650,6 +654,7 @@ fn run_chat_eval(config: &Config, args: &EvalArgs, dir: &Path) -> ExitCode {
             scorer,
             json: args.json,
             scores_out: args.scores_out.clone(),
+            peer: args.peer.clone(),
         })
         .await
     });

@@ -668,12 +668,56 @@ fn eval_chat_decides_a_chat_set_through_the_whole_path() {
         "{stderr}"
     );
 
+    // A peer's file must decide every line of the set, and --peer needs --chat.
+    let peer = work.path().join("peer.jsonl");
+    std::fs::write(&peer, "{\"id\":\"insult/001\",\"acted\":true}\n").unwrap();
+    let (output, _, stderr) = run(&mut modbot(
+        work.path(),
+        &[
+            "eval",
+            "--chat",
+            set.to_str().unwrap(),
+            "--peer",
+            peer.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no decision for the chat line `flood/001`"),
+        "{stderr}"
+    );
+    let (output, _, stderr) = run(&mut modbot(
+        work.path(),
+        &["eval", "--peer", peer.to_str().unwrap()],
+    ));
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+
     if !have_model("eval_chat_decides_a_chat_set_through_the_whole_path") {
         return;
     }
+    // The peer flags only the insult (not its variant).
+    let decisions: String = [
+        "insult/001",
+        "flood/001",
+        "copypasta/001",
+        "benign/001",
+        "benign/002",
+        "insult/001~leet-edges",
+    ]
+    .iter()
+    .map(|id| format!("{{\"id\":\"{id}\",\"acted\":{}}}\n", *id == "insult/001"))
+    .collect();
+    std::fs::write(&peer, decisions).unwrap();
     let (output, stdout, stderr) = run(&mut modbot(
         work.path(),
-        &["eval", "--chat", set.to_str().unwrap(), "--json"],
+        &[
+            "eval",
+            "--chat",
+            set.to_str().unwrap(),
+            "--json",
+            "--peer",
+            peer.to_str().unwrap(),
+        ],
     ));
     assert!(output.status.success(), "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -698,4 +742,14 @@ fn eval_chat_decides_a_chat_set_through_the_whole_path() {
     );
     let targets = report["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 5, "{report}");
+    let peer = &report["peer"];
+    assert_eq!(peer["name"], "peer", "named after its file: {report}");
+    let peer_test = &peer["splits"]["test"];
+    assert_eq!(peer_test["categories"]["insult"]["acted"], 1, "{report}");
+    assert_eq!(peer_test["categories"]["flood"]["acted"], 0, "{report}");
+    assert_eq!(
+        peer_test["all_evasions"]["variants"]["acted"], 0,
+        "{report}"
+    );
+    assert_eq!(peer["targets"].as_array().unwrap().len(), 5, "{report}");
 }

@@ -9,6 +9,10 @@
 //! first posted by two other users in its channel and the third copy is the one judged: that is
 //! what a copypasta is. "Acted" is any decision but `allow`. The set's `validation` split is
 //! for choosing thresholds; its `test` split is for reporting (see `models/chatset/README.md`).
+//!
+//! `--peer FILE` adds a column for a peer a user could pick instead (`alt-profanity-check`,
+//! whose decisions `scripts/peer_profanity_check.py` writes, one `{"id", "acted"}` per line):
+//! its decisions are summarised by the same code as modbot's, line for line.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -202,6 +206,108 @@ pub struct ChatReport {
     pub splits: BTreeMap<String, SplitSummary>,
     /// The targets on the test split.
     pub targets: Vec<Target>,
+    /// The peer's decisions on the same lines, when given (`--peer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerReport>,
+}
+
+/// A peer's decisions on the chat set, summarised as modbot's are.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerReport {
+    /// Its name, from the file (`"peer"` lines), or the file's name.
+    pub name: String,
+    /// By split.
+    pub splits: BTreeMap<String, SplitSummary>,
+    /// The same targets on the test split.
+    pub targets: Vec<Target>,
+}
+
+/// One line of a peer's decisions file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerDecision {
+    /// The chat line's id.
+    id: String,
+    /// Whether the peer acts on it (flags it).
+    acted: bool,
+    /// The peer's name (optional; the first one given names the column).
+    #[serde(default)]
+    peer: Option<String>,
+}
+
+/// A peer's decisions (`{"id", "acted"[, "peer"]}` per line) as outcomes of `lines`: every
+/// line must have exactly one decision, and every decision a line.
+pub fn peer_outcomes(
+    path: &Path,
+    lines: &[ChatLine],
+) -> Result<(String, Vec<LineOutcome>), TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        what: "reading",
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut decided: BTreeMap<String, bool> = BTreeMap::new();
+    let mut name = None;
+    for (n, raw) in text.lines().enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let bad = |message: String| TrainError::Data {
+            path: path.to_owned(),
+            line: n + 1,
+            message,
+        };
+        let decision: PeerDecision = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+        if name.is_none() {
+            name = decision.peer;
+        }
+        if decided
+            .insert(decision.id.clone(), decision.acted)
+            .is_some()
+        {
+            return Err(bad(format!("id: `{}` is decided twice", decision.id)));
+        }
+    }
+    let mut outcomes = Vec::with_capacity(lines.len());
+    for line in lines {
+        let Some(acted) = decided.remove(&line.id) else {
+            return Err(TrainError::Missing(format!(
+                "{}: no decision for the chat line `{}`",
+                path.display(),
+                line.id
+            )));
+        };
+        outcomes.push(LineOutcome {
+            id: line.id.clone(),
+            category: line.category.clone(),
+            kind: line.kind.clone(),
+            split: line.split.clone(),
+            evasion: line.evasion.clone(),
+            of: line.of.clone(),
+            text: line.text.clone(),
+            decision: if acted {
+                Decision::Hide
+            } else {
+                Decision::Allow
+            }
+            .as_str()
+            .to_owned(),
+            reasons: Vec::new(),
+            by_model: false,
+            degraded: false,
+        });
+    }
+    if let Some(stray) = decided.keys().next() {
+        return Err(TrainError::Missing(format!(
+            "{}: `{stray}` is not a line of the chat set",
+            path.display()
+        )));
+    }
+    let name = name.unwrap_or_else(|| {
+        path.file_stem()
+            .map_or_else(|| "peer".to_owned(), |s| s.to_string_lossy().into_owned())
+    });
+    Ok((name, outcomes))
 }
 
 /// Reads a JSONL file of chat lines, checking each line's category and split.
@@ -444,11 +550,27 @@ pub struct ChatEvalOptions {
     pub json: bool,
     /// Write every line's outcome here (JSONL).
     pub scores_out: Option<PathBuf>,
+    /// A peer's decisions on the same lines, for a column beside modbot's.
+    pub peer: Option<PathBuf>,
 }
 
 /// Runs the chat evaluation and prints it; the report is returned for tests.
 pub async fn run(options: ChatEvalOptions) -> Result<ChatReport, TrainError> {
     let lines = read_set(&options.dir)?;
+    // Read before the lines are decided: a bad peer file is refused at once.
+    let peer = match &options.peer {
+        Some(path) => {
+            let (name, outcomes) = peer_outcomes(path, &lines)?;
+            let splits = summarise(&outcomes);
+            let targets = splits.get("test").map(targets).unwrap_or_default();
+            Some(PeerReport {
+                name,
+                splits,
+                targets,
+            })
+        }
+        None => None,
+    };
     let model = match &*options.scorer.status().borrow() {
         ModelStatus::Ready => format!("heads@{}", options.scorer.version()),
         other => format!("no model scoring ({other:?}): rules only"),
@@ -481,6 +603,7 @@ pub async fn run(options: ChatEvalOptions) -> Result<ChatReport, TrainError> {
         model,
         splits,
         targets,
+        peer,
     };
     if options.json {
         println!(
@@ -510,19 +633,31 @@ pub fn tables(report: &ChatReport) -> String {
         "\nChat set {} through the whole path ({}); acted = any decision but allow\n",
         report.set, report.model
     );
+    // The peer's test split, when there is a peer: one more column in each table.
+    let peer_test = report
+        .peer
+        .as_ref()
+        .and_then(|p| p.splits.get("test").map(|s| (p.name.as_str(), s)));
+    let peer_header = peer_test.map_or(String::new(), |(name, _)| format!(" {name} (test) |"));
     let _ = writeln!(
         out,
-        "| category | {} | of which by the model (test) |",
+        "| category | {} | of which by the model (test) |{peer_header}",
         splits.join(" | ")
     );
-    let _ = writeln!(out, "| --- |{} --- |", " --- |".repeat(splits.len()));
+    let _ = writeln!(
+        out,
+        "| --- |{} --- |{}",
+        " --- |".repeat(splits.len()),
+        if peer_test.is_some() { " --- |" } else { "" }
+    );
     let mut row = |name: &str, pick: &dyn Fn(&SplitSummary) -> Tally| {
         let cells: Vec<String> = splits.iter().map(|s| percent(&pick(get(s)))).collect();
         let by_model = splits
             .last()
             .map(|s| pick(get(s)).by_model.to_string())
             .unwrap_or_default();
-        let _ = writeln!(out, "| {name} | {} | {by_model} |", cells.join(" | "));
+        let peer = peer_test.map_or(String::new(), |(_, s)| format!(" {} |", percent(&pick(s))));
+        let _ = writeln!(out, "| {name} | {} | {by_model} |{peer}", cells.join(" | "));
     };
     for category in CATEGORIES {
         row(category, &|s: &SplitSummary| {
@@ -554,32 +689,37 @@ pub fn tables(report: &ChatReport) -> String {
 
     let _ = writeln!(
         out,
-        "\n| evasion | {} |",
+        "\n| evasion | {} |{peer_header}",
         splits
             .iter()
             .map(|s| format!("{s}: variants acted / kept of plain recall"))
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    let _ = writeln!(out, "| --- |{}", " --- |".repeat(splits.len()));
+    let _ = writeln!(
+        out,
+        "| --- |{}{}",
+        " --- |".repeat(splits.len()),
+        if peer_test.is_some() { " --- |" } else { "" }
+    );
     let techniques: std::collections::BTreeSet<&String> = report
         .splits
         .values()
         .flat_map(|s| s.evasions.keys())
         .collect();
     let evasion_cells = |pick: &dyn Fn(&SplitSummary) -> EvasionTally| -> String {
-        splits
-            .iter()
-            .map(|s| {
-                let tally = pick(get(s));
-                format!(
-                    "{} / {:.1}%",
-                    percent(&tally.variants),
-                    100.0 * tally.kept()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" | ")
+        let cell = |tally: EvasionTally| {
+            format!(
+                "{} / {:.1}%",
+                percent(&tally.variants),
+                100.0 * tally.kept()
+            )
+        };
+        let mut cells: Vec<String> = splits.iter().map(|s| cell(pick(get(s)))).collect();
+        if let Some((_, s)) = peer_test {
+            cells.push(cell(pick(s)));
+        }
+        cells.join(" | ")
     };
     for technique in techniques {
         let cells = evasion_cells(&|s: &SplitSummary| {
@@ -591,12 +731,30 @@ pub fn tables(report: &ChatReport) -> String {
     let _ = writeln!(out, "| **all** | {cells} |");
 
     if !report.targets.is_empty() {
-        let _ = writeln!(out, "\n| target (test split) | value | bound | |");
-        let _ = writeln!(out, "| --- | --- | --- | --- |");
-        for target in &report.targets {
+        let peer = report.peer.as_ref().filter(|p| !p.targets.is_empty());
+        let _ = writeln!(
+            out,
+            "\n| target (test split) | value | bound | |{}",
+            peer.map_or(String::new(), |p| format!(" {} |", p.name))
+        );
+        let _ = writeln!(
+            out,
+            "| --- | --- | --- | --- |{}",
+            if peer.is_some() { " --- |" } else { "" }
+        );
+        for (i, target) in report.targets.iter().enumerate() {
+            let peer_cell = peer
+                .and_then(|p| p.targets.get(i))
+                .map_or(String::new(), |t| {
+                    format!(
+                        " {:.3} ({}) |",
+                        t.value,
+                        if t.met { "met" } else { "missed" }
+                    )
+                });
             let _ = writeln!(
                 out,
-                "| {} | {:.3} | {} {:.2} | {} |",
+                "| {} | {:.3} | {} {:.2} | {} |{peer_cell}",
                 target.what,
                 target.value,
                 target.direction,
@@ -721,12 +879,128 @@ mod tests {
             model: "heads@test".into(),
             splits,
             targets,
+            peer: None,
         });
         assert!(
             printed.contains("| insult | 0/0 (0.0%) | 1/2 (50.0%) | 1 |"),
             "{printed}"
         );
         assert!(printed.contains("**missed**"), "{printed}");
+    }
+
+    fn chat_line(id: &str, category: &str, split: &str, of: Option<&str>) -> ChatLine {
+        ChatLine {
+            id: id.into(),
+            text: "t".into(),
+            category: category.into(),
+            kind: "k".into(),
+            split: split.into(),
+            evasion: of.map(|_| "spaced".to_owned()),
+            of: of.map(str::to_owned),
+        }
+    }
+
+    /// A peer's decisions are summarised by the same code, line for line, and printed as one
+    /// more column; a file that misses a line, names one twice or one the set lacks is refused.
+    #[test]
+    fn a_peer_is_a_column_beside_modbot_and_its_file_must_match_the_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = [
+            chat_line("insult/1", "insult", "test", None),
+            chat_line("insult/2", "insult", "test", None),
+            chat_line("benign/1", "benign", "test", None),
+            chat_line("insult/1~spaced", "insult", "test", Some("insult/1")),
+        ];
+        let write = |name: &str, rows: &[(&str, bool)]| {
+            let path = dir.path().join(name);
+            let text: String = rows
+                .iter()
+                .enumerate()
+                .map(|(i, (id, acted))| {
+                    let peer = if i == 0 {
+                        ",\"peer\":\"alt-profanity-check\""
+                    } else {
+                        ""
+                    };
+                    format!("{{\"id\":\"{id}\",\"acted\":{acted}{peer}}}\n")
+                })
+                .collect();
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let good = write(
+            "peer.jsonl",
+            &[
+                ("insult/1", true),
+                ("insult/2", false),
+                ("benign/1", true),
+                ("insult/1~spaced", false),
+            ],
+        );
+        let (name, outcomes) = peer_outcomes(&good, &lines).unwrap();
+        assert_eq!(name, "alt-profanity-check");
+        let splits = summarise(&outcomes);
+        let test = &splits["test"];
+        assert_eq!((test.toxic.n, test.toxic.acted), (2, 1));
+        assert_eq!(test.categories["benign"].acted, 1);
+        assert!((test.all_evasions.kept() - 0.0).abs() < 1e-12);
+
+        let ours = summarise(&[
+            outcome("insult/1", "insult", "direct", "test", true),
+            outcome("insult/2", "insult", "direct", "test", true),
+            outcome("benign/1", "benign", "gaming", "test", false),
+        ]);
+        let printed = tables(&ChatReport {
+            set: "x".into(),
+            model: "heads@test".into(),
+            targets: targets(&ours["test"]),
+            splits: ours,
+            peer: Some(PeerReport {
+                name,
+                targets: targets(test),
+                splits,
+            }),
+        });
+        assert!(
+            printed.contains("| of which by the model (test) | alt-profanity-check (test) |"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("| insult | 2/2 (100.0%) | 2 | 1/2 (50.0%) |"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("| benign lines acted on | 0.000 | <= 0.03 | met | 1.000 (missed) |"),
+            "{printed}"
+        );
+
+        for (rows, expected) in [
+            (
+                &[("insult/1", true), ("insult/2", false), ("benign/1", true)][..],
+                "no decision for the chat line `insult/1~spaced`",
+            ),
+            (
+                &[
+                    ("insult/1", true),
+                    ("insult/2", false),
+                    ("benign/1", true),
+                    ("insult/1~spaced", false),
+                    ("spam/9", true),
+                ][..],
+                "`spam/9` is not a line of the chat set",
+            ),
+            (
+                &[("insult/1", true), ("insult/1", false)][..],
+                "peer.jsonl:2: id: `insult/1` is decided twice",
+            ),
+        ] {
+            let path = write("peer.jsonl", rows);
+            let error = peer_outcomes(&path, &lines).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+        std::fs::write(&good, "{\"id\":\"insult/1\",\"flagged\":true}\n").unwrap();
+        let error = peer_outcomes(&good, &lines).unwrap_err().to_string();
+        assert!(error.contains("peer.jsonl:1:"), "{error}");
     }
 
     #[test]
