@@ -128,9 +128,14 @@ struct DataArgs {
     /// thresholds).
     #[arg(long, default_value_t = 0.2)]
     validation_fraction: f64,
-    /// Do not cache embeddings (in DATA_DIR/cache/embeddings).
-    #[arg(long)]
+    /// Do not cache embeddings.
+    #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Where embeddings are cached (default: DATA_DIR/cache/embeddings). Entries are keyed by
+    /// the encoder's weights and the texts, so one directory can serve several checkouts
+    /// (CI keeps one beside its build cache).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 impl DataArgs {
@@ -141,7 +146,11 @@ impl DataArgs {
                 .clone()
                 .unwrap_or_else(|| crate::tools::datasets::default_data_dir(&config.data_dir)),
             model_dir: config.model.dir.clone(),
-            cache_dir: (!self.no_cache).then(|| config.data_dir.join("cache").join("embeddings")),
+            cache_dir: (!self.no_cache).then(|| {
+                self.cache_dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("cache").join("embeddings"))
+            }),
             subset: self.subset,
             seed: self.seed,
             validation_fraction: self.validation_fraction,

@@ -210,8 +210,13 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
     write_datasets(&data);
     let first = work.path().join("heads-a");
     let second = work.path().join("heads-b");
-    for out in [&first, &second] {
-        let (output, _, stderr) = run(modbot(
+    // The second run caches its embeddings elsewhere (--cache-dir): it finds none of the
+    // first run's there, so it reads from its cache only what it wrote itself (a text set
+    // embedded twice in one run), as often as the first did, and writes the same bytes.
+    let elsewhere = work.path().join("shared-cache");
+    let mut hits = Vec::new();
+    for (out, cache) in [(&first, None), (&second, Some(&elsewhere))] {
+        let mut command = modbot(
             work.path(),
             &[
                 "train",
@@ -220,11 +225,22 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
                 "--out",
                 out.to_str().unwrap(),
             ],
-        )
-        .args(["--validation-fraction", "0.25"]));
+        );
+        command.args(["--validation-fraction", "0.25"]);
+        if let Some(cache) = cache {
+            command.args(["--cache-dir", cache.to_str().unwrap()]);
+        }
+        let (output, _, stderr) = run(&mut command);
         assert!(output.status.success(), "{stderr}");
         assert!(stderr.contains("training head `toxicity`"), "{stderr}");
+        hits.push(stderr.matches("from the cache").count());
     }
+    assert_eq!(
+        hits[0], hits[1],
+        "the second run did not read the first run's cache"
+    );
+    let cached = std::fs::read_dir(&elsewhere).unwrap().count();
+    assert!(cached > 0, "the embeddings were cached in --cache-dir");
     // The same data and seed give the same bytes.
     for file in [
         "heads.json",
