@@ -42,6 +42,9 @@ enum Command {
     /// Evaluate heads on held-out data next to baselines; compare two heads directories;
     /// check that recorded metrics reproduce.
     Eval(EvalArgs),
+    /// Fine-tune the encoder's top layer: train a low-rank adapter on the binary labels'
+    /// training data and write it to --out, for `train --adapter` and `eval --adapter`.
+    Finetune(FinetuneArgs),
     /// Bridge a destiny.gg or Strims chat into a modbot server: chat events go to its
     /// StreamModerate, its actions come back as chat commands ([bridge] in the config; the
     /// login token comes from MODBOT_BRIDGE_CHAT_TOKEN or bridge.chat_token_file).
@@ -136,6 +139,10 @@ struct DataArgs {
     /// (CI keeps one beside its build cache).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// Load the encoder with this adapter's changes (a directory `modbot finetune` wrote):
+    /// its embeddings, so heads trained with it need it when evaluated and served.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
 }
 
 impl DataArgs {
@@ -154,6 +161,7 @@ impl DataArgs {
             subset: self.subset,
             seed: self.seed,
             validation_fraction: self.validation_fraction,
+            adapter: self.adapter.clone(),
         }
     }
 
@@ -187,6 +195,26 @@ struct TrainArgs {
     /// needs an --out that holds no head set yet (the result is a candidate to try).
     #[arg(long)]
     with_feedback: bool,
+}
+
+#[derive(Debug, Args)]
+struct FinetuneArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Where to write the adapter (a new or empty directory).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Most training examples per label (validation: a quarter of it).
+    #[arg(long, value_name = "N", default_value_t = 1500)]
+    per_task: usize,
+    /// Rank of the adapter's factors.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Most epochs training the adapter (after the probes' own).
+    #[arg(long, default_value_t = 6)]
+    epochs: usize,
 }
 
 #[derive(Debug, Args)]
@@ -329,6 +357,7 @@ pub fn main() -> ExitCode {
     | Command::FetchModel { config: args, .. }
     | Command::Train(TrainArgs { config: args, .. })
     | Command::Eval(EvalArgs { config: args, .. })
+    | Command::Finetune(FinetuneArgs { config: args, .. })
     | Command::Bridge(BridgeArgs { config: args, .. })
     | Command::Replay { config: args, .. }
     | Command::Classify { config: args, .. }) = &cli.command;
@@ -373,6 +402,9 @@ pub fn main() -> ExitCode {
     if let Command::Eval(args) = &cli.command {
         return run_eval(&config, args);
     }
+    if let Command::Finetune(args) = &cli.command {
+        return run_finetune(&config, args);
+    }
     if let Command::Train(args) = &cli.command {
         if !args.with_feedback {
             return run_train(&config, args, Vec::new());
@@ -415,7 +447,10 @@ pub fn main() -> ExitCode {
                 stdout.flush()?;
                 Ok(())
             }
-            Command::Config(_) | Command::FetchModel { .. } | Command::Eval(_) => {
+            Command::Config(_)
+            | Command::FetchModel { .. }
+            | Command::Eval(_)
+            | Command::Finetune(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }
@@ -577,6 +612,48 @@ fn run_train(
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: training: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_finetune(config: &Config, args: &FinetuneArgs) -> ExitCode {
+    if let Err(message) = args.data.check() {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    if args.out.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+        eprintln!(
+            "error: --out: {} is not empty (an adapter is never overwritten)",
+            args.out.display()
+        );
+        return ExitCode::from(2);
+    }
+    let options = crate::tools::train::finetune::FinetuneOptions {
+        data: args.data.options(config),
+        out_dir: args.out.clone(),
+        per_task: args.per_task,
+        tune: crate::infra::model::adapter::TuneConfig {
+            rank: args.rank,
+            max_epochs: args.epochs,
+            seed: args.data.seed,
+            ..crate::infra::model::adapter::TuneConfig::default()
+        },
+    };
+    match crate::tools::train::finetune::run(&options) {
+        Ok(comparison) => {
+            println!("| label | validation examples | frozen ROC-AUC | adapted ROC-AUC |");
+            println!("| --- | --- | --- | --- |");
+            for c in comparison {
+                println!(
+                    "| {} | {} | {:.4} | {:.4} |",
+                    c.label, c.examples, c.frozen_auc, c.tuned_auc
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: finetune: {error}");
             ExitCode::FAILURE
         }
     }

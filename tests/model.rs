@@ -458,3 +458,171 @@ fn int8_embeddings_do_not_depend_on_the_batch_at_all() {
         }
     }
 }
+
+/// A small two-label task on chat lines, as the adapter trains on it: the token vectors
+/// entering the top layer, from the frozen encoder.
+fn adapter_examples(
+    encoder: &Encoder,
+    top: &modbot::infra::model::adapter::TopLayer,
+) -> (
+    Vec<modbot::infra::model::adapter::TuneExample>,
+    Vec<modbot::infra::model::adapter::TuneExample>,
+) {
+    let positive = [
+        "i will find you after stream",
+        "you better watch your back tonight",
+        "someone should hurt this guy",
+        "i know where you live",
+        "hope your car crashes",
+        "wait until i see you irl",
+        "you are going to regret this",
+        "meet me outside and see what happens",
+    ];
+    let negative = [
+        "that play was insane",
+        "what game is this",
+        "gg everyone see you tomorrow",
+        "the music is too loud",
+        "anyone watching the debate later",
+        "this map is my favourite",
+        "lol the chat is wild today",
+        "can you check the settings",
+    ];
+    let mut train = Vec::new();
+    let mut validation = Vec::new();
+    for (i, (text, positive)) in positive
+        .iter()
+        .map(|t| (*t, true))
+        .chain(negative.iter().map(|t| (*t, false)))
+        .enumerate()
+    {
+        let tokens = encoder.tokenize(text).expect("tokenizes");
+        let rows = encoder
+            .states(&[tokens], top.index())
+            .expect("states")
+            .remove(0);
+        let example = modbot::infra::model::adapter::TuneExample {
+            rows,
+            // Two probes: the second task sees the same lines with the label flipped.
+            task: i % 2,
+            positive: positive != (i % 2 == 1),
+            weight: 1.0,
+        };
+        if i % 4 == 3 {
+            validation.push(example);
+        } else {
+            train.push(example);
+        }
+    }
+    (train, validation)
+}
+
+#[test]
+fn an_adapter_trains_deterministically_and_the_adapted_encoder_computes_it_merged() {
+    use modbot::infra::model::adapter::{Adapter, TopLayer, TuneConfig, tune};
+    let Some(encoder) = encoder("an_adapter_trains_deterministically_…") else {
+        return;
+    };
+    let top = TopLayer::load(&model_dir()).expect("the top layer loads");
+    assert_eq!(top.index(), 5, "MiniLM-L6's top layer");
+    let (train, validation) = adapter_examples(&encoder, &top);
+
+    // The autograd copy of the top layer is the encoder's: frozen, it gives its embeddings.
+    let texts_tokens: Vec<Vec<u32>> = ["i know where you live", "can you check the settings"]
+        .iter()
+        .map(|t| encoder.tokenize(t).expect("tokenizes"))
+        .collect();
+    let frozen_states = encoder.states(&texts_tokens, top.index()).expect("states");
+    let frozen = top.embed_states(&frozen_states, None).expect("forward");
+    let expected = encoder.embed_tokens(&texts_tokens).expect("embeds");
+    for (a, b) in frozen.iter().zip(&expected) {
+        assert!(max_abs_diff(a, b) < 1e-4, "the frozen top layer differs");
+    }
+
+    let config = TuneConfig {
+        rank: 4,
+        probe_epochs: 1,
+        max_epochs: 2,
+        patience: 2,
+        batch_size: 4,
+        learning_rate: 1e-2,
+        seed: 7,
+        ..TuneConfig::default()
+    };
+    let first = tune(&top, 2, &train, &validation, &config, |_| {}).expect("trains");
+    let second = tune(&top, 2, &train, &validation, &config, |_| {}).expect("trains");
+    assert_eq!(first.epochs.len(), 3);
+    assert!(!first.epochs[0].adapter && first.epochs[1].adapter);
+    assert_eq!(first.tuned_logits.len(), validation.len());
+    assert_eq!(first.frozen_logits.len(), validation.len());
+    let last = first.epochs.last().expect("epochs");
+    assert!(
+        last.train_loss < first.epochs[0].train_loss,
+        "the adapter lowers the training loss: {:?}",
+        first.epochs
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    first.adapter.save(&one).expect("saves");
+    second.adapter.save(&two).expect("saves");
+    assert_eq!(
+        std::fs::read(one.join("adapter.safetensors")).expect("reads"),
+        std::fs::read(two.join("adapter.safetensors")).expect("reads"),
+        "the same data and seed train byte-identical factors"
+    );
+
+    // Merged into the weights, the adapter computes what the unmerged factors compute, on
+    // both forward passes; and it changes the embeddings.
+    let adapter = Adapter::load(&one).expect("loads");
+    assert_eq!(adapter.manifest.targets.len(), 4);
+    let packed = Encoder::load_adapted(&model_dir(), &Device::Cpu, Forward::Auto, Some(&adapter))
+        .expect("the adapted encoder loads");
+    assert!(packed.backend().starts_with("cpu-packed"));
+    let padded = Encoder::load_adapted(&model_dir(), &Device::Cpu, Forward::Candle, Some(&adapter))
+        .expect("the adapted encoder loads on candle");
+    let tokens: Vec<Vec<u32>> = chat_batch(&encoder);
+    let states = encoder.states(&tokens, top.index()).expect("states");
+    let want = top.embed_states(&states, Some(&adapter)).expect("forward");
+    let got_packed = packed.embed_tokens(&tokens).expect("embeds");
+    let got_padded = padded.embed_tokens(&tokens).expect("embeds");
+    let plain = encoder.embed_tokens(&tokens).expect("embeds");
+    let mut moved = 0f32;
+    for i in 0..tokens.len() {
+        assert!(
+            max_abs_diff(&got_packed[i], &want[i]) < 1e-4,
+            "packed line {i}"
+        );
+        assert!(
+            max_abs_diff(&got_padded[i], &want[i]) < 1e-4,
+            "candle line {i}"
+        );
+        moved = moved.max(max_abs_diff(&got_packed[i], &plain[i]));
+    }
+    assert!(moved > 1e-3, "the adapter changes the embeddings ({moved})");
+
+    // An adapter made for other weights, or with a manifest this build cannot read, is
+    // refused with the reason.
+    let manifest_path = one.join("adapter.json");
+    let original = std::fs::read_to_string(&manifest_path).expect("reads");
+    let mut other = adapter.clone();
+    other.manifest.base_sha256 = "0".repeat(64);
+    let error = Encoder::load_adapted(&model_dir(), &Device::Cpu, Forward::Auto, Some(&other))
+        .expect_err("other weights are refused");
+    assert!(
+        error
+            .to_string()
+            .contains("trained on encoder weights 000000000000"),
+        "{error}"
+    );
+    std::fs::write(
+        &manifest_path,
+        original.replace("\"format\": 1", "\"format\": 9"),
+    )
+    .expect("writes");
+    let error = Adapter::load(&one).expect_err("an unknown format is refused");
+    assert!(error.to_string().contains("format 9"), "{error}");
+    std::fs::remove_file(two.join("adapter.safetensors")).expect("removes");
+    let error = Adapter::load(&two).expect_err("missing factors are refused");
+    assert!(error.to_string().contains("adapter.safetensors"), "{error}");
+}

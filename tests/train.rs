@@ -305,7 +305,7 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
             > 0.5
     );
     // An insult scores above the threshold, a pleasant line below it.
-    let (encoder, _) = modbot::tools::datasets::load_encoder(&model_dir()).unwrap();
+    let (encoder, _) = modbot::tools::datasets::load_encoder(&model_dir(), None).unwrap();
     let texts =
         modbot::tools::datasets::embed::normalized(&["you stupid idiot", "have a nice evening"]);
     let embedded = encoder.embed(&[&texts[0], &texts[1]]).unwrap();

@@ -24,6 +24,7 @@
 //! Architecture Invariant: only `model` knows candle and tokenizers. Callers hand it texts and
 //! get plain `Vec<f32>` embeddings back.
 
+pub mod adapter;
 mod device;
 pub mod fetch;
 pub mod fit;
@@ -35,6 +36,11 @@ pub mod registry;
 mod simd;
 
 pub use device::open_device;
+
+/// The CPU device, for callers that do not otherwise know candle's devices.
+pub fn cpu() -> Device {
+    Device::Cpu
+}
 
 use std::path::{Path, PathBuf};
 
@@ -247,6 +253,17 @@ impl Encoder {
 
     /// Loads a model directory onto `device` with the chosen forward pass.
     pub fn load_with(dir: &Path, device: &Device, backend: Forward) -> Result<Self, ModelError> {
+        Self::load_adapted(dir, device, backend, None)
+    }
+
+    /// [`Encoder::load_with`], with an [`adapter::Adapter`]'s changes added to the weights
+    /// first (refused when it was trained on other weights).
+    pub fn load_adapted(
+        dir: &Path,
+        device: &Device,
+        backend: Forward,
+        adapter: Option<&adapter::Adapter>,
+    ) -> Result<Self, ModelError> {
         let config_path = required(dir, "config.json")?;
         let weights = required(dir, "model.safetensors")?;
         let tokenizer_path = required(dir, "tokenizer.json")?;
@@ -299,18 +316,43 @@ impl Encoder {
             },
             _ => false,
         };
+        // An adapted encoder's weights: the checkpoint's tensors with the adapter's products
+        // added, read by either forward below.
+        let adapted = match adapter {
+            None => None,
+            Some(adapter) => {
+                let sha = fetch::sha256_file(&weights).map_err(|e| ModelError::Config {
+                    path: weights.clone(),
+                    message: e.to_string(),
+                })?;
+                let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu)?;
+                adapter.apply(&mut tensors, &sha, &config)?;
+                Some(tensors)
+            }
+        };
         let model = if packed {
-            let mut model = PackedBert::load(&weights, &config)?;
+            let mut model = match adapted {
+                Some(tensors) => PackedBert::from_var_builder(
+                    VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+                    &config,
+                )?,
+                None => PackedBert::load(&weights, &config)?,
+            };
             if int8 {
                 let calibration = calibration_tokens(&tokenizer)?;
                 model.quantize(&calibration)?;
             }
             Model::Packed(model)
         } else {
-            // SAFETY: the weights file is memory-mapped read-only; modbot never writes model
-            // files while a server runs (the fetch step replaces a directory only before start).
-            let vb =
-                unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
+            let vb = match adapted {
+                Some(tensors) => VarBuilder::from_tensors(tensors, DType::F32, device),
+                // SAFETY: the weights file is memory-mapped read-only; modbot never writes
+                // model files while a server runs (the fetch step replaces a directory only
+                // before start).
+                None => unsafe {
+                    VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)?
+                },
+            };
             Model::Candle(BertModel::load(vb, &config)?)
         };
         Ok(Self {
@@ -423,6 +465,17 @@ impl Encoder {
             pooled
         };
         Ok(pooled.to_vec2::<f32>()?)
+    }
+
+    /// Each sequence's token vectors after the first `layers` transformer layers (`len ×
+    /// dim` floats), what [`adapter::tune`] trains on. The packed CPU forward only.
+    pub fn states(&self, batch: &[Vec<u32>], layers: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        match &self.model {
+            Model::Packed(packed) => packed.states(batch, layers),
+            Model::Candle(_) => Err(ModelError::Input(
+                "intermediate states need the packed CPU encoder".to_owned(),
+            )),
+        }
     }
 
     /// Embeddings of texts, as one batch.

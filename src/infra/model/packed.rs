@@ -111,6 +111,15 @@ fn ensure(buf: &mut Vec<f32>, len: usize) {
     }
 }
 
+/// What a forward pass hands back for each sequence.
+#[derive(Debug, Clone, Copy)]
+enum Output {
+    /// The sentence vector after every layer.
+    Pooled(Pooling),
+    /// The token vectors after the first `layers` layers.
+    Rows { layers: usize },
+}
+
 /// A BERT encoder's weights in plain buffers, and its scratch.
 pub struct PackedBert {
     hidden: usize,
@@ -188,16 +197,13 @@ impl PackedBert {
         // loading; every tensor is copied out before the map is dropped.
         let vb =
             unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu)? };
-        // The same prefixes `BertModel::load` accepts.
-        let vb = if vb.contains_tensor("embeddings.word_embeddings.weight") {
-            vb
-        } else if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else if let Some(kind) = &config.model_type {
-            vb.pp(kind)
-        } else {
-            vb
-        };
+        Self::from_var_builder(vb, config)
+    }
+
+    /// Copies the weights a [`VarBuilder`] holds (a file's, or tensors an adapter changed)
+    /// into plain buffers.
+    pub fn from_var_builder(vb: VarBuilder<'_>, config: &BertConfig) -> Result<Self, ModelError> {
+        let vb = bert_root(vb, config);
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let get = |shape: &[usize], name: &str| -> Result<Vec<f32>, ModelError> {
             Ok(vb.get(shape, name)?.flatten_all()?.to_vec1::<f32>()?)
@@ -319,6 +325,27 @@ impl PackedBert {
 
     /// Pooled (and, if asked, L2-normalised) embeddings of token sequences, in order.
     pub fn embed(&self, batch: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.run(batch, Output::Pooled(pooling))
+    }
+
+    /// Each sequence's token vectors (`len × hidden`, row-major) after the first `layers`
+    /// transformer layers: the input of layer `layers`, which [`super::adapter`] trains on.
+    pub fn states(&self, batch: &[Vec<u32>], layers: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        if layers > self.layers.len() {
+            return Err(ModelError::Input(format!(
+                "the encoder has {} layers, not {layers}",
+                self.layers.len()
+            )));
+        }
+        self.run(batch, Output::Rows { layers })
+    }
+
+    /// Transformer layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn run(&self, batch: &[Vec<u32>], output: Output) -> Result<Vec<Vec<f32>>, ModelError> {
         for tokens in batch {
             if tokens.len() > self.max_positions {
                 return Err(ModelError::Input(format!(
@@ -350,7 +377,7 @@ impl PackedBert {
                 tokens += batch[end].len();
                 end += 1;
             }
-            self.forward_chunk(&batch[start..end], pooling, &mut scratch, &mut out);
+            self.forward_chunk(&batch[start..end], output, &mut scratch, &mut out);
             start = end;
         }
         Ok(out)
@@ -360,7 +387,7 @@ impl PackedBert {
     fn forward_chunk(
         &self,
         seqs: &[Vec<u32>],
-        pooling: Pooling,
+        output: Output,
         s: &mut Scratch,
         out: &mut Vec<Vec<f32>>,
     ) {
@@ -373,8 +400,13 @@ impl PackedBert {
             offsets.push(offsets.last().copied().unwrap_or(0) + seq.len());
         }
         let t = offsets[seqs.len()];
+        let (upto, pooling) = match output {
+            Output::Pooled(pooling) => (self.layers.len(), Some(pooling)),
+            Output::Rows { layers } => (layers, None),
+        };
         if t == 0 {
-            out.extend(seqs.iter().map(|_| vec![0.0; h]));
+            let width = if pooling.is_some() { h } else { 0 };
+            out.extend(seqs.iter().map(|_| vec![0.0; width]));
             return;
         }
         ensure(&mut s.x, t * h);
@@ -385,7 +417,7 @@ impl PackedBert {
         let x = &mut s.x[..t * h];
 
         self.embeddings(seqs, x);
-        for (l, layer) in self.layers.iter().enumerate() {
+        for (l, layer) in self.layers.iter().enumerate().take(upto) {
             let qkv = &mut s.qkv[..t * 3 * h];
             let ctx = &mut s.ctx[..t * h];
             let tmp = &mut s.tmp[..t * h];
@@ -413,7 +445,10 @@ impl PackedBert {
         }
         for (seq, range) in offsets.windows(2).enumerate() {
             let rows = &x[range[0] * h..range[1] * h];
-            out.push(pool(rows, h, seqs[seq].len(), pooling));
+            out.push(match pooling {
+                Some(pooling) => pool(rows, h, seqs[seq].len(), pooling),
+                None => rows.to_vec(),
+            });
         }
     }
 
@@ -680,6 +715,20 @@ fn linear_f32(
             false,
             gemm::Parallelism::Rayon(rayon::current_num_threads()),
         );
+    }
+}
+
+/// The prefix under which a checkpoint keeps BERT's tensors: none, `bert.`, or the model type,
+/// as `BertModel::load` accepts.
+pub(super) fn bert_root<'a>(vb: VarBuilder<'a>, config: &BertConfig) -> VarBuilder<'a> {
+    if vb.contains_tensor("embeddings.word_embeddings.weight") {
+        vb
+    } else if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+        vb.pp("bert")
+    } else if let Some(kind) = &config.model_type {
+        vb.pp(kind)
+    } else {
+        vb
     }
 }
 

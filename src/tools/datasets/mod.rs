@@ -93,6 +93,8 @@ pub struct DataOptions {
     pub seed: u64,
     /// Share of the training data held out for validation.
     pub validation_fraction: f64,
+    /// An adapter directory (`modbot finetune`) whose changes the encoder loads with.
+    pub adapter: Option<PathBuf>,
 }
 
 impl DataOptions {
@@ -106,8 +108,19 @@ impl DataOptions {
 pub const ENCODER_NAME: &str = "all-MiniLM-L6-v2";
 
 /// Loads the encoder on the CPU with its identity (`name@sha256[..12]`).
-pub fn load_encoder(model_dir: &Path) -> Result<(Encoder, String), TrainError> {
-    let encoder = Encoder::load_cpu(model_dir)?;
+pub fn load_encoder(
+    model_dir: &Path,
+    adapter: Option<&Path>,
+) -> Result<(Encoder, String), TrainError> {
+    let adapter = adapter
+        .map(crate::infra::model::adapter::Adapter::load)
+        .transpose()?;
+    let encoder = Encoder::load_adapted(
+        model_dir,
+        &crate::infra::model::cpu(),
+        crate::infra::model::Forward::Auto,
+        adapter.as_ref(),
+    )?;
     let weights = model_dir.join("model.safetensors");
     let hash = crate::infra::model::fetch::sha256_file(&weights)
         .map_err(|e| TrainError::Other(e.to_string()))?;
@@ -115,7 +128,13 @@ pub fn load_encoder(model_dir: &Path) -> Result<(Encoder, String), TrainError> {
         || ENCODER_NAME.to_owned(),
         |n| n.to_string_lossy().into_owned(),
     );
-    Ok((encoder, format!("{name}@{}", &hash[..12])))
+    // An adapted encoder is another encoder: its embeddings are cached under another key
+    // and heads trained on them say so.
+    let adapted = adapter
+        .as_ref()
+        .map(|a| format!("+adapter@{}", &a.sha256()[..12]))
+        .unwrap_or_default();
+    Ok((encoder, format!("{name}@{}{adapted}", &hash[..12])))
 }
 
 /// Index of the largest value (the first on ties).

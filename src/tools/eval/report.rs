@@ -82,7 +82,8 @@ fn max_fpr_for(task: &Task) -> Option<f64> {
 
 /// Runs `modbot eval`; `Ok(false)` when `--check` found metrics that moved.
 pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
-    let (encoder, encoder_id) = load_encoder(&options.data.model_dir)?;
+    let (encoder, encoder_id) =
+        load_encoder(&options.data.model_dir, options.data.adapter.as_deref())?;
     let embedder = Embedder::new(&encoder, encoder_id.clone(), options.data.cache_dir.clone());
     let compare = options.heads_dirs.len() > 1;
     let mut loaded = Vec::new();

@@ -25,6 +25,8 @@
 //!
 //! The softmax sentiment head takes only its own labels.
 
+pub mod finetune;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -125,7 +127,8 @@ struct TrainedHead {
 /// test splits and records the metrics in the manifest. Progress goes to standard error.
 pub fn run(options: &TrainOptions) -> Result<(), TrainError> {
     let started = Instant::now();
-    let (encoder, encoder_id) = load_encoder(&options.data.model_dir)?;
+    let (encoder, encoder_id) =
+        load_encoder(&options.data.model_dir, options.data.adapter.as_deref())?;
     let embedder = Embedder::new(&encoder, encoder_id.clone(), options.data.cache_dir.clone());
     let mut trained = Vec::new();
     for name in &options.heads {
@@ -186,38 +189,53 @@ pub fn run(options: &TrainOptions) -> Result<(), TrainError> {
     Ok(())
 }
 
-fn train_task(
+/// A task's examples as `modbot train` (and `modbot finetune`) learn from them: the
+/// dataset's training split cut into training and validation by a stable hash, the task's
+/// extra negatives (cut the same way), and moderators' feedback (training side only).
+pub struct TaskData {
+    /// Training examples: the dataset's own first, then extra negatives, then feedback.
+    pub train: Vec<Example>,
+    /// Validation examples: the dataset's own first, then extra negatives.
+    pub validation: Vec<Example>,
+    /// Weight of each training example (feedback counts double).
+    pub weights: Vec<f32>,
+    /// How many of `train` are the dataset's own.
+    pub own_train: usize,
+    /// How many of `validation` are the dataset's own.
+    pub own_validation: usize,
+    /// Extra negatives added (both sides).
+    pub extra_negatives: usize,
+    /// Feedback examples added.
+    pub feedback_used: usize,
+    /// sha256 of the dataset's training file.
+    pub train_file_sha256: String,
+}
+
+/// [`TaskData`] of `task`.
+pub fn task_data(
     task: &'static Task,
-    options: &TrainOptions,
-    embedder: &Embedder<'_>,
-) -> Result<TrainedHead, TrainError> {
-    eprintln!("training head `{}` on {}", task.head, task.dataset);
-    let split = options.data.split(task.dataset, "train")?;
+    source: &DataOptions,
+    feedback: &[FeedbackExample],
+) -> Result<TaskData, TrainError> {
+    let split = source.split(task.dataset, "train")?;
     let (mut train, mut validation) = data::validation_split(
         split.examples.clone(),
-        options.data.validation_fraction,
-        options.data.seed,
+        source.validation_fraction,
+        source.seed,
     );
     // The dataset's own examples come first, additions after: the first part's embeddings
     // are then the same list as on every run, and come from the cache.
     let (own_train, own_validation) = (train.len(), validation.len());
     let mut extra_negatives = 0;
     for dataset in task.extra_negatives {
-        let other = load_split(
-            &options.data.data_dir,
-            dataset,
-            "train",
-            None,
-            options.data.seed,
-        )?;
-        let limit = options
-            .data
+        let other = load_split(&source.data_dir, dataset, "train", None, source.seed)?;
+        let limit = source
             .subset
             .unwrap_or(EXTRA_NEGATIVES)
             .min(EXTRA_NEGATIVES);
-        let sample = data::subset(other.examples, limit, options.data.seed);
+        let sample = data::subset(other.examples, limit, source.seed);
         let (more_train, more_validation) =
-            data::validation_split(sample, options.data.validation_fraction, options.data.seed);
+            data::validation_split(sample, source.validation_fraction, source.seed);
         for (mut example, held_out) in more_train
             .into_iter()
             .map(|e| (e, false))
@@ -234,7 +252,7 @@ fn train_task(
     }
     let mut weights = vec![1.0f32; train.len()];
     let mut feedback_used = 0;
-    for feedback in &options.feedback {
+    for feedback in feedback {
         let (head, label) = match feedback.label.split_once('/') {
             Some(pair) => pair,
             // A negative of everything: of this label too, if it is a binary one.
@@ -266,6 +284,34 @@ fn train_task(
         weights.push(2.0);
         feedback_used += 1;
     }
+    Ok(TaskData {
+        train,
+        validation,
+        weights,
+        own_train,
+        own_validation,
+        extra_negatives,
+        feedback_used,
+        train_file_sha256: split.sha256,
+    })
+}
+
+fn train_task(
+    task: &'static Task,
+    options: &TrainOptions,
+    embedder: &Embedder<'_>,
+) -> Result<TrainedHead, TrainError> {
+    eprintln!("training head `{}` on {}", task.head, task.dataset);
+    let TaskData {
+        train,
+        validation,
+        weights,
+        own_train,
+        own_validation,
+        extra_negatives,
+        feedback_used,
+        train_file_sha256,
+    } = task_data(task, &options.data, &options.feedback)?;
     let counts = data::class_counts(&train, task.classes());
     let val_counts = data::class_counts(&validation, task.classes());
     for (side, side_counts) in [("training", &counts), ("validation", &val_counts)] {
@@ -455,7 +501,7 @@ fn train_task(
     let training = json!({
         "ngram": ngram.as_ref().map(|h| &h.report),
         "dataset": task.dataset,
-        "train_file_sha256": split.sha256,
+        "train_file_sha256": train_file_sha256,
         "train_examples": train.len(),
         "train_class_counts": counts,
         "validation_examples": validation.len(),
