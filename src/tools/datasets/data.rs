@@ -206,6 +206,30 @@ pub struct Split {
     pub examples: Vec<Example>,
 }
 
+/// Parses each non-blank line of JSONL `bytes` (read from `path`) as a `T` and hands it to
+/// `each`. A line that is not UTF-8 or does not parse, or that `each` refuses (with a
+/// message), is an error naming the file and the line.
+pub fn each_jsonl<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+    mut each: impl FnMut(T) -> Result<(), String>,
+) -> Result<(), TrainError> {
+    for (n, line) in bytes.lines().enumerate() {
+        let bad = |message: String| TrainError::Data {
+            path: path.to_owned(),
+            line: n + 1,
+            message,
+        };
+        let line = line.map_err(|e| bad(e.to_string()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: T = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        each(value).map_err(bad)?;
+    }
+    Ok(())
+}
+
 /// The file of a dataset's split under `dir`.
 pub fn split_path(dir: &Path, dataset: &str, split: &str) -> PathBuf {
     dir.join(dataset).join(format!("{split}.jsonl"))
@@ -221,24 +245,14 @@ pub fn read_split(path: &Path, task: &Task) -> Result<Split, TrainError> {
     })?;
     let sha256 = crate::infra::model::fetch::sha256_bytes(&bytes);
     let mut examples = Vec::new();
-    for (n, line) in bytes.lines().enumerate() {
-        let bad = |message: String| TrainError::Data {
-            path: path.to_owned(),
-            line: n + 1,
-            message,
-        };
-        let line = line.map_err(|e| bad(e.to_string()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let line: Line = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+    each_jsonl(path, &bytes, |line: Line| {
         let class = task.class_of(&line.label).ok_or_else(|| {
-            bad(format!(
+            format!(
                 "label `{}` is not one of {:?} (task {})",
                 line.label,
                 task.class_names(),
                 task.head
-            ))
+            )
         })?;
         examples.push(Example {
             id: line.id,
@@ -247,7 +261,8 @@ pub fn read_split(path: &Path, task: &Task) -> Result<Split, TrainError> {
             source: line.source,
             vader_compound: line.vader_compound,
         });
-    }
+        Ok(())
+    })?;
     if examples.is_empty() {
         return Err(TrainError::Data {
             path: path.to_owned(),

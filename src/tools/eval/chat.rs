@@ -29,6 +29,7 @@ use crate::infra::inference::{ModelStatus, Scorer};
 use crate::infra::users::{SharedState, StateOptions};
 use crate::service::moderate::Moderator;
 use crate::tools::datasets::TrainError;
+use crate::tools::datasets::data::each_jsonl;
 
 /// The harm categories, in report order, and the benign one last.
 pub const CATEGORIES: &[&str] = &[
@@ -241,23 +242,10 @@ pub fn peer_outcomes(
     path: &Path,
     lines: &[ChatLine],
 ) -> Result<(String, Vec<LineOutcome>), TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
-        what: "reading",
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = read(path)?;
     let mut decided: BTreeMap<String, bool> = BTreeMap::new();
     let mut name = None;
-    for (n, raw) in text.lines().enumerate() {
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let bad = |message: String| TrainError::Data {
-            path: path.to_owned(),
-            line: n + 1,
-            message,
-        };
-        let decision: PeerDecision = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+    each_jsonl(path, &bytes, |decision: PeerDecision| {
         if name.is_none() {
             name = decision.peer;
         }
@@ -265,9 +253,10 @@ pub fn peer_outcomes(
             .insert(decision.id.clone(), decision.acted)
             .is_some()
         {
-            return Err(bad(format!("id: `{}` is decided twice", decision.id)));
+            return Err(format!("id: `{}` is decided twice", decision.id));
         }
-    }
+        Ok(())
+    })?;
     let mut outcomes = Vec::with_capacity(lines.len());
     for line in lines {
         let Some(acted) = decided.remove(&line.id) else {
@@ -312,42 +301,36 @@ pub fn peer_outcomes(
 
 /// Reads a JSONL file of chat lines, checking each line's category and split.
 pub fn read_lines(path: &Path) -> Result<Vec<ChatLine>, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+    let bytes = read(path)?;
+    let mut lines = Vec::new();
+    each_jsonl(path, &bytes, |line: ChatLine| {
+        if !CATEGORIES.contains(&line.category.as_str()) {
+            return Err(format!(
+                "category: `{}` is not one of {CATEGORIES:?}",
+                line.category
+            ));
+        }
+        if line.split != "validation" && line.split != "test" {
+            return Err(format!(
+                "split: `{}` is neither validation nor test",
+                line.split
+            ));
+        }
+        if line.evasion.is_some() != line.of.is_some() {
+            return Err("an evasion variant names both `evasion` and `of`".into());
+        }
+        lines.push(line);
+        Ok(())
+    })?;
+    Ok(lines)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TrainError> {
+    std::fs::read(path).map_err(|source| TrainError::Io {
         what: "reading",
         path: path.to_owned(),
         source,
-    })?;
-    let mut lines = Vec::new();
-    for (n, raw) in text.lines().enumerate() {
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let bad = |message: String| TrainError::Data {
-            path: path.to_owned(),
-            line: n + 1,
-            message,
-        };
-        let line: ChatLine = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
-        if !CATEGORIES.contains(&line.category.as_str()) {
-            return Err(bad(format!(
-                "category: `{}` is not one of {CATEGORIES:?}",
-                line.category
-            )));
-        }
-        if line.split != "validation" && line.split != "test" {
-            return Err(bad(format!(
-                "split: `{}` is neither validation nor test",
-                line.split
-            )));
-        }
-        if line.evasion.is_some() != line.of.is_some() {
-            return Err(bad(
-                "an evasion variant names both `evasion` and `of`".into()
-            ));
-        }
-        lines.push(line);
-    }
-    Ok(lines)
+    })
 }
 
 /// Summarises outcomes by split.
