@@ -206,7 +206,12 @@ struct FinetuneArgs {
     /// Where to write the adapter (a new or empty directory).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Most training examples per label (validation: a quarter of it).
+    /// The heads whose binary labels the probes learn, comma-separated (or single labels,
+    /// e.g. toxicity/threat).
+    #[arg(long, value_delimiter = ',', default_value = "toxicity,spam")]
+    heads: Vec<String>,
+    /// Most training examples per label, half of them positive (validation: a quarter of
+    /// it).
     #[arg(long, value_name = "N", default_value_t = 1500)]
     per_task: usize,
     /// Rank of the adapter's factors.
@@ -622,6 +627,14 @@ fn run_finetune(config: &Config, args: &FinetuneArgs) -> ExitCode {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }
+    if args.data.adapter.is_some() {
+        eprintln!("error: --adapter: an adapter is trained on the plain encoder");
+        return ExitCode::from(2);
+    }
+    if args.per_task < 10 || args.rank == 0 || args.epochs == 0 {
+        eprintln!("error: --per-task must be at least 10, --rank and --epochs at least 1");
+        return ExitCode::from(2);
+    }
     if args.out.read_dir().is_ok_and(|mut d| d.next().is_some()) {
         eprintln!(
             "error: --out: {} is not empty (an adapter is never overwritten)",
@@ -632,6 +645,7 @@ fn run_finetune(config: &Config, args: &FinetuneArgs) -> ExitCode {
     let options = crate::tools::train::finetune::FinetuneOptions {
         data: args.data.options(config),
         out_dir: args.out.clone(),
+        heads: args.heads.clone(),
         per_task: args.per_task,
         tune: crate::infra::model::adapter::TuneConfig {
             rank: args.rank,
@@ -718,6 +732,9 @@ fn run_chat_eval(config: &Config, args: &EvalArgs, dir: &Path) -> ExitCode {
     let mut model = config.model.clone();
     if let Some(heads) = &args.heads_dir {
         model.heads_dir = heads.clone();
+    }
+    if let Some(adapter) = &args.data.adapter {
+        model.adapter = adapter.clone();
     }
     let rules = match crate::service::ruleset::read_rules_file(config)
         .and_then(|file| crate::engine::rules::RuleSet::compile(&file.document, &file.origin))

@@ -532,6 +532,10 @@ pub struct ModelConfig {
     /// Directory of head sets that may be tried and promoted (`Admin.TryModel`): one
     /// subdirectory per set, each as `heads_dir`; empty for none.
     pub registry_dir: PathBuf,
+    /// An adapter directory (`modbot finetune`) merged into the encoder's weights at load;
+    /// empty for none. Heads must have been trained with the same adapter.
+    #[serde(default)]
+    pub adapter: PathBuf,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// The encoder's arithmetic on the CPU.

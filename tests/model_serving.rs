@@ -634,6 +634,110 @@ async fn int8_precision_serves_the_committed_heads_and_says_so_in_the_version() 
     }
 }
 
+/// A tiny adapter of the default model's top layer, trained here on the centroid head's lines.
+fn tiny_adapter(model: &Path, dir: &Path) -> modbot::infra::model::adapter::Adapter {
+    use modbot::infra::model::adapter::{Adapter, TopLayer, TuneConfig, TuneExample, tune};
+    let encoder = Encoder::load(model, &Device::Cpu).unwrap();
+    let top = TopLayer::load(model).unwrap();
+    let lines: Vec<(&str, bool)> = INSULTS
+        .iter()
+        .map(|t| (*t, true))
+        .chain(FRIENDLY.iter().map(|t| (*t, false)))
+        .collect();
+    let tokens: Vec<Vec<u32>> = lines
+        .iter()
+        .map(|(t, _)| encoder.tokenize(t).unwrap())
+        .collect();
+    let examples: Vec<TuneExample> = encoder
+        .states(&tokens, top.index())
+        .unwrap()
+        .into_iter()
+        .zip(&lines)
+        .map(|(rows, (_, positive))| TuneExample {
+            rows,
+            task: 0,
+            positive: *positive,
+            weight: 1.0,
+        })
+        .collect();
+    let config = TuneConfig {
+        rank: 2,
+        probe_epochs: 1,
+        max_epochs: 1,
+        batch_size: 4,
+        ..TuneConfig::default()
+    };
+    let tuned = tune(&top, 1, &examples, &examples, &config, |_| {}).unwrap();
+    tuned.adapter.save(dir).unwrap();
+    Adapter::load(dir).unwrap()
+}
+
+#[tokio::test]
+async fn an_adapted_encoder_serves_under_its_own_version_and_a_foreign_adapter_is_refused() {
+    let Some(model) = model_dir_or_skip("an_adapted_encoder_serves_under_its_own_version") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let adapter_dir = work.path().join("adapter");
+    let adapter = tiny_adapter(&model, &adapter_dir);
+    let heads = work.path().join("heads");
+    write_centroid_heads(&model, &heads);
+
+    let server = start_with_model(&model, &heads, |config| {
+        config.model.adapter = adapter_dir.clone();
+    })
+    .await;
+    let info = model_info(&server).await;
+    assert!(info.loaded, "{info:?}");
+    let suffix = format!("+adapter@{}", &adapter.sha256()[..12]);
+    assert!(info.version.contains(&suffix), "{}", info.version);
+    let verdicts = server
+        .moderation()
+        .classify(classify(&["shut up you braindead idiot", "hello there"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdicts;
+    for verdict in &verdicts {
+        assert!(verdict.degraded.is_empty(), "{verdict:?}");
+        assert_eq!(verdict.model_version, info.version);
+    }
+    server.stop().await.unwrap();
+
+    // An adapter made for other weights: the model is not served (rules only, degraded) and
+    // the status says why.
+    let manifest_path = adapter_dir.join("adapter.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["base_sha256"] = serde_json::json!("a".repeat(64));
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let server = start_with_model(&model, &heads, |config| {
+        config.model.adapter = adapter_dir.clone();
+    })
+    .await;
+    let info = model_info(&server).await;
+    assert!(!info.loaded);
+    assert!(
+        info.status_detail
+            .contains("the adapter was trained on encoder weights aaaaaaaaaaaa"),
+        "{}",
+        info.status_detail
+    );
+    assert_eq!(
+        model_health(&server).await,
+        ServingStatus::NotServing as i32
+    );
+    let verdicts = server
+        .moderation()
+        .classify(classify(&["hello there"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdicts;
+    assert_eq!(verdicts[0].degraded, [DegradedComponent::Model as i32]);
+    server.stop().await.unwrap();
+}
+
 /// The insult threshold of the shipped policy (`config/rules.toml`, `[policy.model]`).
 fn shipped_insult_threshold() -> f64 {
     let rules = modbot::engine::rules::DEFAULT_RULES;

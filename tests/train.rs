@@ -769,3 +769,143 @@ fn eval_chat_decides_a_chat_set_through_the_whole_path() {
     );
     assert_eq!(peer["targets"].as_array().unwrap().len(), 5, "{report}");
 }
+
+#[test]
+fn finetune_writes_an_adapter_that_train_and_eval_load_with_the_encoder() {
+    if !have_model("finetune_writes_an_adapter_that_train_and_eval_load_with_the_encoder") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    write_datasets(&work.path().join("datasets"));
+    let adapter = work.path().join("adapter");
+    let (output, stdout, stderr) = run(&mut modbot(
+        work.path(),
+        &[
+            "finetune",
+            "--heads",
+            "toxicity",
+            "--per-task",
+            "24",
+            "--epochs",
+            "1",
+            "--rank",
+            "2",
+            "--validation-fraction",
+            "0.25",
+            "--out",
+            adapter.to_str().unwrap(),
+        ],
+    ));
+    assert!(output.status.success(), "{stderr}");
+    // One row per toxicity label, frozen beside adapted.
+    for label in ["insult", "threat", "sexual", "identity_attack"] {
+        assert!(
+            stdout.contains(&format!("| toxicity/{label} |")),
+            "{stdout}"
+        );
+    }
+    let adapter_manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(adapter.join("adapter.json")).unwrap()).unwrap();
+    assert_eq!(adapter_manifest["rank"], 2);
+    assert_eq!(adapter_manifest["layer"], 5);
+    assert_eq!(
+        adapter_manifest["base_sha256"].as_str().unwrap(),
+        modbot::infra::model::fetch::sha256_file(&model_dir().join("model.safetensors")).unwrap()
+    );
+    assert_eq!(
+        adapter_manifest["provenance"]["validation_roc_auc"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    // An adapter is never overwritten, and is trained on the plain encoder.
+    for (args, expected) in [
+        (
+            vec!["finetune", "--out", adapter.to_str().unwrap()],
+            "is not empty",
+        ),
+        (
+            vec![
+                "finetune",
+                "--out",
+                "x",
+                "--adapter",
+                adapter.to_str().unwrap(),
+            ],
+            "--adapter: an adapter is trained on the plain encoder",
+        ),
+        (
+            vec!["finetune", "--out", "x", "--per-task", "5"],
+            "--per-task must be at least 10",
+        ),
+    ] {
+        let (output, _, stderr) = run(&mut modbot(work.path(), &args));
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+
+    // Heads trained with the adapter say so, and eval scores them with it.
+    let heads = work.path().join("heads");
+    let (output, _, stderr) = run(&mut modbot(
+        work.path(),
+        &[
+            "train",
+            "--heads",
+            "toxicity/insult",
+            "--validation-fraction",
+            "0.25",
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--out",
+            heads.to_str().unwrap(),
+        ],
+    ));
+    assert!(output.status.success(), "{stderr}");
+    let written = manifest(&heads);
+    let adapter_sha =
+        modbot::infra::model::fetch::sha256_file(&adapter.join("adapter.safetensors")).unwrap();
+    let suffix = format!("+adapter@{}", &adapter_sha[..12]);
+    assert!(
+        written["encoder"].as_str().unwrap().ends_with(&suffix)
+            && written["training"]["encoder"]
+                .as_str()
+                .unwrap()
+                .ends_with(&suffix),
+        "{written}"
+    );
+    let (output, _, stderr) = run(&mut modbot(
+        work.path(),
+        &[
+            "eval",
+            "--heads-dir",
+            heads.to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--no-baselines",
+            "--dataset",
+            "insults",
+        ],
+    ));
+    assert!(output.status.success(), "{stderr}");
+    // An adapter for other weights is refused by name.
+    let mut other = adapter_manifest.clone();
+    other["base_sha256"] = serde_json::json!("f".repeat(64));
+    std::fs::write(adapter.join("adapter.json"), other.to_string()).unwrap();
+    let (output, _, stderr) = run(&mut modbot(
+        work.path(),
+        &[
+            "eval",
+            "--heads-dir",
+            heads.to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--no-baselines",
+        ],
+    ));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the adapter was trained on encoder weights ffffffffffff"),
+        "{stderr}"
+    );
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{Description, HeadSet, Limits, ModelBackend, ModelFailure, ModelStatus, Scorer};
 use crate::config::{DeviceSpec, ModelConfig, ModelPrecision, parse_device};
+use crate::infra::model::adapter::Adapter;
 use crate::infra::model::heads::Heads;
 use crate::infra::model::{Encoder, Forward, fetch, open_device};
 
@@ -86,7 +87,27 @@ fn load_model(config: &ModelConfig) -> Scorer {
         ModelPrecision::F32 => Forward::Auto,
         ModelPrecision::Int8 => Forward::Int8,
     };
-    let encoder = match Encoder::load_with(dir, &device, backend) {
+    let adapter = if config.adapter.as_os_str().is_empty() {
+        None
+    } else {
+        match Adapter::load(&config.adapter) {
+            Ok(adapter) => Some(adapter),
+            Err(error) => {
+                let failure = ModelFailure::Encoder {
+                    dir: config.adapter.display().to_string(),
+                    error: error.to_string(),
+                };
+                return model_failed(failure, description);
+            }
+        }
+    };
+    // An adapted encoder is another encoder: heads trained on it name it so (`modbot train
+    // --adapter`), and so does the version of every verdict it scores.
+    let adapted = adapter
+        .as_ref()
+        .map(|a| format!("+adapter@{}", &a.sha256()[..12]))
+        .unwrap_or_default();
+    let encoder = match Encoder::load_adapted(dir, &device, backend, adapter.as_ref()) {
         Ok(encoder) => encoder,
         Err(error) => {
             let failure = ModelFailure::Encoder {
@@ -113,7 +134,12 @@ fn load_model(config: &ModelConfig) -> Scorer {
     };
     // Int8 scores differ from f32 ones a little: the version says which produced a verdict.
     let precision = if encoder.is_int8() { "/int8" } else { "" };
-    description.version = format!("{}@{}{precision}", description.encoder, &hash[..12]);
+    description.version = format!(
+        "{}@{}{adapted}{precision}",
+        description.encoder,
+        &hash[..12]
+    );
+    description.encoder.push_str(&adapted);
     let heads = match Heads::load(&config.heads_dir, encoder.dim()) {
         Ok(heads) => heads,
         Err(error) => {

@@ -5,8 +5,10 @@
 //! the encoder frozen: the token vectors entering the top layer are computed once by the
 //! packed forward ([`super::packed::PackedBert::states`]); only the top layer then runs, in
 //! candle with autograd, followed by the model's pooling and one linear probe per task (a
-//! binary label: insult, spam …). The probes are trained alone first (linear probing), then
-//! together with the adapter, and the epoch with the lowest validation loss is kept.
+//! binary label: insult, spam …). The probes are trained alone first (linear probing, on the
+//! frozen layer's vectors computed once); from the probe-only epoch with the lowest validation
+//! loss (the frozen baseline), they train together with the adapter, and the adapter epoch
+//! with the lowest validation loss is kept.
 //!
 //! Training is deterministic: the factors are initialised, the examples shuffled and batched
 //! from a seeded SplitMix64, and candle's CPU kernels reduce in a fixed order.
@@ -145,7 +147,16 @@ impl Adapter {
             tensors.insert(format!("{target}.lora_a"), a.clone());
             tensors.insert(format!("{target}.lora_b"), b.clone());
         }
-        candle_core::safetensors::save(&tensors, dir.join(ADAPTER_WEIGHTS))?;
+        let weights = dir.join(ADAPTER_WEIGHTS);
+        candle_core::safetensors::save(&tensors, &weights)?;
+        // The writer leaves the file readable by its owner only; an adapter is read by the
+        // service's own user (a read-only volume in the chart), like the heads.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&weights, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| io(&weights, e))?;
+        }
         let json =
             serde_json::to_string_pretty(&self.manifest).map_err(|e| ModelError::Config {
                 path: dir.join(ADAPTER_JSON),
@@ -476,7 +487,7 @@ impl Default for TuneConfig {
             probe_learning_rate: 1e-2,
             weight_decay: 0.01,
             batch_size: 32,
-            probe_epochs: 3,
+            probe_epochs: 20,
             max_epochs: 6,
             patience: 2,
             seed: 0,
@@ -506,8 +517,8 @@ pub struct Tuned {
     pub epochs: Vec<EpochReport>,
     /// The epoch kept.
     pub best_epoch: usize,
-    /// Validation logits of each example's own probe with the frozen layer (after the probe
-    /// epochs): the baseline the adapter must beat.
+    /// Validation logits of each example's own probe with the frozen layer (the best
+    /// probe-only epoch): the baseline the adapter must beat.
     pub frozen_logits: Vec<f32>,
     /// The same with the kept adapter and its probes.
     pub tuned_logits: Vec<f32>,
@@ -637,6 +648,7 @@ pub fn tune(
     let mut epochs = Vec::new();
     let mut best: Option<(f64, usize, Vec<Tensor>, Vec<f32>)> = None;
     let mut frozen_logits = Vec::new();
+    let mut best_probes: Option<(f64, (Tensor, Tensor))> = None;
     let mut since_best = 0;
     let total = config.probe_epochs + config.max_epochs;
     for epoch in 1..=total {
@@ -680,7 +692,19 @@ pub fn tune(
         progress(&report);
         epochs.push(report);
         if !adapting {
-            frozen_logits = logits;
+            // The probes of the best probe-only epoch are the frozen baseline, and where the
+            // adapter starts from.
+            if best_probes.as_ref().is_none_or(|b| validation_loss < b.0) {
+                let saved = (probe_w.as_tensor().copy()?, probe_b.as_tensor().copy()?);
+                best_probes = Some((validation_loss, saved));
+                frozen_logits = logits;
+            }
+            if epoch == config.probe_epochs
+                && let Some((_, (w, b))) = &best_probes
+            {
+                probe_w.set(w)?;
+                probe_b.set(b)?;
+            }
             continue;
         }
         if best.as_ref().is_none_or(|b| validation_loss < b.0) {

@@ -1,9 +1,10 @@
 //! `modbot finetune`: an adapter for the encoder's top layer ([`adapter`]), trained on the
-//! binary tasks' data (insult, threat, sexual, identity attack, spam, promotion), written as a
+//! binary labels' data (by default insult, threat, sexual, identity attack, spam, promotion),
+//! written as a
 //! directory that `modbot train --adapter` and `modbot eval --adapter` load the encoder with.
 //!
 //! Each task contributes at most `per_task` training examples and a quarter of that from its
-//! validation side: the same examples, cut by the same stable hash, that `modbot train` uses
+//! validation side, half of them positive where there are enough: the same examples, cut by the same stable hash, that `modbot train` uses
 //! ([`super::task_data`]), so the adapter never sees a test split. The token vectors entering
 //! the top layer are computed once with the frozen encoder; the adapter is then trained on them
 //! with one probe per task (see [`adapter`]). The report compares, per task, the validation
@@ -31,6 +32,8 @@ pub struct FinetuneOptions {
     pub data: DataOptions,
     /// Where the adapter is written.
     pub out_dir: PathBuf,
+    /// Heads (or `head/label`s) whose binary labels the probes learn.
+    pub heads: Vec<String>,
     /// Most training examples per task (validation: a quarter of it).
     pub per_task: usize,
     /// How the adapter is trained.
@@ -62,25 +65,42 @@ pub fn run(options: &FinetuneOptions) -> Result<Vec<TaskComparison>, TrainError>
             "--per-task: at least 10 examples per task".to_owned(),
         ));
     }
+    let mut tasks: Vec<&'static Task> = Vec::new();
+    for name in &options.heads {
+        let found: Vec<&'static Task> = data::tasks(name)
+            .into_iter()
+            .filter(|t| t.is_binary())
+            .collect();
+        if found.is_empty() {
+            return Err(TrainError::Missing(format!(
+                "no binary label under `{name}` (e.g. toxicity, spam, toxicity/threat)"
+            )));
+        }
+        for task in found {
+            if !tasks.iter().any(|t| std::ptr::eq(*t, task)) {
+                tasks.push(task);
+            }
+        }
+    }
     let started = Instant::now();
     let top = TopLayer::load(&options.data.model_dir)?;
     let (encoder, encoder_id) = load_encoder(&options.data.model_dir, None)?;
-    let tasks: Vec<&'static Task> = data::TASKS.iter().filter(|t| t.is_binary()).collect();
     let mut train = Vec::new();
     let mut validation = Vec::new();
     let mut sources = Vec::new();
     for (index, task) in tasks.iter().enumerate() {
         let all = task_data(task, &options.data, &[])?;
         let seed = options.data.seed;
-        let train_part = data::subset(all.train.clone(), options.per_task, seed);
-        let validation_part =
-            data::subset(all.validation.clone(), options.per_task.div_ceil(4), seed);
+        let train_part = balanced(&all.train, options.per_task, seed);
+        let validation_part = balanced(&all.validation, options.per_task.div_ceil(4), seed);
         eprintln!(
-            "{}/{}: {} training and {} validation examples",
+            "{}/{}: {} training examples {:?}, {} validation {:?}",
             task.head,
             task.labels[0],
             train_part.len(),
-            validation_part.len()
+            data::class_counts(&train_part, 2),
+            validation_part.len(),
+            data::class_counts(&validation_part, 2),
         );
         sources.push(json!({
             "label": format!("{}/{}", task.head, task.labels[0]),
@@ -163,6 +183,20 @@ pub fn run(options: &FinetuneOptions) -> Result<Vec<TaskComparison>, TrainError>
         started.elapsed().as_secs_f64()
     );
     Ok(comparison)
+}
+
+/// At most `limit` examples, half of each class where the data has them (a stable hash picks
+/// which), the rest from the other class: the extra negatives and rare labels would otherwise
+/// leave a handful of positives.
+fn balanced(examples: &[Example], limit: usize, seed: u64) -> Vec<Example> {
+    let (positives, negatives): (Vec<Example>, Vec<Example>) =
+        examples.iter().cloned().partition(|e| e.class == 1);
+    let half = limit / 2;
+    let take_positive = positives.len().min(limit - half.min(negatives.len()));
+    let take_negative = negatives.len().min(limit - take_positive);
+    let mut out = data::subset(positives, take_positive, seed);
+    out.extend(data::subset(negatives, take_negative, seed));
+    out
 }
 
 /// The examples' token vectors entering the top layer, as [`TuneExample`]s of `task`.

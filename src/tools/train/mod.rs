@@ -741,9 +741,15 @@ fn write_heads(
             "training": training,
         }));
     }
+    // Heads trained on an adapted encoder's embeddings name the adapter with the encoder:
+    // served by the plain encoder, they would be fed vectors they never saw.
+    let encoder_name = match encoder_id.split_once("+adapter@") {
+        Some((_, adapter)) => format!("{ENCODER_NAME}+adapter@{adapter}"),
+        None => ENCODER_NAME.to_owned(),
+    };
     let manifest = json!({
         "version": crate::infra::model::fetch::sha256_bytes(&all_bytes)[..12].to_owned(),
-        "encoder": ENCODER_NAME,
+        "encoder": encoder_name,
         "embedding_dim": embedding_dim,
         "heads": entries,
         "training": {
