@@ -33,7 +33,9 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use candle_transformers::models::bert::Config as BertConfig;
 use serde::{Deserialize, Serialize};
 
-use super::{ModelError, Pooling, PoolingMode, packed, read_json, read_pooling, required};
+use super::{
+    ModelError, Pooling, PoolingMode, packed, pool_padded, read_json, read_pooling, required,
+};
 
 /// The adapter's manifest file.
 pub const ADAPTER_JSON: &str = "adapter.json";
@@ -350,25 +352,7 @@ impl TopLayer {
         let attended = layer_norm(&(linear(&ctx, 3)? + &rows)?, &self.ln1, self.eps)?;
         let up = linear(&attended, 4)?.gelu_erf()?;
         let out = layer_norm(&(linear(&up, 5)? + &attended)?, &self.ln2, self.eps)?;
-        let out = out.reshape((b, t, h))?;
-        let pooled = match self.pooling.mode {
-            PoolingMode::Cls => out.narrow(1, 0, 1)?.squeeze(1)?,
-            _ => {
-                let m = mask.unsqueeze(2)?;
-                let counts = m.sum(1)?.clamp(1e-9f32, f32::MAX)?;
-                out.broadcast_mul(&m)?.sum(1)?.broadcast_div(&counts)?
-            }
-        };
-        Ok(if self.pooling.normalize {
-            let norms = pooled
-                .sqr()?
-                .sum_keepdim(1)?
-                .sqrt()?
-                .clamp(1e-12f32, f32::MAX)?;
-            pooled.broadcast_div(&norms)?
-        } else {
-            pooled
-        })
+        pool_padded(&out.reshape((b, t, h))?, mask, self.pooling)
     }
 }
 

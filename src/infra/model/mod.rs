@@ -206,6 +206,37 @@ pub fn read_pooling(dir: &Path) -> Result<Pooling, ModelError> {
     Ok(Pooling { mode, normalize })
 }
 
+/// Sentence vectors `[b, h]` of a padded batch's token vectors `hidden` (`[b, t, h]`) with
+/// `mask` (`[b, t]`, 1 for a token, 0 for padding), pooled and normalised as `pooling` says:
+/// candle's forward and the adapter's training share it.
+fn pool_padded(hidden: &Tensor, mask: &Tensor, pooling: Pooling) -> Result<Tensor, ModelError> {
+    let pooled = match pooling.mode {
+        PoolingMode::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+        PoolingMode::Mean => {
+            let mask = mask.unsqueeze(2)?;
+            let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+            let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
+            summed.broadcast_div(&counts)?
+        }
+        PoolingMode::Max => {
+            // Padding must never win the maximum: push it far below any real value.
+            let mask = mask.unsqueeze(2)?;
+            let penalty = ((mask.ones_like()? - &mask)? * -1e9f64)?;
+            hidden.broadcast_add(&penalty)?.max(1)?
+        }
+    };
+    Ok(if pooling.normalize {
+        let norms = pooled
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12f32, f32::MAX)?;
+        pooled.broadcast_div(&norms)?
+    } else {
+        pooled
+    })
+}
+
 /// The forward pass in use.
 enum Model {
     Candle(BertModel),
@@ -439,31 +470,8 @@ impl Encoder {
         let token_types = input_ids.zeros_like()?;
         let hidden = model.forward(&input_ids, &token_types, Some(&attention))?;
 
-        let pooled = match self.pooling.mode {
-            PoolingMode::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-            PoolingMode::Mean => {
-                let mask = attention.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-                let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
-                summed.broadcast_div(&counts)?
-            }
-            PoolingMode::Max => {
-                // Padding must never win the maximum: push it far below any real value.
-                let mask = attention.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let penalty = ((mask.ones_like()? - &mask)? * -1e9f64)?;
-                hidden.broadcast_add(&penalty)?.max(1)?
-            }
-        };
-        let pooled = if self.pooling.normalize {
-            let norms = pooled
-                .sqr()?
-                .sum_keepdim(1)?
-                .sqrt()?
-                .clamp(1e-12f32, f32::MAX)?;
-            pooled.broadcast_div(&norms)?
-        } else {
-            pooled
-        };
+        let mask = attention.to_dtype(DType::F32)?;
+        let pooled = pool_padded(&hidden, &mask, self.pooling)?;
         Ok(pooled.to_vec2::<f32>()?)
     }
 
