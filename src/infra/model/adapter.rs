@@ -195,7 +195,9 @@ impl Adapter {
                 self.manifest.layer, config.num_hidden_layers
             )));
         }
-        let prefix = checkpoint_prefix(tensors, config);
+        let prefix = packed::bert_prefix(|name| tensors.contains_key(name), config)
+            .map(|p| format!("{p}."))
+            .unwrap_or_default();
         let scale = f64::from(self.manifest.alpha) / self.manifest.rank as f64;
         for (target, (a, b)) in self.manifest.targets.iter().zip(&self.factors) {
             let name = format!(
@@ -222,20 +224,6 @@ impl Adapter {
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
-}
-
-/// The prefix of a checkpoint's BERT tensors, as [`packed::bert_root`] finds it.
-fn checkpoint_prefix(tensors: &HashMap<String, Tensor>, config: &BertConfig) -> String {
-    if tensors.contains_key("embeddings.word_embeddings.weight") {
-        String::new()
-    } else if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
-        "bert.".to_owned()
-    } else {
-        config
-            .model_type
-            .as_ref()
-            .map_or_else(String::new, |kind| format!("{kind}."))
-    }
 }
 
 /// The frozen top layer an adapter is trained for, and what follows it (the pooling).

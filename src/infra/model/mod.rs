@@ -37,11 +37,6 @@ mod simd;
 
 pub use device::open_device;
 
-/// The CPU device, for callers that do not otherwise know candle's devices.
-pub fn cpu() -> Device {
-    Device::Cpu
-}
-
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -276,10 +271,10 @@ impl Encoder {
         Self::load_with(dir, device, Forward::Auto)
     }
 
-    /// [`Encoder::load`] on the CPU, for callers that do not otherwise know candle's devices
-    /// (`modbot train` and `modbot eval`).
-    pub fn load_cpu(dir: &Path) -> Result<Self, ModelError> {
-        Self::load(dir, &Device::Cpu)
+    /// [`Encoder::load`] on the CPU, with an adapter when given, for callers that do not
+    /// otherwise know candle's devices (`modbot train`, `eval` and `finetune`).
+    pub fn load_cpu(dir: &Path, adapter: Option<&adapter::Adapter>) -> Result<Self, ModelError> {
+        Self::load_adapted(dir, &Device::Cpu, Forward::Auto, adapter)
     }
 
     /// Loads a model directory onto `device` with the chosen forward pass.

@@ -340,11 +340,6 @@ impl PackedBert {
         self.run(batch, Output::Rows { layers })
     }
 
-    /// Transformer layers.
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
     fn run(&self, batch: &[Vec<u32>], output: Output) -> Result<Vec<Vec<f32>>, ModelError> {
         for tokens in batch {
             if tokens.len() > self.max_positions {
@@ -721,14 +716,20 @@ fn linear_f32(
 /// The prefix under which a checkpoint keeps BERT's tensors: none, `bert.`, or the model type,
 /// as `BertModel::load` accepts.
 pub(super) fn bert_root<'a>(vb: VarBuilder<'a>, config: &BertConfig) -> VarBuilder<'a> {
-    if vb.contains_tensor("embeddings.word_embeddings.weight") {
-        vb
-    } else if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-        vb.pp("bert")
-    } else if let Some(kind) = &config.model_type {
-        vb.pp(kind)
+    match bert_prefix(|name| vb.contains_tensor(name), config) {
+        Some(prefix) => vb.pp(prefix),
+        None => vb,
+    }
+}
+
+/// That prefix (without its dot), given which tensor names a checkpoint `has`.
+pub(super) fn bert_prefix(has: impl Fn(&str) -> bool, config: &BertConfig) -> Option<String> {
+    if has("embeddings.word_embeddings.weight") {
+        None
+    } else if has("bert.embeddings.word_embeddings.weight") {
+        Some("bert".to_owned())
     } else {
-        vb
+        config.model_type.clone()
     }
 }
 

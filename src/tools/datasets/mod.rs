@@ -115,12 +115,7 @@ pub fn load_encoder(
     let adapter = adapter
         .map(crate::infra::model::adapter::Adapter::load)
         .transpose()?;
-    let encoder = Encoder::load_adapted(
-        model_dir,
-        &crate::infra::model::cpu(),
-        crate::infra::model::Forward::Auto,
-        adapter.as_ref(),
-    )?;
+    let encoder = Encoder::load_cpu(model_dir, adapter.as_ref())?;
     let weights = model_dir.join("model.safetensors");
     let hash = crate::infra::model::fetch::sha256_file(&weights)
         .map_err(|e| TrainError::Other(e.to_string()))?;
