@@ -328,7 +328,7 @@ fn agreement(f32_encoder: &Encoder, int8: &Encoder, texts: &[String]) {
         .collect();
     let (mut flips, mut positives, mut worst) = (vec![0usize; labels.len()], 0usize, 0f32);
     for ((text, x), y) in normalized.iter().zip(&a).zip(&b) {
-        let lexical = heads.lexical(text);
+        let lexical = heads.lexical(text, &modbot::engine::rules::lookalike::link_signals(text));
         let (p, q) = (heads.score(x, &lexical), heads.score(y, &lexical));
         for (l, ((p, q), t)) in p.iter().zip(&q).zip(&thresholds).enumerate() {
             worst = worst.max((p - q).abs());

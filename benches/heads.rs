@@ -2,8 +2,9 @@
 //! already pays.
 //!
 //! Since issue 5 the toxicity and spam heads take the logit of their own n-gram model and the
-//! sentiment head VADER's scores, computed from the normalised text on the caller's task
-//! (`Heads::lexical`) before the message is queued for the encoder. The peer is
+//! sentiment head VADER's scores, and since issue 21 the spam head the evidence of the links
+//! (`link_signals`), computed from the normalised text on the caller's task (`Heads::lexical`)
+//! before the message is queued for the encoder. `lexical_inputs` times all of it. The peer is
 //! `Encoder::tokenize` on the same texts, the other per-message step of that task; the ratio of
 //! the two says whether the lexical inputs matter beside it (the encoder pass itself is
 //! ~1 ms per message, `cargo bench --bench encoder`). `head_scoring` times the heads' own
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use modbot::corpus;
 use modbot::engine::normalize::{EmoteSet, normalize};
+use modbot::engine::rules::lookalike::link_signals;
 use modbot::infra::inference::{HeadSet, Lineup, Trial, TrialMode};
 use modbot::infra::model::Encoder;
 use modbot::infra::model::heads::Heads;
@@ -45,14 +47,22 @@ fn benches(c: &mut Criterion) {
         .embed(&[texts[0].as_str()])
         .expect("embeds")
         .remove(0);
-    let lexical = heads.lexical(&texts[0]);
+    let lexical = heads.lexical(&texts[0], &link_signals(&texts[0]));
 
     let mut group = c.benchmark_group("per_message");
     group.throughput(Throughput::Elements(MESSAGES as u64));
     group.bench_function("lexical_inputs", |b| {
         b.iter(|| {
             for text in &texts {
-                black_box(heads.lexical(black_box(text)));
+                black_box(heads.lexical(black_box(text), &link_signals(black_box(text))));
+            }
+        })
+    });
+    // Its share of `lexical_inputs`: the spam head's link evidence alone.
+    group.bench_function("link_signals", |b| {
+        b.iter(|| {
+            for text in &texts {
+                black_box(link_signals(black_box(text)));
             }
         })
     });
@@ -81,7 +91,10 @@ fn benches(c: &mut Criterion) {
                 .collect::<Vec<_>>(),
         )
         .expect("embeds");
-    let lexicals: Vec<Vec<f32>> = texts[..BATCH].iter().map(|t| heads.lexical(t)).collect();
+    let lexicals: Vec<Vec<f32>> = texts[..BATCH]
+        .iter()
+        .map(|t| heads.lexical(t, &link_signals(t)))
+        .collect();
     let rows: Vec<&[f32]> = embeddings.iter().map(Vec::as_slice).collect();
     let lex: Vec<&[f32]> = lexicals.iter().map(Vec::as_slice).collect();
     let mut group = c.benchmark_group("per_message");
@@ -117,7 +130,7 @@ fn benches(c: &mut Criterion) {
             b.iter(|| {
                 let lexicals: Vec<Vec<f32>> = texts[..BATCH]
                     .iter()
-                    .map(|t| lineup.lexical(black_box(t)))
+                    .map(|t| lineup.lexical(black_box(t), &link_signals(black_box(t))))
                     .collect();
                 for (set, inputs) in lineup.sets() {
                     let lex: Vec<&[f32]> = lexicals.iter().map(|l| &l[inputs.clone()]).collect();

@@ -380,6 +380,8 @@ class ChartCase:
         self.assertEqual(job_env["MODBOT_DATABASE_URL"]["valueFrom"]["secretKeyRef"],
                          {"name": v["database"]["existingSecret"], "key": v["database"]["key"]})
         self.assertEqual(job_env["MODBOT_DATA_DIR"]["value"], "/app/train-data")
+        # Where a retrain that learnt nothing new finds the set it repeats.
+        self.assertEqual(job_env["MODBOT_MODEL_REGISTRY_DIR"]["value"], REGISTRY_DIR)
         self.assertEqual(container["resources"], v["retrain"]["resources"])
 
     def shutdown_grace(self) -> int:

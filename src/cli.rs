@@ -276,9 +276,11 @@ struct EvalArgs {
         conflicts_with_all = ["compare", "dataset", "file", "check", "report"]
     )]
     chat: Option<PathBuf>,
-    /// With --chat: a peer's decisions on the same lines (`{"id", "acted"}` per line, as
-    /// `scripts/peer_profanity_check.py` writes them), shown as a column beside modbot's.
-    #[arg(long, value_name = "FILE", requires = "chat")]
+    /// A peer's decisions, shown as a column beside modbot's: with --chat on the chat set's
+    /// lines (`{"id", "acted"}` per line), else on every binary dataset split the file covers
+    /// (`{"set", "id", "acted", "score"}`), as `scripts/peer_profanity_check.py [--datasets]`
+    /// writes them.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["compare", "check"])]
     peer: Option<PathBuf>,
 }
 
@@ -613,8 +615,30 @@ fn run_train(
         heads: args.heads.clone(),
         feedback,
     };
-    match crate::tools::train::run(&options) {
-        Ok(()) => ExitCode::SUCCESS,
+    if let Err(error) = crate::tools::train::run(&options) {
+        eprintln!("error: training: {error}");
+        return ExitCode::FAILURE;
+    }
+    if !args.with_feedback {
+        return ExitCode::SUCCESS;
+    }
+    // A retrain is a candidate: one that learned nothing new is not a second copy of a set.
+    let known = crate::tools::train::drop_if_known(
+        &options.out_dir,
+        &config.model.heads_dir,
+        &config.model.registry_dir,
+    );
+    match known {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(dir)) => {
+            eprintln!(
+                "the retrain learned nothing new: its heads are the set in {}; nothing was \
+                 added to {}",
+                dir.display(),
+                options.out_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: training: {error}");
             ExitCode::FAILURE
@@ -704,6 +728,7 @@ fn run_eval(config: &Config, args: &EvalArgs) -> ExitCode {
         report_dir: args.report.clone(),
         check: args.check,
         scores_out: args.scores_out.clone(),
+        peer: args.peer.clone(),
     };
     match crate::tools::eval::run(&options) {
         Ok(true) => ExitCode::SUCCESS,

@@ -309,7 +309,10 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
     let texts =
         modbot::tools::datasets::embed::normalized(&["you stupid idiot", "have a nice evening"]);
     let embedded = encoder.embed(&[&texts[0], &texts[1]]).unwrap();
-    let score = |i: usize| heads.score(&embedded[i], &heads.lexical(&texts[i]))[0];
+    let score = |i: usize| {
+        let links = modbot::engine::rules::lookalike::link_signals(&texts[i]);
+        heads.score(&embedded[i], &heads.lexical(&texts[i], &links))[0]
+    };
     let (rude, kind) = (score(0), score(1));
     assert!(
         rude > threshold as f32 && kind < threshold as f32,
@@ -405,6 +408,69 @@ fn train_writes_deterministic_calibrated_heads_that_eval_reproduces() {
         "{stdout}"
     );
     assert!(stdout.contains("new − old: f1 +0.0000"), "{stdout}");
+
+    // A peer's decisions on the dataset splits are a column beside the heads: it flags every
+    // second insult and nothing else, so precision 1, recall a half, no false positive.
+    let test_ids: Vec<(String, bool)> = std::fs::read_to_string(data.join("insults/test.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["id"].as_str().unwrap().to_owned(), v["label"] == "insult"))
+        .collect();
+    let peer_lines: Vec<String> = test_ids
+        .iter()
+        .enumerate()
+        .map(|(i, (id, insult))| {
+            let acted = *insult && i % 2 == 0;
+            serde_json::json!({"set": "insults/test", "id": id, "acted": acted,
+                "score": if acted { 0.9 } else { 0.2 }, "peer": "toy peer"})
+            .to_string()
+        })
+        .collect();
+    let peer = work.path().join("peer.jsonl");
+    std::fs::write(&peer, peer_lines.join("\n") + "\n").unwrap();
+    let (output, stdout, stderr) = run(modbot(
+        work.path(),
+        &["eval", "--no-baselines", "--json", "--heads-dir"],
+    )
+    .arg(&first)
+    .args(["--dataset", "insults", "--peer"])
+    .arg(&peer));
+    assert!(output.status.success(), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let models = json["sets"][0]["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2, "the heads and the peer: {models:?}");
+    assert_eq!(models[1][0], "peer: toy peer");
+    let flagged = test_ids
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, insult))| *insult && i % 2 == 0)
+        .count();
+    let insults = test_ids.iter().filter(|(_, insult)| *insult).count();
+    let confusion = &models[1][1]["confusion"];
+    assert_eq!(
+        (confusion["tp"].as_u64(), confusion["fp"].as_u64()),
+        (Some(flagged as u64), Some(0)),
+        "{confusion}"
+    );
+    assert_eq!(confusion["fn_"].as_u64(), Some((insults - flagged) as u64));
+    // A peer file that leaves an example of a covered set undecided is refused, naming it.
+    std::fs::write(&peer, peer_lines[1..].join("\n") + "\n").unwrap();
+    let (output, _, stderr) = run(modbot(
+        work.path(),
+        &["eval", "--no-baselines", "--dataset", "insults", "--peer"],
+    )
+    .arg(&peer)
+    .arg("--heads-dir")
+    .arg(&first));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "no decision for `{}` of insults/test",
+            test_ids[0].0
+        )),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -489,6 +555,30 @@ async fn feedback_in_the_database_is_folded_into_training() {
     assert_eq!(
         training["threat"]["feedback_examples"], 1,
         "insult feedback teaches the insult label only; a benign one every label"
+    );
+
+    // The same retrain again (as a scheduled one would run with no new feedback) learns
+    // nothing new: it adds no second copy of the version beside the registry's set.
+    let again = work.path().join("heads-again");
+    std::fs::create_dir_all(&again).unwrap();
+    std::fs::write(again.join("keep.txt"), "not training's").unwrap();
+    let (output, _, stderr) = run(modbot(
+        work.path(),
+        &["train", "--heads", "toxicity", "--with-feedback", "--out"],
+    )
+    .arg(&again)
+    .env("MODBOT_DATABASE_URL", &url)
+    .env("MODBOT_MODEL_REGISTRY_DIR", work.path()));
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the retrain learned nothing new")
+            && stderr.contains(&out.display().to_string()),
+        "{stderr}"
+    );
+    assert!(!again.join("heads.json").exists() && !again.join("toxicity.safetensors").exists());
+    assert!(
+        again.join("keep.txt").exists(),
+        "only what training wrote is removed"
     );
 }
 
@@ -702,9 +792,10 @@ fn eval_chat_decides_a_chat_set_through_the_whole_path() {
         stderr.contains("no decision for the chat line `flood/001`"),
         "{stderr}"
     );
+    // A peer is a column beside the heads, not a recorded metric: never with --check.
     let (output, _, stderr) = run(&mut modbot(
         work.path(),
-        &["eval", "--peer", peer.to_str().unwrap()],
+        &["eval", "--check", "--peer", peer.to_str().unwrap()],
     ));
     assert_eq!(output.status.code(), Some(2), "{stderr}");
 

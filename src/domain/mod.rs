@@ -7,6 +7,7 @@
 
 mod action;
 mod history;
+mod links;
 mod message;
 mod review;
 mod time;
@@ -21,6 +22,7 @@ pub use history::{
     REMEMBERED_STRIKE, REMEMBERED_TEXT_BYTES, RecentMessage, UserHistory, remembered_text,
 };
 pub(crate) use history::{MessageBlock, Observer, decay, duration_ms, pardoned};
+pub use links::LinkSignals;
 pub use message::{ChatMessage, MAX_ID_BYTES};
 pub use review::{OnExpiry, ReviewFilter, ReviewItem, ReviewStatus, review_id};
 pub use time::{from_unix_millis, unix_millis};

@@ -20,6 +20,7 @@ use crate::domain::unix_millis;
 use crate::domain::{ChatMessage, Decision, Degraded, TrialDecision, Verdict};
 use crate::engine::decision::{DecideOptions, Engine, Inputs, ModelInput, escalation};
 use crate::engine::normalize::{Folded, normalize};
+use crate::engine::rules::lookalike::link_signals;
 use crate::infra::inference::{
     Admission, HeadSet, Overloaded, Pending, Scorer, Scores, Unavailable,
 };
@@ -163,13 +164,16 @@ impl Moderator {
         }
         // A panic here is not reported: deciding the message meets the same fault and
         // reports it once, with the message's verdict.
-        let Ok((normalized, settled)) = crate::guard::catch(|| {
+        let Ok((normalized, links, settled)) = crate::guard::catch(|| {
             crate::fault::deciding(&message.text);
             let normalized = normalize(&message.text, &policy.emotes);
             let settled = rules
                 .harshest_without_history(message, policy, &normalized)
                 .is_some_and(|d| d >= harshest_model);
-            (normalized, settled)
+            // The spam head's link inputs: a function of the folded text, as the score
+            // cache's key is.
+            let links = link_signals(&normalized.text);
+            (normalized, links, settled)
         }) else {
             return Ok(Consult::not_needed());
         };
@@ -178,7 +182,11 @@ impl Moderator {
                 .increment(1);
             None
         } else {
-            Some(self.scorer.submit(&normalized.text, admission).await?)
+            Some(
+                self.scorer
+                    .submit(&normalized.text, links, admission)
+                    .await?,
+            )
         };
         Ok(Consult {
             scores,
@@ -656,6 +664,75 @@ mod tests {
         assert_eq!(fine.degraded, []);
         let last = fine.reasons.last().map(|r| r.rule_id.as_str());
         assert_eq!(last, Some("scam-giveaway"));
+    }
+
+    /// The spam head reads what the links show: the moderator finds it in the folded text
+    /// and sends it to the model queue with the text, where the heads that take it get it.
+    #[tokio::test]
+    async fn the_links_evidence_goes_to_the_model_with_the_text() {
+        use crate::domain::LinkSignals;
+        use crate::infra::inference::{BatchModel, HeadSet, Input, Limits, Lineup};
+        /// Scores nothing; remembers each input's lexical inputs.
+        #[derive(Default)]
+        struct Echo(std::sync::Mutex<Vec<Vec<f32>>>);
+        impl BatchModel for Echo {
+            fn tokenize(&self, text: &str) -> Result<Vec<u32>, String> {
+                Ok(text.bytes().map(u32::from).collect())
+            }
+            fn score(&self, batch: &[Input<'_>], _: &Lineup) -> Result<Vec<Vec<f32>>, String> {
+                let mut seen = self.0.lock().unwrap();
+                seen.extend(batch.iter().map(|input| input.lexical.to_vec()));
+                Ok(batch.iter().map(|_| vec![0.0]).collect())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        crate::infra::model::heads::write_head(
+            &dir.path().join("spam.safetensors"),
+            &[(vec![vec![0.0; 1 + LinkSignals::INPUTS]], vec![0.0])],
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("heads.json"),
+            r#"{"version": "t", "embedding_dim": 1, "heads": [{"name": "spam",
+            "file": "spam.safetensors", "multi_label": true, "labels": ["promo"],
+            "links": "links-1"}]}"#,
+        )
+        .unwrap();
+        let heads = crate::infra::model::heads::Heads::load(dir.path(), 1).unwrap();
+        let echo = Arc::new(Echo::default());
+        let scorer = Scorer::start(
+            Arc::clone(&echo) as Arc<dyn BatchModel>,
+            Description::default(),
+            HeadSet::new("test@1", heads),
+            Limits {
+                max_batch_messages: 4,
+                max_batch_tokens: 1_000,
+                linger: Duration::from_millis(1),
+                max_queue: 16,
+                max_wait: Duration::from_secs(5),
+                cache_entries: 0,
+            },
+        );
+        let moderator = moderator_with(scorer);
+        // Held by the default link rules, which leaves the model (harsher) still wanted.
+        let verdict = decide(
+            &moderator,
+            "u",
+            "m1",
+            "easy money: BIT.LY/x or cashflow.xyz/join",
+        )
+        .await;
+        assert_eq!(verdict.decision, Decision::Hold, "{verdict:?}");
+        decide(&moderator, "v", "m2", "good game everyone").await;
+        let seen = echo.0.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [
+                vec![1.0, 1.0, 0.0, 1.0, 1.0],
+                vec![0.0; LinkSignals::INPUTS]
+            ],
+            "two links, one a risky TLD and one a shortener; then none"
+        );
     }
 
     /// Stage one (run ahead, for the model) meets the same panic first: it leaves the message

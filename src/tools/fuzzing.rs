@@ -82,6 +82,29 @@ pub fn normalize(data: &[u8]) {
     let n = fold(&text, &emotes);
     check_normalized(&n, &emotes);
     assert_eq!(fold(&text, &emotes), n, "normalize is deterministic");
+    check_link_signals(&n);
+}
+
+/// The spam head's link inputs of a folded text: every link token is counted (a link starts
+/// its chunk in the folded text as in the original), at most one link per chunk, and a flag
+/// only with a link.
+fn check_link_signals(n: &Normalized<'_>) {
+    let signals = crate::engine::rules::lookalike::link_signals(&n.text);
+    let tokens = n
+        .tokens
+        .iter()
+        .filter(|t| t.kind == TokenKind::Link)
+        .count();
+    let chunks = n.text.split(' ').count();
+    assert!(
+        (tokens..=chunks).contains(&(signals.links as usize)),
+        "{} links read in {:?}: {tokens} link tokens, {chunks} chunks",
+        signals.links,
+        n.text
+    );
+    if signals.lookalike || signals.risky_tld || signals.shortener {
+        assert!(signals.links > 0, "a link flag without a link: {signals:?}");
+    }
 }
 
 /// The invariants of one normalised text (see [`normalize`]).

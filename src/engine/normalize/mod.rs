@@ -193,6 +193,18 @@ pub struct TextStats {
 /// U+FDFA's 18 characters from turning 4 KiB of chat into 45.
 pub const MAX_EXPANSION: usize = 4;
 
+/// The links of a normalised text ([`Normalized::text`]), as written there (possibly
+/// defanged: see [`refang`]): every space-separated chunk that, after any opening brackets or
+/// quotes, starts with what [`normalize`] takes for a link. Links keep their characters in
+/// the folded text, so these are the message's links, plus any that folding revealed
+/// (`ｄｉｓｃｏｒｄ．ｇｇ/x` in fullwidth letters reads `discord.gg/x` here).
+pub fn links(normalized_text: &str) -> impl Iterator<Item = &str> {
+    normalized_text.split(' ').filter_map(|chunk| {
+        let rest = chunk.trim_start_matches(['(', '[', '{', '<', '"', '\'']);
+        detect::match_link(rest).and_then(|link| rest.get(..link.len))
+    })
+}
+
 /// Normalises one chat message. `emotes` are the channel's emotes; pass an empty set (or
 /// `EmoteSet::default()`) to fold a configured phrase the same way as messages.
 pub fn normalize<'a>(text: &'a str, emotes: &EmoteSet) -> Normalized<'a> {

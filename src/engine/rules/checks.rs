@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::Context;
+use super::lookalike::{domain_matches, link_host};
 use super::phrase::PhraseCheck;
 use super::profanity::ProfanityCheck;
 use super::similarity::Profile;
@@ -127,34 +128,12 @@ pub struct LinkCheck {
     pub deny_tlds: Vec<String>,
 }
 
-/// The host of a link token, lower case, without `www.`.
-pub fn link_host(link: &str) -> &str {
-    let rest = link.split_once("://").map_or(link, |(_, rest)| rest);
-    let rest = rest.strip_prefix("www.").unwrap_or(rest);
-    let end = rest.find(['/', '?', '#', ':']).unwrap_or(rest.len());
-    let host = &rest[..end];
-    // Userinfo (`user@host`) would let a link pose as another host.
-    host.rsplit_once('@').map_or(host, |(_, h)| h)
-}
-
 /// A link without scheme, `www.` and trailing slash, for comparing repeats.
 fn canonical_link(link: &str) -> &str {
     let rest = link.split_once("://").map_or(link, |(_, rest)| rest);
     rest.strip_prefix("www.")
         .unwrap_or(rest)
         .trim_end_matches('/')
-}
-
-fn domain_matches(host: &str, domains: &[String]) -> Option<String> {
-    domains
-        .iter()
-        .find(|d| {
-            host == d.as_str()
-                || host
-                    .strip_suffix(d.as_str())
-                    .is_some_and(|p| p.ends_with('.'))
-        })
-        .cloned()
 }
 
 impl LinkCheck {

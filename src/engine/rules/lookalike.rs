@@ -11,6 +11,8 @@
 //!
 //! or when an official domain is spelled inside it as subdomains (`steamcommunity.com.gift.ru`).
 //! A host on the rule's `allow_domains` (the brands' own domains) never poses as anything.
+//!
+//! [`link_signals`] reads a message's links with the default rules' lists, for the spam head.
 
 /// Words a scam joins to a brand's name (`discord-gift`, `steamgifts`, `nitrofree`).
 const SCAM_WORDS: &[&str] = &[
@@ -159,6 +161,181 @@ pub fn denied_tld<'a>(host: &str, tlds: &'a [String]) -> Option<&'a str> {
     tlds.iter().map(String::as_str).find(|t| *t == tld)
 }
 
+/// The host of a link token, lower case, without `www.`.
+pub fn link_host(link: &str) -> &str {
+    let rest = link.split_once("://").map_or(link, |(_, rest)| rest);
+    let rest = rest.strip_prefix("www.").unwrap_or(rest);
+    let end = rest.find(['/', '?', '#', ':']).unwrap_or(rest.len());
+    let host = &rest[..end];
+    // Userinfo (`user@host`) would let a link pose as another host.
+    host.rsplit_once('@').map_or(host, |(_, h)| h)
+}
+
+/// The entry of `domains` that `host` is, or is a subdomain of.
+pub fn domain_matches(host: &str, domains: &[String]) -> Option<String> {
+    domains
+        .iter()
+        .find(|d| {
+            host == d.as_str()
+                || host
+                    .strip_suffix(d.as_str())
+                    .is_some_and(|p| p.ends_with('.'))
+        })
+        .cloned()
+}
+
+/// Brands whose look-alike domains are evidence of a scam: the default `lookalike-domains`
+/// rule's `lookalike_brands`, and the brands [`link_signals`] watches for.
+pub const SCAMMED_BRANDS: &[&str] = &[
+    "discord",
+    "discordapp",
+    "nitro",
+    "steam",
+    "steamcommunity",
+    "steampowered",
+    "twitch",
+    "epicgames",
+    "roblox",
+    "paypal",
+    "youtube",
+    "instagram",
+    "tiktok",
+    "twitter",
+    "google",
+    "microsoft",
+    "apple",
+    "netflix",
+    "spotify",
+    "binance",
+    "coinbase",
+    "metamask",
+    "opensea",
+    "riotgames",
+    "valorant",
+    "minecraft",
+    "playstation",
+];
+
+/// [`SCAMMED_BRANDS`]' own domains, which never pose as anything: the default
+/// `lookalike-domains` rule's `allow_domains`.
+pub const OFFICIAL_DOMAINS: &[&str] = &[
+    "discord.com",
+    "discord.gg",
+    "discordapp.com",
+    "discordapp.net",
+    "discord.media",
+    "discordstatus.com",
+    "steamcommunity.com",
+    "steampowered.com",
+    "steamstatic.com",
+    "steamusercontent.com",
+    "steamgames.com",
+    "steam.tv",
+    "steamdeck.com",
+    "twitch.tv",
+    "twitchcdn.net",
+    "twitchsvc.net",
+    "twitchstatus.com",
+    "epicgames.com",
+    "roblox.com",
+    "paypal.com",
+    "paypal.me",
+    "youtube.com",
+    "youtu.be",
+    "youtubekids.com",
+    "instagram.com",
+    "tiktok.com",
+    "twitter.com",
+    "x.com",
+    "google.com",
+    "microsoft.com",
+    "apple.com",
+    "netflix.com",
+    "spotify.com",
+    "binance.com",
+    "coinbase.com",
+    "metamask.io",
+    "opensea.io",
+    "riotgames.com",
+    "playvalorant.com",
+    "minecraft.net",
+    "playstation.com",
+];
+
+/// URL shorteners: the default `link-shorteners` rule's `deny_domains`.
+pub const SHORTENERS: &[&str] = &[
+    "bit.ly",
+    "bitly.com",
+    "cutt.ly",
+    "tinyurl.com",
+    "goo.gl",
+    "is.gd",
+    "v.gd",
+    "ow.ly",
+    "t.ly",
+    "rebrand.ly",
+    "shorturl.at",
+    "tiny.cc",
+    "rb.gy",
+    "s.id",
+    "bl.ink",
+    "shorte.st",
+    "adf.ly",
+    "clck.ru",
+    "qrco.de",
+    "gg.gg",
+    "u.to",
+    "short.gy",
+];
+
+/// Top-level domains mostly registered for spam and phishing: the default `risky-tlds` rule's
+/// `deny_tlds`.
+pub const RISKY_TLDS: &[&str] = &[
+    "xyz", "top", "click", "icu", "cfd", "sbs", "buzz", "cyou", "monster", "rest", "bond", "gift",
+    "bet", "date", "cam", "loan", "win", "bid", "gq", "tk", "ml", "cf", "ga", "pw", "su",
+];
+
+/// The built-in lists, compiled once.
+struct BuiltIn {
+    brands: Vec<Brand>,
+    official: Vec<String>,
+    shorteners: Vec<String>,
+    tlds: Vec<String>,
+}
+
+static BUILT_IN: std::sync::LazyLock<BuiltIn> = std::sync::LazyLock::new(|| {
+    let owned = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
+    BuiltIn {
+        brands: SCAMMED_BRANDS.iter().map(|b| Brand::new(b)).collect(),
+        official: owned(OFFICIAL_DOMAINS),
+        shorteners: owned(SHORTENERS),
+        tlds: owned(RISKY_TLDS),
+    }
+});
+
+/// What the links of a normalised text show, by the built-in lists (never an admin's rules:
+/// a model reads these as inputs and must see the definition it was trained on). The same
+/// tests as the `link` rule's: [`lookalike_of`] with the official domains allowed, a
+/// [`denied_tld`], and a shortener's domain or subdomain.
+pub fn link_signals(normalized_text: &str) -> crate::domain::LinkSignals {
+    let lists = &*BUILT_IN;
+    let mut signals = crate::domain::LinkSignals::default();
+    for typed in crate::engine::normalize::links(normalized_text) {
+        signals.links += 1;
+        let refanged = crate::engine::normalize::refang(typed);
+        let link = refanged.as_deref().unwrap_or(typed);
+        let host = link_host(link).to_lowercase();
+        let host = host.trim_end_matches('.');
+        if domain_matches(host, &lists.official).is_some() {
+            continue;
+        }
+        signals.lookalike |= lookalike_of(host, &lists.brands, &lists.official).is_some();
+        signals.risky_tld |= denied_tld(host, &lists.tlds).is_some();
+        signals.shortener |= domain_matches(host, &lists.shorteners).is_some();
+    }
+    signals
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +436,75 @@ mod tests {
         assert_eq!(denied_tld("a.b.top.", &tlds), Some("top"));
         assert_eq!(denied_tld("xyz.com", &tlds), None);
         assert_eq!(denied_tld("example.xyzz", &tlds), None);
+    }
+
+    #[test]
+    fn link_signals_read_the_links_of_the_normalised_text_with_the_built_in_lists() {
+        use crate::domain::LinkSignals;
+        let of = |text: &str| {
+            link_signals(&crate::engine::normalize::normalize(text, &Default::default()).text)
+        };
+        assert_eq!(
+            of("no links here, just gg.wp and readme.md"),
+            LinkSignals::default()
+        );
+        let official = of("clip https://www.twitch.tv/destiny and discord.gg/abc");
+        assert_eq!(
+            official,
+            LinkSignals {
+                links: 2,
+                ..LinkSignals::default()
+            }
+        );
+        assert_eq!(official.inputs(), [1.0, 1.0, 0.0, 0.0, 0.0]);
+        let scam = of("FREE NITRO claim at https://dlscord-gift.com/claim now");
+        assert!(
+            scam.lookalike && !scam.risky_tld && !scam.shortener,
+            "{scam:?}"
+        );
+        assert_eq!(scam.inputs(), [1.0, 0.0, 1.0, 0.0, 0.0]);
+        let tld = of("earn $500 a day -> cashflow.xyz/join");
+        assert!(tld.risky_tld && !tld.lookalike, "{tld:?}");
+        // Defanged and through a shortener; a subdomain of a shortener counts too.
+        let short = of("watch bit[.]ly/3xYz or go.tinyurl.com/abc");
+        assert_eq!((short.links, short.shortener), (2, true), "{short:?}");
+        // The official domain spelled as subdomains of another host poses; the brand's own
+        // subdomain does not.
+        assert!(of("steamcommunity.com.gift.ru/tradeoffer").lookalike);
+        assert!(!of("https://help.steampowered.com/en").lookalike);
+        // Opening brackets and trailing punctuation around a link.
+        assert_eq!(of("(see twltch.top/x).").links, 1);
+        assert!(of("(see twltch.top/x).").lookalike && of("(see twltch.top/x).").risky_tld);
+    }
+
+    /// The spam head reads links with the lists the default rules ship: if one side changes
+    /// alone, the head and the rules disagree about the same link without anyone deciding so.
+    #[test]
+    fn the_built_in_lists_are_the_default_rules_lists() {
+        let document = super::super::Document::parse(super::super::DEFAULT_RULES, "built in")
+            .expect("the built-in rules parse");
+        let list = |id: &str, key: &str| -> Vec<String> {
+            let rule = document
+                .rules
+                .iter()
+                .find(|r| r.get("id").and_then(|v| v.as_str()) == Some(id))
+                .unwrap_or_else(|| panic!("no default rule {id}"));
+            rule["params"][key]
+                .as_array()
+                .unwrap_or_else(|| panic!("{id}: no {key}"))
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            list("lookalike-domains", "lookalike_brands"),
+            strings(SCAMMED_BRANDS)
+        );
+        assert_eq!(
+            list("lookalike-domains", "allow_domains"),
+            strings(OFFICIAL_DOMAINS)
+        );
+        assert_eq!(list("link-shorteners", "deny_domains"), strings(SHORTENERS));
+        assert_eq!(list("risky-tlds", "deny_tlds"), strings(RISKY_TLDS));
     }
 }

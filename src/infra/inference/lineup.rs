@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::domain::LinkSignals;
 use crate::infra::model::heads::Heads;
 
 /// One version of the heads, as the service runs it.
@@ -35,7 +36,7 @@ impl HeadSet {
             .iter()
             .map(|label| heads.threshold(label))
             .collect();
-        let lexical_len = heads.lexical("").len();
+        let lexical_len = heads.lexical("", &LinkSignals::default()).len();
         let version = if heads.is_empty() {
             encoder_version.to_owned()
         } else {
@@ -132,11 +133,12 @@ impl Lineup {
         self.active.heads.is_empty() && self.trial.is_none()
     }
 
-    /// The lexical inputs of a normalised text for every set, the active set's first.
-    pub fn lexical(&self, normalized_text: &str) -> Vec<f32> {
-        let mut out = self.active.heads.lexical(normalized_text);
+    /// The lexical inputs of a normalised text and its links' evidence for every set, the
+    /// active set's first.
+    pub fn lexical(&self, normalized_text: &str, links: &LinkSignals) -> Vec<f32> {
+        let mut out = self.active.heads.lexical(normalized_text, links);
         if let Some(trial) = &self.trial {
-            out.extend(trial.candidate.heads.lexical(normalized_text));
+            out.extend(trial.candidate.heads.lexical(normalized_text, links));
         }
         out
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{Description, HeadSet, Limits, ModelBackend, ModelFailure, ModelStatus, Scorer};
 use crate::config::{DeviceSpec, ModelConfig, ModelPrecision, parse_device};
+use crate::domain::LinkSignals;
 use crate::infra::model::adapter::Adapter;
 use crate::infra::model::heads::Heads;
 use crate::infra::model::{Encoder, Forward, fetch, open_device};
@@ -170,7 +171,7 @@ fn load_model(config: &ModelConfig) -> Scorer {
     );
     // The heads' lexical inputs build their tables on first use (VADER's lexicons): here,
     // not on the first chat message.
-    heads.lexical(warm_text);
+    heads.lexical(warm_text, &LinkSignals::default());
     let backend = ModelBackend::new(encoder);
     Scorer::start(
         Arc::new(backend),

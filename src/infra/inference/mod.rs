@@ -32,6 +32,7 @@ use tokio::sync::{Semaphore, TryAcquireError, oneshot, watch};
 pub use self::cache::{ScoreCache, TextKey};
 pub use self::lineup::{HeadSet, Lineup, SplitUnit, Trial, TrialMode, split_point};
 use self::queue::Job;
+use crate::domain::LinkSignals;
 use crate::infra::model::{Encoder, ModelError};
 pub use load::open_model;
 
@@ -551,9 +552,16 @@ impl Scorer {
             .map_or(0.0, |cache| cache.hit_ratio())
     }
 
-    /// Sends `text` (normalised) towards the model. Returns at once with cached scores, or a
-    /// [`Pending`] to await; `Err` only for [`Admission::FailFast`] on a full queue.
-    pub async fn submit(&self, text: &str, admission: Admission) -> Result<Pending, Overloaded> {
+    /// Sends `text` (normalised) and the evidence of its links towards the model. Returns at
+    /// once with cached scores, or a [`Pending`] to await; `Err` only for
+    /// [`Admission::FailFast`] on a full queue. The cache is keyed by the text alone: the
+    /// links' evidence is a function of it.
+    pub async fn submit(
+        &self,
+        text: &str,
+        links: LinkSignals,
+        admission: Admission,
+    ) -> Result<Pending, Overloaded> {
         let Some(running) = &self.running else {
             return Ok(Pending::Done(match &*self.status.borrow() {
                 ModelStatus::Failed(failure) => {
@@ -611,7 +619,7 @@ impl Scorer {
                 ))));
             }
         };
-        let lexical = lineup.lexical(text);
+        let lexical = lineup.lexical(text, &links);
         let (reply_tx, reply) = oneshot::channel();
         let job = Job {
             key,
@@ -635,8 +643,13 @@ impl Scorer {
     }
 
     /// Scores one text: [`Scorer::submit`], then [`Pending::wait`].
-    pub async fn score(&self, text: &str, admission: Admission) -> Result<Scores, Overloaded> {
-        Ok(self.submit(text, admission).await?.wait().await)
+    pub async fn score(
+        &self,
+        text: &str,
+        links: LinkSignals,
+        admission: Admission,
+    ) -> Result<Scores, Overloaded> {
+        Ok(self.submit(text, links, admission).await?.wait().await)
     }
 
     /// The time the model needs for the queue ahead, at its recent pace.

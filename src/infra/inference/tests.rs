@@ -146,14 +146,22 @@ async fn queue_behind_a_held_batch(
     // Entries are counted from the start: a test that scored before (a warm-up) has entered
     // already, and "x" must be inside the held batch, alone, before the others queue.
     let before = *backend.entered.lock().unwrap();
-    let first = scorer.submit("x", Admission::FailFast).await.unwrap();
+    let first = scorer
+        .submit("x", LinkSignals::default(), Admission::FailFast)
+        .await
+        .unwrap();
     let waiter = Arc::clone(backend);
     tokio::task::spawn_blocking(move || waiter.wait_entered(before + 1))
         .await
         .unwrap();
     let mut pending = vec![first];
     for text in texts {
-        pending.push(scorer.submit(text, Admission::FailFast).await.unwrap());
+        pending.push(
+            scorer
+                .submit(text, LinkSignals::default(), Admission::FailFast)
+                .await
+                .unwrap(),
+        );
     }
     pending
 }
@@ -162,7 +170,10 @@ async fn queue_behind_a_held_batch(
 async fn one_text_is_scored() {
     let backend = Arc::new(Scripted::default());
     let scorer = scorer(&backend, limits());
-    let scores = scorer.score("hello", Admission::FailFast).await.unwrap();
+    let scores = scorer
+        .score("hello", LinkSignals::default(), Admission::FailFast)
+        .await
+        .unwrap();
     assert_eq!(scored(&scores), 5.0);
     assert!(scorer.wanted());
     assert_eq!(*scorer.status().borrow(), ModelStatus::Ready);
@@ -211,7 +222,10 @@ async fn a_text_longer_than_the_budget_runs_alone() {
         },
     );
     let long = "y".repeat(40);
-    let scores = scorer.score(&long, Admission::FailFast).await.unwrap();
+    let scores = scorer
+        .score(&long, LinkSignals::default(), Admission::FailFast)
+        .await
+        .unwrap();
     assert_eq!(scored(&scores), 40.0);
 }
 
@@ -229,7 +243,10 @@ async fn a_short_linger_gathers_texts_that_arrive_together() {
     for text in ["p", "q", "r"] {
         let scorer = Arc::clone(&scorer);
         tasks.push(tokio::spawn(async move {
-            scorer.score(text, Admission::FailFast).await.unwrap()
+            scorer
+                .score(text, LinkSignals::default(), Admission::FailFast)
+                .await
+                .unwrap()
         }));
     }
     for task in tasks {
@@ -279,7 +296,10 @@ async fn a_queue_the_model_cannot_drain_within_max_wait_fails_fast() {
     );
     // The model's pace: 50 ms a message; four queued take 200 ms, max_wait. The queue
     // (16 slots) has room, yet a caller that can retry is refused; a stream still queues.
-    scorer.score("warm", Admission::FailFast).await.unwrap();
+    scorer
+        .score("warm", LinkSignals::default(), Admission::FailFast)
+        .await
+        .unwrap();
     // (The model thread lets go of a job's slot just after answering it.)
     while scorer.queued() > 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -287,12 +307,17 @@ async fn a_queue_the_model_cannot_drain_within_max_wait_fails_fast() {
     let _pending = queue_behind_a_held_batch(&backend, &scorer, &["a", "b", "c"]).await;
     assert_eq!(scorer.queued(), 4);
     let overloaded = scorer
-        .submit("d", Admission::FailFast)
+        .submit("d", LinkSignals::default(), Admission::FailFast)
         .await
         .expect_err("the model is 200 ms behind");
     assert_eq!(overloaded.queued, 4);
     assert!(overloaded.retry_after >= Duration::from_millis(200));
-    assert!(scorer.submit("e", Admission::Wait).await.is_ok());
+    assert!(
+        scorer
+            .submit("e", LinkSignals::default(), Admission::Wait)
+            .await
+            .is_ok()
+    );
     backend.release();
 }
 
@@ -313,7 +338,12 @@ async fn jobs_that_cannot_be_answered_in_time_are_not_run() {
     // the last job waiting and has time: it runs.
     let mut pending = queue_behind_a_held_batch(&backend, &scorer, &["late"]).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    pending.push(scorer.submit("soon", Admission::FailFast).await.unwrap());
+    pending.push(
+        scorer
+            .submit("soon", LinkSignals::default(), Admission::FailFast)
+            .await
+            .unwrap(),
+    );
     backend.release();
     let mut answers = Vec::new();
     for p in pending {
@@ -332,7 +362,12 @@ async fn jobs_that_cannot_be_answered_in_time_are_not_run() {
     );
     // After such a slow batch a lone job still runs (and corrects the estimate).
     assert_eq!(
-        scored(&scorer.score("again", Admission::FailFast).await.unwrap()),
+        scored(
+            &scorer
+                .score("again", LinkSignals::default(), Admission::FailFast)
+                .await
+                .unwrap()
+        ),
         5.0
     );
 }
@@ -352,7 +387,7 @@ async fn a_full_queue_fails_fast_with_a_retry_hint_or_makes_streams_wait() {
     let pending = queue_behind_a_held_batch(&backend, &scorer, &["a", "b"]).await;
     assert_eq!(scorer.queued(), 3);
     let overloaded = scorer
-        .submit("c", Admission::FailFast)
+        .submit("c", LinkSignals::default(), Admission::FailFast)
         .await
         .expect_err("no room");
     assert_eq!(overloaded.queued, 3);
@@ -361,7 +396,10 @@ async fn a_full_queue_fails_fast_with_a_retry_hint_or_makes_streams_wait() {
 
     // A stream waits for room, then goes without scores at max_wait.
     let started = Instant::now();
-    let waited = scorer.score("d", Admission::Wait).await.unwrap();
+    let waited = scorer
+        .score("d", LinkSignals::default(), Admission::Wait)
+        .await
+        .unwrap();
     assert!(started.elapsed() >= Duration::from_millis(100));
     assert!(
         matches!(&waited, Scores::Unavailable(Unavailable::QueueFull { .. })),
@@ -372,7 +410,10 @@ async fn a_full_queue_fails_fast_with_a_retry_hint_or_makes_streams_wait() {
     // once the model moves on: a waiting caller gets its slot and its scores.
     drop(pending);
     backend.release();
-    let again = scorer.score("e", Admission::Wait).await.unwrap();
+    let again = scorer
+        .score("e", LinkSignals::default(), Admission::Wait)
+        .await
+        .unwrap();
     assert_eq!(scored(&again), 1.0);
 }
 
@@ -383,7 +424,11 @@ async fn failures_answer_unavailable_and_mark_the_model_failed_until_it_recovers
     *backend.fail.lock().unwrap() = Some("out of memory");
     for i in 0..3 {
         let scores = scorer
-            .score(&format!("t{i}"), Admission::FailFast)
+            .score(
+                &format!("t{i}"),
+                LinkSignals::default(),
+                Admission::FailFast,
+            )
             .await
             .unwrap();
         assert!(
@@ -407,7 +452,10 @@ async fn failures_answer_unavailable_and_mark_the_model_failed_until_it_recovers
     );
 
     *backend.fail.lock().unwrap() = None;
-    let scores = scorer.score("ok", Admission::FailFast).await.unwrap();
+    let scores = scorer
+        .score("ok", LinkSignals::default(), Admission::FailFast)
+        .await
+        .unwrap();
     assert_eq!(scored(&scores), 2.0);
     status.wait_for(|s| *s == ModelStatus::Ready).await.unwrap();
 }
@@ -417,13 +465,19 @@ async fn a_panicking_model_answers_unavailable_and_keeps_running() {
     let backend = Arc::new(Scripted::default());
     let scorer = scorer(&backend, limits());
     *backend.panic.lock().unwrap() = true;
-    let scores = scorer.score("boom", Admission::FailFast).await.unwrap();
+    let scores = scorer
+        .score("boom", LinkSignals::default(), Admission::FailFast)
+        .await
+        .unwrap();
     assert!(
         matches!(&scores, Scores::Unavailable(Unavailable::Batch(why)) if why.contains("panicked")),
         "{scores:?}"
     );
     *backend.panic.lock().unwrap() = false;
-    let scores = scorer.score("fine", Admission::FailFast).await.unwrap();
+    let scores = scorer
+        .score("fine", LinkSignals::default(), Admission::FailFast)
+        .await
+        .unwrap();
     assert_eq!(scored(&scores), 4.0);
 }
 
@@ -437,9 +491,12 @@ async fn repeats_come_from_the_cache() {
             ..limits()
         },
     );
-    let first = scorer.score("OMEGALUL", Admission::FailFast).await.unwrap();
+    let first = scorer
+        .score("OMEGALUL", LinkSignals::default(), Admission::FailFast)
+        .await
+        .unwrap();
     let again = scorer
-        .submit("OMEGALUL", Admission::FailFast)
+        .submit("OMEGALUL", LinkSignals::default(), Admission::FailFast)
         .await
         .unwrap();
     assert!(
@@ -463,12 +520,20 @@ async fn a_swapped_lineup_scores_what_comes_after_it_and_never_serves_older_scor
             ..limits()
         },
     );
-    scorer.score("LUL", Admission::FailFast).await.unwrap();
+    scorer
+        .score("LUL", LinkSignals::default(), Admission::FailFast)
+        .await
+        .unwrap();
     // "before" is queued behind a held batch with the first lineup, "after" with the second:
     // each is scored by its own, in batches of their own.
     let mut pending = queue_behind_a_held_batch(&backend, &scorer, &["before"]).await;
     assert!(scorer.set_lineup(Arc::new(head_set("h2")), None));
-    pending.push(scorer.submit("after", Admission::FailFast).await.unwrap());
+    pending.push(
+        scorer
+            .submit("after", LinkSignals::default(), Admission::FailFast)
+            .await
+            .unwrap(),
+    );
     backend.release();
     let mut generations = Vec::new();
     for p in pending {
@@ -484,7 +549,10 @@ async fn a_swapped_lineup_scores_what_comes_after_it_and_never_serves_older_scor
     );
     assert_eq!(*backend.generations.lock().unwrap(), [0, 0, 0, 1]);
     // A repeat of a text the first lineup scored is scored again, by the second.
-    let again = scorer.score("LUL", Admission::FailFast).await.unwrap();
+    let again = scorer
+        .score("LUL", LinkSignals::default(), Admission::FailFast)
+        .await
+        .unwrap();
     assert!(matches!(&again, Scores::Scored { lineup, .. } if lineup.generation == 1));
     assert_eq!(backend.batches().len(), 5);
     assert_eq!(scorer.lineup().active.heads.version, "h2");
@@ -511,7 +579,9 @@ async fn an_idle_scorer_says_why() {
     assert!(!off.wanted());
     assert_eq!(off.cache_hit_ratio(), 0.0);
     assert!(matches!(
-        off.score("x", Admission::FailFast).await.unwrap(),
+        off.score("x", LinkSignals::default(), Admission::FailFast)
+            .await
+            .unwrap(),
         Scores::NotScored
     ));
     let failed = Scorer::idle(
@@ -520,7 +590,7 @@ async fn an_idle_scorer_says_why() {
     );
     assert!(failed.wanted());
     assert!(matches!(
-        failed.score("x", Admission::FailFast).await.unwrap(),
+        failed.score("x", LinkSignals::default(), Admission::FailFast).await.unwrap(),
         Scores::Unavailable(Unavailable::Failed(ModelFailure::Weights(why))) if why == "weights unreadable"
     ));
     assert!(ModelStatus::NoHeads.detail().contains("modbot train"));

@@ -40,6 +40,12 @@
 //! An entry with `"vader": true` also takes VADER's four scores of the normalised text
 //! (negative, neutral, positive, compound: a lexicon and rules made for social-media text) as
 //! inputs after the n-gram logit, if any.
+//!
+//! An entry with `"links": "links-1"` also takes the evidence in the message's links
+//! ([`LinkSignals`]: any link, several, a look-alike host, a risky top-level domain, a
+//! shortener) after those: the engine finds it with the default link rules' built-in lists
+//! and the caller passes it in, as these heads know no rules. A manifest naming another
+//! definition is refused: the head was trained on inputs this build cannot make.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -51,6 +57,7 @@ use serde::Deserialize;
 use super::ModelError;
 use super::ngram::{NgramConfig, NgramModel};
 use super::simd::Kernels;
+use crate::domain::LinkSignals;
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "heads.json";
@@ -87,6 +94,9 @@ struct HeadEntry {
     /// Whether VADER's scores are inputs.
     #[serde(default)]
     vader: bool,
+    /// The link evidence's definition ([`LinkSignals::VERSION`]) when it is an input.
+    #[serde(default)]
+    links: Option<String>,
     /// One network (and n-gram half) per label, each with one output, rather than one for all.
     #[serde(default)]
     per_label: bool,
@@ -161,6 +171,8 @@ pub struct Head {
     pub metrics: BTreeMap<String, f64>,
     /// Whether VADER's four scores are inputs after the n-gram logit(s).
     pub vader: bool,
+    /// Whether the link evidence ([`LinkSignals::inputs`]) is an input after VADER's.
+    pub links: bool,
     /// The networks: one for all labels, or one per label (`per_label` in the manifest).
     parts: Vec<Part>,
 }
@@ -188,14 +200,19 @@ impl Part {
 
 impl Head {
     /// How many lexical inputs the head takes after the embedding: its parts' n-gram logits,
-    /// then VADER's scores.
+    /// then VADER's scores, then the link evidence.
     fn lexical_inputs(&self) -> usize {
-        self.parts.iter().filter(|p| p.ngram.is_some()).count()
-            + if self.vader { VADER_INPUTS } else { 0 }
+        self.parts.iter().filter(|p| p.ngram.is_some()).count() + self.dense_lexical_inputs()
+    }
+
+    /// Its lexical inputs that every part takes: VADER's scores, then the link evidence.
+    fn dense_lexical_inputs(&self) -> usize {
+        dense_lexical_inputs(self.vader, self.links)
     }
 
     /// Label probabilities for a batch: each message's embedding and the head's own lexical
-    /// inputs (the parts' n-gram logits in part order, then VADER's scores), appended to
+    /// inputs (the parts' n-gram logits in part order, then VADER's scores and the link
+    /// evidence), appended to
     /// `out[r]` in label order.
     fn score_rows(
         &self,
@@ -212,12 +229,12 @@ impl Head {
         for part in &self.parts {
             a.clear();
             for (embedding, lexical) in embeddings.iter().zip(lexicals) {
-                let (ngram_logits, vader) = lexical.split_at(ngrams.min(lexical.len()));
+                let (ngram_logits, dense) = lexical.split_at(ngrams.min(lexical.len()));
                 a.extend_from_slice(embedding);
                 if part.ngram.is_some() {
                     a.push(ngram_logits.get(next_ngram).copied().unwrap_or(0.0));
                 }
-                a.extend_from_slice(vader);
+                a.extend_from_slice(dense);
             }
             if part.ngram.is_some() {
                 next_ngram += 1;
@@ -321,8 +338,19 @@ impl Heads {
                     "{place}.per_label: only a multi-label (sigmoid) head has a network per label"
                 )));
             }
+            let links = match entry.links.as_deref() {
+                None => false,
+                Some(LinkSignals::VERSION) => true,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "{place}.links: `{other}` is not a link evidence this build makes (it \
+                         makes `{}`): retrain the heads",
+                        LinkSignals::VERSION
+                    )));
+                }
+            };
             let path = dir.join(&entry.file);
-            let dense_inputs = embedding_dim + if entry.vader { VADER_INPUTS } else { 0 };
+            let dense_inputs = embedding_dim + dense_lexical_inputs(entry.vader, links);
             let mut file = HeadFile::open(&path)?;
             let parts = if entry.per_label {
                 entry
@@ -342,6 +370,7 @@ impl Heads {
                 version: entry.version,
                 metrics: entry.metrics,
                 vader: entry.vader,
+                links,
                 parts,
             });
         }
@@ -372,10 +401,12 @@ impl Heads {
         &self.label_names
     }
 
-    /// The heads' lexical inputs for a normalised text: one n-gram logit per head with an
-    /// n-gram half, in head order (empty when no head has one). Cheap next to the encoder, and
-    /// computed where the text is (the caller's task), not on the model thread.
-    pub fn lexical(&self, normalized_text: &str) -> Vec<f32> {
+    /// The heads' lexical inputs for a normalised text and the evidence of its links
+    /// (`crate::engine::rules::lookalike::link_signals` of the same text), in head order:
+    /// each head's n-gram logits, then VADER's scores and the link evidence if it takes them
+    /// (empty when no head takes any). Cheap next to the encoder, and computed where the text
+    /// is (the caller's task), not on the model thread.
+    pub fn lexical(&self, normalized_text: &str, links: &LinkSignals) -> Vec<f32> {
         let mut out = Vec::new();
         for head in &self.heads {
             // The parts' n-gram halves share their features (the manifest has one config):
@@ -387,6 +418,9 @@ impl Heads {
             }
             if head.vader {
                 out.extend(vader_scores(normalized_text));
+            }
+            if head.links {
+                out.extend(links.inputs());
             }
         }
         out
@@ -444,6 +478,11 @@ impl Heads {
 /// VADER's scores as inputs: negative, neutral, positive, compound.
 pub const VADER_INPUTS: usize = 4;
 
+/// How many inputs every part of a head takes after the embedding and its n-gram logit.
+fn dense_lexical_inputs(vader: bool, links: bool) -> usize {
+    (if vader { VADER_INPUTS } else { 0 }) + if links { LinkSignals::INPUTS } else { 0 }
+}
+
 /// VADER's four scores of a text.
 pub fn vader_scores(text: &str) -> [f32; VADER_INPUTS] {
     // The analyser only borrows the crate's lexicons, parsed once on first use (the server
@@ -480,8 +519,8 @@ impl HeadFile {
 
     /// Takes one part's tensors, `{prefix}layers.N.weight` / `{prefix}layers.N.bias` and the
     /// n-gram half's when the manifest says there is one, checking that the shapes chain from
-    /// the inputs (`dense_inputs`: the embedding and VADER's scores when the head takes them,
-    /// plus the n-gram logit) to `outputs`.
+    /// the inputs (`dense_inputs`: the embedding, VADER's scores and the link evidence when
+    /// the head takes them, plus the n-gram logit) to `outputs`.
     fn part(
         &mut self,
         prefix: &str,
@@ -860,7 +899,7 @@ mod tests {
         let heads = Heads::load(dir.path(), 2).unwrap();
         assert_eq!(heads.label_names(), ["toxicity/insult", "toxicity/threat"]);
         let text = "i will hurt you";
-        let lexical = heads.lexical(text);
+        let lexical = heads.lexical(text, &LinkSignals::default());
         assert_eq!(
             lexical,
             [insult.logit(text) as f32, threat.logit(text) as f32],
@@ -891,6 +930,54 @@ mod tests {
         );
         let error = Heads::load(dir.path(), 2).unwrap_err().to_string();
         assert!(error.contains("unexpected tensor `threat."), "{error}");
+    }
+
+    #[test]
+    fn a_head_with_link_inputs_reads_them_after_the_embedding_and_names_its_definition() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two embedding inputs, then the five link inputs: only "a look-alike host" counts.
+        let mut weights = vec![0.0; 2 + LinkSignals::INPUTS];
+        weights[2 + 2] = 3.0;
+        write_head(
+            &dir.path().join("spam.safetensors"),
+            &[(vec![weights], vec![-1.0])],
+        )
+        .unwrap();
+        let manifest = |links: &str| {
+            format!(
+                r#"{{"version": "t", "embedding_dim": 2, "heads": [
+                {{"name": "spam", "file": "spam.safetensors", "multi_label": true,
+                 "labels": ["promo"]{links}}}]}}"#
+            )
+        };
+        write_manifest(dir.path(), &manifest(r#", "links": "links-1""#));
+        let heads = Heads::load(dir.path(), 2).unwrap();
+        let scam = LinkSignals {
+            links: 1,
+            lookalike: true,
+            ..LinkSignals::default()
+        };
+        let lexical = heads.lexical("free nitro dlscord-gift.com", &scam);
+        assert_eq!(lexical, [1.0, 0.0, 1.0, 0.0, 0.0]);
+        let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
+        let scored = heads.score(&[0.3, 0.3], &lexical)[0];
+        assert!((scored - sigmoid(2.0)).abs() < 1e-6, "{scored}");
+        let plain = heads.lexical("hello", &LinkSignals::default());
+        let scored = heads.score(&[0.3, 0.3], &plain)[0];
+        assert!((scored - sigmoid(-1.0)).abs() < 1e-6, "{scored}");
+
+        // Another definition of the inputs, or none where the file expects them, is refused.
+        write_manifest(dir.path(), &manifest(r#", "links": "links-9""#));
+        let error = Heads::load(dir.path(), 2).unwrap_err().to_string();
+        assert!(
+            error.contains("links: `links-9`") && error.contains("links-1"),
+            "{error}"
+        );
+        write_manifest(dir.path(), &manifest(""));
+        assert!(
+            Heads::load(dir.path(), 2).is_err(),
+            "7 inputs where 2 are fed"
+        );
     }
 
     #[test]
@@ -954,7 +1041,7 @@ mod tests {
         let lexicals: Vec<Vec<f32>> = texts
             .iter()
             .chain(&["gg"])
-            .map(|t| heads.lexical(t))
+            .map(|t| heads.lexical(t, &LinkSignals::default()))
             .collect();
         let rows: Vec<&[f32]> = embeddings.iter().map(Vec::as_slice).collect();
         let lex: Vec<&[f32]> = lexicals.iter().map(Vec::as_slice).collect();

@@ -32,6 +32,13 @@ pub struct Task {
 }
 
 impl Task {
+    /// Whether the head takes the evidence of a message's links as inputs
+    /// ([`crate::domain::LinkSignals`]): the spam head, whose scams and promotions point
+    /// somewhere.
+    pub fn takes_links(&self) -> bool {
+        self.head == "spam"
+    }
+
     /// Whether the head has one sigmoid output (rather than a softmax over classes).
     pub fn is_binary(&self) -> bool {
         self.negative.is_some()
@@ -206,6 +213,15 @@ pub struct Split {
     pub examples: Vec<Example>,
 }
 
+/// The bytes of the file at `path`; the error names it.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, TrainError> {
+    std::fs::read(path).map_err(|source| TrainError::Io {
+        what: "cannot read",
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Parses each non-blank line of JSONL `bytes` (read from `path`) as a `T` and hands it to
 /// `each`. A line that is not UTF-8 or does not parse, or that `each` refuses (with a
 /// message), is an error naming the file and the line.
@@ -238,11 +254,7 @@ pub fn split_path(dir: &Path, dataset: &str, split: &str) -> PathBuf {
 /// Reads a labelled JSONL file for `task`. Every line must parse and carry a label of the
 /// task; the error names the file and line.
 pub fn read_split(path: &Path, task: &Task) -> Result<Split, TrainError> {
-    let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
-        what: "cannot read",
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = read_bytes(path)?;
     let sha256 = crate::infra::model::fetch::sha256_bytes(&bytes);
     let mut examples = Vec::new();
     each_jsonl(path, &bytes, |line: Line| {

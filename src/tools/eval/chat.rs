@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
+use super::peer::{PeerDecision, PeerFile};
 use crate::domain::{ChatMessage, Decision, ReasonSource};
 use crate::engine::decision::{DecideOptions, Engine};
 use crate::engine::rules::RuleSet;
@@ -29,7 +30,7 @@ use crate::infra::inference::{ModelStatus, Scorer};
 use crate::infra::users::{SharedState, StateOptions};
 use crate::service::moderate::Moderator;
 use crate::tools::datasets::TrainError;
-use crate::tools::datasets::data::each_jsonl;
+use crate::tools::datasets::data::{each_jsonl, read_bytes};
 
 /// The harm categories, in report order, and the benign one last.
 pub const CATEGORIES: &[&str] = &[
@@ -101,6 +102,23 @@ pub struct LineOutcome {
 }
 
 impl LineOutcome {
+    /// The outcome of `line` decided `decision`, with no reason yet.
+    fn of_line(line: &ChatLine, decision: Decision) -> Self {
+        Self {
+            id: line.id.clone(),
+            category: line.category.clone(),
+            kind: line.kind.clone(),
+            split: line.split.clone(),
+            evasion: line.evasion.clone(),
+            of: line.of.clone(),
+            text: line.text.clone(),
+            decision: decision.as_str().to_owned(),
+            reasons: Vec::new(),
+            by_model: false,
+            degraded: false,
+        }
+    }
+
     /// Anything but allow.
     pub fn acted(&self) -> bool {
         self.decision != Decision::Allow.as_str()
@@ -223,85 +241,41 @@ pub struct PeerReport {
     pub targets: Vec<Target>,
 }
 
-/// One line of a peer's decisions file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PeerDecision {
-    /// The chat line's id.
-    id: String,
-    /// Whether the peer acts on it (flags it).
-    acted: bool,
-    /// The peer's name (optional; the first one given names the column).
-    #[serde(default)]
-    peer: Option<String>,
-}
-
 /// A peer's decisions (`{"id", "acted"[, "peer"]}` per line) as outcomes of `lines`: every
 /// line must have exactly one decision, and every decision a line.
 pub fn peer_outcomes(
     path: &Path,
     lines: &[ChatLine],
 ) -> Result<(String, Vec<LineOutcome>), TrainError> {
-    let bytes = read(path)?;
-    let mut decided: BTreeMap<String, bool> = BTreeMap::new();
-    let mut name = None;
-    each_jsonl(path, &bytes, |decision: PeerDecision| {
-        if name.is_none() {
-            name = decision.peer;
-        }
-        if decided
-            .insert(decision.id.clone(), decision.acted)
-            .is_some()
-        {
-            return Err(format!("id: `{}` is decided twice", decision.id));
-        }
-        Ok(())
-    })?;
+    let mut file = PeerFile::read(path)?;
     let mut outcomes = Vec::with_capacity(lines.len());
     for line in lines {
-        let Some(acted) = decided.remove(&line.id) else {
+        let Some(PeerDecision { acted, .. }) = file.take("", &line.id) else {
             return Err(TrainError::Missing(format!(
                 "{}: no decision for the chat line `{}`",
                 path.display(),
                 line.id
             )));
         };
-        outcomes.push(LineOutcome {
-            id: line.id.clone(),
-            category: line.category.clone(),
-            kind: line.kind.clone(),
-            split: line.split.clone(),
-            evasion: line.evasion.clone(),
-            of: line.of.clone(),
-            text: line.text.clone(),
-            decision: if acted {
-                Decision::Hide
-            } else {
-                Decision::Allow
-            }
-            .as_str()
-            .to_owned(),
-            reasons: Vec::new(),
-            by_model: false,
-            degraded: false,
-        });
+        let decision = if acted {
+            Decision::Hide
+        } else {
+            Decision::Allow
+        };
+        outcomes.push(LineOutcome::of_line(line, decision));
     }
-    if let Some(stray) = decided.keys().next() {
+    if let Some(stray) = file.left_in("") {
         return Err(TrainError::Missing(format!(
             "{}: `{stray}` is not a line of the chat set",
             path.display()
         )));
     }
-    let name = name.unwrap_or_else(|| {
-        path.file_stem()
-            .map_or_else(|| "peer".to_owned(), |s| s.to_string_lossy().into_owned())
-    });
-    Ok((name, outcomes))
+    Ok((file.name, outcomes))
 }
 
 /// Reads a JSONL file of chat lines, checking each line's category and split.
 pub fn read_lines(path: &Path) -> Result<Vec<ChatLine>, TrainError> {
-    let bytes = read(path)?;
+    let bytes = read_bytes(path)?;
     let mut lines = Vec::new();
     each_jsonl(path, &bytes, |line: ChatLine| {
         if !CATEGORIES.contains(&line.category.as_str()) {
@@ -323,14 +297,6 @@ pub fn read_lines(path: &Path) -> Result<Vec<ChatLine>, TrainError> {
         Ok(())
     })?;
     Ok(lines)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TrainError> {
-    std::fs::read(path).map_err(|source| TrainError::Io {
-        what: "reading",
-        path: path.to_owned(),
-        source,
-    })
 }
 
 /// Summarises outcomes by split.
@@ -471,32 +437,19 @@ pub async fn decide_all(
                     );
                 }
                 let verdict = verdict.expect("at least one copy");
-                let enforced = verdict.reasons.iter().filter(|r| !r.shadow);
-                let mut reasons = Vec::new();
-                let mut by_model = false;
-                for reason in enforced {
+                let mut outcome = LineOutcome::of_line(line, verdict.decision);
+                outcome.degraded = !verdict.degraded.is_empty();
+                for reason in verdict.reasons.iter().filter(|r| !r.shadow) {
                     match reason.source {
-                        ReasonSource::Rule => reasons.push(reason.rule_id.clone()),
+                        ReasonSource::Rule => outcome.reasons.push(reason.rule_id.clone()),
                         ReasonSource::Model => {
-                            by_model = true;
-                            reasons.push(format!("model:{}", reason.label));
+                            outcome.by_model = true;
+                            outcome.reasons.push(format!("model:{}", reason.label));
                         }
-                        other => reasons.push(other.as_str().to_owned()),
+                        other => outcome.reasons.push(other.as_str().to_owned()),
                     }
                 }
-                Ok(LineOutcome {
-                    id: line.id.clone(),
-                    category: line.category.clone(),
-                    kind: line.kind.clone(),
-                    split: line.split.clone(),
-                    evasion: line.evasion.clone(),
-                    of: line.of.clone(),
-                    text: line.text.clone(),
-                    decision: verdict.decision.as_str().to_owned(),
-                    reasons,
-                    by_model,
-                    degraded: !verdict.degraded.is_empty(),
-                })
+                Ok(outcome)
             })
             .buffered(IN_FLIGHT)
             .collect()

@@ -18,6 +18,7 @@
 
 pub mod chat;
 pub mod metrics;
+pub mod peer;
 pub mod plot;
 mod report;
 
@@ -26,6 +27,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use self::metrics::Confusion;
+use crate::engine::rules::lookalike::link_signals;
 use crate::infra::model::heads::Heads;
 use crate::infra::model::ngram;
 use crate::tools::datasets::data::{self, Example, Split, Task};
@@ -216,7 +218,7 @@ pub fn evaluate_embedded(
     let missing = || TrainError::Missing(format!("the heads have no `{}` head", task.head));
     let mut probabilities = Vec::with_capacity(examples.len());
     for (embedding, text) in embeddings.iter().zip(normalized) {
-        let scores = heads.score(embedding, &heads.lexical(text));
+        let scores = heads.score(embedding, &heads.lexical(text, &link_signals(text)));
         probabilities.push(class_probabilities(heads, task, &scores).ok_or_else(missing)?);
     }
     let actual: Vec<usize> = examples.iter().map(|e| e.class).collect();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::peer::PeerFile;
 use super::plot::{Series, line_chart};
 use super::{
     BinaryEvaluation, Evaluation, MulticlassEvaluation, VADER_STANDARD_CUTOFFS, evaluate_embedded,
@@ -39,6 +40,9 @@ pub struct EvalOptions {
     pub check: Option<f64>,
     /// Write every example's scores here (JSONL), for error analysis.
     pub scores_out: Option<PathBuf>,
+    /// A peer's decisions on the dataset splits ([`super::peer`], lines with a `set`): a
+    /// column beside the heads on every binary set the file covers.
+    pub peer: Option<PathBuf>,
 }
 
 /// One scored set.
@@ -48,7 +52,7 @@ struct SetResult {
     set: String,
     /// The head it tests.
     head: String,
-    /// What was scored, in order: the heads (one or two), then baselines.
+    /// What was scored, in order: the heads (one or two), then baselines, then the peer.
     models: Vec<(String, Evaluation)>,
 }
 
@@ -134,6 +138,8 @@ pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
         }
     }
 
+    // Read before anything is embedded: a bad peer file is refused at once.
+    let mut peer = options.peer.as_deref().map(PeerFile::read).transpose()?;
     let mut results = Vec::new();
     let mut train_splits: BTreeMap<&str, Split> = BTreeMap::new();
     for (name, task, split) in &sets {
@@ -154,6 +160,9 @@ pub fn run(options: &EvalOptions) -> Result<bool, TrainError> {
             }
             let train = &train_splits[task.dataset];
             models.extend(baselines(task, train, &split.examples, options));
+        }
+        if let Some(file) = peer.as_mut().filter(|f| task.is_binary() && f.covers(name)) {
+            models.push(peer_column(file, name, &split.examples, options)?);
         }
         results.push(SetResult {
             set: name.clone(),
@@ -243,6 +252,46 @@ fn write_scores(
         source,
     })
 }
+
+/// The peer's column on one binary set: every example must be decided. Its own decisions
+/// give precision, recall, F1 and FPR (at 0.5 on its probability, which is what its cut-off
+/// is); its probability, when the file has one, the ranking metrics.
+fn peer_column(
+    file: &mut PeerFile,
+    set: &str,
+    examples: &[Example],
+    options: &EvalOptions,
+) -> Result<(String, Evaluation), TrainError> {
+    let mut scores = Vec::with_capacity(examples.len());
+    for example in examples {
+        let decision = file.take(set, &example.id).ok_or_else(|| {
+            TrainError::Missing(format!(
+                "{}: no decision for `{}` of {set}",
+                options
+                    .peer
+                    .as_deref()
+                    .unwrap_or(Path::new("--peer"))
+                    .display(),
+                example.id
+            ))
+        })?;
+        // Its decision is the truth at the cut-off; a probability only orders the examples.
+        let score = decision.ranking_score();
+        let at_cutoff = if decision.acted {
+            score.max(PEER_CUTOFF)
+        } else {
+            score.min(PEER_CUTOFF.next_down())
+        };
+        scores.push(at_cutoff);
+    }
+    let labels = examples.iter().map(|e| e.class == 1).collect();
+    let evaluation = Evaluation::Binary(BinaryEvaluation::new(scores, labels, PEER_CUTOFF));
+    eprintln!("  peer {}: {}", file.name, evaluation.summary());
+    Ok((format!("peer: {}", file.name), evaluation))
+}
+
+/// The cut-off a peer's column is read at: its decisions are put on either side of it.
+const PEER_CUTOFF: f64 = 0.5;
 
 fn baselines(
     task: &Task,

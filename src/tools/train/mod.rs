@@ -24,6 +24,12 @@
 //! | `unlabeled`, positive | a mute or ban seen in chat (no reason), a rejection labelled with a team word | nothing: harmful in no known way; counted, not used |
 //!
 //! The softmax sentiment head takes only its own labels.
+//!
+//! Inputs besides the embedding: binary heads the out-of-fold logit of their own n-gram model;
+//! the spam head also the evidence of the message's links ([`LinkSignals`]: look-alike hosts,
+//! risky top-level domains, shorteners, by the default link rules' lists), which a sentence
+//! embedding hardly sees (`dlscord-gift.com` and `discord.com` embed alike); the sentiment
+//! head VADER's scores where validation data prefers them.
 
 pub mod finetune;
 
@@ -33,6 +39,8 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use crate::domain::LinkSignals;
+use crate::engine::rules::lookalike::link_signals;
 use crate::infra::model::fit::{self, FitConfig, FitData, Fitted};
 use crate::infra::model::heads::{self, Heads};
 use crate::infra::model::ngram::{NgramConfig, NgramModel};
@@ -118,6 +126,8 @@ struct TrainedHead {
     task: &'static Task,
     fitted: Fitted,
     vader: bool,
+    /// Whether the link evidence is an input.
+    links: bool,
     ngram: Option<NgramModel>,
     thresholds: BTreeMap<String, f64>,
     training: serde_json::Value,
@@ -375,6 +385,16 @@ fn train_task(
     } else {
         None
     };
+    // The spam head also reads what the links show (look-alike hosts, risky top-level
+    // domains, shorteners), after the n-gram logit, as the server passes them.
+    if task.takes_links() {
+        for (x, text) in x_train.iter_mut().zip(&norm_train) {
+            x.extend(link_signals(text).inputs());
+        }
+        for (x, text) in x_val.iter_mut().zip(&norm_val) {
+            x.extend(link_signals(text).inputs());
+        }
+    }
     // Multi-class (sentiment) heads may also take VADER's scores; both variants are tried
     // and validation data decides.
     let with_vader = |xs: &[Vec<f32>], texts: &[String]| -> Vec<Vec<f32>> {
@@ -509,7 +529,8 @@ fn train_task(
         "feedback_examples": feedback_used,
         "extra_negatives": {"datasets": task.extra_negatives, "examples": extra_negatives},
         "candidates": tried,
-        "kept": {"hidden": config.hidden, "l2": config.l2, "vader": vader, "learning_rate": config.learning_rate,
+        "kept": {"hidden": config.hidden, "l2": config.l2, "vader": vader, "links": task.takes_links(),
+                  "learning_rate": config.learning_rate,
                   "dropout": config.dropout, "batch_size": config.batch_size,
                   "best_epoch": fitted.best_epoch, "epochs": fitted.epochs},
         "calibration": {"scale": calibration.scale, "bias": calibration.bias},
@@ -519,6 +540,7 @@ fn train_task(
         task,
         fitted,
         vader,
+        links: task.takes_links(),
         ngram: ngram.map(|h| h.model),
         thresholds,
         training,
@@ -607,6 +629,46 @@ fn ngram_half(
             "folds": NGRAM_FOLDS,
         }),
     })
+}
+
+/// When the heads just written to `out` are a set that already exists (the same version as
+/// `shipped` or a set under `registry`: a retrain that learned nothing new), removes what
+/// training wrote there (the manifest and the head files, then the directory if that left it
+/// empty) and returns the existing set's directory. A scheduled retrain thus never adds a
+/// second copy of a version, which the registry would refuse to serve as a duplicate.
+pub fn drop_if_known(
+    out: &Path,
+    shipped: &Path,
+    registry: &Path,
+) -> Result<Option<PathBuf>, TrainError> {
+    let written = crate::infra::model::registry::summarize(out, false);
+    if written.version.is_empty() {
+        return Ok(None);
+    }
+    let known = crate::infra::model::registry::list(shipped, registry)?
+        .into_iter()
+        .filter(|e| e.dir != out && !same_dir(&e.dir, out))
+        .find(|e| e.version == written.version);
+    let Some(known) = known else {
+        return Ok(None);
+    };
+    for head in &written.heads {
+        let file = out.join(format!("{}.safetensors", head.name));
+        std::fs::remove_file(&file).map_err(io_error("cannot remove", &file))?;
+    }
+    let manifest = out.join(heads::MANIFEST);
+    std::fs::remove_file(&manifest).map_err(io_error("cannot remove", &manifest))?;
+    // Only when nothing else is in it.
+    let _ = std::fs::remove_dir(out);
+    Ok(Some(known.dir))
+}
+
+/// Whether two paths name the same directory.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// Most examples taken from each of a task's extra-negative datasets.
@@ -717,6 +779,11 @@ fn write_heads(
                 "{name}: the labels' n-gram halves differ in their features"
             )));
         }
+        if members.iter().any(|m| m.links != members[0].links) {
+            return Err(TrainError::Other(format!(
+                "{name}: the labels differ in whether they take the link evidence"
+            )));
+        }
         let training = if per_label {
             json!(
                 members
@@ -738,6 +805,7 @@ fn write_heads(
             "metrics": {},
             "ngram": ngram,
             "vader": members[0].vader,
+            "links": members[0].links.then_some(LinkSignals::VERSION),
             "training": training,
         }));
     }
