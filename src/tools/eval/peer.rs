@@ -111,7 +111,7 @@ impl PeerFile {
         self.decisions.remove(&(set.to_owned(), id.to_owned()))
     }
 
-    /// A decision not taken yet of `set`, if any: `(set, id)`.
+    /// The id of a decision of `set` not taken yet, if any.
     pub fn left_in(&self, set: &str) -> Option<&str> {
         self.decisions
             .keys()

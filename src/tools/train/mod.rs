@@ -647,7 +647,7 @@ pub fn drop_if_known(
     }
     let known = crate::infra::model::registry::list(shipped, registry)?
         .into_iter()
-        .filter(|e| e.dir != out && !same_dir(&e.dir, out))
+        .filter(|e| !same_dir(&e.dir, out))
         .find(|e| e.version == written.version);
     let Some(known) = known else {
         return Ok(None);
@@ -663,12 +663,13 @@ pub fn drop_if_known(
     Ok(Some(known.dir))
 }
 
-/// Whether two paths name the same directory.
+/// Whether two paths name the same directory (or are the same path).
 fn same_dir(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
+    a == b
+        || match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
 }
 
 /// Most examples taken from each of a task's extra-negative datasets.
